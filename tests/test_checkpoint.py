@@ -1,0 +1,107 @@
+"""Checkpoints: round trip, the rebuilt model, and one clear error per bad file."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from vitscope.checkpoint import load_checkpoint, load_model, save_checkpoint
+from vitscope.errors import CheckpointError
+
+
+def test_round_trip_rebuilds_the_model_from_the_file_alone(tiny_ckpt, tiny_vit):
+    model, ck = load_model(tiny_ckpt)
+    assert ck.classes == list("abcde") and ck.metrics["val_acc"] == 0.5
+    assert ck.model_config == tiny_vit.cfg
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model(x), tiny_vit(x))
+    raw = torch.load(tiny_ckpt, weights_only=True)
+    assert raw["format"] == "vitscope-checkpoint" and raw["version"] == 1
+    assert set(raw) >= {"model_config", "train_config", "classes", "state_dict", "metrics",
+                        "vitscope_version"}
+
+
+def test_half_checkpoint_loads_into_float_model(tmp_path, tiny_vit):
+    path = save_checkpoint(tmp_path / "half.pt", tiny_vit, half=True)
+    model, _ = load_model(path)
+    assert next(model.parameters()).dtype == torch.float32
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model(x), tiny_vit(x), atol=2e-3, rtol=0)
+
+
+def test_save_is_atomic(tmp_path, tiny_vit):
+    path = save_checkpoint(tmp_path / "a.pt", tiny_vit)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # no temporary left behind
+    assert path.exists()
+
+
+def err(path):
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    msg = str(e.value)
+    assert str(path) in msg and "\n" not in msg
+    return msg
+
+
+def test_missing_file(tmp_path):
+    assert "does not exist" in err(tmp_path / "nope.pt")
+
+
+def test_truncated_file(tmp_path, tiny_ckpt):
+    data = tiny_ckpt.read_bytes()
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    assert "truncated or corrupt" in err(bad)
+    bad.write_bytes(b"not a torch file at all")
+    assert "truncated or corrupt" in err(bad)
+    bad.write_bytes(b"")
+    assert "empty" in err(bad)
+
+
+def test_plain_state_dict(tmp_path, tiny_vit):
+    path = tmp_path / "sd.pt"
+    torch.save(tiny_vit.state_dict(), path)
+    assert "plain state_dict" in err(path)
+
+
+def test_other_projects_checkpoint(tmp_path, tiny_vit):
+    path = tmp_path / "other.pt"
+    torch.save({"model": tiny_vit.state_dict(), "optimizer": {}, "epoch": 3}, path)
+    msg = err(path)
+    assert "not a vitscope checkpoint" in msg and "epoch, model, optimizer" in msg
+
+
+def test_newer_version(tmp_path, tiny_ckpt):
+    raw = torch.load(tiny_ckpt, weights_only=True)
+    raw["version"] = 99
+    path = tmp_path / "new.pt"
+    torch.save(raw, path)
+    assert "format version 99, newer than" in err(path)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_pickled_object_is_refused_and_never_runs(tmp_path, tiny_ckpt):
+    marker = str(tmp_path / "code-ran")
+    raw = torch.load(tiny_ckpt, weights_only=True)
+    raw["metrics"] = {"payload": _RunsCode(marker)}
+    path = tmp_path / "evil.pt"
+    torch.save(raw, path)
+    assert "pickled Python objects" in err(path)
+    assert not os.path.exists(marker)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path, tiny_ckpt):
+    raw = torch.load(tiny_ckpt, weights_only=True)
+    raw["model_config"]["depth"] = 3
+    path = tmp_path / "mismatch.pt"
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="do not fit its model_config"):
+        load_model(path)

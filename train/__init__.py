@@ -1,0 +1,1 @@
+"""The training engine (installed as `vitscope.train`)."""

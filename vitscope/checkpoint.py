@@ -1,0 +1,226 @@
+"""Checkpoints: one `torch.save` of plain data, loaded with `weights_only=True`.
+
+    {"format": "vitscope-checkpoint", "version": 1, "arch": "vit",
+     "model_config": {...}, "train_config": {...}, "classes": [...],
+     "state_dict": {...}, "metrics": {...}, "vitscope_version": "..",
+     "resume": {...}}            # optional: optimizer/scheduler/EMA/RNG state for --resume
+
+No pickled classes: a checkpoint downloaded from the internet cannot run code when loaded.
+The model is rebuilt from the file alone (`load_model`).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitscope import __version__
+from vitscope.errors import CheckpointError, ConfigError
+
+FORMAT = "vitscope-checkpoint"
+VERSION = 1
+
+# arch name -> (module, config class, model class); imported only when a checkpoint needs it.
+ARCHITECTURES: dict[str, tuple[str, str, str]] = {
+    "vit": ("vitscope.model", "ModelConfig", "ViT"),
+    "cnn": ("vitscope.cnn", "CNNConfig", "SmallCNN"),
+}
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    arch: str
+    model_config: Any                     # a ModelConfig (or the arch's config dataclass)
+    state_dict: dict[str, torch.Tensor]
+    classes: list[str] = field(default_factory=list)
+    train_config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    vitscope_version: str = ""
+    resume: dict[str, Any] | None = None  # optimizer/scheduler/EMA/RNG state, when saved
+
+    def build_model(self) -> nn.Module:
+        """The model with its weights (float32, eval mode, on the CPU)."""
+        _, model_cls = _arch(self.arch, self.path)
+        model = model_cls(self.model_config)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            raise CheckpointError(f"'{self.path}' has weights that do not fit its model_config "
+                                  f"({str(e).splitlines()[0]}); the file was edited or written "
+                                  f"by another tool.") from None
+        return model.float().eval()
+
+
+def _arch(name: str, path: Path | str) -> tuple[type, type]:
+    if name not in ARCHITECTURES:
+        raise CheckpointError(f"'{path}' has arch '{name}', which this vitscope does not know "
+                              f"(known: {', '.join(ARCHITECTURES)}); upgrade vitscope.")
+    module, cfg_name, model_name = ARCHITECTURES[name]
+    mod = importlib.import_module(module)
+    return getattr(mod, cfg_name), getattr(mod, model_name)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: Any = None,
+                    arch: str = "vit", classes: list[str] | None = None,
+                    train_config: dict[str, Any] | None = None,
+                    metrics: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
+                    half: bool = False) -> Path:
+    """Write a checkpoint atomically (temporary file, then rename): a crash never leaves a
+    truncated file at `path`. `half=True` stores floating weights as fp16 (half the size)."""
+    path = Path(path)
+    cfg = model_config if model_config is not None else model.cfg
+    state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "model_config": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg),
+        "train_config": _plain(train_config or {}),
+        "classes": list(classes or []),
+        "state_dict": state,
+        "metrics": _plain(metrics or {}),
+        "vitscope_version": __version__,
+    }
+    if resume is not None:
+        payload["resume"] = resume
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _plain(value: Any) -> Any:
+    """Convert config values to plain data so `weights_only=True` can load them."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+def read_raw(path: str | Path) -> dict[str, Any]:
+    """`torch.load(path, weights_only=True)` with one clear sentence for each failure."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"No checkpoint at '{path}': the file does not exist; expected a "
+                              f"vitscope checkpoint such as runs/<name>/best.pt from `vitscope train`.")
+    if path.is_dir():
+        raise CheckpointError(f"'{path}' is a directory; expected a vitscope checkpoint file "
+                              f"such as {path / 'best.pt'}.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"'{path}' is empty (0 bytes), so it is truncated or was never "
+                              f"written; expected a vitscope checkpoint.")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower() and _looks_pickled(path):
+            raise CheckpointError(
+                f"'{path}' holds pickled Python objects ({_unsafe_reason(e)}), which vitscope "
+                f"refuses to load because unpickling can run arbitrary code; expected a vitscope "
+                f"checkpoint of plain tensors and data.") from None
+        raise CheckpointError(f"'{path}' is truncated or corrupt (it cannot be read as a torch "
+                              f"file: {_first_line(e)}); expected a vitscope checkpoint.") from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... for damaged files
+        raise CheckpointError(f"'{path}' is truncated or corrupt (it cannot be read as a torch "
+                              f"file: {_first_line(e)}); expected a vitscope checkpoint written "
+                              f"by `vitscope train`.") from None
+    return obj
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and validate a vitscope checkpoint (no code runs; see module docstring)."""
+    path = Path(path)
+    obj = read_raw(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"'{path}' holds a {type(obj).__name__}, not a vitscope checkpoint; "
+                              f"expected a dict with format='{FORMAT}'.")
+    fmt = obj.get("format")
+    if fmt != FORMAT:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(
+                f"'{path}' holds a plain state_dict ({len(obj)} tensors) with no model config, not "
+                f"a vitscope checkpoint; expected format='{FORMAT}' (wrap the weights with "
+                f"vitscope.checkpoint.save_checkpoint).")
+        keys = ", ".join(sorted(map(str, obj))[:8])
+        raise CheckpointError(f"'{path}' is not a vitscope checkpoint (format={fmt!r}, top-level "
+                              f"keys: {keys}); expected format='{FORMAT}'.")
+    version = obj.get("version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"'{path}' has no valid format version ({version!r}); expected an "
+                              f"integer version of a vitscope checkpoint.")
+    if version > VERSION:
+        raise CheckpointError(
+            f"'{path}' is a vitscope checkpoint of format version {version}, newer than this "
+            f"vitscope {__version__} reads (version {VERSION}); upgrade vitscope to load it.")
+    missing = [k for k in ("model_config", "state_dict") if not isinstance(obj.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"'{path}' is an incomplete vitscope checkpoint (missing "
+                              f"{', '.join(missing)}); it was not written by save_checkpoint.")
+    arch = obj.get("arch", "vit")
+    cfg_cls, _ = _arch(arch, path)
+    try:
+        cfg = cfg_cls.from_dict(obj["model_config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"'{path}' has an invalid model_config: {e}") from None
+    return Checkpoint(path=path, arch=arch, model_config=cfg, state_dict=obj["state_dict"],
+                      classes=list(obj.get("classes") or []),
+                      train_config=dict(obj.get("train_config") or {}),
+                      metrics=dict(obj.get("metrics") or {}),
+                      vitscope_version=str(obj.get("vitscope_version", "")),
+                      resume=obj.get("resume"))
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the model from a checkpoint file alone: `(model in eval mode, checkpoint)`."""
+    ckpt = load_checkpoint(path)
+    return ckpt.build_model(), ckpt
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A torch zip archive, or a raw pickle stream (protocol >= 2 starts with PROTO, 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def _unsafe_reason(e: Exception) -> str:
+    for line in str(e).splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip().rstrip(".")
+    return "objects outside the allowed set of tensors and plain data"
+
+
+def _first_line(e: Exception) -> str:
+    """The first sentence of an exception message, short enough for one line."""
+    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__

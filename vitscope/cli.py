@@ -1,0 +1,49 @@
+"""The `vitscope` command line.
+
+Commands live in `vitscope/commands/` and are imported only when used (or when `--help`
+lists them), so `vitscope --version` does not pay for importing torch. To add a command,
+add one line to COMMANDS.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from vitscope import __version__
+
+# command name -> "module:attribute" of a click.Command
+COMMANDS: dict[str, str] = {
+    "info": "vitscope.commands.inspect:info",
+    "hooks": "vitscope.commands.inspect:hooks",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports each command on demand and turns VitscopeError into one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, attr = COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        from vitscope.errors import VitscopeError
+        try:
+            return super().invoke(ctx)
+        except VitscopeError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="vitscope")
+def main() -> None:
+    """vitscope: train Vision Transformers, capture their activations, and look inside them."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""CLI commands, one module per area; `vitscope.cli` imports each only when it runs."""

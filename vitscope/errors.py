@@ -1,0 +1,23 @@
+"""Errors vitscope raises for bad input. The CLI prints their message as one `Error:` line.
+
+Each message names the thing, says what went wrong, and says what to do.
+"""
+
+
+class VitscopeError(Exception):
+    """Base class: an error the user can fix; the CLI shows the message without a traceback."""
+
+
+class ConfigError(VitscopeError, ValueError):
+    """A bad configuration field, preset or value."""
+
+
+class CheckpointError(VitscopeError):
+    """A checkpoint file that is missing, corrupt, foreign, too new or unsafe."""
+
+
+class HookError(VitscopeError, KeyError):
+    """An unknown hook point name or a pattern that matches none."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
