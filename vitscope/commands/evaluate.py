@@ -1,0 +1,162 @@
+"""`vitscope eval` and `vitscope predict`: score a checkpoint on a dataset, classify images.
+
+Both feed the model exactly as training did: the checkpoint's image size and normalisation
+(`vitscope.data.normalization`), the folder resize policy for loose files, `to_model_input`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _image_size(ckpt) -> int:
+    """The input size the model was trained at: train_config, else the model config."""
+    tc = ckpt.train_config
+    size = tc.get("image_size") or (tc.get("model") or {}).get("image_size")
+    return int(size or getattr(ckpt.model_config, "image_size", 32))
+
+
+def _classes(ckpt, num_outputs: int | None = None) -> list[str]:
+    if ckpt.classes:
+        return list(ckpt.classes)
+    return [f"class {i}" for i in range(num_outputs or getattr(ckpt.model_config, "num_classes", 0))]
+
+
+@click.command("eval")
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--data", "spec", default=None, metavar="SPEC",
+              help="shapes | cifar10 | cifar100 | folder:PATH (default: the checkpoint's training data).")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True,
+              help="Which split to score.")
+@click.option("--data-dir", default=None, help="Where CIFAR files are (default: as in training, ./data).")
+@click.option("--val-split", type=float, default=None,
+              help="Score a fraction carved from train (default: as in training when --data is not given).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option("--tta", is_flag=True, help="Average the logits of each image and its mirror image.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N images.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for metrics and the confusion matrix (default: eval/ next to CKPT).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_split: float | None,
+             batch_size: int, device: str, tta: bool, limit: int | None, out_dir: str | None,
+             as_json: bool) -> None:
+    """Accuracy, loss, per-class accuracy and a confusion-matrix PNG of a checkpoint."""
+    from vitscope.checkpoint import load_model
+    from vitscope.data import load_dataset, normalization
+    from vitscope.errors import DataError
+    from vitscope.evaluation import evaluate, plot_confusion, resolve_device
+
+    model, ck = load_model(ckpt)
+    tc = ck.train_config
+    if spec is None:
+        spec = tc.get("data")
+        if not spec:
+            raise DataError(f"'{ckpt}' does not record the dataset it was trained on; pass "
+                            f"--data SPEC (e.g. --data cifar10 or --data folder:PATH).")
+        if val_split is None:  # the checkpoint's own validation images, carved the same way
+            val_split = tc.get("val_split")
+    dev = resolve_device(device)
+    dataset = load_dataset(spec, split, _image_size(ck), data_dir=data_dir or tc.get("data_dir", "./data"),
+                           val_split=val_split, seed=int(tc.get("seed", 0)))
+    mean, std = normalization(ck)
+    result = evaluate(model, dataset, mean, std, classes=ck.classes or None, batch_size=batch_size,
+                      device=dev, tta=tta, limit=limit)
+    result.update(checkpoint=str(ck.path), data=spec, split=split, device=str(dev))
+
+    out = Path(out_dir) if out_dir else Path(ck.path).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    png = plot_confusion(result, out / f"confusion_{split}.png",
+                         title=f"{Path(ckpt).name} on {spec} ({split}): accuracy "
+                               f"{result['accuracy']:.2%}" + (" with flip TTA" if tta else ""))
+    metrics = out / f"metrics_{split}.json"
+    metrics.write_text(json.dumps(result, indent=2) + "\n")
+    result["files"] = [str(metrics), str(png)]
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{spec} ({split}, {result['n']} images{', flip TTA' if tta else ''}): accuracy "
+               f"{result['accuracy']:.2%}  loss {result['loss']:.4f}")
+    width = max(len(c) for c in result["classes"])
+    for name, acc in result["per_class_accuracy"].items():
+        click.echo(f"  {name:<{width}}  {'-' if acc is None else f'{acc:.2%}'}")
+    click.echo(f"wrote {metrics} and {png}")
+
+
+@click.command()
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of text.")
+@click.option("--tta", is_flag=True, help="Average the logits of each image and its mirror image.")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+def predict(ckpt: str, images: tuple[str, ...], top_k: int, as_json: bool, tta: bool, device: str,
+            batch_size: int) -> None:
+    """Top-k classes with probabilities for image files of any size or format.
+
+    A file that cannot be read gets one error line on stderr; the others are still predicted,
+    and the exit code is 1.
+    """
+    import numpy as np
+    import torch
+
+    from vitscope.checkpoint import load_model
+    from vitscope.data import normalization
+    from vitscope.datasets.images import decode_image, describe_error
+    from vitscope.evaluation import predict_logits, resolve_device
+
+    model, ck = load_model(ckpt)
+    size = _image_size(ck)
+    decoded: list[Any] = []
+    errors: dict[str, str] = {}
+    for path in images:
+        reason = _unreadable(Path(path))
+        if reason is None:
+            try:
+                decoded.append((path, decode_image(path, size)))
+                continue
+            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+                reason = describe_error(e)
+        errors[path] = reason
+        click.echo(f"Error: cannot predict '{path}': {reason}; skipped.", err=True)
+
+    results: dict[str, list[dict[str, Any]]] = {}
+    if decoded:
+        logits = predict_logits(model, np.stack([img for _, img in decoded]), *normalization(ck),
+                                batch_size=batch_size, device=resolve_device(device), tta=tta)
+        classes = _classes(ck, logits.shape[1])
+        probs = torch.softmax(logits, dim=1)
+        k = min(top_k, probs.shape[1])
+        top_p, top_i = probs.topk(k, dim=1)
+        for (path, _), p_row, i_row in zip(decoded, top_p.tolist(), top_i.tolist()):
+            results[path] = [{"class": classes[i], "index": i, "probability": p}
+                             for p, i in zip(p_row, i_row)]
+
+    if as_json:
+        rows = [{"path": p, "predictions": results[p]} if p in results else {"path": p, "error": errors[p]}
+                for p in images]
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        for path in images:
+            if path in results:
+                click.echo(path)
+                for row in results[path]:
+                    click.echo(f"  {row['probability']:7.2%}  {row['class']}")
+    if errors:
+        raise SystemExit(1)
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why `path` cannot be an image file, or None when it is worth trying to decode."""
+    if not path.exists():
+        return "no such file"
+    if path.is_dir():
+        return "it is a folder (pass image files, or use `vitscope eval --data folder:PATH`)"
+    return None

@@ -1,0 +1,219 @@
+"""Datasets: every `--data` spec becomes one in-memory `ImageDataset` of uint8 images.
+
+Specs (see docs/data.md):
+
+    shapes[:train=N,val=N,seed=S]   built-in procedural shapes with object masks (offline)
+    cifar10 | cifar100              torchvision's CIFAR files in data_dir (downloaded if absent)
+    folder:PATH                     an ImageFolder tree, a single class tree, or a flat folder
+
+Everything is decoded once to an N×H×W×3 uint8 array at the requested size, so a trainer
+can put the whole set on the device and augment there; `to_model_input` is the one place
+where uint8 pixels become the normalised floats the model sees (training, eval, capture and
+predict all use it with `normalization(ckpt)`).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitscope.errors import ConfigError, DataError
+
+SPLITS = ("train", "val")
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+VALID_SPECS = "shapes[:train=N,val=N,seed=S], cifar10, cifar100, folder:PATH"
+
+
+@dataclass
+class ImageDataset:
+    images: np.ndarray        # N×H×W×3 uint8, already at the requested image size
+    labels: np.ndarray        # N int64; -1 where unknown (a flat folder of unlabeled images)
+    classes: list[str]        # class names ([] when unlabeled)
+    masks: np.ndarray | None  # N×H×W bool ground-truth object masks (shapes), else None
+    spec: str                 # the --data spec it came from, e.g. "shapes", "folder:/x", "cifar10"
+    split: str                # "train" | "val"
+    paths: list[str] | None   # source file per image for folder data, else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def labeled(self) -> bool:
+        return bool(self.classes) and bool(len(self.labels)) and bool((self.labels >= 0).all())
+
+    def subset(self, index: np.ndarray, split: str | None = None) -> "ImageDataset":
+        """The images at `index` (an int array), with masks and paths kept in step."""
+        index = np.asarray(index, dtype=np.int64)
+        return ImageDataset(
+            images=self.images[index], labels=self.labels[index], classes=list(self.classes),
+            masks=None if self.masks is None else self.masks[index], spec=self.spec,
+            split=split or self.split,
+            paths=None if self.paths is None else [self.paths[i] for i in index])
+
+
+def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_dir="./data",
+                 val_split: float | None = None, seed: int = 0, cache_dir=None,
+                 download: bool = True) -> ImageDataset:
+    """Load one split of a `--data` spec as uint8 images of `image_size`×`image_size`.
+
+    `val_split` (0 < f < 1) carves "val" out of the train split with `seed` instead of using
+    the dataset's own validation split; the two parts are disjoint and always the same for a
+    given `seed` (which only drives this carving: shapes take their seed from the spec).
+    `cache_dir` (folder data) defaults to $VITSCOPE_CACHE or ~/.cache/vitscope.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"Unknown split '{split}'; use one of {', '.join(SPLITS)}.")
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 4:
+        raise ConfigError(f"image_size must be an integer of at least 4, got {image_size!r}.")
+    if val_split is not None and not (isinstance(val_split, (int, float)) and 0 < val_split < 1):
+        raise ConfigError(f"val_split must be a fraction between 0 and 1 (e.g. 0.1), "
+                          f"got {val_split!r}.")
+    kind, arg = parse_spec(spec)
+
+    if kind == "shapes":
+        from vitscope.datasets import shapes
+        # The data seed is the spec's own `seed=` (default 0), not the `seed` argument: runs
+        # with different training seeds must still see the same images.
+        opts = shapes.parse_options(arg, spec)
+        if val_split is None:
+            return shapes.generate(split, image_size, spec=spec, **opts)
+        full = shapes.generate("train", image_size, spec=spec, **opts)
+        return carve_split(full, split, val_split, seed)
+
+    if kind in ("cifar10", "cifar100"):
+        from vitscope.datasets import cifar
+        if val_split is None:
+            ds = cifar.load(kind, split, data_dir=data_dir, download=download)
+        else:
+            ds = carve_split(cifar.load(kind, "train", data_dir=data_dir, download=download),
+                             split, val_split, seed)
+        return resize_dataset(ds, image_size)
+
+    from vitscope.datasets import folder
+    return folder.load(arg, split, image_size, spec=spec, val_split=val_split, seed=seed,
+                       cache_dir=resolve_cache_dir(cache_dir))
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """`"shapes:train=100"` -> `("shapes", "train=100")`; raise DataError for unknown specs."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"No dataset given ({spec!r}); use --data with one of: {VALID_SPECS}.")
+    kind, _, arg = spec.strip().partition(":")
+    kind = kind.lower()
+    if kind == "folder":
+        if not arg:
+            raise DataError("The dataset spec 'folder:' names no folder; write folder:PATH, "
+                            "e.g. folder:/data/my-images.")
+        return kind, arg
+    if kind == "shapes":
+        return kind, arg
+    if kind in ("cifar10", "cifar100") and not arg:
+        return kind, ""
+    hint = ""
+    if Path(spec).expanduser().is_dir():
+        hint = f" Did you mean 'folder:{spec}'?"
+    elif close := difflib.get_close_matches(kind, ["shapes", "cifar10", "cifar100", "folder"], 1):
+        hint = f" Did you mean '{close[0]}'?"
+    raise DataError(f"Unknown dataset '{spec}'.{hint} Valid: {VALID_SPECS}.")
+
+
+def carve_split(train: ImageDataset, split: str, val_split: float, seed: int) -> ImageDataset:
+    """Split `train` into disjoint train/val parts with a fixed permutation of `seed`."""
+    n = len(train)
+    n_val = int(round(n * val_split))
+    if n_val < 1 or n_val >= n:
+        raise DataError(f"val_split={val_split} of the {n} training images of '{train.spec}' "
+                        f"leaves {'no validation' if n_val < 1 else 'no training'} images; "
+                        f"choose a fraction that keeps both splits non-empty.")
+    order = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    part = order[:n_val] if split == "val" else order[n_val:]
+    return train.subset(np.sort(part), split=split)
+
+
+def resolve_cache_dir(cache_dir: Any = None) -> Path:
+    """`cache_dir`, else $VITSCOPE_CACHE, else ~/.cache/vitscope."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("VITSCOPE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vitscope"
+
+
+def resize_dataset(ds: ImageDataset, image_size: int) -> ImageDataset:
+    """Resize every image (antialiased bilinear) when the stored size differs."""
+    if ds.image_size == image_size and ds.images.shape[2] == image_size:
+        return ds
+    ds.images = resize_images(ds.images, image_size)
+    if ds.masks is not None:
+        ds.masks = resize_images(ds.masks[..., None].astype(np.uint8) * 255, image_size)[..., 0] >= 128
+    return ds
+
+
+def resize_images(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+    """N×H×W×C uint8 -> N×size×size×C uint8, in chunks so memory stays bounded."""
+    out = np.empty((len(images), size, size, images.shape[-1]), dtype=np.uint8)
+    for i in range(0, len(images), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + chunk])).permute(0, 3, 1, 2).float()
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                            antialias=True, align_corners=False)
+        out[i:i + chunk] = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def dataset_stats(ds) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the pixels in [0, 1] (an ImageDataset or N×H×W×3 uint8)."""
+    images = ds.images if isinstance(ds, ImageDataset) else np.asarray(ds)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise DataError(f"dataset_stats needs N×H×W×3 images with N > 0, got shape "
+                        f"{tuple(images.shape)}.")
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    for i in range(0, len(images), 4096):  # float64 sums over chunks: exact enough, bounded memory
+        x = images[i:i + 4096].reshape(-1, 3).astype(np.float64)
+        total += x.sum(0)
+        total_sq += np.square(x).sum(0)
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    return [float(m / 255) for m in mean], [float(max(s / 255, 1e-6)) for s in std]
+
+
+def normalization(ckpt) -> tuple[list[float], list[float]]:
+    """The (mean, std) a checkpoint was trained with: `train_config["normalize"]`.
+
+    Accepts a Checkpoint, a train_config dict or None; falls back to (0.5,)*3, (0.5,)*3.
+    """
+    train_config = getattr(ckpt, "train_config", ckpt)
+    norm = train_config.get("normalize") if isinstance(train_config, dict) else None
+    if not isinstance(norm, dict):
+        return list(DEFAULT_MEAN), list(DEFAULT_STD)
+    mean, std = norm.get("mean"), norm.get("std")
+    ok = all(isinstance(v, (list, tuple)) and len(v) == 3
+             and all(isinstance(x, (int, float)) for x in v) for v in (mean, std))
+    if not ok or any(s <= 0 for s in std):
+        where = getattr(ckpt, "path", "the checkpoint")
+        raise DataError(f"'{where}' has an invalid train_config['normalize'] ({norm!r}); expected "
+                        f"{{'mean': [r, g, b], 'std': [r, g, b]}} with positive std.")
+    return [float(x) for x in mean], [float(x) for x in std]
+
+
+def to_model_input(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    """B×H×W×3 uint8 (any device) -> B×3×H×W float32 normalised, on the same device."""
+    x = torch.as_tensor(images_u8)
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise DataError(f"to_model_input expects B×H×W×3 uint8 images, got shape {tuple(x.shape)}.")
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    x = x.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    return x.sub_(m).div_(s).contiguous()
