@@ -1,0 +1,96 @@
+"""Process group and device set-up for single-process and DDP (torchrun) training.
+
+`torchrun --nproc_per_node N -m vitscope train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; we
+then use NCCL on CUDA (one GPU per local rank) and gloo on the CPU. Without those variables
+everything runs in one process and the collectives below are no-ops.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from vitscope.errors import ConfigError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(pref: str, local_rank: int = 0) -> torch.device:
+    """auto = cuda, then mps, then cpu (vitscope.evaluation.resolve_device); under torchrun
+    each local rank takes its own GPU."""
+    from vitscope.evaluation import resolve_device
+
+    device = resolve_device(pref)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return device
+
+
+def setup(device_pref: str) -> tuple[DistInfo, torch.device]:
+    """Join the torchrun process group when launched by torchrun; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = pick_device(device_pref, info.local_rank)
+    if info.enabled and not dist.is_initialized():
+        if device.type == "mps":
+            raise ConfigError("DDP over torchrun supports cuda (nccl) and cpu (gloo), not mps; "
+                              "use --device cpu or run a single process.")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                rank=info.rank, world_size=info.world_size,
+                                device_id=device if device.type == "cuda" else None)
+    return info, device
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def gather_to_main(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (on every rank; the list is used on rank 0)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shard(n: int, info: DistInfo) -> slice:
+    """This rank's share of n items: every world_size-th item from its rank (class-balanced
+    even for folder data sorted by class)."""
+    return slice(info.rank, n, info.world_size)

@@ -1,0 +1,154 @@
+"""What a run writes besides checkpoints: metrics.jsonl, curves.png, optional TensorBoard and
+Weights & Biases, and the live progress bar. Only rank 0 creates one of these."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vitscope.errors import ConfigError
+
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+CURVES_EVERY_S = 30.0  # redraw at most this often (a redraw costs ~0.2 s), and at the end
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, cfg, config_dict: dict[str, Any], resume_epoch: int = 0):
+        self.run_dir = run_dir
+        self.path = run_dir / METRICS
+        self.history: list[dict[str, Any]] = []
+        if resume_epoch and self.path.exists():
+            # Keep the epochs last.pt covers; later lines (written after it) are redone now.
+            lines = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
+            self.history = [m for m in lines if m.get("epoch", 0) <= resume_epoch]
+        self.path.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        self.curves_written = time.monotonic()
+        self.tb = _tensorboard(run_dir) if "tensorboard" in cfg.log else None
+        self.wandb = _wandb(run_dir, cfg, config_dict, resume=bool(resume_epoch)) \
+            if "wandb" in cfg.log else None
+
+    def log_epoch(self, metrics: dict[str, Any]) -> None:
+        self.history.append(metrics)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        step = metrics["epoch"]
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def write_curves(self, final: bool = True) -> Path | None:
+        """Loss and accuracy against epoch, train and val, in one PNG (when `final`, or when
+        the last redraw is CURVES_EVERY_S old: short epochs should not wait on matplotlib)."""
+        if not self.history or (not final and time.monotonic() - self.curves_written < CURVES_EVERY_S):
+            return None
+        self.curves_written = time.monotonic()
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        epochs = [m["epoch"] for m in self.history]
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+        for split, style in (("train", "-"), ("val", "--")):
+            ax_loss.plot(epochs, [m[f"{split}_loss"] for m in self.history], style, label=split)
+            ax_acc.plot(epochs, [m[f"{split}_acc"] for m in self.history], style, label=split)
+        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+        ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(self.run_dir.name)
+        fig.tight_layout()
+        out = self.run_dir / CURVES
+        tmp = out.with_name("curves.tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, out)
+        return out
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def require_loggers(names: list[str]) -> None:
+    """Import the optional logging packages up front, so a missing one fails before training."""
+    for name in names:
+        _import_logger(name)
+
+
+def _import_logger(name: str):
+    try:
+        if name == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            return SummaryWriter
+        import wandb
+        return wandb
+    except ImportError:
+        raise ConfigError(f"--log {name} needs the {name} package, which is not installed; run "
+                          f"`pip install {name}` or drop --log {name}.") from None
+
+
+def _tensorboard(run_dir: Path):
+    return _import_logger("tensorboard")(log_dir=str(run_dir / "tensorboard"))
+
+
+def _wandb(run_dir: Path, cfg, config_dict: dict[str, Any], resume: bool):
+    wandb = _import_logger("wandb")
+    # Offline by default: no account or network needed; `wandb sync runs/<name>/wandb/offline-*`
+    # uploads later. WANDB_MODE in the environment still wins, as wandb documents.
+    mode = os.environ.get("WANDB_MODE", cfg.wandb_mode)
+    return wandb.init(project=cfg.wandb_project, name=run_dir.name, dir=str(run_dir),
+                      config=config_dict, mode=mode, id=_wandb_id(run_dir),
+                      resume="allow" if resume else None)
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """A stable run id so a resumed run continues the same W&B run."""
+    path = run_dir / "wandb_id.txt"
+    if path.exists():
+        return path.read_text().strip()
+    import uuid
+    run_id = uuid.uuid4().hex[:12]
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+class Progress:
+    """A tqdm bar per epoch plus one summary line per epoch; silent when disabled."""
+
+    def __init__(self, enabled: bool, total_epochs: int) -> None:
+        self.enabled = enabled
+        self.total_epochs = total_epochs
+        self.bar = None
+
+    def start_epoch(self, epoch: int, steps: int, done: int = 0) -> None:
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}/{self.total_epochs}",
+                        unit="step", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, steps: int, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            from tqdm.auto import tqdm
+            tqdm.write(text, file=sys.stdout)

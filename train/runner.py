@@ -1,0 +1,200 @@
+"""One training run end to end: process group, run folder, data on the device, model, Trainer.
+
+    from vitscope.train.runner import run
+    summary = run(make_config(read_recipe("shapes-quick")))
+
+`run` is what `vitscope train` calls (and torchrun ranks call through it); `resume_config`
+turns a last.pt into the config of the run it continues.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitscope.checkpoint import Checkpoint, load_checkpoint
+from vitscope.data import ImageDataset, dataset_stats, load_dataset, normalization
+from vitscope.errors import ConfigError, TrainingError
+from vitscope.model import ViT, count_parameters
+from vitscope.train import distributed as D
+from vitscope.train.config import TrainConfig
+from vitscope.train.engine import EpochCallback, TrainData, Trainer
+from vitscope.train.logging import require_loggers
+from vitscope.train.optim import resolve_precision
+
+# Fields that may change when resuming: they do not alter what the remaining steps compute
+# (epochs does: the cosine schedule stretches, so a longer run is no longer bit-exact).
+RESUME_OVERRIDABLE = ("epochs", "quiet", "log", "device", "compile", "patience", "save_every",
+                      "eval_batch_size", "wandb_mode", "wandb_project")
+
+MakeCallbacks = Callable[[ImageDataset, list[str], tuple[list[float], list[float]], str],
+                         Sequence[EpochCallback]]
+
+
+def run_name(cfg: TrainConfig) -> str:
+    if cfg.name:
+        return cfg.name
+    data = cfg.data.split(":", 1)[0] if not cfg.data.startswith("folder:") \
+        else Path(cfg.data[len("folder:"):]).name or "folder"
+    return f"{cfg.preset}-{data}"
+
+
+def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None = None,
+        callbacks: Sequence[EpochCallback] = (), make_callbacks: MakeCallbacks | None = None
+        ) -> dict[str, Any]:
+    """Train `cfg` (or continue `resume`, a last.pt); returns the Trainer's summary."""
+    require_loggers(cfg.log)
+    info, device = D.setup(cfg.device)
+    try:
+        precision = resolve_precision(cfg.precision, device)
+        cuda_speed_settings(device)
+        if cfg.batch_size % info.world_size:
+            raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by the number of "
+                              f"DDP processes ({info.world_size}); it is the global batch.")
+        run_dir = Path(resume.path).parent if resume else _fresh_run_dir(cfg, info, overwrite)
+        train_ds, val_ds = _load_data(cfg, info)
+        if resume:
+            mean, std = normalization(resume)  # exactly what the run started with
+        else:
+            mean, std = dataset_stats(train_ds)
+        cfg.model = dataclasses.replace(cfg.model, num_classes=len(train_ds.classes))
+        model = build_model(cfg).to(device)
+        if resume:
+            model.load_state_dict(resume.state_dict)
+        torch.manual_seed(cfg.seed + info.rank)  # dropout / drop-path streams differ per rank
+        data = _to_device(train_ds, val_ds, mean, std, info, device)
+        per_rank = cfg.batch_size // info.world_size
+        if (data.n_train // info.world_size) // per_rank == 0:
+            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {data.n_train} "
+                              f"training images of '{cfg.data}'; pass a smaller --batch-size.")
+        ckpt_config = {
+            **cfg.to_dict(), "arch": cfg.arch, "image_size": cfg.model.image_size,
+            "normalize": {"mean": mean, "std": std}, "world_size": info.world_size,
+            "device": device.type, "precision": precision, "parameters": count_parameters(model),
+            "n_train": len(train_ds), "n_val": len(val_ds),
+        }
+        callbacks = list(callbacks)
+        if info.is_main:
+            if make_callbacks is not None:  # may reject a plugin name: before anything is written
+                callbacks += make_callbacks(val_ds, train_ds.classes, (mean, std), run_dir.name)
+            (run_dir / "config.json").write_text(json.dumps(ckpt_config, indent=2) + "\n")
+        trainer = Trainer(cfg, model, data, run_dir, dist=info, device=device,
+                          precision=precision, ckpt_train_config=ckpt_config, callbacks=callbacks)
+        if info.is_main and not cfg.quiet:
+            print(f"vitscope train: {run_dir}  {cfg.arch} {cfg.preset} "
+                  f"({count_parameters(model):,} params)  data {cfg.data} "
+                  f"({len(train_ds)} train / {len(val_ds)} val)  device {device} {precision}"
+                  f"{f'  x{info.world_size} DDP' if info.enabled else ''}  {trainer.steps} "
+                  f"steps/epoch of {cfg.batch_size}", flush=True)
+        return trainer.fit(resume.resume if resume else None)
+    except _OOM:
+        raise TrainingError(
+            f"CUDA ran out of memory training {cfg.preset} with batch size {cfg.batch_size} on "
+            f"{device}; pass a smaller --batch-size (e.g. {max(1, cfg.batch_size // 2)}) or a "
+            f"smaller model.") from None
+    finally:
+        D.cleanup()
+
+
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+def cuda_speed_settings(device: torch.device) -> None:
+    if device.type == "cuda":  # fixed shapes: let cuDNN pick the fastest conv kernels
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")  # TF32 for what runs outside autocast
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The ViT (or SmallCNN), initialised from cfg.seed so every rank starts identical."""
+    torch.manual_seed(cfg.seed)
+    if cfg.arch == "cnn":
+        from vitscope.cnn import SmallCNN
+        return SmallCNN(cfg.model)
+    return ViT(cfg.model)
+
+
+def resume_config(path: str | Path, overrides: dict[str, Any]) -> tuple[TrainConfig, Checkpoint]:
+    """The config of the run a last.pt belongs to, with the few fields a resume may change."""
+    ckpt = load_checkpoint(path)
+    if not ckpt.resume:
+        raise TrainingError(f"'{path}' holds weights only, no resume state (best.pt never does); "
+                            f"resume from the run's last.pt, e.g. {Path(path).parent / 'last.pt'}.")
+    changed = sorted(k for k in overrides if k not in RESUME_OVERRIDABLE)
+    if changed:
+        raise ConfigError(f"--resume continues a run with its own settings, so {', '.join(changed)} "
+                          f"cannot change; only {', '.join(RESUME_OVERRIDABLE)} may be given, or "
+                          f"start a new run with --name.")
+    stored = {k: v for k, v in ckpt.train_config.items()
+              if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    cfg = TrainConfig.from_dict({**stored, **overrides})
+    done = int(ckpt.resume["epoch"])
+    if done >= cfg.epochs and not ckpt.resume.get("step_in_epoch"):
+        raise TrainingError(f"'{path}' has already finished all {done} epochs; pass --epochs N "
+                            f"with N > {done} to train longer (the cosine schedule then stretches).")
+    return cfg, ckpt
+
+
+def _fresh_run_dir(cfg: TrainConfig, info: D.DistInfo, overwrite: bool) -> Path:
+    run_dir = Path(cfg.runs_dir) / run_name(cfg)
+    exists = run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+    D.barrier()  # every rank looked before rank 0 may delete
+    if exists and not overwrite:
+        raise TrainingError(f"Run folder '{run_dir}' already exists; pass --overwrite to replace "
+                            f"it, --resume {run_dir / 'last.pt'} to continue it, or --name to "
+                            f"start another run.")
+    if info.is_main:
+        if exists:
+            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+    D.barrier()
+    return run_dir
+
+
+def _load_data(cfg: TrainConfig, info: D.DistInfo) -> tuple[ImageDataset, ImageDataset]:
+    """Both splits at the model's image size; rank 0 first, so a folder's decode cache is
+    written once and the other ranks read it."""
+    def load() -> tuple[ImageDataset, ImageDataset]:
+        kw = dict(data_dir=cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed)
+        size = cfg.model.image_size
+        return load_dataset(cfg.data, "train", size, **kw), load_dataset(cfg.data, "val", size, **kw)
+
+    if info.is_main:
+        train, val = load()
+    D.barrier()
+    if not info.is_main:
+        train, val = load()
+    for ds in (train, val):
+        if not ds.labeled:
+            raise ConfigError(f"The {ds.split} split of '{cfg.data}' has unlabeled images; "
+                              f"training needs class sub-folders (train/<class>/*.jpg).")
+    if train.classes != val.classes:
+        raise ConfigError(f"The train and val splits of '{cfg.data}' have different classes "
+                          f"({len(train.classes)} vs {len(val.classes)}); give both the same "
+                          f"class folders.")
+    return _subset(train, cfg.train_subset, cfg.seed), _subset(val, cfg.val_subset, cfg.seed)
+
+
+def _subset(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
+    if n is None or n >= len(ds):
+        return ds
+    keep = np.sort(np.random.default_rng([seed, 0x5B5E7]).permutation(len(ds))[:n])
+    return ds.subset(keep)
+
+
+def _to_device(train: ImageDataset, val: ImageDataset, mean, std, info: D.DistInfo,
+               device: torch.device) -> TrainData:
+    """This rank's shard of both splits as uint8 tensors on the device (decoded only once)."""
+    part = D.shard(len(train), info)
+    vpart = D.shard(len(val), info)
+    put = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    return TrainData(put(train.images[part]), put(train.labels[part]), put(val.images[vpart]),
+                     put(val.labels[vpart]), list(train.classes), list(mean), list(std),
+                     n_train=len(train))
