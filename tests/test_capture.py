@@ -1,0 +1,308 @@
+"""Capture: atomic files under interruption, bounded memory, ensure_dump reuse, the CLI, errors."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vitscope.capture import capture, ensure_dump
+from vitscope.checkpoint import load_model
+from vitscope.cli import main
+from vitscope.data import ImageDataset, load_dataset
+from vitscope.dump import Dump
+from vitscope.errors import DumpError, HookError
+from vitscope.model import ViT
+
+# A capture that pauses inside its third batch (two batches already handed to the writer).
+PAUSING_CHILD = textwrap.dedent("""
+    import sys, time, torch
+    torch.set_num_threads(1)
+    from vitscope.capture import capture
+    from vitscope.checkpoint import load_model
+    from vitscope.data import load_dataset
+    model, ck = load_model(sys.argv[1])
+    ds = load_dataset("shapes:val=48", "val", 16)
+    calls = []
+    def pause(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            print("MIDWAY", flush=True)
+            time.sleep(120)
+    model.register_forward_pre_hook(pause)
+    capture(model, ds, sys.argv[2], ckpt=ck, batch_size=4)
+    print("DONE", flush=True)
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_killed_capture_leaves_no_dump(tmp_path, shapes_ckpt, sig):
+    out = tmp_path / "out.h5"
+    partial = tmp_path / "out.h5.partial"
+    child = subprocess.Popen([sys.executable, "-c", PAUSING_CHILD, str(shapes_ckpt), str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "MIDWAY", child.stderr.read()
+        assert partial.exists() and not out.exists()
+        child.send_signal(sig)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode != 0 and not out.exists()
+    if sig == signal.SIGKILL:  # no cleanup can run: the partial file stays, but never opens
+        with pytest.raises(DumpError, match="incomplete|truncated or corrupt"):
+            Dump.open(partial)
+    else:
+        assert not partial.exists(), err
+
+
+def test_exception_during_capture_leaves_no_dump(tmp_path, shapes_ckpt):
+    model, ck = load_model(shapes_ckpt)
+    ds = load_dataset("shapes:val=48", "val", 16)
+    calls = []
+
+    def fail_third(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom in batch 3")
+
+    handle = model.register_forward_pre_hook(fail_third)
+    folder = tmp_path / "dumps"
+    with pytest.raises(RuntimeError, match="boom in batch 3"):
+        capture(model, ds, folder / "out.h5", ckpt=ck, batch_size=4)
+    assert list(folder.iterdir()) == []
+    assert all(not m._forward_hooks for m in model.modules())  # capture hooks removed
+    handle.remove()
+    # An existing dump survives a failed forced re-capture untouched.
+    good = capture(model, ds, folder / "out.h5", "cls", ckpt=ck, limit=8)
+    before = good.read_bytes()
+    model.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(RuntimeError("again")))
+    with pytest.raises(RuntimeError, match="again"):
+        capture(model, ds, good, ckpt=ck, force=True)
+    assert good.read_bytes() == before and [p.name for p in folder.iterdir()] == ["out.h5"]
+
+
+def test_write_failure_stops_the_capture(tmp_path, shapes_ckpt, monkeypatch):
+    from vitscope.dump import DumpWriter
+    model, ck = load_model(shapes_ckpt)
+    ds = load_dataset("shapes:val=48", "val", 16)
+    real_write, calls = DumpWriter.write, []
+
+    def disk_full(self, start, arrays):
+        calls.append(start)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_write(self, start, arrays)
+
+    monkeypatch.setattr(DumpWriter, "write", disk_full)
+    with pytest.raises(DumpError, match=r"Writing '.*out.h5.partial' failed \(OSError: .*No space "
+                                        r"left on device\); check free disk space"):
+        capture(model, ds, tmp_path / "d" / "out.h5", ckpt=ck, batch_size=4)
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+RSS_CHILD = textwrap.dedent("""
+    import resource, sys
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from vitscope.capture import capture
+    from vitscope.data import ImageDataset
+    from vitscope.model import ModelConfig, ViT
+    n = int(sys.argv[2])
+    torch.manual_seed(0)
+    model = ViT(ModelConfig(image_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=4,
+                            num_classes=10)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    ds = ImageDataset(images=images, labels=np.zeros(n, np.int64), classes=[], masks=None,
+                      spec="random", split="val", paths=None)
+    kw = dict(dtype="float32", compression="none", batch_size=64)
+    capture(model, ds, sys.argv[1] + ".warmup.h5", limit=128, **kw)  # one-time allocations
+    capture(model, ds, sys.argv[1], **kw)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
+""")
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    def peak_mib(n):
+        out = tmp_path / f"{n}.h5"
+        res = subprocess.run([sys.executable, "-c", RSS_CHILD, str(out), str(n)],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        with Dump.open(out) as d:
+            per_image = sum(d[h][0].nbytes for h in d.hooks) / 2**20
+        return int(res.stdout.split()[-1]), per_image
+
+    small, per_image = peak_mib(600)
+    large, _ = peak_mib(2400)
+    held_if_unbounded = 1800 * per_image  # what keeping every activation would add (~120 MiB)
+    assert held_if_unbounded > 80
+    assert large - small < 24, (small, large)
+
+
+def test_ensure_dump_reuses_a_covering_dump(tmp_path, shapes_ckpt, monkeypatch):
+    dumps = tmp_path / "dumps"
+    path, reused = ensure_dump(shapes_ckpt, n=16, hooks=["cls", "blocks.*.attn.weights"],
+                               dump_dir=dumps)
+    assert not reused and path.parent == dumps and path.name.startswith("run-val-16-")
+    with Dump.open(path) as d:
+        assert len(d) == 16 and d.attrs["dataset"] == "shapes:val=48"
+        assert d.attrs["normalize"] == {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    (dumps / "junk.h5").write_text("not a dump")  # ignored, not fatal
+
+    def forward_must_not_run(self, x):
+        raise AssertionError("the model ran")
+
+    monkeypatch.setattr(ViT, "forward", forward_must_not_run)
+    assert ensure_dump(shapes_ckpt, n=8, hooks=["blocks.1.attn.weights"], dump_dir=dumps) == (path, True)
+    with pytest.raises(AssertionError, match="the model ran"):  # not covered: more hooks
+        ensure_dump(shapes_ckpt, n=8, hooks=["blocks.*.out"], dump_dir=dumps)
+    with pytest.raises(AssertionError, match="the model ran"):  # not covered: more images
+        ensure_dump(shapes_ckpt, n=17, hooks=["cls"], dump_dir=dumps)
+    monkeypatch.undo()
+    other, reused = ensure_dump(shapes_ckpt, n=100, hooks=["cls"], dump_dir=dumps)
+    assert not reused and other != path
+    with Dump.open(other) as d:
+        assert len(d) == 48  # the whole split, which then covers any n
+    assert ensure_dump(shapes_ckpt, n=1000, hooks=["cls"], dump_dir=dumps) == (other, True)
+    assert not list(dumps.glob("*.partial"))
+
+
+def test_capture_errors(tmp_path, shapes_ckpt, tiny_ckpt):
+    with pytest.raises(DumpError, match="does not record the dataset it was trained on; pass --data"):
+        ensure_dump(tiny_ckpt, dump_dir=tmp_path)
+    model, ck = load_model(shapes_ckpt)
+    ds = load_dataset("shapes:val=48", "val", 16)
+    out = tmp_path / "x.h5"
+    with pytest.raises(HookError, match=r"No hook point matches 'blocks\.\*\.atn\.weights'.*"
+                                        r"Available: patch_embed\.out"):
+        capture(model, ds, out, ["blocks.*.atn.weights"], ckpt=ck)
+    with pytest.raises(DumpError, match="--limit must be a positive"):
+        capture(model, ds, out, ckpt=ck, limit=0)
+    big = load_dataset("shapes:val=8", "val", 24)
+    with pytest.raises(DumpError, match="has 24×24 images but the model expects 16×16"):
+        capture(model, big, out, ckpt=ck)
+    with pytest.raises(DumpError, match="--shard 2/2 is out of range"):
+        capture(model, ds, out, ckpt=ck, shard="2/2")
+    with pytest.raises(DumpError, match="must look like i/n"):
+        capture(model, ds, out, ckpt=ck, shard="half")
+    with pytest.raises(DumpError, match="Shard 0/4 of 3 images is empty"):
+        capture(model, ds, out, ckpt=ck, limit=3, shard="0/4")
+    capture(model, ds, out, "cls", ckpt=ck, limit=4)
+    with pytest.raises(DumpError, match="already exists; pass --force"):
+        capture(model, ds, out, "cls", ckpt=ck, limit=4)
+    capture(model, ds, out, "cls", ckpt=ck, limit=5, force=True)
+    with Dump.open(out) as d:
+        assert len(d) == 5
+    assert sorted(p.name for p in tmp_path.glob("x.h5*")) == ["x.h5"]
+
+
+def test_labels_are_mapped_onto_the_model_classes(tmp_path, shapes_ckpt):
+    model, ck = load_model(shapes_ckpt)
+    ds = load_dataset("shapes:val=20", "val", 16)
+    names = list(ds.classes)
+    ds.classes = names[::-1]  # the same classes listed in another order
+    with Dump.open(capture(model, ds, tmp_path / "x.h5", "cls", ckpt=ck)) as d:
+        assert d.labels.tolist() == [names.index(ds.classes[i]) for i in ds.labels[d.indices]]
+        assert d.attrs["dataset_classes"] == ds.classes
+
+
+def run_cli(*args, env=None):
+    return CliRunner().invoke(main, ["dump", *map(str, args)], env=env)
+
+
+def test_cli_dump_merge_and_info(tmp_path, shapes_ckpt, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run_cli(shapes_ckpt, "--limit", 12, "-q")
+    assert res.exit_code == 0, res.output
+    default = tmp_path / "outputs" / "dumps" / "run-val-12.h5"
+    assert f"Wrote {default.relative_to(tmp_path)}: 12 images" in res.output
+    with Dump.open(default) as d:
+        per_block = ["norm1.in", "norm1.out", "attn.weights", "attn.out", "norm2.in", "norm2.out",
+                     "out"]
+        want = (["patch_embed.out"] + [f"blocks.{i}.{h}" for i in (0, 1) for h in per_block]
+                + ["norm.out", "cls"])
+        assert d.hooks == want and d.attrs["dtype"] == "float16"
+
+    res = run_cli(shapes_ckpt, "--hooks", "cls,blocks.*.attn.weights", "--hooks", "norm.out",
+                  "--dtype", "float32", "--compression", "gzip", "--split", "train",
+                  "--data", "shapes:train=30", "--limit", 10, "-o", "c.h5", "-q")
+    assert res.exit_code == 0, res.output
+    with Dump.open("c.h5") as d:
+        assert d.hooks == ["blocks.0.attn.weights", "blocks.1.attn.weights", "norm.out", "cls"]
+        assert d["cls"].dtype == np.float32 and d["cls"].compression == "gzip"
+        assert (d.attrs["dataset"], d.attrs["split"], len(d)) == ("shapes:train=30", "train", 10)
+
+    for i in (0, 1):
+        res = run_cli(shapes_ckpt, "--hooks", "cls", "--limit", 9, "--shard", f"{i}/2", "-q")
+        assert res.exit_code == 0, res.output
+    assert "dump merge outputs/dumps/run-val-9-shard*of2.h5 -o outputs/dumps/run-val-9.h5" in res.output
+    shards = sorted((tmp_path / "outputs" / "dumps").glob("run-val-9-shard*"))
+    res = run_cli("merge", *shards, "-o", "merged.h5")
+    assert res.exit_code == 0 and "9 images from 2 shards" in res.output, res.output
+    res = run_cli("info", "merged.h5")
+    assert res.exit_code == 0 and "merged from 2 shards" in res.output and "cls" in res.output
+
+    # Under torchrun (WORLD_SIZE > 1) each rank writes its own shard without --shard.
+    res = run_cli(shapes_ckpt, "--hooks", "cls", "-o", "tr.h5", "-q",
+                  env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    assert res.exit_code == 0, res.output
+    with Dump.open("tr-shard1of2.h5") as d:
+        assert d.attrs["shard"] == {"index": 1, "count": 2, "start": 24, "stop": 48, "total": 48}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--limit", "0"], "--limit must be a positive number of images, got 0"),
+    (["--hooks", "blocks.*.atn.weights"], "No hook point matches 'blocks.*.atn.weights'"),
+    (["--shard", "5/2"], "--shard 5/2 is out of range"),
+    (["--data", "shapez"], "Unknown dataset 'shapez'. Did you mean 'shapes'?"),
+])
+def test_cli_errors(tmp_path, shapes_ckpt, args, message):
+    res = run_cli(shapes_ckpt, *args, "-o", tmp_path / "x.h5", "-q")
+    assert res.exit_code == 1 and f"Error: {message}" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "x.h5").exists()
+
+
+def test_cli_refuses_existing_output_and_non_dumps(tmp_path, shapes_ckpt):
+    out = tmp_path / "x.h5"
+    assert run_cli(shapes_ckpt, "--hooks", "cls", "--limit", 3, "-o", out, "-q").exit_code == 0
+    res = run_cli(shapes_ckpt, "--hooks", "cls", "--limit", 3, "-o", out, "-q")
+    assert res.exit_code == 1 and "already exists; pass --force" in res.output
+    assert run_cli(shapes_ckpt, "--hooks", "cls", "--limit", 4, "-o", out, "-q", "--force").exit_code == 0
+    res = run_cli("info", shapes_ckpt)
+    assert res.exit_code == 1 and "is not an HDF5 file, so it is not a vitscope dump" in res.output
+    res = run_cli("merge", out, "-o", tmp_path / "m.h5")
+    assert res.exit_code == 1 and "is not a shard" in res.output
+
+
+def test_cli_help_shows_both_usages():
+    res = CliRunner().invoke(main, ["dump", "--help"], prog_name="vitscope")
+    assert res.exit_code == 0
+    assert "vitscope dump CKPT [OPTIONS]" in res.output
+    assert "vitscope dump merge SHARD.h5... -o OUT.h5" in res.output
+    for option in ("--data", "--limit", "--hooks", "--shard", "--dtype", "--compression", "--force"):
+        assert option in res.output
+    assert "dump" in CliRunner().invoke(main, ["--help"]).output
+
+
+def test_capture_needs_no_checkpoint(tmp_path, tiny_vit):
+    """During training: metadata from model.cfg, `classes` and `normalize`; no hash."""
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    ds = ImageDataset(images=images, labels=np.full(6, -1), classes=[], masks=None,
+                      spec="folder:/x", split="val", paths=None)
+    path = capture(tiny_vit, ds, tmp_path / "t.h5", ["cls"], classes=list("abcde"),
+                   normalize=([0.1] * 3, [0.2] * 3), seed=None)
+    with Dump.open(path) as d:
+        assert d.attrs["checkpoint_sha256"] == "" and d.classes == list("abcde")
+        assert d.labels.tolist() == [-1] * 6 and d.masks is None
+        assert d.indices.tolist() == list(range(6)) and d.attrs["order"] == "split"
+        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.1) / 0.2
+        np.testing.assert_allclose(d.logits[:], tiny_vit(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert json.loads(json.dumps(d.attrs["token_layout"]))["grid"] == [4, 4]

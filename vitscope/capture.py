@@ -1,0 +1,454 @@
+"""Stream a dataset through a ViT into an activation dump (vitscope.dump), batch by batch.
+
+    path = capture(model, load_dataset("shapes", "val", 32), "outputs/dumps/x.h5", ckpt=ckpt)
+    path, reused = ensure_dump("runs/shapes/best.pt", n=64)     # what `vitscope analyze` uses
+
+Why it is shaped this way:
+- Only the hook points asked for get a hook, so attention takes its explicit (B×H×T×T) branch
+  only in blocks whose `attn.weights` is captured; everything else stays on fused SDPA.
+- Activations are cast to the dump dtype on the device (half the transfer for fp16) and
+  handed to a background writer thread through a bounded queue: the model never waits on
+  HDF5 compression or the disk, and memory holds at most a few batches whatever N is.
+- Two hook points that receive the very same tensor (`blocks.i.out` is `blocks.{i+1}.norm1.in`)
+  are stored once and hard-linked, which saves a sixth of the default set.
+- The file is written as OUT.h5.partial and renamed on success; Ctrl-C, SIGTERM or an
+  exception deletes the partial file, and an existing OUT.h5 is replaced only with force.
+- Images must already have the model's size (a clear DumpError otherwise): resizing silently
+  would change what the model saw. `load_dataset(..., image_size=cfg.image_size)` resizes
+  once, at load time; the CLI and ensure_dump always ask for the checkpoint's size.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import signal
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitscope.dump import Dump, DumpWriter, TokenLayout
+from vitscope.errors import DumpError, VitscopeError
+from vitscope.hooks import attach, hook_points, resolve
+
+DEFAULT_HOOKS: tuple[str, ...] = (
+    "patch_embed.out",
+    "blocks.*.norm1.in", "blocks.*.norm1.out",
+    "blocks.*.attn.weights", "blocks.*.attn.out",
+    "blocks.*.norm2.in", "blocks.*.norm2.out",
+    "blocks.*.out",
+    "norm.out",
+    "cls",
+)
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+COMPRESSIONS = ("lzf", "gzip", "none")
+DEFAULT_N = 64                      # images ensure_dump captures when no n is given
+DEFAULT_DUMP_DIR = Path("outputs/.dumps")
+QUEUE_BATCHES = 2                   # batches waiting for the writer: bounds memory
+
+
+def capture(model: torch.nn.Module, dataset, out_path: str | Path,
+            hooks: str | Iterable[str] = DEFAULT_HOOKS, *, ckpt=None, normalize=None,
+            classes: list[str] | None = None, limit: int | None = None, batch_size: int = 64,
+            dtype: str = "float16", compression: str | None = "lzf",
+            shard: tuple[int, int] | str | None = None, force: bool = False,
+            device: str | torch.device | None = None, progress: bool = False,
+            seed: int | None = 0) -> Path:
+    """Run `dataset` (an ImageDataset) through `model` and write the dump `out_path`.
+
+    Images go in a seeded shuffle of the split (`seed`; None keeps the split's order) so any
+    prefix is a mixed sample; `limit` keeps the first images of that order and `shard=(i, n)`
+    (or "i/n") writes the i-th of n contiguous ranges of it. `ckpt` (a Checkpoint) supplies
+    path, SHA-256, classes and normalisation; without it they come from `model.cfg`,
+    `classes` and `normalize` ((mean, std), default 0.5 each) and the hash stays empty.
+    The model is moved to `device` (None: where it is) and put back in its train/eval mode
+    afterwards. Returns the path of the finished dump.
+    """
+    out = Path(out_path)
+    names = _check_request(model, dataset, out, hooks, limit, batch_size, dtype, compression, force)
+    order = image_order(len(dataset), seed)[:limit]
+    index, count = parse_shard(shard) if shard is not None else (0, 1)
+    start, stop = shard_range(len(order), index, count)
+    positions = order[start:stop]
+    if len(positions) == 0:
+        raise DumpError(f"Shard {index}/{count} of {len(order)} images is empty; use at most "
+                        f"{len(order)} shards.")
+    mean, std = _normalisation(ckpt, normalize)
+    attrs = _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype,
+                        compression, len(order), (index, count, start, stop) if shard else None)
+    labels = _labels_for(dataset, attrs["classes"])  # (labels, remapped)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.unlink(missing_ok=True)  # a stale one from a killed run (its writer is gone)
+    was_training = model.training
+    writer = None
+    try:
+        model.to(dev).eval()
+        writer = BackgroundWriter(DumpWriter(partial, len(positions), attrs,
+                                             batch_size=batch_size, compression=compression))
+        with _terminate_as_exception():
+            _stream(model, dataset, positions, labels, names, writer, dev, mean, std,
+                    batch_size, DTYPES[dtype], progress, out.name)
+            writer.finish()
+            if out.exists() and not force:  # created by someone else while we ran
+                raise DumpError(f"'{out}' appeared while capturing; pass --force to overwrite it.")
+            os.replace(partial, out)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, compression,
+                   force) -> list[str]:
+    if not hasattr(model, "hook_points") or not hasattr(model, "cfg"):
+        raise DumpError(f"A {type(model).__name__} has no hook points to capture; dumps are "
+                        f"made from ViT checkpoints.")
+    check_limit(limit)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DumpError(f"--batch-size must be a positive integer, got {batch_size!r}.")
+    if dtype not in DTYPES:
+        raise DumpError(f"Unknown dump dtype '{dtype}'; use one of {', '.join(DTYPES)}.")
+    if compression not in (*COMPRESSIONS, None):
+        raise DumpError(f"Unknown compression '{compression}'; use one of "
+                        f"{', '.join(COMPRESSIONS)}.")
+    if out.is_dir():
+        raise DumpError(f"'{out}' is a directory; give -o a file name such as {out / 'dump.h5'}.")
+    if out.exists() and not force:
+        raise DumpError(f"'{out}' already exists; pass --force to overwrite it or choose another "
+                        f"path with -o.")
+    if len(dataset) == 0:
+        raise DumpError(f"Dataset '{dataset.spec}' ({dataset.split}) has no images to dump.")
+    size = model.cfg.image_size
+    if tuple(dataset.images.shape[1:3]) != (size, size):
+        h, w = dataset.images.shape[1:3]
+        raise DumpError(f"Dataset '{dataset.spec}' has {h}×{w} images but the model expects "
+                        f"{size}×{size}; load it at the model's size (load_dataset(..., "
+                        f"image_size={size}), which `vitscope dump` does for you).")
+    return resolve(model, [hooks] if isinstance(hooks, str) else list(hooks))
+
+
+def image_order(n: int, seed: int | None) -> np.ndarray:
+    """Positions in the split in capture order: a seeded shuffle, or 0..n-1 for seed None."""
+    if seed is None:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng(seed).permutation(n).astype(np.int64)
+
+
+def parse_shard(shard: tuple[int, int] | str) -> tuple[int, int]:
+    """`"1/4"` or `(1, 4)` -> (1, 4); DumpError unless 0 <= i < n."""
+    try:
+        i, n = (int(s) for s in shard.split("/")) if isinstance(shard, str) else map(int, shard)
+    except (ValueError, TypeError):
+        raise DumpError(f"--shard must look like i/n (e.g. 0/4 for the first of four shards), "
+                        f"got {shard!r}.") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise DumpError(f"--shard {i}/{n} is out of range; i counts from 0 to n-1 (e.g. 0/4 .. 3/4).")
+    return i, n
+
+
+def shard_range(total: int, index: int, count: int) -> tuple[int, int]:
+    """Contiguous [start, stop) of shard `index` of `count` over `total` ordered images."""
+    return total * index // count, total * (index + 1) // count
+
+
+def _normalisation(ckpt, normalize) -> tuple[list[float], list[float]]:
+    from vitscope.data import DEFAULT_MEAN, DEFAULT_STD, normalization
+    if ckpt is not None:
+        return normalization(ckpt)
+    if normalize is None:
+        return list(DEFAULT_MEAN), list(DEFAULT_STD)
+    mean, std = normalize
+    return [float(x) for x in mean], [float(x) for x in std]
+
+
+def _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype, compression,
+                total, shard) -> dict[str, Any]:
+    cfg = model.cfg
+    model_classes = list(ckpt.classes) if ckpt is not None and ckpt.classes else \
+        list(classes if classes is not None else dataset.classes)
+    attrs = {
+        "arch": getattr(ckpt, "arch", "vit"),
+        "model_config": cfg.to_dict(),
+        "checkpoint_path": str(ckpt.path) if ckpt is not None else "",
+        "checkpoint_sha256": file_sha256(ckpt.path) if ckpt is not None else "",
+        "classes": model_classes,
+        "dataset_classes": list(dataset.classes),
+        "dataset": dataset.spec,
+        "split": dataset.split,
+        "split_size": len(dataset),
+        "seed": -1 if seed is None else int(seed),
+        "order": "split" if seed is None else "shuffle",
+        "num_images": total if shard is None else shard[3] - shard[2],
+        "normalize": {"mean": mean, "std": std},
+        "token_layout": TokenLayout.of_model(model).to_dict(),
+        "hooks": names,
+        "model_hooks": list(hook_points(model)),
+        "dtype": dtype,
+        "compression": compression or "none",
+    }
+    if shard is not None:
+        i, n, start, stop = shard
+        attrs["shard"] = {"index": i, "count": n, "start": start, "stop": stop, "total": total}
+    return attrs
+
+
+def _labels_for(dataset, model_classes: list[str]) -> tuple[np.ndarray, bool]:
+    """Dataset labels as indices into the model's classes (by name when the two lists differ,
+    -1 for a class the model lacks), and whether they had to be remapped."""
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    if not dataset.classes or list(dataset.classes) == list(model_classes) or not model_classes:
+        return labels, False
+    lookup = np.array([model_classes.index(c) if c in model_classes else -1
+                       for c in dataset.classes] + [-1], dtype=np.int64)
+    return lookup[np.where(labels >= 0, labels, len(dataset.classes))], True
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, cached per (path, size, mtime) so repeated requests hash once."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+class BackgroundWriter:
+    """A thread that owns the DumpWriter and takes batches through a bounded queue."""
+
+    def __init__(self, writer: DumpWriter) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="vitscope-dump-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None or self._stop.is_set():
+                return
+            try:
+                start, arrays, tensors, event, links = item
+                if event is not None:
+                    event.synchronize()  # the device-to-host copies were issued asynchronously
+                arrays.update({k: t.numpy() for k, t in tensors.items()})
+                self.writer.write(start, arrays)
+                if links is not None:
+                    self.writer.set_aliases(links)
+            except BaseException as e:  # reported to the capture loop, which stops
+                self.error = e
+                return
+
+    def put(self, item) -> None:
+        while True:
+            self._raise_if_failed()
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise DumpError(f"Writing '{self.writer.path}' failed ({type(self.error).__name__}: "
+                            f"{self.error}); check free disk space and write permission.") \
+                from self.error
+
+    def finish(self) -> None:
+        self.put(None)
+        self.thread.join()
+        self._raise_if_failed()
+        self.writer.finish()
+
+    def abort(self) -> None:
+        """Stop the thread without writing the rest, and close the file."""
+        self._stop.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.put(None, timeout=0.1)
+            except queue.Full:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    pass
+            self.thread.join(timeout=0.1)
+        self.writer.close()
+
+
+def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWriter, dev,
+            mean, std, batch_size, torch_dtype, progress, desc) -> None:
+    from tqdm import tqdm
+
+    from vitscope.data import to_model_input
+
+    labels, remapped = labels_remap
+    acts: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] | None = None
+    cuda = dev.type == "cuda"
+
+    def grab(t: torch.Tensor, name: str) -> None:
+        acts[name] = t
+
+    bar = tqdm(total=len(positions), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
+    with attach(model, {n: grab for n in names}), torch.inference_mode(), bar:
+        for b0 in range(0, len(positions), batch_size):
+            pos = positions[b0:b0 + batch_size]
+            images = np.ascontiguousarray(dataset.images[pos])
+            u8 = torch.from_numpy(images)
+            if cuda:
+                u8 = u8.pin_memory().to(dev, non_blocking=True)
+            acts.clear()
+            logits = model(to_model_input(u8.to(dev), mean, std))
+            first = aliases is None
+            if first:
+                aliases = _same_tensors(acts, names)
+            tensors = {f"acts/{n}": acts[n].to(torch_dtype) for n in names if n not in aliases}
+            tensors["logits"] = logits.float()
+            tensors = {k: v.to("cpu", non_blocking=cuda) for k, v in tensors.items()}
+            event = None
+            if cuda:
+                event = torch.cuda.Event()
+                event.record()
+            arrays = {"images": images, "labels": labels[pos], "indices": pos}
+            if remapped:
+                arrays["dataset_labels"] = np.asarray(dataset.labels, dtype=np.int64)[pos]
+            if dataset.masks is not None:
+                arrays["masks"] = np.asarray(dataset.masks[pos], dtype=np.uint8)
+            links = aliases if first else None
+            writer.put((b0, arrays, tensors, event, links))
+            bar.update(len(pos))
+            if progress:
+                bar.set_postfix_str(f"{writer.writer.bytes_in / 1e6:,.1f} MB written", refresh=False)
+
+
+def _same_tensors(acts: dict[str, torch.Tensor], names: list[str]) -> dict[str, str]:
+    """alias -> first name for hook points that received the identical tensor object's data
+    (same storage, offset, shape and strides); stored once, linked in the file."""
+    seen: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for n in names:
+        t = acts.get(n)
+        if t is None:
+            raise DumpError(f"Hook point '{n}' produced nothing during the forward pass; this "
+                            f"model does not run it.")
+        key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device)
+        if key in seen:
+            aliases[n] = seen[key]
+        else:
+            seen[key] = n
+    return aliases
+
+
+class _Terminated(SystemExit):
+    """SIGTERM turned into an exception so the partial file is cleaned up."""
+
+
+class _terminate_as_exception:
+    """While capturing in the main thread, SIGTERM raises instead of killing the process at
+    once (Ctrl-C already raises KeyboardInterrupt), so cleanup runs."""
+
+    def __enter__(self):
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
+            def handler(signum, frame):
+                raise _Terminated(128 + signum)
+            self.previous = signal.signal(signal.SIGTERM, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None
+                          else signal.SIG_DFL)
+        return False
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DumpError(f"--limit must be a positive number of images, got {limit!r}; leave it "
+                        f"out to dump the whole split.")
+
+
+def data_spec(ckpt, data: str | None = None) -> str:
+    """`data`, else the spec the checkpoint was trained on; DumpError when there is neither."""
+    spec = data or (ckpt.train_config or {}).get("data")
+    if not spec:
+        raise DumpError(f"'{ckpt.path}' does not record the dataset it was trained on; pass "
+                        f"--data SPEC (e.g. --data shapes, --data cifar10 or --data folder:PATH).")
+    return spec
+
+
+def dataset_for(ckpt, data: str | None = None, split: str = "val", data_dir: str | None = None):
+    """The `split` of `data` (default: the checkpoint's training data) at the model's image
+    size, loaded the way training loaded it (same data_dir, val_split carve-out and seed)."""
+    from vitscope.data import load_dataset
+
+    tc = ckpt.train_config or {}
+    spec = data_spec(ckpt, data)
+    kwargs: dict[str, Any] = {"data_dir": data_dir or tc.get("data_dir") or "./data"}
+    if spec == tc.get("data") and tc.get("val_split") is not None:
+        kwargs.update(val_split=tc["val_split"], seed=int(tc.get("seed", 0)))
+    return load_dataset(spec, split, ckpt.model_config.image_size, **kwargs)
+
+
+def run_name(ckpt_path: str | Path) -> str:
+    """`runs/shapes/best.pt` -> "shapes"; `models/vit3.pt` -> "vit3"."""
+    p = Path(ckpt_path)
+    generic = {"best", "last", "ckpt", "checkpoint", "model", "final"}
+    return p.parent.resolve().name if p.stem in generic and p.parent.resolve().name else p.stem
+
+
+def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = "val",
+                n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
+                dump_dir: str | Path | None = None, batch_size: int = 64,
+                device: str | torch.device | None = None,
+                progress: bool = False) -> tuple[Path, bool]:
+    """A dump serving (checkpoint, data, split, first n images, hooks): `(path, reused)`.
+
+    Reuses any finished dump in `dump_dir` (default outputs/.dumps) whose checkpoint SHA-256,
+    dataset spec, split, length and hook points cover the request, else captures one there.
+    `data` None means the checkpoint's training data; `n` None means DEFAULT_N images.
+    """
+    from vitscope.checkpoint import load_checkpoint
+
+    n = DEFAULT_N if n is None else n
+    check_limit(n)
+    ckpt = load_checkpoint(ckpt_path)
+    spec = data_spec(ckpt, data)
+    sha = file_sha256(ckpt.path)
+    folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
+    patterns = [hooks] if isinstance(hooks, str) else list(hooks)
+    for path in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
+        try:
+            with Dump.open(path) as dump:
+                if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split):
+                    return path, True
+        except VitscopeError:
+            continue  # a foreign or damaged file in the cache folder is not ours to judge
+    model = ckpt.build_model()
+    dataset = dataset_for(ckpt, spec, split)
+    key = hashlib.sha256(repr((sha, spec, split, n, sorted(patterns))).encode()).hexdigest()[:10]
+    out = folder / f"{run_name(ckpt.path)}-{split}-{n}-{key}.h5"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
+                   batch_size=batch_size, device=device, progress=progress, force=True)
+    return path, False

@@ -1,0 +1,178 @@
+"""`vitscope dump CKPT ...` (capture activations) and `vitscope dump merge SHARDS... -o OUT.h5`.
+
+`dump` is a click group whose default command is the capture: when the first argument is not
+a subcommand (`merge`, `info`), it is a checkpoint and the capture runs.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+SUBCOMMAND_USAGE = {
+    "merge": "merge SHARD.h5... -o OUT.h5 [--force]",
+    "info": "info DUMP.h5",
+}
+
+
+class DefaultGroup(click.Group):
+    """A group that runs `default` when the first argument names no subcommand."""
+
+    default = "capture"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "CKPT [OPTIONS]")
+        for usage in SUBCOMMAND_USAGE.values():
+            formatter.write_usage(ctx.command_path, usage, prefix="   or: ")
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        default = self.commands[self.default]
+        with click.Context(default, info_name=self.default, parent=ctx) as sub:
+            default.format_options(sub, formatter)
+        self.format_commands(ctx, formatter)
+
+
+class DefaultCommand(click.Command):
+    """The capture command, whose usage reads `vitscope dump CKPT [OPTIONS]`."""
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        path = ctx.parent.command_path if ctx.parent is not None else ctx.command_path
+        formatter.write_usage(path, "CKPT [OPTIONS]")
+
+
+@click.group(cls=DefaultGroup)
+def dump() -> None:
+    """Capture a checkpoint's activations on a dataset into an HDF5 dump.
+
+    Defaults come from the checkpoint: its dataset and image size, the val split, and the hook
+    points the built-in analyses need. Images go in a seeded shuffle of the split, so --limit N
+    keeps a mixed sample. The file appears only when complete (written as OUT.h5.partial,
+    renamed at the end). Use --shard i/n on several machines or GPUs, then `dump merge`.
+    """
+
+
+@dump.command("capture", cls=DefaultCommand, hidden=True)
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--data", default=None, metavar="SPEC",
+              help="Dataset spec (default: the checkpoint's training data), e.g. shapes, cifar10, "
+                   "folder:PATH.")
+@click.option("--data-dir", default=None, help="Where cifar10/cifar100 live (default: as in training).")
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
+@click.option("--limit", type=int, default=None, metavar="N",
+              help="Dump only the first N images of the (shuffled) order.")
+@click.option("--hooks", multiple=True, metavar="PATTERNS",
+              help="Hook names or globs, comma-separated or repeated (default: what the built-in "
+                   "analyses need; `vitscope hooks CKPT` lists them).")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--dtype", default="float16", show_default=True,
+              type=click.Choice(["float16", "float32"]), help="Storage type of activations.")
+@click.option("--compression", default="lzf", show_default=True,
+              type=click.Choice(["lzf", "gzip", "none"]))
+@click.option("--shard", default=None, metavar="i/n",
+              help="Write shard i of n (contiguous ranges of the order); under torchrun the "
+                   "default is RANK/WORLD_SIZE.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the image order.")
+@click.option("--in-order", is_flag=True, help="Keep the split's own order instead of shuffling.")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Output file (default: outputs/dumps/<run>-<split>-<N>.h5).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, compression, shard,
+                seed, in_order, output, force, device, quiet) -> None:
+    """Capture activations of CKPT into an HDF5 dump."""
+    import torch
+
+    from vitscope.capture import (DEFAULT_HOOKS, capture, check_limit, dataset_for, parse_shard,
+                                  run_name, shard_range)
+    from vitscope.checkpoint import load_model
+    from vitscope.errors import DumpError
+    from vitscope.hooks import resolve
+
+    check_limit(limit)
+    patterns = [p.strip() for item in hooks for p in item.split(",") if p.strip()] or list(DEFAULT_HOOKS)
+    shard_given, auto_shard = shard is not None, _torchrun_shard()
+    parsed = parse_shard(shard) if shard_given else auto_shard
+    model, ck = load_model(ckpt)
+    if not hasattr(model, "hook_points"):
+        raise DumpError(f"'{ckpt}' holds a {ck.arch} model, which has no hook points; dumps are "
+                        f"made from ViT checkpoints.")
+    resolve(model, patterns)  # fail on a bad pattern before loading any data
+    dataset = dataset_for(ck, data, split, data_dir)
+    n = min(limit or len(dataset), len(dataset))
+    out = Path(output) if output else Path("outputs/dumps") / f"{run_name(ck.path)}-{split}-{n}.h5"
+    merged = out
+    if parsed is not None and (not output or not shard_given):  # one file per shard (and rank)
+        out = out.with_name(f"{out.stem}-shard{parsed[0]}of{parsed[1]}{out.suffix}")
+    if device is None:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    path = capture(model, dataset, out, patterns, ckpt=ck, limit=limit, batch_size=batch_size,
+                   dtype=dtype, compression=compression, shard=parsed, force=force,
+                   device=device, progress=not quiet, seed=None if in_order else seed)
+    seconds = time.perf_counter() - t0
+    start, stop = shard_range(n, *parsed) if parsed is not None else (0, n)
+    count, size = stop - start, path.stat().st_size
+    click.echo(f"Wrote {path}: {count} images, {len(resolve(model, patterns))} hook points, "
+               f"{size / 1e6:,.1f} MB ({size / count / 1e3:,.1f} kB/image) in {seconds:.1f} s "
+               f"({count / seconds:,.1f} images/s).")
+    if parsed is not None and out != merged:
+        pattern = out.with_name(f"{merged.stem}-shard*of{parsed[1]}{out.suffix}")
+        click.echo(f"When all {parsed[1]} shards are done: vitscope dump merge {pattern} -o {merged}")
+
+
+def _torchrun_shard() -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) under torchrun with more than one process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return (int(os.environ.get("RANK", "0") or 0), world) if world > 1 else None
+
+
+@dump.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The merged dump (virtual datasets over the shards; keep them beside it).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def merge_cmd(shards, output, force) -> None:
+    """Join the shard files of one `--shard i/n` capture into one dump, without copying data."""
+    from vitscope.dump import Dump, merge
+
+    path = merge(shards, output, force=force)
+    with Dump.open(path) as d:
+        click.echo(f"Wrote {path}: {len(d)} images from {len(shards)} shards "
+                   f"(virtual datasets, {path.stat().st_size / 1e3:,.1f} kB).")
+
+
+@dump.command("info")
+@click.argument("path", type=click.Path(dir_okay=False))
+def info_cmd(path) -> None:
+    """What a dump holds: source, images, token layout and every captured hook with its shape."""
+    from vitscope.dump import Dump
+    from vitscope.hooks import format_shape
+
+    with Dump.open(path) as d:
+        a = d.attrs
+        click.echo(f"dump         {d.path}  (format {a['format']} v{a['version']}, vitscope "
+                   f"{a.get('vitscope_version', '?')}, created {a.get('created', '?')})")
+        click.echo(f"checkpoint   {a.get('checkpoint_path') or '-'}  sha256 "
+                   f"{(a.get('checkpoint_sha256') or '-')[:16]}")
+        click.echo(f"data         {a.get('dataset')} ({a.get('split')}), {len(d)} of "
+                   f"{a.get('split_size')} images, order {a.get('order')} (seed {a.get('seed')})")
+        lay = d.layout
+        click.echo(f"layout       {lay.num_prefix_tokens} prefix token + {lay.grid[0]}×{lay.grid[1]} "
+                   f"patches of {lay.patch_size} px ({lay.image_size} px images)")
+        click.echo(f"classes      {len(d.classes)}: {', '.join(d.classes)}")
+        click.echo(f"storage      {a.get('dtype')}, {a.get('compression')}, "
+                   f"{d.path.stat().st_size / 1e6:,.1f} MB" +
+                   (f", merged from {len(a['merged_from'])} shards" if a.get("merged_from") else ""))
+        width = max((len(h) for h in d.hooks), default=0)
+        for h in d.hooks:
+            ds = d[h]
+            click.echo(f"  {h:<{width}}  {format_shape(ds.shape)}  {'×'.join(d.dims(h))}  {ds.dtype}")

@@ -1,0 +1,487 @@
+"""Activation dumps: one HDF5 file per capture, written by `vitscope.capture`, read by plugins.
+
+    /                 root attributes: format="vitscope-dump", version, model config, checkpoint
+                      path + SHA-256, classes, dataset spec, split, seed, order, token layout,
+                      hooks, ... (docs/dump-format.md lists every one)
+    /images           N×H×W×3 uint8    the inputs as the model saw them, before normalisation
+    /labels           N int64          -1 where unknown
+    /logits           N×C float32
+    /indices          N int64          index of each image in its split
+    /masks            N×H×W uint8      ground-truth object masks, when the dataset has them
+    /acts/<hook>      N×...            one dataset per captured hook point (fp16 by default),
+                                       chunked along N, attribute `dims` names each axis
+
+    with Dump.open("outputs/dumps/run-val-64.h5") as dump:
+        for name in dump.match("blocks.*.attn.weights"):    # numeric layer order
+            a = dump[name][:16]                              # lazy: reads 16 images only
+
+A file becomes a dump only when its writer finishes (attribute `complete`), so a `.partial`
+left by a killed capture never opens as one. `merge` joins the shards of a `--shard i/n`
+capture into one file of HDF5 virtual datasets (no data is copied).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from vitscope import __version__
+from vitscope.errors import DumpError
+from vitscope.hooks import layer_sort_key, match_names, summarize_names
+
+FORMAT = "vitscope-dump"
+VERSION = 1
+# Root attributes stored as JSON text (HDF5 attributes hold no nested data); Dump.attrs decodes them.
+JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
+                        "model_hooks", "aliases", "normalize", "shard", "merged_from"})
+# Datasets every dump has besides /acts (masks and dataset_labels are optional).
+REQUIRED = ("images", "labels", "logits", "indices")
+CHUNK_BYTES = 1 << 20        # target chunk size: large enough to compress well, small to read one image
+READ_CACHE_BYTES = 16 << 20  # per-dataset chunk cache when reading, so image-by-image loops stay fast
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How the token axis T of an activation maps onto the image (plugins never guess this)."""
+
+    num_prefix_tokens: int   # tokens before the patches: 1 (CLS)
+    grid: tuple[int, int]    # patch grid (rows, cols); patch token p sits at (p // cols, p % cols)
+    patch_size: int          # pixels per patch side
+    image_size: int          # input side in pixels
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix_tokens + self.num_patches
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_prefix_tokens": self.num_prefix_tokens, "grid": list(self.grid),
+                "patch_size": self.patch_size, "image_size": self.image_size}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TokenLayout":
+        return cls(int(d["num_prefix_tokens"]), (int(d["grid"][0]), int(d["grid"][1])),
+                   int(d["patch_size"]), int(d["image_size"]))
+
+    @classmethod
+    def of_model(cls, model) -> "TokenLayout":
+        cfg = model.cfg
+        return cls(int(getattr(model, "num_prefix_tokens", 1)), (cfg.grid_size, cfg.grid_size),
+                   cfg.patch_size, cfg.image_size)
+
+
+def dims_for(key: str, ndim: int) -> list[str]:
+    """Axis names of a dataset: N images, H heads, T tokens (prefix + patches), P patches only,
+    D width, Dh head width; images use H×W×C for height, width, channels."""
+    known = {"images": ["N", "H", "W", "C"], "masks": ["N", "H", "W"], "labels": ["N"],
+             "dataset_labels": ["N"], "indices": ["N"], "logits": ["N", "C"]}
+    name = key.removeprefix("acts/")
+    if key in known:
+        dims = known[key]
+    elif name.endswith("attn.weights"):
+        dims = ["N", "H", "T", "T"]
+    elif name.endswith(("attn.q", "attn.k", "attn.v")):
+        dims = ["N", "H", "T", "Dh"]
+    elif name == "patch_embed.out":
+        dims = ["N", "P", "D"]
+    elif ndim == 2:
+        dims = ["N", "D"]
+    else:
+        dims = ["N", "T", "D"]
+    return dims if len(dims) == ndim else ["N"] + [f"d{i}" for i in range(1, ndim)]
+
+
+def chunk_rows(n: int, batch: int, row_bytes: int) -> int:
+    """Images per chunk: a multiple or divisor of the batch (writes fill whole chunks) near
+    CHUNK_BYTES, never more than n."""
+    rows = max(1, batch)
+    while rows * 2 * row_bytes <= CHUNK_BYTES and rows * 2 <= n:
+        rows *= 2
+    while rows * row_bytes > CHUNK_BYTES and rows % 2 == 0:
+        rows //= 2
+    if rows * row_bytes > CHUNK_BYTES:
+        rows = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    return max(1, min(rows, n))
+
+
+def lzf_pays(sample: np.ndarray) -> bool:
+    """Whether lzf (after byte-shuffle) shrinks `sample` (the first chunk) by 10% or more.
+
+    lzf is the default for speed, yet fp16 residual-stream activations barely compress with it
+    (ratio ~1.0) while compressing costs ~10x in write speed; attention weights and images
+    usually do compress. So "lzf" means lzf where it pays, raw storage elsewhere.
+    """
+    with h5py.File(f"probe-{id(sample)}", "w", driver="core", backing_store=False) as f:
+        ds = f.create_dataset("x", data=sample, chunks=sample.shape, compression="lzf",
+                              shuffle=sample.dtype.itemsize > 1)
+        f.flush()
+        return ds.id.get_storage_size() <= 0.9 * sample.nbytes
+
+
+def _encode(key: str, value: Any) -> Any:
+    if key in JSON_ATTRS:
+        return json.dumps(value, sort_keys=True)
+    return str(value) if isinstance(value, Path) else value
+
+
+def _decode(key: str, value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if key in JSON_ATTRS and isinstance(value, str):
+        return json.loads(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class DumpWriter:
+    """Create a dump at `path` and fill it batch by batch (from one thread).
+
+    Datasets are created on their first batch (shapes come from the data, so no dry run of
+    the model is needed) at their final length `n`, chunked along N and compressed.
+    """
+
+    def __init__(self, path: str | Path, n: int, attrs: dict[str, Any], *, batch_size: int,
+                 compression: str | None = "lzf") -> None:
+        self.path = Path(path)
+        self.n = n
+        self.batch_size = batch_size
+        self.compression = None if compression in (None, "none") else compression
+        self.bytes_in = 0  # uncompressed bytes handed to HDF5
+        # v110: attributes beyond 64 kB (e.g. 1000 class names) and the format VDS needs anyway.
+        self.f = h5py.File(self.path, "w", libver="v110", rdcc_nbytes=2 * CHUNK_BYTES)
+        self.f.attrs["format"] = FORMAT
+        self.f.attrs["version"] = VERSION
+        self.f.attrs["vitscope_version"] = __version__
+        self.f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.f.attrs["complete"] = False
+        for key, value in attrs.items():
+            if value is not None:
+                self.f.attrs[key] = _encode(key, value)
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        """Store `arrays[key]` at rows start..start+len of dataset `key` (e.g. "acts/cls")."""
+        for key, arr in arrays.items():
+            ds = self._datasets.get(key)
+            if ds is None:
+                ds = self._datasets[key] = self._create(key, arr)
+            ds[start:start + len(arr)] = arr
+            self.bytes_in += arr.nbytes
+
+    def _create(self, key: str, arr: np.ndarray) -> h5py.Dataset:
+        rest = arr.shape[1:]
+        rows = chunk_rows(self.n, self.batch_size, arr.itemsize * int(np.prod(rest, dtype=np.int64)))
+        opts: dict[str, Any] = {}
+        if self.compression and (self.compression != "lzf" or lzf_pays(arr[:rows])):
+            opts["compression"] = self.compression
+            if self.compression == "gzip":
+                opts["compression_opts"] = 4
+            opts["shuffle"] = arr.dtype.itemsize > 1  # byte-shuffle helps floats compress
+        ds = self.f.create_dataset(key, shape=(self.n, *rest), dtype=arr.dtype,
+                                   chunks=(rows, *rest), **opts)
+        ds.attrs["dims"] = dims_for(key, arr.ndim)
+        return ds
+
+    def set_aliases(self, aliases: dict[str, str]) -> None:
+        """Make each /acts/<alias> a hard link to /acts/<target>: hook points that received
+        the same tensor are stored once (listed in the root attribute `aliases`)."""
+        for alias, target in aliases.items():
+            self.f[f"acts/{alias}"] = self.f[f"acts/{target}"]
+        self.f.attrs["aliases"] = _encode("aliases", aliases)
+
+    def finish(self) -> None:
+        """Mark the file complete, flush it to disk and close it."""
+        self.f.attrs["complete"] = True
+        self.f.flush()
+        self.f.close()
+        with open(self.path, "rb") as fh:  # the rename that follows must never expose lost data
+            os.fsync(fh.fileno())
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+
+class Dump:
+    """A finished dump opened for reading; datasets are read lazily (see module docstring)."""
+
+    def __init__(self, path: Path, f: h5py.File) -> None:
+        self.path = path
+        self._f = f
+        self.attrs: dict[str, Any] = {k: _decode(k, v) for k, v in f.attrs.items()}
+        listed = self.attrs.get("hooks") or sorted(f["acts"], key=layer_sort_key)
+        self.hooks: list[str] = [h for h in listed if h in f["acts"]]
+        self.layout = TokenLayout.from_dict(self.attrs["token_layout"])
+        self.classes: list[str] = list(self.attrs.get("classes") or [])
+        self.model_config: dict[str, Any] = dict(self.attrs.get("model_config") or {})
+        self.images: h5py.Dataset = f["images"]
+        self.logits: h5py.Dataset = f["logits"]
+        self.masks: h5py.Dataset | None = f["masks"] if "masks" in f else None
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Dump":
+        """Open and validate a dump; DumpError says what is wrong with anything else."""
+        path = Path(path)
+        if not path.exists():
+            raise DumpError(f"No dump at '{path}': the file does not exist; create one with "
+                            f"`vitscope dump CKPT -o {path}`.")
+        if path.is_dir():
+            raise DumpError(f"'{path}' is a directory; expected a dump file (.h5) written by "
+                            f"`vitscope dump`.")
+        if path.stat().st_size == 0:
+            raise DumpError(f"'{path}' is empty (0 bytes), so it is truncated or was never "
+                            f"written; re-create it with `vitscope dump`.")
+        if not h5py.is_hdf5(path):
+            raise DumpError(f"'{path}' is not an HDF5 file, so it is not a vitscope dump; "
+                            f"expected a .h5 file written by `vitscope dump`.")
+        try:
+            f = h5py.File(path, "r", rdcc_nbytes=READ_CACHE_BYTES)
+        except OSError as e:
+            raise DumpError(f"'{path}' is truncated or corrupt (HDF5 cannot open it: "
+                            f"{str(e).splitlines()[0][:160]}); re-create it with "
+                            f"`vitscope dump`.") from None
+        try:
+            cls._validate(path, f)
+            return cls(path, f)
+        except BaseException:
+            f.close()
+            raise
+
+    @staticmethod
+    def _validate(path: Path, f: h5py.File) -> None:
+        fmt = _decode("format", f.attrs.get("format"))
+        if fmt != FORMAT:
+            top = ", ".join(sorted(f)[:8]) or "nothing"
+            raise DumpError(f"'{path}' is an HDF5 file but not a vitscope dump (format={fmt!r}, "
+                            f"it holds: {top}); expected a file written by `vitscope dump`.")
+        version = _decode("version", f.attrs.get("version"))
+        if not isinstance(version, int):
+            raise DumpError(f"'{path}' has no valid dump format version ({version!r}); it was "
+                            f"not written by `vitscope dump`, re-create it.")
+        if version > VERSION:
+            raise DumpError(f"'{path}' is a dump of format version {version}, newer than this "
+                            f"vitscope {__version__} reads (version {VERSION}); upgrade vitscope "
+                            f"to read it.")
+        if not bool(f.attrs.get("complete", False)):
+            raise DumpError(f"'{path}' is an incomplete dump (its capture was interrupted before "
+                            f"it finished); delete it and run `vitscope dump` again.")
+        missing = [k for k in (*REQUIRED, "acts") if k not in f]
+        if missing or "token_layout" not in f.attrs:
+            raise DumpError(f"'{path}' is a damaged dump (missing "
+                            f"{', '.join(missing) or 'token_layout'}); re-create it with "
+                            f"`vitscope dump`.")
+        for shard in json.loads(f.attrs.get("merged_from", "[]")):
+            if not (path.parent / shard).is_file():
+                raise DumpError(f"'{path}' is a merged dump whose shard '{shard}' is missing "
+                                f"next to it; keep the shard files beside the merged file (or "
+                                f"merge again with `vitscope dump merge`).")
+
+    def __getitem__(self, hook: str) -> h5py.Dataset:
+        if hook not in self._f["acts"]:
+            raise DumpError(f"'{self.path}' holds no hook '{hook}'; it holds: "
+                            f"{summarize_names(self.hooks) or 'none'} (capture more with "
+                            f"`vitscope dump --hooks`).")
+        return self._f["acts"][hook]
+
+    def __contains__(self, hook: str) -> bool:
+        return hook in self._f["acts"]
+
+    def match(self, pattern: str) -> list[str]:
+        """Captured hook names matching a glob, in numeric layer order; [] if none."""
+        return sorted(match_names(pattern, self.hooks), key=self._order)
+
+    @cached_property
+    def _rank(self) -> dict[str, int]:
+        """Position of each hook in the model's forward order (blocks.9 before blocks.10)."""
+        names = self.attrs.get("model_hooks") or sorted(self.hooks, key=layer_sort_key)
+        return {n: i for i, n in enumerate(names)}
+
+    def _order(self, name: str) -> tuple:
+        return (self._rank.get(name, len(self._rank)), layer_sort_key(name))
+
+    def dims(self, hook: str) -> list[str]:
+        """Axis names of a hook's dataset, e.g. ["N", "H", "T", "T"]."""
+        return [str(d) for d in self[hook].attrs["dims"]]
+
+    def __len__(self) -> int:
+        return int(self._f["labels"].shape[0])
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self._f["labels"][:], dtype=np.int64)
+
+    @cached_property
+    def indices(self) -> np.ndarray:
+        """Index of each image in its split."""
+        return np.asarray(self._f["indices"][:], dtype=np.int64)
+
+    @cached_property
+    def preds(self) -> np.ndarray:
+        step = 1 << 16
+        return np.concatenate([self.logits[i:i + step].argmax(1) for i in range(0, len(self), step)]
+                              or [np.zeros(0, np.int64)]).astype(np.int64)
+
+    def covers(self, hooks: Iterable[str] | str, n: int, *, checkpoint_sha256: str | None = None,
+               data: str | None = None, split: str | None = None) -> bool:
+        """Whether this dump serves a request: every hook point the names/patterns select in
+        the model is captured, it holds the first n images (or the whole split) of its order,
+        and the checkpoint hash, dataset spec and split agree where given."""
+        a = self.attrs
+        if checkpoint_sha256 is not None and a.get("checkpoint_sha256") != checkpoint_sha256:
+            return False
+        if data is not None and a.get("dataset") != data:
+            return False
+        if split is not None and a.get("split") != split:
+            return False
+        shard = a.get("shard")
+        if shard and int(shard.get("start", 0)) != 0:
+            return False  # a later shard is not a prefix of the image order
+        whole_split = not shard and len(self) >= int(a.get("split_size", -1))
+        if len(self) < n and not whole_split:
+            return False
+        model_hooks = a.get("model_hooks") or self.hooks
+        have = set(self.hooks)
+        for pattern in [hooks] if isinstance(hooks, str) else hooks:
+            wanted = match_names(pattern, model_hooks)
+            if not wanted or not have.issuperset(wanted):
+                return False
+        return True
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()
+
+    def __enter__(self) -> "Dump":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Dump('{self.path}', {len(self)} images of {self.attrs.get('dataset')}:"
+                f"{self.attrs.get('split')}, hooks: {summarize_names(self.hooks)})")
+
+
+# Attributes every shard of one capture must share before merge joins them.
+SHARED_ATTRS = ("checkpoint_sha256", "model_config", "dataset", "split", "split_size", "seed",
+                "order", "hooks", "aliases", "dtype", "normalize", "classes", "token_layout")
+
+
+def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False) -> Path:
+    """Join the shard files of one `--shard i/n` capture into `out`, a dump of HDF5 virtual
+    datasets that read from the shards (stored by paths relative to `out`; keep them together)."""
+    out = Path(out)
+    paths = [Path(p) for p in shards]
+    if not paths:
+        raise DumpError("No shard files given to merge; pass the files written by "
+                        "`vitscope dump --shard i/n`, e.g. `vitscope dump merge run-*.h5 -o run.h5`.")
+    if out.exists() and not force:
+        raise DumpError(f"'{out}' already exists; pass --force to replace it or choose another "
+                        f"path with -o.")
+    opened = []
+    try:
+        for p in paths:
+            opened.append(Dump.open(p))
+        ordered = _check_shards(opened)
+        partial = out.with_name(out.name + ".partial")
+        try:
+            _write_virtual(ordered, out, partial)
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
+    finally:
+        for d in opened:
+            d.close()
+    return out
+
+
+def _check_shards(dumps: list[Dump]) -> list[Dump]:
+    """The shards sorted by index; DumpError unless they are exactly the n shards of one capture."""
+    for d in dumps:
+        if not d.attrs.get("shard"):
+            raise DumpError(f"'{d.path}' is not a shard (it was written without --shard); merge "
+                            f"joins the files of one `vitscope dump --shard i/n` run.")
+        if d.attrs.get("merged_from"):
+            raise DumpError(f"'{d.path}' is already a merged dump; merge the shard files it was "
+                            f"made from instead.")
+    first = dumps[0]
+    for d in dumps[1:]:
+        for key in SHARED_ATTRS:
+            if d.attrs.get(key) != first.attrs.get(key):
+                raise DumpError(f"'{d.path}' does not belong with '{first.path}': their {key} "
+                                f"differs; merge only the shards of one capture.")
+        for key in ("count", "total"):
+            if d.attrs["shard"][key] != first.attrs["shard"][key]:
+                raise DumpError(f"'{d.path}' does not belong with '{first.path}': it is a shard of "
+                                f"a different split into shards ({key} differs).")
+    count = int(first.attrs["shard"]["count"])
+    ordered = sorted(dumps, key=lambda d: d.attrs["shard"]["index"])
+    got = [d.attrs["shard"]["index"] for d in ordered]
+    if got != list(range(count)):
+        missing = sorted(set(range(count)) - set(got))
+        dup = sorted({i for i in got if got.count(i) > 1})
+        what = (f"shard(s) {', '.join(map(str, missing))} missing" if missing
+                else f"shard(s) {', '.join(map(str, dup))} given twice")
+        raise DumpError(f"Cannot merge: {what} of {count}; pass every shard file of the capture "
+                        f"exactly once.")
+    stop = 0
+    for d in ordered:
+        s = d.attrs["shard"]
+        if int(s["start"]) != stop or int(s["stop"]) - int(s["start"]) != len(d):
+            raise DumpError(f"'{d.path}' covers images {s['start']}–{s['stop']} but the shards "
+                            f"before it end at {stop}; the shard files are inconsistent, "
+                            f"re-create them.")
+        stop = int(s["stop"])
+    return ordered
+
+
+def _dataset_keys(f: h5py.File, aliases: dict[str, str]) -> list[str]:
+    keys = [k for k in f if isinstance(f[k], h5py.Dataset)]
+    return keys + [f"acts/{h}" for h in f["acts"] if h not in aliases]
+
+
+def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
+    first = shards[0]
+    aliases: dict[str, str] = first.attrs.get("aliases") or {}
+    total = sum(len(d) for d in shards)
+    rel = [os.path.relpath(d.path.resolve(), out.resolve().parent) for d in shards]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(partial, "w", libver="v110") as f:
+        for key, value in first._f.attrs.items():
+            if key not in ("shard", "complete"):
+                f.attrs[key] = value
+        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        f.attrs["num_images"] = total
+        f.attrs["merged_from"] = json.dumps(rel)
+        f.create_group("acts")
+        for key in _dataset_keys(first._f, aliases):
+            ref = first._f[key]
+            for d in shards[1:]:
+                other = d._f.get(key)
+                if other is None or other.shape[1:] != ref.shape[1:] or other.dtype != ref.dtype:
+                    raise DumpError(f"'{d.path}' does not belong with '{first.path}': dataset "
+                                    f"/{key} is missing or has another shape or type.")
+            layout = h5py.VirtualLayout(shape=(total, *ref.shape[1:]), dtype=ref.dtype)
+            start = 0
+            for d, name in zip(shards, rel):
+                n = len(d)
+                layout[start:start + n] = h5py.VirtualSource(name, key, shape=(n, *ref.shape[1:]))
+                start += n
+            vds = f.create_virtual_dataset(key, layout, fillvalue=0)
+            for k, v in ref.attrs.items():
+                vds.attrs[k] = v
+        for alias, target in aliases.items():
+            f[f"acts/{alias}"] = f[f"acts/{target}"]
+        f.attrs["complete"] = True
