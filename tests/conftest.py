@@ -31,3 +31,25 @@ def tiny_vit(tiny_cfg) -> ViT:
 def tiny_ckpt(tmp_path, tiny_vit):
     return save_checkpoint(tmp_path / "tiny.pt", tiny_vit, classes=list("abcde"),
                            metrics={"epoch": 3, "val_acc": 0.5})
+
+
+@pytest.fixture
+def shapes_ckpt(tmp_path):
+    """A tiny ViT checkpoint whose train_config names a small `shapes` set (dump/capture tests)."""
+    from vitscope.datasets.shapes import CLASSES
+    torch.manual_seed(0)
+    model = ViT(ModelConfig(**{**TINY, "num_classes": len(CLASSES)})).eval()
+    return save_checkpoint(tmp_path / "run" / "best.pt", model, classes=list(CLASSES),
+                           train_config={"data": "shapes:val=48", "image_size": 16,
+                                         "normalize": {"mean": [0.4, 0.5, 0.6],
+                                                       "std": [0.2, 0.25, 0.3]}})
+
+
+@pytest.fixture(scope="session")
+def small_dump(tmp_path_factory):
+    """(dump path, checkpoint path): a real 12-image dump of a tiny random ViT on `shapes`
+    (masks included), shared by the plugin and analyze tests."""
+    from vitscope.testing import make_dump
+    root = tmp_path_factory.mktemp("small_dump")
+    ckpt = root / "tiny" / "best.pt"
+    return make_dump(root / "small.h5", n=12, checkpoint=ckpt), ckpt

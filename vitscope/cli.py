@@ -7,6 +7,7 @@ add one line to COMMANDS.
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import click
 
@@ -16,6 +17,12 @@ from vitscope import __version__
 COMMANDS: dict[str, str] = {
     "info": "vitscope.commands.inspect:info",
     "hooks": "vitscope.commands.inspect:hooks",
+    "eval": "vitscope.commands.evaluate:eval_cmd",
+    "predict": "vitscope.commands.evaluate:predict",
+    "train": "vitscope.commands.train:train",
+    "dump": "vitscope.commands.dump:dump",
+    "analyze": "vitscope.commands.analyze:analyze",
+    "plugins": "vitscope.commands.analyze:plugins",
 }
 
 
@@ -43,6 +50,12 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, "-V", "--version", prog_name="vitscope")
 def main() -> None:
     """vitscope: train Vision Transformers, capture their activations, and look inside them."""
+    warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings meant for users (e.g. skipped corrupt images) as one `Warning:` line."""
+    return f"Warning: {message}\n"
 
 
 if __name__ == "__main__":

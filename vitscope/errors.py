@@ -21,3 +21,24 @@ class HookError(VitscopeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class DataError(VitscopeError):
+    """A dataset spec, folder, file or split that cannot be loaded."""
+
+
+class PluginError(VitscopeError):
+    """An unknown plugin name, a bad `--opt plugin.key=value`, or a plugin that cannot run."""
+
+
+class DumpError(VitscopeError):
+    """An activation dump that is missing, foreign, truncated, incomplete or too new, or a
+    capture request that cannot be written (bad limit, shard, image size, existing file)."""
+
+
+class TrainingError(VitscopeError):
+    """Training cannot go on: a non-finite loss, out of memory, an existing run folder, a bad resume."""
+
+
+class TrainingInterrupted(VitscopeError):
+    """SIGINT/SIGTERM stopped training after last.pt was written (the CLI exits with 130)."""

@@ -1,0 +1,225 @@
+"""`cls-embedding`: the CLS token of the residual stream, projected with PCA and UMAP.
+
+Layer l means the residual stream after block l (`blocks.l.out`, token 0); "head" is the `cls`
+hook, the final-norm CLS token the classifier reads. Points are coloured by class (by the
+predicted class when the data has no labels). The silhouette score of the classes in the full
+D-dimensional space is computed at every depth, so "classes separate from layer k on" is a
+number, not an impression.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from vitscope import figures as F
+from vitscope import interactive as I
+from vitscope.errors import PluginError
+from vitscope.maps import layer_spec, n_images, select_layers
+from vitscope.plugin import Option
+
+SILHOUETTE_SAMPLE = 2000   # silhouette is O(N²): estimate it on a fixed random subset beyond this
+UMAP_MISSING = ("UMAP needs the umap-learn package, which is not installed: run `pip install "
+                "umap-learn`, or pass --opt cls-embedding.umap=false for PCA only")
+
+
+def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """N×D -> (N×2 coordinates, explained-variance ratio of the 2 components); signs fixed so
+    the largest loading of each component is positive (stable across runs). Uses the D×D
+    covariance (cheap for N >> D) rather than an SVD of the N×D data."""
+    x = x.astype(np.float64) - x.mean(axis=0)
+    values, vectors = np.linalg.eigh(x.T @ x)                   # ascending eigenvalues
+    comps = vectors[:, ::-1][:, :2].T                            # 2×D, largest first
+    signs = np.sign(comps[np.arange(2), np.abs(comps).argmax(axis=1)])
+    comps = comps * np.where(signs == 0, 1, signs)[:, None]
+    ratio = values[::-1][:2] / max(values.sum(), 1e-12)
+    return (x @ comps.T).astype(np.float32), ratio.astype(np.float32)
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """Silhouette of the labelled points (NaN when fewer than 2 classes have 2+ points)."""
+    from sklearn.metrics import silhouette_score
+    keep = labels >= 0
+    x, labels = x[keep], labels[keep]
+    classes, counts = np.unique(labels, return_counts=True)
+    if len(classes) < 2 or len(labels) <= len(classes):
+        return float("nan")
+    sample = SILHOUETTE_SAMPLE if len(labels) > SILHOUETTE_SAMPLE else None
+    return float(silhouette_score(x, labels, sample_size=sample, random_state=seed))
+
+
+def umap_2d(x: np.ndarray, seed: int, n_neighbors: int, n_epochs: int = 200) -> np.ndarray:
+    """UMAP to 2-D with a fixed seed (deterministic; umap then runs single-threaded).
+    200 epochs, umap's own choice for large data, instead of 500 for small data: the same
+    picture at half the cost (the first call in a process also pays numba's JIT, ~15 s)."""
+    try:
+        import umap
+    except ImportError:
+        raise PluginError(UMAP_MISSING + ".") from None
+    with warnings.catch_warnings():  # umap warns that a fixed seed disables parallelism
+        warnings.simplefilter("ignore")
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1),
+                            min_dist=0.1, random_state=seed, n_epochs=n_epochs,
+                            init="spectral" if len(x) > 8 else "random")
+        return reducer.fit_transform(x).astype(np.float32)
+
+
+class ClsEmbedding:
+    """PCA and UMAP of the CLS token per layer, coloured by class, and silhouette vs depth."""
+
+    name = "cls-embedding"
+    requires = ("blocks.*.out", "cls")
+    options = (
+        Option("layers", layer_spec, "first,middle,last", "blocks whose CLS token is projected "
+               "(the final-norm 'head' token is always added)", metavar="LAYERS"),
+        Option("umap", bool, True, "also project with UMAP (slower; needs umap-learn)"),
+        Option("n_neighbors", int, 15, "UMAP neighbourhood size", min=2, max=200),
+        Option("seed", int, 0, "random seed of UMAP and the silhouette subsample"),
+    )
+
+    def render(self, dump, out_dir: Path, options) -> list[Path]:
+        blocks = dump.match("blocks.*.out")
+        depth = len(blocks)
+        n = n_images(dump, options.limit)
+        if n < 3:
+            raise PluginError(f"cls-embedding needs at least 3 images, the dump has {n}; "
+                              f"capture more with --images.")
+        chosen = select_layers(options.layers, depth, "cls-embedding.layers")
+        # CLS token at every depth: depth×N×D (+ the head token), read token 0 only.
+        stream = np.stack([np.asarray(dump[b][:n, 0], np.float32) for b in blocks])
+        head = np.asarray(dump["cls"][:n], np.float32)
+        labels, preds = dump.labels[:n], dump.preds[:n]
+        by_label = bool((labels >= 0).any())
+        colour = labels if by_label else preds
+        positions = [f"block {i}" for i in range(depth)] + ["head"]
+        sil = np.array([silhouette(x, colour, options.seed) for x in [*stream, head]])
+
+        shown = [(f"block {l}", stream[l]) for l in chosen] + [("head (final norm)", head)]
+        pca = [pca_2d(x) for _, x in shown]
+        coords = {"PCA": np.stack([c for c, _ in pca])}
+        warn = None
+        if options.umap:
+            try:
+                coords["UMAP"] = np.stack([umap_2d(x, options.seed, options.n_neighbors)
+                                           for _, x in shown])
+            except PluginError as e:
+                if "umap-learn" not in str(e):
+                    raise
+                warn = UMAP_MISSING
+                warnings.warn(warn)
+        results = dict(pca=coords["PCA"], pca_explained=np.stack([v for _, v in pca]),
+                       silhouette=sil, positions=np.array(positions),
+                       shown=np.array([s for s, _ in shown]), labels=labels, preds=preds)
+        if "UMAP" in coords:
+            results["umap"] = coords["UMAP"]
+        best = int(np.nanargmax(sil)) if np.isfinite(sil).any() else -1
+        summary = {"images": n, "coloured_by": "label" if by_label else "prediction",
+                   "silhouette_head": round(float(sil[-1]), 4),
+                   "silhouette_best": f"{positions[best]} ({sil[best]:.3f})" if best >= 0 else "n/a",
+                   "silhouette_first_block": round(float(sil[0]), 4)}
+        if warn:
+            summary["umap"] = "skipped: " + warn
+        out_dir = Path(out_dir)
+        files = F.save_results(out_dir, results, summary)
+        names = dump.classes if dump.classes else [str(c) for c in range(int(colour.max()) + 1)]
+        titles = [s for s, _ in shown]
+        if options.static:
+            files.append(self._scatter(coords, results["pca_explained"], titles, colour, names,
+                                       by_label, out_dir, options))
+            files.append(self._silhouette(sil, positions, by_label, out_dir, options))
+        if options.interactive:
+            files.append(self._interactive(dump, coords, titles, colour, names, labels, preds,
+                                           n, out_dir, options))
+        return files
+
+    @staticmethod
+    def _scatter(coords, explained, titles, colour, names, by_label, out_dir, options) -> Path:
+        colors = np.array(F.class_colors(len(names)) + ["#999999"])
+        rows = list(coords)
+        with F.style() as plt:
+            fig, axes = plt.subplots(len(rows), len(titles), figsize=(3.0 * len(titles) + 1.6,
+                                                                      2.9 * len(rows)),
+                                     squeeze=False)
+            c = colors[np.where(colour >= 0, colour, len(names))]
+            size = max(3.0, min(14.0, 3000 / max(len(colour), 1)))
+            for r, proj in enumerate(rows):
+                for j, title in enumerate(titles):
+                    ax = axes[r, j]
+                    xy = coords[proj][j]
+                    ax.scatter(xy[:, 0], xy[:, 1], c=c, s=size, lw=0, alpha=0.8, rasterized=True)
+                    sub = (f" · {explained[j].sum():.0%} var" if proj == "PCA" else "")
+                    ax.set_title(f"{proj} · {title}{sub}")
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    ax.spines[["left", "bottom"]].set_color("#bbb")
+            present = sorted(set(colour[colour >= 0].tolist()))
+            handles = [plt.Line2D([], [], marker="o", ls="", color=colors[i], label=names[i])
+                       for i in present]
+            fig.legend(handles=handles, loc="center right", frameon=False,
+                       title="label" if by_label else "prediction", fontsize=8)
+            fig.suptitle("CLS token of the residual stream")
+            fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
+            return F.save_static(fig, out_dir / "cls_embedding", options)
+
+    @staticmethod
+    def _silhouette(sil, positions, by_label, out_dir, options) -> Path:
+        with F.style() as plt:
+            fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * len(positions) + 1.5), 3.2))
+            x = np.arange(len(positions))
+            ax.plot(x, sil, "o-", color="C0", ms=4)
+            ax.axhline(0, color="gray", lw=0.8, ls="--")
+            ax.set_xticks(x, [p.replace("block ", "") for p in positions],
+                          rotation=0 if len(x) <= 14 else 90)
+            ax.set(xlabel="block (head = final-norm CLS)", ylabel="silhouette score",
+                   title=f"Class separation of the CLS token vs depth "
+                         f"(by {'label' if by_label else 'prediction'})")
+            return F.save_static(fig, out_dir / "silhouette", options)
+
+    @staticmethod
+    def _interactive(dump, coords, titles, colour, names, labels, preds, n, out_dir, options):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        projs = list(coords)
+        colors = F.class_colors(len(names))
+        lab = F.label_names(dump.classes, labels)
+        pre = F.label_names(dump.classes, preds)
+        caps = [f"#{i} · label <b>{l}</b><br>prediction <b>{p}</b>" for i, (l, p) in
+                enumerate(zip(lab, pre))]
+        fig = make_subplots(rows=1, cols=len(projs), subplot_titles=projs,
+                            horizontal_spacing=0.06)
+        groups = []  # trace indices per shown layer
+        present = sorted(set(colour[colour >= 0].tolist())) + ([-1] if (colour < 0).any() else [])
+        for j, title in enumerate(titles):
+            ids = []
+            for col, proj in enumerate(projs):
+                xy = coords[proj][j]
+                for c in present:
+                    m = np.flatnonzero(colour == c)
+                    fig.add_trace(go.Scattergl(
+                        x=xy[m, 0], y=xy[m, 1], mode="markers", customdata=m,
+                        name=names[c] if c >= 0 else "unknown", legendgroup=str(c),
+                        showlegend=col == 0, visible=j == len(titles) - 1,
+                        marker=dict(size=6, color=colors[c] if c >= 0 else "#999", opacity=0.8),
+                        text=[f"label {lab[i]} · prediction {pre[i]}" for i in m],
+                        hovertemplate="%{text}<extra>" + (names[c] if c >= 0 else "?") + "</extra>"),
+                        row=1, col=col + 1)
+                    ids.append(len(fig.data) - 1)
+            groups.append(ids)
+        steps = []
+        for j, title in enumerate(titles):
+            visible = [False] * len(fig.data)
+            for i in groups[j]:
+                visible[i] = True
+            steps.append(dict(method="update", label=title, args=[{"visible": visible}]))
+        fig.update_xaxes(showticklabels=False)
+        fig.update_yaxes(showticklabels=False)
+        fig.update_layout(
+            title="CLS token of the residual stream (hover a point to see its image)",
+            height=620, width=520 * len(projs) + 200, plot_bgcolor="white",
+            legend=dict(title="label" if (labels >= 0).any() else "prediction"),
+            sliders=[dict(active=len(titles) - 1, currentvalue=dict(prefix="layer: "),
+                          pad=dict(t=40), steps=steps)])
+        return I.save_html(fig, out_dir / "cls_embedding.html", options,
+                           post_script=I.hover_thumbnail_script(np.asarray(dump.images[:n]), caps))

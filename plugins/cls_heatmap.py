@@ -1,0 +1,192 @@
+"""`cls-heatmap`: attention from CLS to the patches and from the patches to CLS, per layer.
+
+For every image of the dump and every layer and head: the CLS row restricted to patches
+(where CLS reads from) and the CLS column restricted to patches (how much each patch reads
+from CLS). Figures show head-means and per-head maps over images, class-averaged maps over the
+whole dump, and, where the dump has ground-truth masks, how much CLS attention falls on the
+object compared with the object's area.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vitscope import figures as F
+from vitscope import interactive as I
+from vitscope import mosaic as M
+from vitscope.maps import (layer_spec, mask_area, mass_in_mask, n_images, patch_coverage,
+                           read_chunks, select_layers, to_grid)
+from vitscope.plugin import Option
+
+DIRECTIONS = ("CLS → patches", "patches → CLS")
+
+
+def cls_maps(attn: np.ndarray, prefix: int) -> tuple[np.ndarray, np.ndarray]:
+    """N×H×T×T -> (CLS→patches N×H×P, patches→CLS N×H×P)."""
+    return attn[:, :, 0, prefix:], attn[:, :, prefix:, 0]
+
+
+def class_means(values: np.ndarray, labels: np.ndarray,
+                num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class means of N×... values (labels < 0 ignored) -> (C×..., counts C), one matmul."""
+    known = (labels >= 0) & (labels < num_classes)
+    onehot = np.zeros((len(labels), num_classes), np.float64)
+    onehot[np.flatnonzero(known), labels[known]] = 1.0
+    counts = onehot.sum(axis=0)
+    sums = onehot.T @ values.reshape(len(values), -1)
+    means = sums / np.maximum(counts, 1)[:, None]
+    return means.reshape(num_classes, *values.shape[1:]).astype(np.float32), counts
+
+
+class ClsHeatmap:
+    """CLS→patch and patch→CLS attention per layer: head-mean, per head, class averages."""
+
+    name = "cls-heatmap"
+    requires = ("blocks.*.attn.weights",)
+    options = (
+        Option("layers", layer_spec, "all", "blocks to show: all, first,middle,last, 0,5,-1, 2-5",
+               metavar="LAYERS"),
+        Option("show", int, 6, "images in the head-mean figures", min=1, max=32),
+        Option("per_head", int, 2, "images that get a per-head figure", min=0, max=16),
+    )
+
+    def render(self, dump, out_dir: Path, options) -> list[Path]:
+        names = dump.match("blocks.*.attn.weights")
+        layers = select_layers(options.layers, len(names), "cls-heatmap.layers")
+        layout = dump.layout
+        n = n_images(dump, options.limit)
+        c2p, p2c = self._compute(dump, [names[l] for l in layers], n, layout.num_prefix_tokens)
+        c2p, p2c = to_grid(c2p, layout.grid), to_grid(p2c, layout.grid)   # N×L×H×h×w
+        c2p_mean, p2c_mean = c2p.mean(axis=2), p2c.mean(axis=2)          # N×L×h×w
+        labels = dump.labels[:n]
+        by_class = labels if (labels >= 0).any() else dump.preds[:n]   # unlabeled: predictions
+        C = max(len(dump.classes), int(by_class.max()) + 1 if n else 0)
+        cls_c2p, counts = class_means(c2p_mean, by_class, C)
+        cls_p2c, _ = class_means(p2c_mean, by_class, C)
+        images_all = np.asarray(dump.images[:n])
+        mean_images, _ = class_means(images_all.astype(np.float32), by_class, C)
+
+        results = dict(cls_to_patches=c2p.astype(np.float16), patches_to_cls=p2c.astype(np.float16),
+                       class_cls_to_patches=cls_c2p, class_patches_to_cls=cls_p2c,
+                       class_counts=counts, layers=np.array(layers), labels=labels,
+                       preds=dump.preds[:n])
+        summary = {"images": n, "layers": len(layers),
+                   "class_average_by": "label" if (labels >= 0).any() else "prediction"}
+        if dump.masks is not None:
+            cov = patch_coverage(np.asarray(dump.masks[:n]), layout.grid)
+            results.update(mass_in_mask_cls_to_patches=mass_in_mask(c2p, cov),   # N×L×H
+                           mass_in_mask_patches_to_cls=mass_in_mask(p2c, cov),
+                           mask_area=mask_area(cov))
+            m = np.nanmean(mass_in_mask(c2p_mean, cov), axis=0)
+            best = int(np.nanargmax(m))
+            summary.update(mask_area=round(float(results["mask_area"].mean()), 4),
+                           last_layer_cls_mass_in_mask=round(float(m[-1]), 4),
+                           best_layer=layers[best], best_layer_cls_mass_in_mask=round(float(m[best]), 4))
+
+        out_dir = Path(out_dir)
+        files = F.save_results(out_dir, results, summary)
+        k = min(options.show, n)
+        images = images_all[:k]
+        captions = F.captions(dump, k)
+        present = np.flatnonzero(counts > 0)
+        cnames = [dump.classes[c] if c < len(dump.classes) else f"#{c}" for c in present]
+        row_names = [f"{nm} ({int(counts[c])})" for nm, c in zip(cnames, present)]
+        mean_u8 = mean_images[present].round().astype(np.uint8)
+        if options.static:
+            for key, maps in (("cls_to_patches", c2p_mean), ("patches_to_cls", p2c_mean)):
+                title = DIRECTIONS[key == "patches_to_cls"]
+                files.append(self._strip(images, maps[:k], layers, captions,
+                                         f"Attention {title} (head mean)", out_dir / key, options))
+            for i in range(min(options.per_head, k)):
+                files.append(self._heads(images[i], c2p[i], p2c[i], layers, captions[i], i,
+                                         out_dir / f"heads_img{i}", options))
+            for key, maps in (("cls_to_patches", cls_c2p), ("patches_to_cls", cls_p2c)):
+                title = DIRECTIONS[key == "patches_to_cls"]
+                files.append(self._strip(mean_u8, maps[present], layers, row_names,
+                                         f"Class-averaged attention {title} (head mean, by "
+                                         f"{summary['class_average_by']})",
+                                         out_dir / f"class_average_{key}", options, overlay=False))
+            if "mask_area" in results:
+                files.append(self._mask_plot(results, layers, out_dir, options))
+        if options.interactive:
+            m = min(k, 4)
+            both = np.stack([c2p_mean[:m], p2c_mean[:m]], axis=2)          # m×L×2×h×w
+            fig = I.map_slider(images[:m], both.transpose(1, 0, 2, 3, 4),
+                               step_labels=[str(l) for l in layers], slider_label="layer",
+                               col_titles=DIRECTIONS,
+                               row_titles=[c.replace("\n", " ") for c in captions[:m]],
+                               title="CLS attention, head mean (slider: layer)")
+            files.append(I.save_html(fig, out_dir / "cls_heatmap.html", options))
+            both = np.stack([cls_c2p[present], cls_p2c[present]], axis=2)
+            fig = I.map_slider(mean_u8, both.transpose(1, 0, 2, 3, 4),
+                               step_labels=[str(l) for l in layers], slider_label="layer",
+                               col_titles=DIRECTIONS, row_titles=row_names,
+                               title="Class-averaged CLS attention over the mean image of each class")
+            files.append(I.save_html(fig, out_dir / "class_average.html", options))
+        return files
+
+    @staticmethod
+    def _compute(dump, names, n, prefix):
+        """Only the CLS row and column of each layer are kept: N×L×H×P each."""
+        c2p, p2c = [], []
+        for name in names:
+            rows, cols = [], []
+            for _, attn in read_chunks(dump[name], n):
+                r, c = cls_maps(attn, prefix)
+                rows.append(r)
+                cols.append(c)
+            c2p.append(np.concatenate(rows))
+            p2c.append(np.concatenate(cols))
+        return np.stack(c2p, axis=1), np.stack(p2c, axis=1)
+
+    @staticmethod
+    def _strip(images, maps, layers, row_labels, title, stem, options, overlay=True) -> Path:
+        """Rows = images (or classes), columns = the image and one map per layer."""
+        first = M.image_tiles(images)
+        rest = (M.overlay_tiles(images[:, None], maps) if overlay
+                else M.heat_tiles(maps, first.shape[1]))
+        tiles = np.concatenate([first[:, None], rest], axis=1)
+        with F.style():
+            fig = M.Mosaic(tiles, col_breaks=[0]).figure(
+                title=title, cbar="÷ max of each map",
+                col_labels=["image" if overlay else "mean image"] + [f"layer {l}" for l in layers],
+                row_labels=[r.replace("\n", " ") for r in row_labels])
+            return F.save_static(fig, stem, options)
+
+    @staticmethod
+    def _heads(image, c2p, p2c, layers, caption, i, stem, options) -> Path:
+        """Rows = layers; columns = heads for CLS→patches, then heads for patches→CLS."""
+        H = c2p.shape[1]
+        tiles = M.overlay_tiles(image, np.concatenate([c2p, p2c], axis=1))   # L×2H×S×S×3
+        cols = [f"CLS→p · h{h}" for h in range(H)] + [f"p→CLS · h{h}" for h in range(H)]
+        with F.style():
+            fig = M.Mosaic(tiles, col_breaks=[H - 1]).figure(
+                title=f"Per-head CLS attention · image {i}: {caption.replace(chr(10), ' ')}\n"
+                      f"left: CLS → patches · right: patches → CLS",
+                col_labels=cols, row_labels=[f"layer {l}" for l in layers],
+                cbar="÷ max of each map")
+            return F.save_static(fig, stem, options)
+
+    @staticmethod
+    def _mask_plot(results, layers, out_dir, options) -> Path:
+        c2p = results["mass_in_mask_cls_to_patches"]    # N×L×H
+        p2c = results["mass_in_mask_patches_to_cls"]
+        area = results["mask_area"].mean()
+        x = np.array(layers)
+        with F.style() as plt:
+            fig, ax = plt.subplots(figsize=(6.2, 3.4))
+            per_head = np.nanmean(c2p, axis=0)           # L×H
+            for h in range(per_head.shape[1]):
+                ax.plot(x, per_head[:, h], color="C0", alpha=0.35, lw=0.9,
+                        label="CLS → patches, each head" if h == 0 else None)
+            ax.plot(x, np.nanmean(c2p.mean(axis=2), axis=0), "o-", color="C0", ms=3,
+                    label="CLS → patches, mean of heads")
+            ax.plot(x, np.nanmean(p2c.mean(axis=2), axis=0), "s-", color="C2", ms=3,
+                    label="patches → CLS, mean of heads")
+            ax.axhline(area, color="gray", ls="--", lw=1, label="mask area (uniform map)")
+            ax.set(xlabel="layer", ylabel="fraction of attention inside mask", ylim=(0, 1),
+                   title="How much CLS attention lands on the object")
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+            ax.legend(frameon=False, fontsize=7, loc="upper left")
+            return F.save_static(fig, out_dir / "mask_mass", options)

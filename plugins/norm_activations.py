@@ -1,0 +1,273 @@
+"""`norm-activations`: statistics of activations around the LayerNorms, per block.
+
+For the chosen blocks (default first, middle, last): the residual stream entering attention
+(norm1.in) and its normalised version (norm1.out), the attention output (attn.out), the stream
+entering the MLP (norm2.in) and its normalised version (norm2.out), plus the patch projections
+(patch_embed.out). Per hook: mean, std, max |x|, per-token L2 norms; histograms before vs after
+each LayerNorm; the largest-magnitude feature dimensions (outlier channels); per-token norm
+maps over the image, and an animated GIF of the residual-stream norm map across all blocks.
+Streaming over the dump in chunks, so memory stays bounded for any number of images.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vitscope import figures as F
+from vitscope import interactive as I
+from vitscope import mosaic as M
+from vitscope.maps import layer_spec, n_images, read_chunks, select_layers, to_grid
+from vitscope.plugin import Option
+
+KINDS = ("norm1.in", "norm1.out", "attn.out", "norm2.in", "norm2.out")
+KIND_LABELS = {"norm1.in": "LN1 input (residual)", "norm1.out": "LN1 output",
+               "attn.out": "attention output", "norm2.in": "LN2 input (residual)",
+               "norm2.out": "LN2 output", "patch_embed.out": "patch projections"}
+HIST_IMAGES = 64   # images whose values feed the histograms (a fixed, cheap sample)
+HIST_BINS = 80
+
+
+def hook_stats(dataset, n: int, sample: int = HIST_IMAGES) -> dict[str, np.ndarray]:
+    """Streaming statistics of an N×T×D (or N×P×D) activation over its first n images."""
+    total = total_sq = 0.0
+    count = 0
+    max_abs = 0.0
+    chan_abs = None
+    norms = []
+    values = []
+    for start, x in read_chunks(dataset, n):
+        total += float(x.sum(dtype=np.float64))
+        total_sq += float(np.square(x, dtype=np.float64).sum())
+        count += x.size
+        max_abs = max(max_abs, float(np.abs(x).max()))
+        a = np.abs(x).sum(axis=(0, 1), dtype=np.float64)
+        chan_abs = a if chan_abs is None else chan_abs + a
+        norms.append(np.sqrt(np.einsum("ntd,ntd->nt", x, x)))
+        if start < sample:
+            values.append(x[:max(0, sample - start)].ravel())
+    mean = total / count
+    return {"mean": np.float64(mean), "std": np.float64(np.sqrt(max(total_sq / count - mean ** 2, 0))),
+            "max_abs": np.float64(max_abs), "channel_abs_mean": chan_abs / (count / len(chan_abs)),
+            "token_norms": np.concatenate(norms).astype(np.float32),
+            "sample": np.concatenate(values)}
+
+
+def outlier_dims(channel_abs_mean: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k channels with the largest mean |x|, largest first."""
+    k = min(k, len(channel_abs_mean))
+    top = np.argpartition(-channel_abs_mean, k - 1)[:k]
+    return top[np.argsort(-channel_abs_mean[top])]
+
+
+class NormActivations:
+    """Activation statistics before and after the LayerNorms: moments, norms, outlier channels."""
+
+    name = "norm-activations"
+    requires = ("patch_embed.out", "blocks.*.norm1.in", "blocks.*.norm1.out", "blocks.*.attn.out",
+                "blocks.*.norm2.in", "blocks.*.norm2.out")
+    options = (
+        Option("blocks", layer_spec, "first,middle,last", "blocks analysed: all, first,middle,last, "
+               "0,5,-1, 2-5", metavar="LAYERS"),
+        Option("top_k", int, 8, "outlier feature dimensions reported per hook", min=1, max=64),
+        Option("show", int, 4, "images in the per-token norm maps", min=1, max=16),
+        Option("gif", bool, True, "also write an animated GIF of token norms across all blocks"),
+    )
+
+    def render(self, dump, out_dir: Path, options) -> list[Path]:
+        depth = len(dump.match("blocks.*.norm1.in"))
+        blocks = select_layers(options.blocks, depth, "norm-activations.blocks")
+        n = n_images(dump, options.limit)
+        layout = dump.layout
+        prefix = layout.num_prefix_tokens
+        stats = {(b, k): hook_stats(dump[f"blocks.{b}.{k}"], n) for b in blocks for k in KINDS}
+        embed = hook_stats(dump["patch_embed.out"], n)
+
+        results: dict[str, np.ndarray] = {"blocks": np.array(blocks), "kinds": np.array(KINDS)}
+        for key in ("mean", "std", "max_abs"):
+            results[key] = np.array([[stats[b, k][key] for k in KINDS] for b in blocks])
+        results["token_norm_mean"] = np.array([[stats[b, k]["token_norms"].mean() for k in KINDS]
+                                               for b in blocks])
+        results["cls_norm_mean"] = np.array([[stats[b, k]["token_norms"][:, 0].mean() for k in KINDS]
+                                             for b in blocks])
+        results["channel_abs_mean"] = np.stack([[stats[b, k]["channel_abs_mean"] for k in KINDS]
+                                                for b in blocks])
+        top = np.stack([[outlier_dims(stats[b, k]["channel_abs_mean"], options.top_k) for k in KINDS]
+                        for b in blocks])
+        results["outlier_dims"] = top
+        results["residual_token_norms"] = np.stack([stats[b, "norm1.in"]["token_norms"]
+                                                    for b in blocks], axis=1)   # N×B×T
+        for key in ("mean", "std", "max_abs"):
+            results[f"patch_embed_{key}"] = embed[key]
+        results["patch_embed_token_norms"] = embed["token_norms"]
+        summary = {"images": n, "blocks": blocks}
+        for b in blocks:
+            ca = stats[b, "norm1.in"]["channel_abs_mean"]
+            d = int(top[blocks.index(b), 0, 0])
+            summary[f"block {b} residual max |x|"] = round(float(stats[b, "norm1.in"]["max_abs"]), 3)
+            summary[f"block {b} top residual dim"] = (f"{d} ({ca[d] / max(np.median(ca), 1e-12):.1f}× "
+                                                      f"the median channel)")
+        out_dir = Path(out_dir)
+        files = F.save_results(out_dir, results, summary)
+
+        k = min(options.show, n)
+        images = np.asarray(dump.images[:k])
+        # residual-stream norm per patch for the shown images at every block (GIF, maps)
+        all_norms = np.stack([np.linalg.norm(np.asarray(dump[f"blocks.{b}.norm1.in"][:k], np.float32),
+                                             axis=-1) for b in range(depth)], axis=1)   # k×depth×T
+        maps = to_grid(all_norms[..., prefix:], layout.grid)
+        captions = [c.replace("\n", " ") for c in F.captions(dump, k)]
+        if options.static:
+            files.append(self._stats_plot(results, embed, blocks, out_dir, options))
+            files.append(self._histograms(stats, blocks, out_dir, options))
+            files.append(self._outliers(stats, blocks, top, out_dir, options))
+            files.append(self._norm_maps(images, maps[:, blocks], all_norms[:, blocks, 0], blocks,
+                                         captions, out_dir, options))
+            if options.gif and depth > 1:
+                files.append(self._gif(images, maps, all_norms[..., 0], out_dir))
+        if options.interactive:
+            files.append(self._stats_html(results, blocks, out_dir, options))
+            m = min(k, 4)
+            fig = I.map_slider(images[:m], maps[:m].transpose(1, 0, 2, 3)[:, :, None],
+                               step_labels=[str(b) for b in range(depth)], slider_label="block",
+                               col_titles=["‖residual‖ per token"], row_titles=captions[:m],
+                               title="Residual-stream norm per patch entering each block")
+            files.append(I.save_html(fig, out_dir / "token_norms.html", options))
+        return files
+
+    # ------------------------------------------------------------------------------ figures
+
+    @staticmethod
+    def _stats_plot(results, embed, blocks, out_dir, options) -> Path:
+        panels = (("mean", "mean"), ("std", "std"), ("max_abs", "max |x|"),
+                  ("token_norm_mean", "mean token L2 norm"))
+        x = np.arange(len(blocks))
+        width = 0.8 / len(KINDS)
+        with F.style() as plt:
+            fig, axes = plt.subplots(2, 2, figsize=(10, 6.2))
+            for ax, (key, label) in zip(axes.flat, panels):
+                for i, kind in enumerate(KINDS):
+                    ax.bar(x + (i - (len(KINDS) - 1) / 2) * width, results[key][:, i], width,
+                           label=KIND_LABELS[kind], color=f"C{i}")
+                ref = {"mean": embed["mean"], "std": embed["std"], "max_abs": embed["max_abs"],
+                       "token_norm_mean": embed["token_norms"].mean()}[key]
+                ax.axhline(ref, color="k", ls=":", lw=1, label="patch projections")
+                ax.set_xticks(x, [f"block {b}" for b in blocks])
+                ax.set_title(label)
+                if key in ("max_abs", "token_norm_mean", "std"):
+                    _log_axis(ax)
+                if key == "mean":
+                    ax.axhline(0, color="gray", lw=0.6)
+            handles, labels = axes[0, 0].get_legend_handles_labels()
+            fig.legend(handles, labels, loc="lower center", ncol=6, frameon=False, fontsize=8)
+            fig.suptitle("Activation statistics around the LayerNorms")
+            fig.subplots_adjust(hspace=0.3, wspace=0.15, bottom=0.1)
+            return F.save_static(fig, out_dir / "stats", options)
+
+    @staticmethod
+    def _histograms(stats, blocks, out_dir, options) -> Path:
+        with F.style() as plt:
+            fig, axes = plt.subplots(len(blocks), 2, figsize=(9, 2.3 * len(blocks) + 0.6),
+                                     squeeze=False)
+            for r, b in enumerate(blocks):
+                for c, (pre, post) in enumerate((("norm1.in", "norm1.out"), ("norm2.in", "norm2.out"))):
+                    ax = axes[r, c]
+                    a, z = stats[b, pre]["sample"], stats[b, post]["sample"]
+                    lo, hi = np.percentile(np.concatenate([a, z]), [0.05, 99.95])
+                    bins = np.linspace(lo, hi, HIST_BINS)
+                    # one polygon per histogram (stepfilled), not one patch per bin
+                    ax.hist(a, bins=bins, alpha=0.55, color="C0", label=f"{pre} (pre)", log=True,
+                            histtype="stepfilled")
+                    ax.hist(z, bins=bins, alpha=0.55, color="C3", label=f"{post} (post)", log=True,
+                            histtype="stepfilled")
+                    ax.set_title(f"block {b} · LN{c + 1}: std {a.std():.2f} → {z.std():.2f}")
+                    ax.legend(frameon=False, fontsize=7)
+                    if r == len(blocks) - 1:
+                        ax.set_xlabel("activation value")
+            fig.suptitle(f"Values before vs after each LayerNorm (first {HIST_IMAGES} images)")
+            fig.subplots_adjust(hspace=0.45, wspace=0.18, top=1 - 0.55 / fig.get_figheight())
+            return F.save_static(fig, out_dir / "histograms", options)
+
+    @staticmethod
+    def _outliers(stats, blocks, top, out_dir, options) -> Path:
+        kinds = ("norm1.in", "norm1.out")
+        with F.style() as plt:
+            fig, axes = plt.subplots(len(blocks), 2, figsize=(10, 2.2 * len(blocks) + 0.6),
+                                     squeeze=False)
+            for r, b in enumerate(blocks):
+                for c, kind in enumerate(kinds):
+                    ax = axes[r, c]
+                    ca = stats[b, kind]["channel_abs_mean"]
+                    dims = top[r, KINDS.index(kind)]
+                    edges = np.arange(len(ca) + 1) - 0.5   # one patch for all channels
+                    ax.stairs(ca, edges, fill=True, color="#9ca3af")
+                    ax.bar(dims, ca[dims], width=1.0, color="C3")
+                    for d in dims[:5]:
+                        ax.annotate(str(d), (d, ca[d]), fontsize=6, ha="center", va="bottom",
+                                    color="C3")
+                    ax.axhline(np.median(ca), color="k", lw=0.7, ls=":")
+                    ax.set_title(f"block {b} · {KIND_LABELS[kind]}: top dim {dims[0]} = "
+                                 f"{ca[dims[0]] / max(np.median(ca), 1e-12):.1f}× median")
+                    ax.set_xlim(-1, len(ca))
+                    if r == len(blocks) - 1:
+                        ax.set_xlabel("feature dimension")
+                    if c == 0:
+                        ax.set_ylabel("mean |x|")
+            fig.suptitle("Outlier feature dimensions (largest mean |x|, red)")
+            fig.subplots_adjust(hspace=0.45, wspace=0.15, top=1 - 0.55 / fig.get_figheight())
+            return F.save_static(fig, out_dir / "outlier_dims", options)
+
+    @staticmethod
+    def _norm_maps(images, maps, cls_norms, blocks, captions, out_dir, options) -> Path:
+        tiles = np.concatenate([M.image_tiles(images)[:, None],
+                                M.heat_tiles(maps, M.image_tiles(images[:1]).shape[1])], axis=1)
+        with F.style():
+            fig = M.Mosaic(tiles, col_breaks=[0], row_gap=tiles.shape[2] // 4).figure(
+                title="Residual-stream norm per patch (÷ max of each map)",
+                col_labels=["image"] + [f"block {b}" for b in blocks],
+                row_labels=captions, cbar="‖x‖ ÷ max",
+                captions={(i, j + 1): f"max {maps[i, j].max():.1f}\nCLS {cls_norms[i, j]:.1f}"
+                          for i in range(len(images)) for j in range(len(blocks))})
+            return F.save_static(fig, out_dir / "token_norms", options)
+
+    @staticmethod
+    def _gif(images, maps, cls_norms, out_dir) -> Path:
+        k, depth = maps.shape[:2]
+        tiles = np.concatenate([M.image_tiles(images)[:, None], M.overlay_tiles(images[:, None], maps)],
+                               axis=1)                                  # k×(1+depth)×S×S×3
+        frames = []
+        for b in range(depth):
+            strip = M.Mosaic(np.stack([tiles[:, 0], tiles[:, b + 1]], axis=1)).array
+            frames.append(M.text_frame(strip, f"residual-stream norm per token, entering block {b}\n"
+                                              f"max {maps[:, b].max():.1f} · CLS "
+                                              f"{cls_norms[:, b].mean():.1f}"))
+        return F.save_gif(frames, out_dir / "token_norms.gif", duration_ms=600)
+
+    @staticmethod
+    def _stats_html(results, blocks, out_dir, options) -> Path:
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+        keys = (("mean", "mean"), ("std", "std"), ("max_abs", "max |x|"),
+                ("token_norm_mean", "mean token norm"))
+        fig = make_subplots(rows=2, cols=2, subplot_titles=[k[1] for k in keys])
+        for p, (key, _) in enumerate(keys):
+            for i, kind in enumerate(KINDS):
+                fig.add_trace(go.Bar(x=[f"block {b}" for b in blocks], y=results[key][:, i],
+                                     name=KIND_LABELS[kind], legendgroup=kind, showlegend=p == 0,
+                                     marker_color=F.class_colors(len(KINDS))[i]),
+                              row=p // 2 + 1, col=p % 2 + 1)
+        fig.update_yaxes(type="log", row=1, col=2)
+        fig.update_yaxes(type="log", row=2, col=1)
+        fig.update_yaxes(type="log", row=2, col=2)
+        fig.update_layout(title="Activation statistics around the LayerNorms", barmode="group",
+                          height=700, width=1100, plot_bgcolor="white")
+        return I.save_html(fig, out_dir / "stats.html", options)
+
+
+def _log_axis(ax) -> None:
+    """Log scale with plain tick labels (0.5, 1, 2, 5) instead of 5×10⁻¹."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())

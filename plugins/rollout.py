@@ -1,0 +1,250 @@
+"""`rollout`: attention rollout (Abnar & Zuidema 2020), batched over every image of the dump.
+
+Per layer l (from start_layer to end_layer): fuse the heads (mean, max or min) into A_l;
+optionally drop, per image, the `discard_ratio` lowest entries of A_l except those of the CLS
+column; add the identity for the residual path and renormalise the rows:
+Â_l = (A_l + I) / rowsum. The rollout is R = Â_end · … · Â_start (later layers multiply on the
+left) and the CLS row of R without the prefix tokens, R[0, prefix:], is the map over patches.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vitscope import figures as F
+from vitscope import interactive as I
+from vitscope import mosaic as M
+from vitscope.maps import (block_index, mask_area, mask_summary, mass_in_mask, n_images,
+                           patch_coverage, pointing_hits, to_grid)
+from vitscope.plugin import Option
+
+FUSIONS = ("mean", "max", "min")
+CHUNK_BYTES = 64 << 20  # raw attention read per chunk of images: bounds memory for any model
+
+
+def fuse_heads(attn: np.ndarray, fusion: str) -> np.ndarray:
+    """N×H×T×T attention -> N×T×T by the mean, max or min over heads."""
+    if fusion == "mean":
+        return attn.mean(axis=1)
+    if fusion == "max":
+        return attn.max(axis=1)
+    if fusion == "min":
+        return attn.min(axis=1)
+    raise ValueError(f"unknown head fusion '{fusion}' (use {', '.join(FUSIONS)})")
+
+
+def discard_lowest(a: np.ndarray, ratio: float) -> np.ndarray:
+    """Zero, per image, the floor(ratio·T·(T−1)) smallest entries of N×T×T `a` outside the
+    CLS column (column 0 is never dropped, so every token keeps its path to CLS)."""
+    n, t, _ = a.shape
+    rest = a[:, :, 1:].reshape(n, -1)
+    k = int(ratio * rest.shape[1])
+    if k <= 0:
+        return a
+    # exactly k per image; ties at the threshold (common in fp16 dumps) go in row-major order
+    threshold = np.partition(rest, k - 1, axis=1)[:, k - 1:k]
+    below = rest < threshold
+    tied = rest == threshold
+    need = k - below.sum(axis=1, keepdims=True)
+    drop = below | (tied & (np.cumsum(tied, axis=1) <= need))
+    rest = np.where(drop, 0.0, rest)
+    out = a.copy()
+    out[:, :, 1:] = rest.reshape(n, t, t - 1)
+    return out
+
+
+def rollout_step(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0) -> np.ndarray:
+    """One layer's N×T×T rollout factor: fused, discarded, + identity, rows renormalised."""
+    # fuse in the input's precision (the H×T×T block is the big one), accumulate in float64
+    a = fuse_heads(np.asarray(attn), fusion).astype(np.float64)
+    if discard_ratio > 0:
+        a = discard_lowest(a, discard_ratio)
+    a = a + np.eye(a.shape[-1])
+    return a / a.sum(axis=-1, keepdims=True)
+
+
+def attention_rollout(layers, fusion: str = "mean", discard_ratio: float = 0.0,
+                      num_prefix_tokens: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Rollout over a sequence of N×H×T×T attention arrays (first layer first).
+
+    Returns (final N×P, per_layer N×L×P): the CLS row without prefix tokens of the rollout up
+    to the last layer, and up to each layer in turn.
+    """
+    rollout = None
+    per_layer = []
+    for attn in layers:
+        step = rollout_step(attn, fusion, discard_ratio)
+        rollout = step if rollout is None else step @ rollout  # later layers on the left
+        per_layer.append(rollout[:, 0, num_prefix_tokens:])
+    if rollout is None:
+        raise ValueError("attention rollout needs at least one layer")
+    return per_layer[-1], np.stack(per_layer, axis=1)
+
+
+class Rollout:
+    """Attention rollout: where the CLS token's information comes from, across all layers."""
+
+    name = "rollout"
+    requires = ("blocks.*.attn.weights",)
+    options = (
+        Option("fusion", str, "mean", "how heads are fused per layer", choices=FUSIONS),
+        Option("discard_ratio", float, 0.0, "fraction of the lowest attentions dropped per "
+               "layer and image (never the CLS column); 0.9 gives sharper maps", min=0.0,
+               max=0.99),
+        Option("start_layer", int, 0, "first block in the rollout (negative counts from the end)"),
+        Option("end_layer", int, None, "last block in the rollout (default: the last block)"),
+        Option("show", int, 8, "images drawn in the per-image figures", min=1, max=64),
+    )
+
+    def render(self, dump, out_dir: Path, options) -> list[Path]:
+        names = dump.match("blocks.*.attn.weights")
+        depth = len(names)
+        start = block_index(options.start_layer, depth, 0, "rollout.start_layer")
+        end = block_index(options.end_layer, depth, depth - 1, "rollout.end_layer")
+        if end < start:
+            from vitscope.errors import PluginError
+            raise PluginError(f"rollout.end_layer ({end}) is before rollout.start_layer ({start}); "
+                              f"choose end_layer >= start_layer.")
+        layout = dump.layout
+        n = n_images(dump, options.limit)
+        chosen = names[start:end + 1]
+        final, evolution, raw_cls = self._compute(dump, chosen, n, options, layout)
+        maps = to_grid(final, layout.grid)                      # N×h×w
+        evo = to_grid(evolution, layout.grid)                   # N×L×h×w
+        raw = to_grid(raw_cls, layout.grid)                     # N×L×h×w, fused CLS attention
+        layers = list(range(start, end + 1))
+
+        results = dict(rollout=maps.astype(np.float32), evolution=evo.astype(np.float32),
+                       raw_cls_attention=raw.astype(np.float32), layers=np.array(layers),
+                       labels=dump.labels[:n], preds=dump.preds[:n],
+                       fusion=options.fusion, discard_ratio=options.discard_ratio)
+        summary = {"images": n, "fusion": options.fusion, "discard_ratio": options.discard_ratio,
+                   "layers": f"{start}–{end}"}
+        if dump.masks is not None:
+            cov = patch_coverage(np.asarray(dump.masks[:n]), layout.grid)
+            results.update(coverage=cov, mass_in_mask=mass_in_mask(evo, cov),
+                           raw_mass_in_mask=mass_in_mask(raw, cov), mask_area=mask_area(cov),
+                           pointing=pointing_hits(maps, cov))
+            summary.update(_mask_numbers(results))
+
+        out_dir = Path(out_dir)
+        files = F.save_results(out_dir, results, summary)
+        k = min(options.show, n)
+        images = np.asarray(dump.images[:k])
+        captions = F.captions(dump, k)
+        if options.static:
+            files.append(self._per_image(images, maps[:k], captions, options, out_dir))
+            files.append(self._evolution(images[:4], evo[:4], layers, captions, options, out_dir))
+            if "mass_in_mask" in results:
+                files.append(self._mask_plot(results, layers, options, out_dir))
+        if options.interactive:
+            m = min(k, 6)
+            fig = I.map_slider(images[None, :m], evo[:m].transpose(1, 0, 2, 3)[:, None],
+                               step_labels=[str(l) for l in layers], slider_label="rollout up to layer",
+                               col_titles=captions[:m], row_titles=[""],
+                               title=f"Attention rollout ({options.fusion} fusion, discard "
+                                     f"{options.discard_ratio:g}) up to each layer")
+            files.append(I.save_html(fig, out_dir / "rollout.html", options))
+        return files
+
+    # ------------------------------------------------------------------------------ compute
+
+    @staticmethod
+    def _compute(dump, names, n, options, layout):
+        """Batched over images in chunks (CHUNK_BYTES of attention per layer); one batched
+        matmul per layer and chunk."""
+        prefix = layout.num_prefix_tokens
+        finals, evos, raws = [], [], []
+        H, T = dump[names[0]].shape[1], layout.num_tokens
+        chunk = max(1, CHUNK_BYTES // (H * T * T * 4))
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            raw: list[np.ndarray] = []
+            layers = _read_layers(dump, names, s, e, options.fusion, prefix, raw)
+            final, evo = attention_rollout(layers, options.fusion, options.discard_ratio, prefix)
+            finals.append(final)
+            evos.append(evo)
+            raws.append(np.stack(raw, axis=1))
+        return np.concatenate(finals), np.concatenate(evos), np.concatenate(raws)
+
+    # ------------------------------------------------------------------------------ figures
+
+    @staticmethod
+    def _per_image(images, maps, captions, options, out_dir) -> Path:
+        """original | rollout | overlay for each image, in two side-by-side groups when many."""
+        k = len(images)
+        groups = 2 if k > 4 else 1
+        rows = -(-k // groups)
+        scale = M.tile_scale(images.shape[1], 176)               # larger tiles than the grids
+        originals = M.image_tiles(images, scale)
+        heat = M.heat_tiles(maps, originals.shape[1])
+        triples = np.stack([originals, heat, M.overlay_tiles(images, maps, scale=scale)], axis=1)
+        blank = np.full_like(triples[:1], 255)
+        triples = np.concatenate([triples, np.repeat(blank, rows * groups - k, 0)])
+        tiles = np.concatenate([triples[g * rows:(g + 1) * rows] for g in range(groups)], axis=1)
+        mosaic = M.Mosaic(tiles, col_breaks=[2], row_gap=tiles.shape[2] // 7)
+        with F.style():
+            fig = mosaic.figure(
+                title=f"Attention rollout ({options.fusion} fusion, discard "
+                      f"{options.discard_ratio:g})",
+                col_labels=["original", "rollout", "overlay"] * groups,
+                cbar="rollout ÷ max per image",
+                captions={(i % rows, 3 * (i // rows)): captions[i].replace("\n", " ")
+                          for i in range(k)})
+            return F.save_static(fig, out_dir / "rollout", options)
+
+    @staticmethod
+    def _evolution(images, evo, layers, captions, options, out_dir) -> Path:
+        """Rows = images; columns = the image, then the rollout up to each layer."""
+        tiles = np.concatenate([M.image_tiles(images)[:, None],
+                                M.overlay_tiles(images[:, None], evo)], axis=1)
+        with F.style():
+            fig = M.Mosaic(tiles).figure(
+                title="Rollout up to each layer (layer-wise evolution)",
+                col_labels=["image"] + [f"≤ {l}" for l in layers],
+                row_labels=[c.replace("\n", " ") for c in captions[:len(images)]],
+                cbar="÷ max")
+            return F.save_static(fig, out_dir / "rollout_evolution", options)
+
+    @staticmethod
+    def _mask_plot(results, layers, options, out_dir) -> Path:
+        area = results["mask_area"]
+        roll = results["mass_in_mask"]          # N×L
+        raw = results["raw_mass_in_mask"]       # N×L
+        with F.style() as plt:
+            fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.3), gridspec_kw={"wspace": 0.3})
+            x = np.array(layers)
+            for vals, label, color in ((roll, "rollout up to layer", "C0"),
+                                       (raw, "CLS attention of the layer", "C1")):
+                mean = np.nanmean(vals, axis=0)
+                q1, q3 = np.nanpercentile(vals, [25, 75], axis=0)
+                ax.plot(x, mean, "o-", color=color, label=label, ms=3)
+                ax.fill_between(x, q1, q3, color=color, alpha=0.15, lw=0)
+            ax.axhline(area.mean(), color="gray", ls="--", lw=1, label="mask area (uniform map)")
+            ax.set(xlabel="layer", ylabel="fraction of map mass inside mask", ylim=(0, 1),
+                   title="Does the map land on the object?")
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+            ax.legend(frameon=False, loc="upper left")
+            ratio = roll[:, -1] / np.maximum(area, 1e-9)
+            ax2.hist(ratio[np.isfinite(ratio)], bins=30, color="C0", alpha=0.8)
+            ax2.axvline(1.0, color="gray", ls="--", lw=1)
+            ax2.set(xlabel="mass in mask ÷ mask area (final rollout)", ylabel="images",
+                    title=f"per image (median {np.nanmedian(ratio):.2f}×)")
+            return F.save_static(fig, out_dir / "rollout_mask", options)
+
+
+def _read_layers(dump, names, start, stop, fusion, prefix, raw_cls: list):
+    """Yield each layer's attention for images start..stop (one layer in memory at a time),
+    appending its fused CLS row to raw_cls for the raw-attention comparison."""
+    for name in names:
+        attn = np.asarray(dump[name][start:stop], dtype=np.float32)
+        raw_cls.append(fuse_heads(attn[:, :, 0:1, :], fusion)[:, 0, prefix:])
+        yield attn
+
+
+def _mask_numbers(results: dict) -> dict:
+    numbers = mask_summary(results["rollout"], results["coverage"])
+    numbers["last_layer_cls_attention_mass_in_mask"] = float(
+        np.nanmean(results["raw_mass_in_mask"][:, -1]))
+    return {k: round(v, 4) for k, v in numbers.items()}

@@ -1,0 +1,162 @@
+"""`vitscope analyze` end to end: capture or reuse a dump, render, isolate failures, index.html,
+and the training-time analyzer."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vitscope.cli import main
+from vitscope.errors import PluginError
+
+NO_UMAP = ["--opt", "cls-embedding.umap=false"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run from tmp_path: default outputs/ and outputs/.dumps land there, not in the repo."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_analyze_all_then_reuse_the_dump_without_running_the_model(shapes_ckpt, in_tmp,
+                                                                   monkeypatch):
+    res = run("analyze", shapes_ckpt, "--all", "--images", 12, *NO_UMAP)
+    assert res.exit_code == 0, res.output
+    assert "Captured dump outputs/.dumps/run-val-12-" in res.output
+    run_dir = in_tmp / "outputs" / "run"          # runs/<run>/best.pt -> outputs/<run>
+    for name in ("rollout", "cls-heatmap", "token-attention", "cls-embedding", "norm-activations"):
+        assert any(l.startswith("ok") and name in l for l in res.output.splitlines()), name
+        assert (run_dir / name / "results.npz").is_file()
+    index = (run_dir / "index.html").read_text()
+    assert str(shapes_ckpt) in index and "shapes:val=48" in index and "12" in index
+    assert (run_dir / "plotly.min.js").is_file()
+
+    def forbidden(*a, **k):
+        raise AssertionError("the model ran although a covering dump exists")
+    monkeypatch.setattr("vitscope.model.ViT.forward", forbidden)
+    res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--images", 8, "--static")
+    assert res.exit_code == 0, res.output
+    assert "Reusing dump outputs/.dumps/run-val-12-" in res.output
+    assert not (run_dir / "rollout" / "rollout.html").exists()   # --static: re-rendered alone
+    assert (run_dir / "rollout" / "rollout.png").is_file()
+    assert "token-attention" in (run_dir / "index.html").read_text()  # earlier plugins stay
+
+
+def test_one_failing_plugin_does_not_stop_the_others(small_dump, tmp_path, monkeypatch):
+    from test_plugin_system import FAKE_ENTRY_POINTS, write_fake_distribution
+    root = write_fake_distribution(tmp_path / "site", "fake_analyze_plugins", FAKE_ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(root))
+    dump_path, ckpt = small_dump
+    out = tmp_path / "out"
+    try:
+        res = run("analyze", ckpt, "--dump", dump_path, "--plugin", "fake-explodes",
+                  "--plugin", "fake-good", "--plugin", "rollout", "--plugin", "fake-no-render",
+                  "--opt", "fake-good.level=3", "-o", out)
+    finally:
+        sys.modules.pop("fake_analyze_plugins", None)
+    assert res.exit_code == 1, res.output
+    assert "Error: Plugin 'fake-no-render' (package fake-vitscope-plugins 0.3) is broken" in res.output
+    failed = next(l for l in res.output.splitlines() if l.startswith("FAILED"))
+    assert "fake-explodes" in failed and "raised RuntimeError: kaboom" in failed
+    assert "error.log" in failed
+    assert "Traceback" in (out / "fake-explodes" / "error.log").read_text()
+    assert (out / "fake-good" / "good.txt").read_text() == "12 images, level 3"
+    assert (out / "rollout" / "rollout.png").is_file()
+    index = (out / "index.html").read_text()
+    assert "This plugin failed" in index and "kaboom" in index
+
+
+def test_a_plugin_needing_hooks_the_model_lacks_fails_alone(shapes_ckpt, in_tmp, monkeypatch,
+                                                             tmp_path):
+    from test_plugin_system import FAKE_ENTRY_POINTS, write_fake_distribution
+    root = write_fake_distribution(tmp_path / "site", "fake_missing_hooks", FAKE_ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(root))
+    try:
+        res = run("analyze", shapes_ckpt, "--plugin", "fake-needs-missing", "--plugin",
+                  "fake-good", "--images", 4)
+    finally:
+        sys.modules.pop("fake_missing_hooks", None)
+    assert res.exit_code == 1, res.output
+    assert "FAILED  fake-needs-missing" in res.output and "blocks.*.mlp.gate" in res.output
+    assert (in_tmp / "outputs" / "run" / "fake-good" / "good.txt").read_text() == \
+        "4 images, level 1"
+
+
+def test_typo_and_bad_options_fail_before_any_capture(shapes_ckpt, in_tmp):
+    res = run("analyze", shapes_ckpt, "--plugin", "rolout")
+    assert res.exit_code == 1
+    assert res.output.startswith("Error: No plugin 'rolout'. Did you mean 'rollout'? Installed:")
+    res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--opt", "rollout.fusion=median")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "Error: --opt rollout.fusion=median is invalid: expected one of mean, max, min" \
+        in res.output
+    res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--opt", "cls-heatmap.layers=all")
+    assert "not selected; add --plugin cls-heatmap" in res.output
+    assert not (in_tmp / "outputs").exists()                    # nothing was captured
+    res = run("analyze", shapes_ckpt)
+    assert res.exit_code == 1 and "No plugin chosen" in res.output
+
+
+def test_a_given_dump_must_cover_the_plugins_and_match_the_checkpoint(small_dump, tmp_path,
+                                                                      in_tmp):
+    from vitscope.testing import make_dump
+    only_cls = make_dump(tmp_path / "cls.h5", n=4, hooks=["cls"])
+    res = run("analyze", "--dump", only_cls, "--plugin", "rollout", "-o", tmp_path / "o")
+    assert res.exit_code == 1
+    assert "lacks hook points the plugins read (rollout needs blocks.*.attn.weights)" in res.output
+    _, ckpt = small_dump
+    other = make_dump(tmp_path / "other.h5", n=4, seed=1, checkpoint=tmp_path / "other.pt")
+    res = run("analyze", ckpt, "--dump", other, "--plugin", "rollout", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "captured from another checkpoint" in res.output
+    res = run("analyze", "--dump", other, "--plugin", "rollout", "--images", 3, "--interactive")
+    assert res.exit_code == 0, res.output
+    assert "Open outputs/other/index.html" in res.output      # no CKPT: named after the dump
+    assert (in_tmp / "outputs" / "other" / "rollout" / "rollout.html").is_file()
+
+
+def test_epoch_analyzer_renders_into_epoch_folders(tmp_path):
+    from vitscope.analysis import make_epoch_analyzer
+    from vitscope.data import load_dataset
+    from vitscope.model import ModelConfig, ViT
+
+    data = load_dataset("shapes:val=20,train=20", "val", 16)
+    with pytest.raises(PluginError, match="Did you mean 'rollout'"):
+        make_epoch_analyzer(["rolout"], data, run_name="r", classes=data.classes,
+                            normalize=([0.5] * 3, [0.25] * 3), out_root=tmp_path)
+    analyze = make_epoch_analyzer(["rollout", "cls-heatmap"], data, run_name="r",
+                                  classes=data.classes, normalize=([0.5] * 3, [0.25] * 3),
+                                  out_root=tmp_path, n_images=4)
+    torch.manual_seed(0)
+    model = ViT(ModelConfig(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                            num_classes=len(data.classes))).train()
+    files = analyze(model, 3, tmp_path / "runs" / "r")
+    analyze(model, 4, tmp_path / "runs" / "r")
+    epoch_dir = tmp_path / "r" / "epoch_003"
+    assert model.training                                   # the trainer's mode is restored
+    assert epoch_dir / "rollout" / "rollout.png" in files
+    assert (epoch_dir / "cls-heatmap" / "cls_to_patches.png").is_file()
+    index = (epoch_dir / "index.html").read_text()
+    assert "model at epoch 3" in index and "epoch" in index
+    assert not list(epoch_dir.rglob("*.h5"))               # the small dump is temporary
+    assert (tmp_path / "r" / "epoch_004" / "rollout" / "rollout.png").is_file()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("plotly.min.js")) \
+        == ["r/plotly.min.js"]                              # one plotly.js for all epochs
+
+
+def test_the_example_third_party_plugin_through_the_cli(small_dump, tmp_path):
+    """examples/vitscope-attention-entropy, installed by `make install` like any package."""
+    pytest.importorskip("vitscope_attention_entropy",
+                        reason="pip install -e examples/vitscope-attention-entropy")
+    dump_path, ckpt = small_dump
+    res = run("analyze", ckpt, "--dump", dump_path, "--plugin", "attention-entropy", "-o",
+              tmp_path)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "attention-entropy" / "attention_entropy.png").is_file()
+    assert "vitscope-attention-entropy 0.1.0" in (tmp_path / "index.html").read_text()

@@ -1,0 +1,173 @@
+"""`vitscope analyze` (render plugins on a checkpoint's dump) and `vitscope plugins` (list them)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds to capture
+
+
+@click.command()
+@click.argument("ckpt", required=False, type=click.Path(dir_okay=False))
+@click.option("--plugin", "-p", "names", multiple=True, metavar="NAME",
+              help="Plugin to run (repeatable); `vitscope plugins` lists them.")
+@click.option("--all", "all_", is_flag=True, help="Run every installed plugin.")
+@click.option("--dump", "dump_path", type=click.Path(dir_okay=False),
+              help="Render from this dump instead of capturing (CKPT is then optional).")
+@click.option("--data", default=None, metavar="SPEC",
+              help="Dataset to capture (default: the checkpoint's training data).")
+@click.option("--split", default="val", show_default=True, help="Split to capture.")
+@click.option("--images", "-n", type=click.IntRange(min=1), default=None,
+              help=f"Images to analyse (default {DEFAULT_IMAGES}, or the whole --dump).")
+@click.option("--static", "mode", flag_value="static", help="Only static figures.")
+@click.option("--interactive", "mode", flag_value="interactive", help="Only interactive HTML.")
+@click.option("--both", "mode", flag_value="both", default=True, help="Both (default).")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png",
+              show_default=True, help="Static figure format.")
+@click.option("--opt", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE",
+              help="A plugin option, e.g. --opt rollout.discard_ratio=0.9 (repeatable).")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder (default: outputs/<run>).")
+@click.option("--device", default=None, help="Device for capturing (default: cuda if available).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Capture batch size.")
+def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, out_dir, device,
+            batch_size) -> None:
+    """Render interpretability figures for CKPT with the chosen plugins.
+
+    Captures only the hook points the plugins need (or reuses a dump that covers them), renders
+    each plugin into OUT/<plugin>/, and writes OUT/index.html. A failing plugin is reported and
+    the others still run; the exit code is 1 if any chosen plugin failed.
+    """
+    from vitscope.analysis import missing_hooks, render_plugins, union_requires
+    from vitscope.errors import PluginError
+    from vitscope.hooks import summarize_names
+    from vitscope.plugin import discover, parse_opts
+
+    if not names and not all_:
+        raise PluginError("No plugin chosen; pass --plugin NAME (repeatable) or --all "
+                          "(`vitscope plugins` lists them).")
+    if ckpt is None and dump_path is None:
+        raise PluginError("Nothing to analyse; pass a checkpoint (vitscope analyze CKPT ...) or "
+                          "an existing dump with --dump FILE.h5.")
+    registry = discover()
+    chosen = registry.select(names, all_)
+    for entry in chosen:
+        if not entry.ok:
+            click.echo(f"Error: {entry.problem()}", err=True)
+    working = [e for e in chosen if e.ok]
+    values = parse_opts(opts, chosen, registry)   # before any capture: bad options fail fast
+    if not working:
+        raise SystemExit(1)
+
+    # Plugins that read hook points the model (or the given dump) lacks fail alone, up front.
+    if dump_path is not None:
+        path = Path(dump_path)
+        available, where = _dump_hooks(path, ckpt), f"dump '{path}'"
+    else:
+        available, where = _model_hooks(ckpt), f"model of '{ckpt}'"
+    missing = missing_hooks(available, working)
+    if missing and len(missing) == len(working):
+        what = "; ".join(f"{name} needs {', '.join(p)}" for name, p in missing.items())
+        fix = ("capture them with `vitscope dump CKPT --hooks ...` or run analyze without --dump"
+               if dump_path is not None else "choose plugins written for this model")
+        raise PluginError(f"The {where} lacks hook points the plugins read ({what}); {fix}.")
+    for name, patterns in missing.items():
+        click.echo(f"FAILED  {name:<18} needs hook points {', '.join(patterns)}, which the "
+                   f"{where} does not have", err=True)
+    working = [e for e in working if e.name not in missing]
+    patterns = union_requires(working)
+
+    if dump_path is not None:
+        limit = images
+        click.echo(f"Using dump {path}")
+    else:
+        from vitscope.capture import ensure_dump
+        n = images or DEFAULT_IMAGES
+        path, reused = ensure_dump(ckpt, data=data, split=split, n=n, hooks=patterns,
+                                   batch_size=batch_size, device=device, progress=True)
+        limit = n
+        click.echo(f"{'Reusing' if reused else 'Captured'} dump {path} "
+                   f"({summarize_names(_hook_names(path))})")
+
+    run = Path(out_dir) if out_dir else Path("outputs") / _run_name(ckpt, path)
+    results = render_plugins(path, working, run, values, static=mode in ("static", "both"),
+                             interactive=mode in ("interactive", "both"), fmt=fmt, limit=limit,
+                             echo=click.echo)
+    click.echo(f"Open {run / 'index.html'}")
+    failed = [r for r in results if not r.ok] + [e for e in chosen if not e.ok] + list(missing)
+    if failed:
+        raise SystemExit(1)
+
+
+def _run_name(ckpt, dump_path: Path) -> str:
+    if ckpt is not None:
+        from vitscope.capture import run_name
+        return run_name(ckpt)
+    return dump_path.stem
+
+
+def _hook_names(path: Path) -> list[str]:
+    from vitscope.dump import Dump
+    with Dump.open(path) as dump:
+        return dump.hooks
+
+
+def _model_hooks(ckpt) -> list[str]:
+    """Hook point names of the checkpoint's model (empty for models without hook points)."""
+    from vitscope.checkpoint import load_checkpoint
+    model = load_checkpoint(ckpt).build_model()
+    return list(model.hook_points()) if hasattr(model, "hook_points") else []
+
+
+def _dump_hooks(path: Path, ckpt) -> list[str]:
+    """What a given --dump holds; it must come from CKPT when both are given."""
+    from vitscope.dump import Dump
+    from vitscope.errors import PluginError
+    with Dump.open(path) as dump:
+        hooks, sha = list(dump.hooks), dump.attrs.get("checkpoint_sha256")
+    if ckpt is not None and sha:
+        from vitscope.capture import file_sha256
+        if Path(ckpt).is_file() and file_sha256(ckpt) != sha:
+            raise PluginError(f"Dump '{path}' was captured from another checkpoint than "
+                              f"'{ckpt}' (SHA-256 differs); pass the matching checkpoint or "
+                              f"leave out --dump to capture a new dump.")
+    return hooks
+
+
+@click.command(name="plugins")
+@click.option("--verbose", "-v", is_flag=True, help="Also show each plugin's options.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list instead of text.")
+def plugins(verbose: bool, as_json: bool) -> None:
+    """List installed plugins: name, package and version, requires, status."""
+    from vitscope.plugin import AUTOLOAD_ENV, discover
+
+    registry = discover()
+    entries = [e.load() for e in registry.entries]
+    if as_json:
+        click.echo(json.dumps([{
+            "name": e.name, "package": e.package, "version": e.version, "entry_point": e.value,
+            "builtin": e.builtin, "requires": list(e.requires), "status": "ok" if e.ok else "broken",
+            "error": e.error, "fix": e.fix, "description": e.description,
+            "options": [{"name": o.name, "type": o.type_name, "default": o.default, "help": o.help}
+                        for o in e.options]} for e in entries], indent=2, default=str))
+        return
+    width = max([len(e.name) for e in entries] + [4])
+    pkg_width = max([len(e.source) for e in entries] + [7])
+    click.echo(f"{'NAME':<{width}}  {'PACKAGE':<{pkg_width}}  STATUS  REQUIRES")
+    for e in entries:
+        status = "ok" if e.ok else "broken"
+        click.echo(f"{e.name:<{width}}  {e.source:<{pkg_width}}  {status:<6}  "
+                   f"{', '.join(e.requires) or '-'}")
+        if not e.ok:
+            click.echo(f"{'':<{width}}  reason: {e.error}")
+            click.echo(f"{'':<{width}}  fix:    {e.fix}")
+        elif verbose:
+            if e.description:
+                click.echo(f"{'':<{width}}  {e.description}")
+            for o in e.options:
+                click.echo(f"{'':<{width}}    --opt {e.name}.{o.describe()}")
+    if registry.skipped:
+        click.echo(f"({AUTOLOAD_ENV}=1: not loaded: {', '.join(sorted(set(registry.skipped)))})")

@@ -1,0 +1,188 @@
+"""Figure helpers shared by plugins: overlays, static files, animated GIFs.
+
+    with style() as plt:                               # the house matplotlib style
+        fig, ax = plt.subplots()
+        show_overlay(ax, image, heat)                  # heat: h×w patch map over an H×W image
+        save_static(fig, out_dir / "rollout", options) # -> rollout.png | .svg | .pdf
+    save_gif(frames, out_dir / "layers.gif")
+    save_results(out_dir, {"maps": maps}, {"headline": 0.5})   # results.npz + summary.json
+    save_html(plotly_fig, out_dir / "rollout.html", options)   # offline (vitscope.interactive)
+
+Grids of many image panels: vitscope.mosaic. Numpy imaging (`upsample`, `colorize`) is
+vectorised over images.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitscope.interactive import save_html  # noqa: F401  (one import for plugin authors)
+
+HEAT_CMAP = "inferno"      # attention and norms: perceptually uniform, readable on photos
+HEAT_ALPHA = 0.6
+DPI = 150
+
+_RC = {
+    "figure.dpi": 100, "savefig.dpi": DPI, "savefig.bbox": "tight", "savefig.pad_inches": 0.08,
+    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "figure.titlesize": 11,
+    "figure.titleweight": "bold", "legend.fontsize": 8, "xtick.labelsize": 8,
+    "ytick.labelsize": 8, "axes.spines.top": False, "axes.spines.right": False,
+    "svg.fonttype": "none", "image.interpolation": "nearest",
+}
+
+
+def pyplot():
+    """matplotlib.pyplot on a non-interactive backend (plugins run headless)."""
+    import matplotlib
+    if "MPLBACKEND" not in os.environ:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+@contextlib.contextmanager
+def style() -> Iterator[Any]:
+    """The house style for every static figure."""
+    plt = pyplot()
+    with plt.rc_context(_RC):
+        yield plt
+
+
+def show_overlay(ax, image: np.ndarray | None, heat: np.ndarray, *, alpha: float = HEAT_ALPHA,
+                 cmap: str = HEAT_CMAP, vmin: float | None = 0.0, vmax: float | None = None,
+                 smooth: bool = True):
+    """An h×w patch map over an H×W×3 image (or alone when image is None); returns the heat
+    AxesImage for a colorbar. Bilinear upsampling is done by matplotlib at draw time."""
+    if image is None:
+        return ax.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax,
+                         interpolation="bilinear" if smooth else "nearest")
+    H, W = image.shape[:2]
+    ax.imshow(image, interpolation="nearest", extent=(0, W, H, 0))
+    return ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax, extent=(0, W, H, 0),
+                     interpolation="bilinear" if smooth else "nearest")
+
+
+def save_static(fig, stem: Path, options: Any) -> Path:
+    """Save as `stem.<options.format>` (png default) and close the figure. A figure may carry
+    `vitscope_save` (savefig keyword overrides, e.g. from vitscope.mosaic)."""
+    fmt = getattr(options, "format", None) or "png"
+    path = Path(stem).with_suffix(f".{fmt}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"dpi": DPI, "facecolor": "white", **getattr(fig, "vitscope_save", {})}
+    if fmt == "png":  # zlib level 6 (the default) costs seconds on big mosaics for ~15% size
+        kwargs["pil_kwargs"] = {"compress_level": 3}
+    fig.savefig(path, format=fmt, **kwargs)
+    pyplot().close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- numpy imaging
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of ...×h×w maps to ...×H×W (pixel centres aligned), vectorised."""
+    h, w = maps.shape[-2:]
+    H, W = size
+    return np.einsum("yh,...hw,xw->...yx", _interp_matrix(H, h), maps.astype(np.float32),
+                     _interp_matrix(W, w), optimize=True)
+
+
+def _interp_matrix(out: int, inp: int) -> np.ndarray:
+    pos = np.clip((np.arange(out) + 0.5) * inp / out - 0.5, 0, inp - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, inp - 1)
+    frac = (pos - lo).astype(np.float32)
+    m = np.zeros((out, inp), np.float32)
+    m[np.arange(out), lo] += 1 - frac
+    m[np.arange(out), hi] += frac
+    return m
+
+
+def colorize(maps01: np.ndarray, cmap: str = HEAT_CMAP) -> np.ndarray:
+    """...×H×W values in [0, 1] to ...×H×W×3 uint8 colours."""
+    from matplotlib import colormaps
+    rgba = colormaps[cmap](np.clip(maps01, 0, 1))
+    return (rgba[..., :3] * 255).astype(np.uint8)
+
+
+def enlarge(images: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of ...×H×W×C images (small inputs read better in GIFs)."""
+    return images.repeat(factor, axis=-3).repeat(factor, axis=-2)
+
+
+# --------------------------------------------------------------------------------------- GIF
+
+def save_gif(frames: Sequence[np.ndarray], path: Path, duration_ms: int = 450) -> Path:
+    """An animated GIF that loops forever; frames are H×W×3 uint8 of equal size."""
+    from PIL import Image
+    if len(frames) < 2:
+        raise ValueError("an animated GIF needs at least two frames")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pics = [Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE, colors=255)
+            for f in frames]
+    pics[0].save(path, save_all=True, append_images=pics[1:], duration=duration_ms, loop=0,
+                 optimize=False, disposal=2)
+    return path
+
+
+def class_colors(n: int) -> list[str]:
+    """n distinguishable hex colours (tab10, then tab20, then a sampled rainbow)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+    if n <= 10:
+        cmap = colormaps["tab10"]
+        return [to_hex(cmap(i)) for i in range(n)]
+    if n <= 20:
+        cmap = colormaps["tab20"]
+        return [to_hex(cmap(i)) for i in range(n)]
+    cmap = colormaps["turbo"]
+    return [to_hex(cmap(i / max(n - 1, 1))) for i in range(n)]
+
+
+def label_names(classes: Sequence[str], ids: np.ndarray) -> np.ndarray:
+    """Class names for integer ids; -1 (unknown) and out-of-range ids become '?'/'#i'."""
+    names = np.array([*classes, "?"], dtype=object)
+    ids = np.asarray(ids)
+    known = (ids >= 0) & (ids < len(classes))
+    out = np.where(known, names[np.where(known, ids, len(classes))], "?")
+    bad = (ids >= len(classes))
+    if bad.any():
+        out[bad] = np.char.add("#", ids[bad].astype(str))
+    return out
+
+
+def captions(dump, k: int, prefix: str = "") -> list[str]:
+    """"label ✓" or "label\\n→ prediction" for the first k images of a dump."""
+    labels = label_names(dump.classes, dump.labels[:k])
+    preds = label_names(dump.classes, dump.preds[:k])
+    return [f"{prefix}{l} ✓" if l == p else f"{prefix}{l}\n→ {p}" for l, p in zip(labels, preds)]
+
+
+def save_results(out_dir: Path, arrays: dict[str, Any], summary: dict[str, Any] | None = None,
+                 name: str = "results.npz") -> list[Path]:
+    """The numbers behind a plugin's figures: `results.npz` (+ `summary.json` of headline
+    numbers, which index.html shows). Returns the files written."""
+    import json
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})  # float noise barely compresses
+    files = [path]
+    if summary is not None:
+        files.append(out_dir / "summary.json")
+        files[-1].write_text(json.dumps(summary, indent=2, default=_plain, ensure_ascii=False) + "\n",
+                            encoding="utf-8")
+    return files
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,448 @@
+"""The plugin protocol, discovery through entry points, and `--opt plugin.key=value` parsing.
+
+A plugin reads a dump (never the model) and writes figures. It is any object, usually a class
+instantiated with no arguments (or a module), with:
+
+    name: str                      # what `--plugin NAME` selects; equal to its entry-point name
+    requires: tuple[str, ...]      # hook-point globs it reads, e.g. ("blocks.*.attn.weights",)
+    options: tuple[Option, ...]    # optional: what `--opt NAME.key=value` may set
+    description: str               # optional: one line for `vitscope plugins` (else the docstring)
+
+    def render(self, dump, out_dir: Path, options: RenderOptions) -> list[Path]: ...
+
+`render` gets an open `vitscope.dump.Dump` (read lazily: `dump["blocks.3.attn.weights"][i:j]`,
+`dump.match(...)`, `dump.layout`, `dump.labels`, `dump.masks`), an existing folder
+`outputs/<run>/<plugin>/`, and a `RenderOptions`: the declared options, converted and validated,
+as attributes (`options.discard_ratio`), plus five set by `vitscope analyze` for every plugin:
+
+    static: bool        write static figures (matplotlib: options.format)
+    interactive: bool   write interactive figures (Plotly HTML, offline)
+    format: str         "png" | "svg" | "pdf"
+    limit: int | None   use at most this many images of the dump (None: all)
+    run_dir: Path       outputs/<run>/, where shared files such as plotly.min.js live
+
+It returns the files it wrote and saves the numbers behind each figure next to it
+(`results.npz`), plus optionally `summary.json` (a flat dict of headline numbers that
+`index.html` shows). `vitscope.figures` has the shared helpers (overlays, static save, offline
+Plotly, GIFs). Raise `vitscope.errors.PluginError` for bad input found while rendering; any other
+exception is reported as a failure of this plugin only.
+
+A third-party package registers it with five lines of setup.cfg:
+
+    [options.entry_points]
+    vitscope.plugins =
+        attention-entropy = vitscope_attention_entropy:AttentionEntropy
+
+Discovery happens when a command asks (`discover()`), never at import time. A plugin that fails
+to import or breaks the protocol is reported by name, package, reason and fix, and never stops
+the CLI or other plugins. `VITSCOPE_DISABLE_PLUGIN_AUTOLOAD=1` loads only the built-ins.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata as md
+import inspect
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from vitscope import __version__
+from vitscope.errors import PluginError
+
+GROUP = "vitscope.plugins"
+AUTOLOAD_ENV = "VITSCOPE_DISABLE_PLUGIN_AUTOLOAD"
+
+# The built-ins, as declared in setup.cfg. Used when vitscope runs from a source tree that was
+# never installed (no entry points) and to recognise built-ins when autoload is disabled.
+BUILTINS: dict[str, str] = {
+    "token-attention": "vitscope.plugins.token_attention:TokenAttention",
+    "cls-heatmap": "vitscope.plugins.cls_heatmap:ClsHeatmap",
+    "rollout": "vitscope.plugins.rollout:Rollout",
+    "cls-embedding": "vitscope.plugins.cls_embedding:ClsEmbedding",
+    "norm-activations": "vitscope.plugins.norm_activations:NormActivations",
+}
+
+# Keys every plugin receives in RenderOptions; declared options may not reuse them.
+RESERVED = ("static", "interactive", "format", "limit", "run_dir")
+STATIC_FORMATS = ("png", "svg", "pdf")
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    name: str
+    requires: tuple[str, ...]
+
+    def render(self, dump: Any, out_dir: Path, options: "RenderOptions") -> list[Path]: ...
+
+
+# ----------------------------------------------------------------------------------- options
+
+_TRUE = {"1", "true", "yes", "on", "y"}
+_FALSE = {"0", "false", "no", "off", "n"}
+
+
+def _parse_bool(text: str) -> bool:
+    low = str(text).strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One declared option: `--opt <plugin>.<name>=<value>`.
+
+    `type` converts the command-line text: int, float, bool, str, or any callable that raises
+    ValueError with a short reason. `choices` and `min`/`max` are checked after conversion.
+    A default of None means "decided by the plugin" (e.g. "the last layer").
+    """
+    name: str
+    type: Callable[[str], Any] = str
+    default: Any = None
+    help: str = ""
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    metavar: str | None = None    # how `vitscope plugins -v` names the type, e.g. "LAYERS"
+
+    @property
+    def type_name(self) -> str:
+        if self.metavar:
+            return self.metavar
+        if self.choices:
+            return "|".join(map(str, self.choices))
+        return getattr(self.type, "__name__", "value")
+
+    def convert(self, value: Any) -> Any:
+        """The value converted and checked; ValueError says what is allowed."""
+        if value is None:
+            return None
+        try:
+            if self.type is bool:
+                out = value if isinstance(value, bool) else _parse_bool(value)
+            elif isinstance(value, str) or not isinstance(value, self._py_type()):
+                out = self.type(value)
+            else:
+                out = value
+        except Exception as e:  # a converter's own error message is the reason
+            reason = str(e) if self.type not in (int, float, str) else f"expected {self.type_name}"
+            raise ValueError(reason or f"expected {self.type_name}") from None
+        if self.choices and out not in self.choices:
+            raise ValueError(f"expected one of {', '.join(map(str, self.choices))}")
+        if self.min is not None and out < self.min:
+            raise ValueError(f"expected a value >= {self.min}")
+        if self.max is not None and out > self.max:
+            raise ValueError(f"expected a value <= {self.max}")
+        return out
+
+    def _py_type(self) -> tuple[type, ...]:
+        return (self.type,) if isinstance(self.type, type) else (object,)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.type_name}, default {self.default!r}): {self.help}"
+
+
+class RenderOptions(dict):
+    """The options a plugin's render() receives: a dict with attribute access."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"no option '{key}' (have: {', '.join(self)})") from None
+
+
+# ----------------------------------------------------------------------------------- entries
+
+@dataclass
+class PluginEntry:
+    """One registered plugin: where it comes from, and once loaded, the object or why not."""
+    name: str
+    value: str                  # "module:attr" of the entry point
+    package: str                # distribution name
+    version: str
+    builtin: bool
+    plugin: Any = None          # the loaded, validated plugin object
+    error: str | None = None    # why it is broken
+    fix: str | None = None      # what to do about it
+    loaded: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.load().error is None
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ok else f"broken: {self.error}"
+
+    @property
+    def source(self) -> str:
+        return f"{self.package} {self.version}".strip()
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return tuple(self.plugin.requires) if self.ok else ()
+
+    @property
+    def options(self) -> tuple[Option, ...]:
+        return tuple(getattr(self.plugin, "options", ()) or ()) if self.ok else ()
+
+    @property
+    def description(self) -> str:
+        if not self.ok:
+            return ""
+        text = getattr(self.plugin, "description", None) or inspect.getdoc(self.plugin) or ""
+        return text.strip().splitlines()[0] if text.strip() else ""
+
+    def problem(self) -> str:
+        """One sentence naming the plugin, its package, the reason and the fix."""
+        return (f"Plugin '{self.name}' (package {self.source}) is broken: {self.error}; "
+                f"{self.fix}")
+
+    def load(self) -> "PluginEntry":
+        """Import and validate once; never raises (the error is recorded instead)."""
+        if self.loaded:
+            return self
+        self.loaded = True
+        try:
+            obj = _import(self.value)
+        except BaseException as e:  # a plugin's import may raise anything, even SystemExit
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            self.error = f"importing {self.value} failed ({type(e).__name__}: {_one_line(e)})"
+            self.fix = self._builtin_fix() or (
+                f"reinstall or upgrade it (pip install -U {self.package}), uninstall it (pip "
+                f"uninstall {self.package}), or set {AUTOLOAD_ENV}=1 to load only the built-ins")
+            return self
+        try:
+            self.plugin = _instantiate(obj)
+            _validate(self.plugin, self.name)
+        except _Malformed as e:
+            self.plugin = None
+            self.error = str(e)
+            self.fix = self._builtin_fix() or (
+                f"fix it to follow the protocol in vitscope.plugin (name, requires, "
+                f"render(dump, out_dir, options)) or uninstall it (pip uninstall {self.package})")
+        except Exception as e:
+            self.plugin = None
+            self.error = f"creating {self.value} failed ({type(e).__name__}: {_one_line(e)})"
+            self.fix = self._builtin_fix() or f"upgrade or uninstall it (pip uninstall {self.package})"
+        return self
+
+    def _builtin_fix(self) -> str | None:
+        if not self.builtin:
+            return None
+        return ("this is a bug in vitscope itself: reinstall it (pip install -e . in a checkout, "
+                "or pip install -U vitscope) and report it if it persists")
+
+    def option_map(self) -> dict[str, Option]:
+        return {o.name: o for o in self.options}
+
+    def render_options(self, given: dict[str, Any] | None = None, **common: Any) -> RenderOptions:
+        """Declared defaults, overridden by `given` (already converted), plus the common keys."""
+        values = {o.name: o.default for o in self.options}
+        values.update(given or {})
+        values.update(common)
+        return RenderOptions(values)
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _import(value: str) -> Any:
+    module, _, attr = value.partition(":")
+    obj = importlib.import_module(module.strip())
+    for part in filter(None, attr.strip().split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _instantiate(obj: Any) -> Any:
+    if inspect.isclass(obj):
+        try:
+            return obj()
+        except TypeError as e:
+            raise _Malformed(f"{obj.__name__}() cannot be created without arguments ({e})") from None
+    return obj  # an instance or a module with module-level name/requires/render
+
+
+def _validate(plugin: Any, entry_name: str) -> None:
+    """Raise _Malformed with one reason if `plugin` breaks the protocol."""
+    missing = [a for a in ("name", "requires", "render") if not hasattr(plugin, a)]
+    if missing:
+        raise _Malformed(f"it has no {', '.join(repr(m) for m in missing)} attribute"
+                         f"{'s' if len(missing) > 1 else ''}")
+    if not isinstance(plugin.name, str) or plugin.name != entry_name:
+        raise _Malformed(f"its name {plugin.name!r} differs from its entry-point name "
+                         f"'{entry_name}'")
+    req = plugin.requires
+    if isinstance(req, str) or not isinstance(req, (tuple, list)) or \
+            not all(isinstance(r, str) and r for r in req):
+        raise _Malformed(f"its requires {req!r} is not a tuple of hook-name patterns")
+    render = plugin.render
+    if not callable(render):
+        raise _Malformed("its render attribute is not callable")
+    try:
+        inspect.signature(render).bind(None, Path("."), RenderOptions())
+    except TypeError:
+        raise _Malformed(f"its render{inspect.signature(render)} does not take "
+                         f"(dump, out_dir, options)") from None
+    except ValueError:
+        pass  # builtins without a signature: trust them
+    options = getattr(plugin, "options", ()) or ()
+    seen: set[str] = set()
+    for opt in options:
+        if not isinstance(opt, Option):
+            raise _Malformed(f"its options hold {opt!r}, not a vitscope.plugin.Option")
+        if not opt.name.isidentifier() or opt.name in RESERVED or opt.name in seen:
+            raise _Malformed(f"its option name {opt.name!r} is not a unique identifier outside "
+                             f"{', '.join(RESERVED)}")
+        seen.add(opt.name)
+        try:
+            opt.convert(opt.default)
+        except ValueError as e:
+            raise _Malformed(f"the default of its option '{opt.name}' ({opt.default!r}) is "
+                             f"invalid: {e}") from None
+
+
+# ---------------------------------------------------------------------------------- registry
+
+@dataclass
+class Registry:
+    """The plugins found by one discovery, in name order (duplicates kept, and reported)."""
+    entries: list[PluginEntry] = field(default_factory=list)
+    autoload: bool = True
+    skipped: list[str] = field(default_factory=list)  # third-party names left out by the env var
+
+    def names(self) -> list[str]:
+        return sorted({e.name for e in self.entries})
+
+    def first(self, name: str) -> PluginEntry | None:
+        return next((e for e in self.entries if e.name == name), None)
+
+    def get(self, name: str) -> PluginEntry:
+        entry = self.first(name)
+        if entry is None:
+            raise PluginError(self.unknown_message(name))
+        return entry.load()
+
+    def select(self, names: Iterable[str] = (), all_: bool = False) -> list[PluginEntry]:
+        """The entries for `names` (or every one with all_), unique, in the order asked."""
+        chosen: list[PluginEntry] = []
+        wanted = self.names() if all_ else list(dict.fromkeys(names))
+        for name in wanted:
+            chosen.append(self.get(name))
+        if all_:  # a clashing duplicate is a chosen plugin too, so it is reported
+            chosen += [e.load() for e in self.entries if e not in chosen]
+        return chosen
+
+    def unknown_message(self, name: str) -> str:
+        names = self.names()
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        skipped = ""
+        if name in self.skipped:
+            skipped = (f" It is installed but {AUTOLOAD_ENV}=1 loads only the built-ins; unset "
+                       f"it to use '{name}'.")
+        installed = ", ".join(names) if names else "none"
+        return f"No plugin '{name}'.{hint}{skipped} Installed: {installed} (vitscope plugins)."
+
+
+def autoload_enabled() -> bool:
+    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in _TRUE
+
+
+def discover(autoload: bool | None = None) -> Registry:
+    """Find plugins through the `vitscope.plugins` entry points (nothing is imported yet)."""
+    autoload = autoload_enabled() if autoload is None else autoload
+    registry = Registry(autoload=autoload)
+    seen: dict[str, PluginEntry] = {}
+    found: list[PluginEntry] = []
+    for ep in md.entry_points(group=GROUP):
+        package, version = _dist_info(ep)
+        builtin = package == "vitscope" and BUILTINS.get(ep.name) == ep.value
+        found.append(PluginEntry(ep.name, ep.value, package, version, builtin))
+    have_builtins = {e.name for e in found if e.builtin}
+    for name, value in BUILTINS.items():  # a source tree that was never installed
+        if name not in have_builtins:
+            found.append(PluginEntry(name, value, "vitscope", __version__, True))
+    found.sort(key=lambda e: (not e.builtin, e.name, e.package))
+    for entry in found:
+        if not entry.builtin and not autoload:
+            registry.skipped.append(entry.name)
+            continue
+        first = seen.get(entry.name)
+        if first is not None:
+            if first.value == entry.value:
+                continue  # the same distribution seen twice on sys.path
+            entry.loaded, entry.error = True, (
+                f"its name is already taken by {first.value} from package {first.source}")
+            entry.fix = f"uninstall one of the two (pip uninstall {entry.package})"
+        else:
+            seen[entry.name] = entry
+        registry.entries.append(entry)
+    registry.entries.sort(key=lambda e: (e.name, e.error is not None))
+    return registry
+
+
+def _dist_info(ep: md.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return ep.value.split(":")[0].split(".")[0], ""
+    try:
+        return dist.metadata["Name"] or dist.name, dist.version or ""
+    except Exception:  # a distribution with broken metadata must not break discovery
+        return getattr(dist, "name", "?"), ""
+
+
+# ------------------------------------------------------------------------------- --opt parsing
+
+def parse_opts(specs: Iterable[str], chosen: list[PluginEntry],
+               registry: Registry) -> dict[str, dict[str, Any]]:
+    """`["rollout.discard_ratio=0.9", ...]` -> {"rollout": {"discard_ratio": 0.9}}, validated.
+
+    Raises PluginError naming the bad `--opt` with what is allowed.
+    """
+    by_name = {e.name: e for e in chosen if e.error is None}
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        lhs, eq, text = spec.partition("=")
+        plugin_name, dot, key = lhs.strip().partition(".")
+        if not eq or not dot or not plugin_name or not key:
+            raise PluginError(f"--opt '{spec}' is not of the form plugin.key=value; write e.g. "
+                              f"--opt rollout.discard_ratio=0.9.")
+        entry = by_name.get(plugin_name)
+        if entry is None:
+            if registry.first(plugin_name) is None:
+                raise PluginError(f"--opt '{spec}' names an unknown plugin: "
+                                  + registry.unknown_message(plugin_name))
+            if any(e.name == plugin_name for e in chosen):
+                raise PluginError(f"--opt '{spec}' is for plugin '{plugin_name}', which is "
+                                  f"broken; see `vitscope plugins`.")
+            raise PluginError(f"--opt '{spec}' is for plugin '{plugin_name}', which is not "
+                              f"selected; add --plugin {plugin_name}.")
+        options = entry.option_map()
+        if key not in options:
+            close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            known = ", ".join(options) if options else "none"
+            raise PluginError(f"Plugin '{plugin_name}' has no option '{key}'.{hint} Its options: "
+                              f"{known} (vitscope plugins --verbose).")
+        try:
+            value = options[key].convert(text.strip())
+        except ValueError as e:
+            raise PluginError(f"--opt {spec} is invalid: {e} ({options[key].help.rstrip('.')})."
+                              ) from None
+        out.setdefault(plugin_name, {})[key] = value
+    return out

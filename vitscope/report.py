@@ -1,0 +1,156 @@
+"""`outputs/<run>/index.html`: one offline page that shows every figure of a run.
+
+Built from `manifest.json` (written by vitscope.analysis), so plugins rendered by earlier
+`analyze` calls into the same folder stay listed. Static figures and GIFs are embedded,
+interactive figures open in place (lazy iframes) or in a new tab, and each plugin's
+`summary.json` numbers are shown as a table. All links are relative; nothing is fetched.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from vitscope import __version__
+
+IMAGE_SUFFIXES = (".png", ".svg", ".gif", ".jpg", ".jpeg")
+PAGE_SUFFIXES = (".html",)
+DOC_SUFFIXES = (".pdf",)
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#1f2937;color:#fff;padding:18px 28px}
+header h1{margin:0 0 4px;font-size:22px} header p{margin:0;color:#cbd5e1}
+main{padding:8px 28px 40px;max-width:1500px}
+section{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:14px 18px;margin:18px 0}
+h2{margin:0 0 8px;font-size:18px} h2 .tag{font-size:12px;font-weight:normal;color:#6b7280}
+table.kv{border-collapse:collapse;font-size:13px} table.kv td{padding:2px 12px 2px 0;vertical-align:top}
+table.kv td:first-child{color:#6b7280;white-space:nowrap}
+.figs{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+figure{margin:0;border:1px solid #eee;border-radius:6px;padding:6px;background:#fff;max-width:100%}
+figure img{max-width:100%;max-height:900px;display:block} figcaption{font-size:12px;color:#555;margin-top:4px}
+details{margin:8px 0} summary{cursor:pointer;color:#1d4ed8}
+iframe{width:100%;height:760px;border:1px solid #ddd;border-radius:6px;margin-top:6px}
+.error{background:#fef2f2;border-color:#fecaca;color:#991b1b}
+.ok{color:#15803d} .bad{color:#b91c1c} nav a{margin-right:14px} code{font-size:12px}
+"""
+
+
+def write_index(run_dir: str | Path) -> Path:
+    """(Re)write run_dir/index.html from run_dir/manifest.json."""
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    plugins: dict[str, Any] = manifest.get("plugins", {})
+    run = manifest.get("run", {})
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
+             f"<title>vitscope · {_e(run_dir.name)}</title><style>{CSS}</style></head><body>",
+             f"<header><h1>vitscope · {_e(run_dir.name)}</h1>"
+             f"<p>{_e(_subtitle(run))}</p></header><main>",
+             _run_section(run), _nav(plugins), _epochs(run_dir)]
+    for name in sorted(plugins):
+        parts.append(_plugin_section(run_dir, name, plugins[name], run))
+    parts.append(f"<p style='color:#888;font-size:12px'>vitscope {__version__} · generated "
+                 f"{_e(run.get('updated', ''))}</p></main></body></html>")
+    out = run_dir / "index.html"
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
+def _subtitle(run: dict) -> str:
+    data = f"{run.get('data', '?')} ({run.get('split', '?')}, {run.get('images', '?')} images)"
+    return f"checkpoint {run.get('checkpoint') or '?'} · data {data}"
+
+
+def _run_section(run: dict) -> str:
+    cfg = run.get("model_config") or {}
+    model = ", ".join(f"{k} {cfg[k]}" for k in ("image_size", "patch_size", "embed_dim", "depth",
+                                                   "num_heads", "num_classes") if k in cfg)
+    classes = run.get("classes") or []
+    rows = [("checkpoint", run.get("checkpoint") or "(none recorded)"),
+            ("checkpoint SHA-256", run.get("checkpoint_sha256") or "—"),
+            ("data", f"{run.get('data', '?')}, split {run.get('split', '?')}"),
+            ("images analysed", run.get("images", "?")),
+            ("ground-truth masks", "yes" if run.get("has_masks") else "no"),
+            ("model", model or "—"),
+            ("classes", f"{len(classes)}: {', '.join(classes)}" if classes else "—"),
+            ("dump", run.get("dump", "—"))]
+    if "epoch" in run:
+        rows.insert(0, ("epoch", run["epoch"]))
+    return "<section><h2>Run</h2>" + _kv(rows) + "</section>"
+
+
+def _epochs(run_dir: Path) -> str:
+    """Links to training-time figures (`vitscope train --analyze-every`), if any."""
+    pages = sorted(p.parent.name for p in run_dir.glob("epoch_*/index.html"))
+    if not pages:
+        return ""
+    links = " · ".join(f"<a href='{_e(p)}/index.html'>{_e(p.replace('_', ' '))}</a>"
+                       for p in pages)
+    return f"<section><h2>During training</h2><p>{links}</p></section>"
+
+
+def _nav(plugins: dict) -> str:
+    links = [f"<a href='#{_e(n)}' class='{'ok' if p.get('ok') else 'bad'}'>"
+             f"{'✓' if p.get('ok') else '✗'} {_e(n)}</a>" for n, p in sorted(plugins.items())]
+    return "<nav>" + "".join(links) + "</nav>"
+
+
+def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
+    tag = f"{_e(info.get('package', ''))} · {info.get('seconds', 0):.1f} s"
+    opts = info.get("options") or {}
+    if opts:
+        tag += " · " + ", ".join(f"{_e(k)}={_e(v)}" for k, v in opts.items())
+    head = f"<section id='{_e(name)}'{' class=error' if not info.get('ok') else ''}>" \
+           f"<h2>{_e(name)} <span class='tag'>{tag}</span></h2>"
+    if not info.get("ok"):
+        return head + f"<p>This plugin failed: {_e(info.get('error'))}</p></section>"
+    files = info.get("files") or []
+    body = [head]
+    own = info.get("run") or {}
+    if any(own.get(k) != run.get(k) for k in ("dump", "images", "checkpoint")):
+        body.append(f"<p class='tag'>rendered earlier from {_e(own.get('checkpoint') or '?')}, "
+                    f"{_e(own.get('images', '?'))} images of {_e(own.get('data', '?'))} "
+                    f"(dump {_e(own.get('dump', '?'))})</p>")
+    summary = run_dir / name / "summary.json"
+    if summary.exists():
+        try:
+            numbers = json.loads(summary.read_text())
+            body.append(_kv([(k, _fmt(v)) for k, v in numbers.items()]))
+        except ValueError:
+            pass
+    images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+    pages = [f for f in files if f.lower().endswith(PAGE_SUFFIXES)]
+    docs = [f for f in files if f.lower().endswith(DOC_SUFFIXES)]
+    data = [f for f in files if f not in images + pages + docs]
+    if images:
+        body.append("<div class='figs'>" + "".join(
+            f"<figure><a href='{_e(f)}'><img loading='lazy' src='{_e(f)}' alt='{_e(f)}'></a>"
+            f"<figcaption>{_e(Path(f).name)}</figcaption></figure>" for f in images) + "</div>")
+    for f in pages:
+        body.append(f"<details><summary>interactive: {_e(Path(f).name)} "
+                    f"(<a href='{_e(f)}' target='_blank'>open in a new tab</a>)</summary>"
+                    f"<iframe loading='lazy' src='{_e(f)}' title='{_e(f)}'></iframe></details>")
+    links = docs + data
+    if links:
+        body.append("<p>files: " + " · ".join(f"<a href='{_e(f)}'><code>{_e(Path(f).name)}</code></a>"
+                                             for f in links) + "</p>")
+    return "".join(body) + "</section>"
+
+
+def _kv(rows) -> str:
+    return "<table class='kv'>" + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>"
+                                         for k, v in rows) + "</table>"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v), quote=True)
