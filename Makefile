@@ -27,8 +27,13 @@ quickstart: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Throughput benchmarks: numbers, not tests. CIFAR is the extracted JPEG mirror:
+#   mkdir -p /tmp/vitscope-data && tar xzf ../shared/data/cifar10-jpeg.tar.gz -C /tmp/vitscope-data
+CIFAR ?= /tmp/vitscope-data/cifar10-jpeg
+
 bench: install
-	$(BIN)/python benchmarks/train_throughput.py --device cpu
+	$(BIN)/python benchmarks/train_throughput.py --model seed-cifar10 --baseline --data folder:$(CIFAR)
+	$(BIN)/python benchmarks/train_throughput.py --model vit-tiny --baseline --data folder:$(CIFAR)
 	$(BIN)/python benchmarks/capture_throughput.py --device cpu
 	$(BIN)/python benchmarks/analyze_throughput.py
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from vitscope.errors import ConfigError
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (setup.cfg requires it there)
+    import tomli as tomllib
 from vitscope.model import PRESETS, ModelConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"

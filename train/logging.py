@@ -136,7 +136,8 @@ class Progress:
             return
         from tqdm.auto import tqdm
         self.bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}/{self.total_epochs}",
-                        unit="step", leave=False, dynamic_ncols=True, file=sys.stderr)
+                        unit="step", leave=False, dynamic_ncols=True, file=sys.stderr,
+                        disable=None)  # None: no live bar when stderr is not a terminal (CI logs)
 
     def update(self, steps: int, **postfix: Any) -> None:
         if self.bar is not None:

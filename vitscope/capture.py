@@ -308,7 +308,8 @@ def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWr
     def grab(t: torch.Tensor, name: str) -> None:
         acts[name] = t
 
-    bar = tqdm(total=len(positions), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(positions), unit="img", desc=desc, dynamic_ncols=True,
+               disable=None if progress else True)  # None: only on a terminal
     with attach(model, {n: grab for n in names}), torch.inference_mode(), bar:
         for b0 in range(0, len(positions), batch_size):
             pos = positions[b0:b0 + batch_size]
@@ -404,8 +405,8 @@ def dataset_for(ckpt, data: str | None = None, split: str = "val", data_dir: str
     tc = ckpt.train_config or {}
     spec = data_spec(ckpt, data)
     kwargs: dict[str, Any] = {"data_dir": data_dir or tc.get("data_dir") or "./data"}
-    if spec == tc.get("data") and tc.get("val_split") is not None:
-        kwargs.update(val_split=tc["val_split"], seed=int(tc.get("seed", 0)))
+    if spec == tc.get("data"):  # the same carve-out as training (the seed only matters with it)
+        kwargs.update(val_split=tc.get("val_split"), seed=int(tc.get("seed", 0)))
     return load_dataset(spec, split, ckpt.model_config.image_size, **kwargs)
 
 
