@@ -22,7 +22,6 @@ install: $(STAMP)
 quickstart: install
 	$(BIN)/vitscope train --config train/recipes/shapes-quick.toml --name quickstart --overwrite
 	$(BIN)/vitscope analyze --all runs/quickstart/best.pt -o outputs/quickstart
-	@echo "Open outputs/quickstart/index.html"
 
 test: install
 	$(BIN)/python -m pytest -q
