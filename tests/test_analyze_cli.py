@@ -2,8 +2,10 @@
 and the training-time analyzer."""
 from __future__ import annotations
 
+import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -160,3 +162,23 @@ def test_the_example_third_party_plugin_through_the_cli(small_dump, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "attention-entropy" / "attention_entropy.png").is_file()
     assert "vitscope-attention-entropy 0.1.0" in (tmp_path / "index.html").read_text()
+
+
+def test_more_images_than_the_dump_holds_and_a_missing_checkpoint(small_dump, tmp_path, in_tmp):
+    dump_path, ckpt = small_dump                                    # 12 images
+    res = run("analyze", ckpt, "--dump", dump_path, "--plugin", "rollout", "-n", 500,
+              "--static", "-o", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["run"]["images"] == 12
+    with np.load(tmp_path / "o" / "rollout" / "results.npz") as r:
+        assert max(v.shape[0] for v in r.values() if v.ndim) == 12
+    res = run("analyze", tmp_path / "nope.pt", "--dump", dump_path, "--plugin", "rollout")
+    assert res.exit_code == 1 and f"No checkpoint at '{tmp_path / 'nope.pt'}'" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_bad_device_fails_before_capturing(shapes_ckpt, in_tmp):
+    res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--device", "gpu0")
+    assert res.exit_code == 1 and "Unknown device 'gpu0'" in res.output, res.output
+    assert not (in_tmp / "outputs" / ".dumps").exists()

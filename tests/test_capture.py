@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,3 +307,78 @@ def test_capture_needs_no_checkpoint(tmp_path, tiny_vit):
         x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - 0.1) / 0.2
         np.testing.assert_allclose(d.logits[:], tiny_vit(x).detach().numpy(), rtol=1e-5, atol=1e-6)
         assert json.loads(json.dumps(d.attrs["token_layout"]))["grid"] == [4, 4]
+
+
+def test_a_dump_is_reused_only_for_the_same_pixels(tmp_path, shapes_ckpt, monkeypatch):
+    """The spec string `folder:PATH` stays the same when files under PATH change; the data
+    fingerprint does not, so the stale dump is not reused."""
+    from PIL import Image
+    monkeypatch.setenv("VITSCOPE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("circle", "square"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i}.png")
+    spec, dumps = f"folder:{root}", tmp_path / "dumps"
+    first, reused = ensure_dump(shapes_ckpt, data=spec, n=6, hooks=["cls"], dump_dir=dumps)
+    assert not reused
+    assert ensure_dump(shapes_ckpt, data=spec, n=6, hooks=["cls"], dump_dir=dumps) == (first, True)
+    with Dump.open(first) as d:
+        assert d.attrs["data_sha256"] == load_dataset(spec, "val", 16).fingerprint()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "val" / "circle" / "1.png")
+    second, reused = ensure_dump(shapes_ckpt, data=spec, n=6, hooks=["cls"], dump_dir=dumps)
+    assert not reused and second != first
+
+
+def test_analyze_reuses_what_vitscope_dump_wrote(tmp_path, shapes_ckpt, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(shapes_ckpt, "--hooks", "cls", "-q").exit_code == 0   # the whole split: 48
+    made = Path("outputs/dumps/run-val-48.h5")
+    assert made.is_file()
+    assert ensure_dump(shapes_ckpt, n=20, hooks=["cls"]) == (made, True)
+
+
+def test_shards_named_with_o_get_their_own_files(tmp_path, shapes_ckpt):
+    out = tmp_path / "s.h5"
+    for i in (0, 1):
+        res = run_cli(shapes_ckpt, "--hooks", "cls", "--limit", 10, "--shard", f"{i}/2", "-o", out, "-q")
+        assert res.exit_code == 0, res.output
+    assert f"vitscope dump merge {tmp_path}/s-shard*of2.h5 -o {out}" in res.output
+    assert sorted(p.name for p in tmp_path.glob("s*.h5")) == ["s-shard0of2.h5", "s-shard1of2.h5"]
+    # a name that already carries the suffix is kept as it is
+    res = run_cli(shapes_ckpt, "--hooks", "cls", "--limit", 10, "--shard", "1/2", "-o",
+                  tmp_path / "t-shard1of2.h5", "-q")
+    assert res.exit_code == 0 and (tmp_path / "t-shard1of2.h5").is_file(), res.output
+    assert f"-o {tmp_path}/t.h5" in res.output
+
+
+def test_cli_dump_bad_device_and_output_path(tmp_path, shapes_ckpt):
+    res = run_cli(shapes_ckpt, "--device", "tpu", "-q")
+    assert res.exit_code == 1 and "Error: Unknown device 'tpu'; use one of auto" in res.output
+    if not torch.cuda.is_available():
+        res = run_cli(shapes_ckpt, "--device", "cuda:1", "-q")
+        assert res.exit_code == 1 and "sees no CUDA GPU; use --device cpu" in res.output
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = run_cli(shapes_ckpt, "--hooks", "cls", "-o", blocker / "x.h5", "-q")
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert f"Error: Cannot create the folder '{blocker}' for the dump" in res.output
+    assert blocker.read_text() == "not a folder"
+
+
+def test_dump_info_shows_the_filter_each_hook_got(tmp_path, shapes_ckpt):
+    out = tmp_path / "x.h5"
+    assert run_cli(shapes_ckpt, "--limit", 16, "-o", out, "-q").exit_code == 0
+    res = run_cli("info", out)
+    assert res.exit_code == 0, res.output
+    with Dump.open(out) as d:
+        filters = {h: d[h].compression or "raw" for h in d.hooks}
+    lines = {l.split()[0]: l for l in res.output.splitlines() if l.startswith("  ")}
+    for hook, used in filters.items():
+        assert lines[hook].rstrip().endswith(used), lines[hook]
+    assert set(filters.values()) <= {"lzf", "raw"}
+    if "raw" in filters.values():
+        assert f"lzf on {sum(f == 'lzf' for f in filters.values())} of {len(filters)}" in res.output

@@ -105,3 +105,15 @@ def test_weights_that_do_not_fit_the_config(tmp_path, tiny_ckpt):
     torch.save(raw, path)
     with pytest.raises(CheckpointError, match="do not fit its model_config"):
         load_model(path)
+
+
+@pytest.mark.parametrize("save", [
+    lambda obj, path: torch.save(obj, path, _use_new_zipfile_serialization=False, pickle_protocol=4),
+    lambda obj, path: path.write_bytes(__import__("pickle").dumps(obj, protocol=4)),
+], ids=["legacy-torch-protocol-4", "raw-pickle"])
+def test_files_the_safe_loader_cannot_parse_say_how_to_convert(tmp_path, save):
+    path = tmp_path / "old.pt"
+    save({"weight": torch.zeros(2)}, path)
+    message = err(path)
+    assert "is a raw pickle (or an old-style torch file with pickle protocol 4+)" in message
+    assert "re-save it with torch.save" in message

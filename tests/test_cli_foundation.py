@@ -19,6 +19,8 @@ def test_version_and_help():
     assert __version__ in run("--version").output
     out = run("--help").output
     assert "info" in out and "hooks" in out
+    assert "...\n" not in out.split("Commands:")[1]   # each command's whole first sentence
+    assert "writes runs/<name>/{best,last}.pt, metrics, curves." in " ".join(out.split())
 
 
 def test_info(tiny_ckpt):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,14 +77,28 @@ def test_evaluate_maps_dataset_classes_onto_the_model_by_name(shapes_vit):
         evaluate(shapes_vit, ds, [0.5] * 3, [0.5] * 3, classes=CLASSES)
 
 
-def test_eval_cli_writes_metrics_and_confusion_png(eval_ckpt):
+def test_eval_cli_writes_metrics_and_confusion_png(eval_ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     result = run("eval", eval_ckpt, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert f"{DATA} (val, 30 images)" in result.output and "accuracy" in result.output
-    out = eval_ckpt.parent / "eval"
+    out = tmp_path / "outputs" / "run" / "eval"  # <run>: the folder of run/best.pt
     metrics = json.loads((out / "metrics_val.json").read_text())
     assert metrics["n"] == 30 and set(metrics["per_class_accuracy"]) == set(CLASSES)
     assert (out / "confusion_val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in eval_ckpt.parent.iterdir()] == ["best.pt"]  # the run folder untouched
+
+
+def test_eval_default_output_folder_is_named_after_the_checkpoint(eval_ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    named = tmp_path / "models" / "vit3.pt"
+    named.parent.mkdir()
+    named.write_bytes(eval_ckpt.read_bytes())
+    result = run("eval", named, "--device", "cpu", "--limit", "5")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "outputs/vit3/eval/metrics_val.json").is_file()
+    assert f"wrote {Path('outputs/vit3/eval/metrics_val.json')}" in result.output
+    assert "outputs/<run>/eval" in run("eval", "--help").output
 
 
 def test_eval_cli_options(eval_ckpt, tmp_path):

@@ -122,3 +122,9 @@ def test_glob_star_stays_within_one_segment(tiny_vit):
     assert match_names("blocks.[1].attn.weights", names) == ["blocks.1.attn.weights"]
     assert match_names("*", names) == names
     assert match_names("norm?.out", names) == []
+
+
+def test_list_hook_points_refuses_another_image_size(tiny_vit):
+    assert dict(list_hook_points(tiny_vit, image_size=16))["cls"] == ("B", 32)
+    with pytest.raises(HookError, match=r"takes 16×16 images .* not 32×32; leave image_size out"):
+        list_hook_points(tiny_vit, image_size=32)

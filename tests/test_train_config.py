@@ -1,6 +1,8 @@
 """TrainConfig: recipes, --set parsing and validation, the optimiser pieces (no training)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -36,6 +38,21 @@ def test_recipe_by_bare_name_path_and_typo(tmp_path):
     (tmp_path / "bad.toml").write_text("epochs = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         read_recipe(str(tmp_path / "bad.toml"))
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('epoch = 2\n', r"Unknown setting 'epoch' in recipe '{path}' \(fix or remove it there\)\. "
+                    r"Did you mean 'epochs'\? Known: name, .*, \[model\] table\."),
+    ('preset = "vit-lite"\n[model]\ndept = 2\n',
+     r"Unknown \[model\] field 'dept' in recipe '{path}' \(for preset 'vit-lite'; fix or remove "
+     r"it there\)\. Did you mean 'depth'\? Known: image_size, .*depth"),
+    ('preset = "cnn"\n"model.chanels" = [8]\n', r"'chanels' in recipe '{path}' .*'channels'"),
+])
+def test_unknown_recipe_keys_name_the_recipe_file(tmp_path, toml, message):
+    recipe = tmp_path / "mine.toml"
+    recipe.write_text(toml)
+    with pytest.raises(ConfigError, match=message.format(path=re.escape(str(recipe)))):
+        make_config(read_recipe(str(recipe)))
 
 
 def test_set_values_are_typed_and_dotted_keys_reach_the_model():

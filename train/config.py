@@ -167,10 +167,10 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _unknown(what: str, value: str, known: list[str]) -> str:
+def _unknown(what: str, value: str, known: list[str], where: str = "") -> str:
     close = difflib.get_close_matches(value, known, 3)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"Unknown {what} {value!r}.{hint} Known: {', '.join(known)}."
+    return f"Unknown {what} {value!r}{where}.{hint} Known: {', '.join(known)}."
 
 
 def model_config_class(preset: str) -> type:
@@ -218,10 +218,34 @@ def read_recipe(spec: str) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"Recipe '{path}' is not valid TOML ({e}); fix the file.") from None
+    check_recipe_keys(path, data)
     data.setdefault("name", "")  # an explicit name in the recipe wins over the file name
     if not data["name"]:
         data["name"] = path.stem
     return data
+
+
+def check_recipe_keys(path: Path, data: dict[str, Any]) -> None:
+    """Reject a key no TrainConfig field (or [model] field of the recipe's preset) has, naming
+    the recipe file: make_config alone could not tell a recipe typo from a --set typo."""
+    where = f" in recipe '{path}' (fix or remove it there)"
+    known = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
+    model_keys: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "model" and isinstance(value, dict):
+            model_keys.update(value)
+        elif key.startswith("model."):
+            model_keys[key[len("model."):]] = value
+        elif key not in known:
+            raise ConfigError(_unknown("setting", key, known + ["[model] table"], where))
+    preset = data.get("preset", TrainConfig.preset)
+    if not isinstance(preset, str) or (preset != CNN_PRESET and preset not in PRESETS):
+        return  # make_config names the bad preset and the known ones
+    fields = list(_field_types(model_config_class(preset)))
+    for key in model_keys:
+        if key not in fields:
+            raise ConfigError(_unknown("[model] field", key, fields, f" in recipe '{path}' (for "
+                                       f"preset {preset!r}; fix or remove it there)"))
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -109,7 +109,16 @@ def _wandb(run_dir: Path, cfg, config_dict: dict[str, Any], resume: bool):
     mode = os.environ.get("WANDB_MODE", cfg.wandb_mode)
     return wandb.init(project=cfg.wandb_project, name=run_dir.name, dir=str(run_dir),
                       config=config_dict, mode=mode, id=_wandb_id(run_dir),
-                      resume="allow" if resume else None)
+                      resume="allow" if resume else None, settings=_wandb_settings(wandb, cfg))
+
+
+def _wandb_settings(wandb, cfg):
+    """--quiet silences wandb's banners and run summary too, unless WANDB_SILENT is set (the
+    user's choice wins). As a per-run setting rather than by setting WANDB_SILENT: wandb reads
+    its environment once per process, and warns when it changes after that."""
+    if cfg.quiet and "WANDB_SILENT" not in os.environ:
+        return wandb.Settings(silent=True)
+    return None
 
 
 def _wandb_id(run_dir: Path) -> str:

@@ -52,13 +52,17 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
     """Train `cfg` (or continue `resume`, a last.pt); returns the Trainer's summary."""
     require_loggers(cfg.log)
     info, device = D.setup(cfg.device)
+    created: Path | None = None
     try:
         precision = resolve_precision(cfg.precision, device)
         cuda_speed_settings(device)
         if cfg.batch_size % info.world_size:
             raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by the number of "
                               f"DDP processes ({info.world_size}); it is the global batch.")
-        run_dir = Path(resume.path).parent if resume else _fresh_run_dir(cfg, info, overwrite)
+        # A fresh run folder is only checked here and created once the data, model and
+        # callbacks are known to work: a run that fails to start leaves no empty folder behind
+        # (and --overwrite does not delete the old run for nothing).
+        run_dir = Path(resume.path).parent if resume else _check_run_dir(cfg, overwrite)
         train_ds, val_ds = _load_data(cfg, info)
         if resume:
             mean, std = normalization(resume)  # exactly what the run started with
@@ -84,6 +88,9 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
         if info.is_main:
             if make_callbacks is not None:  # may reject a plugin name: before anything is written
                 callbacks += make_callbacks(val_ds, train_ds.classes, (mean, std), run_dir.name)
+        if not resume:
+            created = _make_run_dir(run_dir, info, overwrite)
+        if info.is_main:
             (run_dir / "config.json").write_text(json.dumps(ckpt_config, indent=2) + "\n")
         trainer = Trainer(cfg, model, data, run_dir, dist=info, device=device,
                           precision=precision, ckpt_train_config=ckpt_config, callbacks=callbacks)
@@ -100,6 +107,8 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
             f"{device}; pass a smaller --batch-size (e.g. {max(1, cfg.batch_size // 2)}) or a "
             f"smaller model.") from None
     finally:
+        if created is not None:  # a no-op once config.json is in it, so only for a failed start
+            _remove_if_empty(created)
         D.cleanup()
 
 
@@ -142,20 +151,52 @@ def resume_config(path: str | Path, overrides: dict[str, Any]) -> tuple[TrainCon
     return cfg, ckpt
 
 
-def _fresh_run_dir(cfg: TrainConfig, info: D.DistInfo, overwrite: bool) -> Path:
+def _check_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
+    """The new run's folder, refused when it holds a run and --overwrite is not given, or when
+    --runs-dir is not a folder; nothing is created or deleted yet."""
     run_dir = Path(cfg.runs_dir) / run_name(cfg)
-    exists = run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
-    D.barrier()  # every rank looked before rank 0 may delete
-    if exists and not overwrite:
+    blocking = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise TrainingError(f"--runs-dir '{cfg.runs_dir}' is not a folder ('{blocking}' is a "
+                            f"file); pass --runs-dir a folder path (it is created if missing) "
+                            f"or move that file away.")
+    if _holds_something(run_dir) and not overwrite:
         raise TrainingError(f"Run folder '{run_dir}' already exists; pass --overwrite to replace "
                             f"it, --resume {run_dir / 'last.pt'} to continue it, or --name to "
                             f"start another run.")
-    if info.is_main:
-        if exists:
-            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
-    D.barrier()
     return run_dir
+
+
+def _make_run_dir(run_dir: Path, info: D.DistInfo, overwrite: bool) -> Path | None:
+    """Create the run folder (replacing what is there under --overwrite, as _check_run_dir
+    allowed). Returns it when this call created it, None when an empty folder already was."""
+    existed = _holds_something(run_dir)
+    D.barrier()  # every rank looked before rank 0 may delete
+    created = None
+    if info.is_main:
+        if existed and overwrite:
+            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+        created = None if run_dir.is_dir() else run_dir
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrainingError(f"Cannot create the run folder '{run_dir}' ({e.strerror}); pass "
+                                f"--runs-dir a folder you can write to.") from None
+    D.barrier()
+    return created
+
+
+def _holds_something(path: Path) -> bool:
+    """A file, or a folder with anything in it (an empty folder may be reused)."""
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """Undo the creation of a run folder nothing was written to (a run that failed to start)."""
+    try:
+        run_dir.rmdir()  # fails, and keeps the folder, as soon as it holds anything
+    except OSError:
+        pass
 
 
 def _load_data(cfg: TrainConfig, info: D.DistInfo) -> tuple[ImageDataset, ImageDataset]:

@@ -121,6 +121,8 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
     run_dir.mkdir(parents=True, exist_ok=True)
     results = []
     with Dump.open(dump_path) as dump:
+        # Plugins may rely on it: options.limit is None or a count the dump really holds.
+        limit = None if limit is None else min(int(limit), len(dump))
         for entry in entries:
             gone = missing_hooks(dump.hooks, [entry]).get(entry.name)
             if gone:  # never call render on a dump without what the plugin reads

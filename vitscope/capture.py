@@ -47,7 +47,8 @@ DEFAULT_HOOKS: tuple[str, ...] = (
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 COMPRESSIONS = ("lzf", "gzip", "none")
 DEFAULT_N = 64                      # images ensure_dump captures when no n is given
-DEFAULT_DUMP_DIR = Path("outputs/.dumps")
+DEFAULT_DUMP_DIR = Path("outputs/.dumps")   # where `vitscope analyze` captures what it needs
+USER_DUMP_DIR = Path("outputs/dumps")       # where `vitscope dump` writes without -o
 QUEUE_BATCHES = 2                   # batches waiting for the writer: bounds memory
 
 
@@ -82,7 +83,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
                         compression, len(order), (index, count, start, stop) if shard else None)
     labels = _labels_for(dataset, attrs["classes"])  # (labels, remapped)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(out)
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)  # a stale one from a killed run (its writer is gone)
     was_training = model.training
@@ -137,6 +138,18 @@ def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, c
     return resolve(model, [hooks] if isinstance(hooks, str) else list(hooks))
 
 
+def _make_parent(out: Path) -> None:
+    """Create the output's folder; a DumpError, not a traceback, where that cannot be done."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DumpError(f"Cannot create the folder '{out.parent}' for the dump ({e.strerror}); "
+                        f"choose another path with -o.") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise DumpError(f"The folder '{out.parent}' is not writable; choose another path "
+                        f"with -o.")
+
+
 def image_order(n: int, seed: int | None) -> np.ndarray:
     """Positions in the split in capture order: a seeded shuffle, or 0..n-1 for seed None."""
     if seed is None:
@@ -184,6 +197,7 @@ def _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype, co
         "classes": model_classes,
         "dataset_classes": list(dataset.classes),
         "dataset": dataset.spec,
+        "data_sha256": dataset.fingerprint(),
         "split": dataset.split,
         "split_size": len(dataset),
         "seed": -1 if seed is None else int(seed),
@@ -417,6 +431,24 @@ def run_name(ckpt_path: str | Path) -> str:
     return p.parent.resolve().name if p.stem in generic and p.parent.resolve().name else p.stem
 
 
+def capture_device(name: str | None = "auto") -> torch.device:
+    """The device for a capture: `name` checked by resolve_device ("auto"/None: cuda, mps,
+    cpu); under torchrun, auto gives each process its own GPU (cuda:LOCAL_RANK)."""
+    from vitscope.evaluation import resolve_device
+    dev = resolve_device(name or "auto")
+    if (name or "auto") == "auto" and dev.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return resolve_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    return dev
+
+
+def find_dumps(dump_dir: str | Path | None = None) -> list[Path]:
+    """Candidate dumps for reuse: the .h5 files in `dump_dir`, or by default in both
+    outputs/.dumps (analyze's own) and outputs/dumps (`vitscope dump`'s), so a full dump made
+    by hand serves later analyses too."""
+    folders = [Path(dump_dir)] if dump_dir is not None else [DEFAULT_DUMP_DIR, USER_DUMP_DIR]
+    return [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.h5"))]
+
+
 def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = "val",
                 n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
                 dump_dir: str | Path | None = None, batch_size: int = 64,
@@ -424,8 +456,9 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
                 progress: bool = False) -> tuple[Path, bool]:
     """A dump serving (checkpoint, data, split, first n images, hooks): `(path, reused)`.
 
-    Reuses any finished dump in `dump_dir` (default outputs/.dumps) whose checkpoint SHA-256,
-    dataset spec, split, length and hook points cover the request, else captures one there.
+    Reuses any finished dump in `dump_dir` (default: outputs/.dumps and outputs/dumps) whose
+    checkpoint SHA-256, dataset spec and fingerprint, split, length and hook points cover the
+    request, else captures one in `dump_dir` (default outputs/.dumps).
     `data` None means the checkpoint's training data; `n` None means DEFAULT_N images.
     """
     from vitscope.checkpoint import load_checkpoint
@@ -435,21 +468,24 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
     ckpt = load_checkpoint(ckpt_path)
     spec = data_spec(ckpt, data)
     sha = file_sha256(ckpt.path)
-    folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
+    # Loaded before the search: a dump is reused only for the very same pixels and labels,
+    # not merely the same spec string (folder:PATH may have changed since).
+    dataset = dataset_for(ckpt, spec, split)
+    data_sha = dataset.fingerprint()
     patterns = [hooks] if isinstance(hooks, str) else list(hooks)
-    for path in sorted(folder.glob("*.h5")) if folder.is_dir() else []:
+    for path in find_dumps(dump_dir):
         try:
             with Dump.open(path) as dump:
-                if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split):
+                if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split,
+                               data_sha256=data_sha):
                     return path, True
         except VitscopeError:
             continue  # a foreign or damaged file in the cache folder is not ours to judge
     model = ckpt.build_model()
-    dataset = dataset_for(ckpt, spec, split)
-    key = hashlib.sha256(repr((sha, spec, split, n, sorted(patterns))).encode()).hexdigest()[:10]
+    folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
+    key = hashlib.sha256(repr((sha, data_sha, split, n, sorted(patterns))).encode()).hexdigest()[:10]
     out = folder / f"{run_name(ckpt.path)}-{split}-{n}-{key}.h5"
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = capture_device(device) if not isinstance(device, torch.device) else device
     path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
                    batch_size=batch_size, device=device, progress=progress, force=True)
     return path, False

@@ -74,8 +74,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: Any = N
                     train_config: dict[str, Any] | None = None,
                     metrics: dict[str, Any] | None = None, resume: dict[str, Any] | None = None,
                     half: bool = False) -> Path:
-    """Write a checkpoint atomically (temporary file, then rename): a crash never leaves a
-    truncated file at `path`. `half=True` stores floating weights as fp16 (half the size)."""
+    """Write a checkpoint atomically (temporary file, fsync, then rename): a crash or power loss
+    never leaves a truncated or empty file at `path`. `half=True` stores floating weights as
+    fp16 (half the size)."""
     path = Path(path)
     cfg = model_config if model_config is not None else model.cfg
     state = {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
@@ -96,7 +97,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: Any = N
         payload["resume"] = resume
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        # On disk before the rename: otherwise a power loss can keep the rename but not the
+        # data, leaving an empty checkpoint where the previous good one was.
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
 
@@ -142,7 +148,14 @@ def read_raw(path: str | Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower() and _looks_pickled(path):
+        unsafe = "weights only load failed" in str(e).lower() and _looks_pickled(path)
+        if unsafe and "Unsupported operand" in str(e) and not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"'{path}' is a raw pickle (or an old-style torch file with pickle protocol 4+), "
+                f"which torch's safe loader cannot read and vitscope does not unpickle because "
+                f"that can run arbitrary code; if you trust it, load it yourself and re-save it "
+                f"with torch.save (zip format) or vitscope.checkpoint.save_checkpoint.") from None
+        if unsafe:
             raise CheckpointError(
                 f"'{path}' holds pickled Python objects ({_unsafe_reason(e)}), which vitscope "
                 f"refuses to load because unpickling can run arbitrary code; expected a vitscope "

@@ -334,13 +334,17 @@ class Dump:
                               or [np.zeros(0, np.int64)]).astype(np.int64)
 
     def covers(self, hooks: Iterable[str] | str, n: int, *, checkpoint_sha256: str | None = None,
-               data: str | None = None, split: str | None = None) -> bool:
+               data: str | None = None, split: str | None = None,
+               data_sha256: str | None = None) -> bool:
         """Whether this dump serves a request: every hook point the names/patterns select in
         the model is captured, it holds the first n images (or the whole split) of its order,
-        and the checkpoint hash, dataset spec and split agree where given."""
+        and the checkpoint hash, dataset spec, split and data fingerprint
+        (ImageDataset.fingerprint) agree where given."""
         a = self.attrs
         if checkpoint_sha256 is not None and a.get("checkpoint_sha256") != checkpoint_sha256:
             return False
+        if data_sha256 is not None and a.get("data_sha256") != data_sha256:
+            return False  # also for dumps from before the fingerprint existed: recapture
         if data is not None and a.get("dataset") != data:
             return False
         if split is not None and a.get("split") != split:
@@ -375,8 +379,8 @@ class Dump:
 
 
 # Attributes every shard of one capture must share before merge joins them.
-SHARED_ATTRS = ("checkpoint_sha256", "model_config", "dataset", "split", "split_size", "seed",
-                "order", "hooks", "aliases", "dtype", "normalize", "classes", "token_layout")
+SHARED_ATTRS = ("checkpoint_sha256", "model_config", "dataset", "data_sha256", "split",
+                "split_size", "seed", "order", "hooks", "aliases", "dtype", "normalize", "classes", "token_layout")
 
 
 def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False) -> Path:

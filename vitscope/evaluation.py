@@ -32,6 +32,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if str(name).startswith("cuda") and not cuda:
         raise ConfigError(f"--device {name} was asked for but this torch sees no CUDA GPU; "
                           f"use --device cpu (or auto).")
+    if str(name).startswith("cuda:"):
+        index, count = str(name)[5:], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise ConfigError(f"--device {name} names no GPU here; this machine has {count} "
+                              f"(cuda:0 to cuda:{count - 1}).")
     if name == "mps" and not mps:
         raise ConfigError("--device mps was asked for but MPS is not available here; "
                           "use --device cpu (or auto).")

@@ -173,9 +173,16 @@ def run_with_cache(model: nn.Module, x: torch.Tensor, names: str | Iterable[str]
 
 def list_hook_points(model: nn.Module, image_size: int | None = None,
                      in_channels: int | None = None) -> list[tuple[str, tuple[str | int, ...]]]:
-    """Every hook point with its shape for one input, the batch dimension shown as "B"."""
+    """Every hook point with its shape for one input, the batch dimension shown as "B".
+
+    `image_size` defaults to the model's; another size is refused with a clear error, since
+    the learned position embedding fixes the number of tokens (no silent interpolation)."""
     cfg = getattr(model, "cfg", None)
     size = image_size or cfg.image_size
+    if size != cfg.image_size:
+        raise HookError(f"This model takes {cfg.image_size}×{cfg.image_size} images (its position "
+                        f"embedding holds {cfg.num_tokens} tokens), not {size}×{size}; leave "
+                        f"image_size out to list the hook points at the model's size.")
     channels = in_channels or cfg.in_channels
     param = next(model.parameters())
     x = torch.zeros(1, channels, size, size, device=param.device, dtype=param.dtype)

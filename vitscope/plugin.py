@@ -18,7 +18,8 @@ as attributes (`options.discard_ratio`), plus five set by `vitscope analyze` for
     static: bool        write static figures (matplotlib: options.format)
     interactive: bool   write interactive figures (Plotly HTML, offline)
     format: str         "png" | "svg" | "pdf"
-    limit: int | None   use at most this many images of the dump (None: all)
+    limit: int | None   use the first `limit` images of the dump (None: all); never more than
+                        len(dump), so `dump[hook][:limit]` has exactly that many rows
     run_dir: Path       outputs/<run>/, where shared files such as plotly.min.js live
 
 It returns the files it wrote and saves the numbers behind each figure next to it

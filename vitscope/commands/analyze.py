@@ -30,7 +30,8 @@ DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds 
               help="A plugin option, e.g. --opt rollout.discard_ratio=0.9 (repeatable).")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Output folder (default: outputs/<run>).")
-@click.option("--device", default=None, help="Device for capturing (default: cuda if available).")
+@click.option("--device", default="auto", show_default=True,
+              help="Device for capturing: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Capture batch size.")
 def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, out_dir, device,
@@ -52,6 +53,9 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     if ckpt is None and dump_path is None:
         raise PluginError("Nothing to analyse; pass a checkpoint (vitscope analyze CKPT ...) or "
                           "an existing dump with --dump FILE.h5.")
+    if ckpt is not None and dump_path is not None:
+        from vitscope.checkpoint import read_raw
+        read_raw(ckpt)  # a CKPT named beside --dump must exist: it is checked against the dump
     registry = discover()
     chosen = registry.select(names, all_)
     for entry in chosen:
@@ -81,16 +85,19 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     patterns = union_requires(working)
 
     if dump_path is not None:
-        limit = images
         click.echo(f"Using dump {path}")
     else:
-        from vitscope.capture import ensure_dump
-        n = images or DEFAULT_IMAGES
-        path, reused = ensure_dump(ckpt, data=data, split=split, n=n, hooks=patterns,
-                                   batch_size=batch_size, device=device, progress=True)
-        limit = n
+        from vitscope.capture import capture_device, ensure_dump
+        path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
+                                   hooks=patterns, batch_size=batch_size,
+                                   device=capture_device(device),
+                                   progress=True)
         click.echo(f"{'Reusing' if reused else 'Captured'} dump {path} "
                    f"({summarize_names(_hook_names(path))})")
+    # What is analysed is never more than the dump holds (a split smaller than -n, say).
+    size = _dump_size(path)
+    limit = min(images or DEFAULT_IMAGES, size) if dump_path is None else \
+        (None if images is None else min(images, size))
 
     run = Path(out_dir) if out_dir else Path("outputs") / _run_name(ckpt, path)
     results = render_plugins(path, working, run, values, static=mode in ("static", "both"),
@@ -115,6 +122,12 @@ def _hook_names(path: Path) -> list[str]:
         return dump.hooks
 
 
+def _dump_size(path: Path) -> int:
+    from vitscope.dump import Dump
+    with Dump.open(path) as dump:
+        return len(dump)
+
+
 def _model_hooks(ckpt) -> list[str]:
     """Hook point names of the checkpoint's model (empty for models without hook points)."""
     from vitscope.checkpoint import load_checkpoint
@@ -130,7 +143,7 @@ def _dump_hooks(path: Path, ckpt) -> list[str]:
         hooks, sha = list(dump.hooks), dump.attrs.get("checkpoint_sha256")
     if ckpt is not None and sha:
         from vitscope.capture import file_sha256
-        if Path(ckpt).is_file() and file_sha256(ckpt) != sha:
+        if file_sha256(ckpt) != sha:
             raise PluginError(f"Dump '{path}' was captured from another checkpoint than "
                               f"'{ckpt}' (SHA-256 differs); pass the matching checkpoint or "
                               f"leave out --dump to capture a new dump.")

@@ -83,23 +83,23 @@ def dump() -> None:
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: outputs/dumps/<run>-<split>-<N>.h5).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (cuda, then mps, then cpu; cuda:LOCAL_RANK under torchrun), cpu, cuda, "
+                   "cuda:1, mps.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, compression, shard,
                 seed, in_order, output, force, device, quiet) -> None:
     """Capture activations of CKPT into an HDF5 dump."""
-    import torch
-
-    from vitscope.capture import (DEFAULT_HOOKS, capture, check_limit, dataset_for, parse_shard,
-                                  run_name, shard_range)
+    from vitscope.capture import (DEFAULT_HOOKS, USER_DUMP_DIR, capture, capture_device,
+                                  check_limit, dataset_for, parse_shard, run_name, shard_range)
     from vitscope.checkpoint import load_model
     from vitscope.errors import DumpError
     from vitscope.hooks import resolve
 
     check_limit(limit)
     patterns = [p.strip() for item in hooks for p in item.split(",") if p.strip()] or list(DEFAULT_HOOKS)
-    shard_given, auto_shard = shard is not None, _torchrun_shard()
-    parsed = parse_shard(shard) if shard_given else auto_shard
+    parsed = parse_shard(shard) if shard is not None else _torchrun_shard()
+    dev = capture_device(device)  # a bad --device fails before anything is loaded
     model, ck = load_model(ckpt)
     if not hasattr(model, "hook_points"):
         raise DumpError(f"'{ckpt}' holds a {ck.arch} model, which has no hook points; dumps are "
@@ -107,24 +107,25 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
     resolve(model, patterns)  # fail on a bad pattern before loading any data
     dataset = dataset_for(ck, data, split, data_dir)
     n = min(limit or len(dataset), len(dataset))
-    out = Path(output) if output else Path("outputs/dumps") / f"{run_name(ck.path)}-{split}-{n}.h5"
+    out = Path(output) if output else USER_DUMP_DIR / f"{run_name(ck.path)}-{split}-{n}.h5"
     merged = out
-    if parsed is not None and (not output or not shard_given):  # one file per shard (and rank)
-        out = out.with_name(f"{out.stem}-shard{parsed[0]}of{parsed[1]}{out.suffix}")
-    if device is None:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if parsed is not None:  # one file per shard, so shards on one filesystem never collide
+        suffix = f"-shard{parsed[0]}of{parsed[1]}"
+        if out.stem.endswith(suffix):
+            merged = out.with_name(f"{out.stem[:-len(suffix)]}{out.suffix}")
+        else:
+            out = out.with_name(f"{out.stem}{suffix}{out.suffix}")
     t0 = time.perf_counter()
     path = capture(model, dataset, out, patterns, ckpt=ck, limit=limit, batch_size=batch_size,
                    dtype=dtype, compression=compression, shard=parsed, force=force,
-                   device=device, progress=not quiet, seed=None if in_order else seed)
+                   device=dev, progress=not quiet, seed=None if in_order else seed)
     seconds = time.perf_counter() - t0
     start, stop = shard_range(n, *parsed) if parsed is not None else (0, n)
     count, size = stop - start, path.stat().st_size
     click.echo(f"Wrote {path}: {count} images, {len(resolve(model, patterns))} hook points, "
                f"{size / 1e6:,.1f} MB ({size / count / 1e3:,.1f} kB/image) in {seconds:.1f} s "
                f"({count / seconds:,.1f} images/s).")
-    if parsed is not None and out != merged:
+    if parsed is not None:
         pattern = out.with_name(f"{merged.stem}-shard*of{parsed[1]}{out.suffix}")
         click.echo(f"When all {parsed[1]} shards are done: vitscope dump merge {pattern} -o {merged}")
 
@@ -169,10 +170,24 @@ def info_cmd(path) -> None:
         click.echo(f"layout       {lay.num_prefix_tokens} prefix token + {lay.grid[0]}×{lay.grid[1]} "
                    f"patches of {lay.patch_size} px ({lay.image_size} px images)")
         click.echo(f"classes      {len(d.classes)}: {', '.join(d.classes)}")
-        click.echo(f"storage      {a.get('dtype')}, {a.get('compression')}, "
-                   f"{d.path.stat().st_size / 1e6:,.1f} MB" +
+        filters = {h: _filter(d[h]) for h in d.hooks}
+        asked = a.get("compression")
+        used = sum(f == asked for f in filters.values())
+        click.echo(f"storage      {a.get('dtype')}, {asked}" +
+                   (f" on {used} of {len(filters)} hook points (the rest stay raw: lzf would not shrink "
+                    f"them by 10%)" if asked == "lzf" and used < len(filters)
+                    else "") +
+                   f", {d.path.stat().st_size / 1e6:,.1f} MB" +
                    (f", merged from {len(a['merged_from'])} shards" if a.get("merged_from") else ""))
         width = max((len(h) for h in d.hooks), default=0)
         for h in d.hooks:
             ds = d[h]
-            click.echo(f"  {h:<{width}}  {format_shape(ds.shape)}  {'×'.join(d.dims(h))}  {ds.dtype}")
+            click.echo(f"  {h:<{width}}  {format_shape(ds.shape)}  {'×'.join(d.dims(h))}  "
+                       f"{ds.dtype}  {filters[h]}")
+
+
+def _filter(ds) -> str:
+    """How one dataset is stored: its compression filter, "raw", or "virtual" (merged)."""
+    if ds.is_virtual:
+        return "virtual"
+    return ds.compression or "raw"

@@ -27,6 +27,13 @@ def _classes(ckpt, num_outputs: int | None = None) -> list[str]:
     return [f"class {i}" for i in range(num_outputs or getattr(ckpt.model_config, "num_classes", 0))]
 
 
+def default_out_dir(ckpt_path: str | Path) -> Path:
+    """outputs/<run>/eval, beside what `vitscope analyze` writes for the same checkpoint (and
+    never inside the run folder, which holds only what training wrote)."""
+    from vitscope.capture import run_name
+    return Path("outputs") / run_name(ckpt_path) / "eval"
+
+
 @click.command("eval")
 @click.argument("ckpt", type=click.Path(dir_okay=False))
 @click.option("--data", "spec", default=None, metavar="SPEC",
@@ -41,7 +48,9 @@ def _classes(ckpt, num_outputs: int | None = None) -> list[str]:
 @click.option("--tta", is_flag=True, help="Average the logits of each image and its mirror image.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N images.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder for metrics and the confusion matrix (default: eval/ next to CKPT).")
+              help="Folder for metrics and the confusion matrix (default: outputs/<run>/eval: "
+                   "runs/shapes/best.pt -> outputs/shapes/eval, models/vit3.pt -> "
+                   "outputs/vit3/eval).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_split: float | None,
              batch_size: int, device: str, tta: bool, limit: int | None, out_dir: str | None,
@@ -69,7 +78,7 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
                       device=dev, tta=tta, limit=limit)
     result.update(checkpoint=str(ck.path), data=spec, split=split, device=str(dev))
 
-    out = Path(out_dir) if out_dir else Path(ck.path).parent / "eval"
+    out = Path(out_dir) if out_dir else default_out_dir(ck.path)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_confusion(result, out / f"confusion_{split}.png",
                          title=f"{Path(ckpt).name} on {spec} ({split}): accuracy "
