@@ -73,6 +73,7 @@ def test_one_failing_plugin_does_not_stop_the_others(small_dump, tmp_path, monke
     assert (out / "rollout" / "rollout.png").is_file()
     index = (out / "index.html").read_text()
     assert "This plugin failed" in index and "kaboom" in index
+    assert "fake-no-render" in index       # broken before rendering: listed with its reason too
 
 
 def test_a_plugin_needing_hooks_the_model_lacks_fails_alone(shapes_ckpt, in_tmp, monkeypatch,
@@ -182,3 +183,27 @@ def test_bad_device_fails_before_capturing(shapes_ckpt, in_tmp):
     res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--device", "gpu0")
     assert res.exit_code == 1 and "Unknown device 'gpu0'" in res.output, res.output
     assert not (in_tmp / "outputs" / ".dumps").exists()
+
+
+def test_a_dump_with_some_blocks_only_does_not_serve_every_block(tmp_path, in_tmp):
+    from vitscope.testing import make_dump
+    part = make_dump(tmp_path / "part.h5", n=4, depth=3,
+                     hooks=["blocks.[12].attn.weights", "blocks.*.out", "cls"])
+    res = run("analyze", "--dump", part, "--plugin", "rollout", "--plugin", "cls-embedding",
+              "-o", tmp_path / "o", *NO_UMAP)
+    assert res.exit_code == 1, res.output
+    assert "FAILED  rollout" in res.output
+    assert "blocks.*.attn.weights (lacks blocks.0.attn.weights)" in res.output
+    assert any(l.startswith("ok") and "cls-embedding" in l for l in res.output.splitlines())
+    assert not (tmp_path / "o" / "rollout" / "results.npz").exists()
+    assert "lacks blocks.0.attn.weights" in (tmp_path / "o" / "index.html").read_text()
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(small_dump, tmp_path, in_tmp):
+    dump_path, _ = small_dump
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    res = run("analyze", "--dump", dump_path, "--plugin", "rollout", "-o", blocker / "sub")
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert f"Error: Cannot create the output folder '{blocker / 'sub'}'" in res.output
+    assert blocker.read_text() == "keep me"

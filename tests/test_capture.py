@@ -250,6 +250,7 @@ def test_cli_dump_merge_and_info(tmp_path, shapes_ckpt, monkeypatch):
     assert res.exit_code == 0 and "9 images from 2 shards" in res.output, res.output
     res = run_cli("info", "merged.h5")
     assert res.exit_code == 0 and "merged from 2 shards" in res.output and "cls" in res.output
+    assert "float16, virtual datasets," in res.output and "lzf on" not in res.output
 
     # Under torchrun (WORLD_SIZE > 1) each rank writes its own shard without --shard.
     res = run_cli(shapes_ckpt, "--hooks", "cls", "-o", "tr.h5", "-q",

@@ -141,6 +141,10 @@ def bad_file(tmp_path, kind, good):
         shutil.copy(good, p)
         with h5py.File(p, "r+") as f:
             f.attrs["version" if kind == "newer" else "complete"] = 2 if kind == "newer" else False
+    elif kind in ("bad-json", "bad-layout"):
+        shutil.copy(good, p)
+        with h5py.File(p, "r+") as f:
+            f.attrs["token_layout"] = "{not json" if kind == "bad-json" else '{"grid": [4, 4]}'
     return p
 
 
@@ -148,6 +152,7 @@ def bad_file(tmp_path, kind, good):
     ("missing", "does not exist"), ("text", "not an HDF5 file"), ("empty", "empty"),
     ("foreign", "not a vitscope dump.*weights"), ("truncated", "truncated or corrupt"),
     ("newer", "version 2, newer.*upgrade vitscope"), ("incomplete", "incomplete dump"),
+    ("bad-json", "damaged dump .*JSONDecodeError"), ("bad-layout", "damaged dump .*KeyError"),
 ])
 def test_open_errors(tmp_path, loaded, shapes16, kind, message):
     model, ck = loaded
@@ -196,3 +201,29 @@ def test_merge_of_two_shards_equals_one_dump(tmp_path, loaded, shapes16, monkeyp
     os.remove(shards[0])
     with pytest.raises(DumpError, match="shard 's1.h5' is missing"):
         Dump.open(merged)
+
+
+def test_an_in_order_prefix_does_not_serve_a_shuffled_request(tmp_path, loaded, shapes16):
+    model, ck = loaded
+    with Dump.open(capture(model, shapes16, tmp_path / "o.h5", "cls", ckpt=ck, limit=20,
+                           seed=None)) as d:
+        assert d.covers("cls", 10) and not d.covers("cls", 10, seed=0)
+    with Dump.open(capture(model, shapes16, tmp_path / "s.h5", "cls", ckpt=ck, limit=20,
+                           seed=3)) as d:
+        assert d.covers("cls", 10, seed=3) and not d.covers("cls", 10, seed=0)
+    with Dump.open(capture(model, shapes16, tmp_path / "w.h5", "cls", ckpt=ck, seed=None)) as d:
+        assert d.covers("cls", len(shapes16), seed=0)  # every image anyway: order is moot
+
+
+def test_unwritable_outputs_are_one_sentence(tmp_path, loaded, shapes16):
+    model, ck = loaded
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    for i in (0, 1):
+        capture(model, shapes16, tmp_path / f"s{i}.h5", "cls", ckpt=ck, limit=6, shard=(i, 2))
+    with pytest.raises(DumpError, match="Cannot create the folder .*a-file.* choose another path"):
+        merge([tmp_path / "s0.h5", tmp_path / "s1.h5"], blocker / "m.h5")
+    if os.path.isdir("/proc/self"):  # writable to os.access as root, refused by the kernel
+        with pytest.raises(DumpError, match=r"Cannot write '/proc/x\.h5\.partial'"):
+            capture(model, shapes16, "/proc/x.h5", "cls", ckpt=ck, limit=2)
+    assert blocker.read_text() == "keep me"

@@ -128,3 +128,21 @@ def test_list_hook_points_refuses_another_image_size(tiny_vit):
     assert dict(list_hook_points(tiny_vit, image_size=16))["cls"] == ("B", 32)
     with pytest.raises(HookError, match=r"takes 16×16 images .* not 32×32; leave image_size out"):
         list_hook_points(tiny_vit, image_size=32)
+
+
+@pytest.mark.parametrize("pattern", ["blocks.[].out", "blocks.[!].out", "blocks.[z-a].out"])
+def test_a_malformed_bracket_set_is_a_hook_error(tiny_vit, pattern):
+    with pytest.raises(HookError, match=r"is not a valid hook pattern .* such as \[0-3\]"):
+        resolve(tiny_vit, pattern)
+
+
+def test_bracket_sets_and_an_empty_name_list(tiny_vit):
+    assert resolve(tiny_vit, "blocks.[!0].out") == ["blocks.1.out"]
+    logits, cache = run_with_cache(tiny_vit, torch.zeros(1, 3, 16, 16), names=[])
+    assert cache == {} and logits.shape == (1, 5)
+
+
+def test_summaries_keep_gaps_between_blocks():
+    from vitscope.hooks import summarize_names
+    names = [f"blocks.{i}.out" for i in (0, 1, 2, 5, 7, 8)] + ["cls"]
+    assert summarize_names(names) == "blocks.0–2,5,7–8.out, cls"

@@ -57,17 +57,32 @@ def union_requires(entries: Iterable[PluginEntry]) -> list[str]:
     return list(dict.fromkeys(p for e in entries if e.ok for p in e.requires))
 
 
-def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry]) -> dict[str, list[str]]:
-    """plugin name -> its `requires` patterns that match none of the `available` hook names
-    (a model's hook points, or what a dump holds)."""
-    from vitscope.hooks import match_names
+def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
+                  model_hooks: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """plugin name -> its `requires` patterns that `available` (a model's hook points, or what
+    a dump holds) does not fully serve, each as text for an error message.
+
+    A pattern is resolved against `model_hooks` (every hook point of the model; default
+    `available`), and all of its matches must be available: a dump holding blocks 1–2 of
+    `blocks.*.attn.weights` does not serve a plugin that reads every block, which would
+    otherwise run on part of the model and number its layers wrongly."""
+    from vitscope.hooks import match_names, summarize_names
     names = list(available)
+    universe = list(model_hooks) if model_hooks else names
     missing: dict[str, list[str]] = {}
     for e in entries:
-        if e.ok:
-            gone = [p for p in e.requires if not match_names(p, names)]
-            if gone:
-                missing[e.name] = gone
+        if not e.ok:
+            continue
+        gone = []
+        for pattern in e.requires:
+            wanted = match_names(pattern, universe) or [pattern]
+            lacking = [w for w in wanted if w not in set(names)]
+            if len(lacking) == len(wanted):
+                gone.append(pattern)
+            elif lacking:
+                gone.append(f"{pattern} (lacks {summarize_names(lacking)})")
+        if gone:
+            missing[e.name] = gone
     return missing
 
 
@@ -110,8 +125,11 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
                    interactive: bool = True, fmt: str = "png", limit: int | None = None,
                    echo: Callable[[str], None] | None = None,
                    info: dict[str, Any] | None = None,
-                   assets_dir: Path | None = None) -> list[PluginResult]:
-    """Render every entry on one dump, then record them in the run's manifest and index.html."""
+                   assets_dir: Path | None = None,
+                   failed: Iterable[PluginResult] = ()) -> list[PluginResult]:
+    """Render every entry on one dump, then record them in the run's manifest and index.html.
+    `failed`: results of plugins that failed before rendering (broken, missing hook points),
+    recorded in the manifest and index.html with the others and returned after them."""
     from vitscope.dump import Dump
     from vitscope.report import write_index
 
@@ -124,7 +142,7 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
         # Plugins may rely on it: options.limit is None or a count the dump really holds.
         limit = None if limit is None else min(int(limit), len(dump))
         for entry in entries:
-            gone = missing_hooks(dump.hooks, [entry]).get(entry.name)
+            gone = missing_hooks(dump.hooks, [entry], dump.attrs.get("model_hooks")).get(entry.name)
             if gone:  # never call render on a dump without what the plugin reads
                 res = PluginResult(entry.name, entry.source, False, out_dir=run_dir / entry.name,
                                    error=f"needs hook points {', '.join(gone)}, which the dump "
@@ -137,6 +155,7 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
             if echo:
                 echo(res.line())
         run_info = {**describe_dump(dump, limit), **(info or {})}
+    results += list(failed)
     update_manifest(run_dir, results, run_info, values or {})
     write_index(run_dir)
     return results

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.dump import Dump, DumpWriter, TokenLayout
+from vitscope.dump import Dump, DumpWriter, TokenLayout, prepare_output
 from vitscope.errors import DumpError, VitscopeError
 from vitscope.hooks import attach, hook_points, resolve
 
@@ -49,6 +49,7 @@ COMPRESSIONS = ("lzf", "gzip", "none")
 DEFAULT_N = 64                      # images ensure_dump captures when no n is given
 DEFAULT_DUMP_DIR = Path("outputs/.dumps")   # where `vitscope analyze` captures what it needs
 USER_DUMP_DIR = Path("outputs/dumps")       # where `vitscope dump` writes without -o
+CAPTURE_SEED = 0                    # the image order analyses ask for (a seeded shuffle)
 QUEUE_BATCHES = 2                   # batches waiting for the writer: bounds memory
 
 
@@ -83,7 +84,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
                         compression, len(order), (index, count, start, stop) if shard else None)
     labels = _labels_for(dataset, attrs["classes"])  # (labels, remapped)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    _make_parent(out)
+    prepare_output(out)
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)  # a stale one from a killed run (its writer is gone)
     was_training = model.training
@@ -136,18 +137,6 @@ def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, c
                         f"{size}×{size}; load it at the model's size (load_dataset(..., "
                         f"image_size={size}), which `vitscope dump` does for you).")
     return resolve(model, [hooks] if isinstance(hooks, str) else list(hooks))
-
-
-def _make_parent(out: Path) -> None:
-    """Create the output's folder; a DumpError, not a traceback, where that cannot be done."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DumpError(f"Cannot create the folder '{out.parent}' for the dump ({e.strerror}); "
-                        f"choose another path with -o.") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise DumpError(f"The folder '{out.parent}' is not writable; choose another path "
-                        f"with -o.")
 
 
 def image_order(n: int, seed: int | None) -> np.ndarray:
@@ -477,7 +466,7 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
         try:
             with Dump.open(path) as dump:
                 if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split,
-                               data_sha256=data_sha):
+                               data_sha256=data_sha, seed=CAPTURE_SEED):
                     return path, True
         except VitscopeError:
             continue  # a foreign or damaged file in the cache folder is not ours to judge
@@ -487,5 +476,6 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
     out = folder / f"{run_name(ckpt.path)}-{split}-{n}-{key}.h5"
     device = capture_device(device) if not isinstance(device, torch.device) else device
     path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
-                   batch_size=batch_size, device=device, progress=progress, force=True)
+                   batch_size=batch_size, device=device, progress=progress, force=True,
+                   seed=CAPTURE_SEED)
     return path, False

@@ -145,6 +145,28 @@ def _decode(key: str, value: Any) -> Any:
     return value
 
 
+def prepare_output(out: Path) -> None:
+    """Create the folder of an output file; a DumpError, not a traceback, where that fails."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DumpError(f"Cannot create the folder '{out.parent}' for the dump ({e.strerror}); "
+                        f"choose another path with -o.") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise DumpError(f"The folder '{out.parent}' is not writable; choose another path "
+                        f"with -o.")
+
+
+def create_file(path: Path, **kwargs) -> h5py.File:
+    """h5py.File(path, "w") with one clear sentence where the file system refuses (a
+    read-only mount, /proc, a full disk), which os.access cannot always foresee."""
+    try:
+        return h5py.File(path, "w", **kwargs)
+    except OSError as e:
+        reason = e.strerror or str(e).splitlines()[0][:120]
+        raise DumpError(f"Cannot write '{path}' ({reason}); choose another path with -o.") from None
+
+
 class DumpWriter:
     """Create a dump at `path` and fill it batch by batch (from one thread).
 
@@ -160,7 +182,7 @@ class DumpWriter:
         self.compression = None if compression in (None, "none") else compression
         self.bytes_in = 0  # uncompressed bytes handed to HDF5
         # v110: attributes beyond 64 kB (e.g. 1000 class names) and the format VDS needs anyway.
-        self.f = h5py.File(self.path, "w", libver="v110", rdcc_nbytes=2 * CHUNK_BYTES)
+        self.f = create_file(self.path, libver="v110", rdcc_nbytes=2 * CHUNK_BYTES)
         self.f.attrs["format"] = FORMAT
         self.f.attrs["version"] = VERSION
         self.f.attrs["vitscope_version"] = __version__
@@ -254,7 +276,12 @@ class Dump:
                             f"`vitscope dump`.") from None
         try:
             cls._validate(path, f)
-            return cls(path, f)
+            try:
+                return cls(path, f)
+            except (ValueError, KeyError, TypeError) as e:  # JSON or layout attributes broken
+                raise DumpError(f"'{path}' is a damaged dump (its attributes cannot be read: "
+                                f"{type(e).__name__}: {str(e)[:120]}); re-create it with "
+                                f"`vitscope dump`.") from None
         except BaseException:
             f.close()
             raise
@@ -335,12 +362,17 @@ class Dump:
 
     def covers(self, hooks: Iterable[str] | str, n: int, *, checkpoint_sha256: str | None = None,
                data: str | None = None, split: str | None = None,
-               data_sha256: str | None = None) -> bool:
+               data_sha256: str | None = None, seed: int | None = None) -> bool:
         """Whether this dump serves a request: every hook point the names/patterns select in
         the model is captured, it holds the first n images (or the whole split) of its order,
         and the checkpoint hash, dataset spec, split and data fingerprint
-        (ImageDataset.fingerprint) agree where given."""
+        (ImageDataset.fingerprint) agree where given. With `seed`, its first n images must be
+        the first n of that seeded shuffle (an `--in-order` dump's first images may all be of
+        one class), unless n takes every image of the split anyway."""
         a = self.attrs
+        if seed is not None and (a.get("order"), a.get("seed")) != ("shuffle", seed) \
+                and n < int(a.get("split_size", n + 1)):
+            return False
         if checkpoint_sha256 is not None and a.get("checkpoint_sha256") != checkpoint_sha256:
             return False
         if data_sha256 is not None and a.get("data_sha256") != data_sha256:
@@ -399,6 +431,7 @@ def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False)
         for p in paths:
             opened.append(Dump.open(p))
         ordered = _check_shards(opened)
+        prepare_output(out)
         partial = out.with_name(out.name + ".partial")
         try:
             _write_virtual(ordered, out, partial)
@@ -461,8 +494,7 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
     aliases: dict[str, str] = first.attrs.get("aliases") or {}
     total = sum(len(d) for d in shards)
     rel = [os.path.relpath(d.path.resolve(), out.resolve().parent) for d in shards]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(partial, "w", libver="v110") as f:
+    with create_file(partial, libver="v110") as f:
         for key, value in first._f.attrs.items():
             if key not in ("shard", "complete"):
                 f.attrs[key] = value

@@ -60,12 +60,21 @@ def summarize_names(names: Iterable[str]) -> str:
     for entry in out:
         if entry.startswith("\0"):
             rest = entry[1:]
-            idx = sorted(blocks[rest])
-            span = f"{idx[0]}–{idx[-1]}" if len(idx) > 1 else str(idx[0])
-            parts.append(f"blocks.{span}.{rest}")
+            parts.append(f"blocks.{_spans(sorted(blocks[rest]))}.{rest}")
         else:
             parts.append(entry)
     return ", ".join(parts)
+
+
+def _spans(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0–2,5,7–8": contiguous runs only, so gaps stay visible."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}–{b}" if b > a else str(a) for a, b in runs)
 
 
 @functools.lru_cache(maxsize=256)
@@ -88,13 +97,17 @@ def _glob_regex(pattern: str) -> re.Pattern:
             if j == -1:
                 out.append(re.escape(c))
             else:
-                body = pattern[i + 1:j]
+                body = pattern[i + 1:j].replace("\\", "\\\\")
                 out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
                 i = j
         else:
             out.append(re.escape(c))
         i += 1
-    return re.compile("".join(out) + r"\Z")
+    try:
+        return re.compile("".join(out) + r"\Z")
+    except re.error as e:  # "[]", "[!]", "[z-a]": an empty or reversed character set
+        raise HookError(f"'{pattern}' is not a valid hook pattern ({e.msg} in its [...] set); "
+                        f"use `*`, `**`, `?` or a set such as [0-3].") from None
 
 
 def match_names(pattern: str, names: Iterable[str]) -> list[str]:
@@ -159,14 +172,15 @@ def run_with_cache(model: nn.Module, x: torch.Tensor, names: str | Iterable[str]
     """Run `model(x)` and return `(logits, cache)`, cache mapping each hook name to its output.
 
     `names` are names or glob patterns; None caches every hook point (attention weights
-    included, which switches attention to the explicit branch).
+    included, which switches attention to the explicit branch) and [] caches none.
     """
     cache: dict[str, torch.Tensor] = {}
 
     def store(t: torch.Tensor, name: str) -> None:
         cache[name] = t.detach() if detach else t
 
-    with attach(model, {p: store for p in ([names] if isinstance(names, str) else names or ["*"])}):
+    patterns = ["*"] if names is None else [names] if isinstance(names, str) else list(names)
+    with attach(model, {p: store for p in patterns}):
         logits = model(x)
     return logits, cache
 

@@ -42,7 +42,7 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     each plugin into OUT/<plugin>/, and writes OUT/index.html. A failing plugin is reported and
     the others still run; the exit code is 1 if any chosen plugin failed.
     """
-    from vitscope.analysis import missing_hooks, render_plugins, union_requires
+    from vitscope.analysis import PluginResult, missing_hooks, render_plugins, union_requires
     from vitscope.errors import PluginError
     from vitscope.hooks import summarize_names
     from vitscope.plugin import discover, parse_opts
@@ -65,14 +65,20 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     values = parse_opts(opts, chosen, registry)   # before any capture: bad options fail fast
     if not working:
         raise SystemExit(1)
+    if dump_path is None:
+        from vitscope.capture import capture_device
+        dev = capture_device(device)               # a bad --device fails before any work
+    run = Path(out_dir) if out_dir else \
+        Path("outputs") / _run_name(ckpt, Path(dump_path) if dump_path else None)
 
     # Plugins that read hook points the model (or the given dump) lacks fail alone, up front.
     if dump_path is not None:
         path = Path(dump_path)
-        available, where = _dump_hooks(path, ckpt), f"dump '{path}'"
+        (available, model_hooks), where = _dump_hooks(path, ckpt), f"dump '{path}'"
     else:
         available, where = _model_hooks(ckpt), f"model of '{ckpt}'"
-    missing = missing_hooks(available, working)
+        model_hooks = available
+    missing = missing_hooks(available, working, model_hooks)
     if missing and len(missing) == len(working):
         what = "; ".join(f"{name} needs {', '.join(p)}" for name, p in missing.items())
         fix = ("capture them with `vitscope dump CKPT --hooks ...` or run analyze without --dump"
@@ -83,14 +89,14 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
                    f"{where} does not have", err=True)
     working = [e for e in working if e.name not in missing]
     patterns = union_requires(working)
+    _prepare_run_dir(run)   # before a capture whose figures could not be saved
 
     if dump_path is not None:
         click.echo(f"Using dump {path}")
     else:
-        from vitscope.capture import capture_device, ensure_dump
+        from vitscope.capture import ensure_dump
         path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
-                                   hooks=patterns, batch_size=batch_size,
-                                   device=capture_device(device),
+                                   hooks=patterns, batch_size=batch_size, device=dev,
                                    progress=True)
         click.echo(f"{'Reusing' if reused else 'Captured'} dump {path} "
                    f"({summarize_names(_hook_names(path))})")
@@ -99,21 +105,40 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     limit = min(images or DEFAULT_IMAGES, size) if dump_path is None else \
         (None if images is None else min(images, size))
 
-    run = Path(out_dir) if out_dir else Path("outputs") / _run_name(ckpt, path)
+    # Plugins that failed before rendering are listed in index.html too, with their reason.
+    upfront = [PluginResult(e.name, e.source, False, out_dir=run / e.name, error=e.problem())
+               for e in chosen if not e.ok]
+    upfront += [PluginResult(name, registry.get(name).source, False, out_dir=run / name,
+                             error=f"needs hook points {', '.join(p)}, which the {where} does "
+                                   f"not have") for name, p in missing.items()]
     results = render_plugins(path, working, run, values, static=mode in ("static", "both"),
                              interactive=mode in ("interactive", "both"), fmt=fmt, limit=limit,
-                             echo=click.echo)
+                             echo=click.echo, failed=upfront)
     click.echo(f"Open {run / 'index.html'}")
-    failed = [r for r in results if not r.ok] + [e for e in chosen if not e.ok] + list(missing)
-    if failed:
+    if any(not r.ok for r in results):
         raise SystemExit(1)
 
 
-def _run_name(ckpt, dump_path: Path) -> str:
+def _run_name(ckpt, dump_path: Path | None) -> str:
     if ckpt is not None:
         from vitscope.capture import run_name
         return run_name(ckpt)
     return dump_path.stem
+
+
+def _prepare_run_dir(run: Path) -> None:
+    """Create the output folder now: a PluginError, not a traceback, where that cannot be done."""
+    import os
+
+    from vitscope.errors import PluginError
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PluginError(f"Cannot create the output folder '{run}' ({e.strerror}); choose "
+                          f"another one with -o.") from None
+    if not os.access(run, os.W_OK | os.X_OK):
+        raise PluginError(f"The output folder '{run}' is not writable; choose another one "
+                          f"with -o.")
 
 
 def _hook_names(path: Path) -> list[str]:
@@ -135,19 +160,21 @@ def _model_hooks(ckpt) -> list[str]:
     return list(model.hook_points()) if hasattr(model, "hook_points") else []
 
 
-def _dump_hooks(path: Path, ckpt) -> list[str]:
-    """What a given --dump holds; it must come from CKPT when both are given."""
+def _dump_hooks(path: Path, ckpt) -> tuple[list[str], list[str]]:
+    """What a given --dump holds, and every hook point of its model; the dump must come from
+    CKPT when both are given."""
     from vitscope.dump import Dump
     from vitscope.errors import PluginError
     with Dump.open(path) as dump:
         hooks, sha = list(dump.hooks), dump.attrs.get("checkpoint_sha256")
+        model_hooks = list(dump.attrs.get("model_hooks") or hooks)
     if ckpt is not None and sha:
         from vitscope.capture import file_sha256
         if file_sha256(ckpt) != sha:
             raise PluginError(f"Dump '{path}' was captured from another checkpoint than "
                               f"'{ckpt}' (SHA-256 differs); pass the matching checkpoint or "
                               f"leave out --dump to capture a new dump.")
-    return hooks
+    return hooks, model_hooks
 
 
 @click.command(name="plugins")

@@ -173,7 +173,9 @@ def info_cmd(path) -> None:
         filters = {h: _filter(d[h]) for h in d.hooks}
         asked = a.get("compression")
         used = sum(f == asked for f in filters.values())
-        click.echo(f"storage      {a.get('dtype')}, {asked}" +
+        if "virtual" in filters.values():  # merged: the shards say how they are stored
+            asked = used = None
+        click.echo(f"storage      {a.get('dtype')}, {asked or 'virtual datasets'}" +
                    (f" on {used} of {len(filters)} hook points (the rest stay raw: lzf would not shrink "
                     f"them by 10%)" if asked == "lzf" and used < len(filters)
                     else "") +
