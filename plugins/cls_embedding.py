@@ -4,7 +4,8 @@ Layer l means the residual stream after block l (`blocks.l.out`, token 0); "head
 hook, the final-norm CLS token the classifier reads. Points are coloured by class (by the
 predicted class when the data has no labels). The silhouette score of the classes in the full
 D-dimensional space is computed at every depth, so "classes separate from layer k on" is a
-number, not an impression.
+number, not an impression. Without labels no silhouette is computed: the predictions are read
+off the head token, so scoring against them would make the head separate by construction.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from vitscope.maps import layer_spec, n_images, select_layers
 from vitscope.plugin import Option
 
 SILHOUETTE_SAMPLE = 2000   # silhouette is O(N²): estimate it on a fixed random subset beyond this
+NO_LABELS = "no labels: silhouette not computed"
+NO_CLASSES = "fewer than 2 labelled classes: silhouette undefined"
 UMAP_MISSING = ("UMAP needs the umap-learn package, which is not installed: run `pip install "
                 "umap-learn`, or pass --opt cls-embedding.umap=false for PCA only")
 
@@ -93,7 +96,10 @@ class ClsEmbedding:
         by_label = bool((labels >= 0).any())
         colour = labels if by_label else preds
         positions = [f"block {i}" for i in range(depth)] + ["head"]
-        sil = np.array([silhouette(x, colour, options.seed) for x in [*stream, head]])
+        if by_label:
+            sil = np.array([silhouette(x, labels, options.seed) for x in [*stream, head]])
+        else:  # not against the predictions: they come from the head token itself
+            sil = np.full(depth + 1, np.nan)
 
         shown = [(f"block {l}", stream[l]) for l in chosen] + [("head (final norm)", head)]
         pca = [pca_2d(x) for _, x in shown]
@@ -115,9 +121,11 @@ class ClsEmbedding:
             results["umap"] = coords["UMAP"]
         best = int(np.nanargmax(sil)) if np.isfinite(sil).any() else -1
         summary = {"images": n, "coloured_by": "label" if by_label else "prediction",
-                   "silhouette_head": round(float(sil[-1]), 4),
-                   "silhouette_best": f"{positions[best]} ({sil[best]:.3f})" if best >= 0 else "n/a",
+                   "silhouette_head": round(float(sil[-1]), 4),      # NaN is written as null
+                   "silhouette_best": f"{positions[best]} ({sil[best]:.3f})" if best >= 0 else None,
                    "silhouette_first_block": round(float(sil[0]), 4)}
+        if not np.isfinite(sil).any():
+            summary["silhouette"] = NO_CLASSES if by_label else NO_LABELS
         if warn:
             summary["umap"] = "skipped: " + warn
         out_dir = Path(out_dir)
@@ -158,7 +166,8 @@ class ClsEmbedding:
                        for i in present]
             fig.legend(handles=handles, loc="center right", frameon=False,
                        title="label" if by_label else "prediction", fontsize=8)
-            fig.suptitle("CLS token of the residual stream")
+            fig.suptitle("CLS token of the residual stream" +
+                         ("" if by_label else " (no labels: coloured by prediction)"))
             fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
             return F.save_static(fig, out_dir / "cls_embedding", options)
 
@@ -167,13 +176,19 @@ class ClsEmbedding:
         with F.style() as plt:
             fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * len(positions) + 1.5), 3.2))
             x = np.arange(len(positions))
-            ax.plot(x, sil, "o-", color="C0", ms=4)
-            ax.axhline(0, color="gray", lw=0.8, ls="--")
             ax.set_xticks(x, [p.replace("block ", "") for p in positions],
                           rotation=0 if len(x) <= 14 else 90)
             ax.set(xlabel="block (head = final-norm CLS)", ylabel="silhouette score",
-                   title=f"Class separation of the CLS token vs depth "
-                         f"(by {'label' if by_label else 'prediction'})")
+                   title="Class separation of the CLS token vs depth" +
+                         (" (by label)" if by_label else ""))
+            if np.isfinite(sil).any():
+                ax.plot(x, sil, "o-", color="C0", ms=4)
+                ax.axhline(0, color="gray", lw=0.8, ls="--")
+            else:   # an empty plot that says why, rather than a missing file
+                why = NO_LABELS if not by_label else NO_CLASSES
+                ax.set(xlim=(-0.5, len(x) - 0.5), ylim=(-1, 1))
+                ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center",
+                        fontsize=10, color="#555")
             return F.save_static(fig, out_dir / "silhouette", options)
 
     @staticmethod

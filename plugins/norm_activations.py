@@ -25,7 +25,7 @@ KIND_LABELS = {"norm1.in": "LN1 input (residual)", "norm1.out": "LN1 output",
                "attn.out": "attention output", "norm2.in": "LN2 input (residual)",
                "norm2.out": "LN2 output", "patch_embed.out": "patch projections"}
 HIST_IMAGES = 64   # images whose values feed the histograms (a fixed, cheap sample)
-HIST_BINS = 80
+HIST_BINS = 120   # over the full range: the bulk keeps ~10 bins even with 10× outliers
 
 
 def hook_stats(dataset, n: int, sample: int = HIST_IMAGES) -> dict[str, np.ndarray]:
@@ -51,6 +51,14 @@ def hook_stats(dataset, n: int, sample: int = HIST_IMAGES) -> dict[str, np.ndarr
             "max_abs": np.float64(max_abs), "channel_abs_mean": chan_abs / (count / len(chan_abs)),
             "token_norms": np.concatenate(norms).astype(np.float32),
             "sample": np.concatenate(values)}
+
+
+def full_range_bins(*samples: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
+    """Bin edges from the smallest to the largest value of all samples: the rare outliers
+    are what a log-count histogram before vs after a LayerNorm is for, so none is cut."""
+    values = np.concatenate([np.ravel(s) for s in samples])
+    lo, hi = float(values.min()), float(values.max())
+    return np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
 
 
 def outlier_dims(channel_abs_mean: np.ndarray, k: int) -> np.ndarray:
@@ -173,18 +181,20 @@ class NormActivations:
                 for c, (pre, post) in enumerate((("norm1.in", "norm1.out"), ("norm2.in", "norm2.out"))):
                     ax = axes[r, c]
                     a, z = stats[b, pre]["sample"], stats[b, post]["sample"]
-                    lo, hi = np.percentile(np.concatenate([a, z]), [0.05, 99.95])
-                    bins = np.linspace(lo, hi, HIST_BINS)
+                    bins = full_range_bins(a, z)
                     # one polygon per histogram (stepfilled), not one patch per bin
                     ax.hist(a, bins=bins, alpha=0.55, color="C0", label=f"{pre} (pre)", log=True,
                             histtype="stepfilled")
                     ax.hist(z, bins=bins, alpha=0.55, color="C3", label=f"{post} (post)", log=True,
                             histtype="stepfilled")
-                    ax.set_title(f"block {b} · LN{c + 1}: std {a.std():.2f} → {z.std():.2f}")
+                    ax.set_title(f"block {b} · LN{c + 1}: std {a.std():.2f} → {z.std():.2f} · "
+                                 f"max |x| {np.abs(a).max():.1f} → {np.abs(z).max():.1f}")
                     ax.legend(frameon=False, fontsize=7)
                     if r == len(blocks) - 1:
                         ax.set_xlabel("activation value")
-            fig.suptitle(f"Values before vs after each LayerNorm (first {HIST_IMAGES} images)")
+            images = min(len(stats[blocks[0], "norm1.in"]["token_norms"]), HIST_IMAGES)
+            fig.suptitle(f"Values before vs after each LayerNorm (first {images} images, "
+                         f"full range, log counts)")
             fig.subplots_adjust(hspace=0.45, wspace=0.18, top=1 - 0.55 / fig.get_figheight())
             return F.save_static(fig, out_dir / "histograms", options)
 
@@ -235,13 +245,15 @@ class NormActivations:
         k, depth = maps.shape[:2]
         tiles = np.concatenate([M.image_tiles(images)[:, None], M.overlay_tiles(images[:, None], maps)],
                                axis=1)                                  # k×(1+depth)×S×S×3
-        frames = []
+        strips, headers = [], []
         for b in range(depth):
-            strip = M.Mosaic(np.stack([tiles[:, 0], tiles[:, b + 1]], axis=1)).array
-            frames.append(M.text_frame(strip, f"residual-stream norm per token, entering block {b}\n"
-                                              f"max {maps[:, b].max():.1f} · CLS "
-                                              f"{cls_norms[:, b].mean():.1f}"))
-        return F.save_gif(frames, out_dir / "token_norms.gif", duration_ms=600)
+            strips.append(M.Mosaic(np.stack([tiles[:, 0], tiles[:, b + 1]], axis=1)).array)
+            # the part that changes per frame (the block) on the first line, where it is read
+            headers.append(f"block {b} · max {maps[:, b].max():.1f} · CLS "
+                           f"{cls_norms[:, b].mean():.1f}\n"
+                           f"residual-stream norm per token entering the block")
+        return F.save_gif(M.text_frames(strips, headers), out_dir / "token_norms.gif",
+                          duration_ms=600)
 
     @staticmethod
     def _stats_html(results, blocks, out_dir, options) -> Path:

@@ -140,9 +140,9 @@ class TokenAttention:
                     edge = max(1, scale // 2)
                     box[..., :edge, :, :] = box[..., -edge:, :, :] = (0, 255, 255)
                     box[..., :, :edge, :] = box[..., :, -edge:, :] = (0, 255, 255)
-        frames = []
+        strips, headers = [], []
         for l in range(L):
             for c in range(C):
-                strip = M.Mosaic(tiles[:, l, c][None]).array
-                frames.append(M.text_frame(strip, f"{what}\nlayer {layers[l]} · {heads[c]}"))
-        return F.save_gif(frames, path, duration_ms=350)
+                strips.append(M.Mosaic(tiles[:, l, c][None]).array)
+                headers.append(f"layer {layers[l]} · {heads[c]}\n{what}")   # changing part first
+        return F.save_gif(M.text_frames(strips, headers), path, duration_ms=350)

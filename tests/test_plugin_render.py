@@ -21,6 +21,10 @@ FAST = {"cls-embedding": {"umap": False}}   # UMAP has its own test (numba JIT i
 SCRIPT_SRC = re.compile(r"<script[^>]*\ssrc=[\"']([^\"']+)", re.I)
 
 
+def reject_non_json(constant: str):
+    raise AssertionError(f"summary.json holds {constant}, which is not JSON (write null)")
+
+
 def check_png(path: Path) -> None:
     with Image.open(path) as im:
         im.verify()
@@ -68,7 +72,8 @@ def test_plugin_renders_static_and_interactive(name, small_dump, tmp_path):
     if name in BUILTINS:
         saved = np.load(static_run / name / "results.npz")
         assert len(saved.files) >= 3
-        json.loads((static_run / name / "summary.json").read_text())
+        json.loads((static_run / name / "summary.json").read_text(),
+                   parse_constant=reject_non_json)   # NaN / Infinity are not JSON
 
     live_run = tmp_path / "interactive"
     (res,) = render_plugins(dump_path, [entry], live_run, values, static=False, interactive=True)

@@ -175,14 +175,26 @@ def save_results(out_dir: Path, arrays: dict[str, Any], summary: dict[str, Any] 
     files = [path]
     if summary is not None:
         files.append(out_dir / "summary.json")
-        files[-1].write_text(json.dumps(summary, indent=2, default=_plain, ensure_ascii=False) + "\n",
-                            encoding="utf-8")
+        # allow_nan=False: bare NaN / Infinity is not JSON, and strict readers reject the file
+        text = json.dumps(json_safe(summary), indent=2, ensure_ascii=False, allow_nan=False)
+        files[-1].write_text(text + "\n", encoding="utf-8")
     return files
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
+def json_safe(value: Any) -> Any:
+    """`value` with numpy scalars and arrays as plain Python, non-finite floats (NaN, ±inf)
+    as None (JSON null), recursively through dicts, lists and tuples; anything else that
+    JSON cannot hold becomes its str()."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return json_safe(value.tolist())   # a 0-d array's tolist() is a scalar
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
     return str(value)

@@ -11,6 +11,7 @@ labels around it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -130,19 +131,88 @@ class Mosaic:
                                     px, py, fill=False, ec=color, lw=1.0))
 
 
-def text_frame(array: np.ndarray, header: str, font_px: int = 14) -> np.ndarray:
-    """A GIF frame: the array with a white header band holding `header` (one or more lines)."""
-    from PIL import Image, ImageDraw, ImageFont
-    lines = header.split("\n")
-    band = (font_px + 6) * len(lines) + 8
+HEADER_MARGIN = 6   # pixels of white left and right of a GIF header's text
+HEADER_LEADING = 6  # pixels between header lines
+
+
+@lru_cache(maxsize=8)
+def header_font(font_px: int = 14):
+    """The font of GIF headers: matplotlib's DejaVu Sans, which has the arrows and symbols
+    PIL's default font lacks (the default font at that size when DejaVu is not found)."""
+    from PIL import ImageFont
+    try:
+        from matplotlib import font_manager
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), font_px)
+    except Exception:
+        return ImageFont.load_default(font_px)
+
+
+def wrap_header(header: str, font, width: float) -> list[str]:
+    """`header` as lines that each fit in `width` pixels when drawn in `font`: its own line
+    breaks are kept, words are wrapped, and a word wider than the width is broken."""
+    lines: list[str] = []
+    for paragraph in header.split("\n"):
+        line = ""
+        for word in _words(paragraph):
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            line = word
+            while len(line) > 1 and font.getlength(line) > width:
+                cut = _longest_fitting_prefix(line, font, width)
+                lines.append(line[:cut])
+                line = line[cut:]
+        lines.append(line)
+    return lines
+
+
+def _words(paragraph: str) -> list[str]:
+    """Words split at spaces, a lone separator ("·") kept with the word before it so that no
+    wrapped line starts with one."""
+    words: list[str] = []
+    for word in paragraph.split(" "):
+        if word == "·" and words:
+            words[-1] += " ·"
+        elif word:
+            words.append(word)
+    return words
+
+
+def _longest_fitting_prefix(word: str, font, width: float) -> int:
+    cut = 1  # at least one character per line, or a very narrow frame would never finish
+    while cut < len(word) and font.getlength(word[:cut + 1]) <= width:
+        cut += 1
+    return cut
+
+
+def header_lines(header: str, frame_width: int, font_px: int = 14) -> list[str]:
+    """The lines `text_frame` draws for `header` above an image `frame_width` pixels wide."""
+    return wrap_header(header, header_font(font_px), frame_width - 2 * HEADER_MARGIN)
+
+
+def text_frame(array: np.ndarray, header: str, font_px: int = 14,
+               min_lines: int = 1) -> np.ndarray:
+    """A GIF frame: the array under a white header band holding `header`, wrapped to the
+    frame width (never cut off). The band holds at least `min_lines` lines, so frames whose
+    headers wrap differently still have one size (see `text_frames`)."""
+    from PIL import Image, ImageDraw
+    font = header_font(font_px)
+    lines = wrap_header(header, font, array.shape[1] - 2 * HEADER_MARGIN)
+    step = font_px + HEADER_LEADING
+    band = step * max(len(lines), min_lines) + 8
     out = Image.new("RGB", (array.shape[1], array.shape[0] + band), "white")
     out.paste(Image.fromarray(array), (0, band))
     draw = ImageDraw.Draw(out)
-    try:  # matplotlib's DejaVu Sans has the arrows and symbols PIL's default font lacks
-        from matplotlib import font_manager
-        font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), font_px)
-    except Exception:
-        font = ImageFont.load_default()
     for i, line in enumerate(lines):
-        draw.text((6, 4 + i * (font_px + 6)), line, fill=(20, 20, 20), font=font)
+        draw.text((HEADER_MARGIN, 4 + i * step), line, fill=(20, 20, 20), font=font)
     return np.asarray(out)
+
+
+def text_frames(arrays: Sequence[np.ndarray], headers: Sequence[str],
+                font_px: int = 14) -> list[np.ndarray]:
+    """`text_frame` for each (array, header) pair, all with the same header band height."""
+    most = max(len(header_lines(h, a.shape[1], font_px)) for a, h in zip(arrays, headers))
+    return [text_frame(a, h, font_px, min_lines=most) for a, h in zip(arrays, headers)]

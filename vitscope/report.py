@@ -145,6 +145,8 @@ def _kv(rows) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:  # summary.json writes null for "not computed" (e.g. silhouette without labels)
+        return "—"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list):

@@ -79,6 +79,7 @@ class AttentionEntropy:
             ax2.axhline(max_ent, color="gray", ls="--", lw=1, label="uniform attention")
             ax2.set(xlabel="layer", ylabel="entropy (nats)", ylim=(0, max_ent * 1.05),
                     title="attention entropy vs depth")
+            ax2.xaxis.set_major_locator(plt.MaxNLocator(integer=True))   # layers, never 0.5
             ax2.legend(frameon=False, fontsize=7)
             fig.tight_layout()
             return figures.save_static(fig, out_dir / "attention_entropy", options)

@@ -53,3 +53,25 @@ def test_runs_through_vitscope_analyze(tiny):
     np.testing.assert_allclose(saved["entropy_cls"], direct[..., 0].mean(axis=1), rtol=1e-6)
     assert (saved["entropy"] <= np.log(T) + 1e-9).all()
     assert json.loads((folder / "summary.json").read_text())["images"] == 6
+
+
+def test_entropy_vs_depth_has_whole_layer_ticks(tiny, monkeypatch):
+    """Layers are whole numbers: the line plot's x ticks must not read 0.5, 1.5."""
+    import matplotlib.figure
+
+    from vitscope.analysis import render_plugins
+    ticks = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def record_layer_ticks(fig, *args, **kwargs):
+        for ax in fig.axes:
+            if ax.get_xlabel() == "layer" and ax.lines:     # the entropy-vs-depth panel
+                lo, hi = ax.get_xlim()
+                ticks.extend(t for t in ax.get_xticks() if lo <= t <= hi)
+        return real_savefig(fig, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record_layer_ticks)
+    root, dump_path = tiny
+    (res,) = render_plugins(dump_path, [discover().get("attention-entropy")], root / "ticks",
+                            interactive=False)
+    assert res.ok, res.error
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
