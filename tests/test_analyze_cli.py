@@ -207,3 +207,19 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(small_dump, tmp_path, 
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert f"Error: Cannot create the output folder '{blocker / 'sub'}'" in res.output
     assert blocker.read_text() == "keep me"
+
+
+def test_index_warns_when_figures_come_from_another_checkpoint(tmp_path, in_tmp):
+    from vitscope.testing import make_dump
+    first = make_dump(tmp_path / "a.h5", n=4, checkpoint=tmp_path / "m" / "best.pt")
+    out = tmp_path / "o"
+    assert run("analyze", "--dump", first, "--plugin", "token-attention", "--static",
+               "-o", out).exit_code == 0
+    assert "mixes figures" not in (out / "index.html").read_text()
+    # the same path, retrained: another SHA-256
+    second = make_dump(tmp_path / "b.h5", n=4, seed=1, checkpoint=tmp_path / "m" / "best.pt")
+    res = run("analyze", "--dump", second, "--plugin", "rollout", "--static", "-o", out)
+    assert res.exit_code == 0, res.output
+    index = (out / "index.html").read_text()
+    assert "This page mixes figures of different models or data: token-attention was" in index
+    assert "rendered earlier from another model or data" in index

@@ -383,3 +383,21 @@ def test_dump_info_shows_the_filter_each_hook_got(tmp_path, shapes_ckpt):
     assert set(filters.values()) <= {"lzf", "raw"}
     if "raw" in filters.values():
         assert f"lzf on {sum(f == 'lzf' for f in filters.values())} of {len(filters)}" in res.output
+
+
+def test_the_training_data_of_a_checkpoint_is_named_when_it_is_gone(tmp_path, monkeypatch):
+    from vitscope.checkpoint import save_checkpoint
+    from vitscope.model import ModelConfig
+    monkeypatch.chdir(tmp_path)
+    model = ViT(ModelConfig(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                            num_classes=3)).eval()
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, classes=["a", "b", "c"],
+                           train_config={"data": f"folder:{tmp_path / 'gone'}", "image_size": 16})
+    res = run_cli(ckpt, "-q")
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert f"Error: '{ckpt}' was trained on --data folder:{tmp_path / 'gone'}, which cannot be " \
+           f"loaded here (the folder" in res.output
+    assert "pass --data with images of the model's classes" in res.output
+    res = CliRunner().invoke(main, ["analyze", str(ckpt), "--plugin", "rollout"])
+    assert res.exit_code == 1 and "was trained on --data" in res.output
+    assert not (tmp_path / "outputs").exists()   # no empty output folders left behind

@@ -53,3 +53,11 @@ def test_installed_console_script(tiny_ckpt):
     out = subprocess.run([sys.executable, "-m", "vitscope", "--version"], capture_output=True,
                          text=True, check=True)
     assert __version__ in out.stdout
+
+
+def test_errors_under_torchrun_name_the_rank(tmp_path):
+    missing = tmp_path / "nope.pt"
+    res = CliRunner().invoke(main, ["info", str(missing)], env={"WORLD_SIZE": "2", "RANK": "1"})
+    assert res.exit_code == 1 and res.output.startswith("Error: (rank 1) No checkpoint at")
+    res = CliRunner().invoke(main, ["info", str(missing)], env={"WORLD_SIZE": "2", "RANK": "0"})
+    assert res.output.startswith("Error: No checkpoint at")

@@ -405,12 +405,24 @@ def dataset_for(ckpt, data: str | None = None, split: str = "val", data_dir: str
     size, loaded the way training loaded it (same data_dir, val_split carve-out and seed)."""
     from vitscope.data import load_dataset
 
+    from vitscope.errors import DataError
+
     tc = ckpt.train_config or {}
     spec = data_spec(ckpt, data)
     kwargs: dict[str, Any] = {"data_dir": data_dir or tc.get("data_dir") or "./data"}
     if spec == tc.get("data"):  # the same carve-out as training (the seed only matters with it)
         kwargs.update(val_split=tc.get("val_split"), seed=int(tc.get("seed", 0)))
-    return load_dataset(spec, split, ckpt.model_config.image_size, **kwargs)
+    try:
+        return load_dataset(spec, split, ckpt.model_config.image_size, **kwargs)
+    except DataError as e:
+        if data is not None:
+            raise
+        # The user never typed this spec: say where it came from and how to choose another.
+        reason = str(e).split(";")[0].rstrip(".")
+        reason = reason[:1].lower() + reason[1:]
+        raise DataError(f"'{ckpt.path}' was trained on --data {spec}, which cannot be loaded "
+                        f"here ({reason}); pass --data with images of the model's classes, e.g. "
+                        f"--data folder:PATH.") from None
 
 
 def run_name(ckpt_path: str | Path) -> str:
@@ -459,7 +471,7 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
     sha = file_sha256(ckpt.path)
     # Loaded before the search: a dump is reused only for the very same pixels and labels,
     # not merely the same spec string (folder:PATH may have changed since).
-    dataset = dataset_for(ckpt, spec, split)
+    dataset = dataset_for(ckpt, data, split)
     data_sha = dataset.fingerprint()
     patterns = [hooks] if isinstance(hooks, str) else list(hooks)
     for path in find_dumps(dump_dir):
@@ -473,7 +485,7 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
     model = ckpt.build_model()
     folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
     key = hashlib.sha256(repr((sha, data_sha, split, n, sorted(patterns))).encode()).hexdigest()[:10]
-    out = folder / f"{run_name(ckpt.path)}-{split}-{n}-{key}.h5"
+    out = folder / f"{run_name(ckpt.path)}-{split}-{min(n, len(dataset))}-{key}.h5"
     device = capture_device(device) if not isinstance(device, torch.device) else device
     path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
                    batch_size=batch_size, device=device, progress=progress, force=True,

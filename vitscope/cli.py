@@ -7,6 +7,7 @@ add one line to COMMANDS.
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 
 import click
@@ -54,7 +55,10 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VitscopeError as e:
-            raise click.ClickException(str(e)) from None
+            # Under torchrun every process hits the same error: say which one is speaking.
+            rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+            raise click.ClickException(f"(rank {rank}) {e}" if rank not in (None, "0")
+                                       else str(e)) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

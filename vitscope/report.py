@@ -48,7 +48,7 @@ def write_index(run_dir: str | Path) -> Path:
              f"<title>vitscope · {_e(run_dir.name)}</title><style>{CSS}</style></head><body>",
              f"<header><h1>vitscope · {_e(run_dir.name)}</h1>"
              f"<p>{_e(_subtitle(run))}</p></header><main>",
-             _run_section(run), _nav(plugins), _epochs(run_dir)]
+             _run_section(run), _mixed_warning(plugins, run), _nav(plugins), _epochs(run_dir)]
     for name in sorted(plugins):
         parts.append(_plugin_section(run_dir, name, plugins[name], run))
     parts.append(f"<p style='color:#888;font-size:12px'>vitscope {__version__} · generated "
@@ -109,7 +109,10 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
     files = info.get("files") or []
     body = [head]
     own = info.get("run") or {}
-    if any(own.get(k) != run.get(k) for k in ("dump", "images", "checkpoint")):
+    if _other_source(own, run):
+        body.append(f"<p class='error'>⚠ rendered earlier from another model or data than "
+                    f"the run above: {_e(_source(own))}</p>")
+    elif any(own.get(k) != run.get(k) for k in ("dump", "images", "checkpoint")):
         body.append(f"<p class='tag'>rendered earlier from {_e(own.get('checkpoint') or '?')}, "
                     f"{_e(own.get('images', '?'))} images of {_e(own.get('data', '?'))} "
                     f"(dump {_e(own.get('dump', '?'))})</p>")
@@ -137,6 +140,29 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
         body.append("<p>files: " + " · ".join(f"<a href='{_e(f)}'><code>{_e(Path(f).name)}</code></a>"
                                              for f in links) + "</p>")
     return "".join(body) + "</section>"
+
+
+def _other_source(own: dict, run: dict) -> bool:
+    """Whether a plugin's figures come from another checkpoint (by SHA-256, so a retrained
+    run under the same path counts) or other data than the latest run of the page."""
+    return (own.get("checkpoint_sha256") or "") != (run.get("checkpoint_sha256") or "") or \
+        (own.get("data"), own.get("split")) != (run.get("data"), run.get("split"))
+
+
+def _source(own: dict) -> str:
+    sha = (own.get("checkpoint_sha256") or "")[:12]
+    return (f"{own.get('checkpoint') or '?'} (SHA-256 {sha or '?'}…), {own.get('images', '?')} "
+            f"images of {own.get('data', '?')} ({own.get('split', '?')}), rendered "
+            f"{own.get('updated', '?')}; run analyze again to refresh it")
+
+
+def _mixed_warning(plugins: dict, run: dict) -> str:
+    stale = sorted(n for n, p in plugins.items() if _other_source(p.get("run") or {}, run))
+    if not stale:
+        return ""
+    return (f"<section class='error'><p>⚠ This page mixes figures of different models or data: "
+            f"{_e(', '.join(stale))} {'was' if len(stale) == 1 else 'were'} rendered from "
+            f"another checkpoint or dataset than the run above (see each section).</p></section>")
 
 
 def _kv(rows) -> str:

@@ -89,15 +89,19 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
                    f"{where} does not have", err=True)
     working = [e for e in working if e.name not in missing]
     patterns = union_requires(working)
-    _prepare_run_dir(run)   # before a capture whose figures could not be saved
+    created = _prepare_run_dir(run)   # before a capture whose figures could not be saved
 
     if dump_path is not None:
         click.echo(f"Using dump {path}")
     else:
         from vitscope.capture import ensure_dump
-        path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
-                                   hooks=patterns, batch_size=batch_size, device=dev,
-                                   progress=True)
+        try:
+            path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
+                                       hooks=patterns, batch_size=batch_size, device=dev,
+                                       progress=True)
+        except BaseException:
+            _remove_empty(created)    # a failed capture leaves no empty output folders
+            raise
         click.echo(f"{'Reusing' if reused else 'Captured'} dump {path} "
                    f"({summarize_names(_hook_names(path))})")
     # What is analysed is never more than the dump holds (a split smaller than -n, say).
@@ -126,11 +130,13 @@ def _run_name(ckpt, dump_path: Path | None) -> str:
     return dump_path.stem
 
 
-def _prepare_run_dir(run: Path) -> None:
-    """Create the output folder now: a PluginError, not a traceback, where that cannot be done."""
+def _prepare_run_dir(run: Path) -> list[Path]:
+    """Create the output folder now: a PluginError, not a traceback, where that cannot be done.
+    Returns the folders this created, innermost first."""
     import os
 
     from vitscope.errors import PluginError
+    created = [p for p in [run, *run.parents] if not p.exists()]
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -139,6 +145,15 @@ def _prepare_run_dir(run: Path) -> None:
     if not os.access(run, os.W_OK | os.X_OK):
         raise PluginError(f"The output folder '{run}' is not writable; choose another one "
                           f"with -o.")
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()   # refuses, and keeps the folder, once anything is in it
+        except OSError:
+            return
 
 
 def _hook_names(path: Path) -> list[str]:

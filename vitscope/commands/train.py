@@ -81,7 +81,8 @@ def train(recipe, preset, sets, resume_path, overwrite, analyze_every, plugins, 
     try:
         summary = run(cfg, overwrite=overwrite, resume=resume, make_callbacks=make_callbacks)
     except TrainingInterrupted as e:
-        click.echo(str(e), err=True)
+        if _is_main():  # every rank stopped at the same step; one message is enough
+            click.echo(str(e), err=True)
         sys.exit(130)
     if not cfg.quiet and _is_main():
         click.echo(f"done: best val_acc {summary['best_val_acc']:.4f} at epoch "
