@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from vitscope.data import dataset_stats, load_dataset
+from vitscope.datasets.folder import split_dirs
 from vitscope.model import count_parameters
 from vitscope.train.augment import EpochPlan
 from vitscope.train.config import make_config
@@ -35,6 +36,7 @@ from vitscope.train.optim import resolve_precision
 from vitscope.train.runner import build_model, cuda_speed_settings
 
 DEFAULT_DATA = "folder:/tmp/vitscope-data/cifar10-jpeg"
+BASELINE_BATCH = 128  # the seed projects' batch size
 
 
 def parse_args() -> argparse.Namespace:
@@ -122,8 +124,8 @@ def seed_baseline(args, device, root: Path, mean, std, num_classes: int) -> floa
     tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                              transforms.RandAugment(), transforms.ToTensor(),
                              transforms.Normalize(mean, std)])
-    ds = datasets.ImageFolder(str(root / "train"), transform=tf)
-    loader = DataLoader(ds, batch_size=128, shuffle=True, num_workers=2, drop_last=True,
+    ds = datasets.ImageFolder(str(root), transform=tf)
+    loader = DataLoader(ds, batch_size=BASELINE_BATCH, shuffle=True, num_workers=2, drop_last=True,
                         pin_memory=device.type == "cuda", persistent_workers=True)
     cfg = make_config(preset=args.model)
     cfg.model.num_classes = num_classes
@@ -147,11 +149,26 @@ def seed_baseline(args, device, root: Path, mean, std, num_classes: int) -> floa
 
     steps = args.baseline_batches or args.steps
     seconds = timed(step, args.warmup, steps, device)
-    return steps * 128 / seconds
+    return steps * BASELINE_BATCH / seconds
+
+
+def check_baseline_data(root: Path, train_root: Path | None) -> None:
+    """Before anything is timed: the seed pipeline needs PATH/train/<class>/ with at least one
+    full batch (its DataLoader drops the last partial batch, so fewer images give no batch)."""
+    if train_root is None:
+        sys.exit(f"Error: --baseline reads '{root}/train/<class>/' with torchvision's ImageFolder, "
+                 f"but '{root}' has no train/ (or training/) folder; use a folder:PATH laid out so.")
+    from torchvision import datasets
+    n = len(datasets.ImageFolder(str(train_root)))
+    if n < BASELINE_BATCH:
+        sys.exit(f"Error: --baseline needs at least {BASELINE_BATCH} training images (one batch "
+                 f"of the seed pipeline), but '{train_root}' has {n}; use a larger folder or "
+                 f"leave out --baseline.")
 
 
 def main() -> None:
     args = parse_args()
+    make_config(preset=args.model)  # an unknown preset fails now, not after loading 50k images
     device = pick_device(args.device)
     cuda_speed_settings(device)  # as in training (process-wide, so the baseline gets TF32 too)
     gpu = device.type == "cuda"
@@ -161,6 +178,9 @@ def main() -> None:
     if not args.data.startswith("folder:"):
         sys.exit("--data must be folder:PATH (an ImageFolder with train/), e.g. " + DEFAULT_DATA)
     root = Path(args.data[len("folder:"):])
+    train_root = split_dirs(root.expanduser().absolute())[0] if root.is_dir() else None
+    if args.baseline and root.is_dir():  # a missing folder: load_dataset names it below
+        check_baseline_data(root, train_root)
     name = torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or 'cpu'}, " \
         f"{torch.get_num_threads()} torch threads"
     print(f"device {device} ({name}); torch {torch.__version__}; model {args.model}; data {args.data}")
@@ -168,6 +188,9 @@ def main() -> None:
     train_ds = load_dataset(args.data, "train", 32)
     mean, std = dataset_stats(train_ds)
     print(f"loaded {len(train_ds)} train images in {time.perf_counter() - t:.1f}s (decoded once, cached)")
+    if len(train_ds) < args.batch_size:  # the Trainer drops the last partial batch: no steps
+        sys.exit(f"Error: the {len(train_ds)} training images of {args.data} are fewer than one "
+                 f"batch of {args.batch_size}; pass a smaller --batch-size or a larger folder.")
 
     real, bound, desc, params = vitscope_pipeline(args, device, train_ds, mean, std)
     print(f"model {args.model}: {params:,} parameters; {args.steps} timed steps after {args.warmup} warm-up")
@@ -175,16 +198,19 @@ def main() -> None:
     print(f"  bound, synthetic data on the device:           {bound:,.0f} images/s "
           f"(pipeline = {100 * real / bound:.0f}% of bound)")
     if args.baseline:
-        base = seed_baseline(args, device, root, mean, std, len(train_ds.classes))
+        base = seed_baseline(args, device, train_root, mean, std, len(train_ds.classes))
         print(f"  seed-style baseline (DataLoader, 2 workers, PIL crop+flip+RandAugment, fp32, "
               f"explicit attention, batch 128): {base:,.0f} images/s")
         print(f"  vitscope / baseline: {real / base:.1f}x")
 
 
 if __name__ == "__main__":
-    from vitscope.errors import VitscopeError
+    from vitscope.errors import DataError, VitscopeError
     try:
         main()
+    except DataError as e:  # most often: the mirror is not extracted yet
+        sys.exit(f"Error: {e}\nThe CIFAR-10 JPEG mirror extracts with (from the repository "
+                 f"root): mkdir -p /tmp/vitscope-data && tar xzf ../shared/data/cifar10-jpeg.tar.gz "
+                 f"-C /tmp/vitscope-data")
     except VitscopeError as e:
-        sys.exit(f"Error: {e}\nThe CIFAR-10 JPEG mirror extracts with: mkdir -p /tmp/vitscope-data && "
-                 f"tar xzf ../shared/data/cifar10-jpeg.tar.gz -C /tmp/vitscope-data")
+        sys.exit(f"Error: {e}")

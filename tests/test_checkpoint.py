@@ -6,7 +6,10 @@ import os
 import pytest
 import torch
 
+from click.testing import CliRunner
+
 from vitscope.checkpoint import load_checkpoint, load_model, save_checkpoint
+from vitscope.cli import main
 from vitscope.errors import CheckpointError
 
 
@@ -30,10 +33,21 @@ def test_half_checkpoint_loads_into_float_model(tmp_path, tiny_vit):
     torch.testing.assert_close(model(x), tiny_vit(x), atol=2e-3, rtol=0)
 
 
-def test_save_is_atomic(tmp_path, tiny_vit):
-    path = save_checkpoint(tmp_path / "a.pt", tiny_vit)
+def test_save_is_atomic(tmp_path, tiny_vit, monkeypatch):
+    path = save_checkpoint(tmp_path / "a.pt", tiny_vit, metrics={"epoch": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # no temporary left behind
-    assert path.exists()
+    real_save = torch.save
+
+    def save_half_then_fail(obj, f, *args, **kwargs):  # e.g. the disk fills up mid-write
+        f.write(b"PK\x03\x04 the first bytes of a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, tiny_vit, metrics={"epoch": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]  # the partial .tmp is removed
+    assert load_checkpoint(path).metrics == {"epoch": 1}    # and the old file is intact
 
 
 def err(path):
@@ -98,13 +112,43 @@ def test_pickled_object_is_refused_and_never_runs(tmp_path, tiny_ckpt):
     assert not os.path.exists(marker)
 
 
-def test_weights_that_do_not_fit_the_config(tmp_path, tiny_ckpt):
+def test_weights_that_do_not_fit_the_config_name_the_keys(tmp_path, tiny_ckpt):
     raw = torch.load(tiny_ckpt, weights_only=True)
     raw["model_config"]["depth"] = 3
     path = tmp_path / "mismatch.pt"
     torch.save(raw, path)
-    with pytest.raises(CheckpointError, match="do not fit its model_config"):
+    with pytest.raises(CheckpointError, match="do not fit its model_config") as e:
         load_model(path)
+    message = str(e.value)
+    assert "missing blocks.2.norm1.weight, blocks.2.norm1.bias, blocks.2.attn.qkv.weight and " \
+           "9 more" in message and "\n" not in message
+
+    raw = torch.load(tiny_ckpt, weights_only=True)
+    raw["state_dict"]["head.weight"] = torch.zeros(7, 32)
+    raw["state_dict"]["extra.scale"] = torch.ones(1)
+    del raw["state_dict"]["norm.bias"]
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError) as e:
+        load_model(path)
+    assert ("(missing norm.bias; unexpected extra.scale; shape of head.weight is (7, 32) "
+            "instead of (5, 32))") in str(e.value)
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("metrics", [0.5, 0.6], "invalid 'metrics' field (a list, expected a dict)"),
+    ("train_config", "cifar10", "invalid 'train_config' field (a str, expected a dict)"),
+    ("classes", "abcde", "invalid 'classes' field (a str, expected a list of class names)"),
+    ("classes", ["a", 2], "invalid classes list (it holds 2, expected class names as strings)"),
+    ("arch", ["vit"], "invalid 'arch' field (a list, expected a string)"),
+])
+def test_fields_of_the_wrong_type_are_one_error(tmp_path, tiny_ckpt, key, value, fragment):
+    raw = torch.load(tiny_ckpt, weights_only=True)
+    raw[key] = value
+    path = tmp_path / "edited.pt"
+    torch.save(raw, path)
+    assert fragment in err(path)
+    res = CliRunner().invoke(main, ["info", str(path)])  # what the audit ran into: a TypeError
+    assert res.exit_code == 1 and res.output.startswith("Error:") and fragment in res.output
 
 
 @pytest.mark.parametrize("save", [

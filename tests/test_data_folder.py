@@ -140,6 +140,10 @@ def test_parallel_decode_matches_in_process(tmp_path, monkeypatch):
     ("mismatch", "only in train: emu; only in val: fox"),
     ("no_images", "holds no image files (looked for"),
     ("all_corrupt", "None of the 2 image files"),
+    ("class_all_corrupt", "None of the image files of the class folder(s) '"),
+    ("val_without_train", "has only sub-folders named like dataset splits (val)"),
+    ("test_alone", "has only sub-folders named like dataset splits (test)"),
+    ("splits_in_train", "has only sub-folders named like dataset splits (train, val)"),
 ])
 def test_folder_errors_are_one_sentence(tmp_path, case, fragment):
     root = tmp_path / "data"
@@ -158,9 +162,49 @@ def test_folder_errors_are_one_sentence(tmp_path, case, fragment):
         root.mkdir()
         (root / "a.jpg").write_bytes(b"junk")
         (root / "b.png").write_bytes(b"junk")
+    elif case == "class_all_corrupt":  # dog's only files are broken: it would train empty
+        make_tree(root, splits=("train", "val"), classes=("cat", "dog"), per_class=1)
+        for f in (root / "train" / "dog").iterdir():
+            f.write_bytes(b"junk")
+        (root / "train" / "dog" / "more.png").write_bytes(b"junk")
+    elif case == "val_without_train":
+        make_tree(root, splits=("val",), per_class=1)
+    elif case == "test_alone":
+        make_tree(root, splits=("test",), per_class=1)
+    elif case == "splits_in_train":  # one level too high: PATH/train/{train,val}/<class>
+        make_tree(root / "train", splits=("train", "val"), per_class=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # errors must not come with warnings first
         with pytest.raises(DataError) as e:
             load(f"folder:{root}", "train", 8, tmp_path / "c")
     message = str(e.value)
     assert fragment in message and "\n" not in message and str(root) in message
+    if case == "class_all_corrupt":
+        assert f"'{root / 'train' / 'dog'}'" in message and str(root / "train" / "cat") not in message
+
+
+@pytest.mark.parametrize("train_name, val_name", [
+    ("train", "valid"), ("train", "validation"), ("training", "validation"), ("Train", "Val"),
+])
+def test_split_folders_may_have_common_other_names(tmp_path, train_name, val_name):
+    root = tmp_path / "data"
+    make_tree(root, splits=(train_name, val_name), per_class=2)
+    write_image(root / train_name / "cat" / "extra.png", 20, 20, (250, 20, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train = load(f"folder:{root}", "train", 8, tmp_path / "c")
+        val = load(f"folder:{root}", "val", 8, tmp_path / "c")
+    assert train.classes == val.classes == ["cat", "dog", "emu"]
+    assert (len(train), len(val)) == (7, 6)
+    assert all(f"/{train_name}/" in p for p in train.paths)
+    assert all(f"/{val_name}/" in p for p in val.paths)
+
+
+def test_a_class_named_like_a_split_beside_real_classes_is_kept_with_a_warning(tmp_path):
+    root = tmp_path / "data"
+    make_tree(root, splits=("",), classes=("cat", "dog"), per_class=5)
+    make_tree(tmp_path / "other", splits=("",), classes=("emu",), per_class=5)
+    (tmp_path / "other" / "emu").rename(root / "valid")  # e.g. "valid" vs "invalid" documents
+    with pytest.warns(folder_mod.DataWarning, match=r"valid in '.*' are named like dataset splits"):
+        ds = load(f"folder:{root}", "train", 8, tmp_path / "c")
+    assert ds.classes == ["cat", "dog", "valid"]

@@ -137,6 +137,47 @@ def test_eval_cli_errors_are_one_line(eval_ckpt, tmp_path):
     assert result.exit_code == 1 and "--data SPEC" in result.output
 
 
+def test_eval_refuses_an_output_folder_it_cannot_write_before_evaluating(eval_ckpt, tmp_path,
+                                                                         monkeypatch):
+    import vitscope.evaluation
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated although the results could not be written")
+
+    monkeypatch.setattr(vitscope.evaluation, "evaluate", no_evaluation)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    for out in ("/proc/vitscope-eval", a_file / "sub"):
+        result = run("eval", eval_ckpt, "--device", "cpu", "-o", out)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(f"Error: Cannot write to the output folder '{out}' (")
+        assert "choose a writable folder with -o" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_eval_of_a_run_scores_exactly_its_val_subset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run("train", "--data", "shapes:train=64", "--set", "val_split=0.5", "--set", "val_subset=13",
+              "--device", "cpu", "--batch-size", "16", "--epochs", "1", "--name", "sub", "--quiet",
+              "--set", "model.image_size=16", "--set", "model.embed_dim=32", "--set", "model.depth=1",
+              "--set", "model.num_heads=2", "--set", "crop_padding=1")
+    assert res.exit_code == 0, res.output
+    best = tmp_path / "runs/sub/best.pt"
+    result = run("eval", best, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    from vitscope.checkpoint import load_checkpoint
+    trained = load_checkpoint(best).metrics
+    assert metrics["n"] == 13 and metrics["val_subset"] == 13
+    assert metrics["accuracy"] == pytest.approx(trained["val_acc"], abs=1e-9)
+    assert metrics["loss"] == pytest.approx(trained["val_loss"], rel=1e-5)
+    text = run("eval", best, "--device", "cpu").output
+    assert "(val, 13 images, val_subset as in training)" in text
+    # Other data (or another carving) are not the run's validation images: no subset.
+    assert json.loads(run("eval", best, "--device", "cpu", "--json", "--val-split", "0.25")
+                      .stdout)["n"] == 16
+
+
 def test_predict_cli_any_size_format_and_a_bad_file(eval_ckpt, tmp_path):
     rng = np.random.default_rng(0)
     good = []
@@ -184,3 +225,24 @@ def test_predict_agrees_with_eval_on_the_same_pixels(eval_ckpt, shapes_vit, tmp_
     for row, probs in zip(rows, expected):
         assert row["predictions"][0]["index"] == int(probs.argmax())
         assert row["predictions"][0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_eval_uses_the_flip_tta_training_evaluated_with(tmp_path, shapes_vit, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt = save_checkpoint(tmp_path / "t" / "best.pt", shapes_vit, classes=CLASSES,
+                           train_config={"data": DATA, "image_size": 16, "normalize": NORM,
+                                         "eval_flip_tta": True})
+    as_trained = json.loads(run("eval", ckpt, "--json", "--limit", 8).output)
+    assert as_trained["tta"] is True
+    plain = json.loads(run("eval", ckpt, "--json", "--limit", 8, "--no-tta").output)
+    assert plain["tta"] is False and plain["loss"] != as_trained["loss"]
+
+
+def test_eval_names_the_checkpoints_training_data_when_it_is_gone(tmp_path, shapes_vit):
+    ckpt = save_checkpoint(tmp_path / "g.pt", shapes_vit, classes=CLASSES,
+                           train_config={"data": f"folder:{tmp_path / 'gone'}", "image_size": 16,
+                                         "normalize": NORM})
+    res = CliRunner().invoke(main, ["eval", str(ckpt), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"'{ckpt}' was trained on --data folder:{tmp_path / 'gone'}, which cannot be loaded" \
+        in res.output

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from vitscope.checkpoint import load_checkpoint, save_checkpoint
 from vitscope.cli import main
+from vitscope.train import engine
 
 # A one-block ViT on 16-pixel shapes: one epoch takes about a second on a 2-core CPU.
 TINY = ["--device", "cpu", "--batch-size", "16", "--epochs", "1",
@@ -49,6 +50,75 @@ def test_a_failed_start_keeps_folders_that_existed_before(tmp_path):
     res = train(tmp_path / "runs", "--name", "old", "--overwrite", "--quiet")
     assert res.exit_code == 0, res.output
     assert load_checkpoint(old / "best.pt").resume is None and (old / "last.pt").is_file()
+
+
+# A learning rate that overflows the weights at the first optimizer steps: a value that passes
+# every check and fails only once training runs.
+BLOWS_UP = ["--lr", "1e30", "--set", "grad_clip=0", "--set", "warmup_epochs=0"]
+
+
+def files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def fail_step(monkeypatch, from_step, error=None):
+    """Make every training step from global step `from_step` on fail: with `error`, by raising
+    it; else by turning the loss into NaN (as an exploding run does)."""
+    real_step = engine.Trainer.train_step
+
+    def step(self, x, targets):
+        if self.global_step >= from_step and error is not None:
+            raise error
+        loss, logits = real_step(self, x, targets)
+        return (loss * float("nan") if self.global_step >= from_step else loss), logits
+
+    monkeypatch.setattr(engine.Trainer, "train_step", step)
+
+
+def test_a_run_that_fails_in_its_first_epoch_removes_its_folder_so_the_retry_starts(tmp_path):
+    runs = tmp_path / "runs"
+    res = train(runs, "--name", "x", *BLOWS_UP)
+    assert res.exit_code == 1 and "NaN or infinite at step" in res.output, res.output
+    assert "no checkpoint was written" in res.output and "Traceback" not in res.output
+    assert not (runs / "x").exists()  # no config.json / metrics.jsonl left to block the retry
+    res = train(runs, "--name", "x", "--quiet")
+    assert res.exit_code == 0, res.output
+
+    (runs / "empty").mkdir()  # reused, so emptied again rather than removed
+    res = train(runs, "--name", "empty", *BLOWS_UP)
+    assert res.exit_code == 1 and (runs / "empty").is_dir() and not any((runs / "empty").iterdir())
+
+
+@pytest.mark.parametrize("failure", ["step raises", "loss NaN"])
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails_before_its_first_checkpoint(
+        tmp_path, monkeypatch, failure):
+    runs = tmp_path / "runs"
+    assert train(runs, "--name", "old", "--quiet").exit_code == 0
+    before = files(runs / "old")
+    assert {"best.pt", "last.pt", "config.json", "metrics.jsonl"} <= set(before)
+    # Data, model and Trainer are all built; the first training step fails.
+    fail_step(monkeypatch, 0, RuntimeError("boom") if failure == "step raises" else None)
+    res = train(runs, "--name", "old", "--overwrite", "--seed", 1)
+    assert res.exit_code == 1
+    if failure == "step raises":
+        assert isinstance(res.exception, RuntimeError) and str(res.exception) == "boom"
+    else:
+        assert "NaN or infinite at step 0 (epoch 1" in res.output
+    assert files(runs / "old") == before
+    assert [p.name for p in runs.iterdir()] == ["old"]  # nothing moved aside is left over
+
+
+def test_overwrite_replaces_the_old_run_once_the_new_one_wrote_a_checkpoint(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    assert train(runs, "--name", "old", "--quiet").exit_code == 0
+    old_best = (runs / "old/best.pt").read_bytes()
+    fail_step(monkeypatch, 4)  # 64 images in batches of 16: the first step of epoch 2
+    res = train(runs, "--name", "old", "--overwrite", "--seed", 1, "--epochs", 2)
+    assert res.exit_code == 1 and "NaN or infinite at step 4 (epoch 2" in res.output, res.output
+    assert "last.pt still holds epoch 1" in res.output
+    assert [p.name for p in runs.iterdir()] == ["old"]
+    assert (runs / "old/best.pt").read_bytes() != old_best  # the new run's epoch 1 is kept
+    assert load_checkpoint(runs / "old/last.pt").train_config["seed"] == 1
 
 
 def test_runs_dir_that_is_a_file_is_one_error_naming_it(tmp_path):

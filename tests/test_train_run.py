@@ -140,17 +140,39 @@ def test_resume_rejects_weights_only_files_finished_runs_and_changed_settings(tm
     assert res.exit_code == 1 and "lr cannot change" in res.output
 
 
-def test_nan_loss_stops_naming_step_and_lr_and_keeps_no_bad_checkpoint(tmp_path):
-    res = train(tmp_path, "--epochs", 2, "--name", "nan", "--lr", "1e30", "--set", "grad_clip=0",
-                "--set", "warmup_epochs=0")
+def poison_loss(monkeypatch, from_step):
+    """From global step `from_step` on, the loss is NaN (as when a run explodes)."""
+    real_step = engine.Trainer.train_step
+
+    def step(self, x, targets):
+        loss, logits = real_step(self, x, targets)
+        return (loss * float("nan") if self.global_step >= from_step else loss), logits
+
+    monkeypatch.setattr(engine.Trainer, "train_step", step)
+
+
+@pytest.mark.parametrize("save_every, kept", [
+    (1, r"runs/nan/last\.pt still holds epoch 1;"),
+    (2, r"no last\.pt was written yet \(\S+runs/nan/best\.pt holds epoch 1\);"),
+])
+def test_nan_loss_stops_naming_step_and_lr_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                               save_every, kept):
+    poison_loss(monkeypatch, 25 + 3)  # 400 images in batches of 16: the 4th step of epoch 2
+    res = train(tmp_path, "--epochs", 3, "--name", "nan", "--set", f"save_every={save_every}")
     assert res.exit_code == 1, res.output
-    assert re.search(r"NaN or infinite at step \d+ \(epoch 1, lr \d\.\d+e\+(29|30)\)", res.output)
+    assert re.search(r"NaN or infinite at step 28 \(epoch 2, lr 0\.000\d+\)", res.output), res.output
+    assert re.search(kept, res.output), res.output
     assert "Traceback" not in res.output
-    for name in ("best.pt", "last.pt"):
-        path = tmp_path / "runs/nan" / name
-        if path.exists():  # whatever was saved before the blow-up holds finite weights
-            assert all(torch.isfinite(v).all() for v in load_checkpoint(path).state_dict.values()
-                       if v.is_floating_point())
+    run_dir = tmp_path / "runs/nan"
+    assert [m["epoch"] for m in metrics(run_dir)] == [1]
+    assert load_checkpoint(run_dir / "best.pt").metrics["epoch"] == 1
+    if save_every == 1:
+        assert load_checkpoint(run_dir / "last.pt").resume["epoch"] == 1
+    else:
+        assert not (run_dir / "last.pt").exists()
+    for path in run_dir.glob("*.pt"):  # what was saved before the blow-up holds finite weights
+        assert all(torch.isfinite(v).all() for v in load_checkpoint(path).state_dict.values()
+                   if v.is_floating_point()), path
 
 
 def test_cnn_baseline_trains_through_the_same_pipeline(tmp_path):

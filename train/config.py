@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -111,6 +112,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the field and its allowed values."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ConfigError(f"{f.name} must be a finite number, got {value!r}.")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ConfigError(f"seed must be an integer >= 0 (and below 2**63), got {self.seed!r}.")
         choices = {"device": DEVICES, "precision": PRECISIONS, "augment": AUGMENTS,
                    "pad_mode": PAD_MODES, "wandb_mode": WANDB_MODES}
         for name, allowed in choices.items():
@@ -151,6 +159,9 @@ class TrainConfig:
         if self.name and (Path(self.name).name != self.name or self.name in (".", "..")):
             raise ConfigError(f"name must be a plain folder name without '/', got {self.name!r}; "
                               f"use runs_dir to choose the parent folder.")
+        if getattr(self.model, "in_channels", 3) != 3:
+            raise ConfigError(f"model.in_channels must be 3: training data are always loaded as "
+                              f"RGB images, got {self.model.in_channels!r}.")
         if self.crop_padding >= self.model.image_size:
             raise ConfigError(f"crop_padding ({self.crop_padding}) must be smaller than the image "
                               f"size ({self.model.image_size}).")

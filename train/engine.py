@@ -50,8 +50,10 @@ class TrainData:
 class Trainer:
     def __init__(self, cfg, model: nn.Module, data: TrainData, run_dir: Path, *,
                  dist: D.DistInfo, device: torch.device, precision: str,
-                 ckpt_train_config: dict[str, Any], callbacks: Sequence[EpochCallback] = ()):
+                 ckpt_train_config: dict[str, Any], callbacks: Sequence[EpochCallback] = (),
+                 on_first_save: Callable[[], None] | None = None):
         self.cfg, self.model, self.data, self.run_dir = cfg, model, data, run_dir
+        self.on_first_save = on_first_save  # rank 0: the run folder is worth keeping from now on
         self.dist, self.device, self.precision = dist, device, precision
         self.ckpt_train_config = ckpt_train_config
         self.callbacks = list(callbacks)
@@ -78,6 +80,7 @@ class Trainer:
         self.best_val_acc = -1.0
         self.best_epoch = 0
         self.stale_epochs = 0        # epochs since val_acc last improved (early stopping)
+        self.last_pt_at: tuple[int, int] | None = None  # (epoch, step_in_epoch) last.pt holds
         # Running sums of the current epoch (loss sum, correct, seen); float64 except on MPS.
         self.acc_dtype = torch.float32 if device.type == "mps" else torch.float64
         self.partial = torch.zeros(3, dtype=self.acc_dtype, device=device)
@@ -185,8 +188,7 @@ class Trainer:
         bad_step, stop = D.all_reduce_max(flags).tolist()
         if bad_step >= 0:
             lr = self.schedule(int(bad_step))
-            kept = (f"{self.run_dir / 'last.pt'} still holds epoch {self.epoch}"
-                    if (self.run_dir / "last.pt").exists() else "no checkpoint was written")
+            kept = self._kept_checkpoints()
             raise TrainingError(
                 f"The training loss became NaN or infinite at step {int(bad_step)} (epoch "
                 f"{self.epoch + 1}, lr {lr:.3g}), so training stopped and {kept}; lower --lr, "
@@ -284,14 +286,33 @@ class Trainer:
         return out
 
     def _save(self, name: str, with_resume: bool, resume: dict[str, Any] | None = None) -> Path:
-        return save_checkpoint(self.run_dir / name, self.eval_model(), model_config=self.cfg.model,
+        path = save_checkpoint(self.run_dir / name, self.eval_model(), model_config=self.cfg.model,
                                arch=self.cfg.arch, classes=self.data.classes,
                                train_config=self.ckpt_train_config, metrics=self._ckpt_metrics(),
                                resume=resume if with_resume else None)
+        if self.on_first_save is not None:
+            self.on_first_save()
+            self.on_first_save = None
+        return path
+
+    def _kept_checkpoints(self) -> str:
+        """What the run folder still holds, for the message of a run that must stop."""
+        last = self.run_dir / "last.pt"
+        if self.last_pt_at is not None:
+            epoch, step = self.last_pt_at
+            held = f"epoch {epoch + 1} up to step {step}" if step else f"epoch {epoch}"
+            return f"{last} still holds {held}"
+        if self.best_epoch:
+            return f"no last.pt was written yet ({self.run_dir / 'best.pt'} holds epoch {self.best_epoch})"
+        return "no checkpoint was written"
 
     def _save_last(self) -> Path:
-        """last.pt with the state --resume needs; collective (gathers every rank's RNG)."""
+        """last.pt with the state --resume needs; collective (gathers every rank's RNG and
+        sums the ranks' running metrics of a partly done epoch)."""
         rng = D.gather_to_main(_rng_state(self.device))
+        # Every rank's share of the epoch so far; on resume rank 0 carries it, the others 0.
+        partial = D.all_reduce_sum(self.partial.clone())
+        self.last_pt_at = (self.epoch, self.step_in_epoch)
         if not self.dist.is_main:
             return self.run_dir / "last.pt"
         resume = {
@@ -306,7 +327,7 @@ class Trainer:
             "rng": rng,
             "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
             "stale_epochs": self.stale_epochs,
-            "partial": self.partial.cpu(),
+            "partial": partial.cpu(),
             "partial_seconds": self._epoch_seconds() if self.step_in_epoch else 0.0,
         }
         return self._save("last.pt", with_resume=True, resume=resume)
@@ -323,7 +344,11 @@ class Trainer:
         self.global_step = int(r["global_step"])
         self.best_val_acc, self.best_epoch = float(r["best_val_acc"]), int(r["best_epoch"])
         self.stale_epochs = int(r["stale_epochs"])
-        self.partial = r["partial"].to(self.device, self.acc_dtype)
+        self.last_pt_at = (self.epoch, self.step_in_epoch)  # the last.pt resumed from
+        # Saved summed over the ranks: counted once, on rank 0, so the epoch's all-reduce
+        # gives the same train metrics as an uninterrupted run.
+        partial = r["partial"].to(self.device, self.acc_dtype)
+        self.partial = partial if self.dist.is_main else torch.zeros_like(partial)
         self.partial_seconds = float(r["partial_seconds"])
         rng = r.get("rng") or []
         if self.dist.rank < len(rng):
@@ -354,6 +379,9 @@ class Trainer:
         path = self._save_last()
         if self.logger is not None:
             self.logger.write_curves()
+        # No rank exits before rank 0 has written last.pt: torchrun kills the remaining
+        # processes as soon as one exits with an error status.
+        D.barrier()
         where = (f"epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps}"
                  if self.step_in_epoch else f"the end of epoch {self.epoch}")
         raise TrainingInterrupted(f"Training was interrupted at {where} and saved {path}; "

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
     """Train `cfg` (or continue `resume`, a last.pt); returns the Trainer's summary."""
     require_loggers(cfg.log)
     info, device = D.setup(cfg.device)
-    created: Path | None = None
+    folder: RunFolder | None = None
     try:
         precision = resolve_precision(cfg.precision, device)
         cuda_speed_settings(device)
@@ -60,8 +62,8 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
             raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by the number of "
                               f"DDP processes ({info.world_size}); it is the global batch.")
         # A fresh run folder is only checked here and created once the data, model and
-        # callbacks are known to work: a run that fails to start leaves no empty folder behind
-        # (and --overwrite does not delete the old run for nothing).
+        # callbacks are known to work; until its first checkpoint is written, a failure removes
+        # it again and puts back the run that --overwrite moved aside (RunFolder).
         run_dir = Path(resume.path).parent if resume else _check_run_dir(cfg, overwrite)
         train_ds, val_ds = _load_data(cfg, info)
         if resume:
@@ -89,26 +91,31 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
             if make_callbacks is not None:  # may reject a plugin name: before anything is written
                 callbacks += make_callbacks(val_ds, train_ds.classes, (mean, std), run_dir.name)
         if not resume:
-            created = _make_run_dir(run_dir, info, overwrite)
+            folder = RunFolder(run_dir, info)
+            folder.create(overwrite)
         if info.is_main:
             (run_dir / "config.json").write_text(json.dumps(ckpt_config, indent=2) + "\n")
         trainer = Trainer(cfg, model, data, run_dir, dist=info, device=device,
-                          precision=precision, ckpt_train_config=ckpt_config, callbacks=callbacks)
+                          precision=precision, ckpt_train_config=ckpt_config, callbacks=callbacks,
+                          on_first_save=folder.keep if folder is not None else None)
         if info.is_main and not cfg.quiet:
             print(f"vitscope train: {run_dir}  {cfg.arch} {cfg.preset} "
                   f"({count_parameters(model):,} params)  data {cfg.data} "
                   f"({len(train_ds)} train / {len(val_ds)} val)  device {device} {precision}"
                   f"{f'  x{info.world_size} DDP' if info.enabled else ''}  {trainer.steps} "
                   f"steps/epoch of {cfg.batch_size}", flush=True)
-        return trainer.fit(resume.resume if resume else None)
+        summary = trainer.fit(resume.resume if resume else None)
+        if folder is not None:
+            folder.keep()
+        return summary
     except _OOM:
         raise TrainingError(
             f"CUDA ran out of memory training {cfg.preset} with batch size {cfg.batch_size} on "
             f"{device}; pass a smaller --batch-size (e.g. {max(1, cfg.batch_size // 2)}) or a "
             f"smaller model.") from None
     finally:
-        if created is not None:  # a no-op once config.json is in it, so only for a failed start
-            _remove_if_empty(created)
+        if folder is not None:
+            folder.undo_unless_kept()  # a no-op once the run wrote its first checkpoint
         D.cleanup()
 
 
@@ -167,36 +174,95 @@ def _check_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
     return run_dir
 
 
-def _make_run_dir(run_dir: Path, info: D.DistInfo, overwrite: bool) -> Path | None:
-    """Create the run folder (replacing what is there under --overwrite, as _check_run_dir
-    allowed). Returns it when this call created it, None when an empty folder already was."""
-    existed = _holds_something(run_dir)
-    D.barrier()  # every rank looked before rank 0 may delete
-    created = None
-    if info.is_main:
-        if existed and overwrite:
-            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
-        created = None if run_dir.is_dir() else run_dir
+class RunFolder:
+    """The new run's folder (only rank 0 touches the file system).
+
+    `create` makes it; under --overwrite the old run is first renamed aside, not deleted.
+    `keep` (called at the first checkpoint write, and when training returns) deletes the old
+    run for good. Until then `undo_unless_kept` (on any failure) removes what this run wrote and
+    renames the old run back, so a failed start neither loses the old run nor leaves a folder
+    that blocks the retry."""
+
+    def __init__(self, path: Path, info: D.DistInfo) -> None:
+        self.path, self.info = path, info
+        self.aside: Path | None = None   # where the old run waits under --overwrite
+        self.created = False             # False: an empty folder that existed is reused
+        self.active = False              # created and not yet kept
+
+    def create(self, overwrite: bool) -> None:
+        """Collective: every rank looks at the folder before rank 0 changes anything."""
+        existed = _holds_something(self.path)
+        D.barrier()
+        if self.info.is_main:
+            try:
+                if existed and overwrite:
+                    aside = _aside_name(self.path)
+                    self.path.rename(aside)
+                    self.aside = aside
+                created = not self.path.is_dir()
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                if self.aside is not None and not self.path.exists():
+                    self.aside.rename(self.path)  # mkdir failed: the old run goes back
+                raise TrainingError(f"Cannot create the run folder '{self.path}' ({e.strerror}); "
+                                    f"pass --runs-dir a folder you can write to.") from None
+            self.created, self.active = created, True
+        D.barrier()
+
+    def keep(self) -> None:
+        """The new run has a checkpoint: the old run it replaces can go."""
+        if not self.active:
+            return
+        self.active = False
+        if self.aside is not None:
+            try:
+                _remove(self.aside)
+            except OSError as e:  # not worth stopping the new run for
+                print(f"vitscope train: could not delete the replaced run in '{self.aside}' "
+                      f"({e.strerror or e}); delete it yourself.", file=sys.stderr, flush=True)
+            self.aside = None
+
+    def undo_unless_kept(self) -> None:
+        """Remove what this run wrote (its new folder, or the contents of the empty folder it
+        reused) and put the old run back where it was."""
+        if not self.active:
+            return
+        self.active = False
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            if self.created:
+                _remove(self.path)
+            elif self.path.is_dir():  # it was empty before this run: everything in it is ours
+                for child in self.path.iterdir():
+                    _remove(child)
+            if self.aside is not None:
+                self.aside.rename(self.path)
         except OSError as e:
-            raise TrainingError(f"Cannot create the run folder '{run_dir}' ({e.strerror}); pass "
-                                f"--runs-dir a folder you can write to.") from None
-    D.barrier()
-    return created
+            where = f"; the old run is still in '{self.aside}'" if self.aside else ""
+            print(f"vitscope train: could not undo the failed start in '{self.path}' "
+                  f"({e.strerror or e}){where}.", file=sys.stderr, flush=True)
+
+
+def _aside_name(run_dir: Path) -> Path:
+    """A free name beside the run folder, named so that it is clear what it holds."""
+    for i in range(1000):
+        suffix = f"-{i}" if i else ""
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{os.getpid()}{suffix}")
+        if not aside.exists():
+            return aside
+    raise TrainingError(f"Cannot find a free name beside '{run_dir}' to move the old run to; "
+                        f"remove the '{run_dir.name}.replaced-*' folders there.")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def _holds_something(path: Path) -> bool:
     """A file, or a folder with anything in it (an empty folder may be reused)."""
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
-
-
-def _remove_if_empty(run_dir: Path) -> None:
-    """Undo the creation of a run folder nothing was written to (a run that failed to start)."""
-    try:
-        run_dir.rmdir()  # fails, and keeps the folder, as soon as it holds anything
-    except OSError:
-        pass
 
 
 def _load_data(cfg: TrainConfig, info: D.DistInfo) -> tuple[ImageDataset, ImageDataset]:
@@ -220,10 +286,12 @@ def _load_data(cfg: TrainConfig, info: D.DistInfo) -> tuple[ImageDataset, ImageD
         raise ConfigError(f"The train and val splits of '{cfg.data}' have different classes "
                           f"({len(train.classes)} vs {len(val.classes)}); give both the same "
                           f"class folders.")
-    return _subset(train, cfg.train_subset, cfg.seed), _subset(val, cfg.val_subset, cfg.seed)
+    return (seeded_subset(train, cfg.train_subset, cfg.seed),
+            seeded_subset(val, cfg.val_subset, cfg.seed))
 
 
-def _subset(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
+def seeded_subset(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
+    """train_subset / val_subset: n images picked by `seed` (`vitscope eval` picks the same)."""
     if n is None or n >= len(ds):
         return ds
     keep = np.sort(np.random.default_rng([seed, 0x5B5E7]).permutation(len(ds))[:n])

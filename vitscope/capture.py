@@ -405,6 +405,7 @@ def dataset_for(ckpt, data: str | None = None, split: str = "val", data_dir: str
     size, loaded the way training loaded it (same data_dir, val_split carve-out and seed)."""
     from vitscope.data import load_dataset
 
+    from vitscope.data import training_data_gone
     from vitscope.errors import DataError
 
     tc = ckpt.train_config or {}
@@ -417,12 +418,7 @@ def dataset_for(ckpt, data: str | None = None, split: str = "val", data_dir: str
     except DataError as e:
         if data is not None:
             raise
-        # The user never typed this spec: say where it came from and how to choose another.
-        reason = str(e).split(";")[0].rstrip(".")
-        reason = reason[:1].lower() + reason[1:]
-        raise DataError(f"'{ckpt.path}' was trained on --data {spec}, which cannot be loaded "
-                        f"here ({reason}); pass --data with images of the model's classes, e.g. "
-                        f"--data folder:PATH.") from None
+        raise training_data_gone(ckpt.path, spec, e) from None
 
 
 def run_name(ckpt_path: str | Path) -> str:

@@ -51,13 +51,44 @@ class Checkpoint:
         """The model with its weights (float32, eval mode, on the CPU)."""
         _, model_cls = _arch(self.arch, self.path)
         model = model_cls(self.model_config)
+        mismatch = _state_dict_mismatch(model.state_dict(), self.state_dict)
         try:
+            if mismatch:
+                raise RuntimeError(mismatch)
             model.load_state_dict(self.state_dict)
         except RuntimeError as e:
+            reason = mismatch or str(e).strip().splitlines()[0]
             raise CheckpointError(f"'{self.path}' has weights that do not fit its model_config "
-                                  f"({str(e).splitlines()[0]}); the file was edited or written "
-                                  f"by another tool.") from None
+                                  f"({reason}); the file was edited or written by another "
+                                  f"tool.") from None
         return model.float().eval()
+
+
+def _state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any],
+                         shown: int = 3) -> str:
+    """The first few missing, unexpected and wrongly shaped keys, or "" when all fit."""
+    def names(keys: list[str]) -> str:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [k for k in expected if k in given and isinstance(given[k], torch.Tensor)
+             and given[k].shape != expected[k].shape]
+    not_tensors = [k for k in expected if k in given and not isinstance(given[k], torch.Tensor)]
+    parts = []
+    if missing:
+        parts.append(f"missing {names(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {names(unexpected)}")
+    if wrong:
+        shapes = [f"{k} is {tuple(given[k].shape)} instead of {tuple(expected[k].shape)}"
+                  for k in wrong[:shown]]
+        more = f" and {len(wrong) - shown} more" if len(wrong) > shown else ""
+        parts.append("shape of " + ", ".join(shapes) + more)
+    if not_tensors:
+        parts.append(f"not a tensor: {names(not_tensors)}")
+    return "; ".join(parts)
 
 
 def _arch(name: str, path: Path | str) -> tuple[type, type]:
@@ -97,13 +128,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: Any = N
         payload["resume"] = resume
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        # On disk before the rename: otherwise a power loss can keep the rename but not the
-        # data, leaving an empty checkpoint where the previous good one was.
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            # On disk before the rename: otherwise a power loss can keep the rename but not the
+            # data, leaving an empty checkpoint where the previous good one was.
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: the old file stays, the partial one goes
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -198,6 +233,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if missing:
         raise CheckpointError(f"'{path}' is an incomplete vitscope checkpoint (missing "
                               f"{', '.join(missing)}); it was not written by save_checkpoint.")
+    _check_types(path, obj)
     arch = obj.get("arch", "vit")
     cfg_cls, _ = _arch(arch, path)
     try:
@@ -210,6 +246,28 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                       metrics=dict(obj.get("metrics") or {}),
                       vitscope_version=str(obj.get("vitscope_version", "")),
                       resume=obj.get("resume"))
+
+
+def _check_types(path: Path, obj: dict[str, Any]) -> None:
+    """The optional fields, where present, have the types the rest of vitscope relies on."""
+    expected = {"arch": (str, "a string"), "train_config": (dict, "a dict"),
+                "metrics": (dict, "a dict"), "classes": ((list, tuple), "a list of class names"),
+                "resume": (dict, "a dict"), "vitscope_version": (str, "a string")}
+    for key, (kind, what) in expected.items():
+        value = obj.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise CheckpointError(f"'{path}' has an invalid '{key}' field (a {type(value).__name__}, "
+                                  f"expected {what}); the file was edited or written by another "
+                                  f"tool.")
+    classes = obj.get("classes") or []
+    if not all(isinstance(c, str) for c in classes):
+        bad = next(c for c in classes if not isinstance(c, str))
+        raise CheckpointError(f"'{path}' has an invalid classes list (it holds {bad!r}, expected "
+                              f"class names as strings); the file was edited or written by "
+                              f"another tool.")
+    if not all(isinstance(k, str) for k in obj["state_dict"]):
+        raise CheckpointError(f"'{path}' has a state_dict with keys that are not strings; the "
+                              f"file was edited or written by another tool.")
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:
@@ -229,7 +287,8 @@ def _looks_pickled(path: Path) -> bool:
 def _unsafe_reason(e: Exception) -> str:
     for line in str(e).splitlines():
         if "GLOBAL" in line or "Unsupported" in line:
-            return line.strip().rstrip(".")
+            # Keep what was found, not torch's advice to allow-list it (vitscope never does).
+            return line.split(" was not an allowed global")[0].strip().rstrip(".")
     return "objects outside the allowed set of tensors and plain data"
 
 

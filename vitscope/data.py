@@ -115,6 +115,15 @@ def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_di
                        cache_dir=resolve_cache_dir(cache_dir))
 
 
+def training_data_gone(ckpt_path, spec: str, error: DataError) -> DataError:
+    """The error for a checkpoint's own training data that cannot be loaded here: the user
+    never typed that spec, so say where it came from and how to choose other images."""
+    reason = str(error).split(";")[0].rstrip(".")
+    return DataError(f"'{ckpt_path}' was trained on --data {spec}, which cannot be loaded here "
+                     f"({reason[:1].lower() + reason[1:]}); pass --data with images of the "
+                     f"model's classes, e.g. --data folder:PATH.")
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """`"shapes:train=100"` -> `("shapes", "train=100")`; raise DataError for unknown specs."""
     if not isinstance(spec, str) or not spec.strip():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,12 +50,20 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the field and the allowed values."""
         def positive(name: str) -> None:
-            if not isinstance(getattr(self, name), (int, float)) or getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be a positive number, got {getattr(self, name)!r}.")
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"model.{name} must be a positive number, got {value!r}.")
 
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "embed_dim",
-                     "depth", "num_heads", "mlp_ratio"):
+                     "depth", "num_heads", "mlp_ratio", "norm_eps"):
             positive(name)
+        if self.mlp_dim < 1:
+            raise ConfigError(f"model.mlp_ratio ({self.mlp_ratio}) times model.embed_dim "
+                              f"({self.embed_dim}) gives an MLP width of {self.mlp_dim}; it must be "
+                              f"at least 1, so use mlp_ratio >= {1 / self.embed_dim:.3g}.")
+        if any(c <= 0 for c in self.stem_channels):
+            raise ConfigError(f"model.stem_channels must list positive widths (e.g. [64, 128]), "
+                              f"got {self.stem_channels!r}.")
         if self.stem not in STEMS:
             raise ConfigError(f"model.stem must be one of {', '.join(STEMS)}, got {self.stem!r}.")
         if self.image_size % self.patch_size:

@@ -45,7 +45,9 @@ def default_out_dir(ckpt_path: str | Path) -> Path:
               help="Score a fraction carved from train (default: as in training when --data is not given).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
-@click.option("--tta", is_flag=True, help="Average the logits of each image and its mirror image.")
+@click.option("--tta/--no-tta", default=None,
+              help="Average the logits of each image and its mirror image (default: as the "
+                   "checkpoint's training evaluated, so its recorded val_acc is reproduced).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N images.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for metrics and the confusion matrix (default: outputs/<run>/eval: "
@@ -57,29 +59,46 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
              as_json: bool) -> None:
     """Accuracy, loss, per-class accuracy and a confusion-matrix PNG of a checkpoint."""
     from vitscope.checkpoint import load_model
-    from vitscope.data import load_dataset, normalization
+    from vitscope.data import load_dataset, normalization, training_data_gone
     from vitscope.errors import DataError
     from vitscope.evaluation import evaluate, plot_confusion, resolve_device
 
     model, ck = load_model(ckpt)
     tc = ck.train_config
-    if spec is None:
+    own_data = spec is None
+    if own_data:
         spec = tc.get("data")
         if not spec:
             raise DataError(f"'{ckpt}' does not record the dataset it was trained on; pass "
                             f"--data SPEC (e.g. --data cifar10 or --data folder:PATH).")
         if val_split is None:  # the checkpoint's own validation images, carved the same way
             val_split = tc.get("val_split")
+    if tta is None:
+        tta = bool(tc.get("eval_flip_tta", False))
     dev = resolve_device(device)
-    dataset = load_dataset(spec, split, _image_size(ck), data_dir=data_dir or tc.get("data_dir", "./data"),
-                           val_split=val_split, seed=int(tc.get("seed", 0)))
+    out = prepare_out_dir(Path(out_dir) if out_dir else default_out_dir(ck.path))
+    seed = int(tc.get("seed", 0))
+    try:
+        dataset = load_dataset(spec, split, _image_size(ck),
+                               data_dir=data_dir or tc.get("data_dir", "./data"),
+                               val_split=val_split, seed=seed)
+    except DataError as e:
+        if not own_data:
+            raise
+        raise training_data_gone(ck.path, spec, e) from None
+    subset = _training_subset(tc, split, len(dataset)) \
+        if own_data and val_split == tc.get("val_split") else None
+    if subset is not None:
+        # exactly the images training scored (or trained on): the runner's seeded subset
+        from vitscope.train.runner import seeded_subset
+        dataset = seeded_subset(dataset, subset, seed)
     mean, std = normalization(ck)
     result = evaluate(model, dataset, mean, std, classes=ck.classes or None, batch_size=batch_size,
                       device=dev, tta=tta, limit=limit)
     result.update(checkpoint=str(ck.path), data=spec, split=split, device=str(dev))
+    if subset is not None:
+        result[f"{split}_subset"] = subset
 
-    out = Path(out_dir) if out_dir else default_out_dir(ck.path)
-    out.mkdir(parents=True, exist_ok=True)
     png = plot_confusion(result, out / f"confusion_{split}.png",
                          title=f"{Path(ckpt).name} on {spec} ({split}): accuracy "
                                f"{result['accuracy']:.2%}" + (" with flip TTA" if tta else ""))
@@ -89,12 +108,37 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{spec} ({split}, {result['n']} images{', flip TTA' if tta else ''}): accuracy "
+    as_trained = f", {split}_subset as in training" if f"{split}_subset" in result else ""
+    click.echo(f"{spec} ({split}, {result['n']} images{as_trained}{', flip TTA' if tta else ''}): accuracy "
                f"{result['accuracy']:.2%}  loss {result['loss']:.4f}")
     width = max(len(c) for c in result["classes"])
     for name, acc in result["per_class_accuracy"].items():
         click.echo(f"  {name:<{width}}  {'-' if acc is None else f'{acc:.2%}'}")
     click.echo(f"wrote {metrics} and {png}")
+
+
+def _training_subset(train_config: dict[str, Any], split: str, n: int) -> int | None:
+    """The train_subset / val_subset the run used for `split`, when it kept fewer than n."""
+    subset = train_config.get(f"{split}_subset")
+    ok = isinstance(subset, int) and not isinstance(subset, bool) and 0 < subset < n
+    return subset if ok else None
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Create the output folder and make sure files can be written there, before any work:
+    one ConfigError sentence instead of a traceback after the whole evaluation."""
+    import tempfile
+
+    from vitscope.errors import ConfigError
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # os.access says yes to root on read-only mounts
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(f"Cannot write to the output folder '{out}' ({reason}); choose a "
+                          f"writable folder with -o.") from None
+    return out
 
 
 @click.command()

@@ -33,7 +33,9 @@ FLAG_FIELDS = {"data": "data", "data_dir": "data_dir", "val_split": "val_split",
 @click.option("--patience", type=int, help="Stop after N epochs without a better val_acc.")
 @click.option("--name", help="Run folder name under --runs-dir.")
 @click.option("--runs-dir", help="Parent of run folders  [default: runs]")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run folder of the same name.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing run folder of the same name (the old one is kept until "
+                   "the new run writes its first checkpoint).")
 @click.option("--resume", "resume_path", type=click.Path(dir_okay=False),
               help="Continue a run exactly from its last.pt.")
 @click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bar or epoch lines.")

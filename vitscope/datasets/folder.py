@@ -2,8 +2,9 @@
 
 Three layouts are recognised (docs/data.md):
 
-    PATH/train/<class>/*.jpg + PATH/val/<class>/*   (or test/)   two splits
-    PATH/<class>/*.png                                            one split; val carved with val_split
+    PATH/train/<class>/*.jpg + PATH/val/<class>/*   two splits (train/ may be named training/;
+                                                    val/ may be valid/, validation/ or test/)
+    PATH/<class>/*.png                              one split; val carved with val_split
     PATH/*.jpg                                                    unlabeled (labels -1, classes [])
 
 Any format PIL reads, any size (see images.py for the resize policy). The decoded array is
@@ -31,6 +32,10 @@ DEFAULT_VAL_SPLIT = 0.1
 POOL_MIN_FILES = 256     # below this, decoding in-process is faster than starting workers
 TASK_FILES = 256         # files per pool task: large enough to amortise the inter-process cost
 MAX_LISTED = 20          # skipped files named in the warning; the rest are counted
+# Accepted names of the split folders, in order of preference (matched case-insensitively).
+TRAIN_DIRS = ("train", "training")
+VAL_DIRS = ("val", "valid", "validation", "test")
+SPLIT_NAMES = frozenset((*TRAIN_DIRS, *VAL_DIRS, "testing"))
 
 
 class DataWarning(UserWarning):
@@ -52,29 +57,56 @@ def load(path: str, split: str, image_size: int, *, spec: str, val_split: float 
     if not root.is_dir():
         raise DataError(f"'{root}' of --data {spec} is a file, not a folder; folder:PATH needs a "
                         f"folder of images or of class sub-folders.")
-    train_dir = root / "train"
-    val_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    train_dir, val_dir = split_dirs(root)
 
-    if train_dir.is_dir() and val_dir is not None and val_split is None:
+    if train_dir is not None and val_dir is not None and val_split is None:
         train_classes = _class_dirs(train_dir)
         val_classes = _class_dirs(val_dir)
         if train_classes and val_classes and train_classes != val_classes:
             only_train = sorted(set(train_classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(train_classes))
             raise DataError(
-                f"The train and {val_dir.name} folders of '{root}' have different classes "
-                f"(only in train: {', '.join(only_train) or '-'}; only in {val_dir.name}: "
-                f"{', '.join(only_val) or '-'}); give both splits the same class sub-folders.")
+                f"The {train_dir.name} and {val_dir.name} folders of '{root}' have different "
+                f"classes (only in {train_dir.name}: {', '.join(only_train) or '-'}; only in "
+                f"{val_dir.name}: {', '.join(only_val) or '-'}); give both splits the same class "
+                f"sub-folders.")
         return _load_tree(train_dir if split == "train" else val_dir, split, image_size, spec,
                           cache_dir, workers)
 
     # One split on disk (PATH/train alone, or PATH itself): val is carved from it.
-    source = train_dir if train_dir.is_dir() else root
+    source = train_dir if train_dir is not None else root
     full = _load_tree(source, "train", image_size, spec, cache_dir, workers)
     if not full.classes and val_split is None:
         full.split = split  # a flat, unlabeled folder: every image, whichever split is asked
         return full
     return carve_split(full, split, val_split if val_split is not None else DEFAULT_VAL_SPLIT, seed)
+
+
+def split_dirs(root: Path) -> tuple[Path | None, Path | None]:
+    """The train and val folders of a two-split tree (None where there is none)."""
+    by_name = {name.lower(): root / name for name in _class_dirs(root)}
+    train = next((by_name[n] for n in TRAIN_DIRS if n in by_name), None)
+    val = next((by_name[n] for n in VAL_DIRS if n in by_name), None)
+    return train, val
+
+
+def _check_split_names_as_classes(folder: Path, classes: list[str], spec: str) -> None:
+    """Class folders named like splits (PATH/val/<class> with no PATH/train, PATH/test alone,
+    PATH/train/{train,val}) mean a layout vitscope did not recognise: refuse when every class
+    is such a name, warn when some are (a class may really be called "valid")."""
+    found = [name for name in classes if name.lower() in SPLIT_NAMES]
+    if not found:
+        return
+    layouts = (f"vitscope reads PATH/train/<class>/ with PATH/val/<class>/ (train/ may be "
+               f"named training/; val/ may be valid/, validation/ or test/), PATH/train/<class>/ "
+               f"alone, or PATH/<class>/")
+    if len(found) == len(classes):
+        raise DataError(f"The folder '{folder}' of --data {spec} has only sub-folders named like "
+                        f"dataset splits ({', '.join(found)}), which would be read as classes; "
+                        f"{layouts}, so rename the folders or point folder: at the right one.")
+    warnings.warn(f"The folder(s) {', '.join(found)} in '{folder}' are named like dataset splits "
+                  f"but are read as classes ({layouts}); rename them if they are not classes.",
+                  DataWarning, stacklevel=5)
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -104,6 +136,7 @@ def _load_tree(folder: Path, split: str, image_size: int, spec: str, cache_dir: 
     from vitscope.data import ImageDataset
 
     classes = _class_dirs(folder)
+    _check_split_names_as_classes(folder, classes, spec)
     entries: list[os.DirEntry] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -132,6 +165,7 @@ def _load_tree(folder: Path, split: str, image_size: int, spec: str, cache_dir: 
         raise DataError(f"None of the {len(paths)} image files in '{folder}' could be decoded "
                         f"(e.g. {paths[0]}: {errors[0]}); check that they are images.")
     if bad:
+        _refuse_emptied_classes(folder, classes, labels, bad, paths, errors)
         listed = "; ".join(f"{paths[i]} ({errors[i]})" for i in bad[:MAX_LISTED])
         more = f"; and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
         warnings.warn(f"Skipped {len(bad)} unreadable image file(s) of {len(paths)} in "
@@ -142,6 +176,24 @@ def _load_tree(folder: Path, split: str, image_size: int, spec: str, cache_dir: 
         labels = [labels[i] for i in keep]
     return ImageDataset(images=images, labels=np.asarray(labels, dtype=np.int64), classes=classes,
                         masks=None, spec=spec, split=split, paths=paths)
+
+
+def _refuse_emptied_classes(folder: Path, classes: list[str], labels: list[int], bad: list[int],
+                            paths: list[str], errors: list[str | None]) -> None:
+    """A class whose files all fail to decode must not train as a class with no images."""
+    if not classes:
+        return
+    broken = set(bad)
+    good = np.bincount([lab for i, lab in enumerate(labels) if i not in broken],
+                       minlength=len(classes))
+    emptied = [c for c in range(len(classes)) if good[c] == 0]
+    if emptied:
+        example = next(i for i in bad if labels[i] == emptied[0])
+        names = ", ".join(f"'{folder / classes[c]}'" for c in emptied[:MAX_LISTED])
+        raise DataError(f"None of the image files of the class folder(s) {names} could be "
+                        f"decoded (e.g. {paths[example]}: {errors[example]}), so the class "
+                        f"would have no images; replace the files with readable images or "
+                        f"remove the folder.")
 
 
 def cache_key(entries: list[os.DirEntry], image_size: int) -> str:
