@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,20 @@ from vitscope.model import ModelConfig, ViT  # noqa: E402
 
 TINY = dict(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0,
             num_classes=5)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_repository():
+    """Tests write under tmp_path only: a command run with a default output location from the
+    repository root would leave results in its outputs/ or runs/ (and in a user's checkout)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def listing():
+        return {str(p.relative_to(root)) for d in ("outputs", "runs") if (root / d).is_dir()
+                for p in (root / d).rglob("*")}
+    before = listing()
+    yield
+    assert listing() == before, f"tests wrote into the repository: {sorted(listing() - before)}"
 
 
 @pytest.fixture

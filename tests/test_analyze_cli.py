@@ -205,7 +205,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(small_dump, tmp_path, 
     blocker.write_text("keep me")
     res = run("analyze", "--dump", dump_path, "--plugin", "rollout", "-o", blocker / "sub")
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
-    assert f"Error: Cannot create the output folder '{blocker / 'sub'}'" in res.output
+    assert f"Error: Cannot write to the folder '{blocker / 'sub'}'" in res.output
     assert blocker.read_text() == "keep me"
 
 

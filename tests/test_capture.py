@@ -79,7 +79,7 @@ def test_exception_during_capture_leaves_no_dump(tmp_path, shapes_ckpt):
     folder = tmp_path / "dumps"
     with pytest.raises(RuntimeError, match="boom in batch 3"):
         capture(model, ds, folder / "out.h5", ckpt=ck, batch_size=4)
-    assert list(folder.iterdir()) == []
+    assert not folder.exists()   # no partial file, and not even the folder it created
     assert all(not m._forward_hooks for m in model.modules())  # capture hooks removed
     handle.remove()
     # An existing dump survives a failed forced re-capture untouched.
@@ -107,7 +107,7 @@ def test_write_failure_stops_the_capture(tmp_path, shapes_ckpt, monkeypatch):
     with pytest.raises(DumpError, match=r"Writing '.*out.h5.partial' failed \(OSError: .*No space "
                                         r"left on device\); check free disk space"):
         capture(model, ds, tmp_path / "d" / "out.h5", ckpt=ck, batch_size=4)
-    assert list((tmp_path / "d").iterdir()) == []
+    assert not (tmp_path / "d").exists()
 
 
 RSS_CHILD = textwrap.dedent("""
@@ -366,7 +366,7 @@ def test_cli_dump_bad_device_and_output_path(tmp_path, shapes_ckpt):
     blocker.write_text("not a folder")
     res = run_cli(shapes_ckpt, "--hooks", "cls", "-o", blocker / "x.h5", "-q")
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
-    assert f"Error: Cannot create the folder '{blocker}' for the dump" in res.output
+    assert f"Error: Cannot write to the folder '{blocker}' (" in res.output
     assert blocker.read_text() == "not a folder"
 
 

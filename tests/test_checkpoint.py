@@ -161,3 +161,11 @@ def test_files_the_safe_loader_cannot_parse_say_how_to_convert(tmp_path, save):
     message = err(path)
     assert "is a raw pickle (or an old-style torch file with pickle protocol 4+)" in message
     assert "re-save it with torch.save" in message
+
+
+def test_a_dump_given_as_checkpoint_says_what_it_is(tmp_path):
+    from vitscope.testing import make_dump
+    dump = make_dump(tmp_path / "d.h5", n=2, hooks=["cls"])
+    message = err(dump)
+    assert "is an HDF5 file (an activation dump?), not a checkpoint" in message
+    assert f"vitscope analyze --dump {dump}" in message

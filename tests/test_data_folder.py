@@ -208,3 +208,14 @@ def test_a_class_named_like_a_split_beside_real_classes_is_kept_with_a_warning(t
     with pytest.warns(folder_mod.DataWarning, match=r"valid in '.*' are named like dataset splits"):
         ds = load(f"folder:{root}", "train", 8, tmp_path / "c")
     assert ds.classes == ["cat", "dog", "valid"]
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")                       # mode I;16
+    Image.fromarray((ramp / 65535).astype(np.float32)).save(tmp_path / "f.tiff")  # mode F
+    for name in ("g16.png", "f.tiff"):
+        img = decode_image(tmp_path / name, 32)
+        assert img.shape == (32, 32, 3)
+        assert img.min() <= 2 and img.max() >= 253           # the whole range, not clipped white
+        assert abs(float(img.mean()) - 127.5) < 3, name

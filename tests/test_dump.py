@@ -221,9 +221,9 @@ def test_unwritable_outputs_are_one_sentence(tmp_path, loaded, shapes16):
     blocker.write_text("keep me")
     for i in (0, 1):
         capture(model, shapes16, tmp_path / f"s{i}.h5", "cls", ckpt=ck, limit=6, shard=(i, 2))
-    with pytest.raises(DumpError, match="Cannot create the folder .*a-file.* choose another path"):
+    with pytest.raises(DumpError, match="Cannot write to the folder .*a-file.* choose another path"):
         merge([tmp_path / "s0.h5", tmp_path / "s1.h5"], blocker / "m.h5")
     if os.path.isdir("/proc/self"):  # writable to os.access as root, refused by the kernel
-        with pytest.raises(DumpError, match=r"Cannot write '/proc/x\.h5\.partial'"):
+        with pytest.raises(DumpError, match=r"Cannot write to the folder '/proc' \("):
             capture(model, shapes16, "/proc/x.h5", "cls", ckpt=ck, limit=2)
     assert blocker.read_text() == "keep me"

@@ -117,7 +117,8 @@ def test_plot_confusion_handles_many_classes(tmp_path):
     assert plot_confusion(result, tmp_path / "c.png").stat().st_size > 1000
 
 
-def test_eval_cli_errors_are_one_line(eval_ckpt, tmp_path):
+def test_eval_cli_errors_are_one_line(eval_ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     flat = tmp_path / "flat"
     flat.mkdir()
     Image.new("RGB", (20, 20), (9, 9, 9)).save(flat / "a.png")
@@ -135,6 +136,7 @@ def test_eval_cli_errors_are_one_line(eval_ckpt, tmp_path):
                                                                   embed_dim=32, depth=1, num_heads=2)))
     result = run("eval", bare)
     assert result.exit_code == 1 and "--data SPEC" in result.output
+    assert not (tmp_path / "outputs").exists()   # failed evaluations leave no empty folders
 
 
 def test_eval_refuses_an_output_folder_it_cannot_write_before_evaluating(eval_ckpt, tmp_path,
@@ -150,7 +152,7 @@ def test_eval_refuses_an_output_folder_it_cannot_write_before_evaluating(eval_ck
     for out in ("/proc/vitscope-eval", a_file / "sub"):
         result = run("eval", eval_ckpt, "--device", "cpu", "-o", out)
         assert result.exit_code == 1, result.output
-        assert result.output.startswith(f"Error: Cannot write to the output folder '{out}' (")
+        assert result.output.startswith(f"Error: Cannot write to the folder '{out}' (")
         assert "choose a writable folder with -o" in result.output
         assert len(result.output.strip().splitlines()) == 1
 

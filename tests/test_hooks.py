@@ -146,3 +146,28 @@ def test_summaries_keep_gaps_between_blocks():
     from vitscope.hooks import summarize_names
     names = [f"blocks.{i}.out" for i in (0, 1, 2, 5, 7, 8)] + ["cls"]
     assert summarize_names(names) == "blocks.0–2,5,7–8.out, cls"
+
+
+def test_overlapping_patterns_run_a_hook_once_and_bad_returns_are_named(tiny_vit):
+    calls = []
+
+    def halve(t, name):
+        calls.append(name)
+        return t * 0.5
+    x = torch.randn(2, 3, 16, 16)
+    with attach(tiny_vit, {"blocks.0.out": halve, "blocks.*.out": halve}) as names:
+        once = tiny_vit(x)
+    assert names == ["blocks.0.out", "blocks.1.out"] and sorted(calls) == names
+    with attach(tiny_vit, {"blocks.*.out": halve}):
+        torch.testing.assert_close(tiny_vit(x), once)
+    with pytest.raises(HookError, match="The hook on 'cls' returned a value of type int; a hook returns None"):
+        with attach(tiny_vit, {"cls": lambda t, n: 5}):
+            tiny_vit(x)
+    with pytest.raises(HookError, match=r"returned a tensor of shape \(2,\) for an activation"):
+        with attach(tiny_vit, {"cls": lambda t, n: t[:, 0]}):
+            tiny_vit(x)
+
+
+def test_the_model_names_a_wrong_channel_count(tiny_vit):
+    with pytest.raises(ValueError, match=r"got \(1, 1, 16, 16\).*give it 3 channels"):
+        tiny_vit(torch.zeros(1, 1, 16, 16))

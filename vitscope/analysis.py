@@ -169,7 +169,7 @@ def describe_dump(dump, limit: int | None = None) -> dict[str, Any]:
         "checkpoint": a.get("checkpoint_path") or "",
         "checkpoint_sha256": a.get("checkpoint_sha256") or "",
         "data": a.get("dataset", ""), "split": a.get("split", ""), "images": n,
-        "dump": str(dump.path), "model_config": dump.model_config, "classes": dump.classes,
+        "dump": str(Path(dump.path).resolve()), "model_config": dump.model_config, "classes": dump.classes,
         "has_masks": dump.masks is not None,
     }
 

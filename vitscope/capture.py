@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.dump import Dump, DumpWriter, TokenLayout, prepare_output
+from vitscope.dump import Dump, DumpWriter, TokenLayout
 from vitscope.errors import DumpError, VitscopeError
 from vitscope.hooks import attach, hook_points, resolve
+from vitscope.paths import make_output_dir, remove_empty
 
 DEFAULT_HOOKS: tuple[str, ...] = (
     "patch_embed.out",
@@ -84,7 +85,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
                         compression, len(order), (index, count, start, stop) if shard else None)
     labels = _labels_for(dataset, attrs["classes"])  # (labels, remapped)
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    prepare_output(out)
+    created = make_output_dir(out.parent, DumpError, "choose another path with -o")
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)  # a stale one from a killed run (its writer is gone)
     was_training = model.training
@@ -104,6 +105,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
         if writer is not None:
             writer.abort()
         partial.unlink(missing_ok=True)
+        remove_empty(created)
         raise
     finally:
         model.train(was_training)

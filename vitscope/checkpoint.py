@@ -166,6 +166,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
 def read_raw(path: str | Path) -> dict[str, Any]:
     """`torch.load(path, weights_only=True)` with one clear sentence for each failure."""
     path = Path(path)
@@ -178,6 +181,12 @@ def read_raw(path: str | Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"'{path}' is empty (0 bytes), so it is truncated or was never "
                               f"written; expected a vitscope checkpoint.")
+    with open(path, "rb") as f:
+        if f.read(8) == HDF5_SIGNATURE:  # a dump passed where a checkpoint goes: an easy slip
+            raise CheckpointError(f"'{path}' is an HDF5 file (an activation dump?), not a "
+                                  f"checkpoint; render a dump with `vitscope analyze --dump "
+                                  f"{path} --plugin NAME`, or inspect it with `vitscope dump "
+                                  f"info {path}`.")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
             warnings.simplefilter("ignore")

@@ -36,6 +36,7 @@ import numpy as np
 from vitscope import __version__
 from vitscope.errors import DumpError
 from vitscope.hooks import layer_sort_key, match_names, summarize_names
+from vitscope.paths import make_output_dir, remove_empty
 
 FORMAT = "vitscope-dump"
 VERSION = 1
@@ -143,18 +144,6 @@ def _decode(key: str, value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def prepare_output(out: Path) -> None:
-    """Create the folder of an output file; a DumpError, not a traceback, where that fails."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DumpError(f"Cannot create the folder '{out.parent}' for the dump ({e.strerror}); "
-                        f"choose another path with -o.") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise DumpError(f"The folder '{out.parent}' is not writable; choose another path "
-                        f"with -o.")
 
 
 def create_file(path: Path, **kwargs) -> h5py.File:
@@ -431,13 +420,15 @@ def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False)
         for p in paths:
             opened.append(Dump.open(p))
         ordered = _check_shards(opened)
-        prepare_output(out)
+        created = make_output_dir(out.parent, DumpError, "choose another path with -o")
         partial = out.with_name(out.name + ".partial")
         try:
             _write_virtual(ordered, out, partial)
             os.replace(partial, out)
-        finally:
+        except BaseException:
             partial.unlink(missing_ok=True)
+            remove_empty(created)
+            raise
     finally:
         for d in opened:
             d.close()

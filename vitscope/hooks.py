@@ -145,14 +145,20 @@ def unknown_hook_message(pattern: str, available: list[str]) -> str:
 def attach(model: nn.Module, hooks: dict[str, HookFn]) -> Iterator[list[str]]:
     """Attach `fn(tensor, name)` to every hook point matching each key; remove them on exit.
 
-    Yields the list of hook point names that received a hook.
+    Yields the list of hook point names that received a hook. A function reached through two
+    overlapping patterns (`blocks.0.out` and `blocks.*.out`) runs once per point; different
+    functions on one point run in the order of `hooks`, each seeing the previous one's output.
     """
     points = hook_points(model)
     handles = []
     attached: list[str] = []
+    done: set[tuple[str, int]] = set()
     try:
         for pattern, fn in hooks.items():
             for name in resolve(list(points), pattern):
+                if (name, id(fn)) in done:
+                    continue
+                done.add((name, id(fn)))
                 handles.append(points[name].register_forward_hook(_adapter(fn, name)))
                 attached.append(name)
         yield attached
@@ -163,7 +169,16 @@ def attach(model: nn.Module, hooks: dict[str, HookFn]) -> Iterator[list[str]]:
 
 def _adapter(fn: HookFn, name: str):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor):
-        return fn(output, name)
+        out = fn(output, name)
+        if out is not None and not isinstance(out, torch.Tensor):
+            raise HookError(f"The hook on '{name}' returned a value of type "
+                            f"{type(out).__name__}; a hook returns None (keep the activation) "
+                            f"or a tensor to replace it.")
+        if out is not None and out.shape != output.shape:
+            raise HookError(f"The hook on '{name}' returned a tensor of shape "
+                            f"{tuple(out.shape)} for an activation of shape "
+                            f"{tuple(output.shape)}; return a tensor of the same shape.")
+        return out
     return hook
 
 

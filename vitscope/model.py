@@ -333,10 +333,11 @@ class ViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images B×C×H×W (normalised) to the final-norm tokens B×T×D."""
-        if x.ndim != 4 or x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
-            raise ValueError(f"ViT expects images B×{self.cfg.in_channels}×{self.cfg.image_size}×"
-                             f"{self.cfg.image_size}, got {tuple(x.shape)}; resize the input to the "
-                             f"model's image_size.")
+        c, size = self.cfg.in_channels, self.cfg.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (c, size, size):
+            raise ValueError(f"ViT expects images B×{c}×{size}×{size}, got {tuple(x.shape)}; "
+                             f"resize the input to the model's image_size (and give it {c} "
+                             f"channels).")
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.embed.out(self.pos_drop(x + self.pos_embed))

@@ -45,6 +45,7 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     from vitscope.analysis import PluginResult, missing_hooks, render_plugins, union_requires
     from vitscope.errors import PluginError
     from vitscope.hooks import summarize_names
+    from vitscope.paths import make_output_dir, remove_empty
     from vitscope.plugin import discover, parse_opts
 
     if not names and not all_:
@@ -89,7 +90,8 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
                    f"{where} does not have", err=True)
     working = [e for e in working if e.name not in missing]
     patterns = union_requires(working)
-    created = _prepare_run_dir(run)   # before a capture whose figures could not be saved
+    # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
+    created = make_output_dir(run, PluginError, "choose another output folder with -o")
 
     if dump_path is not None:
         click.echo(f"Using dump {path}")
@@ -100,7 +102,7 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
                                        hooks=patterns, batch_size=batch_size, device=dev,
                                        progress=True)
         except BaseException:
-            _remove_empty(created)    # a failed capture leaves no empty output folders
+            remove_empty(created)
             raise
         click.echo(f"{'Reusing' if reused else 'Captured'} dump {path} "
                    f"({summarize_names(_hook_names(path))})")
@@ -128,32 +130,6 @@ def _run_name(ckpt, dump_path: Path | None) -> str:
         from vitscope.capture import run_name
         return run_name(ckpt)
     return dump_path.stem
-
-
-def _prepare_run_dir(run: Path) -> list[Path]:
-    """Create the output folder now: a PluginError, not a traceback, where that cannot be done.
-    Returns the folders this created, innermost first."""
-    import os
-
-    from vitscope.errors import PluginError
-    created = [p for p in [run, *run.parents] if not p.exists()]
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PluginError(f"Cannot create the output folder '{run}' ({e.strerror}); choose "
-                          f"another one with -o.") from None
-    if not os.access(run, os.W_OK | os.X_OK):
-        raise PluginError(f"The output folder '{run}' is not writable; choose another one "
-                          f"with -o.")
-    return created
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for folder in folders:
-        try:
-            folder.rmdir()   # refuses, and keeps the folder, once anything is in it
-        except OSError:
-            return
 
 
 def _hook_names(path: Path) -> list[str]:

@@ -60,8 +60,9 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
     """Accuracy, loss, per-class accuracy and a confusion-matrix PNG of a checkpoint."""
     from vitscope.checkpoint import load_model
     from vitscope.data import load_dataset, normalization, training_data_gone
-    from vitscope.errors import DataError
+    from vitscope.errors import ConfigError, DataError
     from vitscope.evaluation import evaluate, plot_confusion, resolve_device
+    from vitscope.paths import output_folder
 
     model, ck = load_model(ckpt)
     tc = ck.train_config
@@ -76,28 +77,30 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
     if tta is None:
         tta = bool(tc.get("eval_flip_tta", False))
     dev = resolve_device(device)
-    out = prepare_out_dir(Path(out_dir) if out_dir else default_out_dir(ck.path))
-    seed = int(tc.get("seed", 0))
-    try:
-        dataset = load_dataset(spec, split, _image_size(ck),
-                               data_dir=data_dir or tc.get("data_dir", "./data"),
-                               val_split=val_split, seed=seed)
-    except DataError as e:
-        if not own_data:
-            raise
-        raise training_data_gone(ck.path, spec, e) from None
-    subset = _training_subset(tc, split, len(dataset)) \
-        if own_data and val_split == tc.get("val_split") else None
-    if subset is not None:
-        # exactly the images training scored (or trained on): the runner's seeded subset
-        from vitscope.train.runner import seeded_subset
-        dataset = seeded_subset(dataset, subset, seed)
-    mean, std = normalization(ck)
-    result = evaluate(model, dataset, mean, std, classes=ck.classes or None, batch_size=batch_size,
-                      device=dev, tta=tta, limit=limit)
-    result.update(checkpoint=str(ck.path), data=spec, split=split, device=str(dev))
-    if subset is not None:
-        result[f"{split}_subset"] = subset
+    out = Path(out_dir) if out_dir else default_out_dir(ck.path)
+    # Checked before the evaluation, removed again if it fails before writing anything.
+    with output_folder(out, ConfigError, "choose a writable folder with -o"):
+        seed = int(tc.get("seed", 0))
+        try:
+            dataset = load_dataset(spec, split, _image_size(ck),
+                                   data_dir=data_dir or tc.get("data_dir", "./data"),
+                                   val_split=val_split, seed=seed)
+        except DataError as e:
+            if not own_data:
+                raise
+            raise training_data_gone(ck.path, spec, e) from None
+        subset = _training_subset(tc, split, len(dataset)) \
+            if own_data and val_split == tc.get("val_split") else None
+        if subset is not None:
+            # exactly the images training scored (or trained on): the runner's seeded subset
+            from vitscope.train.runner import seeded_subset
+            dataset = seeded_subset(dataset, subset, seed)
+        mean, std = normalization(ck)
+        result = evaluate(model, dataset, mean, std, classes=ck.classes or None,
+                          batch_size=batch_size, device=dev, tta=tta, limit=limit)
+        result.update(checkpoint=str(ck.path), data=spec, split=split, device=str(dev))
+        if subset is not None:
+            result[f"{split}_subset"] = subset
 
     png = plot_confusion(result, out / f"confusion_{split}.png",
                          title=f"{Path(ckpt).name} on {spec} ({split}): accuracy "
@@ -122,23 +125,6 @@ def _training_subset(train_config: dict[str, Any], split: str, n: int) -> int | 
     subset = train_config.get(f"{split}_subset")
     ok = isinstance(subset, int) and not isinstance(subset, bool) and 0 < subset < n
     return subset if ok else None
-
-
-def prepare_out_dir(out: Path) -> Path:
-    """Create the output folder and make sure files can be written there, before any work:
-    one ConfigError sentence instead of a traceback after the whole evaluation."""
-    import tempfile
-
-    from vitscope.errors import ConfigError
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):  # os.access says yes to root on read-only mounts
-            pass
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise ConfigError(f"Cannot write to the output folder '{out}' ({reason}); choose a "
-                          f"writable folder with -o.") from None
-    return out
 
 
 @click.command()

@@ -38,7 +38,7 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
         if img.format == "JPEG":
             img.draft("RGB", (size, size))  # let libjpeg decode at a reduced scale >= size
         img = ImageOps.exif_transpose(img)
-        img = img.convert("RGB")
+        img = _to_rgb(img)
         w, h = img.size
         scale = size / min(w, h)
         new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
@@ -47,6 +47,20 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
         left, top = (new_w - size) // 2, (new_h - size) // 2
         img = img.crop((left, top, left + size, top + size))
         return np.asarray(img, dtype=np.uint8).copy()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with 16-bit and float images scaled to 8 bits first: PIL's convert() clips them at
+    255, which turns a 16-bit greyscale PNG almost white."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+            a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        else:   # integer samples: their full 16-bit range (or the data's, if wider)
+            a = a * (255 / max(65535.0, float(a.max())))
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 def describe_error(e: BaseException) -> str:
