@@ -18,7 +18,7 @@ from vitscope.checkpoint import load_model
 from vitscope.cli import main
 from vitscope.data import ImageDataset, load_dataset
 from vitscope.dump import Dump
-from vitscope.errors import DumpError, HookError
+from vitscope.errors import DataError, DumpError, HookError
 from vitscope.model import ViT
 
 # A capture that pauses inside its third batch (two batches already handed to the writer).
@@ -332,6 +332,12 @@ def test_a_dump_is_reused_only_for_the_same_pixels(tmp_path, shapes_ckpt, monkey
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "val" / "circle" / "1.png")
     second, reused = ensure_dump(shapes_ckpt, data=spec, n=6, hooks=["cls"], dump_dir=dumps)
     assert not reused and second != first
+    # The data moved away: a dump that matches in everything else still serves, with a warning.
+    root.rename(tmp_path / "moved")
+    with pytest.warns(UserWarning, match="without re-checking its images"):
+        assert ensure_dump(shapes_ckpt, data=spec, n=6, hooks=["cls"], dump_dir=dumps)[1]
+    with pytest.raises(DataError, match="does not exist"):       # nothing to reuse: the error
+        ensure_dump(shapes_ckpt, data=spec, n=6, hooks=["norm.out"], dump_dir=dumps)
 
 
 def test_analyze_reuses_what_vitscope_dump_wrote(tmp_path, shapes_ckpt, monkeypatch):

@@ -104,6 +104,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_fails_before_its_first_che
         assert isinstance(res.exception, RuntimeError) and str(res.exception) == "boom"
     else:
         assert "NaN or infinite at step 0 (epoch 1" in res.output
+        assert f"'{runs / 'old'}' holds the previous run again" in res.output
     assert files(runs / "old") == before
     assert [p.name for p in runs.iterdir()] == ["old"]  # nothing moved aside is left over
 
@@ -119,6 +120,39 @@ def test_overwrite_replaces_the_old_run_once_the_new_one_wrote_a_checkpoint(tmp_
     assert [p.name for p in runs.iterdir()] == ["old"]
     assert (runs / "old/best.pt").read_bytes() != old_best  # the new run's epoch 1 is kept
     assert load_checkpoint(runs / "old/last.pt").train_config["seed"] == 1
+
+
+def test_ctrl_c_in_the_first_epoch_of_an_overwrite_keeps_both_runs(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    assert train(runs, "--name", "old", "--quiet").exit_code == 0
+    before = files(runs / "old")
+    real_step = engine.Trainer.train_step
+
+    def ctrl_c_at_step_2(self, x, targets):
+        if self.global_step == 2:
+            self.stop_requested = True       # what the SIGINT handler does
+        return real_step(self, x, targets)
+    monkeypatch.setattr(engine.Trainer, "train_step", ctrl_c_at_step_2)
+    res = train(runs, "--name", "old", "--overwrite", "--seed", 1, "--quiet")
+    assert res.exit_code == 130, res.output
+    aside = next(runs.glob("old.replaced-*"))
+    assert f"the run it replaces is kept in '{aside}' until you delete it" in res.output
+    assert files(aside) == before                                   # the old run, untouched
+    assert load_checkpoint(runs / "old/last.pt").resume["step_in_epoch"] == 3  # resumable
+    monkeypatch.undo()
+    res = CliRunner().invoke(main, ["train", "--resume", str(runs / "old/last.pt"), "--quiet"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_run_left_aside_by_a_killed_overwrite_is_named(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "k").mkdir(parents=True)
+    (runs / "k" / "config.json").write_text("{}")             # a start killed with SIGKILL
+    (runs / "k.replaced-4242").mkdir()
+    res = train(runs, "--name", "k")
+    assert res.exit_code == 1, res.output
+    assert f"left the run it replaced in '{runs / 'k.replaced-4242'}'" in res.output
+    assert "--resume" not in res.output                      # there is no last.pt to resume
 
 
 def test_runs_dir_that_is_a_file_is_one_error_naming_it(tmp_path):

@@ -54,6 +54,7 @@ class Trainer:
                  on_first_save: Callable[[], None] | None = None):
         self.cfg, self.model, self.data, self.run_dir = cfg, model, data, run_dir
         self.on_first_save = on_first_save  # rank 0: the run folder is worth keeping from now on
+        self.interrupting = False
         self.dist, self.device, self.precision = dist, device, precision
         self.ckpt_train_config = ckpt_train_config
         self.callbacks = list(callbacks)
@@ -290,8 +291,8 @@ class Trainer:
                                arch=self.cfg.arch, classes=self.data.classes,
                                train_config=self.ckpt_train_config, metrics=self._ckpt_metrics(),
                                resume=resume if with_resume else None)
-        if self.on_first_save is not None:
-            self.on_first_save()
+        if self.on_first_save is not None and not self.interrupting:
+            self.on_first_save()   # an interrupt's last.pt does not make the new run the keeper
             self.on_first_save = None
         return path
 
@@ -376,6 +377,7 @@ class Trainer:
         return restore
 
     def _interrupt(self) -> None:
+        self.interrupting = True
         path = self._save_last()
         if self.logger is not None:
             self.logger.write_curves()

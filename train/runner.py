@@ -23,7 +23,7 @@ from torch import nn
 
 from vitscope.checkpoint import Checkpoint, load_checkpoint
 from vitscope.data import ImageDataset, dataset_stats, load_dataset, normalization
-from vitscope.errors import ConfigError, TrainingError
+from vitscope.errors import ConfigError, TrainingError, TrainingInterrupted
 from vitscope.model import ViT, count_parameters
 from vitscope.train import distributed as D
 from vitscope.train.config import TrainConfig
@@ -108,6 +108,20 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
         if folder is not None:
             folder.keep()
         return summary
+    except TrainingInterrupted as e:
+        # Ctrl-C before the first epoch ended: the new run is resumable from its last.pt and the
+        # old one it was to replace stays where --overwrite moved it; neither is deleted.
+        aside = folder.leave_both() if folder is not None else None
+        if aside is None:
+            raise
+        raise TrainingInterrupted(f"{str(e).rstrip('.')}; the run it replaces is kept in "
+                                  f"'{aside}' until you delete it.") from None
+    except TrainingError as e:
+        restored = folder.undo_unless_kept() if folder is not None else False
+        if not restored:
+            raise
+        raise TrainingError(f"{str(e).rstrip('.')}; '{run_dir}' holds the previous run again, "
+                            f"as it was before --overwrite.") from None
     except _OOM:
         raise TrainingError(
             f"CUDA ran out of memory training {cfg.preset} with batch size {cfg.batch_size} on "
@@ -168,9 +182,13 @@ def _check_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
                             f"file); pass --runs-dir a folder path (it is created if missing) "
                             f"or move that file away.")
     if _holds_something(run_dir) and not overwrite:
-        raise TrainingError(f"Run folder '{run_dir}' already exists; pass --overwrite to replace "
-                            f"it, --resume {run_dir / 'last.pt'} to continue it, or --name to "
-                            f"start another run.")
+        resume = f", --resume {run_dir / 'last.pt'} to continue it" \
+            if (run_dir / "last.pt").is_file() else ""
+        aside = sorted(run_dir.parent.glob(f"{run_dir.name}.replaced-*"))
+        note = (f" (an earlier --overwrite that was killed left the run it replaced in "
+                f"'{aside[-1]}'; move it back or delete it)") if aside else ""
+        raise TrainingError(f"Run folder '{run_dir}' already exists{note}; pass --overwrite to "
+                            f"replace it{resume}, or --name to start another run.")
     return run_dir
 
 
@@ -222,11 +240,19 @@ class RunFolder:
                       f"({e.strerror or e}); delete it yourself.", file=sys.stderr, flush=True)
             self.aside = None
 
-    def undo_unless_kept(self) -> None:
-        """Remove what this run wrote (its new folder, or the contents of the empty folder it
-        reused) and put the old run back where it was."""
+    def leave_both(self) -> Path | None:
+        """After an interrupt that wrote last.pt: keep the new run (resumable) and the old one
+        beside it, deleting neither. Returns where the old run is, if there is one."""
         if not self.active:
-            return
+            return None
+        self.active = False
+        return self.aside if self.info.is_main else None
+
+    def undo_unless_kept(self) -> bool:
+        """Remove what this run wrote (its new folder, or the contents of the empty folder it
+        reused) and put the old run back where it was. True when an old run was put back."""
+        if not self.active:
+            return False
         self.active = False
         try:
             if self.created:
@@ -236,10 +262,12 @@ class RunFolder:
                     _remove(child)
             if self.aside is not None:
                 self.aside.rename(self.path)
+                return True
         except OSError as e:
             where = f"; the old run is still in '{self.aside}'" if self.aside else ""
             print(f"vitscope train: could not undo the failed start in '{self.path}' "
                   f"({e.strerror or e}){where}.", file=sys.stderr, flush=True)
+        return False
 
 
 def _aside_name(run_dir: Path) -> Path:

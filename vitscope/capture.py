@@ -24,6 +24,7 @@ import os
 import queue
 import signal
 import threading
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from vitscope.dump import Dump, DumpWriter, TokenLayout
-from vitscope.errors import DumpError, VitscopeError
+from vitscope.errors import DataError, DumpError, VitscopeError
 from vitscope.hooks import attach, hook_points, resolve
 from vitscope.paths import make_output_dir, remove_empty
 
@@ -408,7 +409,6 @@ def dataset_for(ckpt, data: str | None = None, split: str = "val", data_dir: str
     from vitscope.data import load_dataset
 
     from vitscope.data import training_data_gone
-    from vitscope.errors import DataError
 
     tc = ckpt.train_config or {}
     spec = data_spec(ckpt, data)
@@ -440,6 +440,19 @@ def capture_device(name: str | None = "auto") -> torch.device:
     return dev
 
 
+def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha) -> Path | None:
+    """The first finished dump in the search folders that serves the request, else None."""
+    for path in find_dumps(dump_dir):
+        try:
+            with Dump.open(path) as dump:
+                if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split,
+                               data_sha256=data_sha, seed=CAPTURE_SEED):
+                    return path
+        except VitscopeError:
+            continue  # a foreign or damaged file in the cache folder is not ours to judge
+    return None
+
+
 def find_dumps(dump_dir: str | Path | None = None) -> list[Path]:
     """Candidate dumps for reuse: the .h5 files in `dump_dir`, or by default in both
     outputs/.dumps (analyze's own) and outputs/dumps (`vitscope dump`'s), so a full dump made
@@ -467,19 +480,24 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
     ckpt = load_checkpoint(ckpt_path)
     spec = data_spec(ckpt, data)
     sha = file_sha256(ckpt.path)
+    patterns = [hooks] if isinstance(hooks, str) else list(hooks)
     # Loaded before the search: a dump is reused only for the very same pixels and labels,
     # not merely the same spec string (folder:PATH may have changed since).
-    dataset = dataset_for(ckpt, data, split)
+    try:
+        dataset = dataset_for(ckpt, data, split)
+    except DataError:
+        # The data is gone (moved, or outputs/ copied to another machine): a dump that matches
+        # in everything else still serves, with a warning that its pixels went unchecked.
+        found = _covering_dump(dump_dir, patterns, n, sha, spec, split, None)
+        if found is None:
+            raise
+        warnings.warn(f"Reusing {found} without re-checking its images: the data {spec} cannot "
+                      f"be loaded here.", stacklevel=2)
+        return found, True
     data_sha = dataset.fingerprint()
-    patterns = [hooks] if isinstance(hooks, str) else list(hooks)
-    for path in find_dumps(dump_dir):
-        try:
-            with Dump.open(path) as dump:
-                if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split,
-                               data_sha256=data_sha, seed=CAPTURE_SEED):
-                    return path, True
-        except VitscopeError:
-            continue  # a foreign or damaged file in the cache folder is not ours to judge
+    found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha)
+    if found is not None:
+        return found, True
     model = ckpt.build_model()
     folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
     key = hashlib.sha256(repr((sha, data_sha, split, n, sorted(patterns))).encode()).hexdigest()[:10]
