@@ -68,6 +68,7 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
     otherwise run on part of the model and number its layers wrongly."""
     from vitscope.hooks import match_names, summarize_names
     names = list(available)
+    have = set(names)
     universe = list(model_hooks) if model_hooks else names
     missing: dict[str, list[str]] = {}
     for e in entries:
@@ -76,7 +77,7 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
         gone = []
         for pattern in e.requires:
             wanted = match_names(pattern, universe) or [pattern]
-            lacking = [w for w in wanted if w not in set(names)]
+            lacking = [w for w in wanted if w not in have]
             if len(lacking) == len(wanted):
                 gone.append(pattern)
             elif lacking:
@@ -142,7 +143,8 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
         # Plugins may rely on it: options.limit is None or a count the dump really holds.
         limit = None if limit is None else min(int(limit), len(dump))
         for entry in entries:
-            gone = missing_hooks(dump.hooks, [entry], dump.attrs.get("model_hooks")).get(entry.name)
+            gone = missing_hooks(dump.hooks, [entry],
+                                 dump.attrs.get("model_hooks")).get(entry.name)
             if gone:  # never call render on a dump without what the plugin reads
                 res = PluginResult(entry.name, entry.source, False, out_dir=run_dir / entry.name,
                                    error=f"needs hook points {', '.join(gone)}, which the dump "
@@ -169,7 +171,8 @@ def describe_dump(dump, limit: int | None = None) -> dict[str, Any]:
         "checkpoint": a.get("checkpoint_path") or "",
         "checkpoint_sha256": a.get("checkpoint_sha256") or "",
         "data": a.get("dataset", ""), "split": a.get("split", ""), "images": n,
-        "dump": str(Path(dump.path).resolve()), "model_config": dump.model_config, "classes": dump.classes,
+        "dump": str(Path(dump.path).resolve()), "model_config": dump.model_config,
+        "classes": dump.classes,
         "has_masks": dump.masks is not None,
     }
 

@@ -406,9 +406,7 @@ def data_spec(ckpt, data: str | None = None) -> str:
 def dataset_for(ckpt, data: str | None = None, split: str = "val", data_dir: str | None = None):
     """The `split` of `data` (default: the checkpoint's training data) at the model's image
     size, loaded the way training loaded it (same data_dir, val_split carve-out and seed)."""
-    from vitscope.data import load_dataset
-
-    from vitscope.data import training_data_gone
+    from vitscope.data import load_dataset, training_data_gone
 
     tc = ckpt.train_config or {}
     spec = data_spec(ckpt, data)

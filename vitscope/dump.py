@@ -401,7 +401,8 @@ class Dump:
 
 # Attributes every shard of one capture must share before merge joins them.
 SHARED_ATTRS = ("checkpoint_sha256", "model_config", "dataset", "data_sha256", "split",
-                "split_size", "seed", "order", "hooks", "aliases", "dtype", "normalize", "classes", "token_layout")
+                "split_size", "seed", "order", "hooks", "aliases", "dtype", "normalize",
+                "classes", "token_layout")
 
 
 def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False) -> Path:

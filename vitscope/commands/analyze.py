@@ -93,9 +93,7 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
     created = make_output_dir(run, PluginError, "choose another output folder with -o")
 
-    if dump_path is not None:
-        click.echo(f"Using dump {path}")
-    else:
+    if dump_path is None:
         from vitscope.capture import ensure_dump
         try:
             path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
@@ -104,10 +102,10 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
         except BaseException:
             remove_empty(created)
             raise
-        click.echo(f"{'Reusing' if reused else 'Captured'} dump {path} "
-                   f"({summarize_names(_hook_names(path))})")
+    hooks, size = _dump_contents(path)
+    click.echo(f"Using dump {path}" if dump_path is not None else
+               f"{'Reusing' if reused else 'Captured'} dump {path} ({summarize_names(hooks)})")
     # What is analysed is never more than the dump holds (a split smaller than -n, say).
-    size = _dump_size(path)
     limit = min(images or DEFAULT_IMAGES, size) if dump_path is None else \
         (None if images is None else min(images, size))
 
@@ -132,16 +130,11 @@ def _run_name(ckpt, dump_path: Path | None) -> str:
     return dump_path.stem
 
 
-def _hook_names(path: Path) -> list[str]:
+def _dump_contents(path: Path) -> tuple[list[str], int]:
+    """The hook points a dump holds and its number of images."""
     from vitscope.dump import Dump
     with Dump.open(path) as dump:
-        return dump.hooks
-
-
-def _dump_size(path: Path) -> int:
-    from vitscope.dump import Dump
-    with Dump.open(path) as dump:
-        return len(dump)
+        return dump.hooks, len(dump)
 
 
 def _model_hooks(ckpt) -> list[str]:
