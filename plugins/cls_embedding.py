@@ -78,7 +78,8 @@ class ClsEmbedding:
                "(the final-norm 'head' token is always added)", metavar="LAYERS"),
         Option("umap", bool, True, "also project with UMAP (slower; needs umap-learn)"),
         Option("n_neighbors", int, 15, "UMAP neighbourhood size", min=2, max=200),
-        Option("seed", int, 0, "random seed of UMAP and the silhouette subsample"),
+        Option("seed", int, 0, "random seed of UMAP and the silhouette subsample",
+               min=0, max=2 ** 32 - 1),
     )
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:

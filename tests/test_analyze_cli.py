@@ -223,3 +223,42 @@ def test_index_warns_when_figures_come_from_another_checkpoint(tmp_path, in_tmp)
     index = (out / "index.html").read_text()
     assert "This page mixes figures of different models or data: token-attention was" in index
     assert "rendered earlier from another model or data" in index
+
+
+def test_options_must_be_finite_and_both_figure_flags_mean_both(small_dump, tmp_path, in_tmp):
+    dump_path, _ = small_dump
+    res = run("analyze", "--dump", dump_path, "--plugin", "rollout", "--opt",
+              "rollout.discard_ratio=nan", "-o", tmp_path / "o")
+    assert res.exit_code == 1 and "expected a finite number" in res.output, res.output
+    res = run("analyze", "--dump", dump_path, "--plugin", "rollout", "--static", "--interactive",
+              "-n", 500, "-o", tmp_path / "b")
+    assert res.exit_code == 0, res.output
+    assert "The dump holds 12 images; analysing all 12 (asked for 500)." in res.output
+    assert (tmp_path / "b/rollout/rollout.png").is_file()
+    assert (tmp_path / "b/rollout/rollout.html").is_file()
+
+
+def test_a_failing_epoch_analysis_does_not_stop_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    import vitscope.analysis as analysis
+    real = analysis.render_plugins
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(analysis, "render_plugins", disk_full)
+    res = run("train", "--data", "shapes:train=64,val=32", "--epochs", "2", "--batch-size", "16",
+              "--device", "cpu", "--set", "model.image_size=16", "--set", "model.depth=1",
+              "--set", "model.embed_dim=32", "--set", "model.num_heads=2", "--name", "r",
+              "--analyze-every", "1", "--plugin", "rollout")
+    monkeypatch.setattr(analysis, "render_plugins", real)
+    assert res.exit_code == 0, res.output
+    assert "epoch 1: the analyses failed (OSError: [Errno 28] No space left on device)" in res.output
+    assert "epoch   2/2" in res.output and (tmp_path / "runs/r/last.pt").is_file()
+    assert "epoch analyses: outputs/r/epoch_NNN/index.html" in res.output
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "outputs").write_text("a file where the folder should be")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    res = run("train", "--data", "shapes:train=64,val=32", "--epochs", "1", "--batch-size", "16",
+              "--device", "cpu", "--name", "r2", "--analyze-every", "1", "--plugin", "rollout")
+    assert res.exit_code == 1 and "Error: Cannot write to the folder 'outputs/r2'" in res.output
+    assert not (tmp_path / "elsewhere" / "runs").exists()

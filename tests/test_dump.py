@@ -227,3 +227,13 @@ def test_unwritable_outputs_are_one_sentence(tmp_path, loaded, shapes16):
         with pytest.raises(DumpError, match=r"Cannot write to the folder '/proc' \("):
             capture(model, shapes16, "/proc/x.h5", "cls", ckpt=ck, limit=2)
     assert blocker.read_text() == "keep me"
+
+
+def test_merge_refuses_to_write_over_one_of_its_shards(tmp_path, loaded, shapes16):
+    model, ck = loaded
+    shards = [capture(model, shapes16, tmp_path / f"s{i}.h5", "cls", ckpt=ck, limit=6, shard=(i, 2))
+              for i in (0, 1)]
+    before = shards[0].read_bytes()
+    with pytest.raises(DumpError, match="is one of the shard files being merged"):
+        merge(shards, shards[0], force=True)
+    assert shards[0].read_bytes() == before

@@ -208,3 +208,27 @@ def test_saving_over_a_checkpoint_replaces_it_whole(tmp_path, tiny_vit):
     for name, value in tiny_vit.state_dict().items():
         torch.testing.assert_close(ck.state_dict[name], value, msg=name)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
+
+
+def test_data_paths_are_recorded_absolute_and_resume_refuses_overwrite(tmp_path, monkeypatch):
+    from PIL import Image
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(16):
+                Image.new("RGB", (16, 16), (i * 9, 40 if c == "a" else 200, 0)).save(
+                    tmp_path / "imgs" / split / c / f"{i}.png")
+    monkeypatch.setenv("VITSCOPE_CACHE", str(tmp_path / "cache"))
+    res = train("runs", "--name", "f", "--quiet", data="folder:imgs")
+    assert res.exit_code == 0, res.output
+    tc = load_checkpoint(tmp_path / "runs/f/last.pt").train_config
+    assert tc["data"] == f"folder:{tmp_path / 'imgs'}" and tc["data_dir"] == str(tmp_path / "data")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")           # resumable from any working folder
+    res = CliRunner().invoke(main, ["train", "--resume", "../runs/f/last.pt", "--epochs", "2",
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["train", "--resume", "../runs/f/last.pt", "--epochs", "3",
+                                    "--overwrite"])
+    assert res.exit_code == 1 and "--overwrite cannot be combined with it" in res.output

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from vitscope.checkpoint import Checkpoint, load_checkpoint
-from vitscope.data import ImageDataset, dataset_stats, load_dataset, normalization
+from vitscope.data import (ImageDataset, absolute_spec, dataset_stats, load_dataset,
+                           normalization)
 from vitscope.errors import ConfigError, TrainingError, TrainingInterrupted
 from vitscope.model import ViT, count_parameters
 from vitscope.train import distributed as D
@@ -53,6 +54,9 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
         ) -> dict[str, Any]:
     """Train `cfg` (or continue `resume`, a last.pt); returns the Trainer's summary."""
     require_loggers(cfg.log)
+    if resume is None:  # recorded as absolute paths: the run can be used from any folder
+        cfg.data = absolute_spec(cfg.data)
+        cfg.data_dir = str(Path(cfg.data_dir).expanduser().absolute())
     info, device = D.setup(cfg.device)
     folder: RunFolder | None = None
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vitscope.errors import PluginError, VitscopeError
+from vitscope.paths import make_output_dir
 from vitscope.plugin import STATIC_FORMATS, PluginEntry, discover
 
 MARKER = ".vitscope-plugin"   # marks a folder as plugin output, so a re-run may clear it
@@ -197,6 +198,11 @@ def update_manifest(run_dir: Path, results: list[PluginResult], info: dict[str, 
     return path
 
 
+def epoch_analyses_dir(run_name: str, out_root: str | Path = "outputs") -> Path:
+    """Where `vitscope train --analyze-every` renders: <out_root>/<run>/epoch_NNN/."""
+    return Path(out_root) / run_name
+
+
 def make_epoch_analyzer(plugins: list[str], dataset, *, run_name: str, classes: list[str],
                         normalize: tuple[list, list], out_root: str | Path = "outputs",
                         n_images: int = 16, static: bool = True, interactive: bool = True,
@@ -217,9 +223,18 @@ def make_epoch_analyzer(plugins: list[str], dataset, *, run_name: str, classes: 
     if not isinstance(n_images, int) or n_images < 1:
         raise PluginError(f"n_images must be a positive number of images, got {n_images!r}.")
     say = echo or (lambda msg: print(msg, file=sys.stderr))
-    root = Path(out_root) / run_name
+    root = epoch_analyses_dir(run_name, out_root)
+    make_output_dir(root, PluginError, "run from a folder where outputs/ can be written")
 
     def analyze(model, epoch: int, run_dir=None) -> list[Path]:
+        try:
+            return _analyze(model, epoch, run_dir)
+        except Exception as e:   # a full disk at epoch 40 must not end the training run
+            say(f"epoch {epoch}: the analyses failed ({type(e).__name__}: {_first_line(e)}); "
+                f"training goes on")
+            return []
+
+    def _analyze(model, epoch: int, run_dir=None) -> list[Path]:
         from vitscope.capture import capture
         from vitscope.checkpoint import _unwrap
 

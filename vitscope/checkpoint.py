@@ -182,11 +182,16 @@ def read_raw(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"'{path}' is empty (0 bytes), so it is truncated or was never "
                               f"written; expected a vitscope checkpoint.")
     with open(path, "rb") as f:
-        if f.read(8) == HDF5_SIGNATURE:  # a dump passed where a checkpoint goes: an easy slip
+        head = f.read(8)
+    if not head.startswith((b"PK", b"\x80")):  # neither a torch zip archive nor a pickle
+        if head == HDF5_SIGNATURE:  # a dump passed where a checkpoint goes: an easy slip
             raise CheckpointError(f"'{path}' is an HDF5 file (an activation dump?), not a "
                                   f"checkpoint; render a dump with `vitscope analyze --dump "
                                   f"{path} --plugin NAME`, or inspect it with `vitscope dump "
                                   f"info {path}`.")
+        raise CheckpointError(f"'{path}' is not a torch file (neither a torch zip archive nor a "
+                              f"pickle: it starts with {head[:8]!r}); expected a vitscope "
+                              f"checkpoint such as runs/<name>/best.pt.")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
             warnings.simplefilter("ignore")

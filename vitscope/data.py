@@ -124,6 +124,15 @@ def training_data_gone(ckpt_path, spec: str, error: DataError) -> DataError:
                      f"model's classes, e.g. --data folder:PATH.")
 
 
+def absolute_spec(spec: str) -> str:
+    """`folder:imgs` -> `folder:/abs/path/imgs`; other specs unchanged. What a checkpoint
+    records, so eval, dump, analyze and --resume find the data from any working folder."""
+    kind, _, arg = spec.strip().partition(":")
+    if kind.lower() == "folder" and arg:
+        return f"folder:{Path(arg).expanduser().absolute()}"
+    return spec
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """`"shapes:train=100"` -> `("shapes", "train=100")`; raise DataError for unknown specs."""
     if not isinstance(spec, str) or not spec.strip():

@@ -413,6 +413,9 @@ def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False)
     if not paths:
         raise DumpError("No shard files given to merge; pass the files written by "
                         "`vitscope dump --shard i/n`, e.g. `vitscope dump merge run-*.h5 -o run.h5`.")
+    if out.resolve() in {p.resolve() for p in paths}:
+        raise DumpError(f"-o '{out}' is one of the shard files being merged; choose another "
+                        f"output path (the shards must stay as they are).")
     if out.exists() and not force:
         raise DumpError(f"'{out}' already exists; pass --force to replace it or choose another "
                         f"path with -o.")

@@ -44,6 +44,7 @@ import difflib
 import importlib
 import importlib.metadata as md
 import inspect
+import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -133,6 +134,8 @@ class Option:
         except Exception as e:  # a converter's own error message is the reason
             reason = str(e) if self.type not in (int, float, str) else f"expected {self.type_name}"
             raise ValueError(reason or f"expected {self.type_name}") from None
+        if isinstance(out, float) and not math.isfinite(out):
+            raise ValueError("expected a finite number")   # nan passes every < and > check
         if self.choices and out not in self.choices:
             raise ValueError(f"expected one of {', '.join(map(str, self.choices))}")
         if self.min is not None and out < self.min:

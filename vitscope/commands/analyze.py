@@ -21,9 +21,9 @@ DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds 
 @click.option("--split", default="val", show_default=True, help="Split to capture.")
 @click.option("--images", "-n", type=click.IntRange(min=1), default=None,
               help=f"Images to analyse (default {DEFAULT_IMAGES}, or the whole --dump).")
-@click.option("--static", "mode", flag_value="static", help="Only static figures.")
-@click.option("--interactive", "mode", flag_value="interactive", help="Only interactive HTML.")
-@click.option("--both", "mode", flag_value="both", default=True, help="Both (default).")
+@click.option("--static", is_flag=True, help="Static figures (alone: only those).")
+@click.option("--interactive", is_flag=True, help="Interactive HTML (alone: only that).")
+@click.option("--both", is_flag=True, help="Both (the default; same as --static --interactive).")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png",
               show_default=True, help="Static figure format.")
 @click.option("--opt", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE",
@@ -34,8 +34,8 @@ DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds 
               help="Device for capturing: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Capture batch size.")
-def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, out_dir, device,
-            batch_size) -> None:
+def analyze(ckpt, names, all_, dump_path, data, split, images, static, interactive, both, fmt,
+            opts, out_dir, device, batch_size) -> None:
     """Render interpretability figures for CKPT with the chosen plugins.
 
     Captures only the hook points the plugins need (or reuses a dump that covers them), renders
@@ -48,6 +48,8 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     from vitscope.paths import make_output_dir, remove_empty
     from vitscope.plugin import discover, parse_opts
 
+    if both or static == interactive:    # neither flag, or both: every kind of figure
+        static = interactive = True
     if not names and not all_:
         raise PluginError("No plugin chosen; pass --plugin NAME (repeatable) or --all "
                           "(`vitscope plugins` lists them).")
@@ -108,6 +110,8 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     # What is analysed is never more than the dump holds (a split smaller than -n, say).
     limit = min(images or DEFAULT_IMAGES, size) if dump_path is None else \
         (None if images is None else min(images, size))
+    if images is not None and images > size:
+        click.echo(f"The dump holds {size} images; analysing all {size} (asked for {images}).")
 
     # Plugins that failed before rendering are listed in index.html too, with their reason.
     upfront = [PluginResult(e.name, e.source, False, out_dir=run / e.name, error=e.problem())
@@ -115,9 +119,8 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, mode, fmt, opts, 
     upfront += [PluginResult(name, registry.get(name).source, False, out_dir=run / name,
                              error=f"needs hook points {', '.join(p)}, which the {where} does "
                                    f"not have") for name, p in missing.items()]
-    results = render_plugins(path, working, run, values, static=mode in ("static", "both"),
-                             interactive=mode in ("interactive", "both"), fmt=fmt, limit=limit,
-                             echo=click.echo, failed=upfront)
+    results = render_plugins(path, working, run, values, static=static, interactive=interactive,
+                             fmt=fmt, limit=limit, echo=click.echo, failed=upfront)
     click.echo(f"Open {run / 'index.html'}")
     if any(not r.ok for r in results):
         raise SystemExit(1)

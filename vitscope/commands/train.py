@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -38,7 +39,8 @@ FLAG_FIELDS = {"data": "data", "data_dir": "data_dir", "val_split": "val_split",
                    "the new run writes its first checkpoint).")
 @click.option("--resume", "resume_path", type=click.Path(dir_okay=False),
               help="Continue a run exactly from its last.pt.")
-@click.option("--quiet", "-q", is_flag=True, default=None, help="No progress bar or epoch lines.")
+@click.option("--quiet/--no-quiet", "-q", default=None,
+              help="No progress bar or epoch lines (--no-quiet: show them again on --resume).")
 @click.option("--log", multiple=True, type=click.Choice(["tensorboard", "wandb"]),
               help="Also log to TensorBoard and/or Weights & Biases (offline by default).")
 @click.option("--analyze-every", type=click.IntRange(min=1), metavar="N",
@@ -72,9 +74,10 @@ def train(recipe, preset, sets, resume_path, overwrite, analyze_every, plugins, 
                           "rollout); `vitscope plugins` lists them.")
     resume = None
     if resume_path:
-        if recipe or preset:
-            raise ConfigError("--resume takes its settings from the checkpoint, so --config and "
-                              "--model cannot be combined with it.")
+        if recipe or preset or overwrite:
+            raise ConfigError("--resume continues the run in its own folder with its own "
+                              "settings, so --config, --model and --overwrite cannot be combined "
+                              "with it.")
         cfg, resume = resume_config(resume_path, overrides)
     else:
         cfg = make_config(read_recipe(recipe) if recipe else None, preset=preset,
@@ -89,6 +92,10 @@ def train(recipe, preset, sets, resume_path, overwrite, analyze_every, plugins, 
     if not cfg.quiet and _is_main():
         click.echo(f"done: best val_acc {summary['best_val_acc']:.4f} at epoch "
                    f"{summary['best_epoch']}; checkpoints in {summary['run_dir']}/ (best.pt, last.pt)")
+        if analyze_every:
+            from vitscope.analysis import epoch_analyses_dir
+            click.echo(f"epoch analyses: {epoch_analyses_dir(Path(summary['run_dir']).name)}/"
+                       f"epoch_NNN/index.html")
 
 
 def _is_main() -> bool:
