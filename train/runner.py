@@ -163,9 +163,11 @@ def resume_config(path: str | Path, overrides: dict[str, Any]) -> tuple[TrainCon
                             f"resume from the run's last.pt, e.g. {Path(path).parent / 'last.pt'}.")
     changed = sorted(k for k in overrides if k not in RESUME_OVERRIDABLE)
     if changed:
-        raise ConfigError(f"--resume continues a run with its own settings, so {', '.join(changed)} "
-                          f"cannot change; only {', '.join(RESUME_OVERRIDABLE)} may be given, or "
-                          f"start a new run with --name.")
+        new_run = ("start a new run (--config/--model with --name) to branch off" if
+                   {"name", "runs_dir"} & set(changed) else "start a new run with --name")
+        raise ConfigError(f"--resume continues a run in its own folder with its own settings, "
+                          f"so {', '.join(changed)} cannot change; only "
+                          f"{', '.join(RESUME_OVERRIDABLE)} may be given, or {new_run}.")
     stored = {k: v for k, v in ckpt.train_config.items()
               if k in {f.name for f in dataclasses.fields(TrainConfig)}}
     cfg = TrainConfig.from_dict({**stored, **overrides})
