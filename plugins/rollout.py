@@ -135,7 +135,9 @@ class Rollout:
         captions = F.captions(dump, k)
         if options.static:
             files.append(self._per_image(images, maps[:k], captions, options, out_dir))
-            files.append(self._evolution(images[:4], evo[:4], layers, captions, options, out_dir))
+            rows = min(k, 4)   # the evolution figure shows at most 4 of the `show` images
+            files.append(self._evolution(images[:rows], evo[:rows], layers, captions, options,
+                                         out_dir))
             if "mass_in_mask" in results:
                 files.append(self._mask_plot(results, layers, options, out_dir))
         if options.interactive:

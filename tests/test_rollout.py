@@ -106,3 +106,16 @@ def test_plugin_output_matches_the_formula_on_a_real_dump(small_dump, tmp_path):
     np.testing.assert_allclose(saved["mass_in_mask"][:, -1], mass_in_mask(expected, cov), rtol=1e-4)
     # a hand check of the coverage: the fraction of mask pixels in each 4×4 patch
     assert np.isclose(cov[0, 0, 0], masks[0, :4, :4].mean())
+
+
+@pytest.mark.parametrize("show", [1, 2, 3, 6])
+def test_any_number_of_shown_images_renders(small_dump, tmp_path, show):
+    from vitscope.dump import Dump
+    from vitscope.plugins.rollout import Rollout
+    from vitscope.testing import render_options
+
+    path, _ = small_dump                                   # 12 images
+    opts = render_options(Rollout(), show=str(show), interactive=False)
+    with Dump.open(path) as dump:
+        files = Rollout().render(dump, tmp_path, opts)
+    assert (tmp_path / "rollout_evolution.png") in files and (tmp_path / "rollout.png") in files
