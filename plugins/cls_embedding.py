@@ -87,8 +87,8 @@ class ClsEmbedding:
         depth = len(blocks)
         n = n_images(dump, options.limit)
         if n < 3:
-            raise PluginError(f"cls-embedding needs at least 3 images, the dump has {n}; "
-                              f"capture more with --images.")
+            raise PluginError(f"cls-embedding needs at least 3 images, {n} are analysed; "
+                              f"pass --images 3 or more (and capture at least that many).")
         chosen = select_layers(options.layers, depth, "cls-embedding.layers")
         # CLS token at every depth: depth×N×D (+ the head token), read token 0 only.
         stream = np.stack([np.asarray(dump[b][:n, 0], np.float32) for b in blocks])
