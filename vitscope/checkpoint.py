@@ -51,16 +51,17 @@ class Checkpoint:
         """The model with its weights (float32, eval mode, on the CPU)."""
         _, model_cls = _arch(self.arch, self.path)
         model = model_cls(self.model_config)
-        mismatch = _state_dict_mismatch(model.state_dict(), self.state_dict)
-        try:
-            if mismatch:
-                raise RuntimeError(mismatch)
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as e:
-            reason = mismatch or str(e).strip().splitlines()[0]
+        # Named keys first; torch's own message (first line) for anything else it refuses.
+        reason = _state_dict_mismatch(model.state_dict(), self.state_dict)
+        if not reason:
+            try:
+                model.load_state_dict(self.state_dict)
+            except RuntimeError as e:
+                reason = str(e).strip().splitlines()[0]
+        if reason:
             raise CheckpointError(f"'{self.path}' has weights that do not fit its model_config "
                                   f"({reason}); the file was edited or written by another "
-                                  f"tool.") from None
+                                  f"tool.")
         return model.float().eval()
 
 
@@ -197,7 +198,8 @@ def read_raw(path: str | Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = "weights only load failed" in str(e).lower() and _looks_pickled(path)
+        # Only zip archives and pickles get here (see the signature check above).
+        unsafe = "weights only load failed" in str(e).lower()
         if unsafe and "Unsupported operand" in str(e) and not zipfile.is_zipfile(path):
             raise CheckpointError(
                 f"'{path}' is a raw pickle (or an old-style torch file with pickle protocol 4+), "
@@ -288,14 +290,6 @@ def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:
     """Rebuild the model from a checkpoint file alone: `(model in eval mode, checkpoint)`."""
     ckpt = load_checkpoint(path)
     return ckpt.build_model(), ckpt
-
-
-def _looks_pickled(path: Path) -> bool:
-    """A torch zip archive, or a raw pickle stream (protocol >= 2 starts with PROTO, 0x80)."""
-    if zipfile.is_zipfile(path):
-        return True
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"
 
 
 def _unsafe_reason(e: Exception) -> str:

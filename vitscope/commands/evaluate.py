@@ -89,12 +89,12 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
             if not own_data:
                 raise
             raise training_data_gone(ck.path, spec, e) from None
-        subset = _training_subset(tc, split, len(dataset)) \
-            if own_data and val_split == tc.get("val_split") else None
-        if subset is not None:
+        subset = None
+        if own_data and val_split == tc.get("val_split"):
             # exactly the images training scored (or trained on): the runner's seeded subset
             from vitscope.train.runner import seeded_subset
-            dataset = seeded_subset(dataset, subset, seed)
+            kept = seeded_subset(dataset, tc.get(f"{split}_subset"), seed)
+            subset, dataset = (len(kept) if len(kept) < len(dataset) else None), kept
         mean, std = normalization(ck)
         result = evaluate(model, dataset, mean, std, classes=ck.classes or None,
                           batch_size=batch_size, device=dev, tta=tta, limit=limit)
@@ -118,13 +118,6 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
     for name, acc in result["per_class_accuracy"].items():
         click.echo(f"  {name:<{width}}  {'-' if acc is None else f'{acc:.2%}'}")
     click.echo(f"wrote {metrics} and {png}")
-
-
-def _training_subset(train_config: dict[str, Any], split: str, n: int) -> int | None:
-    """The train_subset / val_subset the run used for `split`, when it kept fewer than n."""
-    subset = train_config.get(f"{split}_subset")
-    ok = isinstance(subset, int) and not isinstance(subset, bool) and 0 < subset < n
-    return subset if ok else None
 
 
 @click.command()
