@@ -96,8 +96,7 @@ class TokenAttention:
             fig = I.map_slider(images[:m], with_mean[:m].transpose(1, 0, 2, 3, 4),
                                step_labels=[str(l) for l in layers], slider_label="layer",
                                col_titles=heads, row_titles=[c.replace("\n", " ") for c in captions[:m]],
-                               title=f"{what}, per head (slider: layer)", query=query_patch[:m],
-                               patch_size=layout.patch_size)
+                               title=f"{what}, per head (slider: layer)", query=query_patch[:m])
             files.append(I.save_html(fig, out_dir / "token_attention.html", options))
         return files
 
@@ -129,7 +128,7 @@ class TokenAttention:
         k, L, C = maps.shape[:3]
         tiles = M.overlay_tiles(images[:, None, None], maps)          # k×L×C×S×S×3
         S = tiles.shape[3]
-        scale = S // layout.image_size
+        scale = S // layout.image_size[1]
         if any(q is not None for q in qpatch):  # outline the query patch in cyan
             ph, pw = S // layout.grid[0], S // layout.grid[1]
             for i, q in enumerate(qpatch):

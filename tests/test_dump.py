@@ -140,7 +140,7 @@ def bad_file(tmp_path, kind, good):
     elif kind in ("newer", "incomplete"):
         shutil.copy(good, p)
         with h5py.File(p, "r+") as f:
-            f.attrs["version" if kind == "newer" else "complete"] = 2 if kind == "newer" else False
+            f.attrs["version" if kind == "newer" else "complete"] = 99 if kind == "newer" else False
     elif kind in ("bad-json", "bad-layout"):
         shutil.copy(good, p)
         with h5py.File(p, "r+") as f:
@@ -151,7 +151,7 @@ def bad_file(tmp_path, kind, good):
 @pytest.mark.parametrize("kind,message", [
     ("missing", "does not exist"), ("text", "not an HDF5 file"), ("empty", "empty"),
     ("foreign", "not a vitscope dump.*weights"), ("truncated", "truncated or corrupt"),
-    ("newer", "version 2, newer.*upgrade vitscope"), ("incomplete", "incomplete dump"),
+    ("newer", "version 99, newer.*upgrade vitscope"), ("incomplete", "incomplete dump"),
     ("bad-json", "damaged dump .*JSONDecodeError"), ("bad-layout", "damaged dump .*KeyError"),
 ])
 def test_open_errors(tmp_path, loaded, shapes16, kind, message):

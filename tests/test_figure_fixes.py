@@ -52,7 +52,7 @@ def assert_headers_fit(frames: list[np.ndarray], strip_height: int) -> None:
 
 def tile_side(dump_path) -> int:
     with Dump.open(dump_path) as dump:
-        size = dump.layout.image_size
+        size = dump.layout.image_size[1]
     return M.tile_scale(size) * size
 
 

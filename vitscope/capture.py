@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.dump import Dump, DumpWriter, TokenLayout
+from vitscope.dump import Dump, DumpWriter
 from vitscope.errors import DataError, DumpError, VitscopeError
-from vitscope.hooks import attach, hook_points, resolve
+from vitscope.hooks import attach, hook_points, is_hooked, resolve
 from vitscope.paths import make_output_dir, remove_empty
 
 DEFAULT_HOOKS: tuple[str, ...] = (
@@ -115,7 +115,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
 
 def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, compression,
                    force) -> list[str]:
-    if not hasattr(model, "hook_points") or not hasattr(model, "cfg"):
+    if not is_hooked(model):
         raise DumpError(f"A {type(model).__name__} has no hook points to capture; dumps are "
                         f"made from ViT checkpoints.")
     check_limit(limit)
@@ -133,12 +133,12 @@ def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, c
                         f"path with -o.")
     if len(dataset) == 0:
         raise DumpError(f"Dataset '{dataset.spec}' ({dataset.split}) has no images to dump.")
-    size = model.cfg.image_size
-    if tuple(dataset.images.shape[1:3]) != (size, size):
+    _, mh, mw = model.input_shape
+    if tuple(dataset.images.shape[1:3]) != (mh, mw):
         h, w = dataset.images.shape[1:3]
         raise DumpError(f"Dataset '{dataset.spec}' has {h}×{w} images but the model expects "
-                        f"{size}×{size}; load it at the model's size (load_dataset(..., "
-                        f"image_size={size}), which `vitscope dump` does for you).")
+                        f"{mh}×{mw}; load it at the model's size (load_dataset(..., "
+                        f"image_size={mh}), which `vitscope dump` does for you).")
     return resolve(model, [hooks] if isinstance(hooks, str) else list(hooks))
 
 
@@ -196,7 +196,7 @@ def _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype, co
         "order": "split" if seed is None else "shuffle",
         "num_images": total if shard is None else shard[3] - shard[2],
         "normalize": {"mean": mean, "std": std},
-        "token_layout": TokenLayout.of_model(model).to_dict(),
+        "token_layout": model.token_layout.to_dict(),
         "hooks": names,
         "model_hooks": list(hook_points(model)),
         "dtype": dtype,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -35,11 +34,13 @@ import numpy as np
 
 from vitscope import __version__
 from vitscope.errors import DumpError
-from vitscope.hooks import layer_sort_key, match_names, summarize_names
+from vitscope.layout import TokenLayout  # noqa: F401  (re-exported: the dump's layout type)
+from vitscope.names import layer_sort_key, match_names, summarize_names
 from vitscope.paths import make_output_dir, remove_empty
 
 FORMAT = "vitscope-dump"
-VERSION = 1
+# 2: token layout with prefix kinds and (height, width) sizes. Version-1 dumps still open.
+VERSION = 2
 # Root attributes stored as JSON text (HDF5 attributes hold no nested data); Dump.attrs decodes them.
 JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
                         "model_hooks", "aliases", "normalize", "shard", "merged_from"})
@@ -47,39 +48,6 @@ JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_lay
 REQUIRED = ("images", "labels", "logits", "indices")
 CHUNK_BYTES = 1 << 20        # target chunk size: large enough to compress well, small to read one image
 READ_CACHE_BYTES = 16 << 20  # per-dataset chunk cache when reading, so image-by-image loops stay fast
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """How the token axis T of an activation maps onto the image (plugins never guess this)."""
-
-    num_prefix_tokens: int   # tokens before the patches: 1 (CLS)
-    grid: tuple[int, int]    # patch grid (rows, cols); patch token p sits at (p // cols, p % cols)
-    patch_size: int          # pixels per patch side
-    image_size: int          # input side in pixels
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_prefix_tokens + self.num_patches
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"num_prefix_tokens": self.num_prefix_tokens, "grid": list(self.grid),
-                "patch_size": self.patch_size, "image_size": self.image_size}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TokenLayout":
-        return cls(int(d["num_prefix_tokens"]), (int(d["grid"][0]), int(d["grid"][1])),
-                   int(d["patch_size"]), int(d["image_size"]))
-
-    @classmethod
-    def of_model(cls, model) -> "TokenLayout":
-        cfg = model.cfg
-        return cls(int(getattr(model, "num_prefix_tokens", 1)), (cfg.grid_size, cfg.grid_size),
-                   cfg.patch_size, cfg.image_size)
 
 
 def dims_for(key: str, ndim: int) -> list[str]:

@@ -1,14 +1,14 @@
-"""Attach forward hooks to a ViT's hook points by name or glob, and cache activations.
+"""Hook points, and attaching forward hooks to them by name or glob.
 
     with attach(model, {"blocks.*.attn.weights": fn}):   # fn(tensor, name) -> tensor | None
         model(x)                                          # hooks removed on exit, even on error
 
     logits, cache = run_with_cache(model, x, names=["cls", "blocks.*.attn.weights"])
 
-Patterns are globs over dotted names: `*` matches within one segment (`blocks.*.out` is the
-residual stream of every block, not `blocks.0.norm1.out`), `**` matches across segments
-(`blocks.**.out` is every output inside the blocks), `?` and `[0-3]` work as usual, and a bare
-`*` or `**` matches everything.
+Works on any hooked model: an nn.Module with `HookPoint` sub-modules named by their module
+path (vitscope's ViT, or a foreign ViT wrapped by `vitscope.adapters`), which also tells its
+input shape (`input_shape`, C×H×W) and token layout (`token_layout`). Nothing here knows which
+model it is; name matching lives in the torch-free `vitscope.names` (see it for the globs).
 
 A hook function may return a tensor to replace the activation (for interventions); returning
 None leaves it unchanged.
@@ -16,9 +16,6 @@ None leaves it unchanged.
 from __future__ import annotations
 
 import contextlib
-import difflib
-import functools
-import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -26,11 +23,31 @@ import torch
 from torch import nn
 
 from vitscope.errors import HookError
-from vitscope.model import HookPoint
+from vitscope.names import (format_shape, layer_sort_key, match_names, resolve_names,  # noqa: F401
+                            summarize_names, unknown_hook_message)
 
 HookFn = Callable[[torch.Tensor, str], Any]
 
-_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+class HookPoint(nn.Identity):
+    """A named, parameter-free identity: attach forward hooks here to read or edit activations.
+
+    `name` is set by the model to the module path (e.g. "blocks.3.attn.weights").
+    """
+
+    name: str = ""
+
+    @property
+    def active(self) -> bool:
+        """True while a forward hook is attached (the attention uses it to go explicit)."""
+        return bool(self._forward_hooks)
+
+
+def name_hook_points(model: nn.Module) -> None:
+    """Set every HookPoint's `name` to its module path (call once a model is assembled)."""
+    for name, module in model.named_modules():
+        if isinstance(module, HookPoint):
+            module.name = name
 
 
 def hook_points(model: nn.Module) -> dict[str, HookPoint]:
@@ -38,82 +55,11 @@ def hook_points(model: nn.Module) -> dict[str, HookPoint]:
     return {name: m for name, m in model.named_modules() if isinstance(m, HookPoint)}
 
 
-def layer_sort_key(name: str) -> tuple:
-    """Sort key putting `blocks.10` after `blocks.9` (numeric, not lexical)."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
-
-
-def summarize_names(names: Iterable[str]) -> str:
-    """Compact listing: per-block names are folded into one `blocks.0–11.<x>` entry each."""
-    names = list(names)
-    blocks: dict[str, list[int]] = {}
-    out: list[str] = []
-    for n in names:
-        m = _BLOCK.match(n)
-        if m:
-            if m.group(2) not in blocks:
-                out.append(f"\0{m.group(2)}")
-            blocks.setdefault(m.group(2), []).append(int(m.group(1)))
-        else:
-            out.append(n)
-    parts = []
-    for entry in out:
-        if entry.startswith("\0"):
-            rest = entry[1:]
-            parts.append(f"blocks.{_spans(sorted(blocks[rest]))}.{rest}")
-        else:
-            parts.append(entry)
-    return ", ".join(parts)
-
-
-def _spans(indices: list[int]) -> str:
-    """[0, 1, 2, 5, 7, 8] -> "0–2,5,7–8": contiguous runs only, so gaps stay visible."""
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return ",".join(f"{a}–{b}" if b > a else str(a) for a, b in runs)
-
-
-@functools.lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern:
-    if pattern in ("*", "**"):
-        return re.compile(r".*\Z")
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append(r"[^.]*")
-        elif c == "?":
-            out.append(r"[^.]")
-        elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j == -1:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1:j].replace("\\", "\\\\")
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    try:
-        return re.compile("".join(out) + r"\Z")
-    except re.error as e:  # "[]", "[!]", "[z-a]": an empty or reversed character set
-        raise HookError(f"'{pattern}' is not a valid hook pattern ({e.msg} in its [...] set); "
-                        f"use `*`, `**`, `?` or a set such as [0-3].") from None
-
-
-def match_names(pattern: str, names: Iterable[str]) -> list[str]:
-    """The names matching one glob (see module docstring), in the order given."""
-    rx = _glob_regex(pattern)
-    return [n for n in names if rx.match(n)]
+def is_hooked(model: Any) -> bool:
+    """Whether `model` follows the hooked-model protocol (module docstring): hook points, an
+    input shape and a token layout. vitscope's ViT and every adapter do; the CNN does not."""
+    return (isinstance(model, nn.Module) and hasattr(model, "input_shape")
+            and hasattr(model, "token_layout") and bool(hook_points(model)))
 
 
 def resolve(model_or_names: nn.Module | Iterable[str], patterns: str | Iterable[str]) -> list[str]:
@@ -121,24 +67,9 @@ def resolve(model_or_names: nn.Module | Iterable[str], patterns: str | Iterable[
 
     Raises HookError naming each pattern that matches nothing, with what exists.
     """
-    available = list(hook_points(model_or_names) if isinstance(model_or_names, nn.Module)
-                     else model_or_names)
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    chosen: set[str] = set()
-    for pattern in patterns:
-        matched = match_names(pattern, available)
-        if not matched:
-            raise HookError(unknown_hook_message(pattern, available))
-        chosen.update(matched)
-    return [n for n in available if n in chosen]
-
-
-def unknown_hook_message(pattern: str, available: list[str]) -> str:
-    close = difflib.get_close_matches(pattern, available, n=1, cutoff=0.6)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return (f"No hook point matches '{pattern}'.{hint} Available: {summarize_names(available)} "
-            f"(`vitscope hooks CKPT` lists them with shapes).")
+    available = (hook_points(model_or_names) if isinstance(model_or_names, nn.Module)
+                 else model_or_names)
+    return resolve_names(available, patterns)
 
 
 @contextlib.contextmanager
@@ -200,21 +131,24 @@ def run_with_cache(model: nn.Module, x: torch.Tensor, names: str | Iterable[str]
     return logits, cache
 
 
-def list_hook_points(model: nn.Module, image_size: int | None = None,
+def list_hook_points(model: nn.Module, image_size: int | tuple[int, int] | None = None,
                      in_channels: int | None = None) -> list[tuple[str, tuple[str | int, ...]]]:
     """Every hook point with its shape for one input, the batch dimension shown as "B".
 
-    `image_size` defaults to the model's; another size is refused with a clear error, since
-    the learned position embedding fixes the number of tokens (no silent interpolation)."""
-    cfg = getattr(model, "cfg", None)
-    size = image_size or cfg.image_size
-    if size != cfg.image_size:
-        raise HookError(f"This model takes {cfg.image_size}×{cfg.image_size} images (its position "
-                        f"embedding holds {cfg.num_tokens} tokens), not {size}×{size}; leave "
-                        f"image_size out to list the hook points at the model's size.")
-    channels = in_channels or cfg.in_channels
+    `image_size` defaults to the model's (`model.input_shape`); another size is refused with a
+    clear error, since the learned position embedding fixes the number of tokens (no silent
+    interpolation)."""
+    channels, h, w = model.input_shape
+    if image_size is not None:
+        want = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size,) * 2
+        if want != (h, w):
+            raise HookError(f"This model takes {h}×{w} images (its position embedding holds "
+                            f"{model.token_layout.num_tokens} tokens), not "
+                            f"{want[0]}×{want[1]}; leave image_size out to list the hook points "
+                            f"at the model's size.")
+    channels = in_channels or channels
     param = next(model.parameters())
-    x = torch.zeros(1, channels, size, size, device=param.device, dtype=param.dtype)
+    x = torch.zeros(1, channels, h, w, device=param.device, dtype=param.dtype)
     was_training = model.training
     model.eval()
     try:
@@ -223,7 +157,3 @@ def list_hook_points(model: nn.Module, image_size: int | None = None,
     finally:
         model.train(was_training)
     return [(name, ("B", *t.shape[1:])) for name, t in cache.items()]
-
-
-def format_shape(shape: tuple) -> str:
-    return "×".join(str(s) for s in shape)

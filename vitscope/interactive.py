@@ -102,7 +102,7 @@ gd.on('plotly_unhover', function() { box.style.display = 'none'; });
 def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[str],
                slider_label: str, col_titles: Sequence[str], row_titles: Sequence[str],
                title: str, alpha: float = 0.55, colorscale: str = "Inferno",
-               query: Sequence[int | None] | None = None, patch_size: int | None = None):
+               query: Sequence[int | None] | None = None):
     """Patch maps over images, one panel per (row, column), with a slider over steps.
 
     images: R×H×W×3 uint8 (one per row) or R×C×H×W×3 (one per panel); maps: S×R×C×h×w

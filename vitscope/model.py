@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitscope.errors import ConfigError
+from vitscope.hooks import HookPoint, hook_points, name_hook_points, run_with_cache
+from vitscope.layout import TokenLayout
 
 STEMS = ("patch", "conv")
 
@@ -135,20 +137,6 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"No model preset '{name}'.{hint} Available: {', '.join(PRESETS)}.")
     return ModelConfig(**{**PRESETS[name], **overrides})
-
-
-class HookPoint(nn.Identity):
-    """A named, parameter-free identity: attach forward hooks here to read or edit activations.
-
-    `name` is set by the ViT to the module path (e.g. "blocks.3.attn.weights").
-    """
-
-    name: str = ""
-
-    @property
-    def active(self) -> bool:
-        """True while a forward hook is attached (the attention uses it to go explicit)."""
-        return bool(self._forward_hooks)
 
 
 class HookedLayerNorm(nn.LayerNorm):
@@ -312,9 +300,7 @@ class ViT(nn.Module):
         self.cls = HookPoint()     # B×D, the CLS token fed to the head
         self.head = nn.Linear(D, cfg.num_classes)
         self._init_weights()
-        for name, module in self.named_modules():
-            if isinstance(module, HookPoint):
-                module.name = name
+        name_hook_points(self)
 
     def _init_weights(self) -> None:
         def trunc_normal(t: torch.Tensor) -> None:  # std 0.02, truncated at two std
@@ -354,12 +340,23 @@ class ViT(nn.Module):
             if isinstance(m, Attention):
                 m.fused = fused
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """C×H×W of the images the model takes."""
+        return (self.cfg.in_channels, self.cfg.image_size, self.cfg.image_size)
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        """One CLS token, then the patches in row-major order."""
+        cfg = self.cfg
+        return TokenLayout.from_prefix([("cls", 1)], (cfg.grid_size, cfg.grid_size),
+                                       cfg.patch_size, cfg.image_size)
+
     def hook_points(self) -> dict[str, HookPoint]:
-        return {name: m for name, m in self.named_modules() if isinstance(m, HookPoint)}
+        return hook_points(self)
 
     def run_with_cache(self, x: torch.Tensor, names: Any = None) -> tuple[torch.Tensor, dict]:
         """See vitscope.hooks.run_with_cache."""
-        from vitscope.hooks import run_with_cache
         return run_with_cache(self, x, names=names)
 
 

@@ -143,8 +143,9 @@ def _dump_contents(path: Path) -> tuple[list[str], int]:
 def _model_hooks(ckpt) -> list[str]:
     """Hook point names of the checkpoint's model (empty for models without hook points)."""
     from vitscope.checkpoint import load_checkpoint
+    from vitscope.hooks import hook_points, is_hooked
     model = load_checkpoint(ckpt).build_model()
-    return list(model.hook_points()) if hasattr(model, "hook_points") else []
+    return list(hook_points(model)) if is_hooked(model) else []
 
 
 def _dump_hooks(path: Path, ckpt) -> tuple[list[str], list[str]]:

@@ -94,14 +94,14 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
                                   check_limit, dataset_for, parse_shard, run_name, shard_range)
     from vitscope.checkpoint import load_model
     from vitscope.errors import DumpError
-    from vitscope.hooks import resolve
+    from vitscope.hooks import is_hooked, resolve
 
     check_limit(limit)
     patterns = [p.strip() for item in hooks for p in item.split(",") if p.strip()] or list(DEFAULT_HOOKS)
     parsed = parse_shard(shard) if shard is not None else _torchrun_shard()
     dev = capture_device(device)  # a bad --device fails before anything is loaded
     model, ck = load_model(ckpt)
-    if not hasattr(model, "hook_points"):
+    if not is_hooked(model):
         raise DumpError(f"'{ckpt}' holds a {ck.arch} model, which has no hook points; dumps are "
                         f"made from ViT checkpoints.")
     resolve(model, patterns)  # fail on a bad pattern before loading any data
@@ -167,8 +167,8 @@ def info_cmd(path) -> None:
         click.echo(f"data         {a.get('dataset')} ({a.get('split')}), {len(d)} of "
                    f"{a.get('split_size')} images, order {a.get('order')} (seed {a.get('seed')})")
         lay = d.layout
-        click.echo(f"layout       {lay.num_prefix_tokens} prefix token + {lay.grid[0]}×{lay.grid[1]} "
-                   f"patches of {lay.patch_size} px ({lay.image_size} px images)")
+        click.echo(f"layout       {lay.describe()} ({lay.image_size[0]}×{lay.image_size[1]} px "
+                   f"images)")
         click.echo(f"classes      {len(d.classes)}: {', '.join(d.classes)}")
         filters = {h: _filter(d[h]) for h in d.hooks}
         asked = a.get("compression")

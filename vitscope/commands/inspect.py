@@ -42,10 +42,10 @@ def hooks(ckpt: str, pattern: str | None) -> None:
     """Every hook point of a checkpoint's model with its shape (B = batch)."""
     from vitscope.checkpoint import load_model
     from vitscope.errors import VitscopeError
-    from vitscope.hooks import format_shape, list_hook_points, resolve
+    from vitscope.hooks import format_shape, is_hooked, list_hook_points, resolve
 
     model, ck = load_model(ckpt)
-    if not hasattr(model, "hook_points"):
+    if not is_hooked(model):
         raise VitscopeError(f"'{ckpt}' holds a {ck.arch} model, which has no hook points; "
                             f"hooks exist on ViT checkpoints only.")
     points = list_hook_points(model)

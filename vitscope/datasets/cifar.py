@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitscope.datasets.base import ImageDataset
 from vitscope.errors import DataError
 
 CONNECT_TIMEOUT_S = 3.0
@@ -30,7 +31,6 @@ LAYOUT = {
 
 
 def load(kind: str, split: str, *, data_dir, download: bool = True):
-    from vitscope.data import ImageDataset
 
     folder, train_files, test_files, meta_file, names_key, labels_key = LAYOUT[kind]
     base = Path(data_dir).expanduser() / folder

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.datasets.images import decode_many, is_image_name
+from vitscope.datasets.base import ImageDataset, carve_split
 from vitscope.errors import DataError
 
 CACHE_VERSION = 1
@@ -48,7 +49,6 @@ class CorruptImageWarning(DataWarning):
 
 def load(path: str, split: str, image_size: int, *, spec: str, val_split: float | None,
          seed: int, cache_dir: Path, workers: int | None = None):
-    from vitscope.data import carve_split
 
     root = Path(path).expanduser().absolute()  # absolute paths: in the cache key and ds.paths
     if not root.exists():
@@ -133,7 +133,6 @@ def _image_files(folder: Path | str, recursive: bool) -> list[os.DirEntry]:
 def _load_tree(folder: Path, split: str, image_size: int, spec: str, cache_dir: Path,
                workers: int | None):
     """A class tree (folder/<class>/...) or a flat folder of images, decoded and cached."""
-    from vitscope.data import ImageDataset
 
     classes = _class_dirs(folder)
     _check_split_names_as_classes(folder, classes, spec)

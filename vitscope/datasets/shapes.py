@@ -17,6 +17,7 @@ import difflib
 
 import numpy as np
 
+from vitscope.datasets.base import ImageDataset
 from vitscope.errors import DataError
 
 CLASSES = ["disk", "square", "triangle", "cross", "ring", "bar", "star", "crescent", "pair", "triad"]
@@ -56,7 +57,6 @@ def parse_options(arg: str, spec: str) -> dict[str, int]:
 def generate(split: str, image_size: int = 32, *, train: int = DEFAULTS["train"],
              val: int = DEFAULTS["val"], seed: int = 0, spec: str = "shapes"):
     """The `split` part of shapes: `train` or `val` images, deterministic for `seed`."""
-    from vitscope.data import ImageDataset
 
     n = train if split == "train" else val
     rng = np.random.default_rng([seed, 1 if split == "train" else 2])

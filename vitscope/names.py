@@ -1,0 +1,133 @@
+"""Hook-point names: glob matching, ordering and compact listings. Imports no torch.
+
+The dump reader, the plugins and the CLI's listings match names without loading a model, so
+this module depends on nothing but the standard library (`import vitscope.dump` must stay
+torch-free; a test checks it).
+
+Patterns are globs over dotted names: `*` matches within one segment (`blocks.*.out` is the
+residual stream of every block, not `blocks.0.norm1.out`), `**` matches across segments
+(`blocks.**.out` is every output inside the blocks), `?` and `[0-3]` work as usual, and a bare
+`*` or `**` matches everything.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from collections.abc import Iterable
+
+from vitscope.errors import HookError
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def layer_sort_key(name: str) -> tuple:
+    """Sort key putting `blocks.10` after `blocks.9` (numeric, not lexical)."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def block_of(name: str) -> int | None:
+    """The block index of `blocks.<i>.<rest>`, else None."""
+    m = _BLOCK.match(name)
+    return int(m.group(1)) if m else None
+
+
+def summarize_names(names: Iterable[str]) -> str:
+    """Compact listing: per-block names are folded into one `blocks.0–11.<x>` entry each."""
+    names = list(names)
+    blocks: dict[str, list[int]] = {}
+    out: list[str] = []
+    for n in names:
+        m = _BLOCK.match(n)
+        if m:
+            if m.group(2) not in blocks:
+                out.append(f"\0{m.group(2)}")
+            blocks.setdefault(m.group(2), []).append(int(m.group(1)))
+        else:
+            out.append(n)
+    parts = []
+    for entry in out:
+        if entry.startswith("\0"):
+            rest = entry[1:]
+            parts.append(f"blocks.{_spans(sorted(blocks[rest]))}.{rest}")
+        else:
+            parts.append(entry)
+    return ", ".join(parts)
+
+
+def _spans(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0–2,5,7–8": contiguous runs only, so gaps stay visible."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(f"{a}–{b}" if b > a else str(a) for a, b in runs)
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern:
+    if pattern in ("*", "**"):
+        return re.compile(r".*\Z")
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append(r"[^.]*")
+        elif c == "?":
+            out.append(r"[^.]")
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j == -1:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1:j].replace("\\", "\\\\")
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    try:
+        return re.compile("".join(out) + r"\Z")
+    except re.error as e:  # "[]", "[!]", "[z-a]": an empty or reversed character set
+        raise HookError(f"'{pattern}' is not a valid hook pattern ({e.msg} in its [...] set); "
+                        f"use `*`, `**`, `?` or a set such as [0-3].") from None
+
+
+def match_names(pattern: str, names: Iterable[str]) -> list[str]:
+    """The names matching one glob (see module docstring), in the order given."""
+    rx = _glob_regex(pattern)
+    return [n for n in names if rx.match(n)]
+
+
+def resolve_names(available: Iterable[str], patterns: str | Iterable[str]) -> list[str]:
+    """Expand names and glob patterns into names of `available`, in the order of `available`.
+
+    Raises HookError naming each pattern that matches nothing, with what exists.
+    """
+    available = list(available)
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    chosen: set[str] = set()
+    for pattern in patterns:
+        matched = match_names(pattern, available)
+        if not matched:
+            raise HookError(unknown_hook_message(pattern, available))
+        chosen.update(matched)
+    return [n for n in available if n in chosen]
+
+
+def unknown_hook_message(pattern: str, available: list[str]) -> str:
+    close = difflib.get_close_matches(pattern, available, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (f"No hook point matches '{pattern}'.{hint} Available: {summarize_names(available)} "
+            f"(`vitscope hooks CKPT` lists them with shapes).")
+
+
+def format_shape(shape: tuple) -> str:
+    return "×".join(str(s) for s in shape)
