@@ -128,3 +128,20 @@ def test_to_model_input():
     assert images.dtype == torch.uint8  # the input is not modified
     with pytest.raises(DataError):
         to_model_input(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), mean, std)
+
+
+def test_no_centre_prior_on_the_val_split():
+    """Objects sit anywhere (on the torus): a centred Gaussian puts as much of its mass in the
+    masks as a uniform map does (the mask area) and points no better than a random patch."""
+    from vitscope.score.localization import baseline_maps, coverage_of, mass_in_mask, pointing
+    ds = load_dataset("shapes", "val", 32)                      # the 2,000 default val images
+    grid = (8, 8)                                                # patch_size 4, as shapes-quick
+    cov = coverage_of(ds.masks, grid)
+    maps = baseline_maps(ds.images, grid)
+    area = cov.mean()
+    centre_mass = np.nanmean(mass_in_mask(maps["centre"], cov))
+    random_patch = pointing(maps["uniform"], cov).mean()
+    assert abs(centre_mass - area) < 0.02, (centre_mass, area)
+    assert abs(pointing(maps["centre"], cov).mean() - random_patch) < 0.05
+    # and what the old placement had: the shapes' 2×2 centre patches almost always on the object
+    assert (cov[:, 3:5, 3:5] >= 0.5).any(axis=(1, 2)).mean() < 0.5

@@ -105,3 +105,22 @@ def test_bad_config_and_preset_errors_name_the_field():
 def test_wrong_input_size_is_a_clear_error(tiny_vit):
     with pytest.raises(ValueError, match="resize the input"):
         tiny_vit(torch.randn(1, 3, 32, 32))
+
+
+def test_a_circular_stem_sees_images_on_the_torus():
+    """With stem_padding="circular", shifting the image by whole patches (wrapping around)
+    shifts the patch embeddings the same way; zero padding breaks that at the edges."""
+    x = torch.randn(2, 3, 16, 16)
+    shifted = torch.roll(x, shifts=(4, 8), dims=(2, 3))     # 1 and 2 patches of 4 px
+    out = {}
+    for padding in ("circular", "zeros"):
+        torch.manual_seed(0)
+        model = ViT(ModelConfig(image_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2,
+                                stem="conv", stem_channels=[8], stem_padding=padding)).eval()
+        with torch.no_grad():
+            a = model.patch_embed(x).reshape(2, 4, 4, 16)
+            b = model.patch_embed(shifted).reshape(2, 4, 4, 16)
+        out[padding] = torch.allclose(torch.roll(a, shifts=(1, 2), dims=(1, 2)), b, atol=1e-5)
+    assert out == {"circular": True, "zeros": False}
+    with pytest.raises(ConfigError, match="model.stem_padding must be one of zeros, circular"):
+        ModelConfig(stem_padding="reflect")

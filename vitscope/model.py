@@ -25,6 +25,7 @@ from vitscope.hooks import HookPoint, hook_points, name_hook_points, run_with_ca
 from vitscope.layout import TokenLayout
 
 STEMS = ("patch", "conv")
+STEM_PADDINGS = ("zeros", "circular")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class ModelConfig:
     drop_path_rate: float = 0.0   # stochastic depth, linearly increasing to this over the blocks
     stem: str = "patch"           # "patch": one patchify conv; "conv": 3x3 convs, then patchify
     stem_channels: list[int] = field(default_factory=lambda: [64])  # widths of the ConvStem's 3x3 convs
+    stem_padding: str = "zeros"   # ConvStem padding: "zeros", or "circular" for images that wrap around (shapes)
     norm_eps: float = 1e-6        # LayerNorm epsilon (timm's value for ViTs)
 
     def __post_init__(self) -> None:
@@ -77,6 +79,9 @@ class ModelConfig:
         for name in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)!r}.")
+        if self.stem_padding not in STEM_PADDINGS:
+            raise ConfigError(f"model.stem_padding must be one of {', '.join(STEM_PADDINGS)}, got "
+                              f"{self.stem_padding!r}.")
         if self.stem == "conv" and not self.stem_channels:
             raise ConfigError("model.stem_channels must list at least one width when model.stem='conv'.")
 
@@ -158,11 +163,12 @@ class HookedLayerNorm(nn.LayerNorm):
 class ConvStem(nn.Module):
     """3x3 conv-BN-ReLU layers at full resolution; the patchify conv follows in PatchEmbed."""
 
-    def __init__(self, in_channels: int, channels: list[int]) -> None:
+    def __init__(self, in_channels: int, channels: list[int], padding: str = "zeros") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for c in channels:
-            layers += [nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
+            layers += [nn.Conv2d(in_channels, c, 3, padding=1, padding_mode=padding, bias=False),
+                       nn.BatchNorm2d(c),
                        nn.ReLU(inplace=True)]
             in_channels = c
         self.layers = nn.Sequential(*layers)
@@ -178,7 +184,7 @@ class PatchEmbed(nn.Module):
         in_ch = cfg.in_channels
         self.stem: nn.Module | None = None
         if cfg.stem == "conv":
-            self.stem = ConvStem(in_ch, cfg.stem_channels)
+            self.stem = ConvStem(in_ch, cfg.stem_channels, cfg.stem_padding)
             in_ch = self.stem.out_channels
         self.proj = nn.Conv2d(in_ch, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
         self.out = HookPoint()  # B×(T-1)×D, patch projections before the position embedding

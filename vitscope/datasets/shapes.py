@@ -2,7 +2,11 @@
 
 Each image holds one shape at a random position, scale, rotation and colour on a background
 of a random colour with a sinusoidal texture and pixel noise, so neither colour nor
-position tells the class: only the silhouette does. The shape is always lighter than its
+position tells the class: only the silhouette does. Positions are uniform on the torus (a
+shape crossing an edge re-enters on the opposite side, whole): every pixel is equally likely
+to be on the object, so no fixed map — a centre prior — localises it (a test checks that a
+centred Gaussian scores no better than a uniform map). Models for it suit circular padding
+(`model.stem_padding = "circular"`, as in the shapes-quick recipe). The shape is always lighter than its
 background (in every channel), which keeps figure and ground separable at 32×32 and makes
 the set learnable by a small ViT in a short CPU run. Every image comes with its ground-truth
 object mask, which lets an explanation be scored on whether it points at the object.
@@ -74,8 +78,11 @@ def _render(labels: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np
     n = len(labels)
     f32 = np.float32
     radius = (rng.uniform(*SCALE, n) * size).astype(f32)
-    cx = rng.uniform(0.9 * radius, size - 0.9 * radius).astype(f32)
-    cy = rng.uniform(0.9 * radius, size - 0.9 * radius).astype(f32)
+    # Centres uniform over the whole image, offsets taken on the torus (an object crossing
+    # an edge re-enters on the opposite side): every pixel is equally likely to lie on the
+    # object, so no fixed map (a centre prior) can localise it.
+    cx = rng.uniform(0, size, n).astype(f32)
+    cy = rng.uniform(0, size, n).astype(f32)
     theta = rng.uniform(-ROTATION, ROTATION, n)
     cos, sin = np.cos(theta).astype(f32), np.sin(theta).astype(f32)
     fg, bg = _colours(rng, n)
@@ -93,8 +100,8 @@ def _render(labels: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np
         acc = np.zeros((len(idx), size, size), dtype=f32)
         for oy in (0.25, 0.75):
             for ox in (0.25, 0.75):
-                dx = (grid + f32(ox))[None, None, :] - cx[idx, None, None]
-                dy = (grid + f32(oy))[None, :, None] - cy[idx, None, None]
+                dx = _wrap((grid + f32(ox))[None, None, :] - cx[idx, None, None], size)
+                dy = _wrap((grid + f32(oy))[None, :, None] - cy[idx, None, None], size)
                 acc += inside((c * dx + s * dy) / r, (c * dy - s * dx) / r)
         coverage[idx] = acc * f32(0.25)
     mask = coverage >= 0.5
@@ -105,6 +112,12 @@ def _render(labels: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np
     image += rng.standard_normal(image.shape, dtype=f32) * f32(NOISE)
     np.clip(image, 0, 1, out=image)
     return (image * 255 + 0.5).astype(np.uint8), mask
+
+
+def _wrap(d: np.ndarray, size: int) -> np.ndarray:
+    """Offsets on a torus of side `size`: the shortest signed distance, in [-size/2, size/2)."""
+    half = np.float32(size / 2)
+    return np.mod(d + half, np.float32(size)) - half
 
 
 def _colours(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
