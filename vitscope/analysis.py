@@ -61,7 +61,8 @@ def union_requires(entries: Iterable[PluginEntry]) -> list[str]:
 def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
                   model_hooks: Iterable[str] | None = None) -> dict[str, list[str]]:
     """plugin name -> its `requires` patterns that `available` (a model's hook points, or what
-    a dump holds) does not fully serve, each as text for an error message.
+    a dump holds; `grad:<hook>` for gradients, see vitscope.names.with_grads) does not fully
+    serve, each as text for an error message.
 
     A pattern is resolved against `model_hooks` (every hook point of the model; default
     `available`), and all of its matches must be available: a dump holding blocks 1–2 of
@@ -144,8 +145,7 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
         # Plugins may rely on it: options.limit is None or a count the dump really holds.
         limit = None if limit is None else min(int(limit), len(dump))
         for entry in entries:
-            gone = missing_hooks(dump.hooks, [entry],
-                                 dump.attrs.get("model_hooks")).get(entry.name)
+            gone = missing_hooks(dump.names, [entry], dump.model_names).get(entry.name)
             if gone:  # never call render on a dump without what the plugin reads
                 res = PluginResult(entry.name, entry.source, False, out_dir=run_dir / entry.name,
                                    error=f"needs hook points {', '.join(gone)}, which the dump "

@@ -13,6 +13,15 @@ Why it is shaped this way:
   are stored once and hard-linked, which saves a sixth of the default set.
 - The file is written as OUT.h5.partial and renamed on success; Ctrl-C, SIGTERM or an
   exception deletes the partial file, and an existing OUT.h5 is replaced only with force.
+- Gradients (`grad:<pattern>` among the hooks, e.g. `grad:blocks.*.attn.weights`): the forward
+  pass runs with autograd only then, and one backward pass per batch gives d logit[target] /
+  d <hook output> for every image at once (images are independent in eval mode, so the
+  gradient of the summed target logits is each image's own). The hook hands the model a
+  fresh view of its activation, so the gradient is the one flowing through that hook point
+  only (`blocks.i.norm1.in` gets the LayerNorm branch, `blocks.{i-1}.out` the whole residual
+  stream), on any hooked model. Without gradients the pass stays under inference_mode.
+  The class explained per image (`target`: "pred", "label", a class index, or an array per
+  split position) is stored in /target for every dump.
 - Images must already have the model's size (a clear DumpError otherwise): resizing silently
   would change what the model saw. `load_dataset(..., image_size=cfg.image_size)` resizes
   once, at load time; the CLI and ensure_dump always ask for the checkpoint's size.
@@ -35,6 +44,7 @@ import torch
 from vitscope.dump import Dump, DumpWriter
 from vitscope.errors import DataError, DumpError, VitscopeError
 from vitscope.hooks import attach, hook_points, is_hooked, resolve
+from vitscope.names import GRAD_PREFIX, split_grads
 from vitscope.paths import make_output_dir, remove_empty
 
 DEFAULT_HOOKS: tuple[str, ...] = (
@@ -53,6 +63,8 @@ DEFAULT_DUMP_DIR = Path("outputs/.dumps")   # where `vitscope analyze` captures 
 USER_DUMP_DIR = Path("outputs/dumps")       # where `vitscope dump` writes without -o
 CAPTURE_SEED = 0                    # the image order analyses ask for (a seeded shuffle)
 QUEUE_BATCHES = 2                   # batches waiting for the writer: bounds memory
+TARGETS = ("pred", "label")         # besides a class index: what --target may name
+FP16_UNDERFLOW_WARN = 0.01          # warn when this share of non-zero gradients flush to 0 in fp16
 
 
 def capture(model: torch.nn.Module, dataset, out_path: str | Path,
@@ -61,7 +73,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
             dtype: str = "float16", compression: str | None = "lzf",
             shard: tuple[int, int] | str | None = None, force: bool = False,
             device: str | torch.device | None = None, progress: bool = False,
-            seed: int | None = 0) -> Path:
+            seed: int | None = 0, target: str | int | np.ndarray = "pred") -> Path:
     """Run `dataset` (an ImageDataset) through `model` and write the dump `out_path`.
 
     Images go in a seeded shuffle of the split (`seed`; None keeps the split's order) so any
@@ -70,10 +82,13 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     path, SHA-256, classes and normalisation; without it they come from `model.cfg`,
     `classes` and `normalize` ((mean, std), default 0.5 each) and the hash stays empty.
     The model is moved to `device` (None: where it is) and put back in its train/eval mode
-    afterwards. Returns the path of the finished dump.
+    afterwards. `target` is the class whose logit gradients differentiate and /target records:
+    "pred" (the model's prediction), "label", a class index, or an int array over the split's
+    positions (stored as "explicit"). Returns the path of the finished dump.
     """
     out = Path(out_path)
-    names = _check_request(model, dataset, out, hooks, limit, batch_size, dtype, compression, force)
+    names, grads = _check_request(model, dataset, out, hooks, limit, batch_size, dtype,
+                                  compression, force)
     order = image_order(len(dataset), seed)[:limit]
     index, count = parse_shard(shard) if shard is not None else (0, 1)
     start, stop = shard_range(len(order), index, count)
@@ -85,6 +100,11 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     attrs = _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype,
                         compression, len(order), (index, count, start, stop) if shard else None)
     labels = _labels_for(dataset, attrs["classes"])  # (labels, remapped)
+    spec = parse_target(target, num_classes(model))
+    _check_target(spec, labels[0][positions] if not isinstance(spec, np.ndarray) else None,
+                  spec[positions] if isinstance(spec, np.ndarray) else None, dataset)
+    attrs["target"] = "explicit" if isinstance(spec, np.ndarray) else str(spec)
+    attrs["grad_hooks"] = grads
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     created = make_output_dir(out.parent, DumpError, "choose another path with -o")
     partial = out.with_name(out.name + ".partial")
@@ -97,7 +117,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
                                              batch_size=batch_size, compression=compression))
         with _terminate_as_exception():
             _stream(model, dataset, positions, labels, names, writer, dev, mean, std,
-                    batch_size, DTYPES[dtype], progress, out.name)
+                    batch_size, DTYPES[dtype], progress, out.name, grads, spec)
             writer.finish()
             if out.exists() and not force:  # created by someone else while we ran
                 raise DumpError(f"'{out}' appeared while capturing; pass --force to overwrite it.")
@@ -114,7 +134,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
 
 
 def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, compression,
-                   force) -> list[str]:
+                   force) -> tuple[list[str], list[str]]:
     if not is_hooked(model):
         raise DumpError(f"A {type(model).__name__} has no hook points to capture; dumps are "
                         f"made from ViT checkpoints.")
@@ -139,7 +159,55 @@ def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, c
         raise DumpError(f"Dataset '{dataset.spec}' has {h}×{w} images but the model expects "
                         f"{mh}×{mw}; load it at the model's size (load_dataset(..., "
                         f"image_size={mh}), which `vitscope dump` does for you).")
-    return resolve(model, [hooks] if isinstance(hooks, str) else list(hooks))
+    return resolve_request(model, hooks)
+
+
+def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[str]]:
+    """Hook names/patterns, some `grad:`-prefixed -> (activation names, gradient names), each
+    in forward order; HookError for a pattern that matches nothing."""
+    acts, grads = split_grads([hooks] if isinstance(hooks, str) else list(hooks))
+    return resolve(model, acts), resolve(model, grads)
+
+
+def num_classes(model) -> int:
+    """Outputs of a hooked model's head (its config says; adapters carry one too)."""
+    return int(model.cfg.num_classes)
+
+
+def parse_target(target, classes: int) -> str | int | np.ndarray:
+    """`--target` text or value -> "pred", "label", a class index, or an int64 array; DumpError
+    in one sentence for anything else (e.g. `--target 99` for a 10-class model)."""
+    if isinstance(target, np.ndarray):
+        arr = np.asarray(target)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise DumpError(f"An explicit target must be a 1-D integer array over the split, got "
+                            f"{arr.dtype} of shape {arr.shape}.")
+        return arr.astype(np.int64)
+    text = str(target).strip().lower()
+    if text in TARGETS:
+        return text
+    try:
+        index = int(text)
+    except ValueError:
+        raise DumpError(f"--target must be pred, label or a class index 0–{classes - 1}, got "
+                        f"{target!r}.") from None
+    if not 0 <= index < classes:
+        raise DumpError(f"--target {index} is not a class of this model, which has {classes} "
+                        f"classes (0–{classes - 1}); use pred, label or an index in that range.")
+    return index
+
+
+def _check_target(spec, labels: np.ndarray | None, explicit: np.ndarray | None, dataset) -> None:
+    """--target label needs a known label for every captured image; an explicit array needs
+    a class for each."""
+    if isinstance(spec, str) and spec == "label" and labels is not None and (labels < 0).any():
+        missing = int((labels < 0).sum())
+        raise DumpError(f"--target label needs a label for every image, but {missing} of the "
+                        f"{len(labels)} images of '{dataset.spec}' have none the model knows; "
+                        f"use --target pred or a class index.")
+    if explicit is not None and (explicit < 0).any():
+        raise DumpError(f"The explicit target has no class for {int((explicit < 0).sum())} of "
+                        f"the captured images; give a class index for each.")
 
 
 def image_order(n: int, seed: int | None) -> np.ndarray:
@@ -301,22 +369,32 @@ class BackgroundWriter:
 
 
 def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWriter, dev,
-            mean, std, batch_size, torch_dtype, progress, desc) -> None:
+            mean, std, batch_size, torch_dtype, progress, desc, grads=(), target="pred") -> None:
     from tqdm import tqdm
 
     from vitscope.data import to_model_input
 
     labels, remapped = labels_remap
     acts: dict[str, torch.Tensor] = {}
+    grad_in: dict[str, torch.Tensor] = {}   # the views handed on by gradient hook points
+    act_set, grad_set = set(names), set(grads)
     aliases: dict[str, str] | None = None
     cuda = dev.type == "cuda"
+    checked_fp16 = torch_dtype != torch.float16
 
-    def grab(t: torch.Tensor, name: str) -> None:
-        acts[name] = t
+    def grab(t: torch.Tensor, name: str) -> torch.Tensor | None:
+        if name in act_set:
+            acts[name] = t.detach()
+        if name in grad_set:   # a fresh view: its gradient is what flows through this point
+            grad_in[name] = view = t.view_as(t)
+            return view
+        return None
 
     bar = tqdm(total=len(positions), unit="img", desc=desc, dynamic_ncols=True,
                disable=None if progress else True)  # None: only on a terminal
-    with attach(model, {n: grab for n in names}), torch.inference_mode(), bar:
+    # Autograd only when gradients are asked for: plain captures keep inference_mode's speed.
+    mode = torch.enable_grad() if grads else torch.inference_mode()
+    with attach(model, {n: grab for n in [*names, *grads]}), mode, bar:
         for b0 in range(0, len(positions), batch_size):
             pos = positions[b0:b0 + batch_size]
             images = np.ascontiguousarray(dataset.images[pos])
@@ -324,18 +402,35 @@ def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWr
             if cuda:
                 u8 = u8.pin_memory().to(dev, non_blocking=True)
             acts.clear()
-            logits = model(to_model_input(u8.to(dev), mean, std))
+            grad_in.clear()
+            x = to_model_input(u8.to(dev), mean, std)
+            if grads:
+                x.requires_grad_(True)   # every hook output joins the graph, frozen weights or not
+            logits = model(x)
+            tgt = _batch_target(target, logits, labels, pos)
+            tensors: dict[str, torch.Tensor] = {}
+            if grads:
+                raw = _target_grads(logits, tgt, grad_in, grads)
+                if not checked_fp16:
+                    checked_fp16 = True
+                    _warn_fp16_loss(raw)
+                tensors.update({f"grads/{n}": g.to(torch_dtype) for n, g in zip(grads, raw)})
+                del raw
+                grad_in.clear()   # frees this batch's graph before the next forward
+            logits = logits.detach()
             first = aliases is None
             if first:
                 aliases = _same_tensors(acts, names)
-            tensors = {f"acts/{n}": acts[n].to(torch_dtype) for n in names if n not in aliases}
+            tensors.update({f"acts/{n}": acts[n].to(torch_dtype) for n in names
+                            if n not in aliases})
             tensors["logits"] = logits.float()
             tensors = {k: v.to("cpu", non_blocking=cuda) for k, v in tensors.items()}
             event = None
             if cuda:
                 event = torch.cuda.Event()
                 event.record()
-            arrays = {"images": images, "labels": labels[pos], "indices": pos}
+            arrays = {"images": images, "labels": labels[pos], "indices": pos,
+                      "target": tgt.cpu().numpy()}
             if remapped:
                 arrays["dataset_labels"] = np.asarray(dataset.labels, dtype=np.int64)[pos]
             if dataset.masks is not None:
@@ -345,6 +440,50 @@ def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWr
             bar.update(len(pos))
             if progress:
                 bar.set_postfix_str(f"{writer.writer.bytes_in / 1e6:,.1f} MB written", refresh=False)
+
+
+def _batch_target(target, logits: torch.Tensor, labels: np.ndarray,
+                  pos: np.ndarray) -> torch.Tensor:
+    """The class explained for each image of a batch (B int64 on the logits' device)."""
+    if isinstance(target, np.ndarray):
+        values = target[pos]
+    elif target == "pred":
+        return logits.detach().argmax(dim=1)
+    elif target == "label":
+        values = labels[pos]
+    else:
+        values = np.full(len(pos), int(target), dtype=np.int64)
+    return torch.as_tensor(values, dtype=torch.long, device=logits.device)
+
+
+def _target_grads(logits: torch.Tensor, target: torch.Tensor, grad_in: dict[str, torch.Tensor],
+                  grads: list[str]) -> list[torch.Tensor]:
+    """d logit[target] / d each hooked view, for the whole batch in one backward pass."""
+    missing = [n for n in grads if n not in grad_in]
+    if missing:
+        raise DumpError(f"Hook point '{missing[0]}' produced nothing during the forward pass; "
+                        f"this model does not run it, so it has no gradient.")
+    chosen = logits.gather(1, target[:, None]).sum()
+    out = torch.autograd.grad(chosen, [grad_in[n] for n in grads], allow_unused=True)
+    # a point the target logit does not depend on at all has a zero gradient
+    return [torch.zeros_like(grad_in[n]) if g is None else g.detach()
+            for n, g in zip(grads, out)]
+
+
+def _warn_fp16_loss(raw: list[torch.Tensor]) -> None:
+    """On the first batch: warn when fp16 storage loses gradients that float32 keeps
+    (overflow beyond 65504, or more than 1% of the non-zero values flushed to zero)."""
+    over = under = nonzero = 0
+    for g in raw:
+        g16 = g.to(torch.float16)
+        over += int((torch.isinf(g16) & torch.isfinite(g)).sum())
+        nz = g != 0
+        nonzero += int(nz.sum())
+        under += int((nz & (g16 == 0)).sum())
+    if over or (nonzero and under > FP16_UNDERFLOW_WARN * nonzero):
+        warnings.warn(f"float16 loses gradients of this model ({over} overflow, {under} of "
+                      f"{nonzero} non-zero values flush to zero in the first batch); capture "
+                      f"with --dtype float32 to keep them.", stacklevel=3)
 
 
 def _same_tensors(acts: dict[str, torch.Tensor], names: list[str]) -> dict[str, str]:
@@ -438,13 +577,14 @@ def capture_device(name: str | None = "auto") -> torch.device:
     return dev
 
 
-def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha) -> Path | None:
+def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha,
+                   target="pred") -> Path | None:
     """The first finished dump in the search folders that serves the request, else None."""
     for path in find_dumps(dump_dir):
         try:
             with Dump.open(path) as dump:
                 if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split,
-                               data_sha256=data_sha, seed=CAPTURE_SEED):
+                               data_sha256=data_sha, seed=CAPTURE_SEED, target=target):
                     return path
         except VitscopeError:
             continue  # a foreign or damaged file in the cache folder is not ours to judge
@@ -463,19 +603,25 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
                 n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
                 dump_dir: str | Path | None = None, batch_size: int = 64,
                 device: str | torch.device | None = None,
-                progress: bool = False) -> tuple[Path, bool]:
-    """A dump serving (checkpoint, data, split, first n images, hooks): `(path, reused)`.
+                progress: bool = False, target: str | int = "pred") -> tuple[Path, bool]:
+    """A dump serving (checkpoint, data, split, first n images, hooks, target): `(path, reused)`.
 
     Reuses any finished dump in `dump_dir` (default: outputs/.dumps and outputs/dumps) whose
     checkpoint SHA-256, dataset spec and fingerprint, split, length and hook points cover the
     request, else captures one in `dump_dir` (default outputs/.dumps).
     `data` None means the checkpoint's training data; `n` None means DEFAULT_N images.
+    `target` ("pred", "label" or a class index) matters only for `grad:` hooks.
     """
     from vitscope.checkpoint import load_checkpoint
 
     n = DEFAULT_N if n is None else n
     check_limit(n)
     ckpt = load_checkpoint(ckpt_path)
+    target = parse_target(target, int(getattr(ckpt.model_config, "num_classes", 0)
+                                      or len(ckpt.classes or ())))
+    if isinstance(target, np.ndarray):
+        raise DumpError("ensure_dump takes a target of pred, label or a class index; call "
+                        "capture() for an explicit target per image.")
     spec = data_spec(ckpt, data)
     sha = file_sha256(ckpt.path)
     patterns = [hooks] if isinstance(hooks, str) else list(hooks)
@@ -486,22 +632,25 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
     except DataError:
         # The data is gone (moved, or outputs/ copied to another machine): a dump that matches
         # in everything else still serves, with a warning that its pixels went unchecked.
-        found = _covering_dump(dump_dir, patterns, n, sha, spec, split, None)
+        found = _covering_dump(dump_dir, patterns, n, sha, spec, split, None, target)
         if found is None:
             raise
         warnings.warn(f"Reusing {found} without re-checking its images: the data {spec} cannot "
                       f"be loaded here.", stacklevel=2)
         return found, True
     data_sha = dataset.fingerprint()
-    found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha)
+    found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target)
     if found is not None:
         return found, True
     model = ckpt.build_model()
     folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
-    key = hashlib.sha256(repr((sha, data_sha, split, n, sorted(patterns))).encode()).hexdigest()[:10]
+    request = (sha, data_sha, split, n, sorted(patterns))
+    if split_grads(patterns)[1]:
+        request += (str(target),)   # another target is another dump
+    key = hashlib.sha256(repr(request).encode()).hexdigest()[:10]
     out = folder / f"{run_name(ckpt.path)}-{split}-{min(n, len(dataset))}-{key}.h5"
     device = capture_device(device) if not isinstance(device, torch.device) else device
     path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
                    batch_size=batch_size, device=device, progress=progress, force=True,
-                   seed=CAPTURE_SEED)
+                   seed=CAPTURE_SEED, target=target)
     return path, False

@@ -10,10 +10,14 @@
     /masks            N×H×W uint8      ground-truth object masks, when the dataset has them
     /acts/<hook>      N×...            one dataset per captured hook point (fp16 by default),
                                        chunked along N, attribute `dims` names each axis
+    /target           N int64          the class explained per image (attribute `target`
+                                       says how it was chosen: pred, label, an index)
+    /grads/<hook>     N×...            d logit[target] / d <hook>, for the gradients asked for
 
     with Dump.open("outputs/dumps/run-val-64.h5") as dump:
         for name in dump.match("blocks.*.attn.weights"):    # numeric layer order
             a = dump[name][:16]                              # lazy: reads 16 images only
+        g = dump["grad:blocks.0.attn.weights"][:16]          # its gradient, where captured
 
 A file becomes a dump only when its writer finishes (attribute `complete`), so a `.partial`
 left by a killed capture never opens as one. `merge` joins the shards of a `--shard i/n`
@@ -35,15 +39,18 @@ import numpy as np
 from vitscope import __version__
 from vitscope.errors import DumpError
 from vitscope.layout import TokenLayout  # noqa: F401  (re-exported: the dump's layout type)
-from vitscope.names import layer_sort_key, match_names, summarize_names
+from vitscope.names import (GRAD_PREFIX, is_grad, layer_sort_key, match_names, split_grads,
+                            summarize_names)
 from vitscope.paths import make_output_dir, remove_empty
 
 FORMAT = "vitscope-dump"
-# 2: token layout with prefix kinds and (height, width) sizes. Version-1 dumps still open.
+# 2: token layout with prefix kinds and (height, width) sizes; /target and /grads (optional:
+# a version-2 dump without them reads as explained by its predictions). Version 1 still opens.
 VERSION = 2
 # Root attributes stored as JSON text (HDF5 attributes hold no nested data); Dump.attrs decodes them.
 JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
-                        "model_hooks", "aliases", "normalize", "shard", "merged_from"})
+                        "model_hooks", "aliases", "normalize", "shard", "merged_from",
+                        "grad_hooks"})
 # Datasets every dump has besides /acts (masks and dataset_labels are optional).
 REQUIRED = ("images", "labels", "logits", "indices")
 CHUNK_BYTES = 1 << 20        # target chunk size: large enough to compress well, small to read one image
@@ -54,8 +61,8 @@ def dims_for(key: str, ndim: int) -> list[str]:
     """Axis names of a dataset: N images, H heads, T tokens (prefix + patches), P patches only,
     D width, Dh head width; images use H×W×C for height, width, channels."""
     known = {"images": ["N", "H", "W", "C"], "masks": ["N", "H", "W"], "labels": ["N"],
-             "dataset_labels": ["N"], "indices": ["N"], "logits": ["N", "C"]}
-    name = key.removeprefix("acts/")
+             "dataset_labels": ["N"], "indices": ["N"], "logits": ["N", "C"], "target": ["N"]}
+    name = key.removeprefix("acts/").removeprefix("grads/")
     if key in known:
         dims = known[key]
     elif name.endswith("attn.weights"):
@@ -202,6 +209,9 @@ class Dump:
         self.attrs: dict[str, Any] = {k: _decode(k, v) for k, v in f.attrs.items()}
         listed = self.attrs.get("hooks") or sorted(f["acts"], key=layer_sort_key)
         self.hooks: list[str] = [h for h in listed if h in f["acts"]]
+        grads = f["grads"] if "grads" in f else {}
+        # hooks whose gradient of the target logit was captured (read as dump["grad:<hook>"])
+        self.grad_hooks: list[str] = [h for h in self.attrs.get("grad_hooks") or [] if h in grads]
         self.layout = TokenLayout.from_dict(self.attrs["token_layout"])
         self.classes: list[str] = list(self.attrs.get("classes") or [])
         self.model_config: dict[str, Any] = dict(self.attrs.get("model_config") or {})
@@ -273,6 +283,13 @@ class Dump:
                                 f"merge again with `vitscope dump merge`).")
 
     def __getitem__(self, hook: str) -> h5py.Dataset:
+        if is_grad(hook):
+            name = hook[len(GRAD_PREFIX):]
+            if name not in self.grad_hooks:
+                raise DumpError(f"'{self.path}' holds no gradient of '{name}'; it holds gradients "
+                                f"of: {summarize_names(self.grad_hooks) or 'none'} (capture them "
+                                f"with `vitscope dump --hooks 'grad:{name}' --target ...`).")
+            return self._f["grads"][name]
         if hook not in self._f["acts"]:
             raise DumpError(f"'{self.path}' holds no hook '{hook}'; it holds: "
                             f"{summarize_names(self.hooks) or 'none'} (capture more with "
@@ -280,11 +297,30 @@ class Dump:
         return self._f["acts"][hook]
 
     def __contains__(self, hook: str) -> bool:
+        if is_grad(hook):
+            return hook[len(GRAD_PREFIX):] in self.grad_hooks
         return hook in self._f["acts"]
 
     def match(self, pattern: str) -> list[str]:
-        """Captured hook names matching a glob, in numeric layer order; [] if none."""
+        """Captured hook names matching a glob, in numeric layer order; [] if none. A
+        `grad:` pattern matches the captured gradients and returns `grad:`-prefixed names."""
+        if is_grad(pattern):
+            found = match_names(pattern[len(GRAD_PREFIX):], self.grad_hooks)
+            return [GRAD_PREFIX + n for n in sorted(found, key=self._order)]
         return sorted(match_names(pattern, self.hooks), key=self._order)
+
+    @property
+    def names(self) -> list[str]:
+        """Everything a plugin's `requires` can ask of this dump: the hooks, then `grad:<hook>`
+        for each captured gradient."""
+        return self.hooks + [GRAD_PREFIX + h for h in self.grad_hooks]
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every name the model offers (hook points, and `grad:` of each): what `requires`
+        patterns are resolved against."""
+        model = list(self.attrs.get("model_hooks") or self.hooks)
+        return model + [GRAD_PREFIX + h for h in model]
 
     @cached_property
     def _rank(self) -> dict[str, int]:
@@ -311,6 +347,20 @@ class Dump:
         """Index of each image in its split."""
         return np.asarray(self._f["indices"][:], dtype=np.int64)
 
+    @property
+    def target_spec(self) -> str:
+        """How /target was chosen: "pred", "label", a class index as text, or "explicit";
+        "pred" for dumps made before targets were stored (their gradients: none)."""
+        return str(self.attrs.get("target", "pred"))
+
+    @cached_property
+    def target(self) -> np.ndarray:
+        """The class explained for each image (N int64): what its gradients differentiate;
+        the predictions for a dump without /target."""
+        if "target" not in self._f:
+            return self.preds
+        return np.asarray(self._f["target"][:], dtype=np.int64)
+
     @cached_property
     def preds(self) -> np.ndarray:
         step = 1 << 16
@@ -319,14 +369,22 @@ class Dump:
 
     def covers(self, hooks: Iterable[str] | str, n: int, *, checkpoint_sha256: str | None = None,
                data: str | None = None, split: str | None = None,
-               data_sha256: str | None = None, seed: int | None = None) -> bool:
+               data_sha256: str | None = None, seed: int | None = None,
+               target: str | int | None = None) -> bool:
         """Whether this dump serves a request: every hook point the names/patterns select in
-        the model is captured, it holds the first n images (or the whole split) of its order,
-        and the checkpoint hash, dataset spec, split and data fingerprint
-        (ImageDataset.fingerprint) agree where given. With `seed`, its first n images must be
-        the first n of that seeded shuffle (an `--in-order` dump's first images may all be of
-        one class), unless n takes every image of the split anyway."""
+        the model is captured (`grad:` ones as gradients), it holds the first n images (or the
+        whole split) of its order, and the checkpoint hash, dataset spec, split and data
+        fingerprint (ImageDataset.fingerprint) agree where given. With `seed`, its first n
+        images must be the first n of that seeded shuffle (an `--in-order` dump's first images
+        may all be of one class), unless n takes every image of the split anyway. Gradients
+        serve only a request for the same `target` (default "pred"); an "explicit" one never."""
         a = self.attrs
+        patterns = [hooks] if isinstance(hooks, str) else list(hooks)
+        act_patterns, grad_patterns = split_grads(patterns)
+        if grad_patterns and (self.target_spec == "explicit"
+                              or self.target_spec != str(target if target is not None
+                                                         else "pred").strip().lower()):
+            return False
         if seed is not None and (a.get("order"), a.get("seed")) != ("shuffle", seed) \
                 and n < int(a.get("split_size", n + 1)):
             return False
@@ -345,11 +403,12 @@ class Dump:
         if len(self) < n and not whole_split:
             return False
         model_hooks = a.get("model_hooks") or self.hooks
-        have = set(self.hooks)
-        for pattern in [hooks] if isinstance(hooks, str) else hooks:
-            wanted = match_names(pattern, model_hooks)
-            if not wanted or not have.issuperset(wanted):
-                return False
+        for have, wanted_patterns in ((set(self.hooks), act_patterns),
+                                      (set(self.grad_hooks), grad_patterns)):
+            for pattern in wanted_patterns:
+                wanted = match_names(pattern, model_hooks)
+                if not wanted or not have.issuperset(wanted):
+                    return False
         return True
 
     def close(self) -> None:
@@ -363,14 +422,16 @@ class Dump:
         self.close()
 
     def __repr__(self) -> str:
+        grads = (f", gradients of: {summarize_names(self.grad_hooks)} (target "
+                 f"{self.target_spec})" if self.grad_hooks else "")
         return (f"Dump('{self.path}', {len(self)} images of {self.attrs.get('dataset')}:"
-                f"{self.attrs.get('split')}, hooks: {summarize_names(self.hooks)})")
+                f"{self.attrs.get('split')}, hooks: {summarize_names(self.hooks)}{grads})")
 
 
 # Attributes every shard of one capture must share before merge joins them.
 SHARED_ATTRS = ("checkpoint_sha256", "model_config", "dataset", "data_sha256", "split",
                 "split_size", "seed", "order", "hooks", "aliases", "dtype", "normalize",
-                "classes", "token_layout")
+                "classes", "token_layout", "target", "grad_hooks")
 
 
 def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False) -> Path:
@@ -449,7 +510,8 @@ def _check_shards(dumps: list[Dump]) -> list[Dump]:
 
 def _dataset_keys(f: h5py.File, aliases: dict[str, str]) -> list[str]:
     keys = [k for k in f if isinstance(f[k], h5py.Dataset)]
-    return keys + [f"acts/{h}" for h in f["acts"] if h not in aliases]
+    grads = [f"grads/{h}" for h in f["grads"]] if "grads" in f else []
+    return keys + [f"acts/{h}" for h in f["acts"] if h not in aliases] + grads
 
 
 def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
@@ -465,6 +527,8 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
         f.attrs["num_images"] = total
         f.attrs["merged_from"] = json.dumps(rel)
         f.create_group("acts")
+        if "grads" in first._f:
+            f.create_group("grads")
         for key in _dataset_keys(first._f, aliases):
             ref = first._f[key]
             for d in shards[1:]:

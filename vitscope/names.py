@@ -8,6 +8,10 @@ Patterns are globs over dotted names: `*` matches within one segment (`blocks.*.
 residual stream of every block, not `blocks.0.norm1.out`), `**` matches across segments
 (`blocks.**.out` is every output inside the blocks), `?` and `[0-3]` work as usual, and a bare
 `*` or `**` matches everything.
+
+Gradients are named like activations with a `grad:` prefix: `grad:blocks.*.attn.weights` in a
+plugin's `requires` asks for d logit[target] / d `blocks.i.attn.weights` of every block
+(`split_grads`, `with_grads`).
 """
 from __future__ import annotations
 
@@ -19,6 +23,26 @@ from collections.abc import Iterable
 from vitscope.errors import HookError
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+GRAD_PREFIX = "grad:"   # `grad:<hook pattern>`: the gradient of the target logit at those points
+
+
+def is_grad(name: str) -> bool:
+    return name.startswith(GRAD_PREFIX)
+
+
+def split_grads(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Names/patterns -> (activation patterns, gradient patterns without the `grad:` prefix)."""
+    acts, grads = [], []
+    for p in patterns:
+        (grads if is_grad(p) else acts).append(p[len(GRAD_PREFIX):] if is_grad(p) else p)
+    return acts, grads
+
+
+def with_grads(names: Iterable[str], grads: Iterable[str] | None = None) -> list[str]:
+    """`names` followed by `grad:`-prefixed `grads` (default: the same names), for matching
+    `requires` that mix activations and gradients against one list."""
+    names = list(names)
+    return names + [GRAD_PREFIX + n for n in (names if grads is None else grads)]
 
 
 def layer_sort_key(name: str) -> tuple:

@@ -34,8 +34,11 @@ DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds 
               help="Device for capturing: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Capture batch size.")
+@click.option("--target", default=None, metavar="pred|label|INDEX",
+              help="Class the gradient methods explain: the prediction (default), the label, "
+                   "or a class index.")
 def analyze(ckpt, names, all_, dump_path, data, split, images, static, interactive, both, fmt,
-            opts, out_dir, device, batch_size) -> None:
+            opts, out_dir, device, batch_size, target) -> None:
     """Render interpretability figures for CKPT with the chosen plugins.
 
     Captures only the hook points the plugins need (or reuses a dump that covers them), renders
@@ -68,6 +71,8 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, static, interacti
     values = parse_opts(opts, chosen, registry)   # before any capture: bad options fail fast
     if not working:
         raise SystemExit(1)
+    if target is not None or dump_path is None:   # a bad --target fails before any work
+        target = _check_target(target, ckpt, Path(dump_path) if dump_path else None)
     if dump_path is None:
         from vitscope.capture import capture_device
         dev = capture_device(device)               # a bad --device fails before any work
@@ -100,13 +105,15 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, static, interacti
         try:
             path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
                                        hooks=patterns, batch_size=batch_size, device=dev,
-                                       progress=True)
+                                       progress=True, target=target)
         except BaseException:
             remove_empty(created)
             raise
-    hooks, size = _dump_contents(path)
+    hooks, size, (grads, target_spec) = _dump_contents(path)
+    held = summarize_names(hooks) + (f"; gradients of {summarize_names(grads)} for target "
+                                     f"{target_spec}" if grads else "")
     click.echo(f"Using dump {path}" if dump_path is not None else
-               f"{'Reusing' if reused else 'Captured'} dump {path} ({summarize_names(hooks)})")
+               f"{'Reusing' if reused else 'Captured'} dump {path} ({held})")
     # What is analysed is never more than the dump holds (a split smaller than -n, say).
     limit = min(images or DEFAULT_IMAGES, size) if dump_path is None else \
         (None if images is None else min(images, size))
@@ -133,19 +140,43 @@ def _run_name(ckpt, dump_path: Path | None) -> str:
     return dump_path.stem
 
 
-def _dump_contents(path: Path) -> tuple[list[str], int]:
-    """The hook points a dump holds and its number of images."""
+def _dump_contents(path: Path) -> tuple[list[str], int, tuple[list[str], str]]:
+    """The hook points a dump holds, its number of images, and (gradient hooks, target)."""
     from vitscope.dump import Dump
     with Dump.open(path) as dump:
-        return dump.hooks, len(dump)
+        return dump.hooks, len(dump), (dump.grad_hooks, dump.target_spec)
+
+
+def _check_target(target, ckpt, dump_path: Path | None):
+    """--target checked against the model's classes (from the checkpoint or the --dump); with
+    --dump, it must be the target the dump's gradients were taken for."""
+    from vitscope.capture import parse_target
+    from vitscope.errors import PluginError
+    if dump_path is not None:
+        from vitscope.dump import Dump
+        with Dump.open(dump_path) as dump:
+            count = len(dump.classes) or int(dump.model_config.get("num_classes", 0))
+            spec, has_grads = dump.target_spec, bool(dump.grad_hooks)
+        parsed = parse_target(target, count)
+        if has_grads and str(parsed) != spec:
+            raise PluginError(f"Dump '{dump_path}' holds gradients for --target {spec}, not "
+                              f"{parsed}; leave out --target or --dump, or capture a dump for "
+                              f"that target.")
+        return parsed
+    from vitscope.checkpoint import load_checkpoint
+    ck = load_checkpoint(ckpt)
+    count = int(getattr(ck.model_config, "num_classes", 0) or len(ck.classes or ()))
+    return parse_target("pred" if target is None else target, count)
 
 
 def _model_hooks(ckpt) -> list[str]:
-    """Hook point names of the checkpoint's model (empty for models without hook points)."""
+    """Names the checkpoint's model offers to `requires`: its hook points and `grad:` of each
+    (empty for models without hook points)."""
     from vitscope.checkpoint import load_checkpoint
     from vitscope.hooks import hook_points, is_hooked
+    from vitscope.names import with_grads
     model = load_checkpoint(ckpt).build_model()
-    return list(hook_points(model)) if is_hooked(model) else []
+    return with_grads(hook_points(model)) if is_hooked(model) else []
 
 
 def _dump_hooks(path: Path, ckpt) -> tuple[list[str], list[str]]:
@@ -154,8 +185,8 @@ def _dump_hooks(path: Path, ckpt) -> tuple[list[str], list[str]]:
     from vitscope.dump import Dump
     from vitscope.errors import PluginError
     with Dump.open(path) as dump:
-        hooks, sha = list(dump.hooks), dump.attrs.get("checkpoint_sha256")
-        model_hooks = list(dump.attrs.get("model_hooks") or hooks)
+        hooks, sha = dump.names, dump.attrs.get("checkpoint_sha256")
+        model_hooks = dump.model_names
     if ckpt is not None and sha:
         from vitscope.capture import file_sha256
         if file_sha256(ckpt) != sha:

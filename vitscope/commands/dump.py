@@ -69,7 +69,8 @@ def dump() -> None:
               help="Dump only the first N images of the (shuffled) order.")
 @click.option("--hooks", multiple=True, metavar="PATTERNS",
               help="Hook names or globs, comma-separated or repeated (default: what the built-in "
-                   "analyses need; `vitscope hooks CKPT` lists them).")
+                   "analyses need; `vitscope hooks CKPT` lists them); grad:PATTERN stores the "
+                   "gradient of the target logit there.")
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--dtype", default="float16", show_default=True,
               type=click.Choice(["float16", "float32"]), help="Storage type of activations.")
@@ -86,15 +87,19 @@ def dump() -> None:
 @click.option("--device", default="auto", show_default=True,
               help="auto (cuda, then mps, then cpu; cuda:LOCAL_RANK under torchrun), cpu, cuda, "
                    "cuda:1, mps.")
+@click.option("--target", default="pred", show_default=True, metavar="pred|label|INDEX",
+              help="Class whose logit the grad: hooks differentiate (stored per image in "
+                   "/target): the prediction, the label, or a class index.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, compression, shard,
-                seed, in_order, output, force, device, quiet) -> None:
-    """Capture activations of CKPT into an HDF5 dump."""
+                seed, in_order, output, force, device, target, quiet) -> None:
+    """Capture activations of CKPT into an HDF5 dump (and gradients for `grad:` hooks)."""
     from vitscope.capture import (DEFAULT_HOOKS, USER_DUMP_DIR, capture, capture_device,
-                                  check_limit, dataset_for, parse_shard, run_name, shard_range)
+                                  check_limit, dataset_for, num_classes, parse_shard,
+                                  parse_target, resolve_request, run_name, shard_range)
     from vitscope.checkpoint import load_model
     from vitscope.errors import DumpError
-    from vitscope.hooks import is_hooked, resolve
+    from vitscope.hooks import is_hooked
 
     check_limit(limit)
     patterns = [p.strip() for item in hooks for p in item.split(",") if p.strip()] or list(DEFAULT_HOOKS)
@@ -104,7 +109,8 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
     if not is_hooked(model):
         raise DumpError(f"'{ckpt}' holds a {ck.arch} model, which has no hook points; dumps are "
                         f"made from ViT checkpoints.")
-    resolve(model, patterns)  # fail on a bad pattern before loading any data
+    acts, grads = resolve_request(model, patterns)  # a bad pattern fails before loading data
+    target = parse_target(target, num_classes(model))
     dataset = dataset_for(ck, data, split, data_dir)
     n = min(limit or len(dataset), len(dataset))
     out = Path(output) if output else USER_DUMP_DIR / f"{run_name(ck.path)}-{split}-{n}.h5"
@@ -118,11 +124,13 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
     t0 = time.perf_counter()
     path = capture(model, dataset, out, patterns, ckpt=ck, limit=limit, batch_size=batch_size,
                    dtype=dtype, compression=compression, shard=parsed, force=force,
-                   device=dev, progress=not quiet, seed=None if in_order else seed)
+                   device=dev, progress=not quiet, seed=None if in_order else seed,
+                   target=target)
     seconds = time.perf_counter() - t0
     start, stop = shard_range(n, *parsed) if parsed is not None else (0, n)
     count, size = stop - start, path.stat().st_size
-    click.echo(f"Wrote {path}: {count} images, {len(resolve(model, patterns))} hook points, "
+    extra = f" + {len(grads)} gradients (target {target})" if grads else ""
+    click.echo(f"Wrote {path}: {count} images, {len(acts)} hook points{extra}, "
                f"{size / 1e6:,.1f} MB ({size / count / 1e3:,.1f} kB/image) in {seconds:.1f} s "
                f"({count / seconds:,.1f} images/s).")
     if parsed is not None:
@@ -170,7 +178,10 @@ def info_cmd(path) -> None:
         click.echo(f"layout       {lay.describe()} ({lay.image_size[0]}×{lay.image_size[1]} px "
                    f"images)")
         click.echo(f"classes      {len(d.classes)}: {', '.join(d.classes)}")
-        filters = {h: _filter(d[h]) for h in d.hooks}
+        if d.grad_hooks:
+            click.echo(f"target       {d.target_spec}: gradients of the target logit at "
+                       f"{len(d.grad_hooks)} hook points (grad: names below)")
+        filters = {h: _filter(d[h]) for h in d.names}
         asked = a.get("compression")
         used = sum(f == asked for f in filters.values())
         if "virtual" in filters.values():  # merged: the shards say how they are stored
@@ -181,8 +192,8 @@ def info_cmd(path) -> None:
                     else "") +
                    f", {d.path.stat().st_size / 1e6:,.1f} MB" +
                    (f", merged from {len(a['merged_from'])} shards" if a.get("merged_from") else ""))
-        width = max((len(h) for h in d.hooks), default=0)
-        for h in d.hooks:
+        width = max((len(h) for h in d.names), default=0)
+        for h in d.names:
             ds = d[h]
             click.echo(f"  {h:<{width}}  {format_shape(ds.shape)}  {'×'.join(d.dims(h))}  "
                        f"{ds.dtype}  {filters[h]}")
