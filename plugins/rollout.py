@@ -15,6 +15,7 @@ import numpy as np
 from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
+from vitscope.mapset import map_arrays
 from vitscope.maps import (block_index, mask_area, mask_summary, mass_in_mask, n_images,
                            patch_coverage, pointing_hits, to_grid)
 from vitscope.plugin import Option
@@ -87,6 +88,7 @@ class Rollout:
 
     name = "rollout"
     requires = ("blocks.*.attn.weights",)
+    produces = ("maps",)    # `maps` in results.npz: what `vitscope score` evaluates
     options = (
         Option("fusion", str, "mean", "how heads are fused per layer", choices=FUSIONS),
         Option("discard_ratio", float, 0.0, "fraction of the lowest attentions dropped per "
@@ -115,7 +117,8 @@ class Rollout:
         raw = to_grid(raw_cls, layout.grid)                     # N×L×h×w, fused CLS attention
         layers = list(range(start, end + 1))
 
-        results = dict(rollout=maps.astype(np.float32), evolution=evo.astype(np.float32),
+        results = dict(map_arrays(dump, maps, n),
+                       rollout=maps.astype(np.float32), evolution=evo.astype(np.float32),
                        raw_cls_attention=raw.astype(np.float32), layers=np.array(layers),
                        labels=dump.labels[:n], preds=dump.preds[:n],
                        fusion=options.fusion, discard_ratio=options.discard_ratio)
@@ -175,26 +178,9 @@ class Rollout:
     @staticmethod
     def _per_image(images, maps, captions, options, out_dir) -> Path:
         """original | rollout | overlay for each image, in two side-by-side groups when many."""
-        k = len(images)
-        groups = 2 if k > 4 else 1
-        rows = -(-k // groups)
-        scale = M.tile_scale(images.shape[1], 176)               # larger tiles than the grids
-        originals = M.image_tiles(images, scale)
-        heat = M.heat_tiles(maps, originals.shape[1])
-        triples = np.stack([originals, heat, M.overlay_tiles(images, maps, scale=scale)], axis=1)
-        blank = np.full_like(triples[:1], 255)
-        triples = np.concatenate([triples, np.repeat(blank, rows * groups - k, 0)])
-        tiles = np.concatenate([triples[g * rows:(g + 1) * rows] for g in range(groups)], axis=1)
-        mosaic = M.Mosaic(tiles, col_breaks=[2], row_gap=tiles.shape[2] // 7)
-        with F.style():
-            fig = mosaic.figure(
-                title=f"Attention rollout ({options.fusion} fusion, discard "
-                      f"{options.discard_ratio:g})",
-                col_labels=["original", "rollout", "overlay"] * groups,
-                cbar="rollout ÷ max per image",
-                captions={(i % rows, 3 * (i // rows)): captions[i].replace("\n", " ")
-                          for i in range(k)})
-            return F.save_static(fig, out_dir / "rollout", options)
+        return M.map_triptych(images, maps, captions, map_label="rollout", stem=out_dir / "rollout",
+                              options=options, title=f"Attention rollout ({options.fusion} fusion, "
+                                                     f"discard {options.discard_ratio:g})")
 
     @staticmethod
     def _evolution(images, evo, layers, captions, options, out_dir) -> Path:

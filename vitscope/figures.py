@@ -156,11 +156,16 @@ def label_names(classes: Sequence[str], ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def captions(dump, k: int, prefix: str = "") -> list[str]:
-    """"label ✓" or "label\\n→ prediction" for the first k images of a dump."""
+def captions(dump, k: int, prefix: str = "", target: bool = False) -> list[str]:
+    """"label ✓" or "label\\n→ prediction" for the first k images of a dump; with `target`,
+    a last line names the class the map explains ("(explains disk)")."""
     labels = label_names(dump.classes, dump.labels[:k])
     preds = label_names(dump.classes, dump.preds[:k])
-    return [f"{prefix}{l} ✓" if l == p else f"{prefix}{l}\n→ {p}" for l, p in zip(labels, preds)]
+    out = [f"{prefix}{l} ✓" if l == p else f"{prefix}{l}\n→ {p}" for l, p in zip(labels, preds)]
+    if target:
+        explained = label_names(dump.classes, dump.target[:k])
+        out = [f"{c}\n(explains {t})" for c, t in zip(out, explained)]
+    return out
 
 
 def save_results(out_dir: Path, arrays: dict[str, Any], summary: dict[str, Any] | None = None,

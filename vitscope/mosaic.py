@@ -216,3 +216,30 @@ def text_frames(arrays: Sequence[np.ndarray], headers: Sequence[str],
     """`text_frame` for each (array, header) pair, all with the same header band height."""
     most = max(len(header_lines(h, a.shape[1], font_px)) for a, h in zip(arrays, headers))
     return [text_frame(a, h, font_px, min_lines=most) for a, h in zip(arrays, headers)]
+
+
+def map_triptych(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], *, title: str,
+                 map_label: str, stem, options):
+    """The per-image figure of every map plugin: original | map | overlay for each image (two
+    side-by-side groups when there are more than four), each image's caption under it.
+    Returns the saved file (vitscope.figures.save_static)."""
+    from vitscope import figures as F
+
+    k = len(images)
+    groups = 2 if k > 4 else 1
+    rows = -(-k // groups)
+    scale = tile_scale(images.shape[1], 176)                 # larger tiles than the grids
+    originals = image_tiles(images, scale)
+    heat = heat_tiles(maps, originals.shape[1])
+    triples = np.stack([originals, heat, overlay_tiles(images, maps, scale=scale)], axis=1)
+    blank = np.full_like(triples[:1], 255)
+    triples = np.concatenate([triples, np.repeat(blank, rows * groups - k, 0)])
+    tiles = np.concatenate([triples[g * rows:(g + 1) * rows] for g in range(groups)], axis=1)
+    mosaic = Mosaic(tiles, col_breaks=[2], row_gap=tiles.shape[2] // 7)
+    with F.style():
+        fig = mosaic.figure(
+            title=title, col_labels=["original", map_label, "overlay"] * groups,
+            cbar=f"{map_label} ÷ max per image",
+            captions={(i % rows, 3 * (i // rows)): captions[i].replace("\n", " ")
+                      for i in range(k)})
+        return F.save_static(fig, stem, options)

@@ -4,8 +4,11 @@ A plugin reads a dump (never the model) and writes figures. It is any object, us
 instantiated with no arguments (or a module), with:
 
     name: str                      # what `--plugin NAME` selects; equal to its entry-point name
-    requires: tuple[str, ...]      # hook-point globs it reads, e.g. ("blocks.*.attn.weights",)
+    requires: tuple[str, ...]      # hook-point globs it reads, e.g. ("blocks.*.attn.weights",);
+                                   # "grad:<glob>" reads the gradient of the target logit there
     options: tuple[Option, ...]    # optional: what `--opt NAME.key=value` may set
+    produces: tuple[str, ...]      # optional: ("maps",) for a map plugin that `vitscope score`
+                                   # can evaluate (vitscope.mapset: the contract)
     description: str               # optional: one line for `vitscope plugins` (else the docstring)
 
     def render(self, dump, out_dir: Path, options: RenderOptions) -> list[Path]: ...
@@ -65,6 +68,9 @@ BUILTINS: dict[str, str] = {
     "rollout": "vitscope.plugins.rollout:Rollout",
     "cls-embedding": "vitscope.plugins.cls_embedding:ClsEmbedding",
     "norm-activations": "vitscope.plugins.norm_activations:NormActivations",
+    "grad-rollout": "vitscope.plugins.grad_rollout:GradRollout",
+    "attn-grad": "vitscope.plugins.grad_rollout:AttnGrad",
+    "gradcam": "vitscope.plugins.gradcam:GradCam",
 }
 
 # Keys every plugin receives in RenderOptions; declared options may not reuse them.
@@ -197,6 +203,11 @@ class PluginEntry:
         return tuple(getattr(self.plugin, "options", ()) or ()) if self.ok else ()
 
     @property
+    def produces(self) -> tuple[str, ...]:
+        """What it declares to produce: ("maps",) for a map plugin `vitscope score` evaluates."""
+        return tuple(getattr(self.plugin, "produces", ()) or ()) if self.ok else ()
+
+    @property
     def description(self) -> str:
         if not self.ok:
             return ""
@@ -294,6 +305,10 @@ def _validate(plugin: Any, entry_name: str) -> None:
     if isinstance(req, str) or not isinstance(req, (tuple, list)) or \
             not all(isinstance(r, str) and r for r in req):
         raise _Malformed(f"its requires {req!r} is not a tuple of hook-name patterns")
+    produces = getattr(plugin, "produces", ()) or ()
+    if isinstance(produces, str) or not isinstance(produces, (tuple, list)) or \
+            not all(isinstance(p, str) and p for p in produces):
+        raise _Malformed(f"its produces {produces!r} is not a tuple of names such as ('maps',)")
     render = plugin.render
     if not callable(render):
         raise _Malformed("its render attribute is not callable")

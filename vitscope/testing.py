@@ -18,13 +18,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+# The gradients the built-in gradient plugins read (grad-rollout, attn-grad, gradcam).
+BUILTIN_GRADS = ("grad:blocks.*.attn.weights", "grad:blocks.*.norm1.out")
+
 
 def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size: int = 4,
               depth: int = 2, num_heads: int = 2, embed_dim: int = 32,
               hooks: str | Iterable[str] | None = None, seed: int = 0,
               checkpoint: str | Path | None = None, dtype: str = "float16") -> Path:
     """Capture `n` shapes validation images through a tiny random ViT into the dump `path`
-    (overwritten if it exists). `hooks` defaults to every hook the built-in plugins read."""
+    (overwritten if it exists). `hooks` defaults to every hook the built-in plugins read,
+    gradients (of the predicted class) included."""
     import torch
 
     from vitscope.capture import DEFAULT_HOOKS, capture
@@ -48,7 +52,8 @@ def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size:
                                       "normalize": {"mean": normalize[0], "std": normalize[1]}},
                         metrics={"epoch": 0})
         ckpt = load_checkpoint(checkpoint)
-    return capture(model, dataset, path, DEFAULT_HOOKS if hooks is None else hooks, ckpt=ckpt,
+    hooks = [*DEFAULT_HOOKS, *BUILTIN_GRADS] if hooks is None else hooks
+    return capture(model, dataset, path, hooks, ckpt=ckpt,
                    normalize=normalize, classes=dataset.classes, batch_size=max(1, n),
                    dtype=dtype, force=True, device="cpu", seed=seed)
 

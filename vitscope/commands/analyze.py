@@ -208,7 +208,8 @@ def plugins(verbose: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{
             "name": e.name, "package": e.package, "version": e.version, "entry_point": e.value,
-            "builtin": e.builtin, "requires": list(e.requires), "status": "ok" if e.ok else "broken",
+            "builtin": e.builtin, "requires": list(e.requires), "produces": list(e.produces),
+            "status": "ok" if e.ok else "broken",
             "error": e.error, "fix": e.fix, "description": e.description,
             "options": [{"name": o.name, "type": o.type_name, "default": o.default, "help": o.help}
                         for o in e.options]} for e in entries], indent=2, default=str))
@@ -226,6 +227,9 @@ def plugins(verbose: bool, as_json: bool) -> None:
         elif verbose:
             if e.description:
                 click.echo(f"{'':<{width}}  {e.description}")
+            if e.produces:
+                click.echo(f"{'':<{width}}  produces: {', '.join(e.produces)} (vitscope score "
+                           f"can evaluate it)")
             for o in e.options:
                 click.echo(f"{'':<{width}}    --opt {e.name}.{o.describe()}")
     if registry.skipped:

@@ -1,0 +1,156 @@
+"""`grad-rollout` and `attn-grad`: class-specific attention maps from the target's gradients.
+
+`grad-rollout` is the generic attention explainability rule of Chefer, Gur & Wolf 2021
+("Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
+Transformers", ICCV; rules 5 and 6): per layer, weigh each head's attention by the gradient of
+the target logit with respect to it, keep the positive part and average the heads,
+
+    Ā_l = mean_h max(∇A_l ⊙ A_l, 0),
+
+then accumulate relevance from R = I with R ← R + Ā_l · R over the layers (first layer first)
+and read the CLS row over the patches, R[cls, prefix:]. `attn-grad` is the same quantity for
+one layer only (default the last): Ā_l[cls, prefix:], "attention × gradient" — which is also
+exactly the patch part of a grad-rollout over that single layer.
+
+Every prefix token (CLS, distillation, registers) takes part in the propagation like any other
+token; only the read-out is restricted to the patch tokens. Batched over images (chunks of
+CHUNK_BYTES of attention), one layer in memory at a time.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vitscope import figures as F
+from vitscope import interactive as I
+from vitscope import mosaic as M
+from vitscope.errors import PluginError
+from vitscope.mapset import map_arrays
+from vitscope.maps import block_index, mask_summary, n_images, patch_coverage, to_grid
+from vitscope.plugin import Option
+
+CHUNK_BYTES = 64 << 20  # attention + gradient read per chunk of images
+
+
+def attention_gradient(attn: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """N×H×T×T attention and its gradient -> N×T×T: mean over heads of max(∇A ⊙ A, 0)."""
+    prod = np.asarray(attn, np.float32) * np.asarray(grad, np.float32)
+    return np.maximum(prod, 0).mean(axis=1, dtype=np.float64)
+
+
+def grad_rollout(layers, grads, cls_index: int = 0,
+                 num_prefix_tokens: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Chefer et al.'s relevance over paired sequences of N×H×T×T attention and gradient arrays
+    (first layer first). Returns (final N×P, per_layer N×L×P): the CLS row over the patches of
+    R after the last layer, and after each layer in turn."""
+    relevance = None
+    per_layer = []
+    for attn, grad in zip(layers, grads):
+        a = attention_gradient(attn, grad)
+        if relevance is None:
+            relevance = np.broadcast_to(np.eye(a.shape[-1]), a.shape).copy()
+        relevance = relevance + a @ relevance
+        per_layer.append(relevance[:, cls_index, num_prefix_tokens:])
+    if relevance is None:
+        raise ValueError("grad-rollout needs at least one layer")
+    return per_layer[-1], np.stack(per_layer, axis=1)
+
+
+def _cls_index(layout) -> int:
+    if layout.cls_index is None:
+        raise PluginError(f"This model has no CLS token ({layout.describe()}); attention × "
+                          f"gradient maps read the CLS row, so they need one.")
+    return layout.cls_index
+
+
+class GradRollout:
+    """Gradient-weighted attention rollout (Chefer et al. 2021): class-specific, all layers."""
+
+    name = "grad-rollout"
+    requires = ("blocks.*.attn.weights", "grad:blocks.*.attn.weights")
+    produces = ("maps",)
+    title = "Gradient-weighted rollout (Chefer et al. 2021)"
+    map_label = "relevance"
+    options = (
+        Option("start_layer", int, 0, "first block (negative counts from the end)"),
+        Option("end_layer", int, None, "last block (default: the last block)"),
+        Option("show", int, 8, "images drawn in the per-image figure", min=1, max=64),
+    )
+
+    def layers(self, depth: int, options) -> list[int]:
+        start = block_index(options.start_layer, depth, 0, f"{self.name}.start_layer")
+        end = block_index(options.end_layer, depth, depth - 1, f"{self.name}.end_layer")
+        if end < start:
+            raise PluginError(f"{self.name}.end_layer ({end}) is before {self.name}.start_layer "
+                              f"({start}); choose end_layer >= start_layer.")
+        return list(range(start, end + 1))
+
+    def render(self, dump, out_dir: Path, options) -> list[Path]:
+        names = dump.match("blocks.*.attn.weights")
+        grads = dump.match("grad:blocks.*.attn.weights")
+        if len(grads) != len(names):
+            raise PluginError(f"The dump holds attention of {len(names)} blocks but gradients of "
+                              f"{len(grads)}; capture both for every block.")
+        layers = self.layers(len(names), options)
+        layout = dump.layout
+        n = n_images(dump, options.limit)
+        final, evolution = self._compute(dump, [names[l] for l in layers],
+                                         [grads[l] for l in layers], n, layout)
+        maps, evo = to_grid(final, layout.grid), to_grid(evolution, layout.grid)
+        results = dict(map_arrays(dump, maps, n), evolution=evo.astype(np.float32),
+                       layers=np.array(layers), labels=dump.labels[:n], preds=dump.preds[:n])
+        summary = {"images": n, "layers": f"{layers[0]}–{layers[-1]}",
+                   "target": dump.target_spec}
+        if dump.masks is not None:
+            cov = patch_coverage(np.asarray(dump.masks[:n]), layout.grid)
+            summary.update({k: round(v, 4) for k, v in mask_summary(maps, cov).items()})
+        out_dir = Path(out_dir)
+        files = F.save_results(out_dir, results, summary)
+        k = min(options.show, n)
+        images = np.asarray(dump.images[:k])
+        captions = F.captions(dump, k, target=True)
+        span = f"layers {layers[0]}–{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"
+        title = f"{self.title}, {span}, target: {dump.target_spec}"
+        if options.static:
+            files.append(M.map_triptych(images, maps[:k], captions, title=title,
+                                        map_label=self.map_label, stem=out_dir / self.name,
+                                        options=options))
+        if options.interactive:
+            m = min(k, 6)
+            fig = I.map_slider(images[None, :m], evo[:m].transpose(1, 0, 2, 3)[:, None],
+                               step_labels=[str(l) for l in layers], slider_label="up to layer",
+                               col_titles=[c.replace("\n", " ") for c in captions[:m]],
+                               row_titles=[""], title=title)
+            files.append(I.save_html(fig, out_dir / f"{self.name}.html", options))
+        return files
+
+    @staticmethod
+    def _compute(dump, names, grads, n, layout):
+        cls = _cls_index(layout)
+        H, T = dump[names[0]].shape[1], layout.num_tokens
+        chunk = max(1, CHUNK_BYTES // (2 * H * T * T * 4))
+        finals, evos = [], []
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            attn = (np.asarray(dump[a][s:e], np.float32) for a in names)
+            grad = (np.asarray(dump[g][s:e], np.float32) for g in grads)
+            final, evo = grad_rollout(attn, grad, cls, layout.num_prefix_tokens)
+            finals.append(final)
+            evos.append(evo)
+        return np.concatenate(finals), np.concatenate(evos)
+
+
+class AttnGrad(GradRollout):
+    """Attention × gradient of one layer (default the last): class-specific, one layer."""
+
+    name = "attn-grad"
+    title = "Attention × gradient"
+    map_label = "attn × grad"
+    options = (
+        Option("layer", int, -1, "the block (negative counts from the end)"),
+        Option("show", int, 8, "images drawn in the per-image figure", min=1, max=64),
+    )
+
+    def layers(self, depth: int, options) -> list[int]:
+        return [block_index(options.layer, depth, depth - 1, f"{self.name}.layer")]

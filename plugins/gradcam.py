@@ -1,0 +1,100 @@
+"""`gradcam`: Grad-CAM (Selvaraju et al. 2017) on the patch tokens of one block.
+
+As pytorch-grad-cam runs it on a ViT (`usage_examples/vit_example.py`: target layer
+`model.blocks[-1].norm1`, whose forward hook records the LayerNorm's *output*, and a
+`reshape_transform` that drops the CLS token and lays the patches out on their grid): take the
+activations A (P×D) of the patch tokens at `blocks.{block}.norm1.out` and the gradient G of
+the target logit with respect to them, weigh each channel by its gradient averaged over the
+patches, and keep the positive part of the weighted sum:
+
+    w_d = mean_p G[p, d],    map[p] = max(Σ_d w_d · A[p, d], 0).
+
+Every prefix token (CLS, distillation, registers) is left out of both the average and the map.
+pytorch-grad-cam then rescales each map to [0, 1] for display; the saved maps keep the raw
+values (figures divide by each map's maximum).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vitscope import figures as F
+from vitscope import interactive as I
+from vitscope import mosaic as M
+from vitscope.errors import PluginError
+from vitscope.mapset import map_arrays
+from vitscope.maps import block_index, mask_summary, n_images, patch_coverage, read_chunks, to_grid
+from vitscope.plugin import Option
+
+POINT = "norm1.out"   # pytorch-grad-cam's target layer for ViTs: blocks[-1].norm1 (its output)
+
+
+def gradcam(acts: np.ndarray, grads: np.ndarray, num_prefix_tokens: int = 1) -> np.ndarray:
+    """N×T×D activations and gradients -> N×P Grad-CAM over the patch tokens."""
+    a = np.asarray(acts, np.float32)[:, num_prefix_tokens:]
+    g = np.asarray(grads, np.float32)[:, num_prefix_tokens:]
+    weights = g.mean(axis=1, keepdims=True)                       # N×1×D
+    return np.maximum((a * weights).sum(axis=-1, dtype=np.float64), 0)
+
+
+class GradCam:
+    """Grad-CAM on the patch tokens of one block's norm1 output (pytorch-grad-cam's ViT setup)."""
+
+    name = "gradcam"
+    requires = (f"blocks.*.{POINT}", f"grad:blocks.*.{POINT}")
+    produces = ("maps",)
+    options = (
+        Option("block", int, -1, "the block whose norm1 output is explained (negative counts "
+               "from the end)"),
+        Option("show", int, 8, "images drawn in the per-image figure", min=1, max=64),
+    )
+
+    def render(self, dump, out_dir: Path, options) -> list[Path]:
+        acts = dump.match(f"blocks.*.{POINT}")
+        grads = dump.match(f"grad:blocks.*.{POINT}")
+        if len(acts) != len(grads):
+            raise PluginError(f"The dump holds {POINT} of {len(acts)} blocks but gradients of "
+                              f"{len(grads)}; capture both for every block.")
+        block = block_index(options.block, len(acts), len(acts) - 1, "gradcam.block")
+        layout = dump.layout
+        n = n_images(dump, options.limit)
+        # every block's Grad-CAM (cheap: one weighted sum per token) for the slider; the
+        # chosen block's is the map
+        per_block = np.stack([self._block(dump, a, g, n, layout) for a, g in zip(acts, grads)],
+                             axis=1)                                        # N×L×h×w
+        maps = per_block[:, block]
+        results = dict(map_arrays(dump, maps, n), block=block, per_block=per_block.astype(np.float32),
+                       labels=dump.labels[:n], preds=dump.preds[:n])
+        summary = {"images": n, "block": block, "point": POINT, "target": dump.target_spec,
+                   "all_zero_maps": int((maps.reshape(n, -1).max(axis=1) <= 0).sum())}
+        if dump.masks is not None:
+            cov = patch_coverage(np.asarray(dump.masks[:n]), layout.grid)
+            summary.update({k: round(v, 4) for k, v in mask_summary(maps, cov).items()})
+        out_dir = Path(out_dir)
+        files = F.save_results(out_dir, results, summary)
+        k = min(options.show, n)
+        if options.static and k:
+            files.append(M.map_triptych(
+                np.asarray(dump.images[:k]), maps[:k], F.captions(dump, k, target=True),
+                title=f"Grad-CAM at blocks.{block}.{POINT}, target: {dump.target_spec}",
+                map_label="Grad-CAM", stem=out_dir / "gradcam", options=options))
+        if options.interactive and k:
+            m = min(k, 6)
+            captions = F.captions(dump, m, target=True)
+            fig = I.map_slider(np.asarray(dump.images[:m])[None],
+                               per_block[:m].transpose(1, 0, 2, 3)[:, None],
+                               step_labels=[str(b) for b in range(len(acts))],
+                               slider_label=f"Grad-CAM at blocks.<b>.{POINT}, b =",
+                               col_titles=[c.replace("\n", " ") for c in captions],
+                               row_titles=[""],
+                               title=f"Grad-CAM per block, target: {dump.target_spec}")
+            files.append(I.save_html(fig, out_dir / "gradcam.html", options))
+        return files
+
+    @staticmethod
+    def _block(dump, act, grad, n, layout) -> np.ndarray:
+        rows = [gradcam(a, g, layout.num_prefix_tokens)
+                for (_, a), (_, g) in zip(read_chunks(dump[act], n), read_chunks(dump[grad], n))]
+        flat = np.concatenate(rows) if rows else np.zeros((0, layout.num_patches))
+        return to_grid(flat, layout.grid)
