@@ -77,15 +77,17 @@ FAKE_ENTRY_POINTS = {
 }
 
 
-def write_fake_distribution(root: Path, module: str, entry_points: dict[str, str]) -> Path:
-    """A real installed distribution `fake-vitscope-plugins` under root (add root to sys.path)."""
+def write_fake_distribution(root: Path, module: str, entry_points: dict[str, str],
+                            source: str = FAKE_MODULE) -> Path:
+    """A real installed distribution `fake-vitscope-plugins` under root (add root to sys.path)
+    whose module `module` holds `source`."""
     info = root / "fake_vitscope_plugins-0.3.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-vitscope-plugins\n"
                                    "Version: 0.3\n")
     lines = [f"{name} = {value.format(mod=module)}" for name, value in entry_points.items()]
     (info / "entry_points.txt").write_text("[vitscope.plugins]\n" + "\n".join(lines) + "\n")
-    (root / f"{module}.py").write_text(FAKE_MODULE)
+    (root / f"{module}.py").write_text(source)
     return root
 
 

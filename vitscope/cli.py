@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "dump": "vitscope.commands.dump:dump",
     "analyze": "vitscope.commands.analyze:analyze",
     "plugins": "vitscope.commands.analyze:plugins",
+    "score": "vitscope.commands.score:score",
 }
 
 

@@ -48,7 +48,8 @@ def write_index(run_dir: str | Path) -> Path:
              f"<title>vitscope · {_e(run_dir.name)}</title><style>{CSS}</style></head><body>",
              f"<header><h1>vitscope · {_e(run_dir.name)}</h1>"
              f"<p>{_e(_subtitle(run))}</p></header><main>",
-             _run_section(run), _mixed_warning(plugins, run), _nav(plugins), _epochs(run_dir)]
+             _run_section(run), _mixed_warning(plugins, run), _nav(plugins), _epochs(run_dir),
+             _score_section(manifest.get("score"), run)]
     for name in sorted(plugins):
         parts.append(_plugin_section(run_dir, name, plugins[name], run))
     parts.append(f"<p style='color:#888;font-size:12px'>vitscope {__version__} · generated "
@@ -56,6 +57,35 @@ def write_index(run_dir: str | Path) -> Path:
     out = run_dir / "index.html"
     out.write_text("\n".join(parts), encoding="utf-8")
     return out
+
+
+def _score_section(score: dict | None, run: dict) -> str:
+    """What `vitscope score` measured (its table as text, and its figures)."""
+    if not score:
+        return ""
+    tag = (f"{_e(score.get('images', '?'))} images · target {_e(score.get('target', '?'))} · "
+           f"{_e(score.get('perturbation', '?'))}")
+    body = [f"<section id='score'><h2>Score: evidence for the maps <span class='tag'>{tag}"
+            f"</span></h2>"]
+    if (score.get("checkpoint_sha256") or "") != (run.get("checkpoint_sha256") or ""):
+        body.append(f"<p class='error'>⚠ scored on another checkpoint than the run above: "
+                    f"{_e(score.get('checkpoint'))}</p>")
+    body.append(f"<pre style='font-size:12px;overflow-x:auto'>{_e(score.get('table', ''))}</pre>")
+    files = score.get("files") or []
+    images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
+    if images:
+        body.append("<div class='figs'>" + "".join(
+            f"<figure><a href='{_e(f)}'><img loading='lazy' src='{_e(f)}' alt='{_e(f)}'></a>"
+            f"<figcaption>{_e(Path(f).name)}</figcaption></figure>" for f in images) + "</div>")
+    for f in (f for f in files if f.lower().endswith(PAGE_SUFFIXES)):
+        body.append(f"<details><summary>interactive: {_e(Path(f).name)} (<a href='{_e(f)}' "
+                    f"target='_blank'>open in a new tab</a>)</summary><iframe loading='lazy' "
+                    f"src='{_e(f)}' title='{_e(f)}'></iframe></details>")
+    rest = [f for f in files if not f.lower().endswith(IMAGE_SUFFIXES + PAGE_SUFFIXES)]
+    if rest:
+        body.append("<p>files: " + " · ".join(f"<a href='{_e(f)}'><code>{_e(Path(f).name)}</code>"
+                                             f"</a>" for f in rest) + "</p>")
+    return "".join(body) + "</section>"
 
 
 def _subtitle(run: dict) -> str:

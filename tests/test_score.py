@@ -1,0 +1,267 @@
+"""`vitscope score`: token dropping, faithfulness against an oracle, the randomisation test,
+localisation baselines, statistics, third-party map plugins and the CLI with bad input."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vitscope.cli import main
+from vitscope.hooks import attach
+from vitscope.layout import TokenLayout
+from vitscope.model import ModelConfig, ViT
+from vitscope.score import faithfulness as FA
+from vitscope.score import localization as LO
+from vitscope.score.stats import bootstrap, paired, spearman
+
+MAP_PLUGINS = textwrap.dedent('''
+    import numpy as np
+    from vitscope import figures
+    from vitscope.mapset import map_arrays
+
+    class GradTimesInput:
+        """Gradient × input of the patch tokens after the position embedding."""
+        name = "grad-x-input"
+        requires = ("embed.out", "grad:embed.out")
+        produces = ("maps",)
+        def render(self, dump, out_dir, options):
+            n = len(dump) if options.limit is None else options.limit
+            p = dump.layout.num_prefix_tokens
+            a = dump["embed.out"][:n].astype(np.float32)[:, p:]
+            g = dump["grad:embed.out"][:n].astype(np.float32)[:, p:]
+            maps = np.abs((a * g).sum(-1)).reshape(n, *dump.layout.grid)
+            return figures.save_results(out_dir, map_arrays(dump, maps))
+
+    class Brightness:
+        """A map that never looks at the model."""
+        name = "bright-map"
+        requires = ()
+        produces = ("maps",)
+        def render(self, dump, out_dir, options):
+            n = len(dump) if options.limit is None else options.limit
+            h, w = dump.layout.grid
+            px = dump.images[:n].astype(np.float32).mean(-1)
+            maps = px.reshape(n, h, px.shape[1] // h, w, px.shape[2] // w).mean((2, 4))
+            return figures.save_results(out_dir, map_arrays(dump, maps))
+
+    class NoMaps:
+        name = "no-maps"
+        requires = ()
+        def render(self, dump, out_dir, options):
+            return []
+''')
+
+
+@pytest.fixture
+def map_plugins(tmp_path, monkeypatch):
+    import sys
+
+    from test_plugin_system import write_fake_distribution
+    module = "fake_map_plugins_score"
+    root = write_fake_distribution(tmp_path / "site", module, {
+        "grad-x-input": f"{module}:GradTimesInput", "bright-map": f"{module}:Brightness",
+        "no-maps": f"{module}:NoMaps"}, MAP_PLUGINS)
+    monkeypatch.syspath_prepend(str(root))
+    yield root
+    sys.modules.pop(module, None)
+
+
+def tiny(depth=2, seed=0, classes=10):
+    torch.manual_seed(seed)
+    return ViT(ModelConfig(image_size=16, patch_size=4, embed_dim=32, depth=depth, num_heads=2,
+                           mlp_ratio=2.0, num_classes=classes)).eval()
+
+
+def test_dropping_tokens_through_attention_equals_a_shorter_sequence():
+    model = tiny()
+    x = torch.randn(5, 3, 16, 16)
+    keep = torch.rand(5, 16) > 0.5
+    keep[0] = False                                  # every patch gone: CLS alone
+    target = torch.arange(5)
+    got = FA.Perturber(model, model.token_layout, "drop").probabilities(x, keep, target)
+    for i in range(5):                               # the real thing: tokens cut out, one image
+        with torch.no_grad():
+            t = model.embed.out(model.pos_drop(torch.cat(
+                [model.cls_token, model.patch_embed(x[i:i + 1])], 1) + model.pos_embed))
+            t = t[:, torch.cat([torch.tensor([True]), keep[i]])]
+            for block in model.blocks:
+                t = block(t)
+            p = model.head(model.norm(t)[:, 0]).softmax(1)[0, target[i]]
+        assert torch.allclose(got[i], p, atol=1e-5), i
+
+
+def test_grey_paints_removed_patches_with_the_mean():
+    model = tiny()
+    layout = model.token_layout
+    x = torch.randn(2, 3, 16, 16)
+    keep = torch.ones(2, 16, dtype=torch.bool)
+    keep[0, 5] = False                               # row 1, column 1 of the 4×4 grid
+    out = FA.Perturber(model, layout, "grey")._grey(x, keep)
+    assert (out[0, :, 4:8, 4:8] == 0).all()
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[0, :, 4:8, 4:8] = False
+    assert torch.equal(out[mask], x[mask])
+
+
+def test_the_deletion_curve_of_an_oracle_lies_below_a_random_order():
+    """Oracle: the first-order effect of dropping each patch token on the target probability,
+    from the model's own gradients (d p / d gate of each key in every attention layer)."""
+    model = tiny(depth=2, seed=3)
+    torch.manual_seed(1)
+    x = torch.randn(48, 3, 16, 16) * 2
+    layout = model.token_layout
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    gate = torch.ones(48, 16, requires_grad=True)
+    keys = torch.cat([torch.ones(48, 1), gate], 1)[:, None, None, :]
+
+    def gated(a, name):
+        kept = a * keys
+        return kept / kept.sum(-1, keepdim=True)
+
+    with attach(model, {"blocks.*.attn.weights": gated}):
+        p = model(x).softmax(1).gather(1, target[:, None]).sum()
+    oracle = torch.autograd.grad(p, gate)[0].numpy().reshape(48, 4, 4)   # high: removal hurts
+    rng = np.random.default_rng(0)
+    orders = {"oracle": FA.relevance_order(oracle, rng), "random": FA.random_order(48, 16, rng)}
+    c = FA.curves(FA.Perturber(model, layout, "drop"), x, target, orders, batch_size=128)
+    oracle_del, _ = c["oracle"].auc()
+    random_del, _ = c["random"].auc()
+    diff = paired(oracle_del, random_del)
+    assert diff.hi < 0, diff                          # below random, with 95% confidence
+    mean_o, mean_r = c["oracle"].deletion.mean(0), c["random"].deletion.mean(0)
+    assert (mean_o[1:-1] < mean_r[1:-1]).all()        # at every interior step
+    assert np.allclose(c["oracle"].deletion[:, 0], c["random"].deletion[:, 0])   # same start
+    assert np.allclose(c["oracle"].insertion[:, -1], c["oracle"].deletion[:, 0])
+
+
+def test_step_counts_and_auc():
+    assert FA.step_counts(64).tolist() == [0, 6, 13, 19, 26, 32, 38, 45, 51, 58, 64]
+    curves = np.tile(np.linspace(1, 0, 11), (3, 1))
+    np.testing.assert_allclose(FA.trapezoid(curves), 0.5)
+
+
+def test_localisation_baselines_and_pointing_ties():
+    cov = np.zeros((2, 4, 4))
+    cov[0, 0, 0] = 1.0
+    cov[1, :2, :2] = 0.6
+    flat = np.ones((2, 4, 4))
+    assert np.allclose(LO.pointing(flat, cov), [1 / 16, 4 / 16])   # a random patch's chance
+    np.testing.assert_allclose(LO.mass_in_mask(flat, cov), cov.mean(axis=(1, 2)))
+    peak = np.zeros((2, 4, 4))
+    peak[:, 0, 0] = 1
+    assert LO.pointing(peak, cov).tolist() == [1.0, 1.0]
+    assert np.isnan(LO.mass_in_mask(-flat, cov)).all()               # no positive mass
+    g = LO.centred_gaussian((8, 8))
+    assert g.argmax() in (27, 28, 35, 36) and np.isclose(g[3, 3], g[4, 4])
+    images = np.zeros((1, 16, 16, 3), np.uint8)
+    images[0, :4, :4] = 255                          # a white corner in patch (0, 0) of 2×2
+    maps = LO.baseline_maps(images, (2, 2))
+    assert np.allclose(maps["brightness"][0], [[0.25, 0.0], [0.0, 0.0]])
+    assert maps["edges"][0, 0, 0] > 0 and (maps["edges"][0].ravel()[1:] == 0).all()
+
+
+def test_statistics():
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 3, 3)), rng.normal(size=(6, 3, 3))
+    b[0] = a[0] ** 3                                 # monotone: ρ = 1
+    b[1, 0, 0] = b[1, 0, 1]                          # ties
+    rho = spearman(a, b)
+    for i in range(6):
+        assert np.isclose(rho[i], spearmanr(a[i].ravel(), b[i].ravel())[0])
+    assert np.isclose(rho[0], 1) and np.isnan(spearman(a[:1], np.ones((1, 3, 3)))[0])
+    values = rng.normal(loc=2.0, size=400)
+    e = bootstrap(values)
+    assert e.lo < 2.0 < e.hi and e.lo < e.mean < e.hi and e.n == 400
+    assert bootstrap(np.array([np.nan, 1.0, 1.0])).n == 2
+
+
+def test_randomization_flags_a_map_that_ignores_the_model(shapes_ckpt, map_plugins, tmp_path,
+                                                          monkeypatch):
+    from vitscope.plugin import discover
+    from vitscope.score.run import score_checkpoint
+    monkeypatch.chdir(tmp_path)
+    entries = discover().select(["grad-x-input", "bright-map", "rollout"])
+    report = score_checkpoint(shapes_ckpt, entries, images=16, batch_size=64, device="cpu")
+    methods = report["methods"]
+    assert report["cascade"] == ["head", "blocks.1", "blocks.0", "embedding"]
+    bright = methods["bright-map"]["randomization"]
+    assert [s["rho"].mean for s in bright["steps"]] == pytest.approx([1.0] * 4)
+    assert bright["verdict"] == "failed" and bright["class_agnostic"]
+    gxi = methods["grad-x-input"]["randomization"]
+    assert gxi["verdict"] == "passed" and not gxi["class_agnostic"]
+    assert gxi["steps"][-1]["rho"].hi < 0.5
+    roll = methods["rollout"]["randomization"]        # attention does not read the head
+    assert roll["class_agnostic"] and roll["steps"][0]["rho"].mean == pytest.approx(1.0)
+    assert roll["steps"][-1]["rho"].mean < 0.9
+    # the shapes data has masks: localisation with every baseline, "beats" from paired CIs
+    loc = methods["bright-map"]["localization"]
+    assert set(loc["vs"]) == {"uniform", "centre", "brightness", "edges"}
+    assert not loc["vs"]["brightness"]["beats_mass_in_mask"]   # it IS the brightness baseline
+    assert "mass in mask" in methods["bright-map"]["not_beaten"]["brightness"]
+    assert sorted(m["rank"] for m in methods.values()) == [1, 2, 3]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_score_cli_end_to_end(shapes_ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run("score", shapes_ckpt, "--plugin", "rollout", "--plugin", "grad-rollout",
+              "--images", 12, "--batch-size", 64, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    for text in ("Faithfulness", "deletion AUC", "random order", "Randomisation", "+ blocks.0",
+                 "class-agnostic", "Localisation", "centre", "brightness", "Ranking", "1. "):
+        assert text in res.output, text
+    out = tmp_path / "outputs" / "run" / "score"
+    report = json.loads((out / "score.json").read_text())
+    assert report["images"] == 12 and report["perturbation"] == "drop"
+    assert set(report["methods"]) == {"rollout", "grad-rollout"}
+    est = report["methods"]["grad-rollout"]["faithfulness"]["deletion_auc"]
+    assert est["ci95"][0] <= est["mean"] <= est["ci95"][1] and est["n"] == 12
+    for name in ("curves.png", "randomization.png", "localization.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    html = (out / "score.html").read_text()
+    assert "plotly.min.js" in html and "grad-rollout" in html
+    assert (tmp_path / "outputs" / "run" / "plotly.min.js").is_file()
+    index = (tmp_path / "outputs" / "run" / "index.html").read_text()
+    assert "Score: evidence for the maps" in index and "score/curves.png" in index
+    # the grey perturbation is the other choice, and says so
+    res = run("score", shapes_ckpt, "-p", "rollout", "-n", 6, "--perturbation", "grey",
+              "-o", tmp_path / "grey")
+    assert res.exit_code == 0, res.output
+    assert "grey: removed patches' pixels set to the normalisation mean" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "rolout"], "No plugin 'rolout'. Did you mean 'rollout'?"),
+    (["-p", "cls-heatmap"], "Plugin 'cls-heatmap' makes no maps"),
+    (["-p", "no-maps"], "Plugin 'no-maps' makes no maps"),
+    (["-p", "rollout", "--target", "99"],
+     "--target 99 is not a class of this model, which has 10 classes"),
+    (["-p", "rollout", "--opt", "rollout.fusion=median"], "--opt rollout.fusion=median is invalid"),
+])
+def test_score_cli_bad_input_is_one_sentence_and_writes_nothing(shapes_ckpt, tmp_path,
+                                                                monkeypatch, map_plugins,
+                                                                args, message):
+    monkeypatch.chdir(tmp_path)
+    res = run("score", shapes_ckpt, *args)
+    assert res.exit_code != 0 and message in res.output, res.output
+    assert res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_third_party_map_plugin_is_scored_through_the_cli(shapes_ckpt, tmp_path, monkeypatch,
+                                                           map_plugins):
+    monkeypatch.chdir(tmp_path)
+    res = run("score", shapes_ckpt, "-p", "grad-x-input", "-n", 8)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "outputs" / "run" / "score" / "score.json").read_text())
+    assert list(report["methods"]) == ["grad-x-input"]
+    assert "grad-x-input" in res.output and "passed" in res.output

@@ -1,0 +1,100 @@
+"""`vitscope score CKPT --plugin rollout --plugin grad-rollout ...`: evidence for every map."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+DEFAULT_IMAGES = 256
+
+
+@click.command()
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--plugin", "-p", "names", multiple=True, required=True, metavar="NAME",
+              help="Map plugin to score (repeatable), e.g. rollout, grad-rollout, attn-grad, "
+                   "gradcam, or any third-party plugin that declares produces=('maps',).")
+@click.option("--images", "-n", type=click.IntRange(min=2), default=DEFAULT_IMAGES,
+              show_default=True, help="Images scored (the first of the seed-0 shuffle, as analyze).")
+@click.option("--data", default=None, metavar="SPEC",
+              help="Dataset (default: the checkpoint's training data); localisation needs masks "
+                   "(shapes).")
+@click.option("--split", default="val", show_default=True, help="Split to score on.")
+@click.option("--target", default="pred", show_default=True, metavar="pred|label|INDEX",
+              help="Class explained and whose probability the curves follow.")
+@click.option("--perturbation", type=click.Choice(["drop", "grey"]), default="drop",
+              show_default=True,
+              help="drop: removed patch tokens leave the sequence; grey: their pixels are set to "
+                   "the normalisation mean.")
+@click.option("--opt", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE",
+              help="A plugin option, e.g. --opt rollout.discard_ratio=0.9 (repeatable).")
+@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
+              help="Run folder (default: outputs/<run>); the score goes to OUT/score/.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per forward pass.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random order, tie breaks, weight randomisation and bootstrap.")
+def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir, device,
+          batch_size, seed) -> None:
+    """Score map plugins on CKPT: faithfulness, the randomisation test and localisation.
+
+    Deletion and insertion curves (patch tokens removed in 10% steps, most relevant first,
+    beside a random order and image-only baselines), the cascading model-randomisation test
+    (Spearman ρ with the trained map as the head, then each block, then the embedding is
+    randomised) and, on data with object masks, mass in mask and the pointing game beside a
+    uniform map, a centred Gaussian, brightness and edges. Every figure has a bootstrap 95% CI
+    over images. Writes OUT/score/ (score.json, score.txt, PNG and HTML figures) and a Score
+    section in OUT/index.html.
+    """
+    import time
+
+    from vitscope.capture import capture_device, parse_target, run_name
+    from vitscope.checkpoint import load_checkpoint
+    from vitscope.errors import PluginError
+    from vitscope.paths import make_output_dir, remove_empty
+    from vitscope.plugin import discover, parse_opts
+    from vitscope.score import report as R
+    from vitscope.score.run import check_map_plugins, score_checkpoint
+
+    # Everything that can be wrong with the request fails here, before anything is written.
+    ck = load_checkpoint(ckpt)
+    classes = int(getattr(ck.model_config, "num_classes", 0) or len(ck.classes or ()))
+    target = parse_target(target, classes)
+    registry = discover()
+    entries = registry.select(names)
+    check_map_plugins(entries)
+    values = parse_opts(opts, entries, registry)
+    dev = capture_device(device)
+    model = ck.build_model()
+    from vitscope.analysis import missing_hooks
+    from vitscope.hooks import hook_points, is_hooked
+    from vitscope.names import with_grads
+    if not is_hooked(model):
+        raise PluginError(f"'{ckpt}' holds a {ck.arch} model without hook points; score needs a "
+                          f"ViT checkpoint.")
+    gone = missing_hooks(with_grads(hook_points(model)), entries)
+    if gone:
+        what = "; ".join(f"{n} needs {', '.join(p)}" for n, p in gone.items())
+        raise PluginError(f"The model of '{ckpt}' lacks hook points the plugins read ({what}).")
+    from vitscope.score.faithfulness import check_perturbation
+    check_perturbation(model, perturbation)
+    run = Path(out_dir) if out_dir else Path("outputs") / run_name(ckpt)
+    created = make_output_dir(run, PluginError, "choose another output folder with -o")
+
+    t0 = time.perf_counter()
+    try:
+        report = score_checkpoint(ckpt, entries, values, images=images, data=data, split=split,
+                                  target=target, perturbation=perturbation,
+                                  batch_size=batch_size, device=dev, seed=seed, echo=click.echo)
+        files = R.write(report, run / "score")
+    except BaseException:
+        remove_empty(created)
+        raise
+    index = R.record(run, report, files)
+    click.echo("")
+    click.echo(R.tables(report))
+    click.echo("")
+    click.echo(f"Scored {len(entries)} map plugin{'s' if len(entries) > 1 else ''} on "
+               f"{report['images']} images in {time.perf_counter() - t0:.1f} s; wrote "
+               f"{run / 'score'} ({', '.join(f.name for f in files)}). Open {index}")

@@ -1,0 +1,285 @@
+"""The whole evaluation of a checkpoint's map plugins: what `vitscope score` runs.
+
+    report = score_checkpoint("runs/quickstart/best.pt", registry.select(["rollout"]), images=256)
+
+1. One dump with what the plugins read (reused from outputs/.dumps like `analyze`), each
+   plugin rendered on it (no figures), its maps read through the map contract.
+2. Faithfulness: deletion and insertion curves of each map, of a random order and of the
+   image-only and centre baselines, on the same images and targets.
+3. Randomisation: for each step of the cascade, a dump of the randomised model (same images,
+   the trained model's targets), the plugins rendered again, ρ with the trained maps.
+4. Localisation (data with masks): mass in mask and pointing game of maps and baselines.
+Every number is a mean over images with a bootstrap 95% CI; "beats" needs the CI of the paired
+per-image difference on the better side of 0.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitscope.errors import PluginError
+from vitscope.score import faithfulness as FA
+from vitscope.score import localization as LO
+from vitscope.score import randomization as RA
+from vitscope.score.stats import Estimate, better, bootstrap, paired, spearman
+
+RANDOM = "random order"
+FAITHFULNESS_BASELINES = ("centre", "brightness", "edges")   # uniform's order is random
+CONTROL = "brightness"   # the image-only map shown in the randomisation table (ρ = 1 always)
+
+
+def check_map_plugins(entries) -> None:
+    """PluginError, in one sentence, for a broken plugin or one that produces no maps."""
+    from vitscope.mapset import produces_maps
+    for e in entries:
+        if not e.ok:
+            raise PluginError(e.problem())
+    plain = [e.name for e in entries if not produces_maps(e.plugin)]
+    if plain:
+        raise PluginError(f"Plugin{'s' if len(plain) > 1 else ''} {', '.join(repr(p) for p in plain)} "
+                          f"make{'s' if len(plain) == 1 else ''} no maps (no produces=('maps',)); "
+                          f"score evaluates map plugins (docs/plugins.md, 'Map plugins'); "
+                          f"`vitscope plugins` lists what each produces.")
+
+
+def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None, *,
+                     images: int = 256, data: str | None = None, split: str = "val",
+                     target: str | int = "pred", perturbation: str = "drop",
+                     batch_size: int = 256, device=None, seed: int = 0,
+                     echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Score the map plugins `entries` on `images` images of the checkpoint's data. Returns
+    the report (what score.json holds) plus `_arrays` with per-image numbers for figures."""
+    import torch
+
+    from vitscope.capture import (CAPTURE_SEED, capture, capture_device, dataset_for,
+                                  ensure_dump, file_sha256)
+    from vitscope.analysis import union_requires
+    from vitscope.checkpoint import load_checkpoint
+    from vitscope.data import normalization, to_model_input
+    from vitscope.dump import Dump
+
+    check_map_plugins(entries)
+    t_all = time.perf_counter()
+    seconds: dict[str, float] = {}
+    ckpt = load_checkpoint(ckpt_path)
+    dev = device if isinstance(device, torch.device) else capture_device(device)
+    model = ckpt.build_model().to(dev).eval()
+    FA.check_perturbation(model, perturbation)
+    patterns = union_requires(entries)
+    values = values or {}
+
+    t0 = time.perf_counter()
+    dump_path, reused = ensure_dump(ckpt.path, data=data, split=split, n=images, hooks=patterns,
+                                    batch_size=min(batch_size, 64), device=dev, target=target)
+    echo(f"{'Reusing' if reused else 'Captured'} dump {dump_path}")
+    with tempfile.TemporaryDirectory(prefix="vitscope-score-") as tmp, Dump.open(dump_path) as dump:
+        n = min(images, len(dump))
+        maps = _render_maps(dump, entries, values, n, Path(tmp) / "trained")
+        pixels = np.asarray(dump.images[:n])
+        tgt = np.asarray(dump.target[:n])
+        indices = np.asarray(dump.indices[:n])
+        layout = dump.layout
+        masks = np.asarray(dump.masks[:n]) if dump.masks is not None else None
+        info = {"checkpoint": str(ckpt.path), "checkpoint_sha256": file_sha256(ckpt.path),
+                "data": dump.attrs.get("dataset"), "split": dump.attrs.get("split"),
+                "images": n, "target": dump.target_spec, "dump": str(Path(dump_path).resolve()),
+                "classes": dump.classes, "grid": list(layout.grid)}
+        seconds["maps"] = time.perf_counter() - t0
+
+        # ---- faithfulness
+        t0 = time.perf_counter()
+        mean, std = normalization(ckpt)
+        x = to_model_input(torch.from_numpy(pixels).to(dev), mean, std)
+        target_t = torch.from_numpy(tgt).to(dev)
+        rng = np.random.default_rng(seed)
+        baselines = LO.baseline_maps(pixels, layout.grid)
+        orders = {name: FA.relevance_order(m.maps, rng) for name, m in maps.items()}
+        orders[RANDOM] = FA.random_order(n, layout.num_patches, rng)
+        for b in FAITHFULNESS_BASELINES:
+            orders[b] = FA.relevance_order(baselines[b], rng)
+        perturber = FA.Perturber(model, layout, perturbation)
+        curves = FA.curves(perturber, x, target_t, orders, batch_size)
+        seconds["faithfulness"] = time.perf_counter() - t0
+        echo(f"faithfulness: {len(orders)} orders × {2 * (FA.STEPS - 1) + 2} steps on {n} images "
+             f"({seconds['faithfulness']:.1f} s)")
+
+        # ---- randomisation
+        t0 = time.perf_counter()
+        dataset = dataset_for(ckpt, data, split)
+        explicit = np.full(len(dataset), -1, np.int64)
+        explicit[indices] = tgt
+        rho_steps: list[tuple[str, dict[str, np.ndarray]]] = []
+        for k, (label, random_model) in enumerate(RA.cascade(model, seed)):
+            path = capture(random_model, dataset, Path(tmp) / f"random-{k}.h5", patterns,
+                           ckpt=None, normalize=(mean, std), classes=list(dump.classes),
+                           limit=n, batch_size=min(batch_size, 64), device=dev,
+                           seed=CAPTURE_SEED, target=explicit, force=True)
+            with Dump.open(path) as rdump:
+                if not np.array_equal(rdump.indices, indices):
+                    raise PluginError("The randomised model's dump holds other images than the "
+                                      "trained one's; this is a bug in vitscope score.")
+                rmaps = _render_maps(rdump, entries, values, n, Path(tmp) / f"random-{k}")
+            path.unlink()
+            rho_steps.append((label, {name: spearman(maps[name].maps, rmaps[name].maps)
+                                      for name in maps}))
+            echo(f"randomised {label:<12} " + "  ".join(
+                f"{name} ρ={np.nanmean(r):.2f}" for name, r in rho_steps[-1][1].items()))
+        seconds["randomization"] = time.perf_counter() - t0
+
+    # ---- localisation
+    t0 = time.perf_counter()
+    coverage = LO.coverage_of(masks, layout.grid) if masks is not None else None
+    seconds["localization"] = time.perf_counter() - t0
+    report = _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed)
+    seconds["total"] = time.perf_counter() - t_all
+    report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    return report
+
+
+def _render_maps(dump, entries, values, n, folder: Path):
+    """Render each plugin on `dump` without figures and read its maps (the map contract)."""
+    from vitscope.analysis import render_plugin
+    from vitscope.mapset import read_maps
+    out = {}
+    for e in entries:
+        res = render_plugin(e, dump, folder, values.get(e.name), static=False, interactive=False,
+                            limit=n)
+        if not res.ok:
+            raise PluginError(f"Plugin '{e.name}' failed on {dump.path.name}: {res.error}")
+        out[e.name] = read_maps(folder / e.name, dump, e.name, n)
+    return out
+
+
+# ------------------------------------------------------------------------------- the report
+
+def _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed) -> dict:
+    random = curves[RANDOM]
+    r_del, r_ins = random.auc()
+    methods: dict[str, dict] = {}
+    arrays: dict[str, np.ndarray] = {"fractions": random.fractions}
+    for name, c in curves.items():
+        arrays[f"deletion/{name}"], arrays[f"insertion/{name}"] = c.deletion, c.insertion
+    faith_rows = {}
+    for name, c in curves.items():
+        d, i = c.auc()
+        row = {"deletion_auc": bootstrap(d, seed), "insertion_auc": bootstrap(i, seed),
+               "deletion_curve": [bootstrap(c.deletion[:, k], seed) for k in range(c.deletion.shape[1])],
+               "insertion_curve": [bootstrap(c.insertion[:, k], seed) for k in range(c.insertion.shape[1])]}
+        if name != RANDOM:
+            row["deletion_vs_random"] = paired(d, r_del, seed)
+            row["insertion_vs_random"] = paired(i, r_ins, seed)
+            row["beats_random_deletion"] = better(row["deletion_vs_random"], higher_is_better=False)
+            row["beats_random_insertion"] = better(row["insertion_vs_random"], higher_is_better=True)
+        if name not in (RANDOM, *FAITHFULNESS_BASELINES):   # a map against the other orders too
+            row["vs_baselines"] = {}
+            for b in FAITHFULNESS_BASELINES:
+                bd, bi = curves[b].auc()
+                dd, di = paired(d, bd, seed), paired(i, bi, seed)
+                row["vs_baselines"][b] = {"deletion": dd, "insertion": di,
+                                          "beats_deletion": better(dd, False),
+                                          "beats_insertion": better(di, True)}
+        faith_rows[name] = row
+
+    loc_base: dict[str, dict] = {}
+    loc_vals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if coverage is not None:
+        for b, m in baselines.items():
+            loc_vals[b] = (LO.mass_in_mask(m, coverage), LO.pointing(m, coverage))
+            loc_base[b] = {"mass_in_mask": bootstrap(loc_vals[b][0], seed),
+                           "pointing": bootstrap(loc_vals[b][1], seed)}
+        loc_base["uniform"]["mask_area"] = bootstrap(coverage.mean(axis=(1, 2)), seed)
+
+    for name, m in maps.items():
+        entry: dict[str, Any] = {"faithfulness": faith_rows[name]}
+        steps = []
+        for label, rhos in rho_steps:
+            steps.append({"randomized": label, "rho": bootstrap(rhos[name], seed)})
+        head = steps[0]["rho"].mean if steps else float("nan")
+        last = steps[-1]["rho"].mean if steps else float("nan")
+        verdict = ("failed" if last >= RA.RHO_SAME else "passed" if last < RA.RHO_CHANGED
+                   else "inconclusive")
+        entry["randomization"] = {"steps": steps, "class_agnostic": bool(head >= RA.RHO_SAME),
+                                  "verdict": verdict}
+        # baseline -> the metrics on which this map does not beat it
+        not_beaten: dict[str, list[str]] = {}
+        faith = faith_rows[name]
+        for curve in ("deletion", "insertion"):
+            if not faith[f"beats_random_{curve}"]:
+                not_beaten.setdefault(RANDOM, []).append(curve)
+        for b, vs in faith["vs_baselines"].items():
+            for curve in ("deletion", "insertion"):
+                if not vs[f"beats_{curve}"]:
+                    not_beaten.setdefault(b, []).append(curve)
+        if coverage is not None:
+            mass, point = LO.mass_in_mask(m.maps, coverage), LO.pointing(m.maps, coverage)
+            vs = {}
+            for b, (bm, bp) in loc_vals.items():
+                dm, dp = paired(mass, bm, seed), paired(point, bp, seed)
+                vs[b] = {"mass_in_mask": dm, "pointing": dp,
+                         "beats_mass_in_mask": better(dm, True), "beats_pointing": better(dp, True)}
+                for what, key in (("mass in mask", "beats_mass_in_mask"),
+                                  ("pointing", "beats_pointing")):
+                    if not vs[b][key]:
+                        not_beaten.setdefault(b, []).append(what)
+            entry["localization"] = {"mass_in_mask": bootstrap(mass, seed),
+                                     "pointing": bootstrap(point, seed), "vs": vs}
+            arrays[f"mass_in_mask/{name}"], arrays[f"pointing/{name}"] = mass, point
+        entry["not_beaten"] = not_beaten
+        methods[name] = entry
+        for label, rhos in rho_steps:
+            arrays[f"rho/{name}/{label}"] = rhos
+
+    ranking = _rank(methods, coverage is not None)
+    for k, name in enumerate(ranking["order"]):
+        methods[name]["rank"] = k + 1
+    return {"format": "vitscope-score", "version": 1, **info, "perturbation": perturbation,
+            "steps": FA.STEPS, "bootstrap_resamples": 1000, "seed": seed,
+            "methods": methods,
+            "baselines": {"faithfulness": {b: faith_rows[b] for b in (RANDOM, *FAITHFULNESS_BASELINES)},
+                          "localization": loc_base,
+                          "randomization_control": {
+                              "map": CONTROL, "rho": 1.0,
+                              "note": "an image-only map is identical under every randomisation"}},
+            "cascade": [label for label, _ in rho_steps],
+            "thresholds": {"rho_unchanged": RA.RHO_SAME, "rho_changed": RA.RHO_CHANGED},
+            "ranking": ranking, "_arrays": arrays}
+
+
+def _rank(methods: dict, localization: bool) -> dict:
+    """Mean rank over the metrics each method has (deletion AUC: lower is better; insertion
+    AUC, mass in mask, pointing game: higher is better); ties broken by deletion AUC."""
+    metrics: list[tuple[str, Callable[[dict], float], bool]] = [
+        ("deletion AUC", lambda m: m["faithfulness"]["deletion_auc"].mean, False),
+        ("insertion AUC", lambda m: m["faithfulness"]["insertion_auc"].mean, True)]
+    if localization:
+        metrics += [("mass in mask", lambda m: m["localization"]["mass_in_mask"].mean, True),
+                    ("pointing game", lambda m: m["localization"]["pointing"].mean, True)]
+    names = list(methods)
+    mean_rank = {n: 0.0 for n in names}
+    for _, get, higher in metrics:
+        vals = np.array([get(methods[n]) for n in names], np.float64)
+        vals = np.where(np.isfinite(vals), vals, -np.inf if higher else np.inf)
+        order = np.argsort(-vals if higher else vals, kind="stable")
+        for r, i in enumerate(order):
+            mean_rank[names[i]] += (r + 1) / len(metrics)
+    order = sorted(names, key=lambda n: (mean_rank[n],
+                                         methods[n]["faithfulness"]["deletion_auc"].mean))
+    return {"by": f"mean rank over {', '.join(m[0] for m in metrics)}",
+            "order": order, "mean_rank": {n: round(mean_rank[n], 3) for n in order}}
+
+
+def jsonable(value: Any) -> Any:
+    """The report without `_arrays`, Estimates as {mean, ci95, n}, NaN as null."""
+    from vitscope.figures import json_safe
+    if isinstance(value, Estimate):
+        return json_safe(value.to_dict())
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items() if k != "_arrays"}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return json_safe(value)
