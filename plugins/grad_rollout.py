@@ -26,8 +26,8 @@ from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
 from vitscope.errors import PluginError
-from vitscope.mapset import map_arrays
-from vitscope.maps import block_index, mask_summary, n_images, patch_coverage, to_grid
+from vitscope.mapset import map_arrays, mask_numbers
+from vitscope.maps import block_index, n_images, to_grid
 from vitscope.plugin import Option
 
 CHUNK_BYTES = 64 << 20  # attention + gradient read per chunk of images
@@ -102,9 +102,7 @@ class GradRollout:
                        layers=np.array(layers), labels=dump.labels[:n], preds=dump.preds[:n])
         summary = {"images": n, "layers": f"{layers[0]}–{layers[-1]}",
                    "target": dump.target_spec}
-        if dump.masks is not None:
-            cov = patch_coverage(np.asarray(dump.masks[:n]), layout.grid)
-            summary.update({k: round(v, 4) for k, v in mask_summary(maps, cov).items()})
+        summary.update(mask_numbers(dump, maps, n))
         out_dir = Path(out_dir)
         files = F.save_results(out_dir, results, summary)
         k = min(options.show, n)

@@ -23,8 +23,8 @@ from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
 from vitscope.errors import PluginError
-from vitscope.mapset import map_arrays
-from vitscope.maps import block_index, mask_summary, n_images, patch_coverage, read_chunks, to_grid
+from vitscope.mapset import map_arrays, mask_numbers
+from vitscope.maps import block_index, n_images, read_chunks, to_grid
 from vitscope.plugin import Option
 
 POINT = "norm1.out"   # pytorch-grad-cam's target layer for ViTs: blocks[-1].norm1 (its output)
@@ -68,9 +68,7 @@ class GradCam:
                        labels=dump.labels[:n], preds=dump.preds[:n])
         summary = {"images": n, "block": block, "point": POINT, "target": dump.target_spec,
                    "all_zero_maps": int((maps.reshape(n, -1).max(axis=1) <= 0).sum())}
-        if dump.masks is not None:
-            cov = patch_coverage(np.asarray(dump.masks[:n]), layout.grid)
-            summary.update({k: round(v, 4) for k, v in mask_summary(maps, cov).items()})
+        summary.update(mask_numbers(dump, maps, n))
         out_dir = Path(out_dir)
         files = F.save_results(out_dir, results, summary)
         k = min(options.show, n)

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from vitscope.cli import main
 from vitscope.hooks import attach
-from vitscope.layout import TokenLayout
 from vitscope.model import ModelConfig, ViT
 from vitscope.score import faithfulness as FA
 from vitscope.score import localization as LO

@@ -44,7 +44,7 @@ import torch
 from vitscope.dump import Dump, DumpWriter
 from vitscope.errors import DataError, DumpError, VitscopeError
 from vitscope.hooks import attach, hook_points, is_hooked, resolve
-from vitscope.names import GRAD_PREFIX, split_grads
+from vitscope.names import split_grads
 from vitscope.paths import make_output_dir, remove_empty
 
 DEFAULT_HOOKS: tuple[str, ...] = (

@@ -46,6 +46,16 @@ def map_arrays(dump, maps: np.ndarray, n: int | None = None) -> dict[str, np.nda
             "target": np.asarray(dump.target[:n], dtype=np.int64)}
 
 
+def mask_numbers(dump, maps: np.ndarray, n: int) -> dict[str, float]:
+    """Headline localisation numbers of N×h×w maps for a summary.json (mass in mask, mask
+    area, their ratio, pointing game), rounded; {} when the dump has no masks."""
+    if dump.masks is None:
+        return {}
+    from vitscope.maps import mask_summary, patch_coverage
+    cov = patch_coverage(np.asarray(dump.masks[:n]), dump.layout.grid)
+    return {k: round(v, 4) for k, v in mask_summary(maps, cov).items()}
+
+
 @dataclass
 class MapSet:
     """The maps of one plugin on the first len(maps) images of a dump."""
@@ -63,8 +73,8 @@ def read_maps(out_dir: str | Path, dump, plugin: str, n: int | None = None) -> M
     it (grid, images, target); PluginError in one sentence naming what is wrong. `n`: how many
     images it was asked to render (all of them must have a map)."""
     path = Path(out_dir) / RESULTS
-    fix = (f"a map plugin saves `maps`, `image_indices` and `target` with "
-           f"vitscope.mapset.map_arrays (docs/plugins.md, 'Map plugins')")
+    fix = ("a map plugin saves `maps`, `image_indices` and `target` with "
+           "vitscope.mapset.map_arrays (docs/plugins.md, 'Map plugins')")
     if not path.is_file():
         raise PluginError(f"Plugin '{plugin}' wrote no {RESULTS}; {fix}.")
     try:

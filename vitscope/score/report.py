@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.score.faithfulness import PERTURBATIONS
-from vitscope.score.run import FAITHFULNESS_BASELINES, RANDOM, jsonable
+from vitscope.score.run import RANDOM, jsonable
 
 PERTURBATION_TEXT = {"drop": "removed patch tokens leave the sequence",
                      "grey": "removed patches' pixels set to the normalisation mean (grey)"}
@@ -45,8 +45,8 @@ def tables(report: dict) -> str:
         lines.append(f"  {name:<{w}}{_ci(f['deletion_auc']):<24}{_ci(f['insertion_auc']):<24}"
                      f"{vs}{tag}")
 
-    lines += ["", f"Randomisation (cascading, Adebayo et al. 2018): mean Spearman ρ between the "
-                  f"trained model's map and the map after randomising, cumulatively:"]
+    lines += ["", "Randomisation (cascading, Adebayo et al. 2018): mean Spearman ρ between the "
+                  "trained model's map and the map after randomising, cumulatively:"]
     cw = max(25, max(len(n) for n in order) + 2)
     lines.append(f"  {'randomised':<14}" + "".join(f"{n:<{cw}}" for n in order)
                  + report["baselines"]["randomization_control"]["map"] + " (control)")
