@@ -216,12 +216,15 @@ def test_score_cli_end_to_end(shapes_ckpt, tmp_path, monkeypatch):
               "--images", 12, "--batch-size", 64, "--device", "cpu")
     assert res.exit_code == 0, res.output
     for text in ("Faithfulness", "deletion AUC", "random order", "Randomisation", "+ blocks.0",
-                 "class-agnostic", "Localisation", "centre", "brightness", "Ranking", "1. "):
+                 "class-agnostic", "Localisation", "centre", "brightness", "Ranking", "1. ",
+                 "Maps against each other", "rollout, deletion AUC: "):
         assert text in res.output, text
     out = tmp_path / "outputs" / "run" / "score"
     report = json.loads((out / "score.json").read_text())
     assert report["images"] == 12 and report["perturbation"] == "drop"
     assert set(report["methods"]) == {"rollout", "grad-rollout"}
+    assert {p["metric"] for p in report["pairs"]} == {"deletion AUC", "insertion AUC",
+                                                      "mass in mask", "pointing game"}
     est = report["methods"]["grad-rollout"]["faithfulness"]["deletion_auc"]
     assert est["ci95"][0] <= est["mean"] <= est["ci95"][1] and est["n"] == 12
     for name in ("curves.png", "randomization.png", "localization.png"):

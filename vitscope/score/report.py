@@ -84,6 +84,12 @@ def tables(report: dict) -> str:
         text = ("beats every baseline" if not missing else "does not beat " + "; ".join(
             f"{b} ({', '.join(what)})" for b, what in missing.items()))
         lines.append(f"  {m['rank']}. {name:<{w}}{text}")
+    if report.get("pairs"):
+        lines += ["", "Maps against each other (paired per-image difference, first − second):"]
+        for p in report["pairs"]:
+            verdict = f"{p['better']} better" if p["better"] else "no difference at 95%"
+            lines.append(f"  {p['first']} − {p['second']}, {p['metric']}: "
+                         f"{_ci(p['difference'])}  {verdict}")
     return "\n".join(lines)
 
 

@@ -237,6 +237,7 @@ def _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, se
     ranking = _rank(methods, coverage is not None)
     for k, name in enumerate(ranking["order"]):
         methods[name]["rank"] = k + 1
+    pairs = _pairs(ranking["order"], curves, arrays, seed)
     return {"format": "vitscope-score", "version": 1, **info, "perturbation": perturbation,
             "steps": FA.STEPS, "bootstrap_resamples": 1000, "seed": seed,
             "methods": methods,
@@ -247,7 +248,30 @@ def _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, se
                               "note": "an image-only map is identical under every randomisation"}},
             "cascade": [label for label, _ in rho_steps],
             "thresholds": {"rho_unchanged": RA.RHO_SAME, "rho_changed": RA.RHO_CHANGED},
-            "ranking": ranking, "_arrays": arrays}
+            "ranking": ranking, "pairs": pairs, "_arrays": arrays}
+
+
+def _pairs(order: list[str], curves, arrays, seed) -> list[dict]:
+    """Each pair of maps (better-ranked first) compared on each metric by the paired per-image
+    difference first − second, with which one is better where the CI excludes 0."""
+    def values(name):
+        d, i = curves[name].auc()
+        out = {"deletion AUC": (d, False), "insertion AUC": (i, True)}
+        if f"mass_in_mask/{name}" in arrays:
+            out["mass in mask"] = (arrays[f"mass_in_mask/{name}"], True)
+            out["pointing game"] = (arrays[f"pointing/{name}"], True)
+        return out
+    rows = []
+    for k, a in enumerate(order):
+        for b in order[k + 1:]:
+            va, vb = values(a), values(b)
+            for metric, (x, higher) in va.items():
+                diff = paired(x, vb[metric][0], seed)
+                winner = a if better(diff, higher) else b if better(
+                    Estimate(-diff.mean, -diff.hi, -diff.lo, diff.n), higher) else None
+                rows.append({"first": a, "second": b, "metric": metric, "difference": diff,
+                             "better": winner})
+    return rows
 
 
 def _rank(methods: dict, localization: bool) -> dict:
