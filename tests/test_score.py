@@ -267,3 +267,23 @@ def test_a_third_party_map_plugin_is_scored_through_the_cli(shapes_ckpt, tmp_pat
     report = json.loads((tmp_path / "outputs" / "run" / "score" / "score.json").read_text())
     assert list(report["methods"]) == ["grad-x-input"]
     assert "grad-x-input" in res.output and "passed" in res.output
+
+
+def test_data_without_masks_skips_localisation(shapes_ckpt, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vitscope.datasets.shapes import CLASSES
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in CLASSES[:3]:
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / "imgs" / split / c / f"{i}.png")
+    monkeypatch.chdir(tmp_path)
+    res = run("score", shapes_ckpt, "-p", "rollout", "-n", 9, "--data", f"folder:{tmp_path / 'imgs'}")
+    assert res.exit_code == 0, res.output
+    assert "Localisation: skipped" in res.output and "has no object masks" in res.output
+    report = json.loads((tmp_path / "outputs" / "run" / "score" / "score.json").read_text())
+    assert report["baselines"]["localization"] == {} and "localization" not in report["methods"]["rollout"]
+    assert not (tmp_path / "outputs" / "run" / "score" / "localization.png").exists()

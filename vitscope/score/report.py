@@ -61,6 +61,9 @@ def tables(report: dict) -> str:
                  f"head alone is random")
 
     loc = report["baselines"]["localization"]
+    if not loc:
+        lines += ["", f"Localisation: skipped, {report['data']} has no object masks (shapes "
+                      f"has them)."]
     if loc:
         lines += ["", "Localisation on the object masks: share of the map's mass inside the mask; "
                       "pointing game: the map's peak patch on the object"]
