@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install quickstart test bench clean
+.PHONY: install browser quickstart test bench clean
 
 # Set up once: a virtualenv with torch (CPU or CUDA build, whatever pip resolves here),
 # vitscope in editable mode with its test extras, and the example third-party plugin.
@@ -23,7 +23,21 @@ quickstart: install
 	$(BIN)/vitscope train --config train/recipes/shapes-quick.toml --name quickstart --overwrite
 	$(BIN)/vitscope analyze --all runs/quickstart/best.pt -o outputs/quickstart
 
-test: install
+# Headless Chromium for the browser tests (tests/browser.py): one idempotent step, nothing
+# to do when a Chromium is installed; else Debian's package (as root, or with sudo -n), with
+# apt-get update only when the package lists lack it. Without one the browser tests FAIL
+# (VITSCOPE_SKIP_BROWSER_TESTS=1 skips them on a dev machine).
+APT_CHROMIUM = env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+browser:
+	@have() { command -v "$$1" >/dev/null 2>&1; }; \
+	if [ -n "$$VITSCOPE_CHROMIUM" ] || have chromium || have chromium-browser || have google-chrome; \
+	then :; elif have apt-get; then \
+	  S=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); echo "Installing chromium (apt-get) for the browser tests"; \
+	  $$S $(APT_CHROMIUM) >/dev/null 2>&1 || { $$S apt-get update -qq \
+	    && $$S $(APT_CHROMIUM) >/dev/null; } || echo "Could not install chromium: the browser tests will fail"; \
+	else echo "No Chromium found: the browser tests will fail (install one)"; fi
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 # Throughput benchmarks: numbers, not tests. CIFAR is the extracted JPEG mirror:

@@ -201,8 +201,8 @@ class ClsEmbedding:
         colors = F.class_colors(len(names))
         lab = F.label_names(dump.classes, labels)
         pre = F.label_names(dump.classes, preds)
-        caps = [f"#{i} · label <b>{l}</b><br>prediction <b>{p}</b>" for i, (l, p) in
-                enumerate(zip(lab, pre))]
+        # Plain text: the hover box shows it with textContent, Plotly's fields escaped.
+        caps = [f"#{i} · label {l}\nprediction {p}" for i, (l, p) in enumerate(zip(lab, pre))]
         fig = make_subplots(rows=1, cols=len(projs), subplot_titles=projs,
                             horizontal_spacing=0.06)
         groups = []  # trace indices per shown layer
@@ -215,11 +215,11 @@ class ClsEmbedding:
                     m = np.flatnonzero(colour == c)
                     fig.add_trace(go.Scattergl(
                         x=xy[m, 0], y=xy[m, 1], mode="markers", customdata=m,
-                        name=names[c] if c >= 0 else "unknown", legendgroup=str(c),
-                        showlegend=col == 0, visible=j == len(titles) - 1,
+                        name=I.plotly_text(names[c]) if c >= 0 else "unknown",
+                        legendgroup=str(c), showlegend=col == 0, visible=j == len(titles) - 1,
                         marker=dict(size=6, color=colors[c] if c >= 0 else "#999", opacity=0.8),
-                        text=[f"label {lab[i]} · prediction {pre[i]}" for i in m],
-                        hovertemplate="%{text}<extra>" + (names[c] if c >= 0 else "?") + "</extra>"),
+                        text=[I.plotly_text(f"label {lab[i]} · prediction {pre[i]}") for i in m],
+                        hovertemplate="%{text}<extra>%{fullData.name}</extra>"),
                         row=1, col=col + 1)
                     ids.append(len(fig.data) - 1)
             groups.append(ids)
@@ -228,7 +228,8 @@ class ClsEmbedding:
             visible = [False] * len(fig.data)
             for i in groups[j]:
                 visible[i] = True
-            steps.append(dict(method="update", label=title, args=[{"visible": visible}]))
+            steps.append(dict(method="update", label=I.plotly_text(title),
+                              args=[{"visible": visible}]))
         fig.update_xaxes(showticklabels=False)
         fig.update_yaxes(showticklabels=False)
         fig.update_layout(

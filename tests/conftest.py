@@ -68,3 +68,38 @@ def small_dump(tmp_path_factory):
     root = tmp_path_factory.mktemp("small_dump")
     ckpt = root / "tiny" / "best.pt"
     return make_dump(root / "small.h5", n=12, checkpoint=ckpt), ckpt
+
+
+# ------------------------------------------------------------------- headless Chromium
+# tests/browser.py drives a real Chromium. Without one the tests that ask for it FAIL (CI
+# installs it); VITSCOPE_SKIP_BROWSER_TESTS=1 skips them on a dev machine instead.
+
+@pytest.fixture(scope="session")
+def browser_factory():
+    """browser_factory(*extra_flags) -> a started Browser, e.g. browser_factory("--disable-webgl").
+    Browsers with the same flags are shared for the session and closed at its end."""
+    from browser import SKIP_ENV, Browser, BrowserUnavailable, find_chromium
+    started: dict[tuple[str, ...], Browser] = {}
+    try:
+        binary = find_chromium()
+    except BrowserUnavailable as e:
+        binary, missing = None, str(e)
+
+    def make(*flags: str) -> Browser:
+        if binary is None:
+            if os.environ.get(SKIP_ENV, "").strip() not in ("", "0"):
+                pytest.skip(f"{SKIP_ENV} is set: {missing}")
+            pytest.fail(missing, pytrace=False)
+        if flags not in started:
+            started[flags] = Browser(flags, binary=binary)
+        return started[flags]
+
+    yield make
+    for b in started.values():
+        b.close()
+
+
+@pytest.fixture
+def browser(browser_factory):
+    """The shared headless Chromium with the default flags (tests/browser.py)."""
+    return browser_factory()

@@ -5,6 +5,9 @@
 
 Nothing is loaded from the network: plotly.js is written once into the run folder
 (`options.run_dir / plotly.min.js`) and every figure references it by a relative path.
+Strings from checkpoints and dumps (class names, captions) reach these pages escaped
+(vitscope.escaping): map_slider escapes its titles itself; a plugin building its own figure
+passes names through `plotly_text`.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vitscope.escaping import plotly_text, script_json, template_text  # noqa: F401 (re-exported)
 
 PLOTLY_JS = "plotly.min.js"
 
@@ -67,14 +72,14 @@ def hover_thumbnail_script(images: np.ndarray, captions: list[str], size: int = 
     """A post_script for save_html: hovering a point whose customdata is an image index shows
     that image (enlarged to `size` px) and its caption in a corner box; plotly.js has no
     images in tooltips. The images travel once, as one sprite sheet, however many traces
-    show them."""
-    import json
+    show them. Captions are plain text (a newline breaks the line), never markup: they hold
+    class names, and they are shown with textContent."""
     uri, cols, h, w = sprite_sheet(images)
     scale = size / max(h, w)
-    return (f"var SHEET = {json.dumps(uri)}; var COLS = {cols}; var TH = {h * scale:.3f}; "
+    return (f"var SHEET = {script_json(uri)}; var COLS = {cols}; var TH = {h * scale:.3f}; "
             f"var TW = {w * scale:.3f}; var SW = {cols * w * scale:.3f}; "
             f"var SH = {-(-len(images) // cols) * h * scale:.3f};\n"
-            f"var CAPS = {json.dumps(list(captions))};\n" + _HOVER_JS)
+            f"var CAPS = {script_json([str(c) for c in captions])};\n" + _HOVER_JS)
 
 
 _HOVER_JS = """
@@ -88,12 +93,13 @@ pic.style.cssText = 'width:' + TW + 'px;height:' + TH + 'px;margin:auto;' +
   'image-rendering:pixelated;background-repeat:no-repeat;background-image:url(' + SHEET + ');' +
   'background-size:' + SW + 'px ' + SH + 'px';
 var cap = document.createElement('div');
+cap.style.whiteSpace = 'pre-line';
 box.appendChild(pic); box.appendChild(cap); document.body.appendChild(box);
 gd.on('plotly_hover', function(ev) {
   var p = ev.points[0]; if (p.customdata === undefined) return;
   var i = Array.isArray(p.customdata) ? p.customdata[0] : p.customdata;
   pic.style.backgroundPosition = (-(i % COLS) * TW) + 'px ' + (-Math.floor(i / COLS) * TH) + 'px';
-  cap.innerHTML = CAPS[i]; box.style.display = 'block';
+  cap.textContent = CAPS[i]; box.style.display = 'block';
 });
 gd.on('plotly_unhover', function() { box.style.display = 'none'; });
 """
@@ -118,7 +124,7 @@ def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[st
         images = np.broadcast_to(images[:, None], (R, C, *images.shape[1:]))
     H, W = images.shape[2:4]
     ps_y, ps_x = H / h, W / w
-    titles = [" · ".join(t for t in (row_titles[r], col_titles[c]) if t)
+    titles = [plotly_text(" · ".join(t for t in (row_titles[r], col_titles[c]) if t))
               for r in range(R) for c in range(C)]
     fig = make_subplots(rows=R, cols=C, subplot_titles=titles, horizontal_spacing=0.012,
                         vertical_spacing=0.04 if R > 1 else 0.0)
@@ -143,14 +149,16 @@ def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[st
     steps = []
     for s, label in enumerate(step_labels):
         zs = [maps[s, r, c] for r in range(R) for c in range(C)]
-        steps.append(dict(method="restyle", label=label,
+        steps.append(dict(method="restyle", label=plotly_text(label),
                           args=[{"z": zs, "zmax": [float(z.max()) or 1.0 for z in zs]}, heat_ids]))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     cell = 170 if C * R > 8 else 220
     fig.update_layout(
-        title=dict(text=title, x=0.01), height=R * cell + 160, width=max(C * cell + 80, 520),
+        title=dict(text=plotly_text(title), x=0.01), height=R * cell + 160,
+        width=max(C * cell + 80, 520),
         margin=dict(l=20, r=20, t=80, b=20), plot_bgcolor="white",
-        sliders=[dict(active=s0, currentvalue=dict(prefix=f"{slider_label}: "), pad=dict(t=30),
+        sliders=[dict(active=s0, currentvalue=dict(prefix=plotly_text(f"{slider_label}: ")),
+                      pad=dict(t=30),
                       steps=steps)])
     return fig

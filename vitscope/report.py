@@ -4,15 +4,18 @@ Built from `manifest.json` (written by vitscope.analysis), so plugins rendered b
 `analyze` calls into the same folder stay listed. Static figures and GIFs are embedded,
 interactive figures open in place (lazy iframes) or in a new tab, and each plugin's
 `summary.json` numbers are shown as a table. All links are relative; nothing is fetched.
+Every string on the page is escaped (vitscope.escaping): class names, file names and summary
+values come from checkpoints, dumps and plugins, which anyone can write.
 """
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
 
 from vitscope import __version__
+from vitscope.escaping import href as _href
+from vitscope.escaping import text as _e
 
 IMAGE_SUFFIXES = (".png", ".svg", ".gif", ".jpg", ".jpeg")
 PAGE_SUFFIXES = (".html",)
@@ -116,7 +119,7 @@ def _epochs(run_dir: Path) -> str:
     pages = sorted(p.parent.name for p in run_dir.glob("epoch_*/index.html"))
     if not pages:
         return ""
-    links = " · ".join(f"<a href='{_e(p)}/index.html'>{_e(p.replace('_', ' '))}</a>"
+    links = " · ".join(f"<a href='{_href(p + '/index.html')}'>{_e(p.replace('_', ' '))}</a>"
                        for p in pages)
     return f"<section><h2>During training</h2><p>{links}</p></section>"
 
@@ -149,26 +152,30 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
     summary = run_dir / name / "summary.json"
     if summary.exists():
         try:
-            numbers = json.loads(summary.read_text())
+            numbers = json.loads(summary.read_text(encoding="utf-8"))
+        except ValueError:   # UnicodeDecodeError included
+            numbers = None
+        if isinstance(numbers, dict):
             body.append(_kv([(k, _fmt(v)) for k, v in numbers.items()]))
-        except ValueError:
-            pass
+        else:   # checked when the plugin ran; a file changed since is only mentioned
+            body.append("<p class='tag'>summary.json is not a JSON object of numbers</p>")
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
     pages = [f for f in files if f.lower().endswith(PAGE_SUFFIXES)]
     docs = [f for f in files if f.lower().endswith(DOC_SUFFIXES)]
     data = [f for f in files if f not in images + pages + docs]
     if images:
         body.append("<div class='figs'>" + "".join(
-            f"<figure><a href='{_e(f)}'><img loading='lazy' src='{_e(f)}' alt='{_e(f)}'></a>"
+            f"<figure><a href='{_href(f)}'><img loading='lazy' src='{_href(f)}' "
+            f"alt='{_e(f)}'></a>"
             f"<figcaption>{_e(Path(f).name)}</figcaption></figure>" for f in images) + "</div>")
     for f in pages:
         body.append(f"<details><summary>interactive: {_e(Path(f).name)} "
-                    f"(<a href='{_e(f)}' target='_blank'>open in a new tab</a>)</summary>"
-                    f"<iframe loading='lazy' src='{_e(f)}' title='{_e(f)}'></iframe></details>")
+                    f"(<a href='{_href(f)}' target='_blank'>open in a new tab</a>)</summary>"
+                    f"<iframe loading='lazy' src='{_href(f)}' title='{_e(f)}'></iframe></details>")
     links = docs + data
     if links:
-        body.append("<p>files: " + " · ".join(f"<a href='{_e(f)}'><code>{_e(Path(f).name)}</code></a>"
-                                             for f in links) + "</p>")
+        body.append("<p>files: " + " · ".join(
+            f"<a href='{_href(f)}'><code>{_e(Path(f).name)}</code></a>" for f in links) + "</p>")
     return "".join(body) + "</section>"
 
 
@@ -209,6 +216,3 @@ def _fmt(v: Any) -> str:
         return ", ".join(_fmt(x) for x in v)
     return str(v)
 
-
-def _e(v: Any) -> str:
-    return html.escape(str(v), quote=True)
