@@ -124,3 +124,21 @@ def test_a_circular_stem_sees_images_on_the_torus():
     assert out == {"circular": True, "zeros": False}
     with pytest.raises(ConfigError, match="model.stem_padding must be one of zeros, circular"):
         ModelConfig(stem_padding="reflect")
+
+
+def test_parameter_count_from_the_config_alone_is_exact():
+    """ModelConfig.num_parameters is what the size bound checks before anything is allocated:
+    it must equal the built model's count for every preset and both stems."""
+    from vitscope.cnn import CNNConfig, SmallCNN
+    from vitscope.model import PRESETS, count_parameters, preset
+    configs = [preset(name, depth=1) for name in PRESETS] + [
+        ModelConfig(image_size=24, patch_size=4, embed_dim=24, depth=2, num_heads=3,
+                    qkv_bias=False, stem="conv", stem_channels=[8, 16], num_classes=7)]
+    for cfg in configs:
+        assert cfg.num_parameters == count_parameters(ViT(cfg)), cfg
+    # timm's ViT-B/16 at 224 px with 1000 classes: 86,567,656 parameters
+    assert ModelConfig(image_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                       num_classes=1000).num_parameters == 86_567_656
+    for cfg in (CNNConfig(), CNNConfig(channels=[8, 16], convs_per_stage=3, num_classes=4,
+                                       image_size=8)):
+        assert cfg.num_parameters == count_parameters(SmallCNN(cfg)), cfg

@@ -91,9 +91,9 @@ def test_set_values_are_typed_and_dotted_keys_reach_the_model():
     ("model.in_channels=1", "model.in_channels must be 3: training data are always loaded as RGB"),
     ("model.stem_channels=[0]", r"model.stem_channels must list positive widths .* got \[0\]"),
     ("model.norm_eps=0", "model.norm_eps must be a positive number, got 0.0"),
-    ("model.norm_eps=inf", "model.norm_eps must be a positive number, got inf"),
+    ("model.norm_eps=inf", "model.norm_eps must be a finite number, got inf"),
     ("model.mlp_ratio=0.001", r"gives an MLP width of 0; it must be at least 1"),
-    ("model.mlp_ratio=inf", "model.mlp_ratio must be a positive number, got inf"),
+    ("model.mlp_ratio=inf", "model.mlp_ratio must be a finite number, got inf"),
 ])
 def test_bad_settings_name_the_field_and_the_allowed_values(item, message):
     with pytest.raises(ConfigError, match=message):

@@ -173,9 +173,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Rebuild from to_dict() output (e.g. a checkpoint's train_config)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """Rebuild from to_dict() output (e.g. a checkpoint's train_config), each field checked
+        against its type like a recipe value (keys that are not fields are ignored)."""
+        hints = _field_types(cls)
+        return cls(**{k: v if k == "model" else coerce(k, hints[k], v)
+                      for k, v in data.items() if k in hints})
 
 
 def _unknown(what: str, value: str, known: list[str], where: str = "") -> str:

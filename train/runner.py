@@ -24,7 +24,7 @@ from torch import nn
 from vitscope.checkpoint import Checkpoint, load_checkpoint
 from vitscope.data import (ImageDataset, absolute_spec, dataset_stats, load_dataset,
                            normalization)
-from vitscope.errors import ConfigError, TrainingError, TrainingInterrupted
+from vitscope.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from vitscope.model import ViT, count_parameters
 from vitscope.train import distributed as D
 from vitscope.train.config import TrainConfig
@@ -170,12 +170,38 @@ def resume_config(path: str | Path, overrides: dict[str, Any]) -> tuple[TrainCon
                           f"{', '.join(RESUME_OVERRIDABLE)} may be given, or {new_run}.")
     stored = {k: v for k, v in ckpt.train_config.items()
               if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    try:  # the run's own settings first, so an error there names the file, not the flags
+        TrainConfig.from_dict(stored)
+    except ConfigError as e:
+        raise CheckpointError(f"'{path}' has an invalid train_config ({str(e).rstrip('.')}); "
+                              f"the file was edited or written by another tool.") from None
+    _check_resume_state(path, ckpt.resume)
     cfg = TrainConfig.from_dict({**stored, **overrides})
     done = int(ckpt.resume["epoch"])
     if done >= cfg.epochs and not ckpt.resume.get("step_in_epoch"):
         raise TrainingError(f"'{path}' has already finished all {done} epochs; pass --epochs N "
                             f"with N > {done} to train longer (the cosine schedule then stretches).")
     return cfg, ckpt
+
+
+def _check_resume_state(path: str | Path, r: dict[str, Any]) -> None:
+    """The fields of last.pt's `resume` that Trainer._restore reads, with their types."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    expected = {"epoch": count, "step_in_epoch": count, "global_step": count,
+                "best_epoch": count, "stale_epochs": count, "best_val_acc": number,
+                "partial_seconds": number, "optimizer": lambda v: isinstance(v, dict),
+                "partial": lambda v: isinstance(v, torch.Tensor) and v.numel() == 3,
+                "rng": lambda v: v is None or isinstance(v, list)}
+    bad = [k for k, ok in expected.items() if not ok(r.get(k))]
+    if bad:
+        raise CheckpointError(f"'{path}' has a damaged resume state ({', '.join(bad)} missing or "
+                              f"of the wrong type); it was not written by `vitscope train`, so "
+                              f"resume from another last.pt or start a new run.")
 
 
 def _check_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:

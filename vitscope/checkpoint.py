@@ -15,6 +15,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,10 +253,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     _check_types(path, obj)
     arch = obj.get("arch", "vit")
     cfg_cls, _ = _arch(arch, path)
-    try:
+    try:  # the config dataclass checks types and size bounds before anything is allocated
         cfg = cfg_cls.from_dict(obj["model_config"])
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"'{path}' has an invalid model_config: {e}") from None
+    _check_classes(path, obj.get("classes") or [], cfg)
+    _check_train_config(path, obj.get("train_config") or {})
+    _check_finite(path, obj["state_dict"])
     return Checkpoint(path=path, arch=arch, model_config=cfg, state_dict=obj["state_dict"],
                       classes=list(obj.get("classes") or []),
                       train_config=dict(obj.get("train_config") or {}),
@@ -284,6 +288,78 @@ def _check_types(path: Path, obj: dict[str, Any]) -> None:
     if not all(isinstance(k, str) for k in obj["state_dict"]):
         raise CheckpointError(f"'{path}' has a state_dict with keys that are not strings; the "
                               f"file was edited or written by another tool.")
+
+
+def _check_classes(path: Path, classes: list[str], cfg: Any) -> None:
+    """Class names, when stored, name every output of the head: no fewer (predict would index
+    past the list), no more (labels would map onto outputs that do not exist)."""
+    outputs = getattr(cfg, "num_classes", None)
+    if classes and outputs is not None and len(classes) != outputs:
+        raise CheckpointError(f"'{path}' lists {len(classes)} class names but its model has "
+                              f"{outputs} outputs (model_config.num_classes); the file was "
+                              f"edited or written by another tool.")
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _integer(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _fraction(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+
+
+# The train_config fields that eval, predict, dump and analyze read, and what each must be:
+# checked once here so that no reader meets a string where it needs a number.
+TRAIN_CONFIG_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data": (lambda v: isinstance(v, str), "a dataset spec string"),
+    "data_dir": (lambda v: isinstance(v, str), "a folder path string"),
+    "image_size": (_integer(1, 1 << 16), "a positive integer number of pixels"),
+    "seed": (_integer(0, 2 ** 63 - 1), "an integer from 0 to 2**63 - 1"),
+    "val_split": (_optional(_fraction), "a fraction between 0 and 1, or null"),
+    "train_subset": (_optional(_integer(1, 2 ** 63 - 1)), "a positive number of images, or null"),
+    "val_subset": (_optional(_integer(1, 2 ** 63 - 1)), "a positive number of images, or null"),
+    "eval_flip_tta": (lambda v: isinstance(v, bool), "true or false"),
+    "model": (lambda v: isinstance(v, dict), "a dict"),
+}
+
+
+def _check_train_config(path: Path, tc: dict[str, Any]) -> None:
+    from vitscope.data import parse_normalize
+
+    for key, (ok, what) in TRAIN_CONFIG_FIELDS.items():
+        if key in tc and not ok(tc[key]):
+            raise CheckpointError(f"'{path}' has an invalid train_config['{key}'] "
+                                  f"({_short(tc[key])}, expected {what}); the file was edited or "
+                                  f"written by another tool.")
+    if tc.get("normalize") is not None:
+        try:
+            parse_normalize(tc["normalize"])
+        except ValueError as e:
+            raise CheckpointError(f"'{path}' has an invalid train_config['normalize'] ({e}); "
+                                  f"inputs normalised with it would be meaningless, so the file "
+                                  f"is refused (it was edited or is damaged).") from None
+
+
+def _check_finite(path: Path, state_dict: dict[str, Any], shown: int = 3) -> None:
+    """NaN or infinite weights make every output NaN ("nan%" predictions, a NaN eval loss):
+    refused here, once, rather than reported as results."""
+    bad = [k for k, v in state_dict.items() if isinstance(v, torch.Tensor)
+           and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+        raise CheckpointError(f"'{path}' holds non-finite weights (NaN or infinite values in "
+                              f"{', '.join(bad[:shown])}{more}), so every output of its model "
+                              f"would be meaningless; it is damaged or comes from a run that "
+                              f"diverged, so use an earlier checkpoint.")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:

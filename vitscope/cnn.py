@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from vitscope.errors import ConfigError
-from vitscope.model import ModelConfig
+from vitscope.model import (MAX_IMAGE_SIZE, MAX_PARAMETERS, ModelConfig, check_field_types,
+                            check_size)
 
 
 @dataclass
@@ -27,14 +28,16 @@ class CNNConfig:
     drop_rate: float = 0.0        # dropout before the head
 
     def __post_init__(self) -> None:
-        self.channels = [int(c) for c in self.channels]
         self.validate()
+        self.channels = list(self.channels)
 
     def validate(self) -> None:
+        check_field_types(self)
         for name in ("image_size", "in_channels", "num_classes", "convs_per_stage"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if value <= 0:
                 raise ConfigError(f"model.{name} must be a positive integer, got {value!r}.")
+        check_size("model.image_size is", self.image_size, MAX_IMAGE_SIZE, "pixels")
         if not self.channels or any(c <= 0 for c in self.channels):
             raise ConfigError(f"model.channels must list positive stage widths, got {self.channels!r}.")
         if self.image_size < 2 ** len(self.channels):
@@ -43,6 +46,17 @@ class CNNConfig:
                               f"{2 ** len(self.channels)} or fewer model.channels.")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ConfigError(f"model.drop_rate must be in [0, 1), got {self.drop_rate!r}.")
+        check_size("the model would have", self.num_parameters, MAX_PARAMETERS, "parameters")
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the SmallCNN this config builds, from the config alone."""
+        n, in_ch = 0, self.in_channels
+        for width in self.channels:
+            for _ in range(self.convs_per_stage):
+                n += 9 * in_ch * width + 2 * width   # 3x3 conv without bias, BatchNorm
+                in_ch = width
+        return n + in_ch * self.num_classes + self.num_classes
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -168,16 +168,35 @@ def normalization(ckpt) -> tuple[list[float], list[float]]:
     """
     train_config = getattr(ckpt, "train_config", ckpt)
     norm = train_config.get("normalize") if isinstance(train_config, dict) else None
-    if not isinstance(norm, dict):
+    if norm is None:
         return list(DEFAULT_MEAN), list(DEFAULT_STD)
-    mean, std = norm.get("mean"), norm.get("std")
-    ok = all(isinstance(v, (list, tuple)) and len(v) == 3
-             and all(isinstance(x, (int, float)) for x in v) for v in (mean, std))
-    if not ok or any(s <= 0 for s in std):
+    try:
+        return parse_normalize(norm)
+    except ValueError as e:
         where = getattr(ckpt, "path", "the checkpoint")
-        raise DataError(f"'{where}' has an invalid train_config['normalize'] ({norm!r}); expected "
-                        f"{{'mean': [r, g, b], 'std': [r, g, b]}} with positive std.")
-    return [float(x) for x in mean], [float(x) for x in std]
+        raise DataError(f"'{where}' has an invalid train_config['normalize'] ({e}); expected "
+                        f"{{'mean': [r, g, b], 'std': [r, g, b]}} with finite numbers and a "
+                        f"positive std.") from None
+
+
+def parse_normalize(norm: Any) -> tuple[list[float], list[float]]:
+    """{"mean": [r, g, b], "std": [r, g, b]} as two float lists. ValueError says what is wrong:
+    a NaN or infinite value, or a std <= 0, would make every input NaN or infinite, and the
+    model's outputs silently meaningless."""
+    if not isinstance(norm, dict):
+        raise ValueError(f"a {type(norm).__name__}, not a mapping")
+    out = []
+    for key in ("mean", "std"):
+        v = norm.get(key)
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            raise ValueError(f"{key} is {v!r}, not three numbers")
+        if not all(np.isfinite(x) for x in v):
+            raise ValueError(f"{key} {list(v)} is not finite")
+        out.append([float(x) for x in v])
+    if any(s <= 0 for s in out[1]):
+        raise ValueError(f"std {out[1]} is not positive")
+    return out[0], out[1]
 
 
 def to_model_input(images_u8: torch.Tensor, mean, std) -> torch.Tensor:

@@ -27,6 +27,52 @@ from vitscope.layout import TokenLayout
 STEMS = ("patch", "conv")
 STEM_PADDINGS = ("zeros", "circular")
 
+# Sane bounds, checked from the config alone before anything is allocated: a mistyped or hostile
+# checkpoint must get one sentence, not a 13 TB allocation. ViT-G/14 has 1.8 billion parameters
+# (8 GB in fp32 at the limit); 4,096 px and 65,536 patch tokens are far beyond any published ViT
+# input (DINOv2: 518 px, 1,369 tokens; SAM's encoder: 1,024 px, 4,096 tokens); a ConvStem runs at
+# full resolution, so its widths are bounded too (published ones use 24 to 512).
+MAX_PARAMETERS = 2_000_000_000
+MAX_IMAGE_SIZE = 4096
+MAX_PATCHES = 65_536
+MAX_STEM_WIDTH = 4096
+
+
+def check_field_types(cfg: Any, prefix: str = "model") -> None:
+    """Each field of a config dataclass holds its declared type, strictly: a bool is not an
+    int, 2.0 is not an int, a float field takes an int but only finite numbers, and a
+    list[int] field holds ints only. ConfigError names the first field that does not."""
+    for f in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, f.name), f.type
+        hint = hint if isinstance(hint, str) else getattr(hint, "__name__", str(hint))
+        if hint == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            what = "an integer"
+        elif hint == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value)
+            what = "a finite number"
+        elif hint == "bool":
+            ok, what = isinstance(value, bool), "true or false"
+        elif hint == "str":
+            ok, what = isinstance(value, str), "a string"
+        elif hint == "list[int]":
+            ok = isinstance(value, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value)
+            what = "a list of integers"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{prefix}.{f.name} must be {what}, got {value!r} "
+                              f"({type(value).__name__}).")
+
+
+def check_size(subject: str, value: int, limit: int, unit: str) -> None:
+    """ConfigError when a config's size exceeds a sane bound, with both numbers."""
+    if value > limit:
+        raise ConfigError(f"{subject} {value:,} {unit}, over vitscope's limit of {limit:,}, so it "
+                          f"is refused before anything is allocated (a typo or a damaged config).")
+
 
 @dataclass
 class ModelConfig:
@@ -48,19 +94,19 @@ class ModelConfig:
     norm_eps: float = 1e-6        # LayerNorm epsilon (timm's value for ViTs)
 
     def __post_init__(self) -> None:
-        self.stem_channels = [int(c) for c in self.stem_channels]
         self.validate()
+        self.stem_channels = list(self.stem_channels)
 
     def validate(self) -> None:
-        """Raise ConfigError naming the field and the allowed values."""
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"model.{name} must be a positive number, got {value!r}.")
-
+        """Raise ConfigError naming the field and the allowed values: types first (strictly),
+        then values, then the size bounds, all before any tensor exists."""
+        check_field_types(self)
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "embed_dim",
                      "depth", "num_heads", "mlp_ratio", "norm_eps"):
-            positive(name)
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be a positive number, got "
+                                  f"{getattr(self, name)!r}.")
+        check_size("model.image_size is", self.image_size, MAX_IMAGE_SIZE, "pixels")
         if self.mlp_dim < 1:
             raise ConfigError(f"model.mlp_ratio ({self.mlp_ratio}) times model.embed_dim "
                               f"({self.embed_dim}) gives an MLP width of {self.mlp_dim}; it must be "
@@ -68,6 +114,8 @@ class ModelConfig:
         if any(c <= 0 for c in self.stem_channels):
             raise ConfigError(f"model.stem_channels must list positive widths (e.g. [64, 128]), "
                               f"got {self.stem_channels!r}.")
+        check_size("a model.stem_channels width is", max(self.stem_channels, default=0),
+                   MAX_STEM_WIDTH, "channels")
         if self.stem not in STEMS:
             raise ConfigError(f"model.stem must be one of {', '.join(STEMS)}, got {self.stem!r}.")
         if self.image_size % self.patch_size:
@@ -84,6 +132,26 @@ class ModelConfig:
                               f"{self.stem_padding!r}.")
         if self.stem == "conv" and not self.stem_channels:
             raise ConfigError("model.stem_channels must list at least one width when model.stem='conv'.")
+        check_size("the patch grid has", self.num_patches, MAX_PATCHES, "patches")
+        check_size("the model would have", self.num_parameters, MAX_PARAMETERS, "parameters")
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the ViT this config builds (what count_parameters reports), computed
+        from the config alone, so absurd sizes are refused before anything is allocated."""
+        D, M, p = self.embed_dim, self.mlp_dim, self.patch_size
+        n, in_ch = 0, self.in_channels
+        if self.stem == "conv":
+            for c in self.stem_channels:
+                n += 9 * in_ch * c + 2 * c          # 3x3 conv without bias, BatchNorm weight+bias
+                in_ch = c
+        n += in_ch * D * p * p + D                  # patchify conv
+        n += D + self.num_tokens * D                # cls_token, pos_embed
+        block = (2 * D                              # norm1
+                 + 3 * D * D + (3 * D if self.qkv_bias else 0) + D * D + D   # qkv, proj
+                 + 2 * D                            # norm2
+                 + D * M + M + M * D + D)           # mlp.fc1, mlp.fc2
+        return n + self.depth * block + 2 * D + D * self.num_classes + self.num_classes
 
     @property
     def grid_size(self) -> int:
@@ -112,7 +180,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         if unknown:
             hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k
                      for k in unknown]

@@ -14,11 +14,11 @@ import click
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
-def _image_size(ckpt) -> int:
-    """The input size the model was trained at: train_config, else the model config."""
-    tc = ckpt.train_config
-    size = tc.get("image_size") or (tc.get("model") or {}).get("image_size")
-    return int(size or getattr(ckpt.model_config, "image_size", 32))
+def _image_size(model, ckpt) -> int:
+    """The side the model takes its images at: its own input size, whatever the train_config
+    says (files of any size are resized to it, as the folder data in training were)."""
+    shape = getattr(model, "input_shape", None)
+    return int(shape[-1]) if shape else int(ckpt.model_config.image_size)
 
 
 def _classes(ckpt, num_outputs: int | None = None) -> list[str]:
@@ -82,7 +82,7 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
     with output_folder(out, ConfigError, "choose a writable folder with -o"):
         seed = int(tc.get("seed", 0))
         try:
-            dataset = load_dataset(spec, split, _image_size(ck),
+            dataset = load_dataset(spec, split, _image_size(model, ck),
                                    data_dir=data_dir or tc.get("data_dir", "./data"),
                                    val_split=val_split, seed=seed)
         except DataError as e:
@@ -145,7 +145,7 @@ def predict(ckpt: str, images: tuple[str, ...], top_k: int, as_json: bool, tta: 
     from vitscope.evaluation import predict_logits, resolve_device
 
     model, ck = load_model(ckpt)
-    size = _image_size(ck)
+    size = _image_size(model, ck)
     decoded: list[Any] = []
     errors: dict[str, str] = {}
     for path in images:
