@@ -152,7 +152,8 @@ def bad_file(tmp_path, kind, good):
     ("missing", "does not exist"), ("text", "not an HDF5 file"), ("empty", "empty"),
     ("foreign", "not a vitscope dump.*weights"), ("truncated", "truncated or corrupt"),
     ("newer", "version 99, newer.*upgrade vitscope"), ("incomplete", "incomplete dump"),
-    ("bad-json", "damaged dump .*JSONDecodeError"), ("bad-layout", "damaged dump .*KeyError"),
+    ("bad-json", "not a valid vitscope dump: attribute .token_layout. is not valid JSON"),
+    ("bad-layout", "not a valid vitscope dump: its token_layout cannot be read .KeyError"),
 ])
 def test_open_errors(tmp_path, loaded, shapes16, kind, message):
     model, ck = loaded

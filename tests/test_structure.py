@@ -17,7 +17,8 @@ from vitscope.hooks import HookPoint, attach, is_hooked, list_hook_points, name_
 from vitscope.layout import TokenLayout
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_FREE = ("vitscope.dump", "vitscope.names", "vitscope.layout", "vitscope.plugin",
+TORCH_FREE = ("vitscope.dump", "vitscope.dumpcheck", "vitscope.bounded", "vitscope.names",
+              "vitscope.layout", "vitscope.plugin",
               "vitscope.maps")
 
 

@@ -43,16 +43,10 @@ from vitscope.names import (GRAD_PREFIX, is_grad, layer_sort_key, match_names, s
                             summarize_names)
 from vitscope.paths import make_output_dir, remove_empty
 
-FORMAT = "vitscope-dump"
-# 2: token layout with prefix kinds and (height, width) sizes; /target and /grads (optional:
-# a version-2 dump without them reads as explained by its predictions). Version 1 still opens.
-VERSION = 2
-# Root attributes stored as JSON text (HDF5 attributes hold no nested data); Dump.attrs decodes them.
-JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
-                        "model_hooks", "aliases", "normalize", "shard", "merged_from",
-                        "grad_hooks"})
-# Datasets every dump has besides /acts (masks and dataset_labels are optional).
-REQUIRED = ("images", "labels", "logits", "indices")
+# The format's names and the one validated reading of a file live in vitscope.dumpcheck.
+from vitscope.dumpcheck import (FORMAT, HOOK_GROUPS, JSON_ATTRS, REQUIRED, VERSION,  # noqa: F401
+                                check_dump, relative_inside)
+
 CHUNK_BYTES = 1 << 20        # target chunk size: large enough to compress well, small to read one image
 READ_CACHE_BYTES = 16 << 20  # per-dataset chunk cache when reading, so image-by-image loops stay fast
 
@@ -109,16 +103,6 @@ def _encode(key: str, value: Any) -> Any:
     if key in JSON_ATTRS:
         return json.dumps(value, sort_keys=True)
     return str(value) if isinstance(value, Path) else value
-
-
-def _decode(key: str, value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if key in JSON_ATTRS and isinstance(value, str):
-        return json.loads(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def create_file(path: Path, **kwargs) -> h5py.File:
@@ -203,16 +187,19 @@ class DumpWriter:
 class Dump:
     """A finished dump opened for reading; datasets are read lazily (see module docstring)."""
 
-    def __init__(self, path: Path, f: h5py.File) -> None:
+    def __init__(self, path: Path, f: h5py.File, contents=None) -> None:
+        """Use Dump.open: it validates the file (vitscope.dumpcheck) and passes what it read."""
+        contents = contents if contents is not None else check_dump(path, f)
         self.path = path
         self._f = f
-        self.attrs: dict[str, Any] = {k: _decode(k, v) for k, v in f.attrs.items()}
-        listed = self.attrs.get("hooks") or sorted(f["acts"], key=layer_sort_key)
-        self.hooks: list[str] = [h for h in listed if h in f["acts"]]
-        grads = f["grads"] if "grads" in f else {}
+        self.attrs: dict[str, Any] = contents.attrs
+        stored = set(f["acts"])
+        listed = self.attrs.get("hooks") or sorted(stored, key=layer_sort_key)
+        self.hooks: list[str] = [h for h in listed if h in stored]
+        grads = set(f["grads"]) if "grads" in f else set()
         # hooks whose gradient of the target logit was captured (read as dump["grad:<hook>"])
         self.grad_hooks: list[str] = [h for h in self.attrs.get("grad_hooks") or [] if h in grads]
-        self.layout = TokenLayout.from_dict(self.attrs["token_layout"])
+        self.layout = contents.layout
         self.classes: list[str] = list(self.attrs.get("classes") or [])
         self.model_config: dict[str, Any] = dict(self.attrs.get("model_config") or {})
         self.images: h5py.Dataset = f["images"]
@@ -242,45 +229,10 @@ class Dump:
                             f"{str(e).splitlines()[0][:160]}); re-create it with "
                             f"`vitscope dump`.") from None
         try:
-            cls._validate(path, f)
-            try:
-                return cls(path, f)
-            except (ValueError, KeyError, TypeError) as e:  # JSON or layout attributes broken
-                raise DumpError(f"'{path}' is a damaged dump (its attributes cannot be read: "
-                                f"{type(e).__name__}: {str(e)[:120]}); re-create it with "
-                                f"`vitscope dump`.") from None
+            return cls(path, f, check_dump(path, f))
         except BaseException:
             f.close()
             raise
-
-    @staticmethod
-    def _validate(path: Path, f: h5py.File) -> None:
-        fmt = _decode("format", f.attrs.get("format"))
-        if fmt != FORMAT:
-            top = ", ".join(sorted(f)[:8]) or "nothing"
-            raise DumpError(f"'{path}' is an HDF5 file but not a vitscope dump (format={fmt!r}, "
-                            f"it holds: {top}); expected a file written by `vitscope dump`.")
-        version = _decode("version", f.attrs.get("version"))
-        if not isinstance(version, int):
-            raise DumpError(f"'{path}' has no valid dump format version ({version!r}); it was "
-                            f"not written by `vitscope dump`, re-create it.")
-        if version > VERSION:
-            raise DumpError(f"'{path}' is a dump of format version {version}, newer than this "
-                            f"vitscope {__version__} reads (version {VERSION}); upgrade vitscope "
-                            f"to read it.")
-        if not bool(f.attrs.get("complete", False)):
-            raise DumpError(f"'{path}' is an incomplete dump (its capture was interrupted before "
-                            f"it finished); delete it and run `vitscope dump` again.")
-        missing = [k for k in (*REQUIRED, "acts") if k not in f]
-        if missing or "token_layout" not in f.attrs:
-            raise DumpError(f"'{path}' is a damaged dump (missing "
-                            f"{', '.join(missing) or 'token_layout'}); re-create it with "
-                            f"`vitscope dump`.")
-        for shard in json.loads(f.attrs.get("merged_from", "[]")):
-            if not (path.parent / shard).is_file():
-                raise DumpError(f"'{path}' is a merged dump whose shard '{shard}' is missing "
-                                f"next to it; keep the shard files beside the merged file (or "
-                                f"merge again with `vitscope dump merge`).")
 
     def __getitem__(self, hook: str) -> h5py.Dataset:
         if is_grad(hook):
@@ -454,6 +406,12 @@ def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False)
             opened.append(Dump.open(p))
         ordered = _check_shards(opened)
         created = make_output_dir(out.parent, DumpError, "choose another path with -o")
+        outside = [d.path for d in ordered if relative_inside(d.path, out.parent) is None]
+        if outside:
+            remove_empty(created)
+            raise DumpError(f"'{outside[0]}' is not inside the folder of -o '{out}'; a merged "
+                            f"dump reads its shards only from its own folder (or below it), so "
+                            f"write it beside the shards or in a folder above them.")
         partial = out.with_name(out.name + ".partial")
         try:
             _write_virtual(ordered, out, partial)
@@ -518,7 +476,7 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
     first = shards[0]
     aliases: dict[str, str] = first.attrs.get("aliases") or {}
     total = sum(len(d) for d in shards)
-    rel = [os.path.relpath(d.path.resolve(), out.resolve().parent) for d in shards]
+    rel = [relative_inside(d.path, out.parent) for d in shards]
     with create_file(partial, libver="v110") as f:
         for key, value in first._f.attrs.items():
             if key not in ("shard", "complete"):
