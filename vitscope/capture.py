@@ -42,10 +42,11 @@ import numpy as np
 import torch
 
 from vitscope.dump import Dump, DumpWriter
-from vitscope.errors import DataError, DumpError, VitscopeError
+from vitscope.errors import DataError, DumpError, VitscopeError, WriteError
 from vitscope.hooks import attach, hook_points, is_hooked, resolve
 from vitscope.names import split_grads
 from vitscope.paths import make_output_dir, remove_empty
+from vitscope.writing import is_write_failure, write_failure
 
 DEFAULT_HOOKS: tuple[str, ...] = (
     "patch_embed.out",
@@ -122,11 +123,16 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
             if out.exists() and not force:  # created by someone else while we ran
                 raise DumpError(f"'{out}' appeared while capturing; pass --force to overwrite it.")
             os.replace(partial, out)
-    except BaseException:
+    except BaseException as e:
         if writer is not None:
             writer.abort()
         partial.unlink(missing_ok=True)
         remove_empty(created)
+        failed = writer.writer.file.error if writer is not None else None
+        if failed is not None or (isinstance(e, OSError) and is_write_failure(e)):
+            raise write_failure(out, failed or e).with_hint(
+                "the partial file was removed and nothing else changed; free some space or "
+                "choose another path with -o") from None
         raise
     finally:
         model.train(was_training)
@@ -342,6 +348,8 @@ class BackgroundWriter:
                 continue
 
     def _raise_if_failed(self) -> None:
+        if isinstance(self.error, WriteError):  # capture() names the output and cleans up
+            raise self.error
         if self.error is not None:
             raise DumpError(f"Writing '{self.writer.path}' failed ({type(self.error).__name__}: "
                             f"{self.error}); check free disk space and write permission.") \

@@ -25,6 +25,7 @@ from torch import nn
 
 from vitscope import __version__
 from vitscope.errors import CheckpointError, ConfigError
+from vitscope.writing import GuardedFile, is_write_failure, write_failure
 
 FORMAT = "vitscope-checkpoint"
 VERSION = 1
@@ -130,16 +131,25 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: Any = N
         payload["resume"] = resume
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    f = None
     try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            # On disk before the rename: otherwise a power loss can keep the rename but not the
-            # data, leaving an empty checkpoint where the previous good one was.
-            f.flush()
-            os.fsync(f.fileno())
+        f = GuardedFile(tmp)   # knows why a write failed; torch only says "unexpected pos"
+        torch.save(payload, f)
+        # On disk before the rename: otherwise a power loss can keep the rename but not the
+        # data, leaving an empty checkpoint where the previous good one was.
+        f.sync()
+        f.close()
+        f.check()
         os.replace(tmp, path)
-    except BaseException:  # a full disk, an interrupt: the old file stays, the partial one goes
+    except BaseException as e:  # a full disk, an interrupt: the old file stays, the partial one goes
+        if f is not None:
+            f.close()
         tmp.unlink(missing_ok=True)
+        failed = f.error if f is not None and f.error is not None else e
+        if isinstance(failed, OSError) and is_write_failure(failed):
+            raise write_failure(path, failed).with_hint(
+                f"the file that was there is unchanged" if path.exists() else
+                "no partial file is left") from None
         raise
     return path
 

@@ -37,11 +37,12 @@ import h5py
 import numpy as np
 
 from vitscope import __version__
-from vitscope.errors import DumpError
+from vitscope.errors import DumpError, WriteError
 from vitscope.layout import TokenLayout  # noqa: F401  (re-exported: the dump's layout type)
 from vitscope.names import (GRAD_PREFIX, is_grad, layer_sort_key, match_names, split_grads,
                             summarize_names)
 from vitscope.paths import make_output_dir, remove_empty
+from vitscope.writing import GuardedFile
 
 # The format's names and the one validated reading of a file live in vitscope.dumpcheck.
 from vitscope.dumpcheck import (FORMAT, HOOK_GROUPS, JSON_ATTRS, REQUIRED, VERSION,  # noqa: F401
@@ -105,14 +106,32 @@ def _encode(key: str, value: Any) -> Any:
     return str(value) if isinstance(value, Path) else value
 
 
-def create_file(path: Path, **kwargs) -> h5py.File:
-    """h5py.File(path, "w") with one clear sentence where the file system refuses (a
-    read-only mount, /proc, a full disk), which os.access cannot always foresee."""
+def create_file(path: Path, **kwargs) -> tuple[h5py.File, GuardedFile]:
+    """h5py.File(path, "w") written through a GuardedFile (vitscope.writing: a full disk must
+    never reach the HDF5 library, which crashes the process after a failed write), with one
+    clear sentence where the file system refuses (a read-only mount, /proc), which os.access
+    cannot always foresee. Close it with close_file, which raises WriteError for a failed write."""
     try:
-        return h5py.File(path, "w", **kwargs)
+        guarded = GuardedFile(path, swallow=True)
     except OSError as e:
-        reason = e.strerror or str(e).splitlines()[0][:120]
-        raise DumpError(f"Cannot write '{path}' ({reason}); choose another path with -o.") from None
+        raise DumpError(f"Cannot write '{path}' ({e.strerror or type(e).__name__}); choose "
+                        f"another path with -o.") from None
+    try:
+        return h5py.File(guarded, "w", **kwargs), guarded
+    except BaseException:
+        guarded.close()
+        raise
+
+
+def close_file(f: h5py.File, guarded: GuardedFile, *, sync: bool = True) -> None:
+    """Close a file from create_file (flushed and fsynced with `sync`); WriteError if any write
+    to it failed, which the caller turns into removing it."""
+    if f.id.valid:
+        f.close()
+    if sync:
+        guarded.sync()
+    guarded.close()
+    guarded.check()
 
 
 class DumpWriter:
@@ -130,7 +149,7 @@ class DumpWriter:
         self.compression = None if compression in (None, "none") else compression
         self.bytes_in = 0  # uncompressed bytes handed to HDF5
         # v110: attributes beyond 64 kB (e.g. 1000 class names) and the format VDS needs anyway.
-        self.f = create_file(self.path, libver="v110", rdcc_nbytes=2 * CHUNK_BYTES)
+        self.f, self.file = create_file(self.path, libver="v110", rdcc_nbytes=2 * CHUNK_BYTES)
         self.f.attrs["format"] = FORMAT
         self.f.attrs["version"] = VERSION
         self.f.attrs["vitscope_version"] = __version__
@@ -149,6 +168,7 @@ class DumpWriter:
                 ds = self._datasets[key] = self._create(key, arr)
             ds[start:start + len(arr)] = arr
             self.bytes_in += arr.nbytes
+        self.file.check()  # a full disk stops the capture at the batch it happened in
 
     def _create(self, key: str, arr: np.ndarray) -> h5py.Dataset:
         rest = arr.shape[1:]
@@ -172,16 +192,17 @@ class DumpWriter:
         self.f.attrs["aliases"] = _encode("aliases", aliases)
 
     def finish(self) -> None:
-        """Mark the file complete, flush it to disk and close it."""
+        """Mark the file complete, flush it to disk and close it (the rename that follows must
+        never expose lost data); WriteError if any write failed."""
         self.f.attrs["complete"] = True
-        self.f.flush()
-        self.f.close()
-        with open(self.path, "rb") as fh:  # the rename that follows must never expose lost data
-            os.fsync(fh.fileno())
+        close_file(self.f, self.file)
 
     def close(self) -> None:
-        if self.f.id.valid:
-            self.f.close()
+        """Close without finishing (after a failure: the caller deletes the file)."""
+        try:
+            close_file(self.f, self.file, sync=False)
+        except WriteError:
+            pass
 
 
 class Dump:
@@ -477,7 +498,8 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
     aliases: dict[str, str] = first.attrs.get("aliases") or {}
     total = sum(len(d) for d in shards)
     rel = [relative_inside(d.path, out.parent) for d in shards]
-    with create_file(partial, libver="v110") as f:
+    f, guarded = create_file(partial, libver="v110")
+    try:
         for key, value in first._f.attrs.items():
             if key not in ("shard", "complete"):
                 f.attrs[key] = value
@@ -506,3 +528,5 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
         for alias, target in aliases.items():
             f[f"acts/{alias}"] = f[f"acts/{target}"]
         f.attrs["complete"] = True
+    finally:
+        close_file(f, guarded)

@@ -42,3 +42,19 @@ class TrainingError(VitscopeError):
 
 class TrainingInterrupted(VitscopeError):
     """SIGINT/SIGTERM stopped training after last.pt was written (the CLI exits with 130)."""
+
+
+class WriteError(VitscopeError, OSError):
+    """A file that could not be written: a full disk, a quota, a vanished or read-only folder.
+    The message names the file, the reason and the folder's free space; `with_hint` adds what
+    was kept and what to do. Also an OSError, so code that handles those still does."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.base = message.rstrip(".")
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else ""
+
+    def with_hint(self, hint: str) -> "WriteError":
+        return WriteError(f"{self.base}; {hint.rstrip('.')}.")
