@@ -22,13 +22,14 @@ from torch import nn
 
 from vitscope.checkpoint import save_checkpoint
 from vitscope.data import to_model_input
-from vitscope.errors import TrainingError, TrainingInterrupted
+from vitscope.errors import TrainingError, TrainingInterrupted, WriteError
 from vitscope.train import distributed as D
 from vitscope.train.augment import Augmenter, EpochPlan
 from vitscope.train.ema import EMA
 from vitscope.train.logging import Progress, RunLogger
 from vitscope.train.optim import autocast, make_optimizer, make_scaler
 from vitscope.train.schedule import WarmupCosine
+from vitscope.writing import guard
 
 SYNC_EVERY_GPU = 25
 EpochCallback = Callable[[nn.Module, int, Path], Any]
@@ -93,20 +94,28 @@ class Trainer:
         self.start_time = time.perf_counter()
 
     # ------------------------------------------------------------------ public
-    def fit(self, resume: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Train to the end (or early stop); returns the final metrics and paths."""
+    def fit(self, resume: dict[str, Any] | None = None,
+            recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train to the end (or early stop); returns the final metrics and paths. `resume`:
+        last.pt's resume state, `recorded`: its metrics (to mend a torn metrics.jsonl)."""
         if resume is not None:
             self._restore(resume)
         main = self.dist.is_main
-        logger = self.logger = RunLogger(self.run_dir, self.cfg, self.ckpt_train_config,
-                                         resume_epoch=self.epoch) if main else None
+        restore_signals = lambda: None  # noqa: E731
         progress = Progress(main and not self.cfg.quiet, self.cfg.epochs)
-        restore_signals = self._install_signal_handlers()
+        logger = None
         stopped_early = False
         try:
-            while self.epoch < self.cfg.epochs and not stopped_early:
-                metrics = self._train_epoch(progress)
-                stopped_early = self._end_epoch(metrics, logger, progress)
+            with guard(self.run_dir):   # a full disk: one sentence, see _write_failed
+                logger = self.logger = RunLogger(self.run_dir, self.cfg, self.ckpt_train_config,
+                                                 resume_epoch=self.epoch, recorded=recorded) \
+                    if main else None
+                restore_signals = self._install_signal_handlers()
+                while self.epoch < self.cfg.epochs and not stopped_early:
+                    metrics = self._train_epoch(progress)
+                    stopped_early = self._end_epoch(metrics, logger, progress)
+        except WriteError as e:
+            raise self._write_failed(e) from None
         finally:
             restore_signals()
             progress.end_epoch()
@@ -307,14 +316,28 @@ class Trainer:
             return f"no last.pt was written yet ({self.run_dir / 'best.pt'} holds epoch {self.best_epoch})"
         return "no checkpoint was written"
 
+    def _write_failed(self, error: WriteError) -> TrainingError:
+        """A full disk (or any failed write) stops training: what the run still holds (an
+        atomic checkpoint write never leaves last.pt half written) and how to go on."""
+        last = self.run_dir / "last.pt"
+        if self.last_pt_at is not None:
+            go_on = f"free some space, then continue with `vitscope train --resume {last}`"
+        elif self.best_epoch:
+            go_on = "free some space and start the run again with --overwrite"
+        else:
+            go_on = "free some space and start the run again"
+        return TrainingError(f"{error.base}; training stopped and {self._kept_checkpoints()}: "
+                             f"{go_on}.")
+
     def _save_last(self) -> Path:
         """last.pt with the state --resume needs; collective (gathers every rank's RNG and
         sums the ranks' running metrics of a partly done epoch)."""
         rng = D.gather_to_main(_rng_state(self.device))
         # Every rank's share of the epoch so far; on resume rank 0 carries it, the others 0.
         partial = D.all_reduce_sum(self.partial.clone())
-        self.last_pt_at = (self.epoch, self.step_in_epoch)
+        at = (self.epoch, self.step_in_epoch)
         if not self.dist.is_main:
+            self.last_pt_at = at
             return self.run_dir / "last.pt"
         resume = {
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
@@ -331,7 +354,9 @@ class Trainer:
             "partial": partial.cpu(),
             "partial_seconds": self._epoch_seconds() if self.step_in_epoch else 0.0,
         }
-        return self._save("last.pt", with_resume=True, resume=resume)
+        path = self._save("last.pt", with_resume=True, resume=resume)
+        self.last_pt_at = at   # only once it is written: a failed write leaves the old one
+        return path
 
     def _restore(self, r: dict[str, Any]) -> None:
         if r.get("model") is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vitscope.errors import ConfigError
+from vitscope.writing import replacing
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
@@ -17,15 +18,16 @@ CURVES_EVERY_S = 30.0  # redraw at most this often (a redraw costs ~0.2 s), and 
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, cfg, config_dict: dict[str, Any], resume_epoch: int = 0):
+    def __init__(self, run_dir: Path, cfg, config_dict: dict[str, Any], resume_epoch: int = 0,
+                 recorded: dict[str, Any] | None = None):
+        """`resume_epoch`: the epochs last.pt holds; `recorded`: its metrics (of that epoch)."""
         self.run_dir = run_dir
         self.path = run_dir / METRICS
         self.history: list[dict[str, Any]] = []
-        if resume_epoch and self.path.exists():
-            # Keep the epochs last.pt covers; later lines (written after it) are redone now.
-            lines = [json.loads(l) for l in self.path.read_text().splitlines() if l.strip()]
-            self.history = [m for m in lines if m.get("epoch", 0) <= resume_epoch]
-        self.path.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        if resume_epoch:
+            self.history = resumed_history(self.path, resume_epoch, recorded)
+        with replacing(self.path) as (tmp,):   # whole or not at all, whatever stops the write
+            tmp.write_text("".join(json.dumps(m) + "\n" for m in self.history))
         self.curves_written = time.monotonic()
         self.tb = _tensorboard(run_dir) if "tensorboard" in cfg.log else None
         self.wandb = _wandb(run_dir, cfg, config_dict, resume=bool(resume_epoch)) \
@@ -34,7 +36,13 @@ class RunLogger:
     def log_epoch(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
         with open(self.path, "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+            size = f.tell()
+            try:
+                f.write(json.dumps(metrics) + "\n")
+                f.flush()
+            except OSError:   # a full disk: no torn line is left behind for --resume to meet
+                f.truncate(size)
+                raise
         step = metrics["epoch"]
         if self.tb is not None:
             for k, v in metrics.items():
@@ -67,10 +75,11 @@ class RunLogger:
         fig.suptitle(self.run_dir.name)
         fig.tight_layout()
         out = self.run_dir / CURVES
-        tmp = out.with_name("curves.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, out)
+        try:
+            with replacing(out) as (tmp,):
+                fig.savefig(tmp, dpi=100)
+        finally:
+            plt.close(fig)
         return out
 
     def close(self) -> None:
@@ -78,6 +87,28 @@ class RunLogger:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def resumed_history(path: Path, epoch: int, recorded: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The metrics lines of epochs 1..`epoch` (what last.pt holds) for a resumed run.
+
+    A process killed while appending leaves a torn last line; lines after `epoch` were
+    written after last.pt and are redone now. Unreadable lines are dropped, each epoch is kept
+    once (its last line), and an epoch missing at the end is rebuilt from last.pt's own
+    metrics, so the file is again exactly one line per epoch."""
+    lines: list[dict[str, Any]] = []
+    if path.exists():
+        for text in path.read_text(errors="replace").splitlines():
+            try:
+                line = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(line, dict) and isinstance(line.get("epoch"), int):
+                lines.append(line)
+    by_epoch = {m["epoch"]: m for m in lines if 1 <= m["epoch"] <= epoch}
+    if epoch not in by_epoch and recorded and recorded.get("epoch") == epoch:
+        by_epoch[epoch] = dict(recorded)
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def require_loggers(names: list[str]) -> None:

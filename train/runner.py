@@ -31,6 +31,7 @@ from vitscope.train.config import TrainConfig
 from vitscope.train.engine import EpochCallback, TrainData, Trainer
 from vitscope.train.logging import require_loggers
 from vitscope.train.optim import resolve_precision
+from vitscope.writing import guard, replacing
 
 # Fields that may change when resuming: they do not alter what the remaining steps compute
 # (epochs does: the cosine schedule stretches, so a longer run is no longer bit-exact).
@@ -98,7 +99,11 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
             folder = RunFolder(run_dir, info)
             folder.create(overwrite)
         if info.is_main:
-            (run_dir / "config.json").write_text(json.dumps(ckpt_config, indent=2) + "\n")
+            if resume:
+                _remove_stale_temporaries(run_dir)
+            with guard(run_dir, "nothing was trained; free some space and start again"):
+                with replacing(run_dir / "config.json") as (tmp,):
+                    tmp.write_text(json.dumps(ckpt_config, indent=2) + "\n")
         trainer = Trainer(cfg, model, data, run_dir, dist=info, device=device,
                           precision=precision, ckpt_train_config=ckpt_config, callbacks=callbacks,
                           on_first_save=folder.keep if folder is not None else None)
@@ -108,7 +113,8 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
                   f"({len(train_ds)} train / {len(val_ds)} val)  device {device} {precision}"
                   f"{f'  x{info.world_size} DDP' if info.enabled else ''}  {trainer.steps} "
                   f"steps/epoch of {cfg.batch_size}", flush=True)
-        summary = trainer.fit(resume.resume if resume else None)
+        summary = trainer.fit(resume.resume if resume else None,
+                              resume.metrics if resume else None)
         if folder is not None:
             folder.keep()
         return summary
@@ -182,6 +188,18 @@ def resume_config(path: str | Path, overrides: dict[str, Any]) -> tuple[TrainCon
         raise TrainingError(f"'{path}' has already finished all {done} epochs; pass --epochs N "
                             f"with N > {done} to train longer (the cosine schedule then stretches).")
     return cfg, ckpt
+
+
+# What a process killed while writing can leave in a run folder (every write goes through
+# one of these names and a rename): removed when the run resumes.
+STALE_TEMPORARIES = ("*.pt.tmp", ".*.tmp-*", "curves.tmp.png")
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    for pattern in STALE_TEMPORARIES:
+        for p in run_dir.glob(pattern):
+            if p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def _check_resume_state(path: str | Path, r: dict[str, Any]) -> None:

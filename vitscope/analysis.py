@@ -12,6 +12,7 @@ earlier `analyze` calls into the same folder too.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 from vitscope.errors import PluginError, VitscopeError
 from vitscope.paths import make_output_dir
 from vitscope.plugin import STATIC_FORMATS, PluginEntry, discover
+from vitscope.writing import is_disk_full, write_failure
 
 MARKER = ".vitscope-plugin"   # marks a folder as plugin output, so a re-run may clear it
 MANIFEST = "manifest.json"
@@ -111,16 +113,27 @@ def render_plugin(entry: PluginEntry, dump, run_dir: Path, values: dict[str, Any
         result.files = _checked_files(returned, out_dir)
         result.ok = True
     except VitscopeError as e:
+        _stop_if_disk_failed(e, out_dir)
         result.error = str(e)
     except (Exception, SystemExit) as e:  # a plugin's bug must not stop the other plugins
+        _stop_if_disk_failed(e, out_dir)
         log = out_dir / "error.log"
-        log.write_text(traceback.format_exc())
+        with contextlib.suppress(OSError):
+            log.write_text(traceback.format_exc())
         result.error = (f"raised {type(e).__name__}: {_first_line(e)} (traceback in "
                         f"{log}; report it to the package {entry.source})")
     finally:
         result.seconds = time.perf_counter() - t0
         _close_figures()
     return result
+
+
+def _stop_if_disk_failed(e: BaseException, out_dir: Path) -> None:
+    """A full disk (or a read-only folder) is not the plugin's fault, and every plugin after it
+    would fail the same way: the run stops with one sentence, the plugin's partial figures go."""
+    if is_disk_full(e):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise write_failure(out_dir, e) from None
 
 
 def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: str | Path,

@@ -29,7 +29,7 @@ from vitscope.errors import WriteError
 
 # The errors that mean "this file system cannot take the write", as opposed to a bug.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO,
-                         errno.EACCES, errno.EPERM, errno.ENOENT})
+                         errno.EACCES, errno.EPERM})
 
 
 def free_space(folder: Path) -> str:
@@ -58,6 +58,16 @@ def write_failure(path: Path | str, error: BaseException) -> WriteError:
     folder = path.parent if path.suffix or not path.is_dir() else path
     return WriteError(f"Cannot write '{path}' ({reason}; its folder '{folder}' has "
                       f"{free_space(folder)} free).")
+
+
+# The ones that no program can have caused by a bug of its own: space, quota, a read-only mount.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS or (
+        isinstance(error, WriteError) and any(os.strerror(n) in str(error)
+                                              for n in DISK_FULL_ERRNOS))
 
 
 def is_write_failure(error: BaseException) -> bool:

@@ -50,6 +50,7 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, static, interacti
     from vitscope.hooks import summarize_names
     from vitscope.paths import make_output_dir, remove_empty
     from vitscope.plugin import discover, parse_opts
+    from vitscope.writing import guard
 
     if both or static == interactive:    # neither flag, or both: every kind of figure
         static = interactive = True
@@ -126,8 +127,15 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, static, interacti
     upfront += [PluginResult(name, registry.get(name).source, False, out_dir=run / name,
                              error=f"needs hook points {', '.join(p)}, which the {where} does "
                                    f"not have") for name, p in missing.items()]
-    results = render_plugins(path, working, run, values, static=static, interactive=interactive,
-                             fmt=fmt, limit=limit, echo=click.echo, failed=upfront)
+    try:
+        with guard(run, "free some space (or choose another folder with -o) and run analyze "
+                        "again"):
+            results = render_plugins(path, working, run, values, static=static,
+                                     interactive=interactive, fmt=fmt, limit=limit,
+                                     echo=click.echo, failed=upfront)
+    except BaseException:
+        remove_empty(created)
+        raise
     click.echo(f"Open {run / 'index.html'}")
     if any(not r.ok for r in results):
         raise SystemExit(1)

@@ -63,6 +63,7 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
     from vitscope.errors import ConfigError, DataError
     from vitscope.evaluation import evaluate, plot_confusion, resolve_device
     from vitscope.paths import output_folder
+    from vitscope.writing import replacing
 
     model, ck = load_model(ckpt)
     tc = ck.train_config
@@ -102,11 +103,14 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
         if subset is not None:
             result[f"{split}_subset"] = subset
 
-    png = plot_confusion(result, out / f"confusion_{split}.png",
-                         title=f"{Path(ckpt).name} on {spec} ({split}): accuracy "
-                               f"{result['accuracy']:.2%}" + (" with flip TTA" if tta else ""))
-    metrics = out / f"metrics_{split}.json"
-    metrics.write_text(json.dumps(result, indent=2) + "\n")
+        png, metrics = out / f"confusion_{split}.png", out / f"metrics_{split}.json"
+        # Both or neither: a full disk leaves the results of an earlier eval as they were.
+        with replacing(png, metrics, hint=f"nothing in '{out}' changed; free some space or choose "
+                                          f"another folder with -o") as (png_tmp, metrics_tmp):
+            plot_confusion(result, png_tmp,
+                           title=f"{Path(ckpt).name} on {spec} ({split}): accuracy "
+                                 f"{result['accuracy']:.2%}" + (" with flip TTA" if tta else ""))
+            metrics_tmp.write_text(json.dumps(result, indent=2) + "\n")
     result["files"] = [str(metrics), str(png)]
     if as_json:
         click.echo(json.dumps(result, indent=2))
