@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vitscope.bounded import check_text
 from vitscope.errors import ConfigError
 
 try:  # Python 3.11+
@@ -33,6 +34,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (setup.cf
 from vitscope.model import PRESETS, ModelConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+SET_MAX_BYTES = 1 << 20   # a recipe or one --set value
 CNN_PRESET = "cnn"
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -211,6 +213,9 @@ def shipped_recipes() -> list[str]:
 
 def find_recipe(spec: str) -> Path:
     """A recipe path, or the name of a shipped recipe (`shapes-quick`)."""
+    if not spec.strip():  # Path("") is the current folder: never a silent default run
+        raise ConfigError(f"--config got an empty recipe name; pass a shipped recipe "
+                          f"({', '.join(shipped_recipes())}) or a TOML file, or leave it out.")
     path = Path(spec)
     if path.is_file():
         return path
@@ -227,8 +232,13 @@ def find_recipe(spec: str) -> Path:
 def read_recipe(spec: str) -> dict[str, Any]:
     """Parse a recipe TOML into raw values (validated later, when the config is built)."""
     path = find_recipe(spec)
+    text = path.read_text()
     try:
-        data = tomllib.loads(path.read_text())
+        check_text(text, f"recipe '{path}'", max_bytes=SET_MAX_BYTES)
+    except ValueError as e:
+        raise ConfigError(f"{e}; fix the file.") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"Recipe '{path}' is not valid TOML ({e}); fix the file.") from None
     check_recipe_keys(path, data)
@@ -304,8 +314,14 @@ def coerce(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def parse_value(text: str) -> Any:
-    """A --set value: TOML syntax when it parses (3, 1e-3, true, [64, 128]), else the raw text."""
+def parse_value(text: str, key: str = "value") -> Any:
+    """A --set value: TOML syntax when it parses (3, 1e-3, true, [64, 128]), else the raw text.
+    Values nested deeper than config fields ever are (the TOML parser recurses once per
+    level) or longer than 1 MB are refused before parsing."""
+    try:
+        check_text(text, f"--set {key}", max_bytes=SET_MAX_BYTES)
+    except ValueError as e:
+        raise ConfigError(f"{e}; config values are numbers, strings or flat lists.") from None
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -320,7 +336,7 @@ def parse_sets(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value (e.g. --set epochs=5 or --set "
                               f"model.depth=6), got {item!r}.")
-        out[key.strip()] = parse_value(value.strip())
+        out[key.strip()] = parse_value(value.strip(), key.strip())
     return out
 
 

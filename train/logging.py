@@ -89,7 +89,8 @@ class RunLogger:
             self.wandb.finish()
 
 
-def resumed_history(path: Path, epoch: int, recorded: dict[str, Any] | None) -> list[dict[str, Any]]:
+def resumed_history(path: Path, epoch: int,
+                    recorded: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The metrics lines of epochs 1..`epoch` (what last.pt holds) for a resumed run.
 
     A process killed while appending leaves a torn last line; lines after `epoch` were

@@ -89,7 +89,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     """
     out = Path(out_path)
     names, grads = _check_request(model, dataset, out, hooks, limit, batch_size, dtype,
-                                  compression, force)
+                                  compression, force, seed)
     order = image_order(len(dataset), seed)[:limit]
     index, count = parse_shard(shard) if shard is not None else (0, 1)
     start, stop = shard_range(len(order), index, count)
@@ -140,11 +140,15 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
 
 
 def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, compression,
-                   force) -> tuple[list[str], list[str]]:
+                   force, seed) -> tuple[list[str], list[str]]:
     if not is_hooked(model):
         raise DumpError(f"A {type(model).__name__} has no hook points to capture; dumps are "
                         f"made from ViT checkpoints.")
     check_limit(limit)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not 0 <= seed < 2 ** 63):
+        raise DumpError(f"The image-order seed must be an integer from 0 to 2**63 - 1 (or None "
+                        f"for the split's own order), got {seed!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DumpError(f"--batch-size must be a positive integer, got {batch_size!r}.")
     if dtype not in DTYPES:

@@ -141,7 +141,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: Any = N
         f.close()
         f.check()
         os.replace(tmp, path)
-    except BaseException as e:  # a full disk, an interrupt: the old file stays, the partial one goes
+    except BaseException as e:  # a full disk, an interrupt: the old file stays, the .tmp goes
         if f is not None:
             f.close()
         tmp.unlink(missing_ok=True)

@@ -42,7 +42,8 @@ FORMAT = "vitscope-dump"
 # 2: token layout with prefix kinds and (height, width) sizes; /target and /grads (optional:
 # a version-2 dump without them reads as explained by its predictions). Version 1 still opens.
 VERSION = 2
-# Root attributes stored as JSON text (HDF5 attributes hold no nested data); Dump.attrs decodes them.
+# Root attributes stored as JSON text (HDF5 attributes hold no nested data); Dump.attrs
+# decodes them.
 JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
                         "model_hooks", "aliases", "normalize", "shard", "merged_from",
                         "grad_hooks"})
@@ -52,7 +53,7 @@ REQUIRED = ("images", "labels", "logits", "indices")
 HOOK_GROUPS = ("acts", "grads")
 MAX_LINKS = 100_000          # objects walked in one file: far above any real dump (a few hundred)
 ATTENTION_SAMPLE = 3         # images whose attention rows are checked (first, middle, last)
-ROW_SUM_TOLERANCE = 1e-2     # fp16 storage rounds each weight by <= 2**-11 of itself: sums stay within 5e-4
+ROW_SUM_TOLERANCE = 1e-2     # fp16 rounds each weight by <= 2**-11 of itself: sums within 5e-4
 
 
 @dataclass
@@ -336,7 +337,9 @@ def _check_structure(objects: dict[str, Any], attrs: dict[str, Any],
             continue
         if not isinstance(g, h5py.Group):
             raise Invalid(f"/{group} is a dataset, not the group of hook points")
-        for key in [k for k in objects if k.startswith(group + "/") and "/" not in k[len(group) + 1:]]:
+        members = [k for k in objects if k.startswith(group + "/")
+                   and "/" not in k[len(group) + 1:]]
+        for key in members:
             if _check_hook(key, objects[key], sizes) == ["N", "H", "T", "T"] and group == "acts":
                 attention.append(objects[key])
     acts = {k[len("acts/"):] for k in objects if k.startswith("acts/")}

@@ -79,7 +79,8 @@ def dump() -> None:
 @click.option("--shard", default=None, metavar="i/n",
               help="Write shard i of n (contiguous ranges of the order); under torchrun the "
                    "default is RANK/WORLD_SIZE.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the image order.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2 ** 63 - 1),
+              help="Seed of the image order (0 to 2**63 - 1).")
 @click.option("--in-order", is_flag=True, help="Keep the split's own order instead of shuffling.")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: outputs/dumps/<run>-<split>-<N>.h5).")

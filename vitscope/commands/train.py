@@ -74,13 +74,13 @@ def train(recipe, preset, sets, resume_path, overwrite, analyze_every, plugins, 
                           "rollout); `vitscope plugins` lists them.")
     resume = None
     if resume_path:
-        if recipe or preset or overwrite:
+        if recipe is not None or preset or overwrite:
             raise ConfigError("--resume continues the run in its own folder with its own "
                               "settings, so --config, --model and --overwrite cannot be combined "
                               "with it.")
         cfg, resume = resume_config(resume_path, overrides)
     else:
-        cfg = make_config(read_recipe(recipe) if recipe else None, preset=preset,
+        cfg = make_config(read_recipe(recipe) if recipe is not None else None, preset=preset,
                           overrides=overrides)
     make_callbacks = _analysis_callbacks(list(plugins), analyze_every) if analyze_every else None
     try:
