@@ -258,10 +258,12 @@ class Trainer:
             logger.log_epoch(metrics)
             if improved:
                 self._save("best.pt", with_resume=False)
+            # before last.pt: last.pt marks the epoch as done, so a kill after it must not
+            # leave a finished run without its curves (a resume would not redraw them)
+            logger.write_curves(final=last)
         if self.epoch % self.cfg.save_every == 0 or last:
             self._save_last()
         if self.dist.is_main:
-            logger.write_curves(final=last)
             self._run_callbacks()
             progress.line(self._summary(metrics, stop_early))
         D.barrier()
