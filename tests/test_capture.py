@@ -45,12 +45,12 @@ PAUSING_CHILD = textwrap.dedent("""
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_killed_capture_leaves_no_dump(tmp_path, shapes_ckpt, sig):
     out = tmp_path / "out.h5"
-    partial = tmp_path / "out.h5.partial"
     child = subprocess.Popen([sys.executable, "-c", PAUSING_CHILD, str(shapes_ckpt), str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "MIDWAY", child.stderr.read()
-        assert partial.exists() and not out.exists()
+        (partial,) = tmp_path.glob(f"out.h5.*-{child.pid}-*.partial")   # unique to the process
+        assert not out.exists()
         child.send_signal(sig)
         _, err = child.communicate(timeout=60)
     finally:
@@ -104,7 +104,7 @@ def test_write_failure_stops_the_capture(tmp_path, shapes_ckpt, monkeypatch):
         real_write(self, start, arrays)
 
     monkeypatch.setattr(DumpWriter, "write", disk_full)
-    with pytest.raises(DumpError, match=r"Writing '.*out.h5.partial' failed \(OSError: .*No space "
+    with pytest.raises(DumpError, match=r"Writing '.*out.h5\..*\.partial' failed \(OSError: .*No space "
                                         r"left on device\); check free disk space"):
         capture(model, ds, tmp_path / "d" / "out.h5", ckpt=ck, batch_size=4)
     assert not (tmp_path / "d").exists()

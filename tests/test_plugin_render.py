@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +134,12 @@ def test_umap_projection_and_silhouette(small_dump, tmp_path):
 
 
 def test_missing_umap_is_a_clear_warning(small_dump, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "umap", None)     # `import umap` now raises ImportError
+    # A `umap` first on sys.path that fails to import, as when umap-learn is not installed
+    # (the plugin renders in a child process, which takes the parent's sys.path).
+    shim = tmp_path / "no_umap"
+    shim.mkdir()
+    (shim / "umap.py").write_text("raise ImportError('No module named umap')\n")
+    monkeypatch.syspath_prepend(str(shim))
     dump_path, _ = small_dump
     (res,) = render_plugins(dump_path, [discover().get("cls-embedding")], tmp_path,
                             interactive=False)

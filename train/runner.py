@@ -8,12 +8,13 @@ turns a last.pt into the config of the run it continues.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from vitscope.checkpoint import Checkpoint, load_checkpoint
 from vitscope.data import (ImageDataset, absolute_spec, dataset_stats, load_dataset,
                            normalization)
 from vitscope.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from vitscope.locks import hold
 from vitscope.model import ViT, count_parameters
+from vitscope.paths import remove_empty
 from vitscope.train import distributed as D
 from vitscope.train.config import TrainConfig
 from vitscope.train.engine import EpochCallback, TrainData, Trainer
@@ -60,6 +63,7 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
         cfg.data_dir = str(Path(cfg.data_dir).expanduser().absolute())
     info, device = D.setup(cfg.device)
     folder: RunFolder | None = None
+    locks = contextlib.ExitStack()
     try:
         precision = resolve_precision(cfg.precision, device)
         cuda_speed_settings(device)
@@ -69,7 +73,11 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
         # A fresh run folder is only checked here and created once the data, model and
         # callbacks are known to work; until its first checkpoint is written, a failure removes
         # it again and puts back the run that --overwrite moved aside (RunFolder).
-        run_dir = Path(resume.path).parent if resume else _check_run_dir(cfg, overwrite)
+        run_dir = Path(resume.path).parent if resume else _run_dir_of(cfg)
+        if info.is_main:   # one process per run folder, from the check below to the end
+            locks.enter_context(run_lock(run_dir))
+        if not resume:
+            _check_run_dir(cfg, overwrite)
         train_ds, val_ds = _load_data(cfg, info)
         if resume:
             mean, std = normalization(resume)  # exactly what the run started with
@@ -140,6 +148,7 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
     finally:
         if folder is not None:
             folder.undo_unless_kept()  # a no-op once the run wrote its first checkpoint
+        locks.close()
         D.cleanup()
 
 
@@ -222,15 +231,40 @@ def _check_resume_state(path: str | Path, r: dict[str, Any]) -> None:
                               f"resume from another last.pt or start a new run.")
 
 
-def _check_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
-    """The new run's folder, refused when it holds a run and --overwrite is not given, or when
-    --runs-dir is not a folder; nothing is created or deleted yet."""
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the lock of a run folder: `runs/.<name>.lock` beside it (not inside: --overwrite
+    moves the folder aside), so a second `train --name same` or `--resume` of it is refused
+    with "'runs/same' is in use by process PID". Folders made for the lock file are removed
+    again if nothing else was put in them."""
+    run_dir = Path(run_dir)
+    created = [p for p in [run_dir.parent, *run_dir.parent.parents] if not p.exists()]
+    try:
+        with hold(run_dir.parent / f".{run_dir.name}.lock", run_dir, TrainingError,
+                  hint="wait for that run to finish, or pass --name to start another run"):
+            yield
+    except OSError as e:
+        raise TrainingError(f"Cannot lock the run folder '{run_dir}' ({e.strerror or e}); pass "
+                            f"--runs-dir a folder you can write to.") from None
+    finally:
+        remove_empty(created)
+
+
+def _run_dir_of(cfg: TrainConfig) -> Path:
+    """runs_dir/<name>; TrainingError when --runs-dir (or a folder above it) is a file."""
     run_dir = Path(cfg.runs_dir) / run_name(cfg)
     blocking = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise TrainingError(f"--runs-dir '{cfg.runs_dir}' is not a folder ('{blocking}' is a "
                             f"file); pass --runs-dir a folder path (it is created if missing) "
                             f"or move that file away.")
+    return run_dir
+
+
+def _check_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
+    """The new run's folder, refused when it holds a run and --overwrite is not given, or when
+    --runs-dir is not a folder; nothing is created or deleted yet."""
+    run_dir = _run_dir_of(cfg)
     if _holds_something(run_dir) and not overwrite:
         resume = f", --resume {run_dir / 'last.pt'} to continue it" \
             if (run_dir / "last.pt").is_file() else ""

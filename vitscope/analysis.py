@@ -3,36 +3,35 @@
     registry = discover()
     chosen = registry.select(["rollout", "cls-heatmap"])
     results = render_plugins(dump_path, chosen, run_dir, {"rollout": {"fusion": "max"}})
-    write_index(run_dir)                                  # outputs/<run>/index.html
+    # -> run_dir/<plugin>/..., run_dir/manifest.json, run_dir/index.html
 
-Each plugin renders into `run_dir/<plugin>/`, isolated: an exception in one is recorded
-(message, and the traceback in `<plugin>/error.log`) and the others still run.
-`run_dir/manifest.json` accumulates what every plugin wrote, so index.html lists the figures of
-earlier `analyze` calls into the same folder too.
+Each plugin renders into `run_dir/<plugin>/`, isolated in a child process of its own
+(vitscope.isolation): an exception, a crash or a hang past the time limit in one is recorded
+(message, and the traceback in `<plugin>/error.log`) and the others still run. Everything is
+rendered into temporary folders and swapped in at the end by one journalled commit
+(vitscope.staging), under the run folder's lock. `run_dir/manifest.json` accumulates what
+every plugin wrote, so index.html lists the figures of earlier `analyze` calls into the same
+folder too.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 import tempfile
-import time
-import traceback
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vitscope.errors import PluginError, VitscopeError
+from vitscope.errors import PluginError
+from vitscope.isolation import DEFAULT_TIMEOUT, run_plugin
 from vitscope.paths import make_output_dir
-from vitscope.plugin import STATIC_FORMATS, PluginEntry, discover
-from vitscope.writing import is_disk_full, write_failure
-
-MARKER = ".vitscope-plugin"   # marks a folder as plugin output, so a re-run may clear it
-MANIFEST = "manifest.json"
+from vitscope.plugin import STATIC_FORMATS, PluginEntry, discover, name_problem
+from vitscope.signals import terminate_as_exception
+from vitscope.staging import ERROR_LOG, MANIFEST, MARKER, Staging  # noqa: F401 (MARKER re-exported)
+from vitscope.errors import WriteError
 
 
 @dataclass
@@ -45,6 +44,7 @@ class PluginResult:
     seconds: float = 0.0
     out_dir: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    staged: Path | None = None     # the temporary folder it rendered into, until the commit
 
     def line(self) -> str:
         if self.ok:
@@ -93,47 +93,57 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
 
 def render_plugin(entry: PluginEntry, dump, run_dir: Path, values: dict[str, Any] | None = None,
                   *, static: bool = True, interactive: bool = True, fmt: str = "png",
-                  limit: int | None = None, assets_dir: Path | None = None) -> PluginResult:
-    """Render one plugin into run_dir/<name>/; never raises for the plugin's own faults.
-    `assets_dir` (default run_dir) is where shared files such as plotly.min.js go."""
-    out_dir = Path(run_dir) / entry.name
-    result = PluginResult(entry.name, entry.source, False, out_dir=out_dir)
-    if not entry.ok:
-        result.error = entry.problem()
-        return result
-    _fresh_folder(out_dir)
-    options = entry.render_options(values, static=static, interactive=interactive, format=fmt,
-                                   limit=limit, run_dir=Path(assets_dir or run_dir))
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("default")
-            returned = entry.plugin.render(dump, out_dir, options)
-        result.warnings = _plugin_warnings(caught)
-        result.files = _checked_files(returned, out_dir)
-        result.ok = True
-    except VitscopeError as e:
-        _stop_if_disk_failed(e, out_dir)
-        result.error = str(e)
-    except (Exception, SystemExit) as e:  # a plugin's bug must not stop the other plugins
-        _stop_if_disk_failed(e, out_dir)
-        log = out_dir / "error.log"
-        with contextlib.suppress(OSError):
-            log.write_text(traceback.format_exc())
-        result.error = (f"raised {type(e).__name__}: {_first_line(e)} (traceback in "
-                        f"{log}; report it to the package {entry.source})")
-    finally:
-        result.seconds = time.perf_counter() - t0
-        _close_figures()
+                  limit: int | None = None, assets_dir: Path | None = None,
+                  timeout: float | None = DEFAULT_TIMEOUT) -> PluginResult:
+    """Render one plugin into run_dir/<name>/ (in its own process, swapped in on success;
+    no manifest or index); never raises for the plugin's own faults. `dump` is a Dump or the
+    path of one. `assets_dir` (default run_dir) is where shared files such as plotly.min.js
+    go."""
+    path = Path(getattr(dump, "path", dump))
+    with Staging(run_dir) as stage:
+        result = _render_staged(stage, entry, path, values, static=static,
+                                interactive=interactive, fmt=fmt, limit=limit,
+                                assets_dir=assets_dir, timeout=timeout)
+        stage.commit(*_swaps([result]))
     return result
 
 
-def _stop_if_disk_failed(e: BaseException, out_dir: Path) -> None:
-    """A full disk (or a read-only folder) is not the plugin's fault, and every plugin after it
-    would fail the same way: the run stops with one sentence, the plugin's partial figures go."""
-    if is_disk_full(e):
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise write_failure(out_dir, e) from None
+def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
+                   values: dict[str, Any] | None, *, static: bool, interactive: bool, fmt: str,
+                   limit: int | None, assets_dir: Path | None,
+                   timeout: float | None) -> PluginResult:
+    """Render `entry` into a new folder of `stage` (vitscope.staging) through its own child
+    process (vitscope.isolation). The result names the plugin's final folder."""
+    final = stage.final(entry.name) if name_problem(entry.name) is None else None
+    result = PluginResult(entry.name, entry.source, False, out_dir=final)
+    if not entry.ok:
+        result.error = entry.problem()
+        return result
+    try:
+        folder = stage.folder(entry.name)
+    except PluginError as e:
+        result.error = str(e)
+        return result
+    options = entry.render_options(values, static=static, interactive=interactive, format=fmt,
+                                   limit=limit, run_dir=Path(assets_dir or stage.run_dir).absolute())
+    outcome = run_plugin(entry, dump_path, folder, options, timeout=timeout, shown_dir=final)
+    if outcome.disk_full:   # not the plugin's fault: the run stops, nothing is swapped in
+        raise WriteError(outcome.disk_full)
+    result.ok, result.warnings, result.seconds = outcome.ok, outcome.warnings, outcome.seconds
+    result.files = [final / f.relative_to(folder) for f in outcome.files]
+    result.staged = folder
+    if not outcome.ok:
+        result.error = outcome.error
+        if outcome.logged:
+            result.error += (f" (details in {final / ERROR_LOG}; report it to the package "
+                             f"{entry.source})")
+    return result
+
+
+def _swaps(results: Iterable[PluginResult]) -> tuple[list[str], list[str]]:
+    """(plugins whose new folder replaces the old, failed ones whose error.log is kept)."""
+    staged = [r for r in results if r.staged is not None]
+    return [r.name for r in staged if r.ok], [r.name for r in staged if not r.ok]
 
 
 def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: str | Path,
@@ -142,38 +152,46 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
                    echo: Callable[[str], None] | None = None,
                    info: dict[str, Any] | None = None,
                    assets_dir: Path | None = None,
-                   failed: Iterable[PluginResult] = ()) -> list[PluginResult]:
+                   failed: Iterable[PluginResult] = (),
+                   timeout: float | None = DEFAULT_TIMEOUT) -> list[PluginResult]:
     """Render every entry on one dump, then record them in the run's manifest and index.html.
     `failed`: results of plugins that failed before rendering (broken, missing hook points),
-    recorded in the manifest and index.html with the others and returned after them."""
+    recorded in the manifest and index.html with the others and returned after them.
+
+    Everything is rendered into temporary folders and swapped in by one journalled commit at
+    the end (vitscope.staging), under the run folder's lock: a run that is killed or fails
+    leaves the folder as it was, and a plugin that fails keeps its earlier figures.
+    `timeout`: seconds each plugin may take (None or 0: no limit)."""
     from vitscope.dump import Dump
-    from vitscope.report import write_index
 
     if fmt not in STATIC_FORMATS:
         raise PluginError(f"Unknown figure format '{fmt}'; use one of {', '.join(STATIC_FORMATS)}.")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir).absolute()
+    dump_path = Path(dump_path).absolute()
     results = []
     with Dump.open(dump_path) as dump:
         # Plugins may rely on it: options.limit is None or a count the dump really holds.
         limit = None if limit is None else min(int(limit), len(dump))
+        held, model_hooks = list(dump.names), dump.model_names
+        run_info = {**describe_dump(dump, limit), **(info or {})}
+    with terminate_as_exception(), Staging(run_dir) as stage:
         for entry in entries:
-            gone = missing_hooks(dump.names, [entry], dump.model_names).get(entry.name)
+            gone = missing_hooks(held, [entry], model_hooks).get(entry.name)
             if gone:  # never call render on a dump without what the plugin reads
                 res = PluginResult(entry.name, entry.source, False, out_dir=run_dir / entry.name,
                                    error=f"needs hook points {', '.join(gone)}, which the dump "
-                                         f"{dump.path} does not hold")
+                                         f"{dump_path} does not hold")
             else:
-                res = render_plugin(entry, dump, run_dir, (values or {}).get(entry.name),
-                                    static=static, interactive=interactive, fmt=fmt, limit=limit,
-                                    assets_dir=assets_dir)
+                res = _render_staged(stage, entry, dump_path, (values or {}).get(entry.name),
+                                     static=static, interactive=interactive, fmt=fmt,
+                                     limit=limit, assets_dir=assets_dir, timeout=timeout)
             results.append(res)
             if echo:
                 echo(res.line())
-        run_info = {**describe_dump(dump, limit), **(info or {})}
-    results += list(failed)
-    update_manifest(run_dir, results, run_info, values or {})
-    write_index(run_dir)
+        results += list(failed)
+        manifest = merge_manifest(read_manifest(run_dir), results, run_info, values or {},
+                                  run_dir)
+        stage.commit(*_swaps(results), manifest=manifest)
     return results
 
 
@@ -191,24 +209,40 @@ def describe_dump(dump, limit: int | None = None) -> dict[str, Any]:
     }
 
 
-def update_manifest(run_dir: Path, results: list[PluginResult], info: dict[str, Any],
-                    values: dict[str, dict[str, Any]]) -> Path:
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """run_dir/manifest.json, or an empty one when it is missing or unreadable."""
     path = Path(run_dir) / MANIFEST
     try:
-        manifest = json.loads(path.read_text()) if path.exists() else {}
+        manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     except ValueError:
         manifest = {}
-    manifest.setdefault("plugins", {})
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("plugins", {}), dict):
+        manifest = {}
+    return manifest
+
+
+def merge_manifest(manifest: dict[str, Any], results: list[PluginResult], info: dict[str, Any],
+                   values: dict[str, dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+    """The manifest after this run: each plugin's entry replaced by its new result, except
+    that a failure never replaces an earlier success (whose figures stay): that entry keeps
+    its files and gains `rerun_error`, shown in index.html."""
+    manifest = dict(manifest)
+    plugins = dict(manifest.get("plugins") or {})
     manifest["run"] = {**info, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for r in results:
-        manifest["plugins"][r.name] = {
+        earlier = plugins.get(r.name)
+        if not r.ok and isinstance(earlier, dict) and earlier.get("ok"):
+            plugins[r.name] = {**earlier, "rerun_error": r.error,
+                               "rerun_at": manifest["run"]["updated"]}
+            continue
+        plugins[r.name] = {
             "package": r.package, "ok": r.ok, "error": r.error, "seconds": round(r.seconds, 3),
             "files": [_rel(f, run_dir) for f in r.files],
             "options": {k: v for k, v in (values.get(r.name) or {}).items()},
             "run": manifest["run"],
         }
-    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    return path
+    manifest["plugins"] = plugins
+    return manifest
 
 
 def epoch_analyses_dir(run_name: str, out_root: str | Path = "outputs") -> Path:
@@ -271,44 +305,6 @@ def make_epoch_analyzer(plugins: list[str], dataset, *, run_name: str, classes: 
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-def _fresh_folder(out_dir: Path) -> None:
-    """Empty a folder of earlier output of this plugin (only one we marked), then mark it."""
-    if (out_dir / MARKER).exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).touch()
-
-
-def _checked_files(returned: Any, out_dir: Path) -> list[Path]:
-    if returned is None:  # lenient: a plugin that forgot to return its files
-        return sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != MARKER)
-    if isinstance(returned, (str, Path)) or not isinstance(returned, Iterable):
-        raise PluginError(f"render() returned {type(returned).__name__}, not a list of paths; "
-                          f"return the files it wrote.")
-    files = [Path(p) for p in returned]
-    absent = [str(p) for p in files if not p.is_file()]
-    if absent:
-        raise PluginError(f"render() returned files that do not exist: {', '.join(absent[:3])}.")
-    return files
-
-
-def _plugin_warnings(caught) -> list[str]:
-    """UserWarnings a plugin raised for the user (library deprecation noise is dropped)."""
-    out = []
-    for w in caught:
-        if issubclass(w.category, UserWarning) and not issubclass(
-                w.category, (DeprecationWarning, PendingDeprecationWarning)):
-            msg = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
-            if msg and msg not in out:
-                out.append(msg)
-    return out
-
-
-def _close_figures() -> None:
-    if "matplotlib.pyplot" in sys.modules:
-        sys.modules["matplotlib.pyplot"].close("all")
-
 
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()

@@ -11,8 +11,10 @@ Why it is shaped this way:
   HDF5 compression or the disk, and memory holds at most a few batches whatever N is.
 - Two hook points that receive the very same tensor (`blocks.i.out` is `blocks.{i+1}.norm1.in`)
   are stored once and hard-linked, which saves a sixth of the default set.
-- The file is written as OUT.h5.partial and renamed on success; Ctrl-C, SIGTERM or an
-  exception deletes the partial file, and an existing OUT.h5 is replaced only with force.
+- The file is written as OUT.h5.<host>-<pid>-<random>.partial (unique, so two captures to
+  one OUT never share it) and renamed on success; Ctrl-C, SIGTERM or an exception deletes
+  the partial file, and an existing OUT.h5, even one another process finished meanwhile,
+  is replaced only with force (vitscope.paths.publish).
 - Gradients (`grad:<pattern>` among the hooks, e.g. `grad:blocks.*.attn.weights`): the forward
   pass runs with autograd only then, and one backward pass per batch gives d logit[target] /
   d <hook output> for every image at once (images are independent in eval mode, so the
@@ -31,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import signal
 import threading
 import warnings
 from collections.abc import Iterable
@@ -44,8 +45,10 @@ import torch
 from vitscope.dump import Dump, DumpWriter
 from vitscope.errors import DataError, DumpError, VitscopeError, WriteError
 from vitscope.hooks import attach, hook_points, is_hooked, resolve
+from vitscope.locks import hold
 from vitscope.names import split_grads
-from vitscope.paths import make_output_dir, remove_empty
+from vitscope.paths import make_output_dir, partial_path, publish, remove_empty
+from vitscope.signals import terminate_as_exception as _terminate_as_exception
 from vitscope.writing import is_write_failure, write_failure
 
 DEFAULT_HOOKS: tuple[str, ...] = (
@@ -108,8 +111,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     attrs["grad_hooks"] = grads
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     created = make_output_dir(out.parent, DumpError, "choose another path with -o")
-    partial = out.with_name(out.name + ".partial")
-    partial.unlink(missing_ok=True)  # a stale one from a killed run (its writer is gone)
+    partial = partial_path(out)      # unique: two captures to one OUT never collide
     was_training = model.training
     writer = None
     try:
@@ -120,9 +122,8 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
             _stream(model, dataset, positions, labels, names, writer, dev, mean, std,
                     batch_size, DTYPES[dtype], progress, out.name, grads, spec)
             writer.finish()
-            if out.exists() and not force:  # created by someone else while we ran
-                raise DumpError(f"'{out}' appeared while capturing; pass --force to overwrite it.")
-            os.replace(partial, out)
+            publish(partial, out, force=force, error=DumpError,
+                    hint="pass --force to overwrite it or choose another path with -o")
     except BaseException as e:
         if writer is not None:
             writer.abort()
@@ -516,29 +517,6 @@ def _same_tensors(acts: dict[str, torch.Tensor], names: list[str]) -> dict[str, 
     return aliases
 
 
-class _Terminated(SystemExit):
-    """SIGTERM turned into an exception so the partial file is cleaned up."""
-
-
-class _terminate_as_exception:
-    """While capturing in the main thread, SIGTERM raises instead of killing the process at
-    once (Ctrl-C already raises KeyboardInterrupt), so cleanup runs."""
-
-    def __enter__(self):
-        self.installed = threading.current_thread() is threading.main_thread()
-        if self.installed:
-            def handler(signum, frame):
-                raise _Terminated(128 + signum)
-            self.previous = signal.signal(signal.SIGTERM, handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self.installed:
-            signal.signal(signal.SIGTERM, self.previous if self.previous is not None
-                          else signal.SIG_DFL)
-        return False
-
-
 def check_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DumpError(f"--limit must be a positive number of images, got {limit!r}; leave it "
@@ -654,15 +632,26 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
     found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target)
     if found is not None:
         return found, True
-    model = ckpt.build_model()
     folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
     request = (sha, data_sha, split, n, sorted(patterns))
     if split_grads(patterns)[1]:
         request += (str(target),)   # another target is another dump
     key = hashlib.sha256(repr(request).encode()).hexdigest()[:10]
     out = folder / f"{run_name(ckpt.path)}-{split}-{min(n, len(dataset))}-{key}.h5"
-    device = capture_device(device) if not isinstance(device, torch.device) else device
-    path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
-                   batch_size=batch_size, device=device, progress=progress, force=True,
-                   seed=CAPTURE_SEED, target=target)
+    created = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        # Two analyses of one checkpoint share the cache: the second waits for the first
+        # capture of the same request, then finds and reuses it.
+        with hold(folder / f".{out.name}.lock", out, DumpError, wait=True):
+            found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target)
+            if found is not None:
+                return found, True
+            model = ckpt.build_model()
+            device = capture_device(device) if not isinstance(device, torch.device) else device
+            path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
+                           batch_size=batch_size, device=device, progress=progress, force=True,
+                           seed=CAPTURE_SEED, target=target)
+    except BaseException:
+        remove_empty(created)
+        raise
     return path, False

@@ -67,6 +67,11 @@ class LazyGroup(click.Group):
 def main() -> None:
     """vitscope: train Vision Transformers, capture their activations, and look inside them."""
     warnings.formatwarning = _one_line_warning
+    from vitscope.plugin import TORCH_AUTOLOAD_ENV, guard_torch_import
+    for path in guard_torch_import():   # before any command imports torch
+        click.echo(f"Warning: '{path}' cannot be decoded, so torch's device-backend plugins are "
+                   f"not loaded ({TORCH_AUTOLOAD_ENV}=0); reinstall or remove that package.",
+                   err=True)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -41,7 +41,7 @@ from vitscope.errors import DumpError, WriteError
 from vitscope.layout import TokenLayout  # noqa: F401  (re-exported: the dump's layout type)
 from vitscope.names import (GRAD_PREFIX, is_grad, layer_sort_key, match_names, split_grads,
                             summarize_names)
-from vitscope.paths import make_output_dir, remove_empty
+from vitscope.paths import make_output_dir, partial_path, publish, remove_empty
 from vitscope.writing import GuardedFile
 
 # The format's names and the one validated reading of a file live in vitscope.dumpcheck.
@@ -433,10 +433,11 @@ def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False)
             raise DumpError(f"'{outside[0]}' is not inside the folder of -o '{out}'; a merged "
                             f"dump reads its shards only from its own folder (or below it), so "
                             f"write it beside the shards or in a folder above them.")
-        partial = out.with_name(out.name + ".partial")
+        partial = partial_path(out)
         try:
             _write_virtual(ordered, out, partial)
-            os.replace(partial, out)
+            publish(partial, out, force=force, error=DumpError,
+                    hint="pass --force to replace it or choose another path with -o")
         except BaseException:
             partial.unlink(missing_ok=True)
             remove_empty(created)

@@ -49,6 +49,8 @@ import importlib.metadata as md
 import inspect
 import math
 import os
+import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +183,12 @@ class PluginEntry:
     error: str | None = None    # why it is broken
     fix: str | None = None      # what to do about it
     loaded: bool = False
+    # What the plugin declares, read once when it loads: a plugin attribute that raises makes
+    # the plugin broken there, never `vitscope plugins -v` or analyze later.
+    _requires: tuple[str, ...] = ()
+    _produces: tuple[str, ...] = ()
+    _options: tuple["Option", ...] = ()
+    _description: str = ""
 
     @property
     def ok(self) -> bool:
@@ -196,23 +204,20 @@ class PluginEntry:
 
     @property
     def requires(self) -> tuple[str, ...]:
-        return tuple(self.plugin.requires) if self.ok else ()
+        return self._requires if self.ok else ()
 
     @property
     def options(self) -> tuple[Option, ...]:
-        return tuple(getattr(self.plugin, "options", ()) or ()) if self.ok else ()
+        return self._options if self.ok else ()
 
     @property
     def produces(self) -> tuple[str, ...]:
         """What it declares to produce: ("maps",) for a map plugin `vitscope score` evaluates."""
-        return tuple(getattr(self.plugin, "produces", ()) or ()) if self.ok else ()
+        return self._produces if self.ok else ()
 
     @property
     def description(self) -> str:
-        if not self.ok:
-            return ""
-        text = getattr(self.plugin, "description", None) or inspect.getdoc(self.plugin) or ""
-        return text.strip().splitlines()[0] if text.strip() else ""
+        return self._description if self.ok else ""
 
     def problem(self) -> str:
         """One sentence naming the plugin, its package, the reason and the fix."""
@@ -236,14 +241,17 @@ class PluginEntry:
             return self
         try:
             self.plugin = _instantiate(obj)
-            _validate(self.plugin, self.name)
+            self._requires, self._produces, self._options, self._description = \
+                _validate(self.plugin, self.name)
         except _Malformed as e:
             self.plugin = None
             self.error = str(e)
             self.fix = self._builtin_fix() or (
                 f"fix it to follow the protocol in vitscope.plugin (name, requires, "
                 f"render(dump, out_dir, options)) or uninstall it (pip uninstall {self.package})")
-        except Exception as e:
+        except BaseException as e:   # __init__ may raise anything, even SystemExit
+            if isinstance(e, KeyboardInterrupt):
+                raise
             self.plugin = None
             self.error = f"creating {self.value} failed ({type(e).__name__}: {_one_line(e)})"
             self.fix = self._builtin_fix() or f"upgrade or uninstall it (pip uninstall {self.package})"
@@ -292,24 +300,44 @@ def _instantiate(obj: Any) -> Any:
     return obj  # an instance or a module with module-level name/requires/render
 
 
-def _validate(plugin: Any, entry_name: str) -> None:
-    """Raise _Malformed with one reason if `plugin` breaks the protocol."""
-    missing = [a for a in ("name", "requires", "render") if not hasattr(plugin, a)]
+_ABSENT = object()
+
+
+def _read(plugin: Any, attr: str, default: Any = _ABSENT) -> Any:
+    """getattr that turns anything an attribute (a property, __getattr__) raises into one
+    _Malformed reason."""
+    try:
+        return getattr(plugin, attr, default)
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise _Malformed(f"reading its '{attr}' attribute raised {type(e).__name__}: "
+                         f"{_one_line(e)}") from None
+
+
+def _validate(plugin: Any, entry_name: str) -> tuple[tuple[str, ...], tuple[str, ...],
+                                                     tuple["Option", ...], str]:
+    """(requires, produces, options, description) of `plugin`, each read once; _Malformed
+    with one reason if it breaks the protocol."""
+    values = {a: _read(plugin, a) for a in ("name", "requires", "render")}
+    missing = [a for a, v in values.items() if v is _ABSENT]
     if missing:
         raise _Malformed(f"it has no {', '.join(repr(m) for m in missing)} attribute"
                          f"{'s' if len(missing) > 1 else ''}")
-    if not isinstance(plugin.name, str) or plugin.name != entry_name:
-        raise _Malformed(f"its name {plugin.name!r} differs from its entry-point name "
+    name = values["name"]
+    if not isinstance(name, str) or name != entry_name:
+        raise _Malformed(f"its name {_short_repr(name)} differs from its entry-point name "
                          f"'{entry_name}'")
-    req = plugin.requires
+    req = values["requires"]
     if isinstance(req, str) or not isinstance(req, (tuple, list)) or \
             not all(isinstance(r, str) and r for r in req):
-        raise _Malformed(f"its requires {req!r} is not a tuple of hook-name patterns")
-    produces = getattr(plugin, "produces", ()) or ()
+        raise _Malformed(f"its requires {_short_repr(req)} is not a tuple of hook-name patterns")
+    produces = _read(plugin, "produces", ()) or ()
     if isinstance(produces, str) or not isinstance(produces, (tuple, list)) or \
             not all(isinstance(p, str) and p for p in produces):
-        raise _Malformed(f"its produces {produces!r} is not a tuple of names such as ('maps',)")
-    render = plugin.render
+        raise _Malformed(f"its produces {_short_repr(produces)} is not a tuple of names such as "
+                         f"('maps',)")
+    render = values["render"]
     if not callable(render):
         raise _Malformed("its render attribute is not callable")
     try:
@@ -319,11 +347,19 @@ def _validate(plugin: Any, entry_name: str) -> None:
                          f"(dump, out_dir, options)") from None
     except ValueError:
         pass  # builtins without a signature: trust them
-    options = getattr(plugin, "options", ()) or ()
+    options = _read(plugin, "options", ()) or ()
+    if isinstance(options, (str, bytes)) or not isinstance(options, Iterable):
+        raise _Malformed(f"its options {_short_repr(options)} is not a tuple of "
+                         f"vitscope.plugin.Option")
+    try:
+        options = tuple(options)
+    except Exception as e:
+        raise _Malformed(f"its options cannot be listed ({type(e).__name__}: "
+                         f"{_one_line(e)})") from None
     seen: set[str] = set()
     for opt in options:
         if not isinstance(opt, Option):
-            raise _Malformed(f"its options hold {opt!r}, not a vitscope.plugin.Option")
+            raise _Malformed(f"its options hold {_short_repr(opt)}, not a vitscope.plugin.Option")
         if not opt.name.isidentifier() or opt.name in RESERVED or opt.name in seen:
             raise _Malformed(f"its option name {opt.name!r} is not a unique identifier outside "
                              f"{', '.join(RESERVED)}")
@@ -333,6 +369,24 @@ def _validate(plugin: Any, entry_name: str) -> None:
         except ValueError as e:
             raise _Malformed(f"the default of its option '{opt.name}' ({opt.default!r}) is "
                              f"invalid: {e}") from None
+    text = _read(plugin, "description", None)
+    if not text:
+        try:
+            text = inspect.getdoc(plugin)
+        except Exception:
+            text = None
+    if text is not None and not isinstance(text, str):
+        raise _Malformed(f"its description {_short_repr(text)} is not a string")
+    text = (text or "").strip()
+    return tuple(req), tuple(produces), options, text.splitlines()[0] if text else ""
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # ---------------------------------------------------------------------------------- registry
@@ -343,6 +397,7 @@ class Registry:
     entries: list[PluginEntry] = field(default_factory=list)
     autoload: bool = True
     skipped: list[str] = field(default_factory=list)  # third-party names left out by the env var
+    unreadable: list[str] = field(default_factory=list)  # distributions that could not be read
 
     def names(self) -> list[str]:
         return sorted({e.name for e in self.entries})
@@ -383,15 +438,19 @@ def autoload_enabled() -> bool:
 
 
 def discover(autoload: bool | None = None) -> Registry:
-    """Find plugins through the `vitscope.plugins` entry points (nothing is imported yet)."""
+    """Find plugins through the `vitscope.plugins` entry points (nothing is imported yet).
+
+    Each installed distribution is read on its own: one whose metadata cannot be read (an
+    undecodable byte in METADATA or entry_points.txt, a missing file) is left out and, when
+    its raw entry points mention the group, reported in `registry.unreadable`; it never
+    stops discovery of the others."""
     autoload = autoload_enabled() if autoload is None else autoload
     registry = Registry(autoload=autoload)
     seen: dict[str, PluginEntry] = {}
     found: list[PluginEntry] = []
-    for ep in md.entry_points(group=GROUP):
-        package, version = _dist_info(ep)
-        builtin = package == "vitscope" and BUILTINS.get(ep.name) == ep.value
-        found.append(PluginEntry(ep.name, ep.value, package, version, builtin))
+    for name, value, package, version in _group_entry_points(registry.unreadable):
+        builtin = package == "vitscope" and BUILTINS.get(name) == value
+        found.append(PluginEntry(name, value, package, version, builtin))
     have_builtins = {e.name for e in found if e.builtin}
     for name, value in BUILTINS.items():  # a source tree that was never installed
         if name not in have_builtins:
@@ -402,7 +461,12 @@ def discover(autoload: bool | None = None) -> Registry:
             registry.skipped.append(entry.name)
             continue
         first = seen.get(entry.name)
-        if first is not None:
+        bad_name = name_problem(entry.name)
+        if bad_name:
+            entry.loaded, entry.error = True, bad_name
+            entry.fix = (f"the package must rename its entry point; until then uninstall it "
+                         f"(pip uninstall {entry.package})")
+        elif first is not None:
             if first.value == entry.value:
                 continue  # the same distribution seen twice on sys.path
             entry.loaded, entry.error = True, (
@@ -415,14 +479,116 @@ def discover(autoload: bool | None = None) -> Registry:
     return registry
 
 
-def _dist_info(ep: md.EntryPoint) -> tuple[str, str]:
-    dist = getattr(ep, "dist", None)
-    if dist is None:
-        return ep.value.split(":")[0].split(".")[0], ""
+def _group_entry_points(unreadable: list[str]) -> list[tuple[str, str, str, str]]:
+    """(name, value, package, version) of every `vitscope.plugins` entry point, read one
+    sys.path folder and one distribution at a time; what cannot be read goes to
+    `unreadable` as a sentence."""
+    out = []
+    for folder in list(sys.path):
+        try:
+            dists = list(md.distributions(path=[folder]))
+        except Exception as e:   # an unreadable folder on sys.path
+            unreadable.append(f"the folder '{folder}' on sys.path cannot be searched for "
+                              f"plugins ({type(e).__name__}: {_one_line(e)})")
+            continue
+        for dist in dists:
+            try:
+                eps = [ep for ep in dist.entry_points if ep.group == GROUP]
+            except Exception as e:
+                if _mentions_group(dist):
+                    where = _dist_path(dist)
+                    unreadable.append(
+                        f"the plugin package at '{where}' has unreadable entry points "
+                        f"({type(e).__name__}: {_one_line(e)}); reinstall it (pip install "
+                        f"--force-reinstall {_dist_label(dist)[0]}) or remove that folder")
+                continue
+            if not eps:
+                continue
+            package, version = _dist_label(dist)
+            out += [(ep.name, ep.value, package, version) for ep in eps]
+    return out
+
+
+TORCH_AUTOLOAD_ENV = "TORCH_DEVICE_BACKEND_AUTOLOAD"
+
+
+def guard_torch_import() -> list[str]:
+    """Keep one undecodable entry_points.txt from breaking `import torch`.
+
+    torch reads every installed distribution's entry points when it is imported (to load
+    out-of-tree device backends), so such a file makes `import torch` raise
+    UnicodeDecodeError. Before torch is imported, this checks the files (~2 ms for 100
+    distributions) and, if one cannot be read, sets TORCH_DEVICE_BACKEND_AUTOLOAD=0 (unless
+    the user set it). Returns the paths of the unreadable files."""
+    if "torch" in sys.modules or os.environ.get(TORCH_AUTOLOAD_ENV) is not None:
+        return []
+    bad = []
+    for folder in list(sys.path):
+        try:
+            dists = list(md.distributions(path=[folder]))
+        except Exception:
+            continue
+        for dist in dists:
+            try:
+                dist.read_text("entry_points.txt")
+            except (ValueError, OSError):    # UnicodeDecodeError is a ValueError
+                bad.append(str(Path(_dist_path(dist)) / "entry_points.txt"))
+    if bad:
+        os.environ[TORCH_AUTOLOAD_ENV] = "0"
+    return bad
+
+
+def _dist_path(dist: md.Distribution) -> str:
+    return str(getattr(dist, "_path", "") or "?")
+
+
+def _dist_label(dist: md.Distribution) -> tuple[str, str]:
+    """(name, version) from the metadata, else from the .dist-info folder name."""
     try:
-        return dist.metadata["Name"] or dist.name, dist.version or ""
+        meta = dist.metadata
+        name, version = meta["Name"], meta["Version"]
+        if name:
+            return str(name), str(version or "")
     except Exception:  # a distribution with broken metadata must not break discovery
-        return getattr(dist, "name", "?"), ""
+        pass
+    stem = Path(_dist_path(dist)).name
+    for suffix in (".dist-info", ".egg-info"):
+        stem = stem[:-len(suffix)] if stem.endswith(suffix) else stem
+    name, _, version = stem.partition("-")
+    return (name or "?") + " (metadata unreadable)", version
+
+
+def _mentions_group(dist: md.Distribution) -> bool:
+    """Whether a distribution's raw entry_points.txt names the vitscope.plugins group."""
+    path = getattr(dist, "_path", None)
+    try:
+        return path is not None and GROUP.encode() in (Path(path) / "entry_points.txt").read_bytes()
+    except OSError:
+        return False
+
+
+# Plugin names become folder names (outputs/<run>/<name>/): a lowercase slug, so `.`, `..`,
+# paths, schemes and the run's own files can never be one.
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+RESERVED_NAMES = ("index.html", "manifest.json", "plotly.min.js")
+
+
+def name_problem(name: Any) -> str | None:
+    """Why `name` cannot be a plugin name, or None when it can."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return (f"its name {_short_repr(name)} is not a safe plugin name (1-64 lowercase letters, "
+                f"digits, '-', '_' or '.', starting and ending with a letter or digit)")
+    if name in RESERVED_NAMES or name.startswith(("epoch_", ".")):
+        return f"its name '{name}' is reserved for vitscope's own files in an output folder"
+    return None
+
+
+def check_name(name: Any) -> str:
+    """`name` if it is a safe plugin name, else PluginError."""
+    problem = name_problem(name)
+    if problem:
+        raise PluginError(f"Plugin {_short_repr(name)}: {problem}.")
+    return name
 
 
 # ------------------------------------------------------------------------------- --opt parsing

@@ -16,6 +16,8 @@ from typing import Any
 from vitscope import __version__
 from vitscope.escaping import href as _href
 from vitscope.escaping import text as _e
+from vitscope.writing import replacing
+from vitscope.plugin import name_problem
 
 IMAGE_SUFFIXES = (".png", ".svg", ".gif", ".jpg", ".jpeg")
 PAGE_SUFFIXES = (".html",)
@@ -58,7 +60,8 @@ def write_index(run_dir: str | Path) -> Path:
     parts.append(f"<p style='color:#888;font-size:12px'>vitscope {__version__} · generated "
                  f"{_e(run.get('updated', ''))}</p></main></body></html>")
     out = run_dir / "index.html"
-    out.write_text("\n".join(parts), encoding="utf-8")
+    with replacing(out) as (tmp,):   # a reader sees the old page or the new one, never half
+        tmp.write_text("\n".join(parts), encoding="utf-8")
     return out
 
 
@@ -142,6 +145,10 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
     files = info.get("files") or []
     body = [head]
     own = info.get("run") or {}
+    if info.get("rerun_error"):
+        body.append(f"<p class='error'>⚠ the latest re-run ({_e(info.get('rerun_at', '?'))}) "
+                    f"failed: {_e(info['rerun_error'])}; the figures below are from the run "
+                    f"before it.</p>")
     if _other_source(own, run):
         body.append(f"<p class='error'>⚠ rendered earlier from another model or data than "
                     f"the run above: {_e(_source(own))}</p>")
@@ -150,7 +157,7 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
                     f"{_e(own.get('images', '?'))} images of {_e(own.get('data', '?'))} "
                     f"(dump {_e(own.get('dump', '?'))})</p>")
     summary = run_dir / name / "summary.json"
-    if summary.exists():
+    if name_problem(name) is None and summary.exists():   # names come from the manifest
         try:
             numbers = json.loads(summary.read_text(encoding="utf-8"))
         except ValueError:   # UnicodeDecodeError included

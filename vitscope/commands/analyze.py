@@ -1,12 +1,14 @@
 """`vitscope analyze` (render plugins on a checkpoint's dump) and `vitscope plugins` (list them)."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import click
 
 DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds to capture
+DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: --help stays light)
 
 
 @click.command()
@@ -37,19 +39,38 @@ DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds 
 @click.option("--target", default=None, metavar="pred|label|INDEX",
               help="Class the gradient methods explain: the prediction (default), the label, "
                    "or a class index.")
+@click.option("--plugin-timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="Time limit of each plugin; one that takes longer is stopped and reported "
+                   "as failed (0: no limit).")
 def analyze(ckpt, names, all_, dump_path, data, split, images, static, interactive, both, fmt,
-            opts, out_dir, device, batch_size, target) -> None:
+            opts, out_dir, device, batch_size, target, plugin_timeout) -> None:
     """Render interpretability figures for CKPT with the chosen plugins.
 
     Captures only the hook points the plugins need (or reuses a dump that covers them), renders
-    each plugin into OUT/<plugin>/, and writes OUT/index.html. A failing plugin is reported and
-    the others still run; the exit code is 1 if any chosen plugin failed.
+    each plugin into OUT/<plugin>/ in a process of its own, and writes OUT/index.html. A
+    failing plugin is reported and the others still run; the exit code is 1 if any chosen
+    plugin failed. Figures are swapped in only when the run completes: Ctrl-C, SIGTERM or a
+    failure leaves OUT as it was. One analyze at a time writes into OUT.
     """
+    from vitscope.signals import terminate_as_exception
+    # SIGTERM like Ctrl-C: the exit stack (lock, empty folders) and the staging unwind.
+    with terminate_as_exception(), contextlib.ExitStack() as cleanup:
+        _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, static,
+                 interactive, both, fmt, opts, out_dir, device, batch_size, target,
+                 plugin_timeout)
+
+
+def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, static, interactive,
+             both, fmt, opts, out_dir, device, batch_size, target, plugin_timeout) -> None:
     from vitscope.analysis import PluginResult, missing_hooks, render_plugins, union_requires
     from vitscope.errors import PluginError
     from vitscope.hooks import summarize_names
+    from vitscope.isolation import warm_up
+    from vitscope.locks import hold
     from vitscope.paths import make_output_dir, remove_empty
     from vitscope.plugin import discover, parse_opts
+    from vitscope.staging import LOCK
     from vitscope.writing import guard
 
     if both or static == interactive:    # neither flag, or both: every kind of figure
@@ -64,6 +85,8 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, static, interacti
         from vitscope.checkpoint import read_raw
         read_raw(ckpt)  # a CKPT named beside --dump must exist: it is checked against the dump
     registry = discover()
+    for problem in registry.unreadable:
+        click.echo(f"Warning: {problem}", err=True)
     chosen = registry.select(names, all_)
     for entry in chosen:
         if not entry.ok:
@@ -100,16 +123,17 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, static, interacti
     patterns = union_requires(working)
     # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
     created = make_output_dir(run, PluginError, "choose another output folder with -o")
+    cleanup.push(lambda kind, *_: remove_empty(created) if kind is not None else None)
+    # One analyze at a time in OUT, from before the capture to the commit of its figures.
+    cleanup.enter_context(hold(run / LOCK, run, PluginError, hint="wait for that analyze to "
+                               "finish, or choose another output folder with -o"))
+    warm_up()   # the plugins' fork server starts while the dump is captured
 
     if dump_path is None:
         from vitscope.capture import ensure_dump
-        try:
-            path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
-                                       hooks=patterns, batch_size=batch_size, device=dev,
-                                       progress=True, target=target)
-        except BaseException:
-            remove_empty(created)
-            raise
+        path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
+                                   hooks=patterns, batch_size=batch_size, device=dev,
+                                   progress=True, target=target)
     hooks, size, (grads, target_spec) = _dump_contents(path)
     held = summarize_names(hooks) + (f"; gradients of {summarize_names(grads)} for target "
                                      f"{target_spec}" if grads else "")
@@ -127,15 +151,11 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, static, interacti
     upfront += [PluginResult(name, registry.get(name).source, False, out_dir=run / name,
                              error=f"needs hook points {', '.join(p)}, which the {where} does "
                                    f"not have") for name, p in missing.items()]
-    try:
-        with guard(run, "free some space (or choose another folder with -o) and run analyze "
-                        "again"):
-            results = render_plugins(path, working, run, values, static=static,
-                                     interactive=interactive, fmt=fmt, limit=limit,
-                                     echo=click.echo, failed=upfront)
-    except BaseException:
-        remove_empty(created)
-        raise
+    with guard(run, "free some space (or choose another folder with -o) and run analyze "
+                    "again"):
+        results = render_plugins(path, working, run, values, static=static,
+                                 interactive=interactive, fmt=fmt, limit=limit,
+                                 echo=click.echo, failed=upfront, timeout=plugin_timeout)
     click.echo(f"Open {run / 'index.html'}")
     if any(not r.ok for r in results):
         raise SystemExit(1)
@@ -214,6 +234,8 @@ def plugins(verbose: bool, as_json: bool) -> None:
     registry = discover()
     entries = [e.load() for e in registry.entries]
     if as_json:
+        for problem in registry.unreadable:   # stdout stays one JSON list
+            click.echo(f"Warning: {problem}", err=True)
         click.echo(json.dumps([{
             "name": e.name, "package": e.package, "version": e.version, "entry_point": e.value,
             "builtin": e.builtin, "requires": list(e.requires), "produces": list(e.produces),
@@ -242,3 +264,5 @@ def plugins(verbose: bool, as_json: bool) -> None:
                 click.echo(f"{'':<{width}}    --opt {e.name}.{o.describe()}")
     if registry.skipped:
         click.echo(f"({AUTOLOAD_ENV}=1: not loaded: {', '.join(sorted(set(registry.skipped)))})")
+    for problem in registry.unreadable:
+        click.echo(f"unreadable: {problem}")

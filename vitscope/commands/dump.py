@@ -53,8 +53,8 @@ def dump() -> None:
 
     Defaults come from the checkpoint: its dataset and image size, the val split, and the hook
     points the built-in analyses need. Images go in a seeded shuffle of the split, so --limit N
-    keeps a mixed sample. The file appears only when complete (written as OUT.h5.partial,
-    renamed at the end). Use --shard i/n on several machines or GPUs, then `dump merge`.
+    keeps a mixed sample. The file appears only when complete (written under a partial name of
+    its own, renamed at the end; two dumps to one OUT never mix). Use --shard i/n on several machines or GPUs, then `dump merge`.
     """
 
 

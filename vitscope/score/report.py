@@ -246,22 +246,29 @@ class _Run:
 
 
 def record(run_dir: Path, report: dict, files: list[Path]) -> Path:
-    """Add the score to the run's manifest.json and rewrite index.html (its Score section)."""
+    """Add the score to the run's manifest.json and rewrite index.html (its Score section),
+    under the run folder's lock (an analyze writing into it finishes first), atomically."""
+    from vitscope.errors import PluginError
+    from vitscope.locks import hold
     from vitscope.report import write_index
+    from vitscope.staging import LOCK
+    from vitscope.writing import replacing
     run_dir = Path(run_dir)
     path = run_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError:
-        manifest = {}
-    manifest.setdefault("plugins", {})
-    manifest.setdefault("run", {k: report[k] for k in ("checkpoint", "checkpoint_sha256", "data",
-                                                          "split", "images", "dump")})
-    manifest["score"] = {"files": [f.relative_to(run_dir).as_posix() for f in files],
-                         "table": tables(report), "checkpoint": report["checkpoint"],
-                         "checkpoint_sha256": report["checkpoint_sha256"],
-                         "data": report["data"], "images": report["images"],
-                         "target": report["target"], "perturbation": report["perturbation"]}
-    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    return write_index(run_dir)
+    with hold(run_dir / LOCK, run_dir, PluginError, wait=True):
+        try:
+            manifest = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            manifest = {}
+        manifest.setdefault("plugins", {})
+        manifest.setdefault("run", {k: report[k] for k in ("checkpoint", "checkpoint_sha256",
+                                                              "data", "split", "images", "dump")})
+        manifest["score"] = {"files": [f.relative_to(run_dir).as_posix() for f in files],
+                             "table": tables(report), "checkpoint": report["checkpoint"],
+                             "checkpoint_sha256": report["checkpoint_sha256"],
+                             "data": report["data"], "images": report["images"],
+                             "target": report["target"], "perturbation": report["perturbation"]}
+        with replacing(path) as (tmp,):
+            tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        return write_index(run_dir)
 
