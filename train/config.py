@@ -203,6 +203,29 @@ def build_model_config(preset: str, overrides: dict[str, Any]) -> Any:
     return model_config_class(preset).from_dict({**base, **overrides})
 
 
+def model_overrides(preset: str, model: Any) -> dict[str, Any]:
+    """The fields of `model` (a ModelConfig or CNNConfig) that differ from `preset`'s own,
+    except num_classes, which always follows the data."""
+    base = build_model_config(preset, {}).to_dict()
+    mine = model.to_dict()
+    changed = {k: v for k, v in mine.items() if k != "num_classes" and base.get(k) != v}
+    if mine.get("stem") == "patch":
+        changed.pop("stem_channels", None)   # unused without the ConvStem
+    return changed
+
+
+def describe_model(preset: str, model: Any) -> str:
+    """"vit-tiny", or "vit-tiny with embed_dim=64, depth=3" when fields were overridden: a
+    model whose widths were changed is not the preset its name says."""
+    try:
+        changed = model_overrides(preset, model)
+    except (ConfigError, AttributeError):
+        return preset
+    if not changed:
+        return preset
+    return f"{preset} with " + ", ".join(f"{k}={v}" for k, v in changed.items())
+
+
 # ---------------------------------------------------------------------------------------------
 # Recipes and --set overrides
 

@@ -30,7 +30,8 @@ from vitscope.locks import hold
 from vitscope.model import ViT, count_parameters
 from vitscope.paths import remove_empty
 from vitscope.train import distributed as D
-from vitscope.train.config import TrainConfig
+from vitscope import threads
+from vitscope.train.config import TrainConfig, describe_model
 from vitscope.train.engine import EpochCallback, TrainData, Trainer
 from vitscope.train.logging import require_loggers
 from vitscope.train.optim import resolve_precision
@@ -116,9 +117,10 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
                           precision=precision, ckpt_train_config=ckpt_config, callbacks=callbacks,
                           on_first_save=folder.keep if folder is not None else None)
         if info.is_main and not cfg.quiet:
-            print(f"vitscope train: {run_dir}  {cfg.arch} {cfg.preset} "
+            cpu = f" · {threads.current().describe()}" if device.type == "cpu" else ""
+            print(f"vitscope train: {run_dir}  {cfg.arch} {describe_model(cfg.preset, cfg.model)} "
                   f"({count_parameters(model):,} params)  data {cfg.data} "
-                  f"({len(train_ds)} train / {len(val_ds)} val)  device {device} {precision}"
+                  f"({len(train_ds)} train / {len(val_ds)} val)  device {device}{cpu} {precision}"
                   f"{f'  x{info.world_size} DDP' if info.enabled else ''}  {trainer.steps} "
                   f"steps/epoch of {cfg.batch_size}", flush=True)
         summary = trainer.fit(resume.resume if resume else None,

@@ -67,6 +67,11 @@ class LazyGroup(click.Group):
 def main() -> None:
     """vitscope: train Vision Transformers, capture their activations, and look inside them."""
     warnings.formatwarning = _one_line_warning
+    from vitscope import threads
+    try:
+        threads.configure()   # before any command imports torch (vitscope.threads says why)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     from vitscope.plugin import TORCH_AUTOLOAD_ENV, guard_torch_import
     for path in guard_torch_import():   # before any command imports torch
         click.echo(f"Warning: '{path}' cannot be decoded, so torch's device-backend plugins are "

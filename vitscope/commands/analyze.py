@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from vitscope.commands.common import threads_option
+
 DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds to capture
 DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: --help stays light)
 
@@ -43,6 +45,7 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: 
               show_default=True, metavar="SECONDS",
               help="Time limit of each plugin; one that takes longer is stopped and reported "
                    "as failed (0: no limit).")
+@threads_option
 def analyze(ckpt, names, all_, dump_path, data, split, images, static, interactive, both, fmt,
             opts, out_dir, device, batch_size, target, plugin_timeout) -> None:
     """Render interpretability figures for CKPT with the chosen plugins.

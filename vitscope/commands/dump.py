@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from vitscope.commands.common import threads_option
+
 SUBCOMMAND_USAGE = {
     "merge": "merge SHARD.h5... -o OUT.h5 [--force]",
     "info": "info DUMP.h5",
@@ -92,6 +94,7 @@ def dump() -> None:
               help="Class whose logit the grad: hooks differentiate (stored per image in "
                    "/target): the prediction, the label, or a class index.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@threads_option
 def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, compression, shard,
                 seed, in_order, output, force, device, target, quiet) -> None:
     """Capture activations of CKPT into an HDF5 dump (and gradients for `grad:` hooks)."""

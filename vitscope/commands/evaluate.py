@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from vitscope.commands.common import threads_option
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -54,6 +56,7 @@ def default_out_dir(ckpt_path: str | Path) -> Path:
                    "runs/shapes/best.pt -> outputs/shapes/eval, models/vit3.pt -> "
                    "outputs/vit3/eval).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+@threads_option
 def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_split: float | None,
              batch_size: int, device: str, tta: bool, limit: int | None, out_dir: str | None,
              as_json: bool) -> None:
@@ -133,6 +136,7 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
 @click.option("--tta", is_flag=True, help="Average the logits of each image and its mirror image.")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@threads_option
 def predict(ckpt: str, images: tuple[str, ...], top_k: int, as_json: bool, tta: bool, device: str,
             batch_size: int) -> None:
     """Top-k classes with probabilities for image files of any size or format.

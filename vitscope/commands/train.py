@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from vitscope.commands.common import threads_option
+
 # flag name -> TrainConfig field, for the common flags (None = not given on the command line)
 FLAG_FIELDS = {"data": "data", "data_dir": "data_dir", "val_split": "val_split",
                "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "device": "device",
@@ -47,6 +49,7 @@ FLAG_FIELDS = {"data": "data", "data_dir": "data_dir", "val_split": "val_split",
               help="Every N epochs, render the --plugin analyses of the current model.")
 @click.option("--plugin", "plugins", multiple=True, metavar="NAME",
               help="Analysis plugin run by --analyze-every (repeatable).")
+@threads_option
 def train(recipe, preset, sets, resume_path, overwrite, analyze_every, plugins, **flags) -> None:
     """Train a ViT or the CNN baseline; writes runs/<name>/{best,last}.pt, metrics, curves.
 

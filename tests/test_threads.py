@@ -1,0 +1,138 @@
+"""CPU thread policy (vitscope.threads, issue #13 sec. 1): what a fresh process gets from
+`import vitscope` and from the CLI, what the user sets always wins, and the idle case keeps
+every usable CPU. Real subprocesses with real torch: the policy acts before torch loads."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vitscope import threads
+
+CLEAN = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", threads.ENV, threads._MARK)
+PROBE = ("import json, os, sys{pre}; import vitscope; from vitscope import threads; "
+         "c = threads.current(); t = sys.modules.get('torch'); "
+         "print(json.dumps({{'torch': t and t.get_num_threads(), "
+         "'policy': os.environ.get('OMP_WAIT_POLICY'), 'omp': os.environ.get('OMP_NUM_THREADS'),"
+         " 'threads': c.threads, 'source': c.source, 'cpus': c.cpus, 'busy': c.busy}}))")
+
+
+def fresh_env(**extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CLEAN}
+    env.update(extra)
+    return env
+
+
+def probes(*cases: tuple[str, dict]) -> list[dict]:
+    """What fresh Python processes see after `import vitscope, torch`, one per (code run
+    first, environment) case; started together, since each spends seconds importing torch."""
+    procs = [subprocess.Popen([sys.executable, "-c", PROBE.format(pre=pre)],
+                              env=fresh_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pre, env in cases]
+    got = []
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+        got.append(json.loads(out.strip().splitlines()[-1]))
+    return got
+
+
+def test_thread_policy_on_import_and_what_the_user_set_wins():
+    after = "; import vitscope, torch"           # torch loaded after vitscope
+    auto, torch_first, user_torch, user_omp, torch_default = probes(
+        (after, {}), ("; import torch", {}), ("; import torch; torch.set_num_threads(1)", {}),
+        ("", {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"}), ("", {threads.ENV: "torch"}))
+    # vitscope imported before torch: idle OpenMP threads sleep instead of spinning, and the
+    # pool is the usable CPUs that no other process keeps busy
+    assert auto["policy"] == "PASSIVE"
+    assert auto["source"] == "auto" and auto["cpus"] == threads.usable_cpus()
+    assert 1 <= auto["threads"] <= auto["cpus"]
+    assert auto["threads"] == max(1, auto["cpus"] - auto["busy"])
+    assert auto["torch"] == auto["threads"] and auto["omp"] == str(auto["threads"])
+    # torch imported first (library use): the wait policy can no longer act, the count still does
+    assert torch_first["source"] == "auto" and torch_first["torch"] == torch_first["threads"]
+    # what the user set wins
+    assert (user_omp["threads"], user_omp["omp"], user_omp["source"], user_omp["policy"]) == \
+        (1, "1", "OMP_NUM_THREADS", "ACTIVE")
+    assert torch_default["threads"] is None and torch_default["omp"] is None
+    assert torch_default["policy"] is None          # torch's and OpenMP's own defaults
+    assert (user_torch["torch"], user_torch["source"]) == (1, "torch.set_num_threads")
+
+
+def test_idle_machine_keeps_every_usable_cpu(tmp_path):
+    """The idle case is not slowed: with nothing else runnable, auto uses all usable CPUs
+    (torch's own count), and another process's burst never costs a thread."""
+    cpus = os.cpu_count()
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\nprocs_running 1\nprocs_blocked 0\n")
+    if threads.cgroup_cpu_quota():
+        pytest.skip("a cgroup CPU quota: the machine-wide run queue is not ours to read")
+    assert threads.busy_cpus(cpus, stat=stat) == 0
+    assert threads.auto_threads(cpus, 0) == cpus
+    stat.write_text("procs_running 3\n")          # this process and two busy ones
+    assert threads.busy_cpus(cpus, interval=0, stat=stat) == 2
+    assert threads.auto_threads(2, 2) == 1 and threads.auto_threads(4, 1) == 3
+    assert threads.busy_cpus(cpus + 1, stat=stat) == 0   # part of the machine: unknown, so 0
+    assert threads.busy_cpus(cpus, stat=tmp_path / "missing") == 0
+
+
+def test_cgroup_quota_caps_the_cpus(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert threads.cgroup_cpu_quota(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert threads.cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.cgroup_cpu_quota(tmp_path) == 2.0
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert threads.cgroup_cpu_quota(tmp_path) is None
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_bad_values_are_named(value):
+    with pytest.raises(ValueError, match="positive integer"):
+        threads.parse_threads(value)
+    assert threads.parse_threads(" Auto ") == "auto" and threads.parse_threads("3") == 3
+
+
+@pytest.fixture
+def fresh_choice(monkeypatch):
+    """The process's thread choice as if no command had decided yet (restored afterwards)."""
+    import torch
+    monkeypatch.setattr(threads, "_choice", None)
+    yield
+    torch.set_num_threads(1 if os.environ.get("OMP_NUM_THREADS") == "1" else 2)
+
+
+def test_cli_threads_option_is_applied_and_named(tmp_path, fresh_choice):
+    import torch
+    from click.testing import CliRunner
+    from vitscope.cli import main
+    res = CliRunner().invoke(main, [
+        "train", "--threads", "1", "--data", "shapes:train=64,val=32", "--epochs", "1",
+        "--batch-size", "32", "--device", "cpu", "--set", "model.image_size=16",
+        "--set", "model.embed_dim=16", "--set", "model.depth=1", "--set", "model.num_heads=2",
+        "--runs-dir", str(tmp_path / "runs"), "--name", "t"])
+    assert res.exit_code == 0, res.output
+    assert torch.get_num_threads() == 1
+    header = next(l for l in res.output.splitlines() if l.startswith("vitscope train:"))
+    assert "1 thread (--threads:" in header
+    assert "vit-tiny with " in header and "embed_dim=16" in header   # the overrides are named
+
+
+def test_bad_thread_settings_fail_before_any_work(tmp_path, fresh_choice, monkeypatch):
+    from click.testing import CliRunner
+    from vitscope.cli import main
+    res = CliRunner().invoke(main, ["train", "--threads", "0", "--runs-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "positive integer" in res.output
+    monkeypatch.setenv(threads.ENV, "lots")   # read once per process: as in a fresh one
+    monkeypatch.setattr(threads, "_choice", None)
+    res = CliRunner().invoke(main, ["train", "--data", "shapes:train=64,val=32", "--epochs", "1",
+                                    "--runs-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "VITSCOPE_THREADS" in res.output
+    assert not (tmp_path / "r").exists()

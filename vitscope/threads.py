@@ -1,0 +1,209 @@
+"""CPU threads for torch: how many, and how idle ones wait. Torch-free; runs before torch loads.
+
+Why it exists: torch's CPU kernels run on an OpenMP pool of one thread per core whose idle
+threads spin (busy-wait) after every parallel region. Where the cores are shared (CI, a
+laptop with a browser open, several people on one VM) the spinning threads take the cores
+from the process that has work, and every parallel region waits for its slowest thread: on a
+2-core VM beside one busy process, `vitscope train --config shapes-quick` ran at 118 images/s
+with torch's defaults and 514 with OMP_NUM_THREADS=1 (issue #13;
+`benchmarks/thread_contention.py` measures it).
+
+So, unless the user decided otherwise, vitscope sets before torch loads (`import vitscope`,
+or any `vitscope` command):
+
+    OMP_WAIT_POLICY=PASSIVE   idle OpenMP threads sleep instead of spinning
+    OMP_NUM_THREADS=n         n = the CPUs this process may use (sched_getaffinity, capped by a
+                              cgroup CPU quota), minus the CPUs other processes keep busy at
+                              that moment (read from /proc/stat), and at least 1
+
+and when torch was imported first (library use), `torch.set_num_threads(n)` if torch's count is
+still its own default. What the user set always wins, most specific first: `--threads
+N|auto|torch` on a command, `VITSCOPE_THREADS` = N | auto | torch (torch: leave torch's and
+OpenMP's defaults alone, as vitscope did before), OMP_NUM_THREADS / OMP_WAIT_POLICY in the
+environment, an earlier `torch.set_num_threads`. The choice is made once per process (the
+first `import vitscope`); `--threads` changes it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV = "VITSCOPE_THREADS"
+AUTO, TORCH = "auto", "torch"
+LOAD_SAMPLES = 3           # snapshots of the run queue; the fewest busy CPUs seen counts,
+LOAD_INTERVAL_S = 0.003    # so one burst of another process never costs us a thread
+
+
+@dataclass
+class ThreadChoice:
+    """What `configure` decided, for headers and benchmarks."""
+    threads: int | None       # None: left to torch (VITSCOPE_THREADS=torch)
+    source: str               # "auto", "--threads", "VITSCOPE_THREADS", "OMP_NUM_THREADS", ...
+    wait_policy: str | None   # the OMP_WAIT_POLICY in effect, if any
+    cpus: int                 # CPUs this process may use
+    busy: int                 # CPUs found busy with other processes (auto only)
+
+    def describe(self) -> str:
+        """One phrase for a command's header, e.g. "2 threads (auto: 2 CPUs)"."""
+        if self.threads is None:
+            return f"torch's default threads ({TORCH}: {self.cpus} CPUs)"
+        busy = f", {self.busy} other task{'s' * (self.busy != 1)} running" if self.busy else ""
+        plural = "s" if self.threads != 1 else ""
+        return f"{self.threads} thread{plural} ({self.source}: {self.cpus} CPUs{busy})"
+
+
+_choice: ThreadChoice | None = None
+
+
+def parse_threads(value: str | int | None) -> int | str | None:
+    """"auto" | "torch" | a positive integer (as text or int) -> that; ValueError otherwise."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    if text in (AUTO, TORCH):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1 or str(n) != text.lstrip("+"):
+        raise ValueError(f"threads must be a positive integer, 'auto' or 'torch', got {value!r}")
+    return n
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota
+    (a container started with --cpus=2 on a 64-core host may use 2, not 64)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs' worth of time the cgroup may use (cgroup v2 cpu.max, v1 cfs quota), or None."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def busy_cpus(cpus: int, samples: int = LOAD_SAMPLES, interval: float = LOAD_INTERVAL_S,
+              stat: Path = Path("/proc/stat")) -> int:
+    """CPUs that other processes keep busy now: runnable tasks (procs_running, which counts
+    this process too) minus one, the fewest of a few snapshots. 0 where unknown, and when this
+    process may use only some of the machine's CPUs (the run queue is machine-wide then)."""
+    if cpus != (os.cpu_count() or cpus) or cgroup_cpu_quota():
+        return 0
+    fewest = None
+    for i in range(samples):
+        running = _procs_running(stat)
+        if running is None:
+            return 0
+        fewest = running - 1 if fewest is None else min(fewest, running - 1)
+        if fewest <= 0:
+            return 0
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(0, fewest or 0)
+
+
+def _procs_running(stat: Path) -> int | None:
+    try:
+        for line in stat.read_text().splitlines():
+            if line.startswith("procs_running "):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def auto_threads(cpus: int, busy: int) -> int:
+    """Threads for `cpus` usable CPUs of which `busy` are taken: the free ones, at least 1."""
+    return max(1, cpus - busy)
+
+
+def configure(threads: str | int | None = None, source: str = "--threads") -> ThreadChoice:
+    """Choose and apply the CPU threads (see the module docstring). `threads` (from
+    `--threads`) overrides everything; without it the first call decides and later calls
+    return that decision. Safe to call before or after torch is imported."""
+    global _choice
+    if threads is None and _choice is not None:
+        return _choice
+    cpus = usable_cpus()
+    if threads is not None:
+        wanted = parse_threads(threads)
+    else:
+        try:
+            wanted = parse_threads(os.environ.get(ENV))
+        except ValueError as e:
+            raise ValueError(f"{ENV}: {e}") from None
+        source = ENV if wanted is not None else AUTO
+    forced = wanted is not None    # --threads / VITSCOPE_THREADS beat OMP_NUM_THREADS and torch
+    if wanted == TORCH:
+        _choice = ThreadChoice(None, TORCH, os.environ.get("OMP_WAIT_POLICY"), cpus, 0)
+        return _choice
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # only honoured before torch loads
+    torch = sys.modules.get("torch")
+    user_omp = None if forced else _user_omp_threads()
+    busy = 0
+    if isinstance(wanted, int):
+        n = wanted
+    elif user_omp is not None:
+        n, source = user_omp, "OMP_NUM_THREADS"
+    elif not forced and torch is not None and torch.get_num_threads() != _torch_default(cpus):
+        n, source = torch.get_num_threads(), "torch.set_num_threads"   # the user's, before us
+    else:
+        busy = busy_cpus(cpus)
+        n = auto_threads(cpus, busy)
+    if torch is None:
+        if user_omp is None:
+            os.environ["OMP_NUM_THREADS"] = str(n)
+            os.environ[_MARK] = str(n)
+    elif user_omp is None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    _choice = ThreadChoice(n, source, os.environ.get("OMP_WAIT_POLICY"), cpus, busy)
+    return _choice
+
+
+_MARK = "VITSCOPE_THREADS_SET"  # OMP_NUM_THREADS holds a value vitscope chose, not the user
+
+
+def _user_omp_threads() -> int | None:
+    """OMP_NUM_THREADS when the user set it (not vitscope, e.g. in a parent process)."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    if value is None or os.environ.get(_MARK) == value:
+        return None
+    try:
+        n = int(value.split(",")[0])
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
+def _torch_default(cpus: int) -> int:
+    """The intra-op thread count torch picks by itself: one per physical core it can see."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or cpus
+
+
+def current() -> ThreadChoice:
+    """The choice in effect (configuring with the defaults if nothing did yet)."""
+    return configure()
