@@ -9,6 +9,7 @@ off the head token, so scoring against them would make the head separate by cons
 """
 from __future__ import annotations
 
+
 import warnings
 from pathlib import Path
 
@@ -73,6 +74,7 @@ class ClsEmbedding:
 
     name = "cls-embedding"
     requires = ("blocks.*.out", "cls")
+    min_images = 3        # a projection of fewer points says nothing (`analyze --all` skips it)
     options = (
         Option("layers", layer_spec, "first,middle,last", "blocks whose CLS token is projected "
                "(the final-norm 'head' token is always added)", metavar="LAYERS"),
@@ -202,7 +204,10 @@ class ClsEmbedding:
         lab = F.label_names(dump.classes, labels)
         pre = F.label_names(dump.classes, preds)
         # Plain text: the hover box shows it with textContent, Plotly's fields escaped.
-        caps = [f"#{i} · label {l}\nprediction {p}" for i, (l, p) in enumerate(zip(lab, pre))]
+        files = F.file_names(dump, len(lab))
+        where = [f"{f} · " for f in files] or [""] * len(lab)
+        caps = [f"#{i} · {w}label {l}\nprediction {p}" for i, (w, l, p) in
+                enumerate(zip(where, lab, pre))]
         fig = make_subplots(rows=1, cols=len(projs), subplot_titles=projs,
                             horizontal_spacing=0.06)
         groups = []  # trace indices per shown layer
@@ -218,7 +223,8 @@ class ClsEmbedding:
                         name=I.plotly_text(names[c]) if c >= 0 else "unknown",
                         legendgroup=str(c), showlegend=col == 0, visible=j == len(titles) - 1,
                         marker=dict(size=6, color=colors[c] if c >= 0 else "#999", opacity=0.8),
-                        text=[I.plotly_text(f"label {lab[i]} · prediction {pre[i]}") for i in m],
+                        text=[I.plotly_text(f"{where[i]}label {lab[i]} · prediction {pre[i]}")
+                              for i in m],
                         hovertemplate="%{text}<extra>%{fullData.name}</extra>"),
                         row=1, col=col + 1)
                     ids.append(len(fig.data) - 1)

@@ -444,6 +444,8 @@ def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWr
                 event.record()
             arrays = {"images": images, "labels": labels[pos], "indices": pos,
                       "target": tgt.cpu().numpy()}
+            if dataset.paths is not None:   # the file of each image, for captions and hovers
+                arrays["paths"] = np.array([str(dataset.paths[i]) for i in pos], dtype=object)
             if remapped:
                 arrays["dataset_labels"] = np.asarray(dataset.labels, dtype=np.int64)[pos]
             if dataset.masks is not None:
@@ -532,22 +534,52 @@ def data_spec(ckpt, data: str | None = None) -> str:
     return spec
 
 
-def dataset_for(ckpt, data: str | None = None, split: str = "val", data_dir: str | None = None):
+def default_split(ckpt, data: str | None = None) -> str:
+    """The split analyses take when none is given: "val" of the checkpoint's own data (never
+    the images it trained on) and of data with a validation split of its own; "all" of a
+    folder given with --data that has none (a folder of images to analyse, e.g. the
+    pretrained demo's examples/images: a val carve-out would keep only a tenth of it)."""
+    from vitscope.data import absolute_spec, parse_spec
+    tc = ckpt.train_config or {}
+    if data is None or absolute_spec(data) == absolute_spec(str(tc.get("data") or "")):
+        return "val"
+    try:
+        kind, arg = parse_spec(data)
+    except DataError:
+        return "val"        # the load names the problem
+    if kind == "files":
+        return "all"
+    if kind != "folder":
+        return "val"
+    from vitscope.datasets.folder import split_dirs
+    root = Path(arg).expanduser()
+    if not root.is_dir():
+        return "val"
+    return "val" if all(split_dirs(root)) else "all"
+
+
+def dataset_for(ckpt, data: str | None = None, split: str | None = "val",
+                data_dir: str | None = None):
     """The `split` of `data` (default: the checkpoint's training data) at the model's image
-    size, loaded the way training loaded it (same data_dir, val_split carve-out and seed)."""
+    size, loaded the way training loaded it (same data_dir, val_split carve-out and seed).
+    `split` None: `default_split`. Files of an unlabelled folder named after the model's
+    classes (cat_0001.jpg) are labelled with them."""
     from vitscope.data import load_dataset, training_data_gone
+    from vitscope.datasets.folder import label_from_file_names
 
     tc = ckpt.train_config or {}
     spec = data_spec(ckpt, data)
+    split = split or default_split(ckpt, data)
     kwargs: dict[str, Any] = {"data_dir": data_dir or tc.get("data_dir") or "./data"}
     if spec == tc.get("data"):  # the same carve-out as training (the seed only matters with it)
         kwargs.update(val_split=tc.get("val_split"), seed=int(tc.get("seed", 0)))
     try:
-        return load_dataset(spec, split, ckpt.model_config.image_size, **kwargs)
+        ds = load_dataset(spec, split, ckpt.model_config.image_size, **kwargs)
     except DataError as e:
         if data is not None:
             raise
         raise training_data_gone(ckpt.path, spec, e) from None
+    return label_from_file_names(ds, list(ckpt.classes or []))[0]
 
 
 def run_name(ckpt_path: str | Path) -> str:
@@ -589,7 +621,7 @@ def find_dumps(dump_dir: str | Path | None = None) -> list[Path]:
     return [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.h5"))]
 
 
-def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = "val",
+def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | None = "val",
                 n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
                 dump_dir: str | Path | None = None, batch_size: int = 64,
                 device: str | torch.device | None = None,
@@ -599,7 +631,8 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
     Reuses any finished dump in `dump_dir` (default: outputs/.dumps and outputs/dumps) whose
     checkpoint SHA-256, dataset spec and fingerprint, split, length and hook points cover the
     request, else captures one in `dump_dir` (default outputs/.dumps).
-    `data` None means the checkpoint's training data; `n` None means DEFAULT_N images.
+    `data` None means the checkpoint's training data; `n` None means DEFAULT_N images;
+    `split` None means `default_split` (all of a folder given as `data`, else val).
     `target` ("pred", "label" or a class index) matters only for `grad:` hooks.
     """
     from vitscope.checkpoint import load_checkpoint
@@ -613,6 +646,7 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str = 
         raise DumpError("ensure_dump takes a target of pred, label or a class index; call "
                         "capture() for an explicit target per image.")
     spec = data_spec(ckpt, data)
+    split = split or default_split(ckpt, data)
     sha = file_sha256(ckpt.path)
     patterns = [hooks] if isinstance(hooks, str) else list(hooks)
     # Loaded before the search: a dump is reused only for the very same pixels and labels,

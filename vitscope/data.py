@@ -5,6 +5,7 @@ Specs (see docs/data.md):
     shapes[:train=N,val=N,seed=S]   built-in procedural shapes with object masks (offline)
     cifar10 | cifar100              torchvision's CIFAR files in data_dir (downloaded if absent)
     folder:PATH                     an ImageFolder tree, a single class tree, or a flat folder
+    files:PATH[:PATH...]            image files (what `vitscope analyze --image FILE` reads)
 
 Everything is decoded once to an N×H×W×3 uint8 array at the requested size, so a trainer
 can put the whole set on the device and augment there; `to_model_input` is the one place
@@ -21,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.datasets.base import ImageDataset, carve_split  # noqa: F401  (public here)
+from vitscope.datasets.base import ImageDataset, carve_split, concat  # noqa: F401  (public here)
 from vitscope.errors import ConfigError, DataError
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "all")   # all: every image of the data, for analysis (never training)
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
-VALID_SPECS = "shapes[:train=N,val=N,seed=S], cifar10, cifar100, folder:PATH"
+VALID_SPECS = "shapes[:train=N,val=N,seed=S], cifar10, cifar100, folder:PATH, files:PATH[:PATH...]"
 
 
 def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_dir="./data",
@@ -39,6 +40,8 @@ def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_di
     the dataset's own validation split; the two parts are disjoint and always the same for a
     given `seed` (which only drives this carving: shapes take their seed from the spec).
     `cache_dir` (folder data) defaults to $VITSCOPE_CACHE or ~/.cache/vitscope.
+    `split="all"` is every image of the data (train and val together, no carve-out): for a
+    folder meant only for analysis.
     """
     if split not in SPLITS:
         raise ConfigError(f"Unknown split '{split}'; use one of {', '.join(SPLITS)}.")
@@ -54,6 +57,9 @@ def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_di
         # The data seed is the spec's own `seed=` (default 0), not the `seed` argument: runs
         # with different training seeds must still see the same images.
         opts = shapes.parse_options(arg, spec)
+        if split == "all":
+            return concat([shapes.generate(s, image_size, spec=spec, **opts)
+                           for s in ("train", "val")], "all")
         if val_split is None:
             return shapes.generate(split, image_size, spec=spec, **opts)
         full = shapes.generate("train", image_size, spec=spec, **opts)
@@ -61,6 +67,10 @@ def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_di
 
     if kind in ("cifar10", "cifar100"):
         from vitscope.datasets import cifar
+        if split == "all":
+            return resize_dataset(concat([cifar.load(kind, s, data_dir=data_dir,
+                                                     download=download)
+                                          for s in ("train", "val")], "all"), image_size)
         if val_split is None:
             ds = cifar.load(kind, split, data_dir=data_dir, download=download)
         else:
@@ -69,6 +79,8 @@ def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_di
         return resize_dataset(ds, image_size)
 
     from vitscope.datasets import folder
+    if kind == "files":     # every file, whichever split is asked for: nothing to carve
+        return folder.load_files(split_files(arg), image_size, spec=spec)
     return folder.load(arg, split, image_size, spec=spec, val_split=val_split, seed=seed,
                        cache_dir=resolve_cache_dir(cache_dir))
 
@@ -88,7 +100,18 @@ def absolute_spec(spec: str) -> str:
     kind, _, arg = spec.strip().partition(":")
     if kind.lower() == "folder" and arg:
         return f"folder:{Path(arg).expanduser().absolute()}"
+    if kind.lower() == "files" and arg:
+        return files_spec(split_files(arg))
     return spec
+
+
+def files_spec(paths) -> str:
+    """The `files:` spec of image files (absolute, joined by os.pathsep like PATH)."""
+    return "files:" + os.pathsep.join(str(Path(p).expanduser().absolute()) for p in paths)
+
+
+def split_files(arg: str) -> list[str]:
+    return [p for p in arg.split(os.pathsep) if p]
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -103,6 +126,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
                             "e.g. folder:/data/my-images.")
         return kind, arg
     if kind == "shapes":
+        return kind, arg
+    if kind == "files":
+        if not split_files(arg):
+            raise DataError("The dataset spec 'files:' names no file; write files:PATH, e.g. "
+                            "files:cat.jpg (several joined by ':').")
         return kind, arg
     if kind in ("cifar10", "cifar100") and not arg:
         return kind, ""

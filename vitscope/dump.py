@@ -8,6 +8,7 @@
     /logits           N×C float32
     /indices          N int64          index of each image in its split
     /masks            N×H×W uint8      ground-truth object masks, when the dataset has them
+    /paths            N str            the source file of each image, for folder data
     /acts/<hook>      N×...            one dataset per captured hook point (fp16 by default),
                                        chunked along N, attribute `dims` names each axis
     /target           N int64          the class explained per image (attribute `target`
@@ -56,7 +57,8 @@ def dims_for(key: str, ndim: int) -> list[str]:
     """Axis names of a dataset: N images, H heads, T tokens (prefix + patches), P patches only,
     D width, Dh head width; images use H×W×C for height, width, channels."""
     known = {"images": ["N", "H", "W", "C"], "masks": ["N", "H", "W"], "labels": ["N"],
-             "dataset_labels": ["N"], "indices": ["N"], "logits": ["N", "C"], "target": ["N"]}
+             "dataset_labels": ["N"], "indices": ["N"], "logits": ["N", "C"], "target": ["N"],
+             "paths": ["N"]}
     name = key.removeprefix("acts/").removeprefix("grads/")
     if key in known:
         dims = known[key]
@@ -171,6 +173,11 @@ class DumpWriter:
         self.file.check()  # a full disk stops the capture at the batch it happened in
 
     def _create(self, key: str, arr: np.ndarray) -> h5py.Dataset:
+        if arr.dtype == object:   # text (file paths): variable-length UTF-8
+            ds = self.f.create_dataset(key, shape=(self.n,), dtype=h5py.string_dtype(),
+                                       chunks=(min(self.n, 4096),))
+            ds.attrs["dims"] = dims_for(key, 1)
+            return ds
         rest = arr.shape[1:]
         rows = chunk_rows(self.n, self.batch_size, arr.itemsize * int(np.prod(rest, dtype=np.int64)))
         opts: dict[str, Any] = {}
@@ -314,6 +321,18 @@ class Dump:
     @cached_property
     def labels(self) -> np.ndarray:
         return np.asarray(self._f["labels"][:], dtype=np.int64)
+
+    @cached_property
+    def paths(self) -> list[str] | None:
+        """The source file of each image (folder data), else None."""
+        if "paths" not in self._f:
+            return None
+        return [str(p) for p in self._f["paths"].asstr()[:]]
+
+    @cached_property
+    def file_names(self) -> list[str] | None:
+        """The file name of each image ("cat_0001.jpg"), else None."""
+        return None if self.paths is None else [Path(p).name for p in self.paths]
 
     @cached_property
     def indices(self) -> np.ndarray:
@@ -523,7 +542,8 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
                 n = len(d)
                 layout[start:start + n] = h5py.VirtualSource(name, key, shape=(n, *ref.shape[1:]))
                 start += n
-            vds = f.create_virtual_dataset(key, layout, fillvalue=0)
+            text = h5py.check_string_dtype(ref.dtype) is not None   # /paths
+            vds = f.create_virtual_dataset(key, layout, fillvalue=None if text else 0)
             for k, v in ref.attrs.items():
                 vds.attrs[k] = v
         for alias, target in aliases.items():

@@ -157,15 +157,32 @@ def label_names(classes: Sequence[str], ids: np.ndarray) -> np.ndarray:
 
 
 def captions(dump, k: int, prefix: str = "", target: bool = False) -> list[str]:
-    """"label ✓" or "label\\n→ prediction" for the first k images of a dump; with `target`,
-    a last line names the class the map explains ("(explains disk)")."""
+    """"label ✓" or "label\\n→ prediction" for the first k images of a dump, after the image's
+    file name where the dump has one ("cat_0001.jpg · cat ✓"); with `target`, a last line
+    names the class the map explains ("(explains disk)")."""
     labels = label_names(dump.classes, dump.labels[:k])
     preds = label_names(dump.classes, dump.preds[:k])
-    out = [f"{prefix}{l} ✓" if l == p else f"{prefix}{l}\n→ {p}" for l, p in zip(labels, preds)]
+    names = [f"{short_name(n)} · " for n in file_names(dump, k)] or [""] * len(labels)
+    out = [f"{prefix}{f}{l} ✓" if l == p else f"{prefix}{f}{l}\n→ {p}"
+           for f, l, p in zip(names, labels, preds)]
     if target:
         explained = label_names(dump.classes, dump.target[:k])
         out = [f"{c}\n(explains {t})" for c, t in zip(out, explained)]
     return out
+
+
+def file_names(dump, k: int | None = None) -> list[str]:
+    """The file names of the first k images of a dump ([] for data without files)."""
+    names = getattr(dump, "file_names", None)
+    return [] if not names else list(names[:k] if k is not None else names)
+
+
+def short_name(name: str, width: int = 22) -> str:
+    """A file name cut to `width` characters in the middle ("a_very_lo…_0001.jpg")."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return f"{name[:head]}…{name[-(width - 1 - head):]}"
 
 
 def save_results(out_dir: Path, arrays: dict[str, Any], summary: dict[str, Any] | None = None,

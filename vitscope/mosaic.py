@@ -103,8 +103,11 @@ class Mosaic:
         for r, label in enumerate(row_labels):
             ax.text(-pad, self.y0[r] + self.S / 2, label, ha="right", va="center", fontsize=8)
         for (r, c), label in (captions or {}).items():
-            ax.text(self.x0[c] + self.S / 2, self.y0[r] + self.S + pad / 2, label, ha="center",
-                    va="top", fontsize=7)
+            # 7 pt text is ~0.055 in per character: one wider than the tile starts at its left
+            # edge (a centred one would run off the figure on the left)
+            wide = 0.055 * max(len(l) for l in label.split("\n")) > cell
+            ax.text(self.x0[c] + (0 if wide else self.S / 2), self.y0[r] + self.S + pad / 2,
+                    label, ha="left" if wide else "center", va="top", fontsize=7)
         if title:  # above the column labels
             y = -pad - (0.22 * inch if col_labels else 0)
             ax.text(W / 2, y, title, ha="center", va="bottom", fontsize=10, fontweight="bold")

@@ -66,7 +66,9 @@ def dump() -> None:
               help="Dataset spec (default: the checkpoint's training data), e.g. shapes, cifar10, "
                    "folder:PATH.")
 @click.option("--data-dir", default=None, help="Where cifar10/cifar100 live (default: as in training).")
-@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
+@click.option("--split", default=None, type=click.Choice(["train", "val", "all"]),
+              help="all = every image, no val carve-out (default: val of the checkpoint's data "
+                   "or of data with a val split; all of another folder).")
 @click.option("--limit", type=int, default=None, metavar="N",
               help="Dump only the first N images of the (shuffled) order.")
 @click.option("--hooks", multiple=True, metavar="PATTERNS",
@@ -116,6 +118,7 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
     acts, grads = resolve_request(model, patterns)  # a bad pattern fails before loading data
     target = parse_target(target, num_classes(model))
     dataset = dataset_for(ck, data, split, data_dir)
+    split = dataset.split
     n = min(limit or len(dataset), len(dataset))
     out = Path(output) if output else USER_DUMP_DIR / f"{run_name(ck.path)}-{split}-{n}.h5"
     merged = out

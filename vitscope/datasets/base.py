@@ -20,7 +20,7 @@ class ImageDataset:
     classes: list[str]        # class names ([] when unlabeled)
     masks: np.ndarray | None  # N×H×W bool ground-truth object masks (shapes), else None
     spec: str                 # the --data spec it came from, e.g. "shapes", "folder:/x", "cifar10"
-    split: str                # "train" | "val"
+    split: str                # "train" | "val" | "all"
     paths: list[str] | None   # source file per image for folder data, else None
 
     def __len__(self) -> int:
@@ -65,3 +65,15 @@ def carve_split(train: ImageDataset, split: str, val_split: float, seed: int) ->
     order = np.random.default_rng([seed, 0x5EED]).permutation(n)
     part = order[:n_val] if split == "val" else order[n_val:]
     return train.subset(np.sort(part), split=split)
+
+
+def concat(parts: list[ImageDataset], split: str) -> ImageDataset:
+    """The images of `parts` (same classes and image size) one after the other, as `split`."""
+    first = parts[0]
+    masks = None if any(p.masks is None for p in parts) else \
+        np.concatenate([p.masks for p in parts])
+    paths = None if any(p.paths is None for p in parts) else [x for p in parts for x in p.paths]
+    return ImageDataset(images=np.concatenate([p.images for p in parts]),
+                        labels=np.concatenate([p.labels for p in parts]),
+                        classes=list(first.classes), masks=masks, spec=first.spec, split=split,
+                        paths=paths)

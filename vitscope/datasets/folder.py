@@ -7,6 +7,10 @@ Three layouts are recognised (docs/data.md):
     PATH/<class>/*.png                              one split; val carved with val_split
     PATH/*.jpg                                                    unlabeled (labels -1, classes [])
 
+split="all" is every image (both splits, no carve-out). A flat folder whose file names start
+with class names (cat_0001.jpg, truck.png) is labelled by `label_from_file_names` once the
+classes are known (capture does it with the checkpoint's classes).
+
 Any format PIL reads, any size (see images.py for the resize policy). The decoded array is
 cached in `cache_dir/folders/<key>.npz`, keyed by a hash of the sorted file list with sizes
 and modification times plus the image size, so a second run only reads one file; any change
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.datasets.images import decode_many, is_image_name
-from vitscope.datasets.base import ImageDataset, carve_split
+from vitscope.datasets.base import ImageDataset, carve_split, concat
 from vitscope.errors import DataError
 
 CACHE_VERSION = 1
@@ -70,12 +74,18 @@ def load(path: str, split: str, image_size: int, *, spec: str, val_split: float 
                 f"classes (only in {train_dir.name}: {', '.join(only_train) or '-'}; only in "
                 f"{val_dir.name}: {', '.join(only_val) or '-'}); give both splits the same class "
                 f"sub-folders.")
+        if split == "all":   # both splits, no carve-out: a tree meant only for analysis
+            return concat([_load_tree(d, s, image_size, spec, cache_dir, workers)
+                           for d, s in ((train_dir, "train"), (val_dir, "val"))], "all")
         return _load_tree(train_dir if split == "train" else val_dir, split, image_size, spec,
                           cache_dir, workers)
 
     # One split on disk (PATH/train alone, or PATH itself): val is carved from it.
     source = train_dir if train_dir is not None else root
     full = _load_tree(source, "train", image_size, spec, cache_dir, workers)
+    if split == "all":       # every image of the folder (or of PATH/train), no val carve-out
+        full.split = "all"
+        return full
     if not full.classes and val_split is None:
         full.split = split  # a flat, unlabeled folder: every image, whichever split is asked
         return full
@@ -262,3 +272,55 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+NAME_SEPARATORS = "_-. ("
+
+
+def class_of_name(stem: str, classes: list[str]) -> int:
+    """The class a file stem names, -1 for none: "cat_0001", "cat-3", "cat (2)", "cat7" or
+    "cat" name "cat" (case-insensitive; spaces in class names may be written _ or -); the
+    longest matching class wins, so "tabby_cat" is not "tab"."""
+    low = stem.lower()
+    best, best_len = -1, 0
+    for i, c in enumerate(classes):
+        for form in {c.lower(), c.lower().replace(" ", "_"), c.lower().replace(" ", "-")}:
+            if not form or len(form) <= best_len or not low.startswith(form):
+                continue
+            rest = low[len(form):]
+            if not rest or rest[0] in NAME_SEPARATORS or rest[0].isdigit():
+                best, best_len = i, len(form)
+    return best
+
+
+def label_from_file_names(ds: ImageDataset, classes: list[str]) -> tuple[ImageDataset, int]:
+    """An unlabelled dataset of files (a flat folder) labelled by the class each file name
+    starts with (`class_of_name`), with `classes` as its classes: (dataset, files labelled).
+    Unchanged, with 0, when it is labelled already, has no files, or no name names a class."""
+    if ds.classes or not ds.paths or not classes:
+        return ds, 0
+    labels = np.array([class_of_name(Path(p).stem, list(classes)) for p in ds.paths],
+                      dtype=np.int64)
+    found = int((labels >= 0).sum())
+    if not found:
+        return ds, 0
+    return ImageDataset(images=ds.images, labels=labels, classes=list(classes), masks=ds.masks,
+                        spec=ds.spec, split=ds.split, paths=list(ds.paths)), found
+
+
+def load_files(paths: list[str], image_size: int, *, spec: str) -> ImageDataset:
+    """Image files named one by one (`files:` spec, `analyze --image`), unlabelled until
+    `label_from_file_names`; every file must exist and decode (it was asked for by name)."""
+    files = [Path(p).expanduser().absolute() for p in paths]
+    for f in files:
+        if not f.is_file():
+            what = "a folder; use --data folder:PATH for a folder" if f.is_dir() else "missing"
+            raise DataError(f"The image file '{f}' is {what}.")
+    images, errors = decode_files([str(f) for f in files], image_size, workers=1)
+    bad = [(f, e) for f, e in zip(files, errors) if e is not None]
+    if bad:
+        raise DataError(f"The image file '{bad[0][0]}' cannot be decoded ({bad[0][1]}); pass "
+                        f"an image PIL reads (.jpg, .png, .webp, ...).")
+    return ImageDataset(images=images, labels=np.full(len(files), -1, dtype=np.int64),
+                        classes=[], masks=None, spec=spec, split="all",
+                        paths=[str(f) for f in files])
