@@ -84,6 +84,9 @@ class ClsEmbedding:
                min=0, max=2 ** 32 - 1),
     )
 
+    def check(self, options, shape) -> None:
+        select_layers(options.layers, shape.depth, "cls-embedding.layers")
+
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         blocks = dump.match("blocks.*.out")
         depth = len(blocks)

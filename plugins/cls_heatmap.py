@@ -51,6 +51,9 @@ class ClsHeatmap:
         Option("per_head", int, 2, "images that get a per-head figure", min=0, max=16),
     )
 
+    def check(self, options, shape) -> None:
+        select_layers(options.layers, shape.depth, "cls-heatmap.layers")
+
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         names = dump.match("blocks.*.attn.weights")
         layers = select_layers(options.layers, len(names), "cls-heatmap.layers")

@@ -82,6 +82,9 @@ class NormActivations:
         Option("gif", bool, True, "also write an animated GIF of token norms across all blocks"),
     )
 
+    def check(self, options, shape) -> None:
+        select_layers(options.blocks, shape.depth, "norm-activations.blocks")
+
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         depth = len(dump.match("blocks.*.norm1.in"))
         blocks = select_layers(options.blocks, depth, "norm-activations.blocks")

@@ -99,15 +99,22 @@ class Rollout:
         Option("show", int, 8, "images drawn in the per-image figures", min=1, max=64),
     )
 
-    def render(self, dump, out_dir: Path, options) -> list[Path]:
-        names = dump.match("blocks.*.attn.weights")
-        depth = len(names)
+    @staticmethod
+    def _span(options, depth: int) -> tuple[int, int]:
         start = block_index(options.start_layer, depth, 0, "rollout.start_layer")
         end = block_index(options.end_layer, depth, depth - 1, "rollout.end_layer")
         if end < start:
             from vitscope.errors import PluginError
             raise PluginError(f"rollout.end_layer ({end}) is before rollout.start_layer ({start}); "
                               f"choose end_layer >= start_layer.")
+        return start, end
+
+    def check(self, options, shape) -> None:
+        self._span(options, shape.depth)
+
+    def render(self, dump, out_dir: Path, options) -> list[Path]:
+        names = dump.match("blocks.*.attn.weights")
+        start, end = self._span(options, len(names))
         layout = dump.layout
         n = n_images(dump, options.limit)
         chosen = names[start:end + 1]

@@ -55,6 +55,12 @@ class TokenAttention:
         Option("gif", bool, True, "also write an animated GIF over layers and heads"),
     )
 
+    def check(self, options, shape) -> None:
+        select_layers(options.layers, shape.depth, "token-attention.layers")
+        if options.query not in ("cls", "top"):
+            query_rows(None, options.query, 1, shape.layout.num_patches,
+                       shape.layout.num_prefix_tokens)
+
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         names = dump.match("blocks.*.attn.weights")
         layers = select_layers(options.layers, len(names), "token-attention.layers")

@@ -50,7 +50,7 @@ def test_thread_policy_on_import_and_what_the_user_set_wins():
     assert auto["policy"] == "PASSIVE"
     assert auto["source"] == "auto" and auto["cpus"] == threads.usable_cpus()
     assert 1 <= auto["threads"] <= auto["cpus"]
-    assert auto["threads"] == max(1, auto["cpus"] - auto["busy"])
+    assert auto["threads"] == threads.auto_threads(auto["cpus"], auto["busy"])
     assert auto["torch"] == auto["threads"] and auto["omp"] == str(auto["threads"])
     # torch imported first (library use): the wait policy can no longer act, the count still does
     assert torch_first["source"] == "auto" and torch_first["torch"] == torch_first["threads"]
@@ -74,7 +74,9 @@ def test_idle_machine_keeps_every_usable_cpu(tmp_path):
     assert threads.auto_threads(cpus, 0) == cpus
     stat.write_text("procs_running 3\n")          # this process and two busy ones
     assert threads.busy_cpus(cpus, interval=0, stat=stat) == 2
-    assert threads.auto_threads(2, 2) == 1 and threads.auto_threads(4, 1) == 3
+    assert threads.auto_threads(2, 1) == 1 and threads.auto_threads(4, 1) == 3
+    # no core free: every thread gets the same share of a core, so keep all of them
+    assert threads.auto_threads(2, 2) == 2 and threads.auto_threads(2, 7) == 2
     assert threads.busy_cpus(cpus + 1, stat=stat) == 0   # part of the machine: unknown, so 0
     assert threads.busy_cpus(cpus, stat=tmp_path / "missing") == 0
 

@@ -10,6 +10,11 @@ instantiated with no arguments (or a module), with:
     produces: tuple[str, ...]      # optional: ("maps",) for a map plugin that `vitscope score`
                                    # can evaluate (vitscope.mapset: the contract)
     description: str               # optional: one line for `vitscope plugins` (else the docstring)
+    min_images: int                # optional: fewest images it can show (`analyze --all` skips it)
+
+    def check(self, options: RenderOptions, shape: ModelShape) -> None: ...   # optional
+        # layer/token ranges against the model, before anything is captured or written
+
 
     def render(self, dump, out_dir: Path, options: RenderOptions) -> list[Path]: ...
 
@@ -51,13 +56,14 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from vitscope import __version__
-from vitscope.errors import PluginError
+from vitscope.errors import PluginError, VitscopeError
 
 GROUP = "vitscope.plugins"
 AUTOLOAD_ENV = "VITSCOPE_DISABLE_PLUGIN_AUTOLOAD"
@@ -631,3 +637,34 @@ def parse_opts(specs: Iterable[str], chosen: list[PluginEntry],
                               ) from None
         out.setdefault(plugin_name, {})[key] = value
     return out
+
+
+# ------------------------------------------------------------------------ options vs. model
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What option checks may rely on before any capture: the model's depth (blocks), token
+    layout (prefix tokens, patch grid) and classes, from the checkpoint or the dump."""
+    depth: int
+    layout: Any                 # vitscope.layout.TokenLayout
+    classes: tuple[str, ...] = ()
+
+
+def check_options(entries: Iterable[PluginEntry], values: dict[str, dict[str, Any]],
+                  shape: ModelShape) -> None:
+    """Call each plugin's optional `check(options, shape)` (layer and token ranges against the
+    model) before the output folder is touched: a bad --opt fails with its sentence and
+    leaves earlier figures alone. A plugin without `check` is checked when it renders."""
+    for e in entries:
+        check = getattr(e.plugin, "check", None) if e.ok else None
+        if check is None:
+            continue
+        options = e.render_options(values.get(e.name))
+        try:
+            check(options, shape)
+        except VitscopeError:
+            raise
+        except Exception as err:   # a plugin's own bug in check(): its render may still work
+            warnings.warn(f"plugin {e.name}: check() raised {type(err).__name__}: "
+                          f"{_one_line(err)}; its options are checked when it renders.",
+                          stacklevel=2)

@@ -22,9 +22,18 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: 
               help="Render from this dump instead of capturing (CKPT is then optional).")
 @click.option("--data", default=None, metavar="SPEC",
               help="Dataset to capture (default: the checkpoint's training data).")
-@click.option("--split", default="val", show_default=True, help="Split to capture.")
+@click.option("--split", default=None, type=click.Choice(["train", "val", "all"]),
+              help="Split to capture: all = every image, no val carve-out (default: val of the "
+                   "checkpoint's data or of data with a val split; all of another folder).")
 @click.option("--images", "-n", type=click.IntRange(min=1), default=None,
               help=f"Images to analyse (default {DEFAULT_IMAGES}, or the whole --dump).")
+@click.option("--image", "image_files", multiple=True, metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Explain this image file (repeatable): every plugin that works on it, "
+                   "unless --plugin names some; labelled when its name starts with a class.")
+@click.option("--select", "selects", multiple=True, metavar="WHICH",
+              help="Which images the figures show: misclassified, correct, class:NAME[,NAME], "
+                   "positions 3,7,12, or name:FILE[,GLOB] (repeatable: each narrows).")
 @click.option("--static", is_flag=True, help="Static figures (alone: only those).")
 @click.option("--interactive", is_flag=True, help="Interactive HTML (alone: only that).")
 @click.option("--both", is_flag=True, help="Both (the default; same as --static --interactive).")
@@ -46,8 +55,9 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: 
               help="Time limit of each plugin; one that takes longer is stopped and reported "
                    "as failed (0: no limit).")
 @threads_option
-def analyze(ckpt, names, all_, dump_path, data, split, images, static, interactive, both, fmt,
-            opts, out_dir, device, batch_size, target, plugin_timeout) -> None:
+def analyze(ckpt, names, all_, dump_path, data, split, images, image_files, selects, static,
+            interactive, both, fmt, opts, out_dir, device, batch_size, target,
+            plugin_timeout) -> None:
     """Render interpretability figures for CKPT with the chosen plugins.
 
     Captures only the hook points the plugins need (or reuses a dump that covers them), renders
@@ -59,25 +69,34 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, static, interacti
     from vitscope.signals import terminate_as_exception
     # SIGTERM like Ctrl-C: the exit stack (lock, empty folders) and the staging unwind.
     with terminate_as_exception(), contextlib.ExitStack() as cleanup:
-        _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, static,
-                 interactive, both, fmt, opts, out_dir, device, batch_size, target,
-                 plugin_timeout)
+        _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_files,
+                 selects, static, interactive, both, fmt, opts, out_dir, device, batch_size,
+                 target, plugin_timeout)
 
 
-def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, static, interactive,
-             both, fmt, opts, out_dir, device, batch_size, target, plugin_timeout) -> None:
+def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_files, selects,
+             static, interactive, both, fmt, opts, out_dir, device, batch_size, target,
+             plugin_timeout) -> None:
     from vitscope.analysis import PluginResult, missing_hooks, render_plugins, union_requires
     from vitscope.errors import PluginError
     from vitscope.hooks import summarize_names
     from vitscope.isolation import warm_up
     from vitscope.locks import hold
     from vitscope.paths import make_output_dir, remove_empty
-    from vitscope.plugin import discover, parse_opts
+    from vitscope.plugin import check_options, discover, parse_opts
     from vitscope.staging import LOCK
     from vitscope.writing import guard
 
     if both or static == interactive:    # neither flag, or both: every kind of figure
         static = interactive = True
+    by_default = bool(image_files) and not names and not all_   # --image: every plugin that fits
+    if image_files:
+        if data is not None or dump_path is not None:
+            raise PluginError("--image names the images itself; leave out --data and --dump "
+                              "(or analyse a folder with --data folder:PATH).")
+        from vitscope.data import files_spec
+        data, split, all_ = files_spec(image_files), "all", all_ or by_default
+        images = len(image_files)
     if not names and not all_:
         raise PluginError("No plugin chosen; pass --plugin NAME (repeatable) or --all "
                           "(`vitscope plugins` lists them).")
@@ -87,6 +106,8 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, static,
     if ckpt is not None and dump_path is not None:
         from vitscope.checkpoint import read_raw
         read_raw(ckpt)  # a CKPT named beside --dump must exist: it is checked against the dump
+    from vitscope.selection import parse_select
+    criteria = parse_select(selects, _classes(ckpt, dump_path))   # before any work
     registry = discover()
     for problem in registry.unreadable:
         click.echo(f"Warning: {problem}", err=True)
@@ -105,14 +126,19 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, static,
         dev = capture_device(device)               # a bad --device fails before any work
     run = Path(out_dir) if out_dir else \
         Path("outputs") / _run_name(ckpt, Path(dump_path) if dump_path else None)
+    if image_files and not out_dir:   # outputs/<run>/<image>/: beside the run's own figures
+        stem = Path(image_files[0]).stem
+        run = run / (stem if len(image_files) == 1 else f"{stem}+{len(image_files) - 1}")
 
     # Plugins that read hook points the model (or the given dump) lacks fail alone, up front.
     if dump_path is not None:
         path = Path(dump_path)
-        (available, model_hooks), where = _dump_hooks(path, ckpt), f"dump '{path}'"
+        (available, model_hooks, shape), where = _dump_hooks(path, ckpt), f"dump '{path}'"
     else:
-        available, where = _model_hooks(ckpt), f"model of '{ckpt}'"
+        (available, shape), where = _model_hooks(ckpt), f"model of '{ckpt}'"
         model_hooks = available
+    if shape is not None:   # layer and token ranges of --opt, before any folder is touched
+        check_options(working, values, shape)
     missing = missing_hooks(available, working, model_hooks)
     if missing and len(missing) == len(working):
         what = "; ".join(f"{name} needs {', '.join(p)}" for name, p in missing.items())
@@ -147,6 +173,9 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, static,
         (None if images is None else min(images, size))
     if images is not None and images > size:
         click.echo(f"The dump holds {size} images; analysing all {size} (asked for {images}).")
+    if criteria:   # the figures show the chosen ones among the analysed images
+        path = _selected(path, criteria, limit)
+        size, limit = _dump_contents(path)[1], None
 
     # Plugins that failed before rendering are listed in index.html too, with their reason.
     upfront = [PluginResult(e.name, e.source, False, out_dir=run / e.name, error=e.problem())
@@ -154,6 +183,12 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, static,
     upfront += [PluginResult(name, registry.get(name).source, False, out_dir=run / name,
                              error=f"needs hook points {', '.join(p)}, which the {where} does "
                                    f"not have") for name, p in missing.items()]
+    if all_ and not names:   # chosen as "every plugin": those that need more images sit out
+        few = [e for e in working if int(getattr(e.plugin, "min_images", 1) or 1) > (limit or size)]
+        for e in few:
+            click.echo(f"skipped {e.name:<18} needs at least {e.plugin.min_images} images, "
+                       f"{limit or size} analysed")
+        working = [e for e in working if e not in few]
     with guard(run, "free some space (or choose another folder with -o) and run analyze "
                     "again"):
         results = render_plugins(path, working, run, values, static=static,
@@ -162,6 +197,37 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, static,
     click.echo(f"Open {run / 'index.html'}")
     if any(not r.ok for r in results):
         raise SystemExit(1)
+
+
+def _classes(ckpt, dump_path) -> list[str] | None:
+    """The model's class names, from the checkpoint or the --dump (None when neither says)."""
+    try:
+        if dump_path is not None:
+            from vitscope.dump import Dump
+            with Dump.open(dump_path) as d:
+                return list(d.classes) or None
+        if ckpt is not None:
+            from vitscope.checkpoint import load_checkpoint
+            return list(load_checkpoint(ckpt).classes or []) or None
+    except Exception:   # the later steps name what is wrong with the file
+        return None
+    return None
+
+
+def _selected(path: Path, criteria, pool: int | None) -> Path:
+    """The dump of the images `criteria` choose among the first `pool` of `path`."""
+    from vitscope.errors import PluginError
+    from vitscope.selection import describe, select_dump, select_positions
+    from vitscope.dump import Dump
+    with Dump.open(path) as dump:
+        total = len(dump) if pool is None else min(pool, len(dump))
+        positions = select_positions(dump, criteria, total)   # errors: the exit stack cleans up
+    what = describe(criteria)
+    if not len(positions):
+        raise PluginError(f"No image of the {total} analysed matches --select {what}; analyse "
+                          f"more images with --images N or choose another selection.")
+    click.echo(f"Selected {len(positions)} of {total} images ({what}).")
+    return select_dump(path, positions, what)
 
 
 def _run_name(ckpt, dump_path: Path | None) -> str:
@@ -200,14 +266,25 @@ def _check_target(target, ckpt, dump_path: Path | None):
     return parse_target("pred" if target is None else target, count)
 
 
-def _model_hooks(ckpt) -> list[str]:
-    """Names the checkpoint's model offers to `requires`: its hook points and `grad:` of each
-    (empty for models without hook points)."""
+def _model_hooks(ckpt):
+    """Names the checkpoint's model offers to `requires` (its hook points and `grad:` of each;
+    empty for models without hook points), and its ModelShape (None without hook points)."""
     from vitscope.checkpoint import load_checkpoint
     from vitscope.hooks import hook_points, is_hooked
     from vitscope.names import with_grads
-    model = load_checkpoint(ckpt).build_model()
-    return with_grads(hook_points(model)) if is_hooked(model) else []
+    ck = load_checkpoint(ckpt)
+    model = ck.build_model()
+    if not is_hooked(model):
+        return [], None
+    points = hook_points(model)
+    return with_grads(points), _shape(points, model.token_layout, ck.classes)
+
+
+def _shape(hooks, layout, classes):
+    from vitscope.names import match_names
+    from vitscope.plugin import ModelShape
+    return ModelShape(depth=len(match_names("blocks.*.attn.weights", list(hooks))),
+                      layout=layout, classes=tuple(classes or ()))
 
 
 def _dump_hooks(path: Path, ckpt) -> tuple[list[str], list[str]]:
@@ -218,13 +295,14 @@ def _dump_hooks(path: Path, ckpt) -> tuple[list[str], list[str]]:
     with Dump.open(path) as dump:
         hooks, sha = dump.names, dump.attrs.get("checkpoint_sha256")
         model_hooks = dump.model_names
+        shape = _shape(dump.model_names, dump.layout, dump.classes)
     if ckpt is not None and sha:
         from vitscope.capture import file_sha256
         if file_sha256(ckpt) != sha:
             raise PluginError(f"Dump '{path}' was captured from another checkpoint than "
                               f"'{ckpt}' (SHA-256 differs); pass the matching checkpoint or "
                               f"leave out --dump to capture a new dump.")
-    return hooks, model_hooks
+    return hooks, model_hooks, shape
 
 
 @click.command(name="plugins")
