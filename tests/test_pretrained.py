@@ -51,3 +51,14 @@ def test_analyze_all_on_the_sample_images_offline(tmp_path):
     for plugin in ("token-attention", "cls-heatmap", "rollout", "cls-embedding", "norm-activations"):
         assert plugin in index
         assert any((tmp_path / "out" / plugin).glob("*.png")), plugin
+    # Issue #13 sec. 2: the demo is labelled and whole (no val carve-out), with file names.
+    summary = json.loads((tmp_path / "out" / "cls-embedding" / "summary.json").read_text())
+    assert summary.get("images") == len(IMAGES), summary
+    assert summary["coloured_by"] == "label" and summary["silhouette_head"] is not None
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["run"]["split"] == "all" and manifest["run"]["images"] == len(IMAGES)
+    from vitscope.dump import Dump
+    with Dump.open(manifest["run"]["dump"]) as d:
+        truth = [CIFAR10.index(n.rsplit("_", 1)[0]) for n in d.file_names]
+        assert d.labels.tolist() == truth
+    assert "cat_0000.jpg" in (tmp_path / "out" / "cls-embedding" / "cls_embedding.html").read_text()
