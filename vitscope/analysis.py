@@ -153,7 +153,8 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
                    info: dict[str, Any] | None = None,
                    assets_dir: Path | None = None,
                    failed: Iterable[PluginResult] = (),
-                   timeout: float | None = DEFAULT_TIMEOUT) -> list[PluginResult]:
+                   timeout: float | None = DEFAULT_TIMEOUT,
+                   announce: bool = False) -> list[PluginResult]:
     """Render every entry on one dump, then record them in the run's manifest and index.html.
     `failed`: results of plugins that failed before rendering (broken, missing hook points),
     recorded in the manifest and index.html with the others and returned after them.
@@ -161,7 +162,8 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
     Everything is rendered into temporary folders and swapped in by one journalled commit at
     the end (vitscope.staging), under the run folder's lock: a run that is killed or fails
     leaves the folder as it was, and a plugin that fails keeps its earlier figures.
-    `timeout`: seconds each plugin may take (None or 0: no limit)."""
+    `timeout`: seconds each plugin may take (None or 0: no limit).
+    `announce`: echo a line as each plugin starts (the line after it gives its time)."""
     from vitscope.dump import Dump
 
     if fmt not in STATIC_FORMATS:
@@ -173,6 +175,7 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
         # Plugins may rely on it: options.limit is None or a count the dump really holds.
         limit = None if limit is None else min(int(limit), len(dump))
         held, model_hooks = list(dump.names), dump.model_names
+        count = len(dump) if limit is None else limit
         run_info = {**describe_dump(dump, limit), **(info or {})}
     with terminate_as_exception(), Staging(run_dir) as stage:
         for entry in entries:
@@ -182,6 +185,8 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
                                    error=f"needs hook points {', '.join(gone)}, which the dump "
                                          f"{dump_path} does not hold")
             else:
+                if echo and announce:   # a slow plugin is not silence: say what runs now
+                    echo(f"…       {entry.name:<18} rendering ({count} images)")
                 res = _render_staged(stage, entry, dump_path, (values or {}).get(entry.name),
                                      static=static, interactive=interactive, fmt=fmt,
                                      limit=limit, assets_dir=assets_dir, timeout=timeout)

@@ -25,8 +25,9 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: 
 @click.option("--split", default=None, type=click.Choice(["train", "val", "all"]),
               help="Split to capture: all = every image, no val carve-out (default: val of the "
                    "checkpoint's data or of data with a val split; all of another folder).")
-@click.option("--images", "-n", type=click.IntRange(min=1), default=None,
-              help=f"Images to analyse (default {DEFAULT_IMAGES}, or the whole --dump).")
+@click.option("--images", "-n", "--limit", "images", type=click.IntRange(min=1), default=None,
+              help=f"Images to analyse (default {DEFAULT_IMAGES}, or the whole --dump); "
+                   f"--limit is the same (as in `vitscope dump`).")
 @click.option("--image", "image_files", multiple=True, metavar="FILE",
               type=click.Path(exists=True, dir_okay=False),
               help="Explain this image file (repeatable): every plugin that works on it, "
@@ -193,7 +194,8 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_f
                     "again"):
         results = render_plugins(path, working, run, values, static=static,
                                  interactive=interactive, fmt=fmt, limit=limit,
-                                 echo=click.echo, failed=upfront, timeout=plugin_timeout)
+                                 echo=click.echo, failed=upfront, timeout=plugin_timeout,
+                                 announce=True)
     click.echo(f"Open {run / 'index.html'}")
     if any(not r.ok for r in results):
         raise SystemExit(1)

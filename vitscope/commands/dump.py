@@ -69,8 +69,9 @@ def dump() -> None:
 @click.option("--split", default=None, type=click.Choice(["train", "val", "all"]),
               help="all = every image, no val carve-out (default: val of the checkpoint's data "
                    "or of data with a val split; all of another folder).")
-@click.option("--limit", type=int, default=None, metavar="N",
-              help="Dump only the first N images of the (shuffled) order.")
+@click.option("--limit", "--images", "-n", "limit", type=int, default=None, metavar="N",
+              help="Dump only the first N images of the (shuffled) order (--images / -n: the "
+                   "same, as in `vitscope analyze`).")
 @click.option("--hooks", multiple=True, metavar="PATTERNS",
               help="Hook names or globs, comma-separated or repeated (default: what the built-in "
                    "analyses need; `vitscope hooks CKPT` lists them); grad:PATTERN stores the "

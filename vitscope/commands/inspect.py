@@ -18,7 +18,7 @@ def info(ckpt: str, as_json: bool) -> None:
     data = {
         "path": str(ck.path), "arch": ck.arch, "vitscope_version": ck.vitscope_version,
         "parameters": count_parameters(model), "model_config": ck.model_config.to_dict(),
-        "classes": ck.classes, "metrics": ck.metrics,
+        "classes": ck.classes, "metrics": ck.metrics, "train_config": ck.train_config,
     }
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
@@ -30,9 +30,43 @@ def info(ckpt: str, as_json: bool) -> None:
         click.echo(f"  {k:<16}{v}")
     names = ", ".join(ck.classes) if ck.classes else "(none stored)"
     click.echo(f"classes      {len(ck.classes)}: {names}")
+    tc = ck.train_config or {}
+    if tc:
+        click.echo("training")
+        for line in training_lines(tc):
+            click.echo(f"  {line}")
     click.echo("metrics" + ("" if ck.metrics else "      (none stored)"))
     for k, v in ck.metrics.items():
-        click.echo(f"  {k:<16}{v:.4f}" if isinstance(v, float) else f"  {k:<16}{v}")
+        click.echo(f"  {k:<16}{number(v)}")
+
+
+def number(v) -> str:
+    """A metric as people read it: 0.7824, 1e-05 (not 0.0000), 25, 496.3."""
+    if isinstance(v, bool) or not isinstance(v, float):
+        return str(v)
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.3g}"
+    return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+
+
+def training_lines(tc: dict) -> list[str]:
+    """The data and recipe a checkpoint was trained with, from its train_config."""
+    out = []
+    if tc.get("data"):
+        sizes = " / ".join(f"{tc[k]:,} {w}" for k, w in (("n_train", "train"), ("n_val", "val"))
+                           if isinstance(tc.get(k), int))
+        carve = f", val carved {tc['val_split']:g}" if tc.get("val_split") else ""
+        out.append(f"{'data':<16}{tc['data']}" + (f"  ({sizes}{carve})" if sizes else carve))
+    if tc.get("name") or tc.get("preset"):
+        out.append(f"{'run, preset':<16}{tc.get('name') or '-'}, {tc.get('preset', '-')}")
+    keys = [("epochs", "epochs"), ("batch_size", "batch"), ("lr", "lr"), ("min_lr", "min lr"),
+            ("weight_decay", "wd"), ("warmup_epochs", "warmup"), ("augment", "augment"),
+            ("label_smoothing", "smoothing"), ("ema", "ema"), ("precision", "precision")]
+    parts = [f"{label} {tc[k]:g}" if isinstance(tc[k], float) else f"{label} {tc[k]}"
+             for k, label in keys if k in tc]
+    if parts:
+        out.append(f"{'recipe':<16}{', '.join(parts)}")
+    return out
 
 
 @click.command()

@@ -1,0 +1,44 @@
+"""Issue #13 sec. 6 and 9: what a new user reads — `vitscope info` names the training data and
+recipe with honest numbers, `--images`/`--limit` mean the same on dump and analyze, and
+analyze says which plugin is rendering. Real checkpoints, real CLI."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from vitscope.cli import main
+from vitscope.dump import Dump
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_info_names_data_and_recipe_and_small_numbers(tmp_path, tiny_vit):
+    from vitscope.checkpoint import save_checkpoint
+    ckpt = save_checkpoint(tmp_path / "r" / "best.pt", tiny_vit, classes=list("abcde"),
+                           train_config={"data": "shapes:train=400,val=100", "name": "r",
+                                         "preset": "vit-tiny", "epochs": 6, "lr": 0.002,
+                                         "weight_decay": 0.05, "n_train": 400, "n_val": 100},
+                           metrics={"epoch": 6, "lr": 1e-05, "val_acc": 0.875})
+    res = run("info", ckpt)
+    assert res.exit_code == 0, res.output
+    assert "shapes:train=400,val=100  (400 train / 100 val)" in res.output
+    assert "epochs 6" in res.output and "lr 0.002" in res.output and "wd 0.05" in res.output
+    assert "lr              1e-05" in res.output and "0.0000" not in res.output
+    assert "val_acc         0.8750" in res.output
+
+
+def test_images_and_limit_are_one_option_and_plugins_announce_themselves(shapes_ckpt, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run("dump", shapes_ckpt, "--images", 5, "--hooks", "cls", "-o", tmp_path / "a.h5",
+              "-q")
+    assert res.exit_code == 0, res.output
+    with Dump.open(tmp_path / "a.h5") as d:
+        assert len(d) == 5
+    res = run("analyze", shapes_ckpt, "-p", "rollout", "--limit", 6, "--static", "-o",
+              tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    start = next(i for i, l in enumerate(lines) if "rollout" in l and "rendering (6 images)" in l)
+    assert lines[start + 1].startswith("ok") and "rollout" in lines[start + 1]
