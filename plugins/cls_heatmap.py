@@ -119,12 +119,14 @@ class ClsHeatmap:
                                step_labels=[str(l) for l in layers], slider_label="layer",
                                col_titles=DIRECTIONS,
                                row_titles=[c.replace("\n", " ") for c in captions[:m]],
+                               value_label="attention",
                                title="CLS attention, head mean (slider: layer)")
             files.append(I.save_html(fig, out_dir / "cls_heatmap.html", options))
             both = np.stack([cls_c2p[present], cls_p2c[present]], axis=2)
             fig = I.map_slider(mean_u8, both.transpose(1, 0, 2, 3, 4),
                                step_labels=[str(l) for l in layers], slider_label="layer",
                                col_titles=DIRECTIONS, row_titles=row_names,
+                               value_label="attention",
                                title="Class-averaged CLS attention over the mean image of each class")
             files.append(I.save_html(fig, out_dir / "class_average.html", options))
         return files

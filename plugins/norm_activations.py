@@ -142,6 +142,7 @@ class NormActivations:
             fig = I.map_slider(images[:m], maps[:m].transpose(1, 0, 2, 3)[:, :, None],
                                step_labels=[str(b) for b in range(depth)], slider_label="block",
                                col_titles=["‖residual‖ per token"], row_titles=captions[:m],
+                               value_label="‖x‖",
                                title="Residual-stream norm per patch entering each block")
             files.append(I.save_html(fig, out_dir / "token_norms.html", options))
         return files

@@ -155,6 +155,7 @@ class Rollout:
             fig = I.map_slider(images[None, :m], evo[:m].transpose(1, 0, 2, 3)[:, None],
                                step_labels=[str(l) for l in layers], slider_label="rollout up to layer",
                                col_titles=captions[:m], row_titles=[""],
+                               value_label="rollout",
                                title=f"Attention rollout ({options.fusion} fusion, discard "
                                      f"{options.discard_ratio:g}) up to each layer")
             files.append(I.save_html(fig, out_dir / "rollout.html", options))

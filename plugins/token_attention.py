@@ -53,6 +53,9 @@ class TokenAttention:
                metavar="LAYERS"),
         Option("show", int, 3, "images drawn (one layers×heads grid each)", min=1, max=32),
         Option("gif", bool, True, "also write an animated GIF over layers and heads"),
+        Option("scale", str, "tile", "colour scale of the static grids: tile (each map ÷ its "
+               "own maximum, printed under it) or shared (one scale, colourbar in attention)",
+               choices=("tile", "shared")),
     )
 
     def check(self, options, shape) -> None:
@@ -92,8 +95,8 @@ class TokenAttention:
             for i in range(k):
                 title = f"{what}\nimage {i}: {captions[i].replace(chr(10), ' ')}"
                 files.append(self._grid(images[i], with_mean[i], layers, heads, query_patch[i],
-                                        layout, title, out_dir / f"token_attention_img{i}",
-                                        options))
+                                        layout, f"{title} · uniform = 1/{P} = {1 / P:.3f}",
+                                        out_dir / f"token_attention_img{i}", options))
             if options.gif and (len(layers) * len(heads)) > 1:
                 files.append(self._gif(images[:4], with_mean[:4], layers, heads, query_patch[:4],
                                        layout, what, out_dir / "token_attention.gif"))
@@ -102,6 +105,7 @@ class TokenAttention:
             fig = I.map_slider(images[:m], with_mean[:m].transpose(1, 0, 2, 3, 4),
                                step_labels=[str(l) for l in layers], slider_label="layer",
                                col_titles=heads, row_titles=[c.replace("\n", " ") for c in captions[:m]],
+                               value_label="attention",
                                title=f"{what}, per head (slider: layer)", query=query_patch[:m])
             files.append(I.save_html(fig, out_dir / "token_attention.html", options))
         return files
@@ -116,12 +120,22 @@ class TokenAttention:
 
     @staticmethod
     def _grid(image, maps, layers, heads, qpatch, layout, title, stem, options) -> Path:
-        """Rows = layers, columns = heads and their mean; each map ÷ its own max."""
-        mosaic = M.Mosaic(M.overlay_tiles(image, maps), col_breaks=[len(heads) - 2])
+        """Rows = layers, columns = heads and their mean; each map ÷ its own maximum (printed
+        under the tile) or, with scale=shared, one scale for all (colourbar in attention)."""
+        scaled, peaks, top = M.scale_maps(maps, options.scale)
+        tiles = M.overlay_tiles(image, scaled, normalize=False)
+        shared = top is not None
+        mosaic = M.Mosaic(tiles, col_breaks=[len(heads) - 2],
+                          row_gap=0 if shared else max(8, tiles.shape[2] // 8))
         with F.style():
             fig = mosaic.figure(title=title, col_labels=heads,
                                 row_labels=[f"layer {l}" for l in layers],
-                                cbar="attention ÷ max of each map")
+                                cbar="attention" if shared else "attention ÷ max of each map "
+                                                                 "(printed under it)",
+                                cbar_max=top,
+                                captions=None if shared else {
+                                    (r, c): f"max {peaks[r, c]:.3f}"
+                                    for r in range(mosaic.R) for c in range(mosaic.C)})
             if qpatch is not None:
                 for r in range(mosaic.R):
                     for c in range(mosaic.C):

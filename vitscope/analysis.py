@@ -94,7 +94,7 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
 def render_plugin(entry: PluginEntry, dump, run_dir: Path, values: dict[str, Any] | None = None,
                   *, static: bool = True, interactive: bool = True, fmt: str = "png",
                   limit: int | None = None, assets_dir: Path | None = None,
-                  timeout: float | None = DEFAULT_TIMEOUT) -> PluginResult:
+                  timeout: float | None = DEFAULT_TIMEOUT, smooth: bool = False) -> PluginResult:
     """Render one plugin into run_dir/<name>/ (in its own process, swapped in on success;
     no manifest or index); never raises for the plugin's own faults. `dump` is a Dump or the
     path of one. `assets_dir` (default run_dir) is where shared files such as plotly.min.js
@@ -103,7 +103,7 @@ def render_plugin(entry: PluginEntry, dump, run_dir: Path, values: dict[str, Any
     with Staging(run_dir) as stage:
         result = _render_staged(stage, entry, path, values, static=static,
                                 interactive=interactive, fmt=fmt, limit=limit,
-                                assets_dir=assets_dir, timeout=timeout)
+                                assets_dir=assets_dir, timeout=timeout, smooth=smooth)
         stage.commit(*_swaps([result]))
     return result
 
@@ -111,7 +111,7 @@ def render_plugin(entry: PluginEntry, dump, run_dir: Path, values: dict[str, Any
 def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
                    values: dict[str, Any] | None, *, static: bool, interactive: bool, fmt: str,
                    limit: int | None, assets_dir: Path | None,
-                   timeout: float | None) -> PluginResult:
+                   timeout: float | None, smooth: bool = False) -> PluginResult:
     """Render `entry` into a new folder of `stage` (vitscope.staging) through its own child
     process (vitscope.isolation). The result names the plugin's final folder."""
     final = stage.final(entry.name) if name_problem(entry.name) is None else None
@@ -125,7 +125,8 @@ def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
         result.error = str(e)
         return result
     options = entry.render_options(values, static=static, interactive=interactive, format=fmt,
-                                   limit=limit, run_dir=Path(assets_dir or stage.run_dir).absolute())
+                                   limit=limit, run_dir=Path(assets_dir or stage.run_dir).absolute(),
+                                   smooth=smooth)
     outcome = run_plugin(entry, dump_path, folder, options, timeout=timeout, shown_dir=final)
     if outcome.disk_full:   # not the plugin's fault: the run stops, nothing is swapped in
         raise WriteError(outcome.disk_full)
@@ -153,8 +154,7 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
                    info: dict[str, Any] | None = None,
                    assets_dir: Path | None = None,
                    failed: Iterable[PluginResult] = (),
-                   timeout: float | None = DEFAULT_TIMEOUT,
-                   announce: bool = False) -> list[PluginResult]:
+                   announce: bool = False, smooth: bool = False) -> list[PluginResult]:
     """Render every entry on one dump, then record them in the run's manifest and index.html.
     `failed`: results of plugins that failed before rendering (broken, missing hook points),
     recorded in the manifest and index.html with the others and returned after them.
@@ -189,7 +189,8 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
                     echo(f"…       {entry.name:<18} rendering ({count} images)")
                 res = _render_staged(stage, entry, dump_path, (values or {}).get(entry.name),
                                      static=static, interactive=interactive, fmt=fmt,
-                                     limit=limit, assets_dir=assets_dir, timeout=timeout)
+                                     limit=limit, assets_dir=assets_dir, timeout=timeout,
+                                     smooth=smooth)
             results.append(res)
             if echo:
                 echo(res.line())

@@ -14,6 +14,7 @@ vectorised over images.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +37,22 @@ _RC = {
 }
 
 
+# Maps are drawn as their patch grid (what the model sees, and what the HTML shows) unless
+# smoothing is asked for: `vitscope analyze --smooth` sets it for a render (`smoothing`);
+# show_overlay and vitscope.mosaic follow it.
+SMOOTH: contextvars.ContextVar[bool] = contextvars.ContextVar("vitscope_smooth", default=False)
+
+
+@contextlib.contextmanager
+def smoothing(on: bool):
+    """Within the block, maps are bilinearly smoothed (on) or drawn as patches (off)."""
+    token = SMOOTH.set(bool(on))
+    try:
+        yield
+    finally:
+        SMOOTH.reset(token)
+
+
 def pyplot():
     """matplotlib.pyplot on a non-interactive backend (plugins run headless)."""
     import matplotlib
@@ -55,9 +72,12 @@ def style() -> Iterator[Any]:
 
 def show_overlay(ax, image: np.ndarray | None, heat: np.ndarray, *, alpha: float = HEAT_ALPHA,
                  cmap: str = HEAT_CMAP, vmin: float | None = 0.0, vmax: float | None = None,
-                 smooth: bool = True):
+                 smooth: bool | None = None):
     """An h×w patch map over an H×W×3 image (or alone when image is None); returns the heat
-    AxesImage for a colorbar. Bilinear upsampling is done by matplotlib at draw time."""
+    AxesImage for a colorbar. Patches, or bilinear (matplotlib at draw time) with `smooth`
+    (default: the `smoothing` in effect, off unless `analyze --smooth`)."""
+    if smooth is None:
+        smooth = SMOOTH.get()
     if image is None:
         return ax.imshow(heat, cmap=cmap, vmin=vmin, vmax=vmax,
                          interpolation="bilinear" if smooth else "nearest")

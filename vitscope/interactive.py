@@ -108,18 +108,26 @@ gd.on('plotly_unhover', function() { box.style.display = 'none'; });
 def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[str],
                slider_label: str, col_titles: Sequence[str], row_titles: Sequence[str],
                title: str, alpha: float = 0.55, colorscale: str = "Inferno",
-               query: Sequence[int | None] | None = None):
+               query: Sequence[int | None] | None = None, scale: str = "step",
+               value_label: str = "value"):
     """Patch maps over images, one panel per (row, column), with a slider over steps.
 
     images: R×H×W×3 uint8 (one per row) or R×C×H×W×3 (one per panel); maps: S×R×C×h×w
     (S slider steps, C columns).
-    Each panel's colour range runs from 0 to its own maximum (hover shows the raw value).
+    scale "step" (default): every panel of a step shares one colour range, 0 to the step's
+    maximum, shown by a colourbar in real values (`value_label`) that follows the slider;
+    "panel": each panel runs from 0 to its own maximum (no colourbar can be honest then).
+    Hover shows the raw value either way.
     `query[r]` outlines patch index query[r] of row r (e.g. the query token).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     S, R, C, h, w = maps.shape
+    shared = scale != "panel"
+
+    def step_max(step: int) -> float:
+        return float(np.max(maps[step])) or 1.0
     if images.ndim == 4:
         images = np.broadcast_to(images[:, None], (R, C, *images.shape[1:]))
     H, W = images.shape[2:4]
@@ -135,11 +143,12 @@ def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[st
             fig.add_trace(go.Image(z=images[r, c], hoverinfo="skip"), row=r + 1, col=c + 1)
             heat_ids.append(len(fig.data))
             z = maps[s0, r, c]
+            colour = dict(coloraxis="coloraxis") if shared else dict(
+                zmin=0, zmax=float(z.max()) or 1.0, colorscale=colorscale, showscale=False)
             fig.add_trace(go.Heatmap(
-                z=z, x0=ps_x / 2 - 0.5, dx=ps_x, y0=ps_y / 2 - 0.5, dy=ps_y, zmin=0,
-                zmax=float(z.max()) or 1.0, colorscale=colorscale, opacity=alpha,
-                showscale=False, hovertemplate="row %{y:.0f}px col %{x:.0f}px<br>"
-                                               "value %{z:.4f}<extra></extra>"),
+                z=z, x0=ps_x / 2 - 0.5, dx=ps_x, y0=ps_y / 2 - 0.5, dy=ps_y, opacity=alpha,
+                hovertemplate="row %{y:.0f}px col %{x:.0f}px<br>"
+                              "value %{z:.4f}<extra></extra>", **colour),
                 row=r + 1, col=c + 1)
             if query is not None and query[r] is not None:
                 qr, qc = divmod(int(query[r]), w)
@@ -149,8 +158,13 @@ def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[st
     steps = []
     for s, label in enumerate(step_labels):
         zs = [maps[s, r, c] for r in range(R) for c in range(C)]
-        steps.append(dict(method="restyle", label=plotly_text(label),
-                          args=[{"z": zs, "zmax": [float(z.max()) or 1.0 for z in zs]}, heat_ids]))
+        if shared:
+            steps.append(dict(method="update", label=plotly_text(label),
+                              args=[{"z": zs}, {"coloraxis.cmax": step_max(s)}, heat_ids]))
+        else:
+            steps.append(dict(method="restyle", label=plotly_text(label),
+                              args=[{"z": zs, "zmax": [float(z.max()) or 1.0 for z in zs]},
+                                    heat_ids]))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     cell = 170 if C * R > 8 else 220
@@ -158,6 +172,10 @@ def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[st
         title=dict(text=plotly_text(title), x=0.01), height=R * cell + 160,
         width=max(C * cell + 80, 520),
         margin=dict(l=20, r=20, t=80, b=20), plot_bgcolor="white",
+        **({"coloraxis": dict(colorscale=colorscale, cmin=0, cmax=step_max(s0),
+                              colorbar=dict(title=dict(text=plotly_text(value_label),
+                                                       side="right"), thickness=14))}
+           if shared else {}),
         sliders=[dict(active=s0, currentvalue=dict(prefix=plotly_text(f"{slider_label}: ")),
                       pad=dict(t=30),
                       steps=steps)])

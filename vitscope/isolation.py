@@ -275,7 +275,7 @@ def _child(job: dict[str, Any], conn) -> None:
 def _render(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from vitscope.dump import Dump
     from vitscope.errors import VitscopeError
-    from vitscope.figures import pyplot
+    from vitscope.figures import pyplot, smoothing
     from vitscope.plugin import RenderOptions, _import, _instantiate
 
     pyplot()   # the headless backend before any plugin code
@@ -285,7 +285,8 @@ def _render(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         warnings.simplefilter("default")
         with Dump.open(job["dump"]) as dump:
             try:
-                returned = plugin.render(dump, out_dir, options)
+                with smoothing(bool(options.get("smooth", False))):   # analyze --smooth
+                    returned = plugin.render(dump, out_dir, options)
             except VitscopeError as e:   # bad input the plugin found: one line, no traceback
                 return {"error": str(e), "warnings": _plugin_warnings(caught)}
             files = _checked_files(returned, out_dir)   # the dump still open for anything

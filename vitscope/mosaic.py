@@ -15,7 +15,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from vitscope.figures import DPI, HEAT_ALPHA, HEAT_CMAP, colorize, enlarge, pyplot, upsample
+from vitscope.figures import (DPI, HEAT_ALPHA, HEAT_CMAP, SMOOTH, colorize, enlarge,  # noqa: F401
+                              pyplot, smoothing, upsample)
 
 TILE_PX = 128  # target tile side in pixels (about 0.85 inch at 150 dpi); small inputs are enlarged
 
@@ -29,11 +30,35 @@ def image_tiles(images: np.ndarray, scale: int | None = None) -> np.ndarray:
     return enlarge(np.asarray(images, np.uint8), scale or tile_scale(images.shape[-2]))
 
 
+def patch_upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """...×h×w -> ...×H×W by repeating each patch (nearest neighbour): the patch grid."""
+    h, w = maps.shape[-2:]
+    H, W = size
+    rows = np.minimum(np.arange(H) * h // H, h - 1)
+    cols = np.minimum(np.arange(W) * w // W, w - 1)
+    return np.asarray(maps, np.float32)[..., rows[:, None], cols[None, :]]
+
+
+def scale_maps(maps: np.ndarray, scale: str = "tile") -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Maps ...×h×w -> (values in [0, 1], each map's maximum ..., shared maximum or None).
+    "tile": each map ÷ its own maximum (print the maxima: the colours alone hide that a map
+    peaking at 0.02 looks as hot as one peaking at 0.4); "shared": all ÷ one maximum, so
+    colours compare across tiles and a colourbar can show real values."""
+    maps = np.asarray(maps, np.float32)
+    peaks = maps.max(axis=(-2, -1))
+    if scale == "shared":
+        top = float(peaks.max()) if peaks.size else 1.0
+        return maps / max(top, 1e-12), peaks, max(top, 1e-12)
+    return maps / np.maximum(peaks[..., None, None], 1e-12), peaks, None
+
+
 def heat_tiles(maps: np.ndarray, size: int, cmap: str = HEAT_CMAP,
-               normalize: bool = True) -> np.ndarray:
+               normalize: bool = True, smooth: bool | None = None) -> np.ndarray:
     """...×h×w maps -> ...×size×size×3 colour tiles (each map ÷ its max unless normalize=False,
-    in which case values are taken as already in [0, 1])."""
-    up = upsample(maps, (size, size))
+    in which case values are taken as already in [0, 1]); patches unless `smooth` (default:
+    the `smoothing` in effect)."""
+    smooth = SMOOTH.get() if smooth is None else smooth
+    up = upsample(maps, (size, size)) if smooth else patch_upsample(maps, (size, size))
     if normalize:
         up = up / np.maximum(up.max(axis=(-2, -1), keepdims=True), 1e-12)
     return colorize(up, cmap)
@@ -41,10 +66,10 @@ def heat_tiles(maps: np.ndarray, size: int, cmap: str = HEAT_CMAP,
 
 def overlay_tiles(images: np.ndarray, maps: np.ndarray, *, alpha: float = HEAT_ALPHA,
                   cmap: str = HEAT_CMAP, normalize: bool = True,
-                  scale: int | None = None) -> np.ndarray:
+                  scale: int | None = None, smooth: bool | None = None) -> np.ndarray:
     """Maps (...×h×w) over images (broadcastable ...×H×W×3) -> ...×S×S×3 uint8, S = H·scale."""
     big = image_tiles(images, scale)
-    heat = heat_tiles(maps, big.shape[-2], cmap, normalize).astype(np.float32)
+    heat = heat_tiles(maps, big.shape[-2], cmap, normalize, smooth).astype(np.float32)
     return (big.astype(np.float32) * (1 - alpha) + heat * alpha).round().astype(np.uint8)
 
 
@@ -71,8 +96,10 @@ class Mosaic:
 
     def figure(self, *, title: str | None = None, row_labels: Sequence[str] = (),
                col_labels: Sequence[str] = (), cbar: str | None = None,
-               cmap: str = HEAT_CMAP, captions: dict[tuple[int, int], str] | None = None):
-        """A matplotlib figure showing the mosaic with labels (and a 0–1 colorbar);
+               cmap: str = HEAT_CMAP, captions: dict[tuple[int, int], str] | None = None,
+               cbar_max: float | None = None):
+        """A matplotlib figure showing the mosaic with labels (and a colorbar: 0–1, or 0 to
+        `cbar_max` in real values for tiles drawn on one shared scale);
         `captions[(r, c)]` is written under tile (r, c) (make room with row_gap).
 
         Margins are computed here (not by bbox="tight", which draws everything twice), and a
@@ -116,7 +143,7 @@ class Mosaic:
             from matplotlib.colors import Normalize
             cax = fig.add_axes([(left + width + 0.2) / fig_w, bottom / fig_h + 0.2 * height / fig_h,
                                 0.12 / fig_w, 0.6 * height / fig_h])
-            cb = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), cax=cax)
+            cb = fig.colorbar(ScalarMappable(Normalize(0, cbar_max or 1), cmap), cax=cax)
             cb.set_label(cbar, fontsize=8)
             cb.ax.tick_params(labelsize=7)
         # the full figure, explicitly: None would fall back to the style's "tight"

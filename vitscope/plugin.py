@@ -21,7 +21,7 @@ instantiated with no arguments (or a module), with:
 `render` gets an open `vitscope.dump.Dump` (read lazily: `dump["blocks.3.attn.weights"][i:j]`,
 `dump.match(...)`, `dump.layout`, `dump.labels`, `dump.masks`), an existing folder
 `outputs/<run>/<plugin>/`, and a `RenderOptions`: the declared options, converted and validated,
-as attributes (`options.discard_ratio`), plus five set by `vitscope analyze` for every plugin:
+as attributes (`options.discard_ratio`), plus six set by `vitscope analyze` for every plugin:
 
     static: bool        write static figures (matplotlib: options.format)
     interactive: bool   write interactive figures (Plotly HTML, offline)
@@ -29,6 +29,9 @@ as attributes (`options.discard_ratio`), plus five set by `vitscope analyze` for
     limit: int | None   use the first `limit` images of the dump (None: all); never more than
                         len(dump), so `dump[hook][:limit]` has exactly that many rows
     run_dir: Path       outputs/<run>/, where shared files such as plotly.min.js live
+    smooth: bool        maps bilinearly smoothed (`analyze --smooth`) instead of drawn as the
+                        patch grid; vitscope.mosaic and figures.show_overlay follow it by
+                        themselves while render runs
 
 It returns the files it wrote and saves the numbers behind each figure next to it
 (`results.npz`), plus optionally `summary.json` (a flat dict of headline numbers that
@@ -82,7 +85,7 @@ BUILTINS: dict[str, str] = {
 }
 
 # Keys every plugin receives in RenderOptions; declared options may not reuse them.
-RESERVED = ("static", "interactive", "format", "limit", "run_dir")
+RESERVED = ("static", "interactive", "format", "limit", "run_dir", "smooth")
 STATIC_FORMATS = ("png", "svg", "pdf")
 
 

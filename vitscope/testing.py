@@ -60,13 +60,13 @@ def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size:
 
 def render_options(plugin: Any, **values: Any):
     """The RenderOptions `vitscope analyze` would pass: the plugin's defaults, overridden by
-    `values` (converted and validated like `--opt`), plus static, interactive, format, limit
-    and run_dir (the output folder's parent, where plotly.min.js is written)."""
+    `values` (converted and validated like `--opt`), plus static, interactive, format, limit,
+    run_dir (the output folder's parent, where plotly.min.js is written) and smooth."""
     from vitscope.plugin import RenderOptions
 
     declared = {o.name: o for o in getattr(plugin, "options", ()) or ()}
     common = {"static": True, "interactive": True, "format": "png", "limit": None,
-              "run_dir": None}
+              "run_dir": None, "smooth": False}
     out = {name: opt.default for name, opt in declared.items()}
     for key, value in values.items():
         if key in declared:

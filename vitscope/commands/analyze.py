@@ -38,6 +38,9 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: 
 @click.option("--static", is_flag=True, help="Static figures (alone: only those).")
 @click.option("--interactive", is_flag=True, help="Interactive HTML (alone: only that).")
 @click.option("--both", is_flag=True, help="Both (the default; same as --static --interactive).")
+@click.option("--smooth", is_flag=True,
+              help="Smooth maps bilinearly (default: the patch grid, as the model sees it and "
+                   "the HTML shows it).")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png",
               show_default=True, help="Static figure format.")
 @click.option("--opt", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE",
@@ -57,7 +60,7 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: 
                    "as failed (0: no limit).")
 @threads_option
 def analyze(ckpt, names, all_, dump_path, data, split, images, image_files, selects, static,
-            interactive, both, fmt, opts, out_dir, device, batch_size, target,
+            interactive, both, smooth, fmt, opts, out_dir, device, batch_size, target,
             plugin_timeout) -> None:
     """Render interpretability figures for CKPT with the chosen plugins.
 
@@ -71,12 +74,12 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, image_files, sele
     # SIGTERM like Ctrl-C: the exit stack (lock, empty folders) and the staging unwind.
     with terminate_as_exception(), contextlib.ExitStack() as cleanup:
         _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_files,
-                 selects, static, interactive, both, fmt, opts, out_dir, device, batch_size,
-                 target, plugin_timeout)
+                 selects, static, interactive, both, smooth, fmt, opts, out_dir, device,
+                 batch_size, target, plugin_timeout)
 
 
 def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_files, selects,
-             static, interactive, both, fmt, opts, out_dir, device, batch_size, target,
+             static, interactive, both, smooth, fmt, opts, out_dir, device, batch_size, target,
              plugin_timeout) -> None:
     from vitscope.analysis import PluginResult, missing_hooks, render_plugins, union_requires
     from vitscope.errors import PluginError
@@ -195,7 +198,7 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_f
         results = render_plugins(path, working, run, values, static=static,
                                  interactive=interactive, fmt=fmt, limit=limit,
                                  echo=click.echo, failed=upfront, timeout=plugin_timeout,
-                                 announce=True)
+                                 announce=True, smooth=smooth)
     click.echo(f"Open {run / 'index.html'}")
     if any(not r.ok for r in results):
         raise SystemExit(1)
