@@ -154,6 +154,7 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
                    info: dict[str, Any] | None = None,
                    assets_dir: Path | None = None,
                    failed: Iterable[PluginResult] = (),
+                   timeout: float | None = DEFAULT_TIMEOUT,
                    announce: bool = False, smooth: bool = False) -> list[PluginResult]:
     """Render every entry on one dump, then record them in the run's manifest and index.html.
     `failed`: results of plugins that failed before rendering (broken, missing hook points),
