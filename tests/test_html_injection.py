@@ -197,3 +197,30 @@ def test_the_harness_sees_a_script_that_runs(browser_factory, tmp_path, flags):
     page.wait_for("window.__pwned === 1")
     assert page.dialogs == ["1"] and page.eval("document.title") == "pwned"
     page.close()
+
+
+def test_hostile_score_section_runs_no_script(browser, tmp_path):
+    """index.html's Score section (`vitscope score`): the checkpoint path, the table and the
+    file names are text, and every link stays a relative file link."""
+    from vitscope.report import write_index
+    out = tmp_path / "run"
+    (out / "score").mkdir(parents=True)
+    files = [f"score/{p.replace('/', '_')}{ext}" for p, ext in
+             zip(PAYLOADS, [".png", ".html", ".json", ".svg"] * 3)]
+    for f in files:
+        (out / f).write_bytes(b"")
+    score = {"files": ["score/javascript:alert(1).png", *files], "table": PAYLOADS[0],
+             "checkpoint": PAYLOADS[1], "checkpoint_sha256": "x", "data": PAYLOADS[2],
+             "images": 4, "target": PAYLOADS[3], "perturbation": PAYLOADS[4]}
+    (out / "manifest.json").write_text(json.dumps({"plugins": {}, "run": {}, "score": score}))
+    write_index(out)
+    page = browser.open(out / "index.html", root=out)
+    try:
+        assert page.eval("window.__pwned") is None and page.dialogs == []
+        assert page.eval("document.title") == "vitscope · run"
+        assert PAYLOADS[0] in page.eval("document.querySelector('#score pre').textContent")
+        links = page.eval("Array.from(document.querySelectorAll('#score [href], #score [src]'),"
+                          " e => e.getAttribute('href') || e.getAttribute('src'))")
+        assert len(links) >= len(files) and all(h.startswith("./score/") for h in links), links
+    finally:
+        page.close()

@@ -81,15 +81,15 @@ def _score_section(score: dict | None, run: dict) -> str:
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
     if images:
         body.append("<div class='figs'>" + "".join(
-            f"<figure><a href='{_e(f)}'><img loading='lazy' src='{_e(f)}' alt='{_e(f)}'></a>"
+            f"<figure><a href='{_href(f)}'><img loading='lazy' src='{_href(f)}' alt='{_e(f)}'></a>"
             f"<figcaption>{_e(Path(f).name)}</figcaption></figure>" for f in images) + "</div>")
     for f in (f for f in files if f.lower().endswith(PAGE_SUFFIXES)):
-        body.append(f"<details><summary>interactive: {_e(Path(f).name)} (<a href='{_e(f)}' "
+        body.append(f"<details><summary>interactive: {_e(Path(f).name)} (<a href='{_href(f)}' "
                     f"target='_blank'>open in a new tab</a>)</summary><iframe loading='lazy' "
-                    f"src='{_e(f)}' title='{_e(f)}'></iframe></details>")
+                    f"src='{_href(f)}' title='{_e(f)}'></iframe></details>")
     rest = [f for f in files if not f.lower().endswith(IMAGE_SUFFIXES + PAGE_SUFFIXES)]
     if rest:
-        body.append("<p>files: " + " · ".join(f"<a href='{_e(f)}'><code>{_e(Path(f).name)}</code>"
+        body.append("<p>files: " + " · ".join(f"<a href='{_href(f)}'><code>{_e(Path(f).name)}</code>"
                                              f"</a>" for f in rest) + "</p>")
     return "".join(body) + "</section>"
 

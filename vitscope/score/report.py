@@ -201,7 +201,7 @@ def _interactive(report: dict, out_dir: Path) -> Path:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from vitscope.interactive import save_html
+    from vitscope.interactive import plotly_text, save_html
     x = np.linspace(0, 1, report["steps"] + 1)
     loc = report["baselines"]["localization"]
     cols = 4 if loc else 3
@@ -234,8 +234,10 @@ def _interactive(report: dict, out_dir: Path) -> Path:
                                       "array": [e.hi - e.mean for _, e in rows],
                                       "arrayminus": [e.mean - e.lo for _, e in rows]}),
                       row=1, col=4)
-    fig.update_layout(title=f"vitscope score: {report['checkpoint']} ({report['images']} images, "
-                            f"target {report['target']}, {report['perturbation']})",
+    # The checkpoint path and method names come from the user: shown as text, not Plotly markup.
+    fig.update_layout(title=plotly_text(f"vitscope score: {report['checkpoint']} "
+                                        f"({report['images']} images, target "
+                                        f"{report['target']}, {report['perturbation']})"),
                       height=460, template="plotly_white")
     return save_html(fig, out_dir / "score.html", _Run(out_dir.parent))
 
