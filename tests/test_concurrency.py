@@ -227,3 +227,48 @@ def test_a_killed_rerun_leaves_the_run_folder_as_it_was(tmp_path, small_dump, si
     manifest = json.loads((out / "manifest.json").read_text())
     for entry in manifest["plugins"].values():
         assert all((out / f).is_file() for f in entry["files"])
+
+
+KILLED_IN_THE_COMMIT = """
+import os, signal, sys
+from pathlib import Path
+real, renames = Path.rename, []
+def rename(self, target):   # the commit's renames (staging.finish): SIGKILL after the third
+    out = real(self, target)
+    renames.append(1)
+    if len(renames) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+Path.rename = rename
+from vitscope.cli import main
+sys.argv = ["vitscope", "analyze", "--dump", sys.argv[1], "-p", "rollout", "-p", "cls-heatmap",
+            "--static", "--format", "svg", "-o", sys.argv[2]]
+main()
+"""
+
+
+def test_a_kill_inside_the_commit_is_finished_by_the_next_run(tmp_path, small_dump):
+    """SIGKILL between the renames of the commit (rollout swapped, cls-heatmap moved aside):
+    the journal lets the next run of that folder finish the killed run's commit."""
+    dump_path, _ = small_dump
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["analyze", "--dump", str(dump_path), "-p", "rollout",
+                                    "-p", "cls-heatmap", "--static", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_THE_COMMIT, str(dump_path),
+                             str(out)], env=ENV, capture_output=True, text=True, timeout=180)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list(out.glob(".vitscope-commit-*.json"))            # the journal stays
+    assert not (out / "cls-heatmap").exists()                   # torn: moved aside, not back
+    res = CliRunner().invoke(main, ["analyze", "--dump", str(dump_path), "-p",
+                                    "token-attention", "--static", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert not list(out.glob(".vitscope-*"))
+    manifest = json.loads((out / "manifest.json").read_text())["plugins"]
+    assert set(manifest) == {"rollout", "cls-heatmap", "token-attention"}
+    for name in ("rollout", "cls-heatmap"):                     # the killed run's SVGs
+        files = manifest[name]["files"]
+        assert files and all(f.endswith((".svg", ".gif", ".npz", ".json")) for f in files), files
+        assert not list((out / name).glob("*.png"))
+    for entry in manifest.values():
+        assert all((out / f).is_file() for f in entry["files"])
