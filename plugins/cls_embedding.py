@@ -11,6 +11,7 @@ from __future__ import annotations
 
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +19,105 @@ import numpy as np
 from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope.errors import PluginError
-from vitscope.maps import layer_spec, n_images, select_layers
+from vitscope.jit import load_umap
+from vitscope.maps import layer_spec, n_images, read_chunks, select_layers
 from vitscope.plugin import Option
 
 SILHOUETTE_SAMPLE = 2000   # silhouette is O(N²): estimate it on a fixed random subset beyond this
+# UMAP's neighbours: exact (sklearn, brute force) up to here, umap's NN-descent beyond. Measured
+# on a 2-core CPU: brute force takes 0.13 s at 4k points and 1.6 s at 16k (it grows as N²);
+# NN-descent 0.35 s at 16k but ~8 s of numba compilation in every process, cache or not.
+EXACT_NEIGHBORS_MAX = 20_000
+PCA_BLOCK = 1024               # rows converted to float64 at a time by the PCA
+KNN_WORKING_MB = 8             # MB of one block of distances (neighbours, silhouette)
 NO_LABELS = "no labels: silhouette not computed"
 NO_CLASSES = "fewer than 2 labelled classes: silhouette undefined"
 UMAP_MISSING = ("UMAP needs the umap-learn package, which is not installed: run `pip install "
                 "umap-learn`, or pass --opt cls-embedding.umap=false for PCA only")
 
 
+class PcaFit:
+    """2-component PCA fitted chunk by chunk: sums of the centred data and of its D×D
+    products (float64, shifted by the first chunk's mean so large means lose no precision)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift: np.ndarray | None = None
+        self.sum: np.ndarray | float = 0.0
+        self.products: np.ndarray | float = 0.0
+
+    def add(self, x: np.ndarray) -> None:
+        if self.shift is None:
+            self.shift = np.asarray(x, np.float64).mean(axis=0)
+        for i in range(0, len(x), PCA_BLOCK):      # float64 copies of a block, not of x
+            block = np.asarray(x[i:i + PCA_BLOCK], np.float64) - self.shift
+            self.n += len(block)
+            self.sum = self.sum + block.sum(axis=0)
+            self.products = self.products + block.T @ block
+
+    def fit(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean D, components 2×D, explained-variance ratio 2); signs fixed so the largest
+        loading of each component is positive (stable across runs)."""
+        centre = self.sum / self.n
+        scatter = self.products - self.n * np.outer(centre, centre)   # of the centred data
+        values, vectors = np.linalg.eigh(scatter)                     # ascending eigenvalues
+        comps = vectors[:, ::-1][:, :2].T                             # 2×D, largest first
+        signs = np.sign(comps[np.arange(2), np.abs(comps).argmax(axis=1)])
+        comps = comps * np.where(signs == 0, 1, signs)[:, None]
+        ratio = values[::-1][:2] / max(values.sum(), 1e-12)
+        return self.shift + centre, comps, ratio.astype(np.float32)
+
+
+def project(x: np.ndarray, mean: np.ndarray, comps: np.ndarray) -> np.ndarray:
+    """N×D -> N×2 on the fitted components (in float64 blocks of PCA_BLOCK rows)."""
+    return np.concatenate([((np.asarray(x[i:i + PCA_BLOCK], np.float64) - mean) @ comps.T)
+                           .astype(np.float32) for i in range(0, len(x), PCA_BLOCK)]
+                          or [np.zeros((0, 2), np.float32)])
+
+
 def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """N×D -> (N×2 coordinates, explained-variance ratio of the 2 components); signs fixed so
-    the largest loading of each component is positive (stable across runs). Uses the D×D
+    """N×D -> (N×2 coordinates, explained-variance ratio of the 2 components). Uses the D×D
     covariance (cheap for N >> D) rather than an SVD of the N×D data."""
-    x = x.astype(np.float64) - x.mean(axis=0)
-    values, vectors = np.linalg.eigh(x.T @ x)                   # ascending eigenvalues
-    comps = vectors[:, ::-1][:, :2].T                            # 2×D, largest first
-    signs = np.sign(comps[np.arange(2), np.abs(comps).argmax(axis=1)])
-    comps = comps * np.where(signs == 0, 1, signs)[:, None]
-    ratio = values[::-1][:2] / max(values.sum(), 1e-12)
-    return (x @ comps.T).astype(np.float32), ratio.astype(np.float32)
+    fit = PcaFit()
+    fit.add(x)
+    mean, comps, ratio = fit.fit()
+    return project(x, mean, comps), ratio
+
+
+def cls_chunks(dataset, n: int, token: int | None) -> Iterator[np.ndarray]:
+    """The CLS vectors (token `token` of an N×T×D hook, or the N×D hook itself when None) of
+    the first n images, chunk by chunk as float32; only that token is read."""
+    select = () if token is None else (token,)
+    for _, x in read_chunks(dataset, n, select=select):
+        yield x
+
+
+def silhouette_rows(labels: np.ndarray, seed: int) -> np.ndarray:
+    """The images the silhouette is computed on: every labelled one, or beyond
+    SILHOUETTE_SAMPLE the same random subset sklearn's `sample_size` would draw."""
+    from sklearn.utils import check_random_state
+    rows = np.flatnonzero(labels >= 0)
+    if len(rows) > SILHOUETTE_SAMPLE:
+        rows = rows[check_random_state(seed).permutation(len(rows))[:SILHOUETTE_SAMPLE]]
+    return rows
+
+
+def read_rows(dataset, n: int, rows: np.ndarray, token: int | None) -> np.ndarray:
+    """The CLS vectors of images `rows` (any order), read in chunks: memory len(rows)×D."""
+    order = np.argsort(rows, kind="stable")
+    wanted = rows[order]
+    out = np.empty((len(rows), dataset.shape[-1]), np.float32)
+    start = 0
+    for x in cls_chunks(dataset, n, token):
+        lo, hi = np.searchsorted(wanted, [start, start + len(x)])
+        out[order[lo:hi]] = x[wanted[lo:hi] - start]
+        start += len(x)
+    return out
 
 
 def silhouette(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     """Silhouette of the labelled points (NaN when fewer than 2 classes have 2+ points)."""
+    from sklearn import config_context
     from sklearn.metrics import silhouette_score
     keep = labels >= 0
     x, labels = x[keep], labels[keep]
@@ -50,22 +125,42 @@ def silhouette(x: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     if len(classes) < 2 or len(labels) <= len(classes):
         return float("nan")
     sample = SILHOUETTE_SAMPLE if len(labels) > SILHOUETTE_SAMPLE else None
-    return float(silhouette_score(x, labels, sample_size=sample, random_state=seed))
+    with config_context(working_memory=KNN_WORKING_MB):   # distances in blocks, not N×N
+        return float(silhouette_score(x, labels, sample_size=sample, random_state=seed))
+
+
+def nearest_neighbors(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every point (itself first), by scikit-learn's brute
+    force in bounded blocks: (indices N×k int32, distances N×k float32)."""
+    from sklearn import config_context
+    from sklearn.neighbors import NearestNeighbors
+    with config_context(working_memory=KNN_WORKING_MB):   # MB of distances per block
+        dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors(x)
+    return idx.astype(np.int32), dist.astype(np.float32)
 
 
 def umap_2d(x: np.ndarray, seed: int, n_neighbors: int, n_epochs: int = 200) -> np.ndarray:
     """UMAP to 2-D with a fixed seed (deterministic; umap then runs single-threaded).
-    200 epochs, umap's own choice for large data, instead of 500 for small data: the same
-    picture at half the cost (the first call in a process also pays numba's JIT, ~15 s)."""
+
+    The neighbour graph comes from exact scikit-learn neighbours up to EXACT_NEIGHBORS_MAX
+    points (umap's own exact path below 4,096 points goes through a slow Python-callable
+    metric; its approximate NN-descent recompiles part of its numba code in every process),
+    and from umap's approximate NN-descent beyond. numba's compiled code is cached across
+    runs (vitscope.jit). 200 epochs, umap's own choice for large data, instead of 500 for
+    small data: the same picture at half the cost."""
     try:
-        import umap
+        umap = load_umap()
     except ImportError:
         raise PluginError(UMAP_MISSING + ".") from None
-    with warnings.catch_warnings():  # umap warns that a fixed seed disables parallelism
+    k = min(n_neighbors, len(x) - 1)
+    extra = {"force_approximation_algorithm": True}
+    if len(x) <= EXACT_NEIGHBORS_MAX:
+        extra = {"precomputed_knn": (*nearest_neighbors(x, k), None)}
+    with warnings.catch_warnings():  # a fixed seed disables parallelism; no search index
         warnings.simplefilter("ignore")
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(x) - 1),
-                            min_dist=0.1, random_state=seed, n_epochs=n_epochs,
-                            init="spectral" if len(x) > 8 else "random")
+        reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=0.1, random_state=seed,
+                            n_epochs=n_epochs, init="spectral" if len(x) > 8 else "random",
+                            **extra)
         return reducer.fit_transform(x).astype(np.float32)
 
 
@@ -82,6 +177,9 @@ class ClsEmbedding:
         Option("n_neighbors", int, 15, "UMAP neighbourhood size", min=2, max=200),
         Option("seed", int, 0, "random seed of UMAP and the silhouette subsample",
                min=0, max=2 ** 32 - 1),
+        Option("points", int, 2000, "most images drawn in the interactive figure (the first "
+               "of the dump's shuffled order; the static figure draws all)", min=10,
+               max=10 ** 7),
     )
 
     def check(self, options, shape) -> None:
@@ -95,31 +193,44 @@ class ClsEmbedding:
             raise PluginError(f"cls-embedding needs at least 3 images, {n} are analysed; "
                               f"pass --images 3 or more (and capture at least that many).")
         chosen = select_layers(options.layers, depth, "cls-embedding.layers")
-        # CLS token at every depth: depth×N×D (+ the head token), read token 0 only.
-        stream = np.stack([np.asarray(dump[b][:n, 0], np.float32) for b in blocks])
-        head = np.asarray(dump["cls"][:n], np.float32)
+        # the CLS token at every depth (token 0 of each block's output) and the head token;
+        # read chunk by chunk, only token 0: one shown layer is in memory at a time, for UMAP
+        sources = [(dump[b], 0) for b in blocks] + [(dump["cls"], None)]
         labels, preds = dump.labels[:n], dump.preds[:n]
         by_label = bool((labels >= 0).any())
         colour = labels if by_label else preds
         positions = [f"block {i}" for i in range(depth)] + ["head"]
-        if by_label:
-            sil = np.array([silhouette(x, labels, options.seed) for x in [*stream, head]])
+        if by_label:   # on the rows sklearn's sample_size would draw, read alone
+            rows = silhouette_rows(labels, options.seed)
+            sil = np.array([silhouette(read_rows(ds, n, rows, token), labels[rows])
+                            for ds, token in sources])
         else:  # not against the predictions: they come from the head token itself
             sil = np.full(depth + 1, np.nan)
 
-        shown = [(f"block {l}", stream[l]) for l in chosen] + [("head (final norm)", head)]
-        pca = [pca_2d(x) for _, x in shown]
+        shown = [(f"block {l}", sources[l]) for l in chosen] + [("head (final norm)", sources[-1])]
+        pca, umaps, warn = [], [], None
+        for _, (ds, token) in shown:
+            # UMAP needs the N×D points in memory; PCA alone streams them twice from the dump
+            x = (np.concatenate(list(cls_chunks(ds, n, token))) if options.umap and not warn
+                 else None)
+            chunks = (lambda: [x]) if x is not None else (lambda: cls_chunks(ds, n, token))
+            fit = PcaFit()
+            for chunk in chunks():
+                fit.add(chunk)
+            mean, comps, ratio = fit.fit()
+            pca.append((np.concatenate([project(c, mean, comps) for c in chunks()]), ratio))
+            if x is not None:
+                try:
+                    umaps.append(umap_2d(x, options.seed, options.n_neighbors))
+                except PluginError as e:
+                    if "umap-learn" not in str(e):
+                        raise
+                    warn = UMAP_MISSING
+                    warnings.warn(warn)
+            x = chunks = None   # one layer's points in memory at a time
         coords = {"PCA": np.stack([c for c, _ in pca])}
-        warn = None
-        if options.umap:
-            try:
-                coords["UMAP"] = np.stack([umap_2d(x, options.seed, options.n_neighbors)
-                                           for _, x in shown])
-            except PluginError as e:
-                if "umap-learn" not in str(e):
-                    raise
-                warn = UMAP_MISSING
-                warnings.warn(warn)
+        if umaps and not warn:
+            coords["UMAP"] = np.stack(umaps)
         results = dict(pca=coords["PCA"], pca_explained=np.stack([v for _, v in pca]),
                        silhouette=sil, positions=np.array(positions),
                        shown=np.array([s for s, _ in shown]), labels=labels, preds=preds)
@@ -199,9 +310,14 @@ class ClsEmbedding:
 
     @staticmethod
     def _interactive(dump, coords, titles, colour, names, labels, preds, n, out_dir, options):
+        """Points of the first options.points images (a browser draws and a page carries that
+        many hover thumbnails; the dump's order is a seeded shuffle, so they are a sample)."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        total, n = n, min(n, options.points)
+        colour, labels, preds = colour[:n], labels[:n], preds[:n]
+        coords = {proj: xy[:, :n] for proj, xy in coords.items()}
         projs = list(coords)
         colors = F.class_colors(len(names))
         lab = F.label_names(dump.classes, labels)
@@ -221,14 +337,13 @@ class ClsEmbedding:
                 xy = coords[proj][j]
                 for c in present:
                     m = np.flatnonzero(colour == c)
+                    # no per-point text: the corner box shows each image's label and prediction
                     fig.add_trace(go.Scattergl(
                         x=xy[m, 0], y=xy[m, 1], mode="markers", customdata=m,
                         name=I.plotly_text(names[c]) if c >= 0 else "unknown",
                         legendgroup=str(c), showlegend=col == 0, visible=j == len(titles) - 1,
                         marker=dict(size=6, color=colors[c] if c >= 0 else "#999", opacity=0.8),
-                        text=[I.plotly_text(f"{where[i]}label {lab[i]} · prediction {pre[i]}")
-                              for i in m],
-                        hovertemplate="%{text}<extra>%{fullData.name}</extra>"),
+                        hovertemplate="#%{customdata}<extra>%{fullData.name}</extra>"),
                         row=1, col=col + 1)
                     ids.append(len(fig.data) - 1)
             groups.append(ids)
@@ -242,10 +357,14 @@ class ClsEmbedding:
         fig.update_xaxes(showticklabels=False)
         fig.update_yaxes(showticklabels=False)
         fig.update_layout(
-            title="CLS token of the residual stream (hover a point to see its image)",
+            title="CLS token of the residual stream (hover a point to see its image)" +
+                  (f"<br><sub>the first {n:,} of {total:,} images (the static figure shows all; "
+                   f"--opt cls-embedding.points=N)</sub>" if n < total else ""),
             height=620, width=520 * len(projs) + 200, plot_bgcolor="white",
             legend=dict(title="label" if (labels >= 0).any() else "prediction"),
             sliders=[dict(active=len(titles) - 1, currentvalue=dict(prefix="layer: "),
                           pad=dict(t=40), steps=steps)])
-        return I.save_html(fig, out_dir / "cls_embedding.html", options,
-                           post_script=I.hover_thumbnail_script(np.asarray(dump.images[:n]), caps))
+        page = out_dir / "cls_embedding.html"
+        step = I.thumbnail_step(dump.images.shape)      # HDF5 subsamples while reading
+        script = I.hover_thumbnail_script(dump.images[:n, ::step, ::step], caps, page=page)
+        return I.save_html(fig, page, options, post_script=script)

@@ -15,28 +15,21 @@ import numpy as np
 from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
-from vitscope.maps import (layer_spec, mask_area, mass_in_mask, n_images, patch_coverage,
-                           read_chunks, select_layers, to_grid)
+from vitscope.maps import (ClassMeans, NanMean, layer_spec, mask_area, mass_in_mask, n_images,
+                           patch_coverage, rows_for, select_layers, to_grid)
 from vitscope.plugin import Option
 
 DIRECTIONS = ("CLS → patches", "patches → CLS")
 
 
-def cls_maps(attn: np.ndarray, prefix: int) -> tuple[np.ndarray, np.ndarray]:
-    """N×H×T×T -> (CLS→patches N×H×P, patches→CLS N×H×P)."""
-    return attn[:, :, 0, prefix:], attn[:, :, prefix:, 0]
-
-
-def class_means(values: np.ndarray, labels: np.ndarray,
-                num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class means of N×... values (labels < 0 ignored) -> (C×..., counts C), one matmul."""
-    known = (labels >= 0) & (labels < num_classes)
-    onehot = np.zeros((len(labels), num_classes), np.float64)
-    onehot[np.flatnonzero(known), labels[known]] = 1.0
-    counts = onehot.sum(axis=0)
-    sums = onehot.T @ values.reshape(len(values), -1)
-    means = sums / np.maximum(counts, 1)[:, None]
-    return means.reshape(num_classes, *values.shape[1:]).astype(np.float32), counts
+def read_cls_maps(dump, names, start: int, stop: int, layout) -> tuple[np.ndarray, np.ndarray]:
+    """CLS→patches and patches→CLS of images start..stop, every layer in `names`:
+    (N×L×H×P, N×L×H×P) float32. Only the CLS row and column are read and converted (HDF5
+    selects them), 2/T of the attention."""
+    cls, patches = layout.cls_index or 0, layout.patches
+    rows = [np.asarray(dump[nm][start:stop, :, cls, patches], np.float32) for nm in names]
+    cols = [np.asarray(dump[nm][start:stop, :, patches, cls], np.float32) for nm in names]
+    return np.stack(rows, axis=1), np.stack(cols, axis=1)
 
 
 class ClsHeatmap:
@@ -59,38 +52,32 @@ class ClsHeatmap:
         layers = select_layers(options.layers, len(names), "cls-heatmap.layers")
         layout = dump.layout
         n = n_images(dump, options.limit)
-        c2p, p2c = self._compute(dump, [names[l] for l in layers], n, layout.num_prefix_tokens)
-        c2p, p2c = to_grid(c2p, layout.grid), to_grid(p2c, layout.grid)   # N×L×H×h×w
-        c2p_mean, p2c_mean = c2p.mean(axis=2), p2c.mean(axis=2)          # N×L×h×w
+        k = min(options.show, n)
         labels = dump.labels[:n]
         by_class = labels if (labels >= 0).any() else dump.preds[:n]   # unlabeled: predictions
         C = max(len(dump.classes), int(by_class.max()) + 1 if n else 0)
-        cls_c2p, counts = class_means(c2p_mean, by_class, C)
-        cls_p2c, _ = class_means(p2c_mean, by_class, C)
-        images_all = np.asarray(dump.images[:n])
-        mean_images, _ = class_means(images_all.astype(np.float32), by_class, C)
-
-        results = dict(cls_to_patches=c2p.astype(np.float16), patches_to_cls=p2c.astype(np.float16),
-                       class_cls_to_patches=cls_c2p, class_patches_to_cls=cls_p2c,
-                       class_counts=counts, layers=np.array(layers), labels=labels,
-                       preds=dump.preds[:n])
-        summary = {"images": n, "layers": len(layers),
-                   "class_average_by": "label" if (labels >= 0).any() else "prediction"}
-        if dump.masks is not None:
-            cov = patch_coverage(np.asarray(dump.masks[:n]), layout.grid)
-            results.update(mass_in_mask_cls_to_patches=mass_in_mask(c2p, cov),   # N×L×H
-                           mass_in_mask_patches_to_cls=mass_in_mask(p2c, cov),
-                           mask_area=mask_area(cov))
-            m = np.nanmean(mass_in_mask(c2p_mean, cov), axis=0)
-            best = int(np.nanargmax(m))
-            summary.update(mask_area=round(float(results["mask_area"].mean()), 4),
-                           last_layer_cls_mass_in_mask=round(float(m[-1]), 4),
-                           best_layer=layers[best], best_layer_cls_mass_in_mask=round(float(m[best]), 4))
-
         out_dir = Path(out_dir)
-        files = F.save_results(out_dir, results, summary)
-        k = min(options.show, n)
-        images = images_all[:k]
+        with F.Results(out_dir) as results:
+            (c2p, p2c), means, masks = self._compute(dump, [names[l] for l in layers], n, k,
+                                                     layout, by_class, C, results)
+            (cls_c2p, counts), (cls_p2c, _), (mean_images, _) = (m.result() for m in means)
+            for key, value in dict(class_cls_to_patches=cls_c2p, class_patches_to_cls=cls_p2c,
+                                   class_counts=counts, layers=np.array(layers), labels=labels,
+                                   preds=dump.preds[:n]).items():
+                results[key] = value
+            summary = {"images": n, "layers": len(layers),
+                       "class_average_by": "label" if (labels >= 0).any() else "prediction"}
+            if masks is not None:
+                masks = {key: m.result() for key, m in masks.items()}
+                m = masks["head_mean_map"]
+                best = int(np.nanargmax(m))
+                summary.update(mask_area=round(float(masks["area"]), 4),
+                               last_layer_cls_mass_in_mask=round(float(m[-1]), 4),
+                               best_layer=layers[best],
+                               best_layer_cls_mass_in_mask=round(float(m[best]), 4))
+            files = results.save(summary)
+        c2p_mean, p2c_mean = c2p.mean(axis=2), p2c.mean(axis=2)          # k×L×h×w
+        images = np.asarray(dump.images[:k])
         captions = F.captions(dump, k)
         present = np.flatnonzero(counts > 0)
         cnames = [dump.classes[c] if c < len(dump.classes) else f"#{c}" for c in present]
@@ -110,8 +97,8 @@ class ClsHeatmap:
                                          f"Class-averaged attention {title} (head mean, by "
                                          f"{summary['class_average_by']})",
                                          out_dir / f"class_average_{key}", options, overlay=False))
-            if "mask_area" in results:
-                files.append(self._mask_plot(results, layers, out_dir, options))
+            if masks is not None:
+                files.append(self._mask_plot(masks, layers, out_dir, options))
         if options.interactive:
             m = min(k, 4)
             both = np.stack([c2p_mean[:m], p2c_mean[:m]], axis=2)          # m×L×2×h×w
@@ -132,18 +119,48 @@ class ClsHeatmap:
         return files
 
     @staticmethod
-    def _compute(dump, names, n, prefix):
-        """Only the CLS row and column of each layer are kept: N×L×H×P each."""
-        c2p, p2c = [], []
-        for name in names:
-            rows, cols = [], []
-            for _, attn in read_chunks(dump[name], n):
-                r, c = cls_maps(attn, prefix)
-                rows.append(r)
-                cols.append(c)
-            c2p.append(np.concatenate(rows))
-            p2c.append(np.concatenate(cols))
-        return np.stack(c2p, axis=1), np.stack(p2c, axis=1)
+    def _compute(dump, names, n, k, layout, by_class, C, results):
+        """One pass over the images in chunks: only the CLS row and column of each layer are
+        read. Per-image maps go to `results` as they come; kept in memory are the first k
+        images' maps (for the figures), class sums and mask-number sums: nothing grows with n.
+        Returns ((c2p, p2c) k×L×H×h×w, class-mean accumulators, mask accumulators or None)."""
+        grid = layout.grid
+        L, H = len(names), dump[names[0]].shape[1]
+        # class-mean images are shown as small tiles: averaged at thumbnail size (subsampling
+        # then averaging is averaging then subsampling), HDF5 subsamples while reading
+        sub = I.thumbnail_step(dump.images.shape)
+        sums = [ClassMeans(C, (L, *grid)), ClassMeans(C, (L, *grid)),
+                ClassMeans(C, dump.images[:1, ::sub, ::sub].shape[1:])]
+        masks = None if dump.masks is None else {
+            key: NanMean() for key in ("area", "per_head", "c2p", "p2c", "head_mean_map")}
+        step = rows_for(2 * L * H * layout.num_patches * 4)    # 2 float32 L×H×P maps per image
+        shown = [], []
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            c2p, p2c = (to_grid(x, grid) for x in read_cls_maps(dump, names, start, stop, layout))
+            results.append("cls_to_patches", c2p.astype(np.float16))   # N×L×H×h×w
+            results.append("patches_to_cls", p2c.astype(np.float16))
+            if start < k:
+                shown[0].append(c2p[:k - start])
+                shown[1].append(p2c[:k - start])
+            c2p_mean, p2c_mean = c2p.mean(axis=2), p2c.mean(axis=2)        # N×L×h×w
+            labels = by_class[start:stop]
+            sums[0].add(c2p_mean, labels)
+            sums[1].add(p2c_mean, labels)
+            sums[2].add(dump.images[start:stop, ::sub, ::sub], labels)
+            if masks is not None:
+                cov = patch_coverage(np.asarray(dump.masks[start:stop]), grid)
+                in_c2p, in_p2c = mass_in_mask(c2p, cov), mass_in_mask(p2c, cov)   # N×L×H
+                results.append("mass_in_mask_cls_to_patches", in_c2p)
+                results.append("mass_in_mask_patches_to_cls", in_p2c)
+                results.append("mask_area", mask_area(cov))
+                masks["area"].add(mask_area(cov))
+                masks["per_head"].add(in_c2p)
+                masks["c2p"].add(in_c2p.mean(axis=2))
+                masks["p2c"].add(in_p2c.mean(axis=2))
+                masks["head_mean_map"].add(mass_in_mask(c2p_mean, cov))
+        empty = np.zeros((0, L, H, *grid), np.float32)
+        return tuple(np.concatenate(x) if x else empty for x in shown), sums, masks
 
     @staticmethod
     def _strip(images, maps, layers, row_labels, title, stem, options, overlay=True) -> Path:
@@ -174,20 +191,19 @@ class ClsHeatmap:
             return F.save_static(fig, stem, options)
 
     @staticmethod
-    def _mask_plot(results, layers, out_dir, options) -> Path:
-        c2p = results["mass_in_mask_cls_to_patches"]    # N×L×H
-        p2c = results["mass_in_mask_patches_to_cls"]
-        area = results["mask_area"].mean()
+    def _mask_plot(masks, layers, out_dir, options) -> Path:
+        """Means over images of the fraction of each map inside the mask (masks: means)."""
+        area = masks["area"]
         x = np.array(layers)
         with F.style() as plt:
             fig, ax = plt.subplots(figsize=(6.2, 3.4))
-            per_head = np.nanmean(c2p, axis=0)           # L×H
+            per_head = masks["per_head"]                 # L×H
             for h in range(per_head.shape[1]):
                 ax.plot(x, per_head[:, h], color="C0", alpha=0.35, lw=0.9,
                         label="CLS → patches, each head" if h == 0 else None)
-            ax.plot(x, np.nanmean(c2p.mean(axis=2), axis=0), "o-", color="C0", ms=3,
+            ax.plot(x, masks["c2p"], "o-", color="C0", ms=3,
                     label="CLS → patches, mean of heads")
-            ax.plot(x, np.nanmean(p2c.mean(axis=2), axis=0), "s-", color="C2", ms=3,
+            ax.plot(x, masks["p2c"], "s-", color="C2", ms=3,
                     label="patches → CLS, mean of heads")
             ax.axhline(area, color="gray", ls="--", lw=1, label="mask area (uniform map)")
             ax.set(xlabel="layer", ylabel="fraction of attention inside mask", ylim=(0, 1),

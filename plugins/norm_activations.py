@@ -17,7 +17,7 @@ import numpy as np
 from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
-from vitscope.maps import layer_spec, n_images, read_chunks, select_layers, to_grid
+from vitscope.maps import layer_spec, n_images, rows_per_read, select_layers, to_grid
 from vitscope.plugin import Option
 
 KINDS = ("norm1.in", "norm1.out", "attn.out", "norm2.in", "norm2.out")
@@ -28,29 +28,58 @@ HIST_IMAGES = 64   # images whose values feed the histograms (a fixed, cheap sam
 HIST_BINS = 120   # over the full range: the bulk keeps ~10 bins even with 10× outliers
 
 
-def hook_stats(dataset, n: int, sample: int = HIST_IMAGES) -> dict[str, np.ndarray]:
-    """Streaming statistics of an N×T×D (or N×P×D) activation over its first n images."""
-    total = total_sq = 0.0
-    count = 0
-    max_abs = 0.0
-    chan_abs = None
-    norms = []
-    values = []
-    for start, x in read_chunks(dataset, n):
-        total += float(x.sum(dtype=np.float64))
-        total_sq += float(np.square(x, dtype=np.float64).sum())
-        count += x.size
-        max_abs = max(max_abs, float(np.abs(x).max()))
+class ActivationStats:
+    """Statistics of one N×T×D (or N×P×D) activation, accumulated chunk by chunk: moments
+    (combined per chunk in float64, Chan et al.), max |x|, mean |x| per channel, the mean
+    token L2 norm (all tokens, and token 0), and the values of the first `sample` images for
+    histograms. Memory: D channels and the sample, whatever N is."""
+
+    def __init__(self, sample: int = HIST_IMAGES) -> None:
+        self.sample = sample
+        self.count = 0          # values seen
+        self.mean = 0.0
+        self.m2 = 0.0           # sum of squared deviations from the mean
+        self.max_abs = 0.0
+        self.chan_abs: np.ndarray | None = None
+        self.tokens = 0         # tokens seen (images × T)
+        self.norm_sum = 0.0
+        self.first_norm_sum = 0.0
+        self.images = 0
+        self.values: list[np.ndarray] = []
+
+    def add(self, x: np.ndarray, start: int) -> np.ndarray:
+        """Add images start..start+len(x) (float32 N×T×D); returns their token norms N×T."""
+        n = x.size
+        if n:
+            mean = float(x.mean(dtype=np.float64))
+            m2 = float(np.square(x - np.float32(mean), dtype=np.float64).sum())
+            total = self.count + n
+            delta = mean - self.mean
+            self.mean += delta * n / total
+            self.m2 += m2 + delta * delta * self.count * n / total
+            self.count = total
+            self.max_abs = max(self.max_abs, float(np.abs(x).max()))
         a = np.abs(x).sum(axis=(0, 1), dtype=np.float64)
-        chan_abs = a if chan_abs is None else chan_abs + a
-        norms.append(np.sqrt(np.einsum("ntd,ntd->nt", x, x)))
-        if start < sample:
-            values.append(x[:max(0, sample - start)].ravel())
-    mean = total / count
-    return {"mean": np.float64(mean), "std": np.float64(np.sqrt(max(total_sq / count - mean ** 2, 0))),
-            "max_abs": np.float64(max_abs), "channel_abs_mean": chan_abs / (count / len(chan_abs)),
-            "token_norms": np.concatenate(norms).astype(np.float32),
-            "sample": np.concatenate(values)}
+        self.chan_abs = a if self.chan_abs is None else self.chan_abs + a
+        norms = np.sqrt(np.einsum("ntd,ntd->nt", x, x))
+        self.tokens += norms.size
+        self.norm_sum += float(norms.sum(dtype=np.float64))
+        self.first_norm_sum += float(norms[:, 0].sum(dtype=np.float64))
+        self.images += len(norms)
+        if start < self.sample:   # a copy (not a view keeping the chunk), fp16 as stored
+            self.values.append(x[:self.sample - start].astype(np.float16).ravel())
+        return norms
+
+    def result(self) -> dict[str, np.ndarray]:
+        count = max(self.count, 1)
+        tokens_per_channel = max(self.tokens, 1)
+        return {"mean": np.float64(self.mean), "std": np.float64(np.sqrt(self.m2 / count)),
+                "max_abs": np.float64(self.max_abs),
+                "channel_abs_mean": self.chan_abs / tokens_per_channel,
+                "token_norm_mean": np.float64(self.norm_sum / max(self.tokens, 1)),
+                "first_token_norm_mean": np.float64(self.first_norm_sum / max(self.images, 1)),
+                "images": self.images,
+                "sample": np.concatenate(self.values) if self.values else np.zeros(0, np.float32)}
 
 
 def full_range_bins(*samples: np.ndarray, bins: int = HIST_BINS) -> np.ndarray:
@@ -91,35 +120,50 @@ class NormActivations:
         n = n_images(dump, options.limit)
         layout = dump.layout
         prefix = layout.num_prefix_tokens
-        stats = {(b, k): hook_stats(dump[f"blocks.{b}.{k}"], n) for b in blocks for k in KINDS}
-        embed = hook_stats(dump["patch_embed.out"], n)
-
-        results: dict[str, np.ndarray] = {"blocks": np.array(blocks), "kinds": np.array(KINDS)}
-        for key in ("mean", "std", "max_abs"):
-            results[key] = np.array([[stats[b, k][key] for k in KINDS] for b in blocks])
-        results["token_norm_mean"] = np.array([[stats[b, k]["token_norms"].mean() for k in KINDS]
-                                               for b in blocks])
-        results["cls_norm_mean"] = np.array([[stats[b, k]["token_norms"][:, 0].mean() for k in KINDS]
-                                             for b in blocks])
-        results["channel_abs_mean"] = np.stack([[stats[b, k]["channel_abs_mean"] for k in KINDS]
-                                                for b in blocks])
-        top = np.stack([[outlier_dims(stats[b, k]["channel_abs_mean"], options.top_k) for k in KINDS]
-                        for b in blocks])
-        results["outlier_dims"] = top
-        results["residual_token_norms"] = np.stack([stats[b, "norm1.in"]["token_norms"]
-                                                    for b in blocks], axis=1)   # N×B×T
-        for key in ("mean", "std", "max_abs"):
-            results[f"patch_embed_{key}"] = embed[key]
-        results["patch_embed_token_norms"] = embed["token_norms"]
-        summary = {"images": n, "blocks": blocks}
-        for b in blocks:
-            ca = stats[b, "norm1.in"]["channel_abs_mean"]
-            d = int(top[blocks.index(b), 0, 0])
-            summary[f"block {b} residual max |x|"] = round(float(stats[b, "norm1.in"]["max_abs"]), 3)
-            summary[f"block {b} top residual dim"] = (f"{d} ({ca[d] / max(np.median(ca), 1e-12):.1f}× "
-                                                      f"the median channel)")
+        hooks = {(b, k): f"blocks.{b}.{k}" for b in blocks for k in KINDS}
+        hooks["embed"] = "patch_embed.out"
+        # histograms show the LayerNorms' inputs and outputs: only those keep a sample
+        acc = {key: ActivationStats(0 if key == "embed" or key[1] == "attn.out" else HIST_IMAGES)
+               for key in hooks}
         out_dir = Path(out_dir)
-        files = F.save_results(out_dir, results, summary)
+        with F.Results(out_dir) as results:
+            # one pass in chunks of images, every hook per chunk: the token norms of a chunk
+            # go to results.npz at once, so nothing of size N stays in memory
+            step = min(rows_per_read(dump[name]) for name in hooks.values())
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                norms = {key: acc[key].add(np.asarray(dump[name][start:stop], np.float32), start)
+                         for key, name in hooks.items()}
+                results.append("residual_token_norms",                      # N×B×T
+                               np.stack([norms[b, "norm1.in"] for b in blocks], axis=1))
+                results.append("patch_embed_token_norms", norms["embed"])   # N×P
+            stats = {key: a.result() for key, a in acc.items()}
+            embed = stats["embed"]
+            results["blocks"], results["kinds"] = np.array(blocks), np.array(KINDS)
+            for key in ("mean", "std", "max_abs"):
+                results[key] = np.array([[stats[b, k][key] for k in KINDS] for b in blocks])
+            for key, what in (("token_norm_mean", "token_norm_mean"),
+                              ("cls_norm_mean", "first_token_norm_mean")):   # float32 as before
+                results[key] = np.array([[stats[b, k][what] for k in KINDS] for b in blocks],
+                                        np.float32)
+            results["channel_abs_mean"] = np.stack([[stats[b, k]["channel_abs_mean"]
+                                                     for k in KINDS] for b in blocks])
+            top = np.stack([[outlier_dims(stats[b, k]["channel_abs_mean"], options.top_k)
+                             for k in KINDS] for b in blocks])
+            results["outlier_dims"] = top
+            for key in ("mean", "std", "max_abs"):
+                results[f"patch_embed_{key}"] = embed[key]
+            summary = {"images": n, "blocks": blocks}
+            for b in blocks:
+                ca = stats[b, "norm1.in"]["channel_abs_mean"]
+                d = int(top[blocks.index(b), 0, 0])
+                summary[f"block {b} residual max |x|"] = round(
+                    float(stats[b, "norm1.in"]["max_abs"]), 3)
+                summary[f"block {b} top residual dim"] = (
+                    f"{d} ({ca[d] / max(np.median(ca), 1e-12):.1f}× the median channel)")
+            files = results.save(summary)
+        plot = {key: np.array([[stats[b, k][key] for k in KINDS] for b in blocks])
+                for key in ("mean", "std", "max_abs", "token_norm_mean")}
 
         k = min(options.show, n)
         images = np.asarray(dump.images[:k])
@@ -129,7 +173,7 @@ class NormActivations:
         maps = to_grid(all_norms[..., prefix:], layout.grid)
         captions = [c.replace("\n", " ") for c in F.captions(dump, k)]
         if options.static:
-            files.append(self._stats_plot(results, embed, blocks, out_dir, options))
+            files.append(self._stats_plot(plot, embed, blocks, out_dir, options))
             files.append(self._histograms(stats, blocks, out_dir, options))
             files.append(self._outliers(stats, blocks, top, out_dir, options))
             files.append(self._norm_maps(images, maps[:, blocks], all_norms[:, blocks, 0], blocks,
@@ -137,7 +181,7 @@ class NormActivations:
             if options.gif and depth > 1:
                 files.append(self._gif(images, maps, all_norms[..., 0], out_dir))
         if options.interactive:
-            files.append(self._stats_html(results, blocks, out_dir, options))
+            files.append(self._stats_html(plot, blocks, out_dir, options))
             m = min(k, 4)
             fig = I.map_slider(images[:m], maps[:m].transpose(1, 0, 2, 3)[:, :, None],
                                step_labels=[str(b) for b in range(depth)], slider_label="block",
@@ -150,7 +194,7 @@ class NormActivations:
     # ------------------------------------------------------------------------------ figures
 
     @staticmethod
-    def _stats_plot(results, embed, blocks, out_dir, options) -> Path:
+    def _stats_plot(plot, embed, blocks, out_dir, options) -> Path:
         panels = (("mean", "mean"), ("std", "std"), ("max_abs", "max |x|"),
                   ("token_norm_mean", "mean token L2 norm"))
         x = np.arange(len(blocks))
@@ -159,10 +203,10 @@ class NormActivations:
             fig, axes = plt.subplots(2, 2, figsize=(10, 6.2))
             for ax, (key, label) in zip(axes.flat, panels):
                 for i, kind in enumerate(KINDS):
-                    ax.bar(x + (i - (len(KINDS) - 1) / 2) * width, results[key][:, i], width,
+                    ax.bar(x + (i - (len(KINDS) - 1) / 2) * width, plot[key][:, i], width,
                            label=KIND_LABELS[kind], color=f"C{i}")
                 ref = {"mean": embed["mean"], "std": embed["std"], "max_abs": embed["max_abs"],
-                       "token_norm_mean": embed["token_norms"].mean()}[key]
+                       "token_norm_mean": embed["token_norm_mean"]}[key]
                 ax.axhline(ref, color="k", ls=":", lw=1, label="patch projections")
                 ax.set_xticks(x, [f"block {b}" for b in blocks])
                 ax.set_title(label)
@@ -191,12 +235,13 @@ class NormActivations:
                             histtype="stepfilled")
                     ax.hist(z, bins=bins, alpha=0.55, color="C3", label=f"{post} (post)", log=True,
                             histtype="stepfilled")
-                    ax.set_title(f"block {b} · LN{c + 1}: std {a.std():.2f} → {z.std():.2f} · "
+                    sa, sz = a.std(dtype=np.float32), z.std(dtype=np.float32)   # fp16 samples
+                    ax.set_title(f"block {b} · LN{c + 1}: std {sa:.2f} → {sz:.2f} · "
                                  f"max |x| {np.abs(a).max():.1f} → {np.abs(z).max():.1f}")
                     ax.legend(frameon=False, fontsize=7)
                     if r == len(blocks) - 1:
                         ax.set_xlabel("activation value")
-            images = min(len(stats[blocks[0], "norm1.in"]["token_norms"]), HIST_IMAGES)
+            images = min(stats[blocks[0], "norm1.in"]["images"], HIST_IMAGES)
             fig.suptitle(f"Values before vs after each LayerNorm (first {images} images, "
                          f"full range, log counts)")
             fig.subplots_adjust(hspace=0.45, wspace=0.18, top=1 - 0.55 / fig.get_figheight())
@@ -260,7 +305,7 @@ class NormActivations:
                           duration_ms=600)
 
     @staticmethod
-    def _stats_html(results, blocks, out_dir, options) -> Path:
+    def _stats_html(plot, blocks, out_dir, options) -> Path:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
         keys = (("mean", "mean"), ("std", "std"), ("max_abs", "max |x|"),
@@ -268,7 +313,7 @@ class NormActivations:
         fig = make_subplots(rows=2, cols=2, subplot_titles=[k[1] for k in keys])
         for p, (key, _) in enumerate(keys):
             for i, kind in enumerate(KINDS):
-                fig.add_trace(go.Bar(x=[f"block {b}" for b in blocks], y=results[key][:, i],
+                fig.add_trace(go.Bar(x=[f"block {b}" for b in blocks], y=plot[key][:, i],
                                      name=KIND_LABELS[kind], legendgroup=kind, showlegend=p == 0,
                                      marker_color=F.class_colors(len(KINDS))[i]),
                               row=p // 2 + 1, col=p % 2 + 1)

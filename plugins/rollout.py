@@ -15,23 +15,23 @@ import numpy as np
 from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
-from vitscope.mapset import map_arrays
-from vitscope.maps import (block_index, mask_area, mask_summary, mass_in_mask, n_images,
-                           patch_coverage, pointing_hits, to_grid)
+from vitscope.maps import (block_index, mask_area, mask_summary_from, mass_in_mask, n_images,
+                           patch_coverage, pointing_hits, rows_for, to_grid)
 from vitscope.plugin import Option
 
 FUSIONS = ("mean", "max", "min")
-CHUNK_BYTES = 64 << 20  # raw attention read per chunk of images: bounds memory for any model
 
 
 def fuse_heads(attn: np.ndarray, fusion: str) -> np.ndarray:
-    """N×H×T×T attention -> N×T×T by the mean, max or min over heads."""
+    """N×H×T×T attention -> N×T×T by the mean, max or min over heads, in float32 or wider:
+    fp16 input is reduced as it is (the mean accumulates in float32), never converted whole."""
+    dtype = np.result_type(attn.dtype, np.float32)
     if fusion == "mean":
-        return attn.mean(axis=1)
+        return attn.mean(axis=1, dtype=dtype)
     if fusion == "max":
-        return attn.max(axis=1)
+        return attn.max(axis=1).astype(dtype, copy=False)
     if fusion == "min":
-        return attn.min(axis=1)
+        return attn.min(axis=1).astype(dtype, copy=False)
     raise ValueError(f"unknown head fusion '{fusion}' (use {', '.join(FUSIONS)})")
 
 
@@ -57,7 +57,7 @@ def discard_lowest(a: np.ndarray, ratio: float) -> np.ndarray:
 
 def rollout_step(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0) -> np.ndarray:
     """One layer's N×T×T rollout factor: fused, discarded, + identity, rows renormalised."""
-    # fuse in the input's precision (the H×T×T block is the big one), accumulate in float64
+    # fuse from the stored precision (the H×T×T block is the big one), accumulate in float64
     a = fuse_heads(np.asarray(attn), fusion).astype(np.float64)
     if discard_ratio > 0:
         a = discard_lowest(a, discard_ratio)
@@ -117,30 +117,21 @@ class Rollout:
         start, end = self._span(options, len(names))
         layout = dump.layout
         n = n_images(dump, options.limit)
-        chosen = names[start:end + 1]
-        final, evolution, raw_cls = self._compute(dump, chosen, n, options, layout)
-        maps = to_grid(final, layout.grid)                      # N×h×w
-        evo = to_grid(evolution, layout.grid)                   # N×L×h×w
-        raw = to_grid(raw_cls, layout.grid)                     # N×L×h×w, fused CLS attention
-        layers = list(range(start, end + 1))
-
-        results = dict(map_arrays(dump, maps, n),
-                       rollout=maps.astype(np.float32), evolution=evo.astype(np.float32),
-                       raw_cls_attention=raw.astype(np.float32), layers=np.array(layers),
-                       labels=dump.labels[:n], preds=dump.preds[:n],
-                       fusion=options.fusion, discard_ratio=options.discard_ratio)
-        summary = {"images": n, "fusion": options.fusion, "discard_ratio": options.discard_ratio,
-                   "layers": f"{start}–{end}"}
-        if dump.masks is not None:
-            cov = patch_coverage(np.asarray(dump.masks[:n]), layout.grid)
-            results.update(coverage=cov, mass_in_mask=mass_in_mask(evo, cov),
-                           raw_mass_in_mask=mass_in_mask(raw, cov), mask_area=mask_area(cov),
-                           pointing=pointing_hits(maps, cov))
-            summary.update(_mask_numbers(results))
-
-        out_dir = Path(out_dir)
-        files = F.save_results(out_dir, results, summary)
         k = min(options.show, n)
+        layers = list(range(start, end + 1))
+        out_dir = Path(out_dir)
+        with F.Results(out_dir) as results:
+            maps, evo, numbers = self._compute(dump, names[start:end + 1], n, k, options,
+                                               layout, results)
+            for key, value in dict(layers=np.array(layers), labels=dump.labels[:n],
+                                   preds=dump.preds[:n], fusion=options.fusion,
+                                   discard_ratio=options.discard_ratio, **numbers).items():
+                results[key] = value
+            summary = {"images": n, "fusion": options.fusion,
+                       "discard_ratio": options.discard_ratio, "layers": f"{start}–{end}"}
+            if numbers:
+                summary.update(_mask_numbers(numbers))
+            files = results.save(summary)
         images = np.asarray(dump.images[:k])
         captions = F.captions(dump, k)
         if options.static:
@@ -148,8 +139,8 @@ class Rollout:
             rows = min(k, 4)   # the evolution figure shows at most 4 of the `show` images
             files.append(self._evolution(images[:rows], evo[:rows], layers, captions, options,
                                          out_dir))
-            if "mass_in_mask" in results:
-                files.append(self._mask_plot(results, layers, options, out_dir))
+            if numbers:
+                files.append(self._mask_plot(numbers, layers, options, out_dir))
         if options.interactive:
             m = min(k, 6)
             fig = I.map_slider(images[None, :m], evo[:m].transpose(1, 0, 2, 3)[:, None],
@@ -164,22 +155,43 @@ class Rollout:
     # ------------------------------------------------------------------------------ compute
 
     @staticmethod
-    def _compute(dump, names, n, options, layout):
-        """Batched over images in chunks (CHUNK_BYTES of attention per layer); one batched
-        matmul per layer and chunk."""
-        prefix = layout.num_prefix_tokens
-        finals, evos, raws = [], [], []
+    def _compute(dump, names, n, k, options, layout, results):
+        """Batched over images in chunks (about maps.READ_BYTES of float32 attention per layer),
+        one batched matmul per layer and chunk. The per-image maps go to `results` chunk by chunk;
+        kept are the first k images' maps (figures) and a few numbers per image (mask).
+        Returns (rollout k×h×w, evolution k×L×h×w, per-image mask numbers or {})."""
+        prefix, grid = layout.num_prefix_tokens, layout.grid
         H, T = dump[names[0]].shape[1], layout.num_tokens
-        chunk = max(1, CHUNK_BYTES // (H * T * T * 4))
+        chunk = rows_for(H * T * T * 4)
+        shown: tuple[list, list] = ([], [])
+        numbers: dict[str, list] = {}
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             raw: list[np.ndarray] = []
             layers = _read_layers(dump, names, s, e, options.fusion, prefix, raw)
             final, evo = attention_rollout(layers, options.fusion, options.discard_ratio, prefix)
-            finals.append(final)
-            evos.append(evo)
-            raws.append(np.stack(raw, axis=1))
-        return np.concatenate(finals), np.concatenate(evos), np.concatenate(raws)
+            maps, evo = to_grid(final, grid), to_grid(evo, grid)        # N×h×w, N×L×h×w
+            raw = to_grid(np.stack(raw, axis=1), grid)                  # fused CLS attention
+            results.append("rollout", maps.astype(np.float32))
+            # the map contract (vitscope.mapset), chunk by chunk: maps, image_indices, target
+            results.append("maps", maps.astype(np.float32))
+            results.append("image_indices", np.asarray(dump.indices[s:e], dtype=np.int64))
+            results.append("target", np.asarray(dump.target[s:e], dtype=np.int64))
+            results.append("evolution", evo.astype(np.float32))
+            results.append("raw_cls_attention", raw.astype(np.float32))
+            if s < k:
+                shown[0].append(maps[:k - s])
+                shown[1].append(evo[:k - s])
+            if dump.masks is not None:
+                cov = patch_coverage(np.asarray(dump.masks[s:e]), grid)
+                results.append("coverage", cov)
+                for key, value in (("mass_in_mask", mass_in_mask(evo, cov)),
+                                   ("raw_mass_in_mask", mass_in_mask(raw, cov)),
+                                   ("mask_area", mask_area(cov)),
+                                   ("pointing", pointing_hits(maps, cov))):
+                    numbers.setdefault(key, []).append(value)
+        maps, evo = (np.concatenate(x) if x else np.zeros((0, *grid)) for x in shown)
+        return maps, evo, {key: np.concatenate(v) for key, v in numbers.items()}
 
     # ------------------------------------------------------------------------------ figures
 
@@ -231,16 +243,19 @@ class Rollout:
 
 
 def _read_layers(dump, names, start, stop, fusion, prefix, raw_cls: list):
-    """Yield each layer's attention for images start..stop (one layer in memory at a time),
-    appending its fused CLS row to raw_cls for the raw-attention comparison."""
+    """Yield each layer's attention for images start..stop as stored (fp16: half the memory of
+    float32; fuse_heads reduces it as it is), one layer in memory at a time, appending its
+    fused CLS row to raw_cls for the raw-attention comparison."""
     for name in names:
-        attn = np.asarray(dump[name][start:stop], dtype=np.float32)
+        attn = dump[name][start:stop]
         raw_cls.append(fuse_heads(attn[:, :, 0:1, :], fusion)[:, 0, prefix:])
         yield attn
 
 
-def _mask_numbers(results: dict) -> dict:
-    numbers = mask_summary(results["rollout"], results["coverage"])
-    numbers["last_layer_cls_attention_mass_in_mask"] = float(
-        np.nanmean(results["raw_mass_in_mask"][:, -1]))
-    return {k: round(v, 4) for k, v in numbers.items()}
+def _mask_numbers(numbers: dict) -> dict:
+    """The summary's mask figures from the per-image numbers (the final rollout is the last
+    layer of the evolution)."""
+    out = mask_summary_from(numbers["mass_in_mask"][:, -1], numbers["mask_area"], numbers["pointing"])
+    out["last_layer_cls_attention_mass_in_mask"] = float(
+        np.nanmean(numbers["raw_mass_in_mask"][:, -1]))
+    return {k: round(v, 4) for k, v in out.items()}

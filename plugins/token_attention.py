@@ -41,6 +41,21 @@ def query_rows(attn_sum: np.ndarray | None, query: str, k: int, num_patches: int
     return np.full(k, prefix + index, dtype=np.int64)
 
 
+def received_attention(dump, names, k: int, prefix: int) -> np.ndarray:
+    """k×P: the attention each patch receives in the first k images, averaged over the layers
+    `names`, their heads and every query; one layer in memory at a time, in its stored type."""
+    total = None
+    for nm in names:
+        part = dump[nm][:k, :, :, prefix:].mean(axis=(1, 2), dtype=np.float32)
+        total = part if total is None else total + part
+    return total / len(names)
+
+
+def query_row(attn: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """k×H×T×T attention (any float type) -> k×H×T float32: query q[i]'s row of image i."""
+    return attn[np.arange(len(q)), :, q, :].astype(np.float32)
+
+
 class TokenAttention:
     """Attention of a query token (CLS, a patch, or the most-attended patch) per layer and head."""
 
@@ -70,11 +85,10 @@ class TokenAttention:
         layout = dump.layout
         prefix, P = layout.num_prefix_tokens, layout.num_patches
         k = min(options.show, n_images(dump, options.limit))
-        attn = np.stack([np.asarray(dump[names[l]][:k], np.float32) for l in layers], axis=1)
-        # attn: k×L×H×T×T. Attention received by each patch, for the "top" query.
-        received = attn[..., prefix:].mean(axis=(1, 2, 3)) if options.query == "top" else None
+        chosen = [names[l] for l in layers]
+        received = received_attention(dump, chosen, k, prefix) if options.query == "top" else None
         q = query_rows(received, options.query, k, P, prefix)
-        rows = attn[np.arange(k), :, :, q, :]                       # k×L×H×T (query row)
+        rows = np.stack([query_row(dump[nm][:k], q) for nm in chosen], axis=1)   # k×L×H×T
         maps = to_grid(rows[..., prefix:], layout.grid)             # k×L×H×h×w
         mean = maps.mean(axis=2, keepdims=True)
         with_mean = np.concatenate([maps, mean], axis=2)            # heads + head-mean

@@ -130,7 +130,16 @@ def test_umap_projection_and_silhouette(small_dump, tmp_path):
     assert saved["umap"].shape == (2, 12, 2) and np.isfinite(saved["umap"]).all()
     assert saved["silhouette"].shape == (3,)    # 2 blocks + the head token
     html = (tmp_path / "cls-embedding" / "cls_embedding.html").read_text()
-    assert "var SHEET" in html and "data:image/png;base64," in html     # hover thumbnails
+    # hover thumbnails: one sprite PNG beside the page (no base64 copy of every image in it)
+    assert 'var SHEET = "cls_embedding_files/images.png"' in html
+    from vitscope.dump import Dump
+    with Image.open(tmp_path / "cls-embedding" / "cls_embedding_files" / "images.png") as im:
+        sheet = np.asarray(im.convert("RGB"))
+    with Dump.open(dump_path) as dump:
+        images = dump.images[:12]
+    h, w = images.shape[1:3]
+    assert sheet.shape == (3 * h, 4 * w, 3)          # 12 images on a 4-column grid
+    assert np.array_equal(sheet[h:2 * h, 3 * w:4 * w], images[7])
 
 
 def test_missing_umap_is_a_clear_warning(small_dump, tmp_path, monkeypatch):

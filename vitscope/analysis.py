@@ -70,7 +70,7 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
     `available`), and all of its matches must be available: a dump holding blocks 1–2 of
     `blocks.*.attn.weights` does not serve a plugin that reads every block, which would
     otherwise run on part of the model and number its layers wrongly."""
-    from vitscope.hooks import match_names, summarize_names
+    from vitscope.names import match_names, summarize_names
     names = list(available)
     have = set(names)
     universe = list(model_hooks) if model_hooks else names

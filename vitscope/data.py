@@ -15,15 +15,14 @@ predict all use it with `normalization(ckpt)`).
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from vitscope.datasets.base import ImageDataset, carve_split, concat  # noqa: F401  (public here)
 from vitscope.errors import ConfigError, DataError
+from vitscope.paths import resolve_cache_dir
 
 SPLITS = ("train", "val", "all")   # all: every image of the data, for analysis (never training)
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
@@ -140,14 +139,6 @@ def parse_spec(spec: str) -> tuple[str, str]:
     elif close := difflib.get_close_matches(kind, ["shapes", "cifar10", "cifar100", "folder"], 1):
         hint = f" Did you mean '{close[0]}'?"
     raise DataError(f"Unknown dataset '{spec}'.{hint} Valid: {VALID_SPECS}.")
-
-
-def resolve_cache_dir(cache_dir: Any = None) -> Path:
-    """`cache_dir`, else $VITSCOPE_CACHE, else ~/.cache/vitscope."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("VITSCOPE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "vitscope"
 
 
 def resize_dataset(ds: ImageDataset, image_size: int) -> ImageDataset:

@@ -6,6 +6,7 @@
         save_static(fig, out_dir / "rollout", options) # -> rollout.png | .svg | .pdf
     save_gif(frames, out_dir / "layers.gif")
     save_results(out_dir, {"maps": maps}, {"headline": 0.5})   # results.npz + summary.json
+    with Results(out_dir) as r: r.append("maps", chunk) ...     # the same, chunk by chunk
     save_html(plotly_fig, out_dir / "rollout.html", options)   # offline (vitscope.interactive)
 
 Grids of many image panels: vitscope.mosaic. Numpy imaging (`upsample`, `colorize`) is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -208,19 +210,97 @@ def short_name(name: str, width: int = 22) -> str:
 def save_results(out_dir: Path, arrays: dict[str, Any], summary: dict[str, Any] | None = None,
                  name: str = "results.npz") -> list[Path]:
     """The numbers behind a plugin's figures: `results.npz` (+ `summary.json` of headline
-    numbers, which index.html shows). Returns the files written."""
-    import json
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    np.savez(path, **{k: np.asarray(v) for k, v in arrays.items()})  # float noise barely compresses
-    files = [path]
-    if summary is not None:
-        files.append(out_dir / "summary.json")
-        # allow_nan=False: bare NaN / Infinity is not JSON, and strict readers reject the file
-        text = json.dumps(json_safe(summary), indent=2, ensure_ascii=False, allow_nan=False)
-        files[-1].write_text(text + "\n", encoding="utf-8")
-    return files
+    numbers, which index.html shows). Returns the files written. Per-image arrays of a
+    large dump: build them chunk by chunk with `Results` instead."""
+    results = Results(out_dir, name)
+    for key, value in arrays.items():
+        results[key] = value
+    return results.save(summary)
+
+
+class Results:
+    """`results.npz` built chunk by chunk, so per-image arrays never sit whole in memory.
+
+        with Results(out_dir) as results:
+            for start, chunk in ...:
+                results.append("maps", maps_of(chunk))     # rows along N, spilled to disk
+            results["layers"] = np.array(layers)            # small arrays: kept as they are
+            files = results.save(summary)                   # results.npz (+ summary.json)
+
+    The archive is what np.savez writes (uncompressed .npy members), so np.load reads it as
+    before. Appended rows wait in a temporary folder inside out_dir (the output's disk, not
+    /tmp, which may be RAM), removed by save() or when the block is left.
+    """
+
+    def __init__(self, out_dir: Path, name: str = "results.npz") -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / name
+        self._arrays: dict[str, np.ndarray] = {}
+        self._spilled: dict[str, list] = {}      # key -> [file, dtype, row shape, rows]
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._arrays[key] = np.asarray(value)
+
+    def append(self, key: str, rows: np.ndarray) -> None:
+        """Add rows (along the first axis) to the per-image array `key`."""
+        rows = np.ascontiguousarray(rows)
+        entry = self._spilled.get(key)
+        if entry is None:
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix=".results-", dir=self.out_dir)
+            fh = open(Path(self._tmp.name) / f"{len(self._spilled)}.bin", "w+b")
+            entry = self._spilled[key] = [fh, rows.dtype, rows.shape[1:], 0]
+        if rows.dtype != entry[1] or rows.shape[1:] != entry[2]:
+            raise ValueError(f"results['{key}']: rows of {rows.dtype} {rows.shape[1:]} after "
+                             f"{entry[1]} {entry[2]}")
+        entry[0].write(rows.tobytes())
+        entry[3] += len(rows)
+
+    def save(self, summary: dict[str, Any] | None = None) -> list[Path]:
+        """Write results.npz (and summary.json); returns the files written."""
+        import json
+        import shutil
+        import zipfile
+        from numpy.lib import format as npy
+
+        try:
+            with zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for key, value in self._arrays.items():
+                    with zf.open(f"{key}.npy", "w", force_zip64=True) as out:
+                        npy.write_array(out, value, allow_pickle=True)
+                for key, (fh, dtype, shape, rows) in self._spilled.items():
+                    with zf.open(f"{key}.npy", "w", force_zip64=True) as out:
+                        npy.write_array_header_2_0(out, {"descr": npy.dtype_to_descr(dtype),
+                                                         "fortran_order": False,
+                                                         "shape": (rows, *shape)})
+                        fh.seek(0)
+                        shutil.copyfileobj(fh, out, 1 << 20)
+        finally:
+            self.close()
+        files = [self.path]
+        if summary is not None:
+            files.append(self.out_dir / "summary.json")
+            # allow_nan=False: bare NaN / Infinity is not JSON, and strict readers reject the file
+            text = json.dumps(json_safe(summary), indent=2, ensure_ascii=False, allow_nan=False)
+            files[-1].write_text(text + "\n", encoding="utf-8")
+        return files
+
+    def close(self) -> None:
+        """Drop what was appended (save() calls it)."""
+        for fh, *_ in self._spilled.values():
+            fh.close()
+        self._spilled.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "Results":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def json_safe(value: Any) -> Any:

@@ -23,6 +23,7 @@ import numpy as np
 from vitscope.escaping import plotly_text, script_json, template_text  # noqa: F401 (re-exported)
 
 PLOTLY_JS = "plotly.min.js"
+THUMB_SIDE = 64   # hover thumbnails are subsampled to at most this many pixels a side
 
 
 def plotly_js(run_dir: Path) -> Path:
@@ -50,31 +51,55 @@ def save_html(fig, path: Path, options: Any = None, post_script: str | None = No
     return path
 
 
-def sprite_sheet(images: np.ndarray, max_side: int = 64) -> tuple[str, int, int, int]:
+def thumbnail_step(images_shape: Sequence[int], max_side: int = THUMB_SIDE) -> int:
+    """The whole-number subsampling step that brings N×H×W×3 images to at most max_side a
+    side: `dump.images[a:b, ::step, ::step]` lets HDF5 do it while reading."""
+    return max(1, -(-max(images_shape[1:3]) // max_side))
+
+
+def sprite_sheet(images: np.ndarray, max_side: int = THUMB_SIDE,
+                 path: Path | None = None) -> tuple[str, int, int, int]:
     """All N×H×W×3 images in ONE PNG grid (encoding a thousand small PNGs is slow):
-    (data: URI, columns, tile height, tile width). Large images are subsampled to max_side."""
+    (data: URI or None, columns, tile height, tile width). Large images are subsampled to
+    max_side. With `path` the PNG is written there instead of into a data: URI (no base64
+    copies of the pixels in memory or in the page)."""
     from PIL import Image
     images = np.asarray(images, np.uint8)
-    step = max(1, -(-images.shape[1] // max_side))
+    step = thumbnail_step(images.shape, max_side)
     images = images[:, ::step, ::step]
     n, h, w = images.shape[:3]
     cols = max(1, int(np.ceil(np.sqrt(n))))
     rows = -(-n // cols)
-    padded = np.zeros((rows * cols, h, w, 3), np.uint8)
-    padded[:n] = images
-    sheet = padded.reshape(rows, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, 3)
+    sheet = np.zeros((rows * h, cols * w, 3), np.uint8)
+    tiles = sheet.reshape(rows, h, cols, w, 3).transpose(0, 2, 1, 3, 4)   # a view: no copies
+    full = n // cols
+    tiles[:full] = images[:full * cols].reshape(full, cols, h, w, 3)
+    if full < rows:                                                       # the last, partial row
+        tiles[full, :n - full * cols] = images[full * cols:]
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sheet).save(path, format="PNG")
+        return None, cols, h, w
     buf = io.BytesIO()
     Image.fromarray(sheet).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), cols, h, w
+    del sheet, tiles
+    return "data:image/png;base64," + base64.b64encode(buf.getbuffer()).decode("ascii"), cols, h, w
 
 
-def hover_thumbnail_script(images: np.ndarray, captions: list[str], size: int = 128) -> str:
+def hover_thumbnail_script(images: np.ndarray, captions: list[str], size: int = 128,
+                           page: Path | None = None) -> str:
     """A post_script for save_html: hovering a point whose customdata is an image index shows
     that image (enlarged to `size` px) and its caption in a corner box; plotly.js has no
     images in tooltips. The images travel once, as one sprite sheet, however many traces
-    show them. Captions are plain text (a newline breaks the line), never markup: they hold
-    class names, and they are shown with textContent."""
-    uri, cols, h, w = sprite_sheet(images)
+    show them: inside the page, or, given the `page` the script goes into (many images),
+    as `<page>_files/images.png` beside it, loaded by relative path (offline still).
+    Captions are plain text (a newline breaks the line), never markup: they hold class names,
+    and they are shown with textContent."""
+    sheet = None if page is None else \
+        Path(page).with_name(Path(page).stem + "_files") / "images.png"
+    uri, cols, h, w = sprite_sheet(images, path=sheet)
+    if sheet is not None:
+        uri = f"{sheet.parent.name}/{sheet.name}"
     scale = size / max(h, w)
     return (f"var SHEET = {script_json(uri)}; var COLS = {cols}; var TH = {h * scale:.3f}; "
             f"var TW = {w * scale:.3f}; var SW = {cols * w * scale:.3f}; "
@@ -90,7 +115,7 @@ box.style.cssText = 'position:fixed;top:12px;right:12px;padding:6px;background:#
   'box-shadow:0 2px 6px rgba(0,0,0,.25);text-align:center';
 var pic = document.createElement('div');
 pic.style.cssText = 'width:' + TW + 'px;height:' + TH + 'px;margin:auto;' +
-  'image-rendering:pixelated;background-repeat:no-repeat;background-image:url(' + SHEET + ');' +
+  'image-rendering:pixelated;background-repeat:no-repeat;background-image:url("' + SHEET + '");' +
   'background-size:' + SW + 'px ' + SH + 'px';
 var cap = document.createElement('div');
 cap.style.whiteSpace = 'pre-line';

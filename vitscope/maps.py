@@ -14,6 +14,10 @@ from vitscope.errors import PluginError
 
 _NAMED = ("all", "first", "middle", "last")
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
+# One step of a chunked computation holds at most READ_ROWS images and about READ_BYTES of
+# float32 data: what bounds a plugin's memory, whatever the number of images.
+READ_BYTES = 8 << 20
+READ_ROWS = 1024
 
 
 def layer_spec(text: str) -> str:
@@ -75,10 +79,82 @@ def n_images(dump, limit: int | None) -> int:
     return len(dump) if limit is None else max(0, min(len(dump), int(limit)))
 
 
-def read_chunks(dataset, n: int, batch: int = 256) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, float32 array) over the first n rows, `batch` rows at a time (bounded memory)."""
+def rows_for(row_bytes: int, chunk: int = 1) -> int:
+    """Images per step so that one step holds about READ_BYTES, and at most READ_ROWS images,
+    when an image costs `row_bytes` (both read at call time, so tests can shrink them):
+    memory bounded by the step, never by N. A multiple of `chunk` (a dataset's HDF5 chunk
+    rows) where larger, so each HDF5 chunk is read from disk once."""
+    rows = max(1, min(READ_ROWS, READ_BYTES // max(int(row_bytes), 1)))
+    return rows // chunk * chunk if rows >= chunk else rows
+
+
+def rows_per_read(dataset, select: tuple = ()) -> int:
+    """rows_for() one read of `dataset[start:stop, *select]` converted to float32."""
+    shape = np.broadcast_to(np.empty((), bool), tuple(dataset.shape[1:]))[select].shape
+    chunk = (getattr(dataset, "chunks", None) or (1,))[0]
+    return rows_for(4 * int(np.prod(shape, dtype=np.int64)), chunk)
+
+
+def read_chunks(dataset, n: int, batch: int | None = None, *, select: tuple = (),
+                dtype=np.float32) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, array) over the first n rows, `batch` rows at a time (default rows_per_read).
+
+    `select` indexes the other axes and is applied by HDF5 while reading, so only that part
+    is read into memory and converted to `dtype`: `select=(slice(None), 0)` of an N×H×T×T
+    attention dataset is the CLS row of every head (N×H×T), 1/T of the data.
+    """
+    batch = batch or rows_per_read(dataset, select)
     for start in range(0, n, batch):
-        yield start, np.asarray(dataset[start:min(n, start + batch)], dtype=np.float32)
+        yield start, np.asarray(dataset[(slice(start, min(n, start + batch)), *select)],
+                                dtype=dtype)
+
+
+class ClassMeans:
+    """Per-class means of per-image values, accumulated chunk by chunk: memory is C×... for
+    the sums, whatever the number of images. Labels < 0 or >= num_classes are ignored."""
+
+    def __init__(self, num_classes: int, shape: tuple[int, ...]) -> None:
+        self.sums = np.zeros((num_classes, *shape), np.float64)
+        self.counts = np.zeros(num_classes, np.float64)
+
+    def add(self, values: np.ndarray, labels: np.ndarray) -> None:
+        C = len(self.counts)
+        keep = (labels >= 0) & (labels < C)
+        labels = labels[keep]
+        if not len(labels):
+            return
+        order = np.argsort(labels, kind="stable")
+        labels = labels[order]
+        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+        rows = np.asarray(values)[keep][order].reshape(len(labels), -1)
+        # one reduction per class present in the chunk, vectorised: no C×N one-hot matrix
+        self.sums.reshape(C, -1)[labels[starts]] += np.add.reduceat(rows, starts, axis=0,
+                                                                    dtype=np.float64)
+        self.counts += np.bincount(labels, minlength=C)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(means C×... float32, counts C); classes without images have mean 0."""
+        shape = (len(self.counts),) + (1,) * (self.sums.ndim - 1)
+        means = self.sums / np.maximum(self.counts, 1).reshape(shape)
+        return means.astype(np.float32), self.counts.copy()
+
+
+class NanMean:
+    """The mean over images (axis 0) of N×... values, ignoring NaN, accumulated chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.sum: np.ndarray | float = 0.0
+        self.count: np.ndarray | float = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, np.float64)
+        finite = ~np.isnan(values)
+        self.sum = self.sum + np.where(finite, values, 0.0).sum(axis=0)
+        self.count = self.count + finite.sum(axis=0)
+
+    def result(self) -> np.ndarray:
+        count = np.asarray(self.count, np.float64)
+        return np.divide(self.sum, count, out=np.full(count.shape, np.nan), where=count > 0)
 
 
 def to_grid(tokens: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -129,11 +205,16 @@ def pointing_hits(maps: np.ndarray, coverage: np.ndarray, threshold: float = 0.5
 
 def mask_summary(maps: np.ndarray, coverage: np.ndarray) -> dict[str, float]:
     """Headline numbers for N×h×w maps: mass inside the mask vs the mask's area, pointing game."""
-    inside = mass_in_mask(maps, coverage)
-    area = mask_area(coverage)
+    return mask_summary_from(mass_in_mask(maps, coverage), mask_area(coverage),
+                        pointing_hits(maps, coverage))
+
+
+def mask_summary_from(inside: np.ndarray, area: np.ndarray, hits: np.ndarray) -> dict[str, float]:
+    """mask_summary from the per-image numbers (mass in mask, mask area, pointing hit), which
+    chunked computations keep: a few bytes per image."""
     return {
         "mass_in_mask": float(np.nanmean(inside)),
         "mask_area": float(area.mean()),
         "mass_over_area": float(np.nanmean(inside) / max(area.mean(), 1e-12)),
-        "pointing_game": float(pointing_hits(maps, coverage).mean()),
+        "pointing_game": float(np.mean(hits)),
     }

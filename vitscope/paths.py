@@ -16,6 +16,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from vitscope.errors import VitscopeError
 
@@ -116,3 +117,12 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def resolve_cache_dir(cache_dir: Any = None) -> Path:
+    """vitscope's cache folder (decoded image folders, numba's compiled code): `cache_dir`,
+    else $VITSCOPE_CACHE, else ~/.cache/vitscope."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("VITSCOPE_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vitscope"

@@ -83,9 +83,9 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_f
              plugin_timeout) -> None:
     from vitscope.analysis import PluginResult, missing_hooks, render_plugins, union_requires
     from vitscope.errors import PluginError
-    from vitscope.hooks import summarize_names
     from vitscope.isolation import warm_up
     from vitscope.locks import hold
+    from vitscope.names import summarize_names
     from vitscope.paths import make_output_dir, remove_empty
     from vitscope.plugin import check_options, discover, parse_opts
     from vitscope.staging import LOCK

@@ -172,7 +172,7 @@ def merge_cmd(shards, output, force) -> None:
 def info_cmd(path) -> None:
     """What a dump holds: source, images, token layout and every captured hook with its shape."""
     from vitscope.dump import Dump
-    from vitscope.hooks import format_shape
+    from vitscope.names import format_shape
 
     with Dump.open(path) as d:
         a = d.attrs

@@ -1,0 +1,298 @@
+"""Analysis at dataset scale: wall time and peak memory of every built-in plugin on dumps of
+1k, 4k and 16k images, `analyze --all` on the largest, and what a dump costs per image.
+
+    python benchmarks/analyze_scaling.py                       # the README table
+    python benchmarks/analyze_scaling.py --sizes 1000,4000 --plugin rollout --json out.json
+
+Dumps are captured once with the real CLI (`vitscope dump CKPT --split train --limit N`, the
+shipped CIFAR-10 checkpoint on the CIFAR-10 JPEG mirror by default) into --dump-dir and reused
+by later runs. Every measurement runs in a fresh subprocess that first imports what the plugin
+needs (vitscope, matplotlib, plotly, and for cls-embedding umap), records its peak RSS at that
+point (the import baseline), then renders the plugin through the same code path as `vitscope
+analyze --dump` (static and interactive) and reports the peak RSS again. "MB" is the peak
+above the import baseline, "total" the peak of the whole process. cls-embedding is run once
+on the smallest dump before it is measured, so its figures are with a warm numba cache (the
+cold figure, with an empty cache, is printed separately).
+
+Targets (issue 14): peak RSS at the largest size within 15% of the smallest, for every plugin;
+time per image at the largest size no more than at the second largest; `analyze --all` on
+the largest dump within 1.5 GB peak RSS in all; cls-embedding on 4k images in <= 15 s warm.
+Wall times depend on what else runs on the machine: the load average is printed beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ("token-attention", "cls-heatmap", "rollout", "cls-embedding", "norm-activations")
+# cls-embedding twice: UMAP's own memory grows with the number of points by its nature
+RUNS = {"cls-embedding": [("cls-embedding (PCA)", {"umap": False}),
+                          ("cls-embedding (PCA + UMAP)", {})]}
+RSS_TARGET = 0.15        # peak at the largest size within 15% of the smallest
+ALL_TARGET_MB = 1500     # analyze --all on the largest dump
+UMAP_TARGET_S = 15.0     # cls-embedding on 4k images, warm cache
+DATA_HELP = ("extract the CIFAR-10 JPEG mirror first: mkdir -p /tmp/vitscope-data && tar xzf "
+             "../shared/data/cifar10-jpeg.tar.gz -C /tmp/vitscope-data (or pass --data SPEC)")
+
+
+def peak_mb() -> float:
+    """Peak resident set size of this process so far, in MB (Linux reports kB)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 1e6
+
+
+def thread_env(threads: int, cache: str | None = None) -> dict[str, str]:
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[key] = str(threads)
+    if cache is not None:
+        env["VITSCOPE_CACHE"] = cache
+        env.pop("NUMBA_CACHE_DIR", None)
+    return env
+
+
+# ------------------------------------------------------------------------------- children
+
+def child_plugin(spec: dict) -> dict:
+    """In a fresh process: import, note the baseline, render one plugin, note the peak."""
+    import warnings
+    warnings.simplefilter("ignore")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import plotly.graph_objects  # noqa: F401
+
+    from vitscope.analysis import render_plugins
+    from vitscope.plugin import discover
+
+    entry = discover().get(spec["plugin"]).load()
+    if spec["plugin"] == "cls-embedding":   # the libraries' import is not the plugin's cost
+        import sklearn.metrics  # noqa: F401
+        import sklearn.neighbors  # noqa: F401
+
+        from vitscope.jit import load_umap
+        load_umap()
+    base = peak_mb()
+    t0, c0 = time.perf_counter(), time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = render_plugins(spec["dump"], [entry], Path(tmp), {entry.name: spec.get("values", {})},
+                             limit=spec.get("limit"))[0]
+    return {"ok": res.ok, "error": res.error, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0, "baseline_mb": base, "peak_mb": peak_mb(),
+            "above_mb": peak_mb() - base, "files": len(res.files)}
+
+
+def child_cli(spec: dict) -> dict:
+    """In a fresh process: the real `vitscope ...` command line, and its peak RSS."""
+    from vitscope.cli import main
+    t0 = time.perf_counter()
+    code = 0
+    try:
+        main(spec["args"], standalone_mode=False)
+    except SystemExit as e:
+        code = e.code or 0
+    except Exception as e:  # reported, not raised: the parent prints the table
+        return {"ok": False, "error": f"{type(e).__name__}: {e}", "peak_mb": peak_mb()}
+    return {"ok": code == 0, "error": None if code == 0 else f"exit {code}",
+            "seconds": time.perf_counter() - t0, "peak_mb": peak_mb()}
+
+
+def run_child(kind: str, spec: dict, threads: int, cache: str | None = None,
+              timeout: float = 3600) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), f"--child-{kind}", json.dumps(spec)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads, cache),
+                         cwd=ROOT, timeout=timeout)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if res.returncode != 0 or not lines:
+        return {"ok": False, "error": (res.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1])
+
+
+# ---------------------------------------------------------------------------------- dumps
+
+def ensure_dump(args, n: int) -> tuple[Path, dict]:
+    """A dump of the first n images of the shuffled split, captured by the real CLI once."""
+    from vitscope.dump import Dump
+    from vitscope.errors import VitscopeError
+
+    path = Path(args.dump_dir) / f"{Path(args.ckpt).stem}-{args.split}-{n}.h5"
+    info: dict = {}
+    if path.is_file():
+        try:
+            with Dump.open(path) as d:
+                if len(d) == n:
+                    return path, {"bytes_per_image": path.stat().st_size / n, "reused": True}
+        except VitscopeError:
+            pass
+    cmd = [sys.executable, "-m", "vitscope", "dump", args.ckpt, "--data", args.data,
+           "--split", args.split, "--limit", str(n), "-o", str(path), "--force", "-q",
+           "--device", "cpu", *(["--no-derive"] if args.no_derive else [])]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(args.threads),
+                         cwd=ROOT)
+    if res.returncode != 0:
+        raise SystemExit(f"capturing {path} failed: {res.stderr.strip()[-600:]}\n"
+                         f"({DATA_HELP})")
+    info.update(seconds=time.perf_counter() - t0, bytes_per_image=path.stat().st_size / n,
+                reused=False)
+    return path, info
+
+
+# --------------------------------------------------------------------------------- report
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) / 2 ** 20
+    except OSError:
+        mem = float("nan")
+    return f"{model}, {os.cpu_count()} CPUs, {mem:.0f} GiB"
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def fmt_size(n: int) -> str:
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ckpt", default="examples/checkpoints/vit-cifar10.pt")
+    ap.add_argument("--data", default="folder:/tmp/vitscope-data/cifar10-jpeg")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--sizes", default="1000,4000,16000",
+                    help="images per dump, comma-separated (64000 needs a split that large)")
+    ap.add_argument("--plugin", action="append", help="plugins to measure (default: built-ins)")
+    ap.add_argument("--dump-dir", default="outputs/.bench/scaling")
+    ap.add_argument("--threads", type=int, default=2, help="BLAS/numba threads in each run")
+    ap.add_argument("--no-derive", action="store_true",
+                    help="capture dumps storing every hook point (no derived LayerNorm outputs)")
+    ap.add_argument("--skip-all", action="store_true", help="skip `analyze --all`")
+    ap.add_argument("--skip-cold", action="store_true", help="skip the cold-cache UMAP run")
+    ap.add_argument("--json", help="also write every figure to this JSON file")
+    args = ap.parse_args()
+
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    plugins = args.plugin or list(PLUGINS)
+    Path(args.dump_dir).mkdir(parents=True, exist_ok=True)
+    report: dict = {"machine": machine(), "threads": args.threads, "load_start": os.getloadavg(),
+                    "dumps": {}, "plugins": {}}
+    print(f"machine: {report['machine']}; {args.threads} threads per run; {load()}")
+    dumps = {}
+    for n in sizes:
+        path, info = ensure_dump(args, n)
+        dumps[n] = path
+        report["dumps"][n] = {"path": str(path), **info}
+        print(f"dump {fmt_size(n):>4}: {path} ({info['bytes_per_image'] / 1e3:,.1f} kB/image"
+              + (", reused" if info.get("reused") else f", captured in {info['seconds']:.0f} s")
+              + ")")
+
+    runs = [(label, p, values) for p in plugins for label, values in
+            (RUNS.get(p) or [(p, {})])]
+    for label, plugin, values in runs:
+        if plugin == "cls-embedding" and values.get("umap", True):   # warm numba's cache
+            run_child("plugin", {"plugin": plugin, "dump": str(dumps[sizes[0]])}, args.threads)
+        rows = {}
+        for n in sizes:
+            r = run_child("plugin", {"plugin": plugin, "dump": str(dumps[n]), "values": values},
+                          args.threads)
+            r["load"] = os.getloadavg()[0]
+            rows[n] = r
+            state = (f"{r['seconds']:7.1f} s ({r['cpu_seconds']:6.1f} CPU s) {r['above_mb']:5.0f} MB "
+                     f"(total {r['peak_mb']:,.0f})" if r["ok"] else f"FAILED: {r['error']}")
+            print(f"  {label:<26} {fmt_size(n):>4}  {state}   {load()}")
+        report["plugins"][label] = rows
+
+    if "cls-embedding" in plugins and not args.skip_cold:
+        n = 4000 if 4000 in dumps else sizes[0]
+        with tempfile.TemporaryDirectory(prefix="vitscope-cold-") as cache:
+            r = run_child("plugin", {"plugin": "cls-embedding", "dump": str(dumps[n])},
+                          args.threads, cache=cache)
+        report["cls_embedding_cold"] = {"images": n, **r}
+        print(f"  cls-embedding {fmt_size(n)} with an empty numba cache: "
+              + (f"{r['seconds']:.1f} s" if r["ok"] else f"FAILED: {r['error']}"))
+
+    if not args.skip_all:
+        n = sizes[-1]
+        with tempfile.TemporaryDirectory() as out:
+            r = run_child("cli", {"args": ["analyze", "--dump", str(dumps[n]), "--all", "-o",
+                                           out]}, args.threads)
+        r["load"] = os.getloadavg()[0]
+        report["analyze_all"] = {"images": n, **r}
+        print(f"  analyze --all     {fmt_size(n):>4}  "
+              + (f"{r['seconds']:7.1f} s, peak RSS {r['peak_mb']:,.0f} MB" if r["ok"]
+                 else f"FAILED: {r['error']}") + f"   {load()}")
+
+    print_table(report, sizes, [label for label, _, _ in runs])
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
+
+
+def print_table(report: dict, sizes: list[int], labels: list[str]) -> None:
+    """The README table: seconds and MB above the import baseline per size, then the targets."""
+    lo, hi = sizes[0], sizes[-1]
+    mid = sizes[-2] if len(sizes) > 1 else lo
+    head = " | ".join(f"{fmt_size(n)} images" for n in sizes)
+    print(f"\n| plugin | {head} | ms/image {fmt_size(mid)} → {fmt_size(hi)} | "
+          f"peak {fmt_size(hi)} ÷ {fmt_size(lo)} |")
+    print("|---" * (len(sizes) + 3) + "|")
+    failures = []
+    for plugin in labels:
+        rows = report["plugins"][plugin]
+        if not all(rows[n]["ok"] for n in sizes):
+            print(f"| {plugin} | " + " | ".join("ok" if rows[n]["ok"] else "FAILED"
+                                               for n in sizes) + " | | |")
+            failures.append(f"{plugin} failed")
+            continue
+        cells = [f"{rows[n]['seconds']:.1f} s, {rows[n]['above_mb']:,.0f} MB" for n in sizes]
+        per = {n: 1e3 * rows[n]["seconds"] / n for n in sizes}
+        ratio = rows[hi]["above_mb"] / max(rows[lo]["above_mb"], 1e-9)
+        print(f"| {plugin} | " + " | ".join(cells) +
+              f" | {per[mid]:.2f} → {per[hi]:.2f} | {ratio:.2f}× |")
+        if ratio > 1 + RSS_TARGET:
+            failures.append(f"{plugin}: peak at {fmt_size(hi)} is {ratio:.2f}× that at "
+                            f"{fmt_size(lo)} (target <= {1 + RSS_TARGET:.2f}×)")
+        if per[hi] > per[mid]:
+            failures.append(f"{plugin}: {per[hi]:.2f} ms/image at {fmt_size(hi)} > "
+                            f"{per[mid]:.2f} at {fmt_size(mid)}")
+    dumps = report["dumps"]
+    print("\nbytes per image: " + ", ".join(
+        f"{fmt_size(n)}: {dumps[n]['bytes_per_image'] / 1e3:,.1f} kB" for n in sizes))
+    all_ = report.get("analyze_all")
+    if all_ and all_.get("ok"):
+        print(f"analyze --all on {fmt_size(all_['images'])}: {all_['seconds']:.0f} s, peak RSS "
+              f"{all_['peak_mb']:,.0f} MB in all (target <= {ALL_TARGET_MB:,} MB)")
+        if all_["peak_mb"] > ALL_TARGET_MB:
+            failures.append(f"analyze --all peaks at {all_['peak_mb']:,.0f} MB")
+    emb = report["plugins"].get("cls-embedding (PCA + UMAP)", {}).get(4000)
+    if emb and emb.get("ok"):
+        print(f"cls-embedding on 4k, warm cache: {emb['seconds']:.1f} s (target <= "
+              f"{UMAP_TARGET_S:.0f} s)")
+        if emb["seconds"] > UMAP_TARGET_S:
+            failures.append(f"cls-embedding 4k takes {emb['seconds']:.1f} s")
+    print(f"{report['machine']}; {load()} at the end (wall times are contaminated by other load)")
+    print("targets: " + ("all met" if not failures else "; ".join(failures)))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] in ("--child-plugin", "--child-cli"):
+        fn = child_plugin if sys.argv[1] == "--child-plugin" else child_cli
+        print(json.dumps(fn(json.loads(sys.argv[2]))))
+    else:
+        main()
