@@ -40,6 +40,9 @@ RUNS = {"cls-embedding": [("cls-embedding (PCA)", {"umap": False}),
 RSS_TARGET = 0.15        # peak at the largest size within 15% of the smallest
 ALL_TARGET_MB = 1500     # analyze --all on the largest dump
 UMAP_TARGET_S = 15.0     # cls-embedding on 4k images, warm cache
+# (preset, image size, patch size) whose bytes per image the report lists
+MODEL_SIZES = [("vit-tiny", 32, 4), ("vit-small", 32, 4), ("vit-base", 32, 4),
+               ("vit-tiny", 224, 16), ("vit-small", 224, 16), ("vit-base", 224, 16)]
 DATA_HELP = ("extract the CIFAR-10 JPEG mirror first: mkdir -p /tmp/vitscope-data && tar xzf "
              "../shared/data/cifar10-jpeg.tar.gz -C /tmp/vitscope-data (or pass --data SPEC)")
 
@@ -104,6 +107,81 @@ def child_cli(spec: dict) -> dict:
         return {"ok": False, "error": f"{type(e).__name__}: {e}", "peak_mb": peak_mb()}
     return {"ok": code == 0, "error": None if code == 0 else f"exit {code}",
             "seconds": time.perf_counter() - t0, "peak_mb": peak_mb()}
+
+
+def child_capture(spec: dict) -> dict:
+    """In a fresh process: plain forward vs capture (derived hooks on and off) of the
+    checkpoint on the first images of the data, best of `repeats`, and bytes per image."""
+    import numpy as np
+    import torch
+
+    from vitscope.capture import DEFAULT_HOOKS, capture, dataset_for, image_order
+    from vitscope.checkpoint import load_model
+    from vitscope.data import normalization, to_model_input
+
+    torch.set_num_threads(spec["threads"])
+    model, ck = load_model(spec["ckpt"])
+    model.eval()
+    data = dataset_for(ck, spec["data"], spec["split"])
+    n, batch = spec["images"], 64
+    images = np.ascontiguousarray(data.images[image_order(len(data), 0)[:n]])
+    mean, std = normalization(ck)
+    best: dict[str, float] = {}
+    sizes: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(spec["repeats"]):
+            with torch.inference_mode():
+                model(to_model_input(torch.from_numpy(images[:batch]), mean, std))   # warm-up
+                t0 = time.perf_counter()
+                for i in range(0, n, batch):
+                    model(to_model_input(torch.from_numpy(images[i:i + batch]), mean, std))
+                best["plain"] = max(best.get("plain", 0), n / (time.perf_counter() - t0))
+            for derive in (True, False):
+                key = "derived" if derive else "stored"
+                out = Path(tmp) / f"{key}.h5"
+                t0 = time.perf_counter()
+                capture(model, data, out, DEFAULT_HOOKS, ckpt=ck, limit=n, batch_size=batch,
+                        force=True, device="cpu", derive=derive)
+                best[key] = max(best.get(key, 0), n / (time.perf_counter() - t0))
+                sizes[key] = out.stat().st_size / n
+    return {"ok": True, "images_per_s": best, "bytes_per_image": sizes, "images": n}
+
+
+def child_sizes(spec: dict) -> dict:
+    """In a fresh process: bytes per image of the default hooks, stored raw (trained models'
+    fp16 activations do not compress), for each model size, with and without derived hooks:
+    a real capture of a few random images through a randomly initialised ViT."""
+    import numpy as np
+    import torch
+
+    from vitscope.capture import DEFAULT_HOOKS, capture
+    from vitscope.data import ImageDataset
+    from vitscope.model import ViT, preset
+
+    torch.set_num_threads(spec["threads"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, size, patch in spec["models"]:
+            torch.manual_seed(0)
+            model = ViT(preset(name, image_size=size, patch_size=patch, num_classes=10)).eval()
+            n = spec["images"]
+            pixels = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), np.uint8)
+            data = ImageDataset(images=pixels, labels=np.zeros(n, np.int64), classes=[],
+                                masks=None, spec="random", split="val", paths=None)
+            row = {"model": name, "image_size": size, "patch_size": patch,
+                   "tokens": model.cfg.num_tokens}
+            for derive in (True, False):
+                out = Path(tmp) / "x.h5"
+                capture(model, data, out, DEFAULT_HOOKS, batch_size=n, compression="none",
+                        force=True, device="cpu", derive=derive)
+                import h5py
+                with h5py.File(out) as f:
+                    stored = []
+                    f.visititems(lambda k, v: stored.append(v.id.get_storage_size())
+                                 if isinstance(v, h5py.Dataset) else None)
+                row["derived" if derive else "stored"] = sum(stored) / n
+            rows.append(row)
+    return {"ok": True, "rows": rows}
 
 
 def run_child(kind: str, spec: dict, threads: int, cache: str | None = None,
@@ -184,6 +262,9 @@ def main() -> None:
                     help="capture dumps storing every hook point (no derived LayerNorm outputs)")
     ap.add_argument("--skip-all", action="store_true", help="skip `analyze --all`")
     ap.add_argument("--skip-cold", action="store_true", help="skip the cold-cache UMAP run")
+    ap.add_argument("--skip-capture", action="store_true",
+                    help="skip capture vs plain forward and bytes per image per model size")
+    ap.add_argument("--capture-images", type=int, default=1024)
     ap.add_argument("--json", help="also write every figure to this JSON file")
     args = ap.parse_args()
 
@@ -238,10 +319,49 @@ def main() -> None:
               + (f"{r['seconds']:7.1f} s, peak RSS {r['peak_mb']:,.0f} MB" if r["ok"]
                  else f"FAILED: {r['error']}") + f"   {load()}")
 
+    if not args.skip_capture:
+        r = run_child("capture", {"ckpt": args.ckpt, "data": args.data, "split": args.split,
+                                  "images": args.capture_images, "repeats": 3,
+                                  "threads": args.threads}, args.threads)
+        r["load"] = os.getloadavg()[0]
+        report["capture"] = r
+        r = run_child("sizes", {"models": MODEL_SIZES, "images": 8, "threads": args.threads},
+                      args.threads)
+        report["sizes"] = r
+
     print_table(report, sizes, [label for label, _, _ in runs])
+    print_capture(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")
+
+
+def print_capture(report: dict) -> None:
+    """Capture speed against the plain forward, and bytes per image and images per TB of disk
+    for each model size."""
+    cap = report.get("capture")
+    if cap:
+        if not cap.get("ok"):
+            print(f"\ncapture: FAILED: {cap.get('error')}")
+        else:
+            ips, size = cap["images_per_s"], cap["bytes_per_image"]
+            print(f"\ncapture of the default hooks, {cap['images']} images, shipped checkpoint "
+                  f"(load {cap['load']:.1f}):")
+            print("| | images/s | % of plain forward | kB/image |\n|---|---|---|---|")
+            print(f"| plain forward | {ips['plain']:,.0f} | 100% | |")
+            for key, label in (("derived", "capture, LayerNorm outputs derived (default)"),
+                               ("stored", "capture --no-derive")):
+                print(f"| {label} | {ips[key]:,.0f} | {100 * ips[key] / ips['plain']:.0f}% | "
+                      f"{size[key] / 1e3:,.1f} |")
+    sz = report.get("sizes")
+    if sz and sz.get("ok"):
+        print("\nbytes per image of the default hooks (fp16, raw) and images per TB of disk:")
+        print("| model | input | tokens | MB/image | --no-derive | images per TB |")
+        print("|---|---|---|---|---|---|")
+        for r in sz["rows"]:
+            print(f"| {r['model']} | {r['image_size']} px / {r['patch_size']} | {r['tokens']} | "
+                  f"{r['derived'] / 1e6:,.3f} | {r['stored'] / 1e6:,.3f} | "
+                  f"{1e12 / r['derived']:,.0f} |")
 
 
 def print_table(report: dict, sizes: list[int], labels: list[str]) -> None:
@@ -291,8 +411,9 @@ def print_table(report: dict, sizes: list[int], labels: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] in ("--child-plugin", "--child-cli"):
-        fn = child_plugin if sys.argv[1] == "--child-plugin" else child_cli
-        print(json.dumps(fn(json.loads(sys.argv[2]))))
+    children = {"--child-plugin": child_plugin, "--child-cli": child_cli,
+                "--child-capture": child_capture, "--child-sizes": child_sizes}
+    if len(sys.argv) == 3 and sys.argv[1] in children:
+        print(json.dumps(children[sys.argv[1]](json.loads(sys.argv[2]))))
     else:
         main()

@@ -382,10 +382,13 @@ def test_dump_info_shows_the_filter_each_hook_got(tmp_path, shapes_ckpt):
     res = run_cli("info", out)
     assert res.exit_code == 0, res.output
     with Dump.open(out) as d:
-        filters = {h: d[h].compression or "raw" for h in d.hooks}
+        filters = {h: d[h].compression or "raw" for h in d.hooks if h not in d.derived}
+        derived = {h: s["source"] for h, s in d.derived.items()}
     lines = {l.split()[0]: l for l in res.output.splitlines() if l.startswith("  ")}
     for hook, used in filters.items():
         assert lines[hook].rstrip().endswith(used), lines[hook]
+    for hook, source in derived.items():   # computed on read (vitscope.derive), not stored
+        assert lines[hook].rstrip().endswith(f"derived: layer_norm of {source}"), lines[hook]
     assert set(filters.values()) <= {"lzf", "raw"}
     if "raw" in filters.values():
         assert f"lzf on {sum(f == 'lzf' for f in filters.values())} of {len(filters)}" in res.output

@@ -198,6 +198,22 @@ class DumpWriter:
             self.f[f"acts/{alias}"] = self.f[f"acts/{target}"]
         self.f.attrs["aliases"] = _encode("aliases", aliases)
 
+    def set_derived(self, derived: dict[str, dict[str, Any]]) -> None:
+        """Record hook points computed on read from a stored one (vitscope.derive), instead of
+        storing them: `derived[name]` holds function, source, eps, weight, bias and dims. The
+        parameters go to /derived/<name>/ (weight, bias), the rest to the root attribute
+        `derived`."""
+        index = {}
+        for name, spec in derived.items():
+            group = self.f.require_group("derived").create_group(name)
+            for key in ("weight", "bias"):
+                if spec.get(key) is not None:
+                    group.create_dataset(key, data=np.asarray(spec[key], np.float32))
+            group.attrs["dims"] = spec["dims"]
+            index[name] = {"function": spec["function"], "source": spec["source"],
+                           "eps": float(spec["eps"])}
+        self.f.attrs["derived"] = _encode("derived", index)
+
     def finish(self) -> None:
         """Mark the file complete, flush it to disk and close it (the rename that follows must
         never expose lost data); WriteError if any write failed."""
@@ -223,7 +239,9 @@ class Dump:
         self.attrs: dict[str, Any] = contents.attrs
         stored = set(f["acts"])
         listed = self.attrs.get("hooks") or sorted(stored, key=layer_sort_key)
-        self.hooks: list[str] = [h for h in listed if h in stored]
+        # hook points computed on read from a stored one (vitscope.derive): name -> spec
+        self.derived: dict[str, dict[str, Any]] = dict(self.attrs.get("derived") or {})
+        self.hooks: list[str] = [h for h in listed if h in stored or h in self.derived]
         grads = set(f["grads"]) if "grads" in f else set()
         # hooks whose gradient of the target logit was captured (read as dump["grad:<hook>"])
         self.grad_hooks: list[str] = [h for h in self.attrs.get("grad_hooks") or [] if h in grads]
@@ -270,6 +288,8 @@ class Dump:
                                 f"of: {summarize_names(self.grad_hooks) or 'none'} (capture them "
                                 f"with `vitscope dump --hooks 'grad:{name}' --target ...`).")
             return self._f["grads"][name]
+        if hook in self.derived and hook not in self._f["acts"]:
+            return self._derived_dataset(hook)
         if hook not in self._f["acts"]:
             raise DumpError(f"'{self.path}' holds no hook '{hook}'; it holds: "
                             f"{summarize_names(self.hooks) or 'none'} (capture more with "
@@ -279,7 +299,30 @@ class Dump:
     def __contains__(self, hook: str) -> bool:
         if is_grad(hook):
             return hook[len(GRAD_PREFIX):] in self.grad_hooks
-        return hook in self._f["acts"]
+        return hook in self._f["acts"] or hook in self.derived
+
+    def _derived_dataset(self, hook: str):
+        """The DerivedDataset of a derived hook point (its parameters read once)."""
+        from vitscope.derive import DerivedDataset
+        cache = self.__dict__.setdefault("_derived_params", {})
+        spec = self.derived[hook]
+        try:
+            if hook not in cache:
+                group = self._f["derived"][hook]
+                cache[hook] = ({**spec, **{k: np.asarray(group[k], np.float32)
+                                           for k in ("weight", "bias") if k in group}},
+                               group.attrs)
+            params, attrs = cache[hook]
+            source = self._f["acts"][spec["source"]]
+            if len(source.shape) < 2 or any(
+                    params[k].shape != source.shape[-1:] for k in ("weight", "bias") if k in params):
+                raise ValueError(f"parameters do not fit the source's shape {source.shape}")
+            return DerivedDataset(hook, source, params, attrs)
+        except (KeyError, ValueError, TypeError) as e:
+            raise DumpError(f"'{self.path}' is a damaged dump: the derived hook point '{hook}' "
+                            f"cannot be computed ({type(e).__name__}: {str(e)[:120]}); re-create "
+                            f"it with `vitscope dump` (--no-derive stores every hook point as "
+                            f"captured).") from None
 
     def match(self, pattern: str) -> list[str]:
         """Captured hook names matching a glob, in numeric layer order; [] if none. A
@@ -423,7 +466,7 @@ class Dump:
 # Attributes every shard of one capture must share before merge joins them.
 SHARED_ATTRS = ("checkpoint_sha256", "model_config", "dataset", "data_sha256", "split",
                 "split_size", "seed", "order", "hooks", "aliases", "dtype", "normalize",
-                "classes", "token_layout", "target", "grad_hooks")
+                "classes", "token_layout", "target", "grad_hooks", "derived")
 
 
 def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False) -> Path:
@@ -529,6 +572,14 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
         f.create_group("acts")
         if "grads" in first._f:
             f.create_group("grads")
+        if "derived" in first._f:   # the norms' parameters: a few kB, copied (the same in all)
+            for d in shards[1:]:
+                for name in first.derived:
+                    a, b = first._f["derived"][name], d._f.get(f"derived/{name}")
+                    if b is None or any(k not in b or not np.array_equal(a[k], b[k]) for k in a):
+                        raise DumpError(f"'{d.path}' does not belong with '{first.path}': the "
+                                        f"parameters of the derived hook point '{name}' differ.")
+            f.copy(first._f["derived"], "derived")
         for key in _dataset_keys(first._f, aliases):
             ref = first._f[key]
             for d in shards[1:]:

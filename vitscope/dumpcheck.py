@@ -46,7 +46,7 @@ VERSION = 2
 # decodes them.
 JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
                         "model_hooks", "aliases", "normalize", "shard", "merged_from",
-                        "grad_hooks"})
+                        "grad_hooks", "derived"})
 # Datasets every dump has besides the hook groups (masks and dataset_labels are optional).
 REQUIRED = ("images", "labels", "logits", "indices")
 # Groups of per-hook datasets (N first, a `dims` attribute naming each axis).
@@ -202,6 +202,10 @@ ATTR_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a mapping of hook names to hook names"),
     "normalize": (_normalize, "{mean: [3 finite numbers], std: [3 finite numbers]}"),
     "shard": (_shard, "{index, count, start, stop, total} of integers >= 0"),
+    # hook points computed on read (vitscope.derive checks each entry when the dump opens)
+    "derived": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(e, dict) for k, e in v.items()),
+        "a mapping of hook names to derivations"),
 }
 
 

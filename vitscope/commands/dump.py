@@ -96,10 +96,13 @@ def dump() -> None:
 @click.option("--target", default="pred", show_default=True, metavar="pred|label|INDEX",
               help="Class whose logit the grad: hooks differentiate (stored per image in "
                    "/target): the prediction, the label, or a class index.")
+@click.option("--derive/--no-derive", default=True, show_default=True,
+              help="Keep LayerNorm outputs whose input is stored as the norm's parameters and "
+                   "compute them on read (--no-derive: store every hook point as captured).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @threads_option
 def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, compression, shard,
-                seed, in_order, output, force, device, target, quiet) -> None:
+                seed, in_order, output, force, device, target, derive, quiet) -> None:
     """Capture activations of CKPT into an HDF5 dump (and gradients for `grad:` hooks)."""
     from vitscope.capture import (DEFAULT_HOOKS, USER_DUMP_DIR, capture, capture_device,
                                   check_limit, dataset_for, num_classes, parse_shard,
@@ -133,7 +136,7 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
     path = capture(model, dataset, out, patterns, ckpt=ck, limit=limit, batch_size=batch_size,
                    dtype=dtype, compression=compression, shard=parsed, force=force,
                    device=dev, progress=not quiet, seed=None if in_order else seed,
-                   target=target)
+                   target=target, derive=derive)
     seconds = time.perf_counter() - t0
     start, stop = shard_range(n, *parsed) if parsed is not None else (0, n)
     count, size = stop - start, path.stat().st_size
@@ -189,7 +192,7 @@ def info_cmd(path) -> None:
         if d.grad_hooks:
             click.echo(f"target       {d.target_spec}: gradients of the target logit at "
                        f"{len(d.grad_hooks)} hook points (grad: names below)")
-        filters = {h: _filter(d[h]) for h in d.names}
+        filters = {h: _filter(d[h]) for h in d.names if h not in d.derived}
         asked = a.get("compression")
         used = sum(f == asked for f in filters.values())
         if "virtual" in filters.values():  # merged: the shards say how they are stored
@@ -200,6 +203,11 @@ def info_cmd(path) -> None:
                     else "") +
                    f", {d.path.stat().st_size / 1e6:,.1f} MB" +
                    (f", merged from {len(a['merged_from'])} shards" if a.get("merged_from") else ""))
+        if d.derived:
+            click.echo(f"derived      {len(d.derived)} hook points computed on read from a stored "
+                       f"one (LayerNorm outputs: the norms' weights are in the dump)")
+            filters.update({h: f"derived: {s['function']} of {s['source']}"
+                            for h, s in d.derived.items()})
         width = max((len(h) for h in d.names), default=0)
         for h in d.names:
             ds = d[h]
