@@ -114,6 +114,40 @@ def test_norm_statistics_streamed_equal_in_memory(dumps, tmp_path, monkeypatch):
             np.testing.assert_allclose(saved["residual_token_norms"][:, i], residual, rtol=1e-6)
 
 
+def test_plugins_stream_a_merged_dump_of_shards(tmp_path):
+    """`analyze` on `dump merge` of shards reads the shards through HDF5 virtual datasets, in
+    order, copying nothing: the same results as one dump of the same images, in chunks that
+    cross the shard boundaries, and the merged file stays a few kB."""
+    import torch
+
+    from vitscope.capture import capture
+    from vitscope.data import load_dataset
+    from vitscope.dump import merge
+    from vitscope.model import ModelConfig, ViT
+
+    torch.manual_seed(0)
+    model = ViT(ModelConfig(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                            mlp_ratio=2.0, num_classes=10)).eval()
+    data = load_dataset("shapes:val=90,train=8", "val", 16)
+    one = capture(model, data, tmp_path / "one.h5", batch_size=16, force=True, device="cpu")
+    shards = [capture(model, data, tmp_path / f"s{i}.h5", batch_size=16, force=True,
+                      device="cpu", shard=(i, 3)) for i in range(3)]
+    merged = merge(shards, tmp_path / "merged.h5")
+    assert merged.stat().st_size < 200_000
+    mp = pytest.MonkeyPatch()
+    try:
+        small_steps(mp, rows=13, nbytes=1 << 30)       # chunks of 13 across shards of 30
+        for name in ("cls-heatmap", "rollout", "norm-activations", "cls-embedding"):
+            a = render(name, one, tmp_path / "one" / name)
+            b = render(name, merged, tmp_path / "merged" / name)
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}: {key}")
+    finally:
+        mp.undo()
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["merged.h5", "one.h5", "s0.h5",
+                                                             "s1.h5", "s2.h5"]
+
+
 # ------------------------------------------------------------------------- the pieces
 
 def test_results_written_in_chunks_are_what_savez_writes(tmp_path):
@@ -196,6 +230,7 @@ def _probe(env_cache: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_numba_code_is_cached_in_vitscope_cache_folder(tmp_path):
     first = _probe(str(tmp_path))
     assert first["dir"] == str(tmp_path / "numba") and first["hits"] == 0
@@ -204,11 +239,16 @@ def test_numba_code_is_cached_in_vitscope_cache_folder(tmp_path):
     assert second["hits"] == 1 and not second["warnings"]
 
 
-def test_unwritable_numba_cache_is_a_warning_not_a_failure(tmp_path):
+def test_unwritable_numba_cache_is_a_warning_not_a_failure(tmp_path, monkeypatch):
+    from vitscope.jit import enable_numba_cache
+
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    got = _probe(str(blocker))        # VITSCOPE_CACHE is a file: numba/ cannot be made in it
-    assert got["hits"] == 0 and any("set VITSCOPE_CACHE" in w for w in got["warnings"])
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("VITSCOPE_CACHE", str(blocker))   # a file: numba/ cannot be made in it
+    with pytest.warns(UserWarning, match="set VITSCOPE_CACHE"):
+        assert enable_numba_cache() is None
+    assert "NUMBA_CACHE_DIR" not in os.environ           # numba keeps its default, the run goes on
 
 
 # ---------------------------------------------------------------------------- no torch
