@@ -14,7 +14,8 @@ exactly the patch part of a grad-rollout over that single layer.
 
 Every prefix token (CLS, distillation, registers) takes part in the propagation like any other
 token; only the read-out is restricted to the patch tokens. Batched over images (chunks of
-CHUNK_BYTES of attention), one layer in memory at a time.
+maps.READ_BYTES of float32 attention and gradient), one layer in memory at a time; per-image maps go to results.npz
+chunk by chunk, so memory does not grow with the number of images.
 """
 from __future__ import annotations
 
@@ -26,11 +27,9 @@ from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
 from vitscope.errors import PluginError
-from vitscope.mapset import map_arrays, mask_numbers
-from vitscope.maps import block_index, n_images, to_grid
+from vitscope.mapset import MaskTally, append_maps
+from vitscope.maps import block_index, n_images, rows_for, to_grid
 from vitscope.plugin import Option
-
-CHUNK_BYTES = 64 << 20  # attention + gradient read per chunk of images
 
 
 def attention_gradient(attn: np.ndarray, grad: np.ndarray) -> np.ndarray:
@@ -95,17 +94,18 @@ class GradRollout:
         layers = self.layers(len(names), options)
         layout = dump.layout
         n = n_images(dump, options.limit)
-        final, evolution = self._compute(dump, [names[l] for l in layers],
-                                         [grads[l] for l in layers], n, layout)
-        maps, evo = to_grid(final, layout.grid), to_grid(evolution, layout.grid)
-        results = dict(map_arrays(dump, maps, n), evolution=evo.astype(np.float32),
-                       layers=np.array(layers), labels=dump.labels[:n], preds=dump.preds[:n])
-        summary = {"images": n, "layers": f"{layers[0]}–{layers[-1]}",
-                   "target": dump.target_spec}
-        summary.update(mask_numbers(dump, maps, n))
-        out_dir = Path(out_dir)
-        files = F.save_results(out_dir, results, summary)
         k = min(options.show, n)
+        out_dir = Path(out_dir)
+        with F.Results(out_dir) as results:    # per-image arrays spill to disk chunk by chunk
+            maps, evo, masks = self._compute(dump, [names[l] for l in layers],
+                                             [grads[l] for l in layers], n, k, layout, results)
+            results["layers"] = np.array(layers)
+            results["labels"] = dump.labels[:n]
+            results["preds"] = dump.preds[:n]
+            summary = {"images": n, "layers": f"{layers[0]}–{layers[-1]}",
+                       "target": dump.target_spec}
+            summary.update(masks.numbers())
+            files = results.save(summary)
         images = np.asarray(dump.images[:k])
         captions = F.captions(dump, k, target=True)
         span = f"layers {layers[0]}–{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}"
@@ -124,19 +124,30 @@ class GradRollout:
         return files
 
     @staticmethod
-    def _compute(dump, names, grads, n, layout):
+    def _compute(dump, names, grads, n, k, layout, results):
+        """Chunks of images (maps.rows_for: about READ_BYTES of float32 attention and gradient, one layer at a time): the
+        maps and their evolution go to `results` chunk by chunk; kept are the first k images'
+        (figures) and three mask numbers per image. Returns (maps k×h×w, evolution k×L×h×w,
+        MaskTally)."""
         cls = _cls_index(layout)
         H, T = dump[names[0]].shape[1], layout.num_tokens
-        chunk = max(1, CHUNK_BYTES // (2 * H * T * T * 4))
-        finals, evos = [], []
+        chunk = rows_for(2 * H * T * T * 4)
+        masks = MaskTally(dump)
+        shown: tuple[list, list] = ([], [])
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             attn = (np.asarray(dump[a][s:e], np.float32) for a in names)
             grad = (np.asarray(dump[g][s:e], np.float32) for g in grads)
             final, evo = grad_rollout(attn, grad, cls, layout.num_prefix_tokens)
-            finals.append(final)
-            evos.append(evo)
-        return np.concatenate(finals), np.concatenate(evos)
+            maps, evo = to_grid(final, layout.grid), to_grid(evo, layout.grid).astype(np.float32)
+            append_maps(results, dump, maps, s)
+            results.append("evolution", evo)
+            masks.add(maps, s)
+            if s < k:
+                shown[0].append(maps[:k - s])
+                shown[1].append(evo[:k - s])
+        maps, evo = (np.concatenate(x) if x else np.zeros((0, *layout.grid)) for x in shown)
+        return maps, evo, masks
 
 
 class AttnGrad(GradRollout):

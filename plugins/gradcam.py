@@ -23,8 +23,8 @@ from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
 from vitscope.errors import PluginError
-from vitscope.mapset import map_arrays, mask_numbers
-from vitscope.maps import block_index, n_images, read_chunks, to_grid
+from vitscope.mapset import MaskTally, append_maps
+from vitscope.maps import block_index, n_images, rows_for, to_grid
 from vitscope.plugin import Option
 
 POINT = "norm1.out"   # pytorch-grad-cam's target layer for ViTs: blocks[-1].norm1 (its output)
@@ -59,19 +59,38 @@ class GradCam:
         block = block_index(options.block, len(acts), len(acts) - 1, "gradcam.block")
         layout = dump.layout
         n = n_images(dump, options.limit)
-        # every block's Grad-CAM (cheap: one weighted sum per token) for the slider; the
-        # chosen block's is the map
-        per_block = np.stack([self._block(dump, a, g, n, layout) for a, g in zip(acts, grads)],
-                             axis=1)                                        # N×L×h×w
-        maps = per_block[:, block]
-        results = dict(map_arrays(dump, maps, n), block=block, per_block=per_block.astype(np.float32),
-                       labels=dump.labels[:n], preds=dump.preds[:n])
-        summary = {"images": n, "block": block, "point": POINT, "target": dump.target_spec,
-                   "all_zero_maps": int((maps.reshape(n, -1).max(axis=1) <= 0).sum())}
-        summary.update(mask_numbers(dump, maps, n))
-        out_dir = Path(out_dir)
-        files = F.save_results(out_dir, results, summary)
         k = min(options.show, n)
+        out_dir = Path(out_dir)
+        # every block's Grad-CAM (cheap: one weighted sum per token) for the slider; the
+        # chosen block's is the map. Chunks of images, one block at a time; per-image arrays
+        # go to results.npz chunk by chunk, kept are the first k images' (figures)
+        D = dump[acts[0]].shape[-1]
+        chunk = rows_for(2 * layout.num_tokens * D * 4)
+        masks = MaskTally(dump)
+        shown, zero = [], 0
+        with F.Results(out_dir) as results:
+            for s in range(0, n, chunk):
+                e = min(n, s + chunk)
+                per_block = np.stack([to_grid(gradcam(dump[a][s:e], dump[g][s:e],
+                                                      layout.num_prefix_tokens), layout.grid)
+                                      for a, g in zip(acts, grads)], axis=1)   # n×L×h×w
+                maps = per_block[:, block]
+                append_maps(results, dump, maps, s)
+                results.append("per_block", per_block.astype(np.float32))
+                masks.add(maps, s)
+                zero += int((maps.reshape(len(maps), -1).max(axis=1) <= 0).sum())
+                if s < k:
+                    shown.append(per_block[:k - s])
+            results["block"] = np.asarray(block)
+            results["labels"] = dump.labels[:n]
+            results["preds"] = dump.preds[:n]
+            summary = {"images": n, "block": block, "point": POINT, "target": dump.target_spec,
+                       "all_zero_maps": zero}
+            summary.update(masks.numbers())
+            files = results.save(summary)
+        per_block = (np.concatenate(shown) if shown
+                     else np.zeros((0, len(acts), *layout.grid), np.float32))
+        maps = per_block[:, block]
         if options.static and k:
             files.append(M.map_triptych(
                 np.asarray(dump.images[:k]), maps[:k], F.captions(dump, k, target=True),
@@ -89,10 +108,3 @@ class GradCam:
                                title=f"Grad-CAM per block, target: {dump.target_spec}")
             files.append(I.save_html(fig, out_dir / "gradcam.html", options))
         return files
-
-    @staticmethod
-    def _block(dump, act, grad, n, layout) -> np.ndarray:
-        rows = [gradcam(a, g, layout.num_prefix_tokens)
-                for (_, a), (_, g) in zip(read_chunks(dump[act], n), read_chunks(dump[grad], n))]
-        flat = np.concatenate(rows) if rows else np.zeros((0, layout.num_patches))
-        return to_grid(flat, layout.grid)

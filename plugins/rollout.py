@@ -15,6 +15,7 @@ import numpy as np
 from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
+from vitscope.mapset import append_maps
 from vitscope.maps import (block_index, mask_area, mask_summary_from, mass_in_mask, n_images,
                            patch_coverage, pointing_hits, rows_for, to_grid)
 from vitscope.plugin import Option
@@ -173,10 +174,7 @@ class Rollout:
             maps, evo = to_grid(final, grid), to_grid(evo, grid)        # N×h×w, N×L×h×w
             raw = to_grid(np.stack(raw, axis=1), grid)                  # fused CLS attention
             results.append("rollout", maps.astype(np.float32))
-            # the map contract (vitscope.mapset), chunk by chunk: maps, image_indices, target
-            results.append("maps", maps.astype(np.float32))
-            results.append("image_indices", np.asarray(dump.indices[s:e], dtype=np.int64))
-            results.append("target", np.asarray(dump.target[s:e], dtype=np.int64))
+            append_maps(results, dump, maps, s)      # the map contract, chunk by chunk
             results.append("evolution", evo.astype(np.float32))
             results.append("raw_cls_attention", raw.astype(np.float32))
             if s < k:

@@ -46,14 +46,45 @@ def map_arrays(dump, maps: np.ndarray, n: int | None = None) -> dict[str, np.nda
             "target": np.asarray(dump.target[:n], dtype=np.int64)}
 
 
+def append_maps(results, dump, maps: np.ndarray, start: int) -> None:
+    """`map_arrays` chunk by chunk: append the maps of images start..start+len(maps), with
+    their image indices and targets, to a `figures.Results` (memory bounded by the chunk)."""
+    stop = start + len(maps)
+    results.append("maps", np.asarray(maps, dtype=np.float32))
+    results.append("image_indices", np.asarray(dump.indices[start:stop], dtype=np.int64))
+    results.append("target", np.asarray(dump.target[start:stop], dtype=np.int64))
+
+
+class MaskTally:
+    """`mask_numbers` chunk by chunk: keeps three numbers per image (mass in mask, mask area,
+    pointing hit), never the maps. `add` does nothing on a dump without masks."""
+
+    def __init__(self, dump) -> None:
+        self.dump = dump
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, maps: np.ndarray, start: int) -> None:
+        if self.dump.masks is None:
+            return
+        from vitscope.maps import mask_area, mass_in_mask, patch_coverage, pointing_hits
+        cov = patch_coverage(np.asarray(self.dump.masks[start:start + len(maps)]),
+                             self.dump.layout.grid)
+        self.parts.append((mass_in_mask(maps, cov), mask_area(cov), pointing_hits(maps, cov)))
+
+    def numbers(self) -> dict[str, float]:
+        if not self.parts:
+            return {}
+        from vitscope.maps import mask_summary_from
+        inside, area, hits = (np.concatenate(x) for x in zip(*self.parts))
+        return {k: round(v, 4) for k, v in mask_summary_from(inside, area, hits).items()}
+
+
 def mask_numbers(dump, maps: np.ndarray, n: int) -> dict[str, float]:
     """Headline localisation numbers of N×h×w maps for a summary.json (mass in mask, mask
     area, their ratio, pointing game), rounded; {} when the dump has no masks."""
-    if dump.masks is None:
-        return {}
-    from vitscope.maps import mask_summary, patch_coverage
-    cov = patch_coverage(np.asarray(dump.masks[:n]), dump.layout.grid)
-    return {k: round(v, 4) for k, v in mask_summary(maps, cov).items()}
+    tally = MaskTally(dump)
+    tally.add(np.asarray(maps)[:n], 0)
+    return tally.numbers()
 
 
 @dataclass
