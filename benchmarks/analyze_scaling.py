@@ -5,8 +5,10 @@
     python benchmarks/analyze_scaling.py --sizes 1000,4000 --plugin rollout --json out.json
 
 Dumps are captured once with the real CLI (`vitscope dump CKPT --split train --limit N`, the
-shipped CIFAR-10 checkpoint on the CIFAR-10 JPEG mirror by default) into --dump-dir and reused
-by later runs. Every measurement runs in a fresh subprocess that first imports what the plugin
+shipped CIFAR-10 checkpoint on the CIFAR-10 JPEG mirror by default; the default hook points
+plus the gradients the gradient plugins read, unless --no-grads) into --dump-dir and reused
+by later runs. "bytes per image" of these dumps includes the gradients; the capture section
+measures the default hook points alone. Every measurement runs in a fresh subprocess that first imports what the plugin
 needs (vitscope, matplotlib, plotly, and for cls-embedding umap), records its peak RSS at that
 point (the import baseline), then renders the plugin through the same code path as `vitscope
 analyze --dump` (static and interactive) and reports the peak RSS again. "MB" is the peak
@@ -33,7 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = ("token-attention", "cls-heatmap", "rollout", "cls-embedding", "norm-activations")
+PLUGINS = ("token-attention", "cls-heatmap", "rollout", "cls-embedding", "norm-activations",
+           "grad-rollout", "attn-grad", "gradcam")
+GRAD_PLUGINS = ("grad-rollout", "attn-grad", "gradcam")   # need --grads dumps
 # cls-embedding twice: UMAP's own memory grows with the number of points by its nature
 RUNS = {"cls-embedding": [("cls-embedding (PCA)", {"umap": False}),
                           ("cls-embedding (PCA + UMAP)", {})]}
@@ -48,7 +52,15 @@ DATA_HELP = ("extract the CIFAR-10 JPEG mirror first: mkdir -p /tmp/vitscope-dat
 
 
 def peak_mb() -> float:
-    """Peak resident set size of this process so far, in MB (Linux reports kB)."""
+    """Peak resident set size of this process so far, in MB. On Linux VmHWM of
+    /proc/self/status: getrusage's ru_maxrss survives exec, so a child would report its
+    parent's peak when that was higher."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 if sys.platform != "darwin" else rss / 1e6
 
@@ -197,12 +209,20 @@ def run_child(kind: str, spec: dict, threads: int, cache: str | None = None,
 
 # ---------------------------------------------------------------------------------- dumps
 
+def dump_hooks() -> list[str]:
+    """The default hook points plus the gradients the built-in gradient plugins read."""
+    from vitscope.capture import DEFAULT_HOOKS
+    from vitscope.testing import BUILTIN_GRADS
+    return [*DEFAULT_HOOKS, *BUILTIN_GRADS]
+
+
 def ensure_dump(args, n: int) -> tuple[Path, dict]:
     """A dump of the first n images of the shuffled split, captured by the real CLI once."""
     from vitscope.dump import Dump
     from vitscope.errors import VitscopeError
 
-    path = Path(args.dump_dir) / f"{Path(args.ckpt).stem}-{args.split}-{n}.h5"
+    grads = "-grads" if args.grads else ""
+    path = Path(args.dump_dir) / f"{Path(args.ckpt).stem}-{args.split}-{n}{grads}.h5"
     info: dict = {}
     if path.is_file():
         try:
@@ -213,7 +233,8 @@ def ensure_dump(args, n: int) -> tuple[Path, dict]:
             pass
     cmd = [sys.executable, "-m", "vitscope", "dump", args.ckpt, "--data", args.data,
            "--split", args.split, "--limit", str(n), "-o", str(path), "--force", "-q",
-           "--device", "cpu", *(["--no-derive"] if args.no_derive else [])]
+           "--device", "cpu", *(["--no-derive"] if args.no_derive else []),
+           *(["--hooks", ",".join(dump_hooks())] if args.grads else [])]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(args.threads),
                          cwd=ROOT)
@@ -260,6 +281,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="BLAS/numba threads in each run")
     ap.add_argument("--no-derive", action="store_true",
                     help="capture dumps storing every hook point (no derived LayerNorm outputs)")
+    ap.add_argument("--no-grads", dest="grads", action="store_false",
+                    help="dumps without gradients (default: with the ones grad-rollout, attn-grad "
+                         "and gradcam read, so `analyze --all` runs every built-in)")
     ap.add_argument("--skip-all", action="store_true", help="skip `analyze --all`")
     ap.add_argument("--skip-cold", action="store_true", help="skip the cold-cache UMAP run")
     ap.add_argument("--skip-capture", action="store_true",
@@ -269,7 +293,7 @@ def main() -> None:
     args = ap.parse_args()
 
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    plugins = args.plugin or list(PLUGINS)
+    plugins = args.plugin or [p for p in PLUGINS if args.grads or p not in GRAD_PLUGINS]
     Path(args.dump_dir).mkdir(parents=True, exist_ok=True)
     report: dict = {"machine": machine(), "threads": args.threads, "load_start": os.getloadavg(),
                     "dumps": {}, "plugins": {}}
