@@ -78,7 +78,10 @@ def thread_env(threads: int, cache: str | None = None) -> dict[str, str]:
 # ------------------------------------------------------------------------------- children
 
 def child_plugin(spec: dict) -> dict:
-    """In a fresh process: import, note the baseline, render one plugin, note the peak."""
+    """In a fresh process: import, note the baseline, render one plugin, note the peak.
+    `import_seconds`: the imports (for cls-embedding umap's, where numba compiles or loads
+    its cache), which `vitscope analyze` pays too."""
+    t_import = time.perf_counter()
     import warnings
     warnings.simplefilter("ignore")
     import matplotlib
@@ -98,10 +101,12 @@ def child_plugin(spec: dict) -> dict:
         load_umap()
     base = peak_mb()
     t0, c0 = time.perf_counter(), time.process_time()
+    t_import = t0 - t_import
     with tempfile.TemporaryDirectory() as tmp:
         res = render_plugins(spec["dump"], [entry], Path(tmp), {entry.name: spec.get("values", {})},
                              limit=spec.get("limit"))[0]
     return {"ok": res.ok, "error": res.error, "seconds": time.perf_counter() - t0,
+            "import_seconds": t_import,
             "cpu_seconds": time.process_time() - c0, "baseline_mb": base, "peak_mb": peak_mb(),
             "above_mb": peak_mb() - base, "files": len(res.files)}
 
@@ -318,7 +323,8 @@ def main() -> None:
                           args.threads)
             r["load"] = os.getloadavg()[0]
             rows[n] = r
-            state = (f"{r['seconds']:7.1f} s ({r['cpu_seconds']:6.1f} CPU s) {r['above_mb']:5.0f} MB "
+            state = (f"{r['seconds']:7.1f} s ({r['cpu_seconds']:6.1f} CPU s, imports "
+                     f"{r['import_seconds']:4.1f} s) {r['above_mb']:5.0f} MB "
                      f"(total {r['peak_mb']:,.0f})" if r["ok"] else f"FAILED: {r['error']}")
             print(f"  {label:<26} {fmt_size(n):>4}  {state}   {load()}")
         report["plugins"][label] = rows
@@ -330,7 +336,8 @@ def main() -> None:
                           args.threads, cache=cache)
         report["cls_embedding_cold"] = {"images": n, **r}
         print(f"  cls-embedding {fmt_size(n)} with an empty numba cache: "
-              + (f"{r['seconds']:.1f} s" if r["ok"] else f"FAILED: {r['error']}"))
+              + (f"{r['seconds']:.1f} s + imports {r['import_seconds']:.1f} s ({r['cpu_seconds']:.1f} CPU s)"
+                 if r["ok"] else f"FAILED: {r['error']}"))
 
     if not args.skip_all:
         n = sizes[-1]
@@ -426,10 +433,12 @@ def print_table(report: dict, sizes: list[int], labels: list[str]) -> None:
             failures.append(f"analyze --all peaks at {all_['peak_mb']:,.0f} MB")
     emb = report["plugins"].get("cls-embedding (PCA + UMAP)", {}).get(4000)
     if emb and emb.get("ok"):
-        print(f"cls-embedding on 4k, warm cache: {emb['seconds']:.1f} s (target <= "
-              f"{UMAP_TARGET_S:.0f} s)")
-        if emb["seconds"] > UMAP_TARGET_S:
-            failures.append(f"cls-embedding 4k takes {emb['seconds']:.1f} s")
+        total = emb["seconds"] + emb.get("import_seconds", 0)
+        print(f"cls-embedding on 4k, warm cache: {emb['seconds']:.1f} s + imports "
+              f"{emb.get('import_seconds', 0):.1f} s = {total:.1f} s ({emb['cpu_seconds']:.1f} "
+              f"CPU s in the render; target <= {UMAP_TARGET_S:.0f} s)")
+        if total > UMAP_TARGET_S:
+            failures.append(f"cls-embedding 4k takes {total:.1f} s")
     print(f"{report['machine']}; {load()} at the end (wall times are contaminated by other load)")
     print("targets: " + ("all met" if not failures else "; ".join(failures)))
 
