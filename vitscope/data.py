@@ -15,7 +15,9 @@ predict all use it with `normalization(ckpt)`).
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
