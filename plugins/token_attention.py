@@ -102,7 +102,8 @@ class TokenAttention:
             maps=maps.astype(np.float32), query_token=q, layers=np.array(layers),
             labels=dump.labels[:k], preds=dump.preds[:k], image_index=np.arange(k)),
             {"query": options.query, "images": k, "layers": len(layers), "heads": H,
-             "query_patches": query_patch})
+             **({"query_patches": query_patch} if any(q is not None for q in query_patch)
+                else {})})
         images = np.asarray(dump.images[:k])
         captions = F.captions(dump, k)
         if options.static:

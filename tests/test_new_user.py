@@ -42,3 +42,21 @@ def test_images_and_limit_are_one_option_and_plugins_announce_themselves(shapes_
     lines = res.output.splitlines()
     start = next(i for i, l in enumerate(lines) if "rollout" in l and "rendering (6 images)" in l)
     assert lines[start + 1].startswith("ok") and "rollout" in lines[start + 1]
+
+
+def test_index_lists_builtins_first_with_descriptions_words_and_accuracy(tiny_ckpt, tmp_path,
+                                                                        monkeypatch):
+    import re
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    res = run("analyze", tiny_ckpt, "--data", "shapes:val=8", "-p", "attention-entropy",
+              "-p", "token-attention", "-p", "rollout", "--static", "-o", out)
+    assert res.exit_code == 0, res.output
+    index = (out / "index.html").read_text()
+    order = re.findall(r"<section id='([\w-]+)'", index)
+    assert order == ["token-attention", "rollout", "attention-entropy"], order
+    described = re.findall(r"</h2><p class='tag'>([^<]+)</p>", index)
+    assert len(described) == 3, described                   # each plugin says what it does
+    assert "max entropy (nats)" in index and "max_entropy_nats" not in index
+    assert "query patches" not in index                     # CLS query: no row of dashes
+    assert "50.0% val accuracy when trained (epoch 3)" in index

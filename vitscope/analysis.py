@@ -45,6 +45,7 @@ class PluginResult:
     out_dir: Path | None = None
     warnings: list[str] = field(default_factory=list)
     staged: Path | None = None     # the temporary folder it rendered into, until the commit
+    description: str = ""          # the plugin's one line, for index.html
 
     def line(self) -> str:
         if self.ok:
@@ -115,7 +116,8 @@ def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
     """Render `entry` into a new folder of `stage` (vitscope.staging) through its own child
     process (vitscope.isolation). The result names the plugin's final folder."""
     final = stage.final(entry.name) if name_problem(entry.name) is None else None
-    result = PluginResult(entry.name, entry.source, False, out_dir=final)
+    result = PluginResult(entry.name, entry.source, False, out_dir=final,
+                          description=_description(entry))
     if not entry.ok:
         result.error = entry.problem()
         return result
@@ -244,12 +246,21 @@ def merge_manifest(manifest: dict[str, Any], results: list[PluginResult], info: 
             continue
         plugins[r.name] = {
             "package": r.package, "ok": r.ok, "error": r.error, "seconds": round(r.seconds, 3),
+            "description": r.description,
             "files": [_rel(f, run_dir) for f in r.files],
             "options": {k: v for k, v in (values.get(r.name) or {}).items()},
             "run": manifest["run"],
         }
     manifest["plugins"] = plugins
     return manifest
+
+
+def _description(entry: PluginEntry) -> str:
+    """The plugin's one-line description ("" when it has none or it cannot be read)."""
+    try:
+        return str(entry.description or "").strip().splitlines()[0][:300] if entry.ok else ""
+    except Exception:   # a plugin's broken attribute must not stop the run
+        return ""
 
 
 def epoch_analyses_dir(run_name: str, out_root: str | Path = "outputs") -> Path:

@@ -55,7 +55,7 @@ def write_index(run_dir: str | Path) -> Path:
              f"<p>{_e(_subtitle(run))}</p></header><main>",
              _run_section(run), _mixed_warning(plugins, run), _nav(plugins), _epochs(run_dir),
              _score_section(manifest.get("score"), run)]
-    for name in sorted(plugins):
+    for name in plugin_order(plugins):
         parts.append(_plugin_section(run_dir, name, plugins[name], run))
     parts.append(f"<p style='color:#888;font-size:12px'>vitscope {__version__} · generated "
                  f"{_e(run.get('updated', ''))}</p></main></body></html>")
@@ -108,6 +108,7 @@ def _run_section(run: dict) -> str:
             ("checkpoint SHA-256", run.get("checkpoint_sha256") or "—"),
             ("data", f"{run.get('data', '?')}, split {run.get('split', '?')}"),
             ("images analysed", run.get("images", "?")),
+            ("checkpoint accuracy", _accuracy(run.get("checkpoint_metrics"))),
             ("ground-truth masks", "yes" if run.get("has_masks") else "no"),
             ("model", model or "—"),
             ("classes", f"{len(classes)}: {', '.join(classes)}" if classes else "—"),
@@ -115,6 +116,14 @@ def _run_section(run: dict) -> str:
     if "epoch" in run:
         rows.insert(0, ("epoch", run["epoch"]))
     return "<section><h2>Run</h2>" + _kv(rows) + "</section>"
+
+
+def _accuracy(metrics) -> str:
+    """"78.2% val accuracy (epoch 25)" from the checkpoint's metrics, "—" without them."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("val_acc"), (int, float)):
+        return "—"
+    epoch = f" (epoch {metrics['epoch']})" if metrics.get("epoch") is not None else ""
+    return f"{100 * metrics['val_acc']:.1f}% val accuracy when trained{epoch}"
 
 
 def _epochs(run_dir: Path) -> str:
@@ -127,9 +136,17 @@ def _epochs(run_dir: Path) -> str:
     return f"<section><h2>During training</h2><p>{links}</p></section>"
 
 
+def plugin_order(plugins: dict) -> list[str]:
+    """Built-in plugins first, in the order of vitscope.plugin.BUILTINS, then the others by
+    name: a third-party plugin called "aaa" does not open the page."""
+    from vitscope.plugin import BUILTINS
+    rank = {n: i for i, n in enumerate(BUILTINS)}
+    return sorted(plugins, key=lambda n: (0, rank[n], "") if n in rank else (1, 0, n))
+
+
 def _nav(plugins: dict) -> str:
-    links = [f"<a href='#{_e(n)}' class='{'ok' if p.get('ok') else 'bad'}'>"
-             f"{'✓' if p.get('ok') else '✗'} {_e(n)}</a>" for n, p in sorted(plugins.items())]
+    links = [f"<a href='#{_e(n)}' class='{'ok' if plugins[n].get('ok') else 'bad'}'>"
+             f"{'✓' if plugins[n].get('ok') else '✗'} {_e(n)}</a>" for n in plugin_order(plugins)]
     return "<nav>" + "".join(links) + "</nav>"
 
 
@@ -140,6 +157,8 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
         tag += " · " + ", ".join(f"{_e(k)}={_e(v)}" for k, v in opts.items())
     head = f"<section id='{_e(name)}'{' class=error' if not info.get('ok') else ''}>" \
            f"<h2>{_e(name)} <span class='tag'>{tag}</span></h2>"
+    if info.get("description"):
+        head += f"<p class='tag'>{_e(info['description'])}</p>"
     if not info.get("ok"):
         return head + f"<p>This plugin failed: {_e(info.get('error'))}</p></section>"
     files = info.get("files") or []
@@ -163,7 +182,8 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
         except ValueError:   # UnicodeDecodeError included
             numbers = None
         if isinstance(numbers, dict):
-            body.append(_kv([(k, _fmt(v)) for k, v in numbers.items()]))
+            body.append(_kv([(readable_key(k), _fmt(v)) for k, v in numbers.items()
+                             if not _all_empty(v)]))
         else:   # checked when the plugin ran; a file changed since is only mentioned
             body.append("<p class='tag'>summary.json is not a JSON object of numbers</p>")
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
@@ -184,6 +204,22 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
         body.append("<p>files: " + " · ".join(
             f"<a href='{_href(f)}'><code>{_e(Path(f).name)}</code></a>" for f in links) + "</p>")
     return "".join(body) + "</section>"
+
+
+UNITS = {"nats": "nats", "bits": "bits", "px": "px", "s": "s", "pct": "%"}
+
+
+def readable_key(key: str) -> str:
+    """A summary key as words: "max_entropy_nats" -> "max entropy (nats)"."""
+    words = str(key).replace("-", "_").split("_")
+    unit = UNITS.get(words[-1]) if len(words) > 1 else None
+    text = " ".join(w for w in (words[:-1] if unit else words) if w)
+    return f"{text} ({unit})" if unit else text
+
+
+def _all_empty(value) -> bool:
+    """A list of nothing but None (e.g. no query patch per image): not worth a row."""
+    return isinstance(value, list) and bool(value) and all(v is None for v in value)
 
 
 def _other_source(own: dict, run: dict) -> bool:

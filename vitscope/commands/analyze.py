@@ -198,10 +198,20 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_f
         results = render_plugins(path, working, run, values, static=static,
                                  interactive=interactive, fmt=fmt, limit=limit,
                                  echo=click.echo, failed=upfront, timeout=plugin_timeout,
-                                 announce=True, smooth=smooth)
+                                 announce=True, smooth=smooth, info=_ckpt_info(ckpt))
     click.echo(f"Open {run / 'index.html'}")
     if any(not r.ok for r in results):
         raise SystemExit(1)
+
+
+def _ckpt_info(ckpt) -> dict:
+    """What index.html states about the checkpoint besides the dump: its stored accuracy."""
+    if ckpt is None:
+        return {}
+    from vitscope.checkpoint import load_checkpoint
+    metrics = load_checkpoint(ckpt).metrics or {}
+    keep = {k: metrics[k] for k in ("val_acc", "epoch", "best_val_acc") if k in metrics}
+    return {"checkpoint_metrics": keep} if keep else {}
 
 
 def _classes(ckpt, dump_path) -> list[str] | None:
