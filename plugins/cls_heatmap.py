@@ -169,11 +169,14 @@ class ClsHeatmap:
         rest = (M.overlay_tiles(images[:, None], maps) if overlay
                 else M.heat_tiles(maps, first.shape[1]))
         tiles = np.concatenate([first[:, None], rest], axis=1)
+        peaks = np.asarray(maps).max(axis=(-2, -1))             # rows × layers, real values
         with F.style():
-            fig = M.Mosaic(tiles, col_breaks=[0]).figure(
-                title=title, cbar="÷ max of each map",
+            fig = M.Mosaic(tiles, col_breaks=[0], row_gap=max(8, tiles.shape[2] // 8)).figure(
+                title=title, cbar="÷ max of each map (printed under it)",
                 col_labels=["image" if overlay else "mean image"] + [f"layer {l}" for l in layers],
-                row_labels=[r.replace("\n", " ") for r in row_labels])
+                row_labels=[r.replace("\n", " ") for r in row_labels],
+                captions={(r, c + 1): f"max {peaks[r, c]:.3f}"
+                          for r in range(peaks.shape[0]) for c in range(peaks.shape[1])})
             return F.save_static(fig, stem, options)
 
     @staticmethod

@@ -205,12 +205,15 @@ class Rollout:
         """Rows = images; columns = the image, then the rollout up to each layer."""
         tiles = np.concatenate([M.image_tiles(images)[:, None],
                                 M.overlay_tiles(images[:, None], evo)], axis=1)
+        peaks = evo.max(axis=(-2, -1))                        # images × layers
         with F.style():
-            fig = M.Mosaic(tiles).figure(
+            fig = M.Mosaic(tiles, row_gap=max(8, tiles.shape[2] // 8)).figure(
                 title="Rollout up to each layer (layer-wise evolution)",
                 col_labels=["image"] + [f"≤ {l}" for l in layers],
                 row_labels=[c.replace("\n", " ") for c in captions[:len(images)]],
-                cbar="÷ max")
+                cbar="÷ max of each map (printed under it)",
+                captions={(r, c + 1): f"max {peaks[r, c]:.3f}"
+                          for r in range(peaks.shape[0]) for c in range(peaks.shape[1])})
             return F.save_static(fig, out_dir / "rollout_evolution", options)
 
     @staticmethod

@@ -118,7 +118,7 @@ def test_mask_numbers_are_reported(small_dump, tmp_path):
     heat = json.loads((tmp_path / "cls-heatmap" / "summary.json").read_text())
     assert 0 <= heat["last_layer_cls_mass_in_mask"] <= 1
     index = (tmp_path / "index.html").read_text()
-    assert "mass_in_mask" in index and "shapes" in index
+    assert "mass in mask" in index and "shapes" in index   # summary keys shown as words
 
 
 def test_umap_projection_and_silhouette(small_dump, tmp_path):

@@ -251,7 +251,8 @@ def text_frames(arrays: Sequence[np.ndarray], headers: Sequence[str],
 def map_triptych(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], *, title: str,
                  map_label: str, stem, options):
     """The per-image figure of every map plugin: original | map | overlay for each image (two
-    side-by-side groups when there are more than four), each image's caption under it.
+    side-by-side groups when there are more than four), each image's caption under it and
+    the map's maximum (the colours are each map ÷ its own maximum) under the map.
     Returns the saved file (vitscope.figures.save_static)."""
     from vitscope import figures as F
 
@@ -265,11 +266,12 @@ def map_triptych(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], 
     blank = np.full_like(triples[:1], 255)
     triples = np.concatenate([triples, np.repeat(blank, rows * groups - k, 0)])
     tiles = np.concatenate([triples[g * rows:(g + 1) * rows] for g in range(groups)], axis=1)
-    mosaic = Mosaic(tiles, col_breaks=[2], row_gap=tiles.shape[2] // 7)
+    mosaic = Mosaic(tiles, col_breaks=[2], row_gap=tiles.shape[2] // 4)   # two caption lines
     with F.style():
         fig = mosaic.figure(
             title=title, col_labels=["original", map_label, "overlay"] * groups,
-            cbar=f"{map_label} ÷ max per image",
-            captions={(i % rows, 3 * (i // rows)): captions[i].replace("\n", " ")
+            cbar=f"{map_label} ÷ max per image (printed under it)",
+            captions={(i % rows, 3 * (i // rows)): f"{captions[i].replace(chr(10), ' ')}\n"
+                                                   f"{map_label} max {float(maps[i].max()):.3g}"
                       for i in range(k)})
         return F.save_static(fig, stem, options)
