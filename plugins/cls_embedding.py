@@ -20,7 +20,8 @@ from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope.errors import PluginError
 from vitscope.jit import load_umap
-from vitscope.maps import layer_spec, n_images, read_chunks, select_layers
+from vitscope.maps import (cls_index, layer_spec, n_images, other_prefix_names, read_chunks,
+                           select_layers)
 from vitscope.plugin import Option
 
 SILHOUETTE_SAMPLE = 2000   # silhouette is O(N²): estimate it on a fixed random subset beyond this
@@ -193,9 +194,10 @@ class ClsEmbedding:
             raise PluginError(f"cls-embedding needs at least 3 images, {n} are analysed; "
                               f"pass --images 3 or more (and capture at least that many).")
         chosen = select_layers(options.layers, depth, "cls-embedding.layers")
-        # the CLS token at every depth (token 0 of each block's output) and the head token;
-        # read chunk by chunk, only token 0: one shown layer is in memory at a time, for UMAP
-        sources = [(dump[b], 0) for b in blocks] + [(dump["cls"], None)]
+        # the CLS token at every depth (at the layout's CLS index of each block's output) and
+        # the head token; read chunk by chunk, that token only: one shown layer in memory at a time
+        cls = cls_index(dump.layout, self.name)
+        sources = [(dump[b], cls) for b in blocks] + [(dump["cls"], None)]
         labels, preds = dump.labels[:n], dump.preds[:n]
         by_label = bool((labels >= 0).any())
         colour = labels if by_label else preds
@@ -237,7 +239,9 @@ class ClsEmbedding:
         if "UMAP" in coords:
             results["umap"] = coords["UMAP"]
         best = int(np.nanargmax(sil)) if np.isfinite(sil).any() else -1
+        others = other_prefix_names(dump.layout)
         summary = {"images": n, "coloured_by": "label" if by_label else "prediction",
+                   "token_layout": dump.layout.describe(),
                    "silhouette_head": round(float(sil[-1]), 4),      # NaN is written as null
                    "silhouette_best": f"{positions[best]} ({sil[best]:.3f})" if best >= 0 else None,
                    "silhouette_first_block": round(float(sil[0]), 4)}
@@ -251,7 +255,7 @@ class ClsEmbedding:
         titles = [s for s, _ in shown]
         if options.static:
             files.append(self._scatter(coords, results["pca_explained"], titles, colour, names,
-                                       by_label, out_dir, options))
+                                       by_label, out_dir, options, others))
             files.append(self._silhouette(sil, positions, by_label, out_dir, options))
         if options.interactive:
             files.append(self._interactive(dump, coords, titles, colour, names, labels, preds,
@@ -259,7 +263,8 @@ class ClsEmbedding:
         return files
 
     @staticmethod
-    def _scatter(coords, explained, titles, colour, names, by_label, out_dir, options) -> Path:
+    def _scatter(coords, explained, titles, colour, names, by_label, out_dir, options,
+                 others="") -> Path:
         colors = np.array(F.class_colors(len(names)) + ["#999999"])
         rows = list(coords)
         with F.style() as plt:
@@ -284,7 +289,8 @@ class ClsEmbedding:
             fig.legend(handles=handles, loc="center right", frameon=False,
                        title="label" if by_label else "prediction", fontsize=8)
             fig.suptitle("CLS token of the residual stream" +
-                         ("" if by_label else " (no labels: coloured by prediction)"))
+                         ("" if by_label else " (no labels: coloured by prediction)") +
+                         (f"\nthe {others} are not projected" if others else ""))
             fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
             return F.save_static(fig, out_dir / "cls_embedding", options)
 

@@ -15,21 +15,33 @@ import numpy as np
 from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
-from vitscope.maps import (ClassMeans, NanMean, layer_spec, mask_area, mass_in_mask, n_images,
-                           patch_coverage, rows_for, select_layers, to_grid)
+from vitscope.maps import (ClassMeans, NanMean, cls_index, layer_spec, mask_area, mass_in_mask,
+                           n_images, other_prefix, patch_coverage, prefix_note, rows_for,
+                           select_layers, to_grid)
 from vitscope.plugin import Option
 
 DIRECTIONS = ("CLS → patches", "patches → CLS")
 
 
-def read_cls_maps(dump, names, start: int, stop: int, layout) -> tuple[np.ndarray, np.ndarray]:
+def cls_maps(attn: np.ndarray, prefix: int, cls: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """N×H×T×T -> (CLS→patches N×H×P, patches→CLS N×H×P); `cls` is the CLS token's index
+    and `prefix` the number of tokens before the patches (dump.layout)."""
+    return attn[:, :, cls, prefix:], attn[:, :, prefix:, cls]
+
+
+def read_cls_maps(dump, names, start: int, stop: int, layout,
+                  cls: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """CLS→patches and patches→CLS of images start..stop, every layer in `names`:
-    (N×L×H×P, N×L×H×P) float32. Only the CLS row and column are read and converted (HDF5
-    selects them), 2/T of the attention."""
-    cls, patches = layout.cls_index or 0, layout.patches
-    rows = [np.asarray(dump[nm][start:stop, :, cls, patches], np.float32) for nm in names]
-    cols = [np.asarray(dump[nm][start:stop, :, patches, cls], np.float32) for nm in names]
-    return np.stack(rows, axis=1), np.stack(cols, axis=1)
+    (N×L×H×P, N×L×H×P) float32, and N×L×H of the CLS row's mass on the other prefix tokens
+    (distillation, registers; None when there are none). Only the CLS row and column are
+    read and converted (HDF5 selects them), 2/T of the attention."""
+    prefix, others = layout.num_prefix_tokens, other_prefix(layout)
+    rows = np.stack([np.asarray(dump[nm][start:stop, :, cls, :], np.float32) for nm in names],
+                    axis=1)                                               # N×L×H×T
+    cols = [np.asarray(dump[nm][start:stop, :, prefix:, cls], np.float32) for nm in names]
+    share = rows[..., others].sum(-1) if others else None
+    # a copy, not a view: the first images' maps are kept for the figures, the chunk is not
+    return np.ascontiguousarray(rows[..., prefix:]), np.stack(cols, axis=1), share
 
 
 class ClsHeatmap:
@@ -58,15 +70,18 @@ class ClsHeatmap:
         C = max(len(dump.classes), int(by_class.max()) + 1 if n else 0)
         out_dir = Path(out_dir)
         with F.Results(out_dir) as results:
-            (c2p, p2c), means, masks = self._compute(dump, [names[l] for l in layers], n, k,
-                                                     layout, by_class, C, results)
+            (c2p, p2c), means, masks, share = self._compute(
+                dump, [names[l] for l in layers], n, k, layout, by_class, C, results,
+                cls_index(layout, self.name))
             (cls_c2p, counts), (cls_p2c, _), (mean_images, _) = (m.result() for m in means)
             for key, value in dict(class_cls_to_patches=cls_c2p, class_patches_to_cls=cls_p2c,
                                    class_counts=counts, layers=np.array(layers), labels=labels,
                                    preds=dump.preds[:n]).items():
                 results[key] = value
-            summary = {"images": n, "layers": len(layers),
+            summary = {"images": n, "layers": len(layers), "token_layout": layout.describe(),
                        "class_average_by": "label" if (labels >= 0).any() else "prediction"}
+            if share is not None:
+                summary["cls_attention_to_other_prefix"] = round(share, 4)
             if masks is not None:
                 masks = {key: m.result() for key, m in masks.items()}
                 m = masks["head_mean_map"]
@@ -76,6 +91,8 @@ class ClsHeatmap:
                                best_layer=layers[best],
                                best_layer_cls_mass_in_mask=round(float(m[best]), 4))
             files = results.save(summary)
+        note = prefix_note(layout, share, "the maps (CLS → patches)")
+        note = f"\n{note}" if note else ""
         c2p_mean, p2c_mean = c2p.mean(axis=2), p2c.mean(axis=2)          # k×L×h×w
         images = np.asarray(dump.images[:k])
         captions = F.captions(dump, k)
@@ -87,15 +104,16 @@ class ClsHeatmap:
             for key, maps in (("cls_to_patches", c2p_mean), ("patches_to_cls", p2c_mean)):
                 title = DIRECTIONS[key == "patches_to_cls"]
                 files.append(self._strip(images, maps[:k], layers, captions,
-                                         f"Attention {title} (head mean)", out_dir / key, options))
+                                         f"Attention {title} (head mean){note}", out_dir / key,
+                                         options))
             for i in range(min(options.per_head, k)):
                 files.append(self._heads(images[i], c2p[i], p2c[i], layers, captions[i], i,
-                                         out_dir / f"heads_img{i}", options))
+                                         out_dir / f"heads_img{i}", options, note))
             for key, maps in (("cls_to_patches", cls_c2p), ("patches_to_cls", cls_p2c)):
                 title = DIRECTIONS[key == "patches_to_cls"]
                 files.append(self._strip(mean_u8, maps[present], layers, row_names,
                                          f"Class-averaged attention {title} (head mean, by "
-                                         f"{summary['class_average_by']})",
+                                         f"{summary['class_average_by']}){note}",
                                          out_dir / f"class_average_{key}", options, overlay=False))
             if masks is not None:
                 files.append(self._mask_plot(masks, layers, out_dir, options))
@@ -107,7 +125,8 @@ class ClsHeatmap:
                                col_titles=DIRECTIONS,
                                row_titles=[c.replace("\n", " ") for c in captions[:m]],
                                value_label="attention",
-                               title="CLS attention, head mean (slider: layer)")
+                               title="CLS attention, head mean (slider: layer)" +
+                                     note.replace("\n", " · "))
             files.append(I.save_html(fig, out_dir / "cls_heatmap.html", options))
             both = np.stack([cls_c2p[present], cls_p2c[present]], axis=2)
             fig = I.map_slider(mean_u8, both.transpose(1, 0, 2, 3, 4),
@@ -119,11 +138,12 @@ class ClsHeatmap:
         return files
 
     @staticmethod
-    def _compute(dump, names, n, k, layout, by_class, C, results):
+    def _compute(dump, names, n, k, layout, by_class, C, results, cls):
         """One pass over the images in chunks: only the CLS row and column of each layer are
         read. Per-image maps go to `results` as they come; kept in memory are the first k
         images' maps (for the figures), class sums and mask-number sums: nothing grows with n.
-        Returns ((c2p, p2c) k×L×H×h×w, class-mean accumulators, mask accumulators or None)."""
+        Returns ((c2p, p2c) k×L×H×h×w, class-mean accumulators, mask accumulators or None,
+        the CLS row's mean mass on the other prefix tokens or None)."""
         grid = layout.grid
         L, H = len(names), dump[names[0]].shape[1]
         # class-mean images are shown as small tiles: averaged at thumbnail size (subsampling
@@ -134,10 +154,14 @@ class ClsHeatmap:
         masks = None if dump.masks is None else {
             key: NanMean() for key in ("area", "per_head", "c2p", "p2c", "head_mean_map")}
         step = rows_for(2 * L * H * layout.num_patches * 4)    # 2 float32 L×H×P maps per image
-        shown = [], []
+        shown, share = ([], []), (NanMean() if other_prefix(layout) else None)
         for start in range(0, n, step):
             stop = min(n, start + step)
-            c2p, p2c = (to_grid(x, grid) for x in read_cls_maps(dump, names, start, stop, layout))
+            c2p, p2c, held = read_cls_maps(dump, names, start, stop, layout, cls)
+            c2p, p2c = to_grid(c2p, grid), to_grid(p2c, grid)
+            if held is not None:   # the CLS row's mass on distillation/register tokens, not drawn
+                results.append("cls_attention_to_other_prefix", held)   # N×L×H
+                share.add(held.reshape(len(held), -1).mean(axis=1))
             results.append("cls_to_patches", c2p.astype(np.float16))   # N×L×H×h×w
             results.append("patches_to_cls", p2c.astype(np.float16))
             if start < k:
@@ -160,14 +184,16 @@ class ClsHeatmap:
                 masks["p2c"].add(in_p2c.mean(axis=2))
                 masks["head_mean_map"].add(mass_in_mask(c2p_mean, cov))
         empty = np.zeros((0, L, H, *grid), np.float32)
-        return tuple(np.concatenate(x) if x else empty for x in shown), sums, masks
+        return (tuple(np.concatenate(x) if x else empty for x in shown), sums, masks,
+                None if share is None else float(share.result()))
+
 
     @staticmethod
     def _strip(images, maps, layers, row_labels, title, stem, options, overlay=True) -> Path:
         """Rows = images (or classes), columns = the image and one map per layer."""
         first = M.image_tiles(images)
         rest = (M.overlay_tiles(images[:, None], maps) if overlay
-                else M.heat_tiles(maps, first.shape[1]))
+                else M.heat_tiles(maps, tuple(first.shape[1:3])))
         tiles = np.concatenate([first[:, None], rest], axis=1)
         peaks = np.asarray(maps).max(axis=(-2, -1))             # rows × layers, real values
         with F.style():
@@ -180,7 +206,7 @@ class ClsHeatmap:
             return F.save_static(fig, stem, options)
 
     @staticmethod
-    def _heads(image, c2p, p2c, layers, caption, i, stem, options) -> Path:
+    def _heads(image, c2p, p2c, layers, caption, i, stem, options, note="") -> Path:
         """Rows = layers; columns = heads for CLS→patches, then heads for patches→CLS."""
         H = c2p.shape[1]
         tiles = M.overlay_tiles(image, np.concatenate([c2p, p2c], axis=1))   # L×2H×S×S×3
@@ -188,7 +214,7 @@ class ClsHeatmap:
         with F.style():
             fig = M.Mosaic(tiles, col_breaks=[H - 1]).figure(
                 title=f"Per-head CLS attention · image {i}: {caption.replace(chr(10), ' ')}\n"
-                      f"left: CLS → patches · right: patches → CLS",
+                      f"left: CLS → patches · right: patches → CLS{note}",
                 col_labels=cols, row_labels=[f"layer {l}" for l in layers],
                 cbar="÷ max of each map")
             return F.save_static(fig, stem, options)

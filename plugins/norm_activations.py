@@ -17,7 +17,8 @@ import numpy as np
 from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
-from vitscope.maps import layer_spec, n_images, rows_per_read, select_layers, to_grid
+from vitscope.maps import (layer_spec, n_images, other_prefix, other_prefix_names, rows_per_read,
+                           select_layers, to_grid)
 from vitscope.plugin import Option
 
 KINDS = ("norm1.in", "norm1.out", "attn.out", "norm2.in", "norm2.out")
@@ -31,11 +32,14 @@ HIST_BINS = 120   # over the full range: the bulk keeps ~10 bins even with 10× 
 class ActivationStats:
     """Statistics of one N×T×D (or N×P×D) activation, accumulated chunk by chunk: moments
     (combined per chunk in float64, Chan et al.), max |x|, mean |x| per channel, the mean
-    token L2 norm (all tokens, and token 0), and the values of the first `sample` images for
+    token L2 norm (all tokens, the CLS token `cls`, and the mean over the other prefix tokens
+    `others`: distillation, registers), and the values of the first `sample` images for
     histograms. Memory: D channels and the sample, whatever N is."""
 
-    def __init__(self, sample: int = HIST_IMAGES) -> None:
+    def __init__(self, sample: int = HIST_IMAGES, cls: int = 0, others=()) -> None:
         self.sample = sample
+        self.cls, self.others = cls, list(others)
+        self.other_norm_sum = 0.0
         self.count = 0          # values seen
         self.mean = 0.0
         self.m2 = 0.0           # sum of squared deviations from the mean
@@ -64,7 +68,9 @@ class ActivationStats:
         norms = np.sqrt(np.einsum("ntd,ntd->nt", x, x))
         self.tokens += norms.size
         self.norm_sum += float(norms.sum(dtype=np.float64))
-        self.first_norm_sum += float(norms[:, 0].sum(dtype=np.float64))
+        self.first_norm_sum += float(norms[:, self.cls].sum(dtype=np.float64))
+        if self.others:
+            self.other_norm_sum += float(norms[:, self.others].mean(axis=1).sum(dtype=np.float64))
         self.images += len(norms)
         if start < self.sample:   # a copy (not a view keeping the chunk), fp16 as stored
             self.values.append(x[:self.sample - start].astype(np.float16).ravel())
@@ -78,6 +84,7 @@ class ActivationStats:
                 "channel_abs_mean": self.chan_abs / tokens_per_channel,
                 "token_norm_mean": np.float64(self.norm_sum / max(self.tokens, 1)),
                 "first_token_norm_mean": np.float64(self.first_norm_sum / max(self.images, 1)),
+                "other_prefix_norm_mean": np.float64(self.other_norm_sum / max(self.images, 1)),
                 "images": self.images,
                 "sample": np.concatenate(self.values) if self.values else np.zeros(0, np.float32)}
 
@@ -120,10 +127,15 @@ class NormActivations:
         n = n_images(dump, options.limit)
         layout = dump.layout
         prefix = layout.num_prefix_tokens
+        # the first prefix token stands in for "CLS" in models without one (norms only)
+        cls = layout.cls_index if layout.cls_index is not None else 0
+        others = other_prefix(layout)
         hooks = {(b, k): f"blocks.{b}.{k}" for b in blocks for k in KINDS}
         hooks["embed"] = "patch_embed.out"
         # histograms show the LayerNorms' inputs and outputs: only those keep a sample
-        acc = {key: ActivationStats(0 if key == "embed" or key[1] == "attn.out" else HIST_IMAGES)
+        acc = {key: ActivationStats(0 if key == "embed" or key[1] == "attn.out" else HIST_IMAGES,
+                                    cls=0 if key == "embed" else cls,
+                                    others=() if key == "embed" else others)
                for key in hooks}
         out_dir = Path(out_dir)
         with F.Results(out_dir) as results:
@@ -146,6 +158,10 @@ class NormActivations:
                               ("cls_norm_mean", "first_token_norm_mean")):   # float32 as before
                 results[key] = np.array([[stats[b, k][what] for k in KINDS] for b in blocks],
                                         np.float32)
+            if others:  # register / distillation tokens: high-norm tokens are their signature
+                results["other_prefix_norm_mean"] = np.array(
+                    [[stats[b, k]["other_prefix_norm_mean"] for k in KINDS] for b in blocks],
+                    np.float32)
             results["channel_abs_mean"] = np.stack([[stats[b, k]["channel_abs_mean"]
                                                      for k in KINDS] for b in blocks])
             top = np.stack([[outlier_dims(stats[b, k]["channel_abs_mean"], options.top_k)
@@ -153,7 +169,7 @@ class NormActivations:
             results["outlier_dims"] = top
             for key in ("mean", "std", "max_abs"):
                 results[f"patch_embed_{key}"] = embed[key]
-            summary = {"images": n, "blocks": blocks}
+            summary = {"images": n, "blocks": blocks, "token_layout": layout.describe()}
             for b in blocks:
                 ca = stats[b, "norm1.in"]["channel_abs_mean"]
                 d = int(top[blocks.index(b), 0, 0])
@@ -171,15 +187,18 @@ class NormActivations:
         all_norms = np.stack([np.linalg.norm(np.asarray(dump[f"blocks.{b}.norm1.in"][:k], np.float32),
                                              axis=-1) for b in range(depth)], axis=1)   # k×depth×T
         maps = to_grid(all_norms[..., prefix:], layout.grid)
+        other_norms = all_norms[..., others].mean(-1) if others else None   # k×depth
         captions = [c.replace("\n", " ") for c in F.captions(dump, k)]
         if options.static:
             files.append(self._stats_plot(plot, embed, blocks, out_dir, options))
             files.append(self._histograms(stats, blocks, out_dir, options))
             files.append(self._outliers(stats, blocks, top, out_dir, options))
-            files.append(self._norm_maps(images, maps[:, blocks], all_norms[:, blocks, 0], blocks,
-                                         captions, out_dir, options))
+            files.append(self._norm_maps(images, maps[:, blocks], all_norms[:, blocks, cls], blocks,
+                                         captions, out_dir, options,
+                                         None if other_norms is None else other_norms[:, blocks],
+                                         other_prefix_names(layout)))
             if options.gif and depth > 1:
-                files.append(self._gif(images, maps, all_norms[..., 0], out_dir))
+                files.append(self._gif(images, maps, all_norms[..., cls], out_dir))
         if options.interactive:
             files.append(self._stats_html(plot, blocks, out_dir, options))
             m = min(k, 4)
@@ -277,15 +296,24 @@ class NormActivations:
             return F.save_static(fig, out_dir / "outlier_dims", options)
 
     @staticmethod
-    def _norm_maps(images, maps, cls_norms, blocks, captions, out_dir, options) -> Path:
+    def _norm_maps(images, maps, cls_norms, blocks, captions, out_dir, options,
+                   other_norms=None, others="") -> Path:
         tiles = np.concatenate([M.image_tiles(images)[:, None],
-                                M.heat_tiles(maps, M.image_tiles(images[:1]).shape[1])], axis=1)
+                                M.heat_tiles(maps, tuple(M.image_tiles(images[:1]).shape[1:3]))],
+                               axis=1)
+        def caption(i, j):
+            text = f"max {maps[i, j].max():.1f}\nCLS {cls_norms[i, j]:.1f}"
+            return text + (f"\nprefix {other_norms[i, j]:.1f}" if other_norms is not None else "")
+        title = "Residual-stream norm per patch (÷ max of each map)"
+        if others:
+            title += f"\nthe {others} are not on the grid: 'prefix' is their mean norm"
         with F.style():
-            fig = M.Mosaic(tiles, col_breaks=[0], row_gap=tiles.shape[2] // 4).figure(
-                title="Residual-stream norm per patch (÷ max of each map)",
-                col_labels=["image"] + [f"block {b}" for b in blocks],
+            lines = 2 if other_norms is None else 3   # 7-pt caption lines at 150 dpi: ~19 px each
+            gap = max(tiles.shape[2] // 4, 19 * lines)
+            fig = M.Mosaic(tiles, col_breaks=[0], row_gap=gap).figure(
+                title=title, col_labels=["image"] + [f"block {b}" for b in blocks],
                 row_labels=captions, cbar="‖x‖ ÷ max",
-                captions={(i, j + 1): f"max {maps[i, j].max():.1f}\nCLS {cls_norms[i, j]:.1f}"
+                captions={(i, j + 1): caption(i, j)
                           for i in range(len(images)) for j in range(len(blocks))})
             return F.save_static(fig, out_dir / "token_norms", options)
 

@@ -4,7 +4,12 @@ Per layer l (from start_layer to end_layer): fuse the heads (mean, max or min) i
 optionally drop, per image, the `discard_ratio` lowest entries of A_l except those of the CLS
 column; add the identity for the residual path and renormalise the rows:
 Â_l = (A_l + I) / rowsum. The rollout is R = Â_end · … · Â_start (later layers multiply on the
-left) and the CLS row of R without the prefix tokens, R[0, prefix:], is the map over patches.
+left) and the CLS row of R without the prefix tokens, R[cls, prefix:], is the map over patches.
+
+Distillation and register tokens (dump.layout) stay in every product, as tokens information
+flows through, and only their column is left out of the final map; the share of the CLS
+row they hold is reported (summary.json, figure titles), so a map that lost most of its
+mass to registers says so.
 """
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
 from vitscope.mapset import append_maps
-from vitscope.maps import (block_index, mask_area, mask_summary_from, mass_in_mask, n_images,
-                           patch_coverage, pointing_hits, rows_for, to_grid)
+from vitscope.maps import (NanMean, block_index, cls_index, mask_area, mask_summary_from,
+                           mass_in_mask, n_images, other_prefix, patch_coverage, pointing_hits,
+                           prefix_note, rows_for, to_grid)
 from vitscope.plugin import Option
 
 FUSIONS = ("mean", "max", "min")
@@ -36,11 +42,12 @@ def fuse_heads(attn: np.ndarray, fusion: str) -> np.ndarray:
     raise ValueError(f"unknown head fusion '{fusion}' (use {', '.join(FUSIONS)})")
 
 
-def discard_lowest(a: np.ndarray, ratio: float) -> np.ndarray:
+def discard_lowest(a: np.ndarray, ratio: float, cls: int = 0) -> np.ndarray:
     """Zero, per image, the floor(ratio·T·(T−1)) smallest entries of N×T×T `a` outside the
-    CLS column (column 0 is never dropped, so every token keeps its path to CLS)."""
+    CLS column (column `cls` is never dropped, so every token keeps its path to CLS)."""
     n, t, _ = a.shape
-    rest = a[:, :, 1:].reshape(n, -1)
+    keep = np.arange(t) != cls
+    rest = a[:, :, keep].reshape(n, -1)
     k = int(ratio * rest.shape[1])
     if k <= 0:
         return a
@@ -52,36 +59,40 @@ def discard_lowest(a: np.ndarray, ratio: float) -> np.ndarray:
     drop = below | (tied & (np.cumsum(tied, axis=1) <= need))
     rest = np.where(drop, 0.0, rest)
     out = a.copy()
-    out[:, :, 1:] = rest.reshape(n, t, t - 1)
+    out[:, :, keep] = rest.reshape(n, t, t - 1)
     return out
 
 
-def rollout_step(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0) -> np.ndarray:
+def rollout_step(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
+                 cls: int = 0) -> np.ndarray:
     """One layer's N×T×T rollout factor: fused, discarded, + identity, rows renormalised."""
     # fuse from the stored precision (the H×T×T block is the big one), accumulate in float64
     a = fuse_heads(np.asarray(attn), fusion).astype(np.float64)
     if discard_ratio > 0:
-        a = discard_lowest(a, discard_ratio)
+        a = discard_lowest(a, discard_ratio, cls)
     a = a + np.eye(a.shape[-1])
     return a / a.sum(axis=-1, keepdims=True)
 
 
 def attention_rollout(layers, fusion: str = "mean", discard_ratio: float = 0.0,
-                      num_prefix_tokens: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                      num_prefix_tokens: int = 1, cls: int = 0,
+                      full_row: bool = False) -> tuple[np.ndarray, ...]:
     """Rollout over a sequence of N×H×T×T attention arrays (first layer first).
 
-    Returns (final N×P, per_layer N×L×P): the CLS row without prefix tokens of the rollout up
-    to the last layer, and up to each layer in turn.
+    Returns (final N×P, per_layer N×L×P): the CLS row (token `cls`) without prefix tokens of
+    the rollout up to the last layer, and up to each layer in turn; with `full_row`, also the
+    final N×T CLS row, prefix tokens included.
     """
     rollout = None
     per_layer = []
     for attn in layers:
-        step = rollout_step(attn, fusion, discard_ratio)
+        step = rollout_step(attn, fusion, discard_ratio, cls)
         rollout = step if rollout is None else step @ rollout  # later layers on the left
-        per_layer.append(rollout[:, 0, num_prefix_tokens:])
+        per_layer.append(rollout[:, cls, num_prefix_tokens:])
     if rollout is None:
         raise ValueError("attention rollout needs at least one layer")
-    return per_layer[-1], np.stack(per_layer, axis=1)
+    out = (per_layer[-1], np.stack(per_layer, axis=1))
+    return (*out, rollout[:, cls]) if full_row else out
 
 
 class Rollout:
@@ -122,24 +133,28 @@ class Rollout:
         layers = list(range(start, end + 1))
         out_dir = Path(out_dir)
         with F.Results(out_dir) as results:
-            maps, evo, numbers = self._compute(dump, names[start:end + 1], n, k, options,
-                                               layout, results)
+            maps, evo, numbers, share = self._compute(dump, names[start:end + 1], n, k, options,
+                                                      layout, results, cls_index(layout, self.name))
             for key, value in dict(layers=np.array(layers), labels=dump.labels[:n],
                                    preds=dump.preds[:n], fusion=options.fusion,
                                    discard_ratio=options.discard_ratio, **numbers).items():
                 results[key] = value
             summary = {"images": n, "fusion": options.fusion,
-                       "discard_ratio": options.discard_ratio, "layers": f"{start}–{end}"}
+                       "discard_ratio": options.discard_ratio, "layers": f"{start}–{end}",
+                       "token_layout": layout.describe()}
+            if share is not None:
+                summary["rollout_to_other_prefix"] = round(share, 4)
             if numbers:
                 summary.update(_mask_numbers(numbers))
             files = results.save(summary)
+        note = prefix_note(layout, share, "the maps")
         images = np.asarray(dump.images[:k])
         captions = F.captions(dump, k)
         if options.static:
-            files.append(self._per_image(images, maps[:k], captions, options, out_dir))
+            files.append(self._per_image(images, maps[:k], captions, options, out_dir, note))
             rows = min(k, 4)   # the evolution figure shows at most 4 of the `show` images
             files.append(self._evolution(images[:rows], evo[:rows], layers, captions, options,
-                                         out_dir))
+                                         out_dir, note))
             if numbers:
                 files.append(self._mask_plot(numbers, layers, options, out_dir))
         if options.interactive:
@@ -149,19 +164,23 @@ class Rollout:
                                col_titles=captions[:m], row_titles=[""],
                                value_label="rollout",
                                title=f"Attention rollout ({options.fusion} fusion, discard "
-                                     f"{options.discard_ratio:g}) up to each layer")
+                                     f"{options.discard_ratio:g}) up to each layer" +
+                                     (f" · {note}" if note else ""))
             files.append(I.save_html(fig, out_dir / "rollout.html", options))
         return files
 
     # ------------------------------------------------------------------------------ compute
 
     @staticmethod
-    def _compute(dump, names, n, k, options, layout, results):
+    def _compute(dump, names, n, k, options, layout, results, cls):
         """Batched over images in chunks (about maps.READ_BYTES of float32 attention per layer),
         one batched matmul per layer and chunk. The per-image maps go to `results` chunk by chunk;
         kept are the first k images' maps (figures) and a few numbers per image (mask).
-        Returns (rollout k×h×w, evolution k×L×h×w, per-image mask numbers or {})."""
+        Returns (rollout k×h×w, evolution k×L×h×w, per-image mask numbers or {}, the mean
+        rollout mass of the CLS row on the other prefix tokens or None)."""
         prefix, grid = layout.num_prefix_tokens, layout.grid
+        others = other_prefix(layout)
+        share = NanMean() if others else None
         H, T = dump[names[0]].shape[1], layout.num_tokens
         chunk = rows_for(H * T * T * 4)
         shown: tuple[list, list] = ([], [])
@@ -169,8 +188,14 @@ class Rollout:
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             raw: list[np.ndarray] = []
-            layers = _read_layers(dump, names, s, e, options.fusion, prefix, raw)
-            final, evo = attention_rollout(layers, options.fusion, options.discard_ratio, prefix)
+            layers = _read_layers(dump, names, s, e, options.fusion, prefix, raw, cls)
+            final, evo, row = attention_rollout(layers, options.fusion, options.discard_ratio,
+                                                prefix, cls, full_row=True)
+            if share is not None:   # N: the CLS row's rollout mass not drawn on the grid
+                held = row[:, others].sum(-1)
+                results.append("rollout_to_other_prefix", held.astype(np.float32))
+                share.add(held)
+            row = None
             maps, evo = to_grid(final, grid), to_grid(evo, grid)        # N×h×w, N×L×h×w
             raw = to_grid(np.stack(raw, axis=1), grid)                  # fused CLS attention
             results.append("rollout", maps.astype(np.float32))
@@ -189,26 +214,29 @@ class Rollout:
                                    ("pointing", pointing_hits(maps, cov))):
                     numbers.setdefault(key, []).append(value)
         maps, evo = (np.concatenate(x) if x else np.zeros((0, *grid)) for x in shown)
-        return maps, evo, {key: np.concatenate(v) for key, v in numbers.items()}
+        return (maps, evo, {key: np.concatenate(v) for key, v in numbers.items()},
+                None if share is None else float(share.result()))
 
     # ------------------------------------------------------------------------------ figures
 
     @staticmethod
-    def _per_image(images, maps, captions, options, out_dir) -> Path:
+    def _per_image(images, maps, captions, options, out_dir, note="") -> Path:
         """original | rollout | overlay for each image, in two side-by-side groups when many."""
         return M.map_triptych(images, maps, captions, map_label="rollout", stem=out_dir / "rollout",
                               options=options, title=f"Attention rollout ({options.fusion} fusion, "
-                                                     f"discard {options.discard_ratio:g})")
+                                                     f"discard {options.discard_ratio:g})"
+                                                     + (f"\n{note}" if note else ""))
 
     @staticmethod
-    def _evolution(images, evo, layers, captions, options, out_dir) -> Path:
+    def _evolution(images, evo, layers, captions, options, out_dir, note="") -> Path:
         """Rows = images; columns = the image, then the rollout up to each layer."""
         tiles = np.concatenate([M.image_tiles(images)[:, None],
                                 M.overlay_tiles(images[:, None], evo)], axis=1)
         peaks = evo.max(axis=(-2, -1))                        # images × layers
         with F.style():
             fig = M.Mosaic(tiles, row_gap=max(8, tiles.shape[2] // 8)).figure(
-                title="Rollout up to each layer (layer-wise evolution)",
+                title="Rollout up to each layer (layer-wise evolution)" +
+                      (f"\n{note}" if note else ""),
                 col_labels=["image"] + [f"≤ {l}" for l in layers],
                 row_labels=[c.replace("\n", " ") for c in captions[:len(images)]],
                 cbar="÷ max of each map (printed under it)",
@@ -243,13 +271,13 @@ class Rollout:
             return F.save_static(fig, out_dir / "rollout_mask", options)
 
 
-def _read_layers(dump, names, start, stop, fusion, prefix, raw_cls: list):
+def _read_layers(dump, names, start, stop, fusion, prefix, raw_cls: list, cls: int = 0):
     """Yield each layer's attention for images start..stop as stored (fp16: half the memory of
     float32; fuse_heads reduces it as it is), one layer in memory at a time, appending its
-    fused CLS row to raw_cls for the raw-attention comparison."""
+    fused CLS row (token `cls`) to raw_cls for the raw-attention comparison."""
     for name in names:
         attn = dump[name][start:stop]
-        raw_cls.append(fuse_heads(attn[:, :, 0:1, :], fusion)[:, 0, prefix:])
+        raw_cls.append(fuse_heads(attn[:, :, cls:cls + 1, :], fusion)[:, 0, prefix:])
         yield attn
 
 

@@ -15,7 +15,8 @@ from vitscope import figures as F
 from vitscope import interactive as I
 from vitscope import mosaic as M
 from vitscope.errors import PluginError
-from vitscope.maps import layer_spec, n_images, select_layers, to_grid
+from vitscope.maps import (cls_index, layer_spec, n_images, other_prefix, prefix_note,
+                           select_layers, to_grid)
 from vitscope.plugin import Option
 
 
@@ -28,10 +29,11 @@ def query_spec(text: str) -> str:
 
 
 def query_rows(attn_sum: np.ndarray | None, query: str, k: int, num_patches: int,
-               prefix: int) -> np.ndarray:
-    """The token index (into T) of the query for each of k images."""
+               prefix: int, cls: int | None = 0) -> np.ndarray:
+    """The token index (into T) of the query for each of k images (`cls`: where the CLS
+    token sits, from the dump's token layout)."""
     if query == "cls":
-        return np.zeros(k, dtype=np.int64)
+        return np.full(k, cls, dtype=np.int64)
     if query == "top":
         return prefix + attn_sum.argmax(axis=-1)   # attn_sum: k×P attention received
     index = int(query)
@@ -87,21 +89,28 @@ class TokenAttention:
         k = min(options.show, n_images(dump, options.limit))
         chosen = [names[l] for l in layers]
         received = received_attention(dump, chosen, k, prefix) if options.query == "top" else None
-        q = query_rows(received, options.query, k, P, prefix)
+        cls = cls_index(layout, self.name) if options.query == "cls" else layout.cls_index
+        q = query_rows(received, options.query, k, P, prefix, cls)
         rows = np.stack([query_row(dump[nm][:k], q) for nm in chosen], axis=1)   # k×L×H×T
         maps = to_grid(rows[..., prefix:], layout.grid)             # k×L×H×h×w
+        # Distillation/register tokens are not on the grid: say how much of the row they take.
+        others = other_prefix(layout)
+        share = float(rows[..., others].sum(-1).mean()) if others else None
+        note = prefix_note(layout, share)
         mean = maps.mean(axis=2, keepdims=True)
         with_mean = np.concatenate([maps, mean], axis=2)            # heads + head-mean
         query_patch = [None if qi < prefix else int(qi - prefix) for qi in q]
         H = maps.shape[2]
         heads = [f"head {h}" for h in range(H)] + ["mean"]
-        what = self._query_label(options.query)
+        what = self._query_label(options.query) + (f"\n{note}" if note else "")
 
         out_dir = Path(out_dir)
         files = F.save_results(out_dir, dict(
             maps=maps.astype(np.float32), query_token=q, layers=np.array(layers),
             labels=dump.labels[:k], preds=dump.preds[:k], image_index=np.arange(k)),
             {"query": options.query, "images": k, "layers": len(layers), "heads": H,
+             "token_layout": layout.describe(),
+             **({"other_prefix_attention_share": round(share, 4)} if share is not None else {}),
              **({"query_patches": query_patch} if any(q is not None for q in query_patch)
                 else {})})
         images = np.asarray(dump.images[:k])
@@ -121,7 +130,7 @@ class TokenAttention:
                                step_labels=[str(l) for l in layers], slider_label="layer",
                                col_titles=heads, row_titles=[c.replace("\n", " ") for c in captions[:m]],
                                value_label="attention",
-                               title=f"{what}, per head (slider: layer)", query=query_patch[:m])
+                               title=f"{what.replace(chr(10), ' · ')}, per head (slider: layer)", query=query_patch[:m])
             files.append(I.save_html(fig, out_dir / "token_attention.html", options))
         return files
 
@@ -162,10 +171,10 @@ class TokenAttention:
         """Frames step through layers, and within each layer through the heads and the mean."""
         k, L, C = maps.shape[:3]
         tiles = M.overlay_tiles(images[:, None, None], maps)          # k×L×C×S×S×3
-        S = tiles.shape[3]
-        scale = S // layout.image_size[1]
+        S, Sw = tiles.shape[3:5]
+        scale = Sw // layout.image_size[1]
         if any(q is not None for q in qpatch):  # outline the query patch in cyan
-            ph, pw = S // layout.grid[0], S // layout.grid[1]
+            ph, pw = S // layout.grid[0], Sw // layout.grid[1]
             for i, q in enumerate(qpatch):
                 if q is not None:
                     r, c = divmod(q, layout.grid[1])

@@ -52,13 +52,14 @@ def scale_maps(maps: np.ndarray, scale: str = "tile") -> tuple[np.ndarray, np.nd
     return maps / np.maximum(peaks[..., None, None], 1e-12), peaks, None
 
 
-def heat_tiles(maps: np.ndarray, size: int, cmap: str = HEAT_CMAP,
+def heat_tiles(maps: np.ndarray, size: int | tuple[int, int], cmap: str = HEAT_CMAP,
                normalize: bool = True, smooth: bool | None = None) -> np.ndarray:
-    """...×h×w maps -> ...×size×size×3 colour tiles (each map ÷ its max unless normalize=False,
-    in which case values are taken as already in [0, 1]); patches unless `smooth` (default:
-    the `smoothing` in effect)."""
+    """...×h×w maps -> ...×H×W×3 colour tiles, `size` = H = W or (H, W) for non-square
+    images (each map ÷ its max unless normalize=False, in which case values are taken as
+    already in [0, 1]); patches unless `smooth` (default: the `smoothing` in effect)."""
     smooth = SMOOTH.get() if smooth is None else smooth
-    up = upsample(maps, (size, size)) if smooth else patch_upsample(maps, (size, size))
+    size = size if isinstance(size, tuple) else (size, size)
+    up = upsample(maps, size) if smooth else patch_upsample(maps, size)
     if normalize:
         up = up / np.maximum(up.max(axis=(-2, -1), keepdims=True), 1e-12)
     return colorize(up, cmap)
@@ -67,32 +68,33 @@ def heat_tiles(maps: np.ndarray, size: int, cmap: str = HEAT_CMAP,
 def overlay_tiles(images: np.ndarray, maps: np.ndarray, *, alpha: float = HEAT_ALPHA,
                   cmap: str = HEAT_CMAP, normalize: bool = True,
                   scale: int | None = None, smooth: bool | None = None) -> np.ndarray:
-    """Maps (...×h×w) over images (broadcastable ...×H×W×3) -> ...×S×S×3 uint8, S = H·scale."""
+    """Maps (...×h×w) over images (broadcastable ...×H×W×3) -> ...×(H·scale)×(W·scale)×3 uint8."""
     big = image_tiles(images, scale)
-    heat = heat_tiles(maps, big.shape[-2], cmap, normalize, smooth).astype(np.float32)
+    heat = heat_tiles(maps, tuple(big.shape[-3:-1]), cmap, normalize, smooth).astype(np.float32)
     return (big.astype(np.float32) * (1 - alpha) + heat * alpha).round().astype(np.uint8)
 
 
 class Mosaic:
-    """R×C tiles (R×C×S×S×3 uint8) laid out with gutters; `col_breaks` adds wider gaps after
-    those column indices (to separate groups of columns)."""
+    """R×C tiles (R×C×S×Sw×3 uint8; Sw = S unless the images are not square) laid out with
+    gutters; `col_breaks` adds wider gaps after those column indices (to separate groups of
+    columns)."""
 
     def __init__(self, tiles: np.ndarray, gap: int | None = None, col_breaks: Sequence[int] = (),
                  row_gap: int = 0, background: int = 255) -> None:
-        R, C, S = tiles.shape[:3]
-        self.R, self.C, self.S = R, C, S
+        R, C, S, Sw = tiles.shape[:4]
+        self.R, self.C, self.S, self.Sw = R, C, S, Sw
         self.gap = max(2, S // 24) if gap is None else gap
         breaks = set(col_breaks)
         self.x0 = np.zeros(C, int)
         x = 0
         for c in range(C):
             self.x0[c] = x
-            x += S + self.gap + (3 * self.gap if c in breaks else 0)
+            x += Sw + self.gap + (3 * self.gap if c in breaks else 0)
         self.y0 = np.arange(R) * (S + self.gap + row_gap)  # row_gap: room for captions
-        self.array = np.full((int(self.y0[-1]) + S, int(self.x0[-1]) + S, 3), background, np.uint8)
+        self.array = np.full((int(self.y0[-1]) + S, int(self.x0[-1]) + Sw, 3), background, np.uint8)
         for r in range(R):  # R×C copies of whole tiles: the per-pixel work is vectorised
             for c in range(C):
-                self.array[self.y0[r]:self.y0[r] + S, self.x0[c]:self.x0[c] + S] = tiles[r, c]
+                self.array[self.y0[r]:self.y0[r] + S, self.x0[c]:self.x0[c] + Sw] = tiles[r, c]
 
     def figure(self, *, title: str | None = None, row_labels: Sequence[str] = (),
                col_labels: Sequence[str] = (), cbar: str | None = None,
@@ -126,14 +128,14 @@ class Mosaic:
         pad = self.S * 0.06
         inch = self.S / cell  # data units per inch
         for c, label in enumerate(col_labels):
-            ax.text(self.x0[c] + self.S / 2, -pad, label, ha="center", va="bottom", fontsize=8)
+            ax.text(self.x0[c] + self.Sw / 2, -pad, label, ha="center", va="bottom", fontsize=8)
         for r, label in enumerate(row_labels):
             ax.text(-pad, self.y0[r] + self.S / 2, label, ha="right", va="center", fontsize=8)
         for (r, c), label in (captions or {}).items():
             # 7 pt text is ~0.055 in per character: one wider than the tile starts at its left
             # edge (a centred one would run off the figure on the left)
             wide = 0.055 * max(len(l) for l in label.split("\n")) > cell
-            ax.text(self.x0[c] + (0 if wide else self.S / 2), self.y0[r] + self.S + pad / 2,
+            ax.text(self.x0[c] + (0 if wide else self.Sw / 2), self.y0[r] + self.S + pad / 2,
                     label, ha="left" if wide else "center", va="top", fontsize=7)
         if title:  # above the column labels
             y = -pad - (0.22 * inch if col_labels else 0)
@@ -155,7 +157,7 @@ class Mosaic:
         """Outline patch `index` (row-major on `grid`) in tile (r, c) of the last figure."""
         from matplotlib.patches import Rectangle
         h, w = grid
-        py, px = self.S / h, self.S / w
+        py, px = self.S / h, self.Sw / w
         pr, pc = divmod(int(index), w)
         self.ax.add_patch(Rectangle((self.x0[c] + pc * px - 0.5, self.y0[r] + pr * py - 0.5),
                                     px, py, fill=False, ec=color, lw=1.0))
@@ -259,9 +261,9 @@ def map_triptych(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], 
     k = len(images)
     groups = 2 if k > 4 else 1
     rows = -(-k // groups)
-    scale = tile_scale(images.shape[1], 176)                 # larger tiles than the grids
+    scale = tile_scale(max(images.shape[1:3]), 176)          # larger tiles than the grids
     originals = image_tiles(images, scale)
-    heat = heat_tiles(maps, originals.shape[1])
+    heat = heat_tiles(maps, tuple(originals.shape[1:3]))      # non-square images too
     triples = np.stack([originals, heat, overlay_tiles(images, maps, scale=scale)], axis=1)
     blank = np.full_like(triples[:1], 255)
     triples = np.concatenate([triples, np.repeat(blank, rows * groups - k, 0)])

@@ -36,12 +36,14 @@ class AttentionEntropy:
         names = dump.match("blocks.*.attn.weights")
         n = len(dump) if options.limit is None else min(len(dump), options.limit)
         mean_all, mean_cls = [], []
+        # the CLS query's row (the first prefix token for a model without CLS)
+        cls = dump.layout.cls_index if dump.layout.cls_index is not None else 0
         for name in names:
             total = total_cls = 0.0
             for start in range(0, n, CHUNK):
                 ent = attention_entropy(dump[name][start:min(n, start + CHUNK)])   # B×H×T
                 total = total + ent.mean(axis=2).sum(axis=0)
-                total_cls = total_cls + ent[:, :, 0].sum(axis=0)
+                total_cls = total_cls + ent[:, :, cls].sum(axis=0)
             mean_all.append(total / n)
             mean_cls.append(total_cls / n)
         mean_all, mean_cls = np.array(mean_all), np.array(mean_cls)          # L×H
