@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vitscope.datasets.base import ImageDataset, carve_split, concat  # noqa: F401  (public here)
+from vitscope.datasets.images import Preprocess
 from vitscope.errors import ConfigError, DataError
 from vitscope.paths import resolve_cache_dir
 
@@ -32,10 +33,12 @@ DEFAULT_STD = (0.5, 0.5, 0.5)
 VALID_SPECS = "shapes[:train=N,val=N,seed=S], cifar10, cifar100, folder:PATH, files:PATH[:PATH...]"
 
 
-def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_dir="./data",
+def load_dataset(spec: str, split: str = "val", image_size: int | Preprocess = 32, *,
+                 data_dir="./data",
                  val_split: float | None = None, seed: int = 0, cache_dir=None,
-                 download: bool = True) -> ImageDataset:
-    """Load one split of a `--data` spec as uint8 images of `image_size`×`image_size`.
+                 download: bool = True, whole_folder: bool = False) -> ImageDataset:
+    """Load one split of a `--data` spec as uint8 images of `image_size`×`image_size`, or
+    as a Preprocess says (an imported model's resize and crop; `preprocessing(ckpt)`).
 
     `val_split` (0 < f < 1) carves "val" out of the train split with `seed` instead of using
     the dataset's own validation split; the two parts are disjoint and always the same for a
@@ -46,8 +49,12 @@ def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_di
     """
     if split not in SPLITS:
         raise ConfigError(f"Unknown split '{split}'; use one of {', '.join(SPLITS)}.")
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 4:
+    if isinstance(image_size, Preprocess):
+        pp, image_size = image_size, max(image_size.resize)
+    elif not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 4:
         raise ConfigError(f"image_size must be an integer of at least 4, got {image_size!r}.")
+    else:
+        pp = None
     if val_split is not None and not (isinstance(val_split, (int, float)) and 0 < val_split < 1):
         raise ConfigError(f"val_split must be a fraction between 0 and 1 (e.g. 0.1), "
                           f"got {val_split!r}.")
@@ -59,31 +66,34 @@ def load_dataset(spec: str, split: str = "val", image_size: int = 32, *, data_di
         # with different training seeds must still see the same images.
         opts = shapes.parse_options(arg, spec)
         if split == "all":
-            return concat([shapes.generate(s, image_size, spec=spec, **opts)
-                           for s in ("train", "val")], "all")
+            ds = concat([shapes.generate(s, image_size, spec=spec, **opts)
+                         for s in ("train", "val")], "all")
+            return ds if pp is None else resize_dataset(ds, pp)
         if val_split is None:
-            return shapes.generate(split, image_size, spec=spec, **opts)
-        full = shapes.generate("train", image_size, spec=spec, **opts)
-        return carve_split(full, split, val_split, seed)
+            ds = shapes.generate(split, image_size, spec=spec, **opts)
+        else:
+            ds = carve_split(shapes.generate("train", image_size, spec=spec, **opts), split,
+                             val_split, seed)
+        return ds if pp is None else resize_dataset(ds, pp)
 
     if kind in ("cifar10", "cifar100"):
         from vitscope.datasets import cifar
         if split == "all":
             return resize_dataset(concat([cifar.load(kind, s, data_dir=data_dir,
                                                      download=download)
-                                          for s in ("train", "val")], "all"), image_size)
+                                          for s in ("train", "val")], "all"), pp or image_size)
         if val_split is None:
             ds = cifar.load(kind, split, data_dir=data_dir, download=download)
         else:
             ds = carve_split(cifar.load(kind, "train", data_dir=data_dir, download=download),
                              split, val_split, seed)
-        return resize_dataset(ds, image_size)
+        return resize_dataset(ds, pp or image_size)
 
     from vitscope.datasets import folder
     if kind == "files":     # every file, whichever split is asked for: nothing to carve
-        return folder.load_files(split_files(arg), image_size, spec=spec)
-    return folder.load(arg, split, image_size, spec=spec, val_split=val_split, seed=seed,
-                       cache_dir=resolve_cache_dir(cache_dir))
+        return folder.load_files(split_files(arg), pp or image_size, spec=spec)
+    return folder.load(arg, split, pp or image_size, spec=spec, val_split=val_split, seed=seed,
+                       cache_dir=resolve_cache_dir(cache_dir), whole=whole_folder)
 
 
 def training_data_gone(ckpt_path, spec: str, error: DataError) -> DataError:
@@ -143,8 +153,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
     raise DataError(f"Unknown dataset '{spec}'.{hint} Valid: {VALID_SPECS}.")
 
 
-def resize_dataset(ds: ImageDataset, image_size: int) -> ImageDataset:
-    """Resize every image (antialiased bilinear) when the stored size differs."""
+def resize_dataset(ds: ImageDataset, image_size: int | Preprocess) -> ImageDataset:
+    """Resize every image (antialiased bilinear) when the stored size differs; a Preprocess
+    resizes (its interpolation, antialiased) and centre-crops as it says."""
+    if isinstance(image_size, Preprocess):
+        return _preprocess_dataset(ds, image_size)
     if ds.image_size == image_size and ds.images.shape[2] == image_size:
         return ds
     ds.images = resize_images(ds.images, image_size)
@@ -162,6 +175,55 @@ def resize_images(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarra
                                             antialias=True, align_corners=False)
         out[i:i + chunk] = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
+
+
+def _preprocess_dataset(ds: ImageDataset, pp: Preprocess) -> ImageDataset:
+    """In-memory images (CIFAR, shapes) through `pp`, in chunks; masks follow (nearest)."""
+    n, h, w = ds.images.shape[:3]
+    rh, rw = pp.resized_size(h, w)
+    (ch, cw), (top, left) = pp.crop, ((rh - pp.crop[0]) // 2, (rw - pp.crop[1]) // 2)
+    mode = {"nearest": "nearest", "bilinear": "bilinear"}.get(pp.interpolation, "bicubic")
+
+    def run(arr: np.ndarray, how: str) -> np.ndarray:
+        out = np.empty((len(arr), ch, cw, arr.shape[-1]), dtype=np.uint8)
+        for i in range(0, len(arr), 1024):
+            x = torch.from_numpy(np.ascontiguousarray(arr[i:i + 1024])).permute(0, 3, 1, 2).float()
+            if (rh, rw) != (h, w):
+                x = torch.nn.functional.interpolate(
+                    x, size=(rh, rw), mode=how, antialias=how != "nearest" and (rh < h or rw < w),
+                    **({} if how == "nearest" else {"align_corners": False}))
+            x = x[:, :, top:top + ch, left:left + cw]
+            out[i:i + 1024] = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return out
+
+    ds.images = run(ds.images, mode)
+    if ds.masks is not None:
+        ds.masks = run(ds.masks[..., None].astype(np.uint8), "nearest")[..., 0] > 0
+    return ds
+
+
+def is_imported(ckpt) -> bool:
+    """Whether the checkpoint was written by `vitscope import` (a model vitscope did not train:
+    a folder with one split on disk is analysed whole, since none of it was training data)."""
+    tc = getattr(ckpt, "train_config", None) or {}
+    return isinstance(tc, dict) and bool(tc.get("source"))
+
+
+def preprocessing(ckpt) -> Preprocess:
+    """How images become the model's input for this checkpoint: its recorded Preprocess
+    (`train_config["preprocess"]`, written by `vitscope import`), else vitscope's own policy
+    at the size it was trained at."""
+    tc = getattr(ckpt, "train_config", None) or {}
+    pp = tc.get("preprocess")
+    if isinstance(pp, dict):
+        try:
+            return Preprocess.from_dict(pp)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"'{getattr(ckpt, 'path', 'the checkpoint')}' has an invalid "
+                            f"train_config['preprocess'] ({e}); re-import the model with "
+                            f"`vitscope import`.") from None
+    size = tc.get("image_size") or (tc.get("model") or {}).get("image_size")
+    return Preprocess.square(int(size or getattr(ckpt.model_config, "image_size", 32)))
 
 
 def dataset_stats(ds) -> tuple[list[float], list[float]]:

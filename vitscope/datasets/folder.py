@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope.datasets.images import decode_many, is_image_name
+from vitscope.datasets.images import Preprocess, decode_many, is_image_name
 from vitscope.datasets.base import ImageDataset, carve_split, concat
 from vitscope.errors import DataError
 
@@ -51,8 +51,10 @@ class CorruptImageWarning(DataWarning):
     """Some files of a folder dataset could not be decoded and were skipped."""
 
 
-def load(path: str, split: str, image_size: int, *, spec: str, val_split: float | None,
-         seed: int, cache_dir: Path, workers: int | None = None):
+def load(path: str, split: str, image_size, *, spec: str, val_split: float | None,
+         seed: int, cache_dir: Path, workers: int | None = None, whole: bool = False):
+    """One split of a folder dataset. `whole`: a folder with one split on disk is not carved
+    (every image, whichever split is asked: for a model that was not trained on it)."""
 
     root = Path(path).expanduser().absolute()  # absolute paths: in the cache key and ds.paths
     if not root.exists():
@@ -86,7 +88,7 @@ def load(path: str, split: str, image_size: int, *, spec: str, val_split: float 
     if split == "all":       # every image of the folder (or of PATH/train), no val carve-out
         full.split = "all"
         return full
-    if not full.classes and val_split is None:
+    if (whole or not full.classes) and val_split is None:
         full.split = split  # a flat, unlabeled folder: every image, whichever split is asked
         return full
     return carve_split(full, split, val_split if val_split is not None else DEFAULT_VAL_SPLIT, seed)
@@ -140,7 +142,7 @@ def _image_files(folder: Path | str, recursive: bool) -> list[os.DirEntry]:
     return sorted(found, key=lambda e: e.path)
 
 
-def _load_tree(folder: Path, split: str, image_size: int, spec: str, cache_dir: Path,
+def _load_tree(folder: Path, split: str, image_size, spec: str, cache_dir: Path,
                workers: int | None):
     """A class tree (folder/<class>/...) or a flat folder of images, decoded and cached."""
 
@@ -205,23 +207,25 @@ def _refuse_emptied_classes(folder: Path, classes: list[str], labels: list[int],
                         f"remove the folder.")
 
 
-def cache_key(entries: list[os.DirEntry], image_size: int) -> str:
+def cache_key(entries: list[os.DirEntry], image_size) -> str:
     """Hash of the sorted (absolute) paths with sizes and mtimes, plus the image size."""
-    h = hashlib.sha256(f"vitscope-folder-cache {CACHE_VERSION} {image_size}\n".encode())
+    h = hashlib.sha256(f"vitscope-folder-cache {CACHE_VERSION} "
+                       f"{Preprocess.of(image_size).key()}\n".encode())
     for entry in entries:
         st = entry.stat()
         h.update(f"{entry.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:32]
 
 
-def _decode_cached(entries: list[os.DirEntry], image_size: int, cache_dir: Path,
+def _decode_cached(entries: list[os.DirEntry], image_size, cache_dir: Path,
                    workers: int | None) -> tuple[np.ndarray, list[str | None]]:
     file = Path(cache_dir) / "folders" / f"{cache_key(entries, image_size)}.npz"
     if file.is_file():
         try:
             with np.load(file, allow_pickle=False) as z:
                 images, errors = z["images"], [str(e) or None for e in z["errors"]]
-            if len(images) == len(entries) and images.shape[1:] == (image_size, image_size, 3):
+            if len(images) == len(entries) and \
+                    images.shape[1:] == (*Preprocess.of(image_size).out_size, 3):
                 return images, errors
         except Exception:  # a damaged cache file is rebuilt, never trusted
             pass
@@ -239,13 +243,13 @@ def _decode_cached(entries: list[os.DirEntry], image_size: int, cache_dir: Path,
     return images, errors
 
 
-def decode_files(paths: list[str], image_size: int,
+def decode_files(paths: list[str], image_size,
                  workers: int | None = None) -> tuple[np.ndarray, list[str | None]]:
     """Decode files in parallel worker processes (in-process when there are few)."""
     workers = workers or _cpu_count()
     if workers <= 1 or len(paths) < POOL_MIN_FILES:
         return decode_many(paths, image_size)
-    images = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    images = np.empty((len(paths), *Preprocess.of(image_size).out_size, 3), dtype=np.uint8)
     errors: list[str | None] = []
     tasks = [paths[i:i + TASK_FILES] for i in range(0, len(paths), TASK_FILES)]
     # fork starts workers instantly and never re-imports the caller's __main__ module; the
@@ -308,7 +312,7 @@ def label_from_file_names(ds: ImageDataset, classes: list[str]) -> tuple[ImageDa
                         spec=ds.spec, split=ds.split, paths=list(ds.paths)), found
 
 
-def load_files(paths: list[str], image_size: int, *, spec: str) -> ImageDataset:
+def load_files(paths: list[str], image_size, *, spec: str) -> ImageDataset:
     """Image files named one by one (`files:` spec, `analyze --image`), unlabelled until
     `label_from_file_names`; every file must exist and decode (it was asked for by name)."""
     files = [Path(p).expanduser().absolute() for p in paths]
