@@ -8,15 +8,16 @@ STAMP  := $(VENV)/.installed-stamp
 
 # Set up once: a virtualenv with torch (CPU or CUDA build, whatever pip resolves here: on
 # Linux that is the CUDA build, about 6 GB, even without a GPU), vitscope in editable mode
-# with its test extras, and the example third-party plugin. TORCH_INDEX=URL installs torch
-# from that index instead, e.g. a CPU-only build where your package index offers one:
+# with its test extras and the timm/hf extras (so the adapter tests run), and the example
+# third-party plugin. TORCH_INDEX=URL installs torch from that index instead, e.g. a CPU-only
+# build where your package index offers one:
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 $(STAMP): setup.cfg pyproject.toml examples/vitscope-attention-entropy/setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch>=2.3" "torchvision>=0.18"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,timm,hf]"
 	$(BIN)/python -m pip install -q -e examples/vitscope-attention-entropy
 	touch $(STAMP)
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vitscope import __version__
+from vitscope.adapters import FAMILIES
 from vitscope.errors import CheckpointError, ConfigError
 from vitscope.writing import GuardedFile, is_write_failure, write_failure
 
@@ -31,9 +32,11 @@ FORMAT = "vitscope-checkpoint"
 VERSION = 1
 
 # arch name -> (module, config class, model class); imported only when a checkpoint needs it.
+# "timm", "torchvision" and "hf" are foreign ViTs written by `vitscope import` (adapters).
 ARCHITECTURES: dict[str, tuple[str, str, str]] = {
     "vit": ("vitscope.model", "ModelConfig", "ViT"),
     "cnn": ("vitscope.cnn", "CNNConfig", "SmallCNN"),
+    **FAMILIES,
 }
 
 

@@ -156,4 +156,4 @@ def list_hook_points(model: nn.Module, image_size: int | tuple[int, int] | None 
             _, cache = run_with_cache(model, x)
     finally:
         model.train(was_training)
-    return [(name, ("B", *t.shape[1:])) for name, t in cache.items()]
+    return [(name, ("B", *cache[name].shape[1:])) for name in hook_points(model) if name in cache]
