@@ -281,6 +281,8 @@ def _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype, co
         "num_images": total if shard is None else shard[3] - shard[2],
         "normalize": {"mean": mean, "std": std},
         "token_layout": model.token_layout.to_dict(),
+        # a feature model (no classifier head) stores its pooled features under /logits
+        "outputs": "features" if getattr(cfg, "num_classes", 1) == 0 else "logits",
         "hooks": names,
         "model_hooks": list(hook_points(model)),
         "dtype": dtype,
@@ -621,20 +623,22 @@ def default_split(ckpt, data: str | None = None) -> str:
 def dataset_for(ckpt, data: str | None = None, split: str | None = "val",
                 data_dir: str | None = None):
     """The `split` of `data` (default: the checkpoint's training data) at the model's image
-    size, loaded the way training loaded it (same data_dir, val_split carve-out and seed).
-    `split` None: `default_split`. Files of an unlabelled folder named after the model's
-    classes (cat_0001.jpg) are labelled with them."""
-    from vitscope.data import load_dataset, training_data_gone
+    size, loaded the way training loaded it (same data_dir, val_split carve-out and seed), or
+    as an imported model's recorded preprocessing says. `split` None: `default_split`. Files
+    of an unlabelled folder named after the model's classes (cat_0001.jpg) are labelled with
+    them."""
+    from vitscope.data import is_imported, load_dataset, preprocessing, training_data_gone
     from vitscope.datasets.folder import label_from_file_names
 
     tc = ckpt.train_config or {}
     spec = data_spec(ckpt, data)
     split = split or default_split(ckpt, data)
-    kwargs: dict[str, Any] = {"data_dir": data_dir or tc.get("data_dir") or "./data"}
+    kwargs: dict[str, Any] = {"data_dir": data_dir or tc.get("data_dir") or "./data",
+                              "whole_folder": is_imported(ckpt)}
     if spec == tc.get("data"):  # the same carve-out as training (the seed only matters with it)
         kwargs.update(val_split=tc.get("val_split"), seed=int(tc.get("seed", 0)))
     try:
-        ds = load_dataset(spec, split, ckpt.model_config.image_size, **kwargs)
+        ds = load_dataset(spec, split, preprocessing(ckpt), **kwargs)
     except DataError as e:
         if data is not None:
             raise

@@ -212,7 +212,7 @@ def is_imported(ckpt) -> bool:
 def preprocessing(ckpt) -> Preprocess:
     """How images become the model's input for this checkpoint: its recorded Preprocess
     (`train_config["preprocess"]`, written by `vitscope import`), else vitscope's own policy
-    at the size it was trained at."""
+    at the model's input size (its model_config, whatever the train_config says)."""
     tc = getattr(ckpt, "train_config", None) or {}
     pp = tc.get("preprocess")
     if isinstance(pp, dict):
@@ -222,8 +222,9 @@ def preprocessing(ckpt) -> Preprocess:
             raise DataError(f"'{getattr(ckpt, 'path', 'the checkpoint')}' has an invalid "
                             f"train_config['preprocess'] ({e}); re-import the model with "
                             f"`vitscope import`.") from None
-    size = tc.get("image_size") or (tc.get("model") or {}).get("image_size")
-    return Preprocess.square(int(size or getattr(ckpt.model_config, "image_size", 32)))
+    size = getattr(getattr(ckpt, "model_config", None), "image_size", None) or \
+        tc.get("image_size") or (tc.get("model") or {}).get("image_size") or 32
+    return Preprocess.square(int(size))
 
 
 def dataset_stats(ds) -> tuple[list[float], list[float]]:

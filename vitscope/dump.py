@@ -398,6 +398,9 @@ class Dump:
 
     @cached_property
     def preds(self) -> np.ndarray:
+        """Predicted class per image; -1 for a feature model's dump (its /logits are features)."""
+        if self.attrs.get("outputs") == "features":
+            return np.full(len(self), -1, dtype=np.int64)
         step = 1 << 16
         return np.concatenate([self.logits[i:i + step].argmax(1) for i in range(0, len(self), step)]
                               or [np.zeros(0, np.int64)]).astype(np.int64)

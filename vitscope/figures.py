@@ -183,6 +183,8 @@ def captions(dump, k: int, prefix: str = "", target: bool = False) -> list[str]:
     file name where the dump has one ("cat_0001.jpg · cat ✓"); with `target`, a last line
     names the class the map explains ("(explains disk)")."""
     labels = label_names(dump.classes, dump.labels[:k])
+    if (dump.preds[:k] < 0).all():   # a feature model: no predictions to show
+        return [f"{prefix}{l}" for l in labels]
     preds = label_names(dump.classes, dump.preds[:k])
     names = [f"{short_name(n)} · " for n in file_names(dump, k)] or [""] * len(labels)
     out = [f"{prefix}{f}{l} ✓" if l == p else f"{prefix}{f}{l}\n→ {p}"

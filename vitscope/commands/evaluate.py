@@ -16,11 +16,27 @@ from vitscope.commands.common import threads_option
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
-def _image_size(model, ckpt) -> int:
-    """The side the model takes its images at: its own input size, whatever the train_config
-    says (files of any size are resized to it, as the folder data in training were)."""
+def _image_size(model, ckpt):
+    """How files become the model's input: an imported model's recorded Preprocess (its
+    family's resize and crop), else the side the model takes its images at: its own input
+    size, whatever the train_config says (files of any size are resized to it, as the folder
+    data in training were)."""
+    from vitscope.data import preprocessing
+    tc = ckpt.train_config if isinstance(ckpt.train_config, dict) else {}
+    if isinstance(tc.get("preprocess"), dict):
+        return preprocessing(ckpt)
     shape = getattr(model, "input_shape", None)
     return int(shape[-1]) if shape else int(ckpt.model_config.image_size)
+
+
+def _refuse_feature_model(ckpt, what: str) -> None:
+    """An imported model without a classifier head (e.g. DINOv2) outputs features, not
+    classes: there is nothing to score or predict."""
+    from vitscope.errors import DataError
+    if getattr(ckpt.model_config, "num_classes", 1) == 0:
+        raise DataError(f"'{ckpt.path}' is a feature model with no classifier head, so it has no "
+                        f"classes to {what}; look inside it with `vitscope analyze` or "
+                        f"`vitscope dump` instead.")
 
 
 def _classes(ckpt, num_outputs: int | None = None) -> list[str]:
@@ -62,13 +78,14 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
              as_json: bool) -> None:
     """Accuracy, loss, per-class accuracy and a confusion-matrix PNG of a checkpoint."""
     from vitscope.checkpoint import load_model
-    from vitscope.data import load_dataset, normalization, training_data_gone
+    from vitscope.data import is_imported, load_dataset, normalization, training_data_gone
     from vitscope.errors import ConfigError, DataError
     from vitscope.evaluation import evaluate, plot_confusion, resolve_device
     from vitscope.paths import output_folder
     from vitscope.writing import replacing
 
     model, ck = load_model(ckpt)
+    _refuse_feature_model(ck, "score")
     tc = ck.train_config
     own_data = spec is None
     if own_data:
@@ -88,7 +105,8 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
         try:
             dataset = load_dataset(spec, split, _image_size(model, ck),
                                    data_dir=data_dir or tc.get("data_dir", "./data"),
-                                   val_split=val_split, seed=seed)
+                                   val_split=val_split, seed=seed,
+                                   whole_folder=is_imported(ck))
         except DataError as e:
             if not own_data:
                 raise
@@ -153,6 +171,7 @@ def predict(ckpt: str, images: tuple[str, ...], top_k: int, as_json: bool, tta: 
     from vitscope.evaluation import predict_logits, resolve_device
 
     model, ck = load_model(ckpt)
+    _refuse_feature_model(ck, "predict")
     size = _image_size(model, ck)
     decoded: list[Any] = []
     errors: dict[str, str] = {}

@@ -28,7 +28,13 @@ def info(ckpt: str, as_json: bool) -> None:
     click.echo("model_config")
     for k, v in data["model_config"].items():
         click.echo(f"  {k:<16}{v}")
-    names = ", ".join(ck.classes) if ck.classes else "(none stored)"
+    source = ck.train_config.get("source") if isinstance(ck.train_config, dict) else None
+    if source:  # written by `vitscope import`
+        weights = ck.train_config.get("weights")
+        click.echo(f"imported     {source}, " + (f"weights {weights}" if weights else
+                                                 "random weights (imported without --weights)"))
+    shown = ck.classes if len(ck.classes) <= 20 else ck.classes[:20] + ["..."]
+    names = ", ".join(shown) if ck.classes else "(none stored)"
     click.echo(f"classes      {len(ck.classes)}: {names}")
     tc = ck.train_config or {}
     if tc:
