@@ -245,3 +245,45 @@ def test_dump_gradients_of_adapted_models_equal_autograd(tmp_path, family, name,
             assert np.abs(ref).max() > 0, n
             np.testing.assert_allclose(dump[f"grad:{n}"][:], ref, rtol=1e-4,
                                        atol=1e-5 * np.abs(ref).max(), err_msg=n)
+
+
+@pytest.mark.parametrize("family,name,kwargs,prefix,grid", [MODELS[1], MODELS[4], MODELS[7]],
+                         ids=[IDS[1], IDS[4], IDS[7]])
+def test_randomization_groups_cover_every_parameter_once(family, name, kwargs, prefix, grid):
+    """vitscope score's cascade on a wrapped model: head (classifier + final norm), each block
+    from the last down, then the embedding; every parameter in exactly one group."""
+    model = adapted(family, name, kwargs)
+    groups = model.randomization_groups()
+    labels = [g for g, _ in groups]
+    depth = len(model.blocks)
+    assert labels == ["head", *[f"blocks.{i}" for i in reversed(range(depth))], "embedding"]
+    names = [n for _, ns in groups for n in ns]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    head = dict(groups)["head"]
+    assert any("head" in n or "classifier" in n for n in head) and \
+        any("norm" in n or "ln" in n for n in head)
+    assert all(n.split(".")[0] == "model" for n in names)
+
+
+@pytest.mark.parametrize("family,name,kwargs,prefix,grid", [MODELS[2], MODELS[4], MODELS[9]],
+                         ids=[IDS[2], IDS[4], IDS[9]])
+def test_a_deep_copy_feeds_its_own_hook_points(family, name, kwargs, prefix, grid):
+    """copy.deepcopy (vitscope score randomises a copy) gives a model whose hooks reach the
+    copy's points, with the same weights and outputs; the original is untouched."""
+    import copy
+    model = adapted(family, name, kwargs)
+    twin = copy.deepcopy(model)
+    x = torch.randn(1, *model.input_shape)
+    with torch.no_grad():
+        ref, cache = run_with_cache(model, x, names=["blocks.0.attn.weights"])
+        out, twin_cache = run_with_cache(twin, x, names=["blocks.0.attn.weights"])
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(twin_cache["blocks.0.attn.weights"],
+                                   cache["blocks.0.attn.weights"], rtol=0, atol=1e-6)
+        for p in twin.parameters():
+            p.mul_(0.5)
+        seen = []
+        with attach(model, {"blocks.0.out": lambda t, n: seen.append(n)}):
+            twin(x)
+        assert seen == []
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)

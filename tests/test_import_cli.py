@@ -189,6 +189,22 @@ def test_hf_import_analyze_eval(tmp_path, images):
     metrics = json.loads(run("eval", ckpt, "--data", f"folder:{images}", "--json",
                              "-o", tmp_path / "eval").output)
     assert metrics["n"] == 8 and metrics["classes"] == ["cat", "dog"]
+    # vitscope score runs on the wrapped model too (its randomisation cascade on a deep copy)
+    r = run("score", ckpt, "-p", "rollout", "-n", 4, "--data", f"folder:{images}",
+            "-o", tmp_path / "out")
+    assert "+ blocks.0" in r.output and (tmp_path / "out" / "score" / "score.json").is_file()
+
+
+def test_hf_folder_without_processor_config_uses_the_types_default_at_the_models_size(
+        tmp_path):
+    _, folder = hf_folder(tmp_path, with_processor=False)
+    ckpt = tmp_path / "hf.pt"
+    run("import", f"hf:{folder}", "-o", ckpt)
+    from vitscope.checkpoint import load_checkpoint
+    tc = load_checkpoint(ckpt).train_config
+    assert tc["preprocess"] == {"resize": [32, 32], "crop": [32, 32], "mode": "squash",
+                                "interpolation": "bilinear"}       # ViT's 224 -> 224, at 32
+    assert tc["normalize"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
 
 
 def test_random_import_says_so_loudly(tmp_path):

@@ -12,6 +12,7 @@ module does it its own way: timm `fused_attn`, torchvision/transformers an expli
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import importlib
@@ -114,8 +115,16 @@ class AdaptedViT(nn.Module):
         self.cfg = cfg
         self.model = model            # first child: its parameters are the state_dict
 
-    def _finish(self, depth: int, cls: bool = True) -> None:
-        """Register the point tree in forward order, then name the points."""
+    def _finish(self, depth: int, cls: bool = True, *, blocks=(), head=()) -> None:
+        """Register the point tree in forward order, then name the points. `blocks` are the
+        foreign model's transformer blocks and `head` its classifier and final norm modules
+        (for `randomization_groups`)."""
+        paths = {id(m): name for name, m in self.named_modules()}
+        # parameter-name prefixes (module paths, as the state_dict names them), kept as plain
+        # strings so the foreign modules are not registered twice
+        self._block_prefixes = [paths[id(b)] + "." for b in blocks]
+        self._head_prefixes = [paths[id(h)] + "." for h in head if h is not None and
+                               id(h) in paths]
         self.patch_embed = _Group("out")      # B×P×D, patch projections before the position embedding
         self.embed = _Group("out")            # B×T×D, tokens entering block 0
         self.blocks = nn.ModuleList(BlockPoints() for _ in range(depth))
@@ -124,6 +133,34 @@ class AdaptedViT(nn.Module):
             self.cls = HookPoint()            # B×D, the CLS token the classifier reads
         name_hook_points(self)
         self.model.eval()
+
+    def __deepcopy__(self, memo) -> "AdaptedViT":
+        """A copy is rebuilt from the config, then given these weights: the hooks on the
+        foreign modules close over this model's points, so copying them would leave the copy
+        feeding the original's points (vitscope score randomises a deep copy)."""
+        new = type(self)(copy.deepcopy(self.cfg, memo))
+        memo[id(self)] = new
+        p = next(self.parameters(), None)
+        if p is not None:
+            new.to(device=p.device, dtype=p.dtype)
+        new.load_state_dict(self.state_dict())
+        new.train(self.training)
+        for k, v in self.__dict__.items():     # plain attributes (e.g. source_weights)
+            if not k.startswith("_") and k not in new.__dict__ and k != "training":
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
+
+    def randomization_groups(self) -> list[tuple[str, list[str]]]:
+        """(label, parameter names) for `vitscope score`'s cascading randomisation, head first:
+        the classifier and final norm, each block from the last down, then the embedding."""
+        names = [n for n, _ in self.named_parameters()]
+        head = [n for n in names if n.startswith(tuple(self._head_prefixes))]
+        blocks = [[n for n in names if n.startswith(p)] for p in self._block_prefixes]
+        taken = set(head).union(*map(set, blocks))
+        rest = [n for n in names if n not in taken]
+        groups = [("head", head)] if head else []
+        groups += [(f"blocks.{i}", blocks[i]) for i in reversed(range(len(blocks)))]
+        return groups + ([("embedding", rest)] if rest else [])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -50,7 +50,9 @@ class TimmViT(AdaptedViT):
         super().__init__(cfg, model)
         _check_supported(model, cfg.name)
         token_pooled = getattr(model, "global_pool", "token") == "token"
-        self._finish(len(model.blocks), cls=token_pooled)
+        self._finish(len(model.blocks), cls=token_pooled, blocks=list(model.blocks),
+                     head=[getattr(model, n, None) for n in ("norm", "fc_norm", "head",
+                                                              "head_dist", "head_drop")])
         m = model
         route_output(m.patch_embed, self.patch_embed.out, _flat, _unflat)
         route_output(m.norm_pre, self.embed.out)

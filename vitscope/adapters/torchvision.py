@@ -91,7 +91,8 @@ class TorchvisionViT(AdaptedViT):
     def __init__(self, cfg: TorchvisionConfig) -> None:
         model = _build(cfg.name, cfg.kwargs)
         super().__init__(cfg, model)
-        self._finish(len(model.encoder.layers))
+        self._finish(len(model.encoder.layers), blocks=list(model.encoder.layers),
+                     head=[model.encoder.ln, model.heads])
         route_output(model.conv_proj, self.patch_embed.out, _flat, _unflat)
         route_output(model.encoder.dropout, self.embed.out)
         for block, pts in zip(model.encoder.layers, self.blocks):

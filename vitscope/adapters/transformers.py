@@ -110,7 +110,9 @@ class HFViT(AdaptedViT):
         base = model.base_model
         self.base = _Points(base)
         layers = base.layers if hasattr(base, "layers") else base.encoder.layer
-        self._finish(len(layers))
+        self._finish(len(layers), blocks=list(layers),
+                     head=[base.layernorm] + [getattr(model, n, None) for n in (
+                         "classifier", "cls_classifier", "distillation_classifier")])
         emb = base.embeddings
         route_output(emb.patch_embeddings.projection, self.patch_embed.out, _flat, _unflat)
         route_output(emb, self.embed.out)
@@ -267,7 +269,14 @@ def _processor(root, model_type: str, size) -> tuple:
     interp = RESAMPLE.get(int(cfg.get("resample", 2)), "bilinear")
     s = cfg.get("size") or {"height": h, "width": w}
     crop = cfg.get("crop_size") if cfg.get("do_center_crop") else None
-    ch, cw = (crop["height"], crop["width"]) if crop else (h, w)
+    # the processor's sizes are scaled to the model's input: what it crops (or, without a
+    # crop, what it resizes to) becomes h×w
+    if crop:
+        ch, cw = crop["height"], crop["width"]
+    elif "shortest_edge" in s:
+        ch = cw = s["shortest_edge"]
+    else:
+        ch, cw = s["height"], s["width"]
     if "shortest_edge" in s:
         r = s["shortest_edge"]
         rh, rw = scaled(r, ch, h), scaled(r, cw, w)   # HF: shorter side, the longer truncated
