@@ -32,7 +32,7 @@ def step(args: list[str], env: dict) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "vitscope", *args], env=env, text=True,
-                          capture_output=True)
+                          capture_output=True, cwd=env["VITSCOPE_BENCH_WORK"])  # dumps land there
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"`vitscope {' '.join(args)}` failed:\n{proc.stdout}\n{proc.stderr}")
@@ -74,13 +74,14 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="vitscope-bench224-"))
+    work = Path(args.work or tempfile.mkdtemp(prefix="vitscope-bench224-")).resolve()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "MPLBACKEND": "Agg", "VITSCOPE_CACHE": str(work / "cache")}
+           "MPLBACKEND": "Agg", "VITSCOPE_CACHE": str(work / "cache"),
+           "VITSCOPE_BENCH_WORK": str(work)}
     images = work / "images"
     if not images.exists():
         make_images(images, args.images, Path(args.images_from) if args.images_from else None)
-    ckpt = Path(args.ckpt) if args.ckpt else work / "vit_s.pt"
+    ckpt = Path(args.ckpt).resolve() if args.ckpt else work / "vit_s.pt"
     if not ckpt.exists():
         step(["import", args.model, "-o", str(ckpt)], env)
     out = work / "out"
