@@ -226,7 +226,8 @@ def test_dump_gradients_of_adapted_models_equal_autograd(tmp_path, family, name,
     ds = load_dataset("shapes:val=3,train=3", "val", 32)
     names = ["blocks.1.attn.weights", "blocks.0.norm1.out", "blocks.0.attn.v"]
     path = capture(model, ds, tmp_path / "g.h5", ["cls", *[f"grad:{n}" for n in names]],
-                   batch_size=2, dtype="float32")
+                   classes=[f"c{i}" for i in range(model.cfg.num_classes)], batch_size=2,
+                   dtype="float32")
     with Dump.open(path) as dump:
         assert dump.layout.to_dict() == model.token_layout.to_dict()
         x = to_model_input(torch.from_numpy(np.ascontiguousarray(ds.images[dump.indices])),

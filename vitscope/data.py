@@ -224,6 +224,8 @@ def preprocessing(ckpt) -> Preprocess:
                             f"`vitscope import`.") from None
     size = getattr(getattr(ckpt, "model_config", None), "image_size", None) or \
         tc.get("image_size") or (tc.get("model") or {}).get("image_size") or 32
+    if isinstance(size, (list, tuple)):          # (height, width)
+        return Preprocess(tuple(size), tuple(size))
     return Preprocess.square(int(size))
 
 

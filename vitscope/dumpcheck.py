@@ -314,12 +314,15 @@ def _check_structure(objects: dict[str, Any], attrs: dict[str, Any],
     if "num_images" in attrs and attrs["num_images"] != n:
         raise Invalid(f"its num_images attribute says {attrs['num_images']} but /labels holds {n}")
     classes = attrs.get("classes") or []
+    # a feature model (no classifier head, e.g. an imported DINOv2) stores its pooled features
+    # under /logits; its classes are the dataset's, not one per output
+    per_class = classes and attrs.get("outputs") != "features"
     h, w = layout.image_size
     expected = {  # key -> (shape, dtype kinds, what)
         "images": ((n, h, w, 3), "u", f"N×{h}×{w}×3 uint8 (the layout's image size)"),
         "indices": ((n,), "iu", "N integers"),
-        "logits": ((n, len(classes)) if classes else None, "f",
-                   f"N×{len(classes)} floats (one per class)" if classes else "N×C floats"),
+        "logits": ((n, len(classes)) if per_class else None, "f",
+                   f"N×{len(classes)} floats (one per class)" if per_class else "N×C floats"),
         "masks": ((n, h, w), "ub", f"N×{h}×{w} (the image size)"),
         "dataset_labels": ((n,), "iu", "N integers"),
         "target": ((n,), "iu", "N class indices"),
@@ -383,12 +386,16 @@ def _check_values(f: h5py.File, attrs: dict[str, Any], n: int,
     image, the first, middle and last in turn over the layers (one chunk per dataset is
     decompressed)."""
     classes = attrs.get("classes") or []
+    # a feature model's target indexes its pooled features (the columns of /logits)
+    features = attrs.get("outputs") == "features" and "logits" in f
     for key, lowest in (("labels", -1), ("target", 0)):
         values = np.asarray(f[key][:]) if key in f else np.zeros(0, np.int64)
-        if classes and len(values) and (values.min() < lowest or values.max() >= len(classes)):
-            bad = values[(values < lowest) | (values >= len(classes))][0]
-            raise Invalid(f"/{key} holds {int(bad)}, outside {lowest}..{len(classes) - 1} (its "
-                          f"{len(classes)} classes)")
+        bound, what = (int(f["logits"].shape[1]), "features") if features and key == "target" \
+            else (len(classes), "classes")
+        if bound and len(values) and (values.min() < lowest or values.max() >= bound):
+            bad = values[(values < lowest) | (values >= bound)][0]
+            raise Invalid(f"/{key} holds {int(bad)}, outside {lowest}..{bound - 1} (its "
+                          f"{bound} {what})")
     sample = sorted({0, n // 2, n - 1})[:ATTENTION_SAMPLE] if n else []
     for j, ds in enumerate(attention if sample else []):
         image, hook = sample[j % len(sample)], ds.name.removeprefix("/acts/")

@@ -91,6 +91,10 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
     used = getattr(model, "source_weights", None) or (Path(weights) if weights else None)
     cfg = model.cfg
     if classes_file:
+        if not cfg.num_classes:
+            raise ConfigError(f"{cfg.name} has no classifier head (a feature model), so there "
+                              f"are no outputs for --classes '{classes_file}' to name; leave "
+                              f"--classes out.")
         classes = read_classes(classes_file)
         if cfg.num_classes and len(classes) != cfg.num_classes:
             raise ConfigError(f"--classes '{classes_file}' names {len(classes)} classes but the "
@@ -107,10 +111,11 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
         "weights": str(Path(used).resolve()) if used else None,
         "weights_sha256": file_sha256(used) if used else None,
         "random_weights": used is None,
-        "image_size": list(pp.crop),
         "preprocess": pp.to_dict(),
         "normalize": {"mean": imported.mean, "std": imported.std},
     }
+    if pp.crop[0] == pp.crop[1]:     # train_config.image_size is one side (preprocess has both)
+        train_config["image_size"] = int(pp.crop[0])
     save_checkpoint(out, model, model_config=cfg, arch=family, classes=classes,
                     train_config=train_config)
     layout = model.token_layout
