@@ -54,6 +54,7 @@ class ClsHeatmap:
                metavar="LAYERS"),
         Option("show", int, 6, "images in the head-mean figures", min=1, max=32),
         Option("per_head", int, 2, "images that get a per-head figure", min=0, max=16),
+        M.scale_option(),
     )
 
     def check(self, options, shape) -> None:
@@ -192,31 +193,35 @@ class ClsHeatmap:
     def _strip(images, maps, layers, row_labels, title, stem, options, overlay=True) -> Path:
         """Rows = images (or classes), columns = the image and one map per layer."""
         first = M.image_tiles(images)
-        rest = (M.overlay_tiles(images[:, None], maps) if overlay
-                else M.heat_tiles(maps, tuple(first.shape[1:3])))
+        if overlay:
+            rest, peaks, top = M.scaled_overlay_tiles(images[:, None], maps, options.scale)
+        else:
+            scaled, peaks, top = M.scale_maps(maps, options.scale)
+            rest = M.heat_tiles(maps if top is None else scaled, tuple(first.shape[1:3]),
+                                normalize=top is None)
         tiles = np.concatenate([first[:, None], rest], axis=1)
-        peaks = np.asarray(maps).max(axis=(-2, -1))             # rows × layers, real values
         with F.style():
             fig = M.Mosaic(tiles, col_breaks=[0], row_gap=max(8, tiles.shape[2] // 8)).figure(
-                title=title, cbar="÷ max of each map (printed under it)",
+                title=title,
                 col_labels=["image" if overlay else "mean image"] + [f"layer {l}" for l in layers],
                 row_labels=[r.replace("\n", " ") for r in row_labels],
-                captions={(r, c + 1): f"max {peaks[r, c]:.3f}"
-                          for r in range(peaks.shape[0]) for c in range(peaks.shape[1])})
+                **M.scale_legend(peaks, top, "attention", col_offset=1))
             return F.save_static(fig, stem, options)
 
     @staticmethod
     def _heads(image, c2p, p2c, layers, caption, i, stem, options, note="") -> Path:
         """Rows = layers; columns = heads for CLS→patches, then heads for patches→CLS."""
         H = c2p.shape[1]
-        tiles = M.overlay_tiles(image, np.concatenate([c2p, p2c], axis=1))   # L×2H×S×S×3
+        tiles, peaks, top = M.scaled_overlay_tiles(image, np.concatenate([c2p, p2c], axis=1),
+                                                   options.scale)           # L×2H×S×S×3
         cols = [f"CLS→p · h{h}" for h in range(H)] + [f"p→CLS · h{h}" for h in range(H)]
         with F.style():
-            fig = M.Mosaic(tiles, col_breaks=[H - 1]).figure(
+            fig = M.Mosaic(tiles, col_breaks=[H - 1],
+                           row_gap=0 if top is not None else max(8, tiles.shape[2] // 8)).figure(
                 title=f"Per-head CLS attention · image {i}: {caption.replace(chr(10), ' ')}\n"
                       f"left: CLS → patches · right: patches → CLS{note}",
                 col_labels=cols, row_labels=[f"layer {l}" for l in layers],
-                cbar="÷ max of each map")
+                **M.scale_legend(peaks, top, "attention"))
             return F.save_static(fig, stem, options)
 
     @staticmethod

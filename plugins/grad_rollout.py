@@ -75,6 +75,7 @@ class GradRollout:
         Option("start_layer", int, 0, "first block (negative counts from the end)"),
         Option("end_layer", int, None, "last block (default: the last block)"),
         Option("show", int, 8, "images drawn in the per-image figure", min=1, max=64),
+        M.scale_option(),
     )
 
     def layers(self, depth: int, options) -> list[int]:
@@ -159,6 +160,7 @@ class AttnGrad(GradRollout):
     options = (
         Option("layer", int, -1, "the block (negative counts from the end)"),
         Option("show", int, 8, "images drawn in the per-image figure", min=1, max=64),
+        M.scale_option(),
     )
 
     def layers(self, depth: int, options) -> list[int]:

@@ -48,6 +48,7 @@ class GradCam:
         Option("block", int, -1, "the block whose norm1 output is explained (negative counts "
                "from the end)"),
         Option("show", int, 8, "images drawn in the per-image figure", min=1, max=64),
+        M.scale_option(),
     )
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:

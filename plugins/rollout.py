@@ -109,6 +109,7 @@ class Rollout:
         Option("start_layer", int, 0, "first block in the rollout (negative counts from the end)"),
         Option("end_layer", int, None, "last block in the rollout (default: the last block)"),
         Option("show", int, 8, "images drawn in the per-image figures", min=1, max=64),
+        M.scale_option(),
     )
 
     @staticmethod
@@ -230,18 +231,15 @@ class Rollout:
     @staticmethod
     def _evolution(images, evo, layers, captions, options, out_dir, note="") -> Path:
         """Rows = images; columns = the image, then the rollout up to each layer."""
-        tiles = np.concatenate([M.image_tiles(images)[:, None],
-                                M.overlay_tiles(images[:, None], evo)], axis=1)
-        peaks = evo.max(axis=(-2, -1))                        # images × layers
+        overlays, peaks, top = M.scaled_overlay_tiles(images[:, None], evo, options.scale)
+        tiles = np.concatenate([M.image_tiles(images)[:, None], overlays], axis=1)
         with F.style():
             fig = M.Mosaic(tiles, row_gap=max(8, tiles.shape[2] // 8)).figure(
                 title="Rollout up to each layer (layer-wise evolution)" +
                       (f"\n{note}" if note else ""),
                 col_labels=["image"] + [f"≤ {l}" for l in layers],
                 row_labels=[c.replace("\n", " ") for c in captions[:len(images)]],
-                cbar="÷ max of each map (printed under it)",
-                captions={(r, c + 1): f"max {peaks[r, c]:.3f}"
-                          for r in range(peaks.shape[0]) for c in range(peaks.shape[1])})
+                **M.scale_legend(peaks, top, "rollout", col_offset=1))
             return F.save_static(fig, out_dir / "rollout_evolution", options)
 
     @staticmethod

@@ -70,9 +70,7 @@ class TokenAttention:
                metavar="LAYERS"),
         Option("show", int, 3, "images drawn (one layers×heads grid each)", min=1, max=32),
         Option("gif", bool, True, "also write an animated GIF over layers and heads"),
-        Option("scale", str, "tile", "colour scale of the static grids: tile (each map ÷ its "
-               "own maximum, printed under it) or shared (one scale, colourbar in attention)",
-               choices=("tile", "shared")),
+        M.scale_option(),
     )
 
     def check(self, options, shape) -> None:
@@ -146,20 +144,13 @@ class TokenAttention:
     def _grid(image, maps, layers, heads, qpatch, layout, title, stem, options) -> Path:
         """Rows = layers, columns = heads and their mean; each map ÷ its own maximum (printed
         under the tile) or, with scale=shared, one scale for all (colourbar in attention)."""
-        scaled, peaks, top = M.scale_maps(maps, options.scale)
-        tiles = M.overlay_tiles(image, scaled, normalize=False)
-        shared = top is not None
+        tiles, peaks, top = M.scaled_overlay_tiles(image, maps, options.scale)
         mosaic = M.Mosaic(tiles, col_breaks=[len(heads) - 2],
-                          row_gap=0 if shared else max(8, tiles.shape[2] // 8))
+                          row_gap=0 if top is not None else max(8, tiles.shape[2] // 8))
         with F.style():
             fig = mosaic.figure(title=title, col_labels=heads,
                                 row_labels=[f"layer {l}" for l in layers],
-                                cbar="attention" if shared else "attention ÷ max of each map "
-                                                                 "(printed under it)",
-                                cbar_max=top,
-                                captions=None if shared else {
-                                    (r, c): f"max {peaks[r, c]:.3f}"
-                                    for r in range(mosaic.R) for c in range(mosaic.C)})
+                                **M.scale_legend(peaks, top, "attention"))
             if qpatch is not None:
                 for r in range(mosaic.R):
                     for c in range(mosaic.C):

@@ -53,3 +53,49 @@ def test_scales_and_smoothing_through_the_cli(small_dump, tmp_path):
     html = (outs["tile"] / "token-attention" / "token_attention.html").read_text()
     assert '"coloraxis"' in html and '"attention"' in html   # one colourbar, real values
     assert "coloraxis.cmax" in html                            # it follows the slider
+
+
+def test_triptych_tiles_share_one_scale_on_request():
+    """scale=shared colours a map at a tenth of another's values darker; tile makes them alike."""
+    images = np.full((2, 8, 8, 3), 128, np.uint8)
+    strong = np.arange(16, dtype=np.float32).reshape(4, 4)
+    maps = np.stack([strong, strong / 10])
+    tile, top = M.triptych_tiles(images, maps, "tile")
+    assert top is None and (tile[0, 1] == tile[1, 1]).all()        # both ÷ own maximum
+    shared, top = M.triptych_tiles(images, maps, "shared")
+    assert top == 15 and (shared[0, 1] == tile[0, 1]).all()        # the strongest is unchanged
+    size = shared.shape[2:4]
+    assert (shared[1, 1] == M.heat_tiles(maps[1:] / 15, size, normalize=False)[0]).all()
+    assert (shared[1, 1] != tile[1, 1]).any()
+    legend = M.scale_legend(np.array([[3.0, 0.3]]), None, "rollout", col_offset=1)
+    assert legend["captions"] == {(0, 1): "max 3", (0, 2): "max 0.3"}
+    assert M.scale_legend(np.array([[3.0]]), 3.0, "rollout") == {
+        "cbar": "rollout (one scale for every tile)", "cbar_max": 3.0}
+
+
+def test_every_map_plugin_offers_a_shared_scale(small_dump, tmp_path):
+    """rollout, cls-heatmap (and the gradient plugins, same option) draw other figures with
+    scale=shared, and reject a scale they do not know before touching the output."""
+    dump, _ = small_dump
+    figures = {"rollout": ["rollout.png", "rollout_evolution.png"],
+               "cls-heatmap": ["cls_to_patches.png", "heads_img0.png", "class_average_cls_to_patches.png"]}
+    base = ["analyze", "--dump", dump, "--static", "--opt", "cls-heatmap.per_head=1"]
+    for plugin in figures:
+        base += ["-p", plugin]
+    out = {}
+    for scale in ("tile", "shared"):
+        opts = [a for p in figures for a in ("--opt", f"{p}.scale={scale}")]
+        res = run(*base, *opts, "-o", tmp_path / scale)
+        assert res.exit_code == 0, res.output
+        out[scale] = tmp_path / scale
+    for plugin, files in figures.items():
+        for name in files:
+            a, b = (np.asarray(Image.open(out[s] / plugin / name)) for s in ("tile", "shared"))
+            assert a.shape != b.shape or (a != b).any(), (plugin, name)
+    res = run(*base, "--opt", "rollout.scale=log", "-o", tmp_path / "tile")
+    assert res.exit_code != 0 and "tile" in res.output and "shared" in res.output
+    assert (out["tile"] / "rollout" / "rollout.png").exists()
+    from vitscope.plugin import discover
+    for name in ("rollout", "grad-rollout", "attn-grad", "gradcam", "cls-heatmap",
+                 "token-attention"):
+        assert "scale" in {o.name for o in discover().get(name).options}, name

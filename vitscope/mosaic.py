@@ -52,6 +52,29 @@ def scale_maps(maps: np.ndarray, scale: str = "tile") -> tuple[np.ndarray, np.nd
     return maps / np.maximum(peaks[..., None, None], 1e-12), peaks, None
 
 
+def scaled_overlay_tiles(images: np.ndarray, maps: np.ndarray, scale: str = "tile", **kw
+                         ) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """`overlay_tiles` on the chosen scale (see `scale_maps`): (tiles, each map's maximum,
+    the shared maximum or None)."""
+    scaled, peaks, top = scale_maps(maps, scale)
+    if top is None:     # ÷ own maximum after upsampling, so every tile peaks at 1
+        return overlay_tiles(images, maps, **kw), peaks, None
+    return overlay_tiles(images, scaled, normalize=False, **kw), peaks, top
+
+
+def scale_legend(peaks: np.ndarray, top: float | None, what: str = "attention",
+                 col_offset: int = 0) -> dict:
+    """`Mosaic.figure` arguments that say which scale the tiles use: with one shared scale
+    a colourbar in real values; else each tile's maximum printed under it (peaks: rows ×
+    columns of maps, starting at column `col_offset` of the mosaic)."""
+    if top is not None:
+        return {"cbar": f"{what} (one scale for every tile)", "cbar_max": top}
+    peaks = np.asarray(peaks).reshape(len(peaks), -1)
+    return {"cbar": f"{what} ÷ max of each map (printed under it)",
+            "captions": {(r, c + col_offset): f"max {peaks[r, c]:.3g}"
+                         for r in range(peaks.shape[0]) for c in range(peaks.shape[1])}}
+
+
 def heat_tiles(maps: np.ndarray, size: int | tuple[int, int], cmap: str = HEAT_CMAP,
                normalize: bool = True, smooth: bool | None = None) -> np.ndarray:
     """...×h×w maps -> ...×H×W×3 colour tiles, `size` = H = W or (H, W) for non-square
@@ -250,29 +273,56 @@ def text_frames(arrays: Sequence[np.ndarray], headers: Sequence[str],
     return [text_frame(a, h, font_px, min_lines=most) for a, h in zip(arrays, headers)]
 
 
+def scale_option(default: str = "tile"):
+    """The `scale` option of every map plugin: how the static figures colour their tiles."""
+    from vitscope.plugin import Option
+    return Option("scale", str, default, "colour scale of the static figures: tile (each map ÷ "
+                  "its own maximum, printed under it) or shared (one scale for every tile, "
+                  "colourbar in real values)", choices=SCALES)
+
+
+SCALES = ("tile", "shared")
+
+
+def triptych_tiles(images: np.ndarray, maps: np.ndarray, scale: str = "tile"
+                   ) -> tuple[np.ndarray, float | None]:
+    """k×3 tiles (original | map | overlay) of each image, and the shared maximum (None for
+    scale="tile": each map ÷ its own maximum)."""
+    size = tile_scale(max(images.shape[1:3]), 176)            # larger tiles than the grids
+    originals = image_tiles(images, size)
+    scaled, _, top = scale_maps(maps, scale)
+    own = top is None            # each map ÷ its own maximum after upsampling (peak = 1)
+    shown = maps if own else scaled
+    heat = heat_tiles(shown, tuple(originals.shape[1:3]), normalize=own)   # non-square too
+    overlays = overlay_tiles(images, shown, scale=size, normalize=own)
+    return np.stack([originals, heat, overlays], axis=1), top
+
+
 def map_triptych(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], *, title: str,
-                 map_label: str, stem, options):
+                 map_label: str, stem, options, scale: str | None = None):
     """The per-image figure of every map plugin: original | map | overlay for each image (two
     side-by-side groups when there are more than four), each image's caption under it and
-    the map's maximum (the colours are each map ÷ its own maximum) under the map.
+    the map's maximum under the map. `scale` (default: `options.scale`, else "tile"): "tile"
+    colours each map ÷ its own maximum; "shared" puts every map on one scale, with a
+    colourbar in the map's real values, so images compare by colour.
     Returns the saved file (vitscope.figures.save_static)."""
     from vitscope import figures as F
 
+    scale = scale or getattr(options, "scale", None) or "tile"
     k = len(images)
     groups = 2 if k > 4 else 1
     rows = -(-k // groups)
-    scale = tile_scale(max(images.shape[1:3]), 176)          # larger tiles than the grids
-    originals = image_tiles(images, scale)
-    heat = heat_tiles(maps, tuple(originals.shape[1:3]))      # non-square images too
-    triples = np.stack([originals, heat, overlay_tiles(images, maps, scale=scale)], axis=1)
+    triples, top = triptych_tiles(images, maps, scale)
     blank = np.full_like(triples[:1], 255)
     triples = np.concatenate([triples, np.repeat(blank, rows * groups - k, 0)])
     tiles = np.concatenate([triples[g * rows:(g + 1) * rows] for g in range(groups)], axis=1)
     mosaic = Mosaic(tiles, col_breaks=[2], row_gap=tiles.shape[2] // 4)   # two caption lines
+    cbar = (f"{map_label} (one scale for every image)" if top is not None
+            else f"{map_label} ÷ max per image (printed under it)")
     with F.style():
         fig = mosaic.figure(
             title=title, col_labels=["original", map_label, "overlay"] * groups,
-            cbar=f"{map_label} ÷ max per image (printed under it)",
+            cbar=cbar, cbar_max=top,
             captions={(i % rows, 3 * (i // rows)): f"{captions[i].replace(chr(10), ' ')}\n"
                                                    f"{map_label} max {float(maps[i].max()):.3g}"
                       for i in range(k)})
