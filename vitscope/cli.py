@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "vitscope.commands.analyze:analyze",
     "plugins": "vitscope.commands.analyze:plugins",
     "score": "vitscope.commands.score:score",
+    "compare": "vitscope.commands.compare:compare",
     "import": "vitscope.commands.importer:import_cmd",
 }
 

@@ -86,6 +86,19 @@ def evaluate(model: nn.Module, dataset: ImageDataset, mean, std, *, classes: lis
     {"n", "accuracy", "loss", "per_class_accuracy": {name: acc or None}, "confusion": C×C
     (rows = true class, columns = predicted), "classes", "tta"}.
     """
+    classes = list(classes or dataset.classes)
+    labels, logits = predictions(model, dataset, mean, std, classes=classes,
+                                 batch_size=batch_size, device=device, tta=tta, limit=limit)
+    return summarize(labels, logits, classes, tta=tta)
+
+
+def predictions(model: nn.Module, dataset: ImageDataset, mean, std, *,
+                classes: list[str] | None = None, batch_size: int = 256,
+                device: torch.device | str = "cpu", tta: bool = False,
+                limit: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """(labels in the model's class order, N×C logits) of the dataset's first `limit` images:
+    what `evaluate` scores, for callers that need every image's prediction (`vitscope
+    compare` pairs them image by image)."""
     if not dataset.labeled:
         raise DataError(f"The dataset '{dataset.spec}' ({dataset.split}) has no labels, so "
                         f"accuracy cannot be measured; use `vitscope predict` for unlabeled images.")
@@ -101,6 +114,12 @@ def evaluate(model: nn.Module, dataset: ImageDataset, mean, std, *, classes: lis
         raise DataError(f"The model has {logits.shape[1]} outputs but {len(classes)} classes were "
                         f"given ({', '.join(classes[:5])}...); evaluate it on the dataset it was "
                         f"trained for.")
+    return labels, logits
+
+
+def summarize(labels: np.ndarray, logits: torch.Tensor, classes: list[str], *,
+              tta: bool = False) -> dict[str, Any]:
+    """The `evaluate` result of given labels and logits."""
     target = torch.from_numpy(labels)
     loss = F.cross_entropy(logits, target).item()
     pred = logits.argmax(1).numpy()

@@ -52,6 +52,48 @@ def default_out_dir(ckpt_path: str | Path) -> Path:
     return Path("outputs") / run_name(ckpt_path) / "eval"
 
 
+def eval_dataset(model, ck, spec: str | None, split: str, *, data_dir: str | None = None,
+                 val_split: float | None = None, image_size=None, whole_folder: bool | None = None,
+                 seed: int | None = None):
+    """The images `vitscope eval` scores: `(dataset, spec, subset)`.
+
+    Without `spec`, the checkpoint's own data, carved and subset exactly as training did
+    (`subset` is then the number of images of the runner's seeded subset, else None), and an
+    error that says where the spec came from when it cannot be loaded here. `image_size`
+    (default: the model's, `_image_size`), `whole_folder` (default: whether the checkpoint
+    was imported) and `seed` (of a --val-split carve-out; default the checkpoint's) let
+    `vitscope compare` load the same images for several models."""
+    from vitscope.data import is_imported, load_dataset, training_data_gone
+    from vitscope.errors import DataError
+
+    tc = ck.train_config
+    own_data = spec is None
+    if own_data:
+        spec = tc.get("data")
+        if not spec:
+            raise DataError(f"'{ck.path}' does not record the dataset it was trained on; pass "
+                            f"--data SPEC (e.g. --data cifar10 or --data folder:PATH).")
+        if val_split is None:  # the checkpoint's own validation images, carved the same way
+            val_split = tc.get("val_split")
+    seed = int(tc.get("seed", 0)) if seed is None or own_data else seed
+    try:
+        dataset = load_dataset(spec, split, image_size or _image_size(model, ck),
+                               data_dir=data_dir or tc.get("data_dir", "./data"),
+                               val_split=val_split, seed=seed,
+                               whole_folder=is_imported(ck) if whole_folder is None else whole_folder)
+    except DataError as e:
+        if not own_data:
+            raise
+        raise training_data_gone(ck.path, spec, e) from None
+    subset = None
+    if own_data and val_split == tc.get("val_split"):
+        # exactly the images training scored (or trained on): the runner's seeded subset
+        from vitscope.train.runner import seeded_subset
+        kept = seeded_subset(dataset, tc.get(f"{split}_subset"), seed)
+        subset, dataset = (len(kept) if len(kept) < len(dataset) else None), kept
+    return dataset, spec, subset
+
+
 @click.command("eval")
 @click.argument("ckpt", type=click.Path(dir_okay=False))
 @click.option("--data", "spec", default=None, metavar="SPEC",
@@ -78,8 +120,8 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
              as_json: bool) -> None:
     """Accuracy, loss, per-class accuracy and a confusion-matrix PNG of a checkpoint."""
     from vitscope.checkpoint import load_model
-    from vitscope.data import is_imported, load_dataset, normalization, training_data_gone
-    from vitscope.errors import ConfigError, DataError
+    from vitscope.data import normalization
+    from vitscope.errors import ConfigError
     from vitscope.evaluation import evaluate, plot_confusion, resolve_device
     from vitscope.paths import output_folder
     from vitscope.writing import replacing
@@ -87,36 +129,14 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
     model, ck = load_model(ckpt)
     _refuse_feature_model(ck, "score")
     tc = ck.train_config
-    own_data = spec is None
-    if own_data:
-        spec = tc.get("data")
-        if not spec:
-            raise DataError(f"'{ckpt}' does not record the dataset it was trained on; pass "
-                            f"--data SPEC (e.g. --data cifar10 or --data folder:PATH).")
-        if val_split is None:  # the checkpoint's own validation images, carved the same way
-            val_split = tc.get("val_split")
     if tta is None:
         tta = bool(tc.get("eval_flip_tta", False))
     dev = resolve_device(device)
     out = Path(out_dir) if out_dir else default_out_dir(ck.path)
     # Checked before the evaluation, removed again if it fails before writing anything.
     with output_folder(out, ConfigError, "choose a writable folder with -o"):
-        seed = int(tc.get("seed", 0))
-        try:
-            dataset = load_dataset(spec, split, _image_size(model, ck),
-                                   data_dir=data_dir or tc.get("data_dir", "./data"),
-                                   val_split=val_split, seed=seed,
-                                   whole_folder=is_imported(ck))
-        except DataError as e:
-            if not own_data:
-                raise
-            raise training_data_gone(ck.path, spec, e) from None
-        subset = None
-        if own_data and val_split == tc.get("val_split"):
-            # exactly the images training scored (or trained on): the runner's seeded subset
-            from vitscope.train.runner import seeded_subset
-            kept = seeded_subset(dataset, tc.get(f"{split}_subset"), seed)
-            subset, dataset = (len(kept) if len(kept) < len(dataset) else None), kept
+        dataset, spec, subset = eval_dataset(model, ck, spec, split, data_dir=data_dir,
+                                             val_split=val_split)
         mean, std = normalization(ck)
         result = evaluate(model, dataset, mean, std, classes=ck.classes or None,
                           batch_size=batch_size, device=dev, tta=tta, limit=limit)
