@@ -311,6 +311,8 @@ def make_epoch_analyzer(plugins: list[str], dataset, *, run_name: str, classes: 
                                 progress=False, seed=0)
             info = {"checkpoint": f"{run_dir or run_name} (model at epoch {epoch}, in training)",
                     "epoch": int(epoch)}
+            if run_dir is not None:   # its metrics.jsonl: `vitscope animate` labels frames
+                info["run_dir"] = str(Path(run_dir).absolute())
             results = render_plugins(dump_path, entries, epoch_dir, static=static,
                                      interactive=interactive, info=info,
                                      assets_dir=root)   # plotly.js once for all epochs

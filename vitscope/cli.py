@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "plugins": "vitscope.commands.analyze:plugins",
     "score": "vitscope.commands.score:score",
     "compare": "vitscope.commands.compare:compare",
+    "animate": "vitscope.commands.animate:animate",
     "import": "vitscope.commands.importer:import_cmd",
 }
 

@@ -99,6 +99,30 @@ def train(recipe, preset, sets, resume_path, overwrite, analyze_every, plugins, 
             from vitscope.analysis import epoch_analyses_dir
             click.echo(f"epoch analyses: {epoch_analyses_dir(Path(summary['run_dir']).name)}/"
                        f"epoch_NNN/index.html")
+    if analyze_every and _is_main():
+        _animate(list(plugins), Path(summary["run_dir"]), quiet=bool(cfg.quiet))
+
+
+def _animate(plugins: list[str], run_dir: Path, quiet: bool) -> None:
+    """The training-progress animation of each --plugin's first figure (vitscope.animation),
+    once at least two epochs were analysed; a failure is a warning, never a failed run."""
+    from vitscope.analysis import epoch_analyses_dir
+    from vitscope.animation import animate, epoch_folders
+    from vitscope.errors import VitscopeError
+
+    root = epoch_analyses_dir(run_dir.name)
+    if len(epoch_folders(root)) < 2:
+        return
+    for plugin in plugins:
+        try:
+            info, frames, _, _ = animate(root, plugin, run=run_dir)
+        except (VitscopeError, OSError) as e:
+            click.echo(f"Warning: no training animation of {plugin}: {e}", err=True)
+            continue
+        if not quiet:
+            click.echo(f"animation of {plugin} over {len(frames)} epochs: {info['files'][0]} "
+                       f"(slider: {info['files'][1]}; other figures: vitscope animate {root} "
+                       f"--plugin {plugin} --figure NAME)")
 
 
 def _is_main() -> bool:
