@@ -89,6 +89,21 @@ class RunLogger:
             self.wandb.finish()
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The readable lines of a metrics.jsonl that name an integer epoch, in file order (a torn
+    or foreign line is skipped); [] when the file is missing."""
+    lines: list[dict[str, Any]] = []
+    if Path(path).exists():
+        for text in Path(path).read_text(errors="replace").splitlines():
+            try:
+                line = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(line, dict) and isinstance(line.get("epoch"), int):
+                lines.append(line)
+    return lines
+
+
 def resumed_history(path: Path, epoch: int,
                     recorded: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The metrics lines of epochs 1..`epoch` (what last.pt holds) for a resumed run.
@@ -97,16 +112,7 @@ def resumed_history(path: Path, epoch: int,
     written after last.pt and are redone now. Unreadable lines are dropped, each epoch is kept
     once (its last line), and an epoch missing at the end is rebuilt from last.pt's own
     metrics, so the file is again exactly one line per epoch."""
-    lines: list[dict[str, Any]] = []
-    if path.exists():
-        for text in path.read_text(errors="replace").splitlines():
-            try:
-                line = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(line, dict) and isinstance(line.get("epoch"), int):
-                lines.append(line)
-    by_epoch = {m["epoch"]: m for m in lines if 1 <= m["epoch"] <= epoch}
+    by_epoch = {m["epoch"]: m for m in read_metrics(path) if 1 <= m["epoch"] <= epoch}
     if epoch not in by_epoch and recorded and recorded.get("epoch") == epoch:
         by_epoch[epoch] = dict(recorded)
     return [by_epoch[e] for e in sorted(by_epoch)]

@@ -11,7 +11,6 @@ A difference is reported as shown only when its 95% CI excludes 0.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ import numpy as np
 
 from vitscope.score.stats import BOOTSTRAP, LEVEL, Estimate, bootstrap, paired
 
-METRICS = "metrics.jsonl"      # what `vitscope train` writes per epoch (vitscope.train.logging)
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
 
 
@@ -98,18 +96,12 @@ def read_history(run_dir: Path) -> list[dict[str, Any]] | None:
     """The per-epoch metrics `vitscope train` wrote beside a checkpoint (run_dir/metrics.jsonl),
     one entry per epoch (the last line of each: a resumed run may repeat one), or None when
     the file is missing. Unreadable lines are skipped."""
+    from vitscope.train.logging import METRICS, read_metrics
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return None
-    by_epoch: dict[int, dict[str, Any]] = {}
-    for text in path.read_text(errors="replace").splitlines():
-        try:
-            line = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(line, dict) and isinstance(line.get("epoch"), int):
-            by_epoch[line["epoch"]] = {k: line[k] for k in HISTORY_KEYS
-                                       if isinstance(line.get(k), (int, float))}
+    by_epoch = {m["epoch"]: {k: m[k] for k in HISTORY_KEYS if isinstance(m.get(k), (int, float))}
+                for m in read_metrics(path)}
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
