@@ -130,3 +130,14 @@ def test_errors_name_what_is_missing(trained, tmp_path):
     res = run(main, ["animate", str(root / "outputs/an"), "--plugin", "rollout", "--figure", "rollout*"])
     assert res.exit_code == 1 and "matches 3 figures" in res.output
     assert "Traceback" not in res.output
+
+
+def test_the_run_page_shows_the_animations(trained, monkeypatch):
+    root, _ = trained
+    monkeypatch.chdir(root)
+    res = CliRunner().invoke(main, ["analyze", "runs/an/best.pt", "-p", "rollout", "-n", "8",
+                                    "--static", "-o", "outputs/an"])
+    assert res.exit_code == 0, res.output
+    page = (root / "outputs/an/index.html").read_text()
+    assert "During training" in page and "src='./animations/rollout.gif'" in page
+    assert "href='./animations/rollout.html'" in page and "epoch 3" in page

@@ -150,4 +150,16 @@ def table(result: dict[str, Any]) -> str:
         if two:
             row += f"  {diff_text(two['per_class'][c])}"
         lines.append(row.rstrip())
+    if edge_note(result):
+        lines += ["", edge_note(result)]
     return "\n".join(lines)
+
+
+def edge_note(result: dict[str, Any]) -> str:
+    """A percentile bootstrap cannot leave 0% or 100%: say so where an estimate sits there."""
+    ests = [e for m in result["models"].values()
+            for e in [m["accuracy"], *m["per_class"].values()] if e.get("n")]
+    if not any(e["mean"] in (0.0, 1.0) for e in ests):
+        return ""
+    return ("note: an accuracy of 0% or 100% has a zero-width bootstrap interval; with n images "
+            "all right the error rate can still be up to about 3/n (95%, the rule of three).")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vitscope import __version__
-from vitscope.comparison import diff_text, pct
+from vitscope.comparison import diff_text, edge_note, pct
 from vitscope.escaping import text as _e
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -174,8 +174,9 @@ def html_page(result: dict[str, Any], figures: dict[str, Path]) -> str:
             f"<td class='num'>{_e(pct(result['models'][n]['per_class'][c]))}</td>" for n in names)
         + (f"<td class='num'>{_e(diff_text(two['per_class'][c]))}</td>" if two else "") + "</tr>"
         for c in result["classes"])
+    note_edge = f"<p class='none'>{_e(edge_note(result))}</p>" if edge_note(result) else ""
     per_class = (f"<section><h2>Per-class accuracy [95% CI]</h2><table><tr><th>class</th>"
-                 f"<th>images</th>{head}</tr>{body}</table></section>")
+                 f"<th>images</th>{head}</tr>{body}</table>{note_edge}</section>")
     figs = "".join(f"<section><h2>{_e(label)}</h2><img alt='{_e(label)}' src='data:image/png;"
                    f"base64,{base64.b64encode(Path(p).read_bytes()).decode('ascii')}'></section>"
                    for label, p in figures.items() if p is not None)

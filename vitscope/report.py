@@ -133,7 +133,13 @@ def _epochs(run_dir: Path) -> str:
         return ""
     links = " · ".join(f"<a href='{_href(p + '/index.html')}'>{_e(p.replace('_', ' '))}</a>"
                        for p in pages)
-    return f"<section><h2>During training</h2><p>{links}</p></section>"
+    # what `vitscope animate` (or the end of training) made of them
+    gifs = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.glob("animations/*.gif"))
+    figs = "".join(f"<figure><a href='{_href(g[:-4] + '.html')}'><img loading='lazy' "
+                   f"src='{_href(g)}' alt='{_e(g)}'></a><figcaption>{_e(Path(g).name)} (click: "
+                   f"slider)</figcaption></figure>" for g in gifs)
+    return (f"<section><h2>During training</h2><p>{links}</p>"
+            f"{f'<div class=figs>{figs}</div>' if figs else ''}</section>")
 
 
 def plugin_order(plugins: dict) -> list[str]:
