@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -59,9 +60,23 @@ def setup(device_pref: str) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(sync: bool = True) -> None:
+    """Leave the process group. With `sync` (a rank that finished normally) the ranks first
+    meet at a barrier, so none destroys the group while another's collectives are still in
+    flight: a gloo worker thread left holding such work aborts its process at exit
+    ("terminate called without an active exception", seen once in a 2-rank CPU resume under
+    load). After a failure the other ranks may be gone, so no barrier then."""
+    if not dist.is_initialized():
+        return
+    if sync:
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=120))  # raises, never hangs
+            else:
+                dist.barrier()
+        except Exception:   # a rank that is gone: leave anyway, the launcher reports it
+            pass
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

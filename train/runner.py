@@ -65,6 +65,7 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
     info, device = D.setup(cfg.device)
     folder: RunFolder | None = None
     locks = contextlib.ExitStack()
+    finished = False   # every rank reached the end: they meet once more before leaving DDP
     try:
         precision = resolve_precision(cfg.precision, device)
         cuda_speed_settings(device)
@@ -125,6 +126,7 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
                   f"steps/epoch of {cfg.batch_size}", flush=True)
         summary = trainer.fit(resume.resume if resume else None,
                               resume.metrics if resume else None)
+        finished = True
         if folder is not None:
             folder.keep()
         return summary
@@ -151,7 +153,7 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
         if folder is not None:
             folder.undo_unless_kept()  # a no-op once the run wrote its first checkpoint
         locks.close()
-        D.cleanup()
+        D.cleanup(sync=finished)
 
 
 _OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
