@@ -53,7 +53,7 @@ def main() -> None:
     json_path = Path(args.json).resolve() if args.json else None
     here = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="vitscope-score-bench-") as tmp:
-        os.chdir(tmp)            # a fresh outputs/.dumps: the first capture is timed too
+        os.chdir(tmp)            # a fresh outputs/dumps: the first capture is timed too
         t0, c0 = time.perf_counter(), time.process_time()
         report = score_checkpoint(ckpt, entries, images=args.images, device="cpu",
                                   perturbation=args.perturbation,

@@ -22,7 +22,7 @@ def run(*args):
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
-    """Run from tmp_path: default outputs/ and outputs/.dumps land there, not in the repo."""
+    """Run from tmp_path: default outputs/ and outputs/dumps land there, not in the repo."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -31,7 +31,7 @@ def test_analyze_all_then_reuse_the_dump_without_running_the_model(shapes_ckpt, 
                                                                    monkeypatch):
     res = run("analyze", shapes_ckpt, "--all", "--images", 12, *NO_UMAP)
     assert res.exit_code == 0, res.output
-    assert "Captured dump outputs/.dumps/run-val-12-" in res.output
+    assert "Captured dump outputs/dumps/run-val-12-" in res.output
     run_dir = in_tmp / "outputs" / "run"          # runs/<run>/best.pt -> outputs/<run>
     for name in ("rollout", "cls-heatmap", "token-attention", "cls-embedding", "norm-activations"):
         assert any(l.startswith("ok") and name in l for l in res.output.splitlines()), name
@@ -45,10 +45,21 @@ def test_analyze_all_then_reuse_the_dump_without_running_the_model(shapes_ckpt, 
     monkeypatch.setattr("vitscope.model.ViT.forward", forbidden)
     res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--images", 8, "--static")
     assert res.exit_code == 0, res.output
-    assert "Reusing dump outputs/.dumps/run-val-12-" in res.output
+    assert "Reusing dump outputs/dumps/run-val-12-" in res.output
     assert not (run_dir / "rollout" / "rollout.html").exists()   # --static: re-rendered alone
     assert (run_dir / "rollout" / "rollout.png").is_file()
     assert "token-attention" in (run_dir / "index.html").read_text()  # earlier plugins stay
+
+    # Dumps an earlier version captured into the hidden outputs/.dumps are still reused, and
+    # nothing new is written beside them.
+    legacy = in_tmp / "outputs" / ".dumps"
+    legacy.mkdir()
+    (made,) = (in_tmp / "outputs" / "dumps").glob("*.h5")
+    made.rename(legacy / made.name)
+    res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--images", 8, "--static")
+    assert res.exit_code == 0, res.output
+    assert f"Reusing dump outputs/.dumps/{made.name}" in res.output
+    assert not list((in_tmp / "outputs" / "dumps").glob("*.h5"))
 
 
 def test_one_failing_plugin_does_not_stop_the_others(small_dump, tmp_path, monkeypatch):
@@ -182,7 +193,7 @@ def test_more_images_than_the_dump_holds_and_a_missing_checkpoint(small_dump, tm
 def test_bad_device_fails_before_capturing(shapes_ckpt, in_tmp):
     res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--device", "gpu0")
     assert res.exit_code == 1 and "Unknown device 'gpu0'" in res.output, res.output
-    assert not (in_tmp / "outputs" / ".dumps").exists()
+    assert not (in_tmp / "outputs" / "dumps").exists()
 
 
 def test_a_dump_with_some_blocks_only_does_not_serve_every_block(tmp_path, in_tmp):

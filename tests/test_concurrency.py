@@ -106,7 +106,7 @@ def test_two_analyses_share_the_dump_cache(tmp_path, shapes_ckpt, frozen):
     and reuses it (both used to fail)."""
     a = start("analyze", shapes_ckpt, "-p", "rollout", "--static", "-o", "one", "--device",
               "cpu", cwd=tmp_path)
-    cache = tmp_path / "outputs" / ".dumps"
+    cache = tmp_path / "outputs" / "dumps"
     wait_for(lambda: any(locked_by(p, a.pid) for p in cache.glob(".*.lock")),
              "A's lock on the dump it captures", a)
     frozen(a)

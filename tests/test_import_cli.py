@@ -24,7 +24,7 @@ NO_UMAP = ["--opt", "cls-embedding.umap=false"]
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
-    """Run from tmp_path: outputs/.dumps lands there, not in the repository."""
+    """Run from tmp_path: outputs/dumps lands there, not in the repository."""
     monkeypatch.chdir(tmp_path)
 
 

@@ -61,7 +61,7 @@ def test_flat_folder_is_analysed_whole_with_labels_and_file_names(ckpt, in_tmp):
     out = in_tmp / "out"
     res = run("analyze", ckpt, "-p", "rollout", "--data", f"folder:{folder}", "-o", out)
     assert res.exit_code == 0, res.output
-    dump_path = next((in_tmp / "outputs" / ".dumps").glob("*.h5"))
+    dump_path = next((in_tmp / "outputs" / "dumps").glob("*.h5"))
     assert "-all-7-" in dump_path.name
     with Dump.open(dump_path) as d:
         assert len(d) == len(FILES) and d.attrs["split"] == "all"

@@ -50,7 +50,7 @@ def test_one_image_gets_every_plugin_that_fits_it(setup):
     for name in ("rollout", "cls-heatmap", "token-attention", "norm-activations"):
         assert any(l.startswith("ok") and name in l for l in res.output.splitlines()), name
         assert any(p.suffix == ".png" for p in (out / name).iterdir()), name
-    dump_path = next((tmp / "outputs" / ".dumps").glob("*.h5"))
+    dump_path = next((tmp / "outputs" / "dumps").glob("*.h5"))
     with Dump.open(dump_path) as d:
         assert len(d) == 1 and d.file_names == ["dog_2.png"] and d.labels.tolist() == [1]
     with Image.open(out / "rollout" / "rollout.png") as img:
@@ -117,8 +117,8 @@ def test_bad_selections_fail_before_any_work(setup):
         res = run("analyze", ckpt, *common, "--select", select)
         assert res.exit_code != 0 and message in res.output, (select, res.output)
         assert not (tmp / "x").exists(), select          # no empty or half output folder
-    assert not (tmp / "outputs" / ".dumps").exists() or len(
-        list((tmp / "outputs" / ".dumps").glob("*.h5"))) <= 1   # at most the one capture
+    assert not (tmp / "outputs" / "dumps").exists() or len(
+        list((tmp / "outputs" / "dumps").glob("*.h5"))) <= 1   # at most the one capture
 
 
 def test_bad_layer_or_token_options_leave_earlier_figures_alone(setup):

@@ -63,8 +63,13 @@ DEFAULT_HOOKS: tuple[str, ...] = (
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 COMPRESSIONS = ("lzf", "gzip", "none")
 DEFAULT_N = 64                      # images ensure_dump captures when no n is given
-DEFAULT_DUMP_DIR = Path("outputs/.dumps")   # where `vitscope analyze` captures what it needs
-USER_DUMP_DIR = Path("outputs/dumps")       # where `vitscope dump` writes without -o
+# One visible folder for every dump: `vitscope dump` without -o writes `<run>-<split>-<n>.h5`
+# there, `vitscope analyze` captures what it needs as `<run>-<split>-<n>-<key>.h5` beside them.
+USER_DUMP_DIR = Path("outputs/dumps")
+DEFAULT_DUMP_DIR = USER_DUMP_DIR
+# Where analyze captured before 2026-12 (a hidden folder users did not find): still searched,
+# so the dumps an earlier version made keep being reused; nothing new is written there.
+LEGACY_DUMP_DIR = Path("outputs/.dumps")
 CAPTURE_SEED = 0                    # the image order analyses ask for (a seeded shuffle)
 QUEUE_BATCHES = 2                   # batches waiting for the writer: bounds memory
 TARGETS = ("pred", "label")         # besides a class index: what --target may name
@@ -678,10 +683,10 @@ def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha,
 
 
 def find_dumps(dump_dir: str | Path | None = None) -> list[Path]:
-    """Candidate dumps for reuse: the .h5 files in `dump_dir`, or by default in both
-    outputs/.dumps (analyze's own) and outputs/dumps (`vitscope dump`'s), so a full dump made
-    by hand serves later analyses too."""
-    folders = [Path(dump_dir)] if dump_dir is not None else [DEFAULT_DUMP_DIR, USER_DUMP_DIR]
+    """Candidate dumps for reuse: the .h5 files in `dump_dir`, or by default in outputs/dumps
+    (where both `analyze` and `vitscope dump` write, so a full dump made by hand serves later
+    analyses too) and then the legacy outputs/.dumps."""
+    folders = [Path(dump_dir)] if dump_dir is not None else [DEFAULT_DUMP_DIR, LEGACY_DUMP_DIR]
     return [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.h5"))]
 
 
@@ -692,9 +697,9 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
                 progress: bool = False, target: str | int = "pred") -> tuple[Path, bool]:
     """A dump serving (checkpoint, data, split, first n images, hooks, target): `(path, reused)`.
 
-    Reuses any finished dump in `dump_dir` (default: outputs/.dumps and outputs/dumps) whose
-    checkpoint SHA-256, dataset spec and fingerprint, split, length and hook points cover the
-    request, else captures one in `dump_dir` (default outputs/.dumps).
+    Reuses any finished dump in `dump_dir` (default: outputs/dumps, then the legacy
+    outputs/.dumps) whose checkpoint SHA-256, dataset spec and fingerprint, split, length and
+    hook points cover the request, else captures one in `dump_dir` (default outputs/dumps).
     `data` None means the checkpoint's training data; `n` None means DEFAULT_N images;
     `split` None means `default_split` (all of a folder given as `data`, else val).
     `target` ("pred", "label" or a class index) matters only for `grad:` hooks.

@@ -2,7 +2,7 @@
 
     report = score_checkpoint("runs/quickstart/best.pt", registry.select(["rollout"]), images=256)
 
-1. One dump with what the plugins read (reused from outputs/.dumps like `analyze`), each
+1. One dump with what the plugins read (reused from outputs/dumps like `analyze`), each
    plugin rendered on it (no figures), its maps read through the map contract.
 2. Faithfulness: deletion and insertion curves of each map, of a random order and of the
    image-only and centre baselines, on the same images and targets.
