@@ -14,6 +14,7 @@ from vitscope.cli import main
 from vitscope.errors import PluginError
 
 NO_UMAP = ["--opt", "cls-embedding.umap=false"]
+NO_UMAP_FOLDER = "cls-embedding@umap=false"      # a setting's own folder (vitscope.settings)
 
 
 def run(*args):
@@ -33,7 +34,7 @@ def test_analyze_all_then_reuse_the_dump_without_running_the_model(shapes_ckpt, 
     assert res.exit_code == 0, res.output
     assert "Captured dump outputs/dumps/run-val-12-" in res.output
     run_dir = in_tmp / "outputs" / "run"          # runs/<run>/best.pt -> outputs/<run>
-    for name in ("rollout", "cls-heatmap", "token-attention", "cls-embedding", "norm-activations"):
+    for name in ("rollout", "cls-heatmap", "token-attention", NO_UMAP_FOLDER, "norm-activations"):
         assert any(l.startswith("ok") and name in l for l in res.output.splitlines()), name
         assert (run_dir / name / "results.npz").is_file()
     index = (run_dir / "index.html").read_text()
@@ -80,7 +81,7 @@ def test_one_failing_plugin_does_not_stop_the_others(small_dump, tmp_path, monke
     assert "fake-explodes" in failed and "raised RuntimeError: kaboom" in failed
     assert "error.log" in failed
     assert "Traceback" in (out / "fake-explodes" / "error.log").read_text()
-    assert (out / "fake-good" / "good.txt").read_text() == "12 images, level 3"
+    assert (out / "fake-good@level=3" / "good.txt").read_text() == "12 images, level 3"
     assert (out / "rollout" / "rollout.png").is_file()
     index = (out / "index.html").read_text()
     assert "This plugin failed" in index and "kaboom" in index

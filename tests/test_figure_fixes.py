@@ -104,7 +104,7 @@ def test_token_attention_gif_header_fits_one_narrow_image(small_dump, tmp_path):
     (res,) = render_plugins(dump_path, [discover().get("token-attention")], tmp_path, values,
                             interactive=False)
     assert res.ok, res.error
-    frames = gif_frames(tmp_path / "token-attention" / "token_attention.gif")
+    frames = gif_frames(res.out_dir / "token_attention.gif")
     S = tile_side(dump_path)
     assert frames[0].shape[1] == S                          # one tile wide
     lines = M.header_lines("layer 0 · head 0\nMost-attended patch (cyan) → patches", S)
@@ -151,13 +151,13 @@ def test_unlabeled_data_gets_no_silhouette(small_dump, tmp_path, monkeypatch):
                                     "--plugin", "cls-embedding", "--opt",
                                     "cls-embedding.umap=false", "-o", str(out)])
     assert res.exit_code == 0, res.output
-    summary = strict_json((out / "cls-embedding" / "summary.json").read_text())
+    summary = strict_json((out / "cls-embedding@umap=false" / "summary.json").read_text())
     assert summary["coloured_by"] == "prediction"
     assert summary["silhouette_head"] is None and summary["silhouette_best"] is None
     assert summary["silhouette_first_block"] is None
     assert summary["silhouette"] == "no labels: silhouette not computed"
-    assert np.isnan(np.load(out / "cls-embedding" / "results.npz")["silhouette"]).all()
-    assert (out / "cls-embedding" / "silhouette.png").is_file()
+    assert np.isnan(np.load(out / "cls-embedding@umap=false" / "results.npz")["silhouette"]).all()
+    assert (out / "cls-embedding@umap=false" / "silhouette.png").is_file()
     assert "no labels: silhouette not computed" in (out / "index.html").read_text()
 
 
@@ -167,7 +167,7 @@ def test_labelled_silhouette_is_scored_against_the_labels(small_dump, tmp_path):
     (res,) = render_plugins(dump_path, [discover().get("cls-embedding")], tmp_path,
                             {"cls-embedding": {"umap": False}}, interactive=False)
     assert res.ok, res.error
-    summary = strict_json((tmp_path / "cls-embedding" / "summary.json").read_text())
+    summary = strict_json((res.out_dir / "summary.json").read_text())
     with Dump.open(dump_path) as dump:
         head = np.asarray(dump["cls"][:], np.float32)
         labels = dump.labels

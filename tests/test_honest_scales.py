@@ -43,14 +43,16 @@ def test_scales_and_smoothing_through_the_cli(small_dump, tmp_path):
         res = run(*base, *extra, "-o", tmp_path / name)
         assert res.exit_code == 0, res.output
         outs[name] = tmp_path / name
-    png = {k: np.asarray(Image.open(v / "token-attention" / "token_attention_img0.png"))
+    folder = {"tile": "token-attention@show=1", "smooth": "token-attention@show=1",
+              "shared": "token-attention@scale=shared,show=1"}    # one per setting
+    png = {k: np.asarray(Image.open(v / folder[k] / "token_attention_img0.png"))
            for k, v in outs.items()}
     assert png["tile"].shape != png["shared"].shape or (png["tile"] != png["shared"]).any()
     roll = {k: (v / "rollout" / "rollout.png").read_bytes() for k, v in outs.items()}
     assert roll["smooth"] != roll["tile"]                  # --smooth changes the maps
     manifest = json.loads((outs["shared"] / "manifest.json").read_text())
-    assert manifest["plugins"]["token-attention"]["options"] == {"show": 1, "scale": "shared"}
-    html = (outs["tile"] / "token-attention" / "token_attention.html").read_text()
+    assert manifest["plugins"][folder["shared"]]["options"] == {"show": 1, "scale": "shared"}
+    html = (outs["tile"] / folder["tile"] / "token_attention.html").read_text()
     assert '"coloraxis"' in html and '"attention"' in html   # one colourbar, real values
     assert "coloraxis.cmax" in html                            # it follows the slider
 
@@ -82,20 +84,26 @@ def test_every_map_plugin_offers_a_shared_scale(small_dump, tmp_path):
     base = ["analyze", "--dump", dump, "--static", "--opt", "cls-heatmap.per_head=1"]
     for plugin in figures:
         base += ["-p", plugin]
-    out = {}
+    from vitscope.plugin import discover
+    from vitscope.settings import changed_options, setting_folder
+    out = tmp_path / "out"       # both settings in one run folder, each in its own folder
+    folders = {}
     for scale in ("tile", "shared"):
         opts = [a for p in figures for a in ("--opt", f"{p}.scale={scale}")]
-        res = run(*base, *opts, "-o", tmp_path / scale)
+        res = run(*base, *opts, "-o", out)
         assert res.exit_code == 0, res.output
-        out[scale] = tmp_path / scale
+        for plugin in figures:
+            given = {"scale": scale, **({"per_head": 1} if plugin == "cls-heatmap" else {})}
+            folders[plugin, scale] = out / setting_folder(
+                plugin, changed_options(discover().get(plugin), given))
     for plugin, files in figures.items():
+        assert folders[plugin, "tile"] != folders[plugin, "shared"]
         for name in files:
-            a, b = (np.asarray(Image.open(out[s] / plugin / name)) for s in ("tile", "shared"))
+            a, b = (np.asarray(Image.open(folders[plugin, s] / name)) for s in ("tile", "shared"))
             assert a.shape != b.shape or (a != b).any(), (plugin, name)
-    res = run(*base, "--opt", "rollout.scale=log", "-o", tmp_path / "tile")
+    res = run(*base, "--opt", "rollout.scale=log", "-o", out)
     assert res.exit_code != 0 and "tile" in res.output and "shared" in res.output
-    assert (out["tile"] / "rollout" / "rollout.png").exists()
-    from vitscope.plugin import discover
+    assert (folders["rollout", "tile"] / "rollout.png").exists()
     for name in ("rollout", "grad-rollout", "attn-grad", "gradcam", "cls-heatmap",
                  "token-attention"):
         assert "scale" in {o.name for o in discover().get(name).options}, name

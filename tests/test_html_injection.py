@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from vitscope.cli import main
 
 NO_UMAP = ["--opt", "cls-embedding.umap=false"]
+EMB = "cls-embedding@umap=false"          # that setting's folder (vitscope.settings)
 
 # Each payload, if it ran, sets window.__pwned, changes the title and opens a dialog.
 RUN = "window.__pwned=1;document.title='pwned';alert(1)"
@@ -99,14 +100,14 @@ def test_hostile_checkpoint_classes_run_no_script(browser, shapes_ckpt, tmp_path
     assert res.exit_code == 0, res.output
     hovered = check_pages(browser, out, title="vitscope · out")
     plugin_pages = {p.split("/")[0] for p in hovered}
-    assert {"cls-embedding", "cls-heatmap", "rollout", "token-attention",
+    assert {EMB, "cls-heatmap", "rollout", "token-attention",
             "norm-activations"} <= plugin_pages
-    assert hovered["cls-embedding/cls_embedding.html"] >= 24   # every point's hover script ran
+    assert hovered[f"{EMB}/cls_embedding.html"] >= 24   # every point's hover script ran
 
     # The names are shown as text: in the hover box, the legend and index.html.
-    page = browser.open(out / "cls-embedding" / "cls_embedding.html", root=out)
+    page = browser.open(out / EMB / "cls_embedding.html", root=out)
     page.wait_for("document.querySelectorAll('.legendtext').length > 0")
-    preds = np.load(out / "cls-embedding" / "results.npz")["preds"]
+    preds = np.load(out / EMB / "results.npz")["preds"]
     page.eval("(function(){var gd=document.querySelector('.js-plotly-plot');"
               "gd.emit('plotly_hover',{points:[{customdata:0}]});})()")
     caption = page.eval("Array.from(document.querySelectorAll('div'))"
@@ -137,7 +138,7 @@ def test_hostile_dump_classes_attribute_runs_no_script(browser, small_dump, tmp_
               *NO_UMAP, "-o", out)
     assert res.exit_code == 0, res.output
     hovered = check_pages(browser, out, title="vitscope · out")
-    assert hovered["cls-embedding/cls_embedding.html"] >= 12
+    assert hovered[f"{EMB}/cls_embedding.html"] >= 12
 
 
 def test_hostile_imagefolder_names_run_no_script(browser, tmp_path, monkeypatch):
@@ -167,8 +168,8 @@ def test_hostile_imagefolder_names_run_no_script(browser, tmp_path, monkeypatch)
               "--format", "svg", *NO_UMAP, "-o", out)
     assert res.exit_code == 0, res.output
     hovered = check_pages(browser, out, title="vitscope · out", svg=True)   # matplotlib's SVG too
-    assert hovered["cls-embedding/cls_embedding.html"] >= 12
-    page = browser.open(out / "cls-embedding" / "cls_embedding.html", root=out)
+    assert hovered[f"{EMB}/cls_embedding.html"] >= 12
+    page = browser.open(out / EMB / "cls_embedding.html", root=out)
     page.wait_for("document.querySelectorAll('.legendtext').length > 0")
     legend = page.eval("Array.from(document.querySelectorAll('.legendtext'), e => e.textContent)")
     assert sorted(legend) == sorted(FOLDER_PAYLOADS)

@@ -5,7 +5,8 @@
     results = render_plugins(dump_path, chosen, run_dir, {"rollout": {"fusion": "max"}})
     # -> run_dir/<plugin>/..., run_dir/manifest.json, run_dir/index.html
 
-Each plugin renders into `run_dir/<plugin>/`, isolated in a child process of its own
+Each plugin renders into `run_dir/<plugin>/` (`run_dir/<plugin>@<key=value,...>/` when its
+options differ from the defaults: vitscope.settings), isolated in a child process of its own
 (vitscope.isolation): an exception, a crash or a hang past the time limit in one is recorded
 (message, and the traceback in `<plugin>/error.log`) and the others still run. Everything is
 rendered into temporary folders and swapped in at the end by one journalled commit
@@ -28,7 +29,8 @@ from typing import Any
 from vitscope.errors import PluginError
 from vitscope.isolation import DEFAULT_TIMEOUT, run_plugin
 from vitscope.paths import make_output_dir
-from vitscope.plugin import STATIC_FORMATS, PluginEntry, discover, name_problem
+from vitscope.plugin import STATIC_FORMATS, PluginEntry, discover
+from vitscope.settings import changed_options, folder_problem, setting_folder
 from vitscope.signals import terminate_as_exception
 from vitscope.staging import ERROR_LOG, MANIFEST, MARKER, Staging  # noqa: F401 (MARKER re-exported)
 from vitscope.errors import WriteError
@@ -46,13 +48,20 @@ class PluginResult:
     warnings: list[str] = field(default_factory=list)
     staged: Path | None = None     # the temporary folder it rendered into, until the commit
     description: str = ""          # the plugin's one line, for index.html
+    folder: str = ""               # its folder under the run: name, or name@setting (settings)
+
+    @property
+    def key(self) -> str:
+        """The folder (and manifest key) of this result: the plugin's name, or for options
+        other than the defaults `name@key=value,...` (vitscope.settings)."""
+        return self.folder or self.name
 
     def line(self) -> str:
         if self.ok:
-            text = (f"ok      {self.name:<18} {len(self.files):>3} files  {self.seconds:6.1f} s  "
+            text = (f"ok      {self.key:<18} {len(self.files):>3} files  {self.seconds:6.1f} s  "
                     f"{self.out_dir}")
         else:
-            text = f"FAILED  {self.name:<18} {self.error}"
+            text = f"FAILED  {self.key:<18} {self.error}"
         return "\n".join([text] + [f"        warning: {w}" for w in self.warnings])
 
 
@@ -96,8 +105,9 @@ def render_plugin(entry: PluginEntry, dump, run_dir: Path, values: dict[str, Any
                   *, static: bool = True, interactive: bool = True, fmt: str = "png",
                   limit: int | None = None, assets_dir: Path | None = None,
                   timeout: float | None = DEFAULT_TIMEOUT, smooth: bool = False) -> PluginResult:
-    """Render one plugin into run_dir/<name>/ (in its own process, swapped in on success;
-    no manifest or index); never raises for the plugin's own faults. `dump` is a Dump or the
+    """Render one plugin into run_dir/<name>/, whatever its options (in its own process,
+    swapped in on success; no manifest or index; `render_plugins` is what gives each setting
+    a folder of its own); never raises for the plugin's own faults. `dump` is a Dump or the
     path of one. `assets_dir` (default run_dir) is where shared files such as plotly.min.js
     go."""
     path = Path(getattr(dump, "path", dump))
@@ -112,17 +122,20 @@ def render_plugin(entry: PluginEntry, dump, run_dir: Path, values: dict[str, Any
 def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
                    values: dict[str, Any] | None, *, static: bool, interactive: bool, fmt: str,
                    limit: int | None, assets_dir: Path | None,
-                   timeout: float | None, smooth: bool = False) -> PluginResult:
+                   timeout: float | None, smooth: bool = False,
+                   by_setting: bool = False) -> PluginResult:
     """Render `entry` into a new folder of `stage` (vitscope.staging) through its own child
-    process (vitscope.isolation). The result names the plugin's final folder."""
-    final = stage.final(entry.name) if name_problem(entry.name) is None else None
+    process (vitscope.isolation). The result names the plugin's final folder: `<name>`, or
+    with `by_setting` `<name>@<setting>` for options other than the defaults."""
+    key = output_folder(entry, values) if by_setting else entry.name
+    final = stage.final(key) if folder_problem(key) is None else None
     result = PluginResult(entry.name, entry.source, False, out_dir=final,
-                          description=_description(entry))
+                          description=_description(entry), folder=key)
     if not entry.ok:
         result.error = entry.problem()
         return result
     try:
-        folder = stage.folder(entry.name)
+        folder = stage.folder(key)
     except PluginError as e:
         result.error = str(e)
         return result
@@ -146,7 +159,13 @@ def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
 def _swaps(results: Iterable[PluginResult]) -> tuple[list[str], list[str]]:
     """(plugins whose new folder replaces the old, failed ones whose error.log is kept)."""
     staged = [r for r in results if r.staged is not None]
-    return [r.name for r in staged if r.ok], [r.name for r in staged if not r.ok]
+    return [r.key for r in staged if r.ok], [r.key for r in staged if not r.ok]
+
+
+def output_folder(entry: PluginEntry, values: dict[str, Any] | None) -> str:
+    """Where `entry` rendered with `values` goes under the run folder: its name, or
+    `name@key=value,...` for options other than its defaults (vitscope.settings)."""
+    return setting_folder(entry.name, changed_options(entry, values)) if entry.ok else entry.name
 
 
 def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: str | Path,
@@ -159,6 +178,8 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
                    timeout: float | None = DEFAULT_TIMEOUT,
                    announce: bool = False, smooth: bool = False) -> list[PluginResult]:
     """Render every entry on one dump, then record them in the run's manifest and index.html.
+    Each renders into `run_dir/<name>/`, or `run_dir/<name>@<key=value,...>/` when its
+    `values` differ from its defaults (vitscope.settings), so settings coexist.
     `failed`: results of plugins that failed before rendering (broken, missing hook points),
     recorded in the manifest and index.html with the others and returned after them.
 
@@ -184,16 +205,17 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
         for entry in entries:
             gone = missing_hooks(held, [entry], model_hooks).get(entry.name)
             if gone:  # never call render on a dump without what the plugin reads
-                res = PluginResult(entry.name, entry.source, False, out_dir=run_dir / entry.name,
+                key = output_folder(entry, (values or {}).get(entry.name))
+                res = PluginResult(entry.name, entry.source, False, out_dir=run_dir / key,
                                    error=f"needs hook points {', '.join(gone)}, which the dump "
-                                         f"{dump_path} does not hold")
+                                         f"{dump_path} does not hold", folder=key)
             else:
                 if echo and announce:   # a slow plugin is not silence: say what runs now
                     echo(f"…       {entry.name:<18} rendering ({count} images)")
                 res = _render_staged(stage, entry, dump_path, (values or {}).get(entry.name),
                                      static=static, interactive=interactive, fmt=fmt,
                                      limit=limit, assets_dir=assets_dir, timeout=timeout,
-                                     smooth=smooth)
+                                     smooth=smooth, by_setting=True)
             results.append(res)
             if echo:
                 echo(res.line())
@@ -239,13 +261,13 @@ def merge_manifest(manifest: dict[str, Any], results: list[PluginResult], info: 
     plugins = dict(manifest.get("plugins") or {})
     manifest["run"] = {**info, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for r in results:
-        earlier = plugins.get(r.name)
+        earlier = plugins.get(r.key)
         if not r.ok and isinstance(earlier, dict) and earlier.get("ok"):
-            plugins[r.name] = {**earlier, "rerun_error": r.error,
+            plugins[r.key] = {**earlier, "rerun_error": r.error,
                                "rerun_at": manifest["run"]["updated"]}
             continue
-        plugins[r.name] = {
-            "package": r.package, "ok": r.ok, "error": r.error, "seconds": round(r.seconds, 3),
+        plugins[r.key] = {
+            "plugin": r.name, "package": r.package, "ok": r.ok, "error": r.error, "seconds": round(r.seconds, 3),
             "description": r.description,
             "files": [_rel(f, run_dir) for f in r.files],
             "options": {k: v for k, v in (values.get(r.name) or {}).items()},

@@ -17,7 +17,7 @@ from vitscope import __version__
 from vitscope.escaping import href as _href
 from vitscope.escaping import text as _e
 from vitscope.writing import replacing
-from vitscope.plugin import name_problem
+from vitscope.settings import folder_problem, plugin_of
 
 IMAGE_SUFFIXES = (".png", ".svg", ".gif", ".jpg", ".jpeg")
 PAGE_SUFFIXES = (".html",)
@@ -144,10 +144,15 @@ def _epochs(run_dir: Path) -> str:
 
 def plugin_order(plugins: dict) -> list[str]:
     """Built-in plugins first, in the order of vitscope.plugin.BUILTINS, then the others by
-    name: a third-party plugin called "aaa" does not open the page."""
+    name: a third-party plugin called "aaa" does not open the page. A plugin's settings
+    (`rollout@fusion=max`, vitscope.settings) follow its default folder."""
     from vitscope.plugin import BUILTINS
     rank = {n: i for i, n in enumerate(BUILTINS)}
-    return sorted(plugins, key=lambda n: (0, rank[n], "") if n in rank else (1, 0, n))
+
+    def order(key: str):
+        plugin = plugin_of(key)
+        return (0, rank[plugin], plugin, key) if plugin in rank else (1, 0, plugin, key)
+    return sorted(plugins, key=order)
 
 
 def _nav(plugins: dict) -> str:
@@ -182,7 +187,7 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
                     f"{_e(own.get('images', '?'))} images of {_e(own.get('data', '?'))} "
                     f"(dump {_e(own.get('dump', '?'))})</p>")
     summary = run_dir / name / "summary.json"
-    if name_problem(name) is None and summary.exists():   # names come from the manifest
+    if folder_problem(name) is None and summary.exists():   # names come from the manifest
         try:
             numbers = json.loads(summary.read_text(encoding="utf-8"))
         except ValueError:   # UnicodeDecodeError included

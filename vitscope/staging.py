@@ -18,7 +18,7 @@ What a run folder promises, whatever kills the process and when:
   the run folder exactly as it was.
 - Only plugin output folders are ever replaced or deleted: a `<name>/` that exists without
   the `.vitscope-plugin` marker (or is a link) is refused, names are safe slugs
-  (vitscope.plugin.check_name), and the temporary folders sit at the same depth as the
+  (vitscope.plugin.check_name; a setting folder adds `@key=value,...`, vitscope.settings), and the temporary folders sit at the same depth as the
   final ones, so relative links a plugin writes (`../plotly.min.js`) stay right.
 """
 from __future__ import annotations
@@ -51,8 +51,10 @@ def is_plugin_folder(path: Path) -> bool:
 def check_replaceable(run_dir: Path, name: str) -> Path:
     """run_dir/<name>, which a render may replace: absent, or a plugin folder of ours directly
     under run_dir. PluginError otherwise (nothing is touched)."""
-    from vitscope.plugin import check_name
-    check_name(name)
+    from vitscope.settings import folder_problem
+    problem = folder_problem(name)
+    if problem:
+        raise PluginError(f"Output folder {name!r} of a plugin: {problem}.")
     target = Path(run_dir) / name
     if target.resolve().parent != Path(run_dir).resolve():
         raise PluginError(f"'{target}' is not a folder directly inside '{run_dir}'.")

@@ -81,7 +81,8 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, image_files, sele
 def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_files, selects,
              static, interactive, both, smooth, fmt, opts, out_dir, device, batch_size, target,
              plugin_timeout) -> None:
-    from vitscope.analysis import PluginResult, missing_hooks, render_plugins, union_requires
+    from vitscope.analysis import (PluginResult, missing_hooks, output_folder, render_plugins,
+                                   union_requires)
     from vitscope.errors import PluginError
     from vitscope.isolation import warm_up
     from vitscope.locks import hold
@@ -184,9 +185,10 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_f
     # Plugins that failed before rendering are listed in index.html too, with their reason.
     upfront = [PluginResult(e.name, e.source, False, out_dir=run / e.name, error=e.problem())
                for e in chosen if not e.ok]
-    upfront += [PluginResult(name, registry.get(name).source, False, out_dir=run / name,
+    keys = {name: output_folder(registry.get(name), values.get(name)) for name in missing}
+    upfront += [PluginResult(name, registry.get(name).source, False, out_dir=run / keys[name],
                              error=f"needs hook points {', '.join(p)}, which the {where} does "
-                                   f"not have") for name, p in missing.items()]
+                                   f"not have", folder=keys[name]) for name, p in missing.items()]
     if all_ and not names:   # chosen as "every plugin": those that need more images sit out
         few = [e for e in working if int(getattr(e.plugin, "min_images", 1) or 1) > (limit or size)]
         for e in few:

@@ -151,7 +151,7 @@ def _render_maps(dump, entries, values, n, folder: Path):
                             limit=n)
         if not res.ok:
             raise PluginError(f"Plugin '{e.name}' failed on {dump.path.name}: {res.error}")
-        out[e.name] = read_maps(folder / e.name, dump, e.name, n)
+        out[e.name] = read_maps(folder / res.key, dump, e.name, n)
     return out
 
 
