@@ -33,6 +33,12 @@ PCA_BLOCK = 1024               # rows converted to float64 at a time by the PCA
 KNN_WORKING_MB = 8             # MB of one block of distances (neighbours, silhouette)
 NO_LABELS = "no labels: silhouette not computed"
 NO_CLASSES = "fewer than 2 labelled classes: silhouette undefined"
+# The interactive page draws SVG points (every browser) up to this many a panel and WebGL
+# points beyond. Measured (benchmarks/embedding_render.py, headless Chromium, 2 panels, the
+# 2-core VM): SVG takes ~0.3 s per zoom or slider step at 5,000 and ~0.55 s at 10,000, WebGL
+# ~0.13 s at both; past this SVG stops feeling immediate.
+WEBGL_ABOVE = 5000
+WEBGL_NOTE = "Drawn with WebGL"
 UMAP_MISSING = ("UMAP needs the umap-learn package, which is not installed: run `pip install "
                 "umap-learn`, or pass --opt cls-embedding.umap=false for PCA only")
 
@@ -181,6 +187,9 @@ class ClsEmbedding:
         Option("points", int, 2000, "most images drawn in the interactive figure (the first "
                "of the dump's shuffled order; the static figure draws all)", min=10,
                max=10 ** 7),
+        Option("webgl_above", int, WEBGL_ABOVE, "the interactive figure draws its points as "
+               "SVG up to this many a panel (any browser), with WebGL beyond (faster, but "
+               "blank in a browser without WebGL)", min=0, max=10 ** 7),
     )
 
     def check(self, options, shape) -> None:
@@ -318,14 +327,9 @@ class ClsEmbedding:
     def _interactive(dump, coords, titles, colour, names, labels, preds, n, out_dir, options):
         """Points of the first options.points images (a browser draws and a page carries that
         many hover thumbnails; the dump's order is a seeded shuffle, so they are a sample)."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
-
         total, n = n, min(n, options.points)
         colour, labels, preds = colour[:n], labels[:n], preds[:n]
         coords = {proj: xy[:, :n] for proj, xy in coords.items()}
-        projs = list(coords)
-        colors = F.class_colors(len(names))
         lab = F.label_names(dump.classes, labels)
         pre = F.label_names(dump.classes, preds)
         # Plain text: the hover box shows it with textContent, Plotly's fields escaped.
@@ -333,44 +337,83 @@ class ClsEmbedding:
         where = [f"{f} · " for f in files] or [""] * len(lab)
         caps = [f"#{i} · {w}label {l}\nprediction {p}" for i, (w, l, p) in
                 enumerate(zip(where, lab, pre))]
-        fig = make_subplots(rows=1, cols=len(projs), subplot_titles=projs,
-                            horizontal_spacing=0.06)
-        groups = []  # trace indices per shown layer
-        present = sorted(set(colour[colour >= 0].tolist())) + ([-1] if (colour < 0).any() else [])
-        for j, title in enumerate(titles):
-            ids = []
-            for col, proj in enumerate(projs):
-                xy = coords[proj][j]
-                for c in present:
-                    m = np.flatnonzero(colour == c)
-                    # no per-point text: the corner box shows each image's label and prediction
-                    fig.add_trace(go.Scattergl(
-                        x=xy[m, 0], y=xy[m, 1], mode="markers", customdata=m,
-                        name=I.plotly_text(names[c]) if c >= 0 else "unknown",
-                        legendgroup=str(c), showlegend=col == 0, visible=j == len(titles) - 1,
-                        marker=dict(size=6, color=colors[c] if c >= 0 else "#999", opacity=0.8),
-                        hovertemplate="#%{customdata}<extra>%{fullData.name}</extra>"),
-                        row=1, col=col + 1)
-                    ids.append(len(fig.data) - 1)
-            groups.append(ids)
-        steps = []
-        for j, title in enumerate(titles):
-            visible = [False] * len(fig.data)
-            for i in groups[j]:
-                visible[i] = True
-            steps.append(dict(method="update", label=I.plotly_text(title),
-                              args=[{"visible": visible}]))
-        fig.update_xaxes(showticklabels=False)
-        fig.update_yaxes(showticklabels=False)
-        fig.update_layout(
-            title="CLS token of the residual stream (hover a point to see its image)" +
-                  (f"<br><sub>the first {n:,} of {total:,} images (the static figure shows all; "
-                   f"--opt cls-embedding.points=N)</sub>" if n < total else ""),
-            height=620, width=520 * len(projs) + 200, plot_bgcolor="white",
-            legend=dict(title="label" if (labels >= 0).any() else "prediction"),
-            sliders=[dict(active=len(titles) - 1, currentvalue=dict(prefix="layer: "),
-                          pad=dict(t=40), steps=steps)])
+        fig = embedding_figure(coords, titles, colour, names, by_label=(labels >= 0).any(),
+                               total=total, webgl_above=options.webgl_above)
         page = out_dir / "cls_embedding.html"
         step = I.thumbnail_step(dump.images.shape)      # HDF5 subsamples while reading
         script = I.hover_thumbnail_script(dump.images[:n, ::step, ::step], caps, page=page)
-        return I.save_html(fig, page, options, post_script=script)
+        return I.save_html(fig, page, options, post_script=script,
+                           note=webgl_note(n, options.webgl_above))
+
+
+def uses_webgl(n: int, webgl_above: int) -> bool:
+    """Whether n points a panel are drawn with WebGL (Scattergl) rather than SVG (Scatter).
+    SVG draws everywhere, WebGL only where the browser has it (not in every VM, remote
+    desktop or locked-down browser: there Plotly shows only "WebGL is not supported")."""
+    return n > webgl_above
+
+
+def webgl_note(n: int, webgl_above: int) -> str | None:
+    """The page's sentence when its points are WebGL (None when SVG): shown above the figure,
+    where a browser without WebGL still shows it, with the two ways to get SVG points."""
+    if not uses_webgl(n, webgl_above):
+        return None
+    return (f"{WEBGL_NOTE}: {n:,} points a panel, more than webgl_above={webgl_above:,}. "
+            f"A browser without WebGL shows \"WebGL is not supported\" instead of the plot: "
+            f"render again with SVG points, --opt cls-embedding.webgl_above={n} (slower to zoom "
+            f"beyond about {WEBGL_ABOVE:,} points), or with fewer points, "
+            f"--opt cls-embedding.points={webgl_above}.")
+
+
+def embedding_figure(coords, titles, colour, names, *, by_label: bool, total: int,
+                     webgl_above: int = WEBGL_ABOVE):
+    """The page's figure: one panel per projection (coords: name -> L×n×2), a slider over
+    the L shown layers, one trace per class and panel; each point's customdata is its image
+    index (the hover box reads it). SVG up to `webgl_above` points a panel, WebGL beyond
+    (webgl_note says so on the page)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    projs = list(coords)
+    n = coords[projs[0]].shape[1]
+    webgl = uses_webgl(n, webgl_above)
+    Trace = go.Scattergl if webgl else go.Scatter
+    colors = F.class_colors(len(names))
+    fig = make_subplots(rows=1, cols=len(projs), subplot_titles=projs,
+                        horizontal_spacing=0.06)
+    groups = []  # trace indices per shown layer
+    present = sorted(set(colour[colour >= 0].tolist())) + ([-1] if (colour < 0).any() else [])
+    for j, title in enumerate(titles):
+        ids = []
+        for col, proj in enumerate(projs):
+            xy = coords[proj][j]
+            for c in present:
+                m = np.flatnonzero(colour == c)
+                # no per-point text: the corner box shows each image's label and prediction
+                fig.add_trace(Trace(
+                    x=xy[m, 0], y=xy[m, 1], mode="markers", customdata=m,
+                    name=I.plotly_text(names[c]) if c >= 0 else "unknown",
+                    legendgroup=str(c), showlegend=col == 0, visible=j == len(titles) - 1,
+                    marker=dict(size=6, color=colors[c] if c >= 0 else "#999", opacity=0.8),
+                    hovertemplate="#%{customdata}<extra>%{fullData.name}</extra>"),
+                    row=1, col=col + 1)
+                ids.append(len(fig.data) - 1)
+        groups.append(ids)
+    steps = []
+    for j, title in enumerate(titles):
+        visible = [False] * len(fig.data)
+        for i in groups[j]:
+            visible[i] = True
+        steps.append(dict(method="update", label=I.plotly_text(title),
+                          args=[{"visible": visible}]))
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.update_layout(
+        title="CLS token of the residual stream (hover a point to see its image)" +
+              (f"<br><sub>the first {n:,} of {total:,} images (the static figure shows all; "
+               f"--opt cls-embedding.points=N)</sub>" if n < total else ""),
+        height=620, width=520 * len(projs) + 200, plot_bgcolor="white",
+        legend=dict(title="label" if by_label else "prediction"),
+        sliders=[dict(active=len(titles) - 1, currentvalue=dict(prefix="layer: "),
+                      pad=dict(t=40), steps=steps)])
+    return fig

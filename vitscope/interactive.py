@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from vitscope import escaping
 from vitscope.escaping import plotly_text, script_json, template_text  # noqa: F401 (re-exported)
 
 PLOTLY_JS = "plotly.min.js"
@@ -39,15 +40,24 @@ def plotly_js(run_dir: Path) -> Path:
     return path
 
 
-def save_html(fig, path: Path, options: Any = None, post_script: str | None = None) -> Path:
-    """Plotly HTML that works offline, loading the run folder's plotly.js by relative path."""
+def save_html(fig, path: Path, options: Any = None, post_script: str | None = None,
+              note: str | None = None) -> Path:
+    """Plotly HTML that works offline, loading the run folder's plotly.js by relative path.
+    `note` (plain text, escaped here) is a paragraph of HTML above the figure: it shows where
+    the figure itself cannot draw (Plotly covers a WebGL figure with its own message when the
+    browser has no WebGL, title included)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     run_dir = Path(getattr(options, "run_dir", None) or path.parent)
     js = plotly_js(run_dir)
     rel = os.path.relpath(js, path.parent).replace(os.sep, "/")
-    fig.write_html(path, include_plotlyjs=rel, full_html=True, post_script=post_script,
-                   config={"displaylogo": False, "responsive": True})
+    page = fig.to_html(include_plotlyjs=rel, full_html=True, post_script=post_script,
+                       config={"displaylogo": False, "responsive": True})
+    if note:   # Plotly writes the figure's JSON with `<` escaped: the first <body> is the tag
+        page = page.replace("<body>", '<body>\n<p class="vitscope-note" style="font:14px '
+                            'sans-serif;margin:8px 12px;max-width:60em">'
+                            f"{escaping.text(note)}</p>", 1)
+    path.write_text(page, encoding="utf-8")
     return path
 
 
