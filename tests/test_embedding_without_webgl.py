@@ -72,6 +72,12 @@ def test_embedding_page_draws_svg_points_without_webgl(browser_factory, small_du
         page.wait_for(HOVER_BOX + ".style.display === 'block'", timeout=5)
         caption = page.eval(HOVER_BOX + ".textContent")
         assert re.fullmatch(rf"#{image} · label \S+\nprediction \S+", caption), caption
+        # the slider's first step (block 0) draws that layer's points as SVG too
+        page.eval("(function () { var gd = document.querySelector('.js-plotly-plot');"
+                  "return Plotly.update(gd, gd.layout.sliders[0].steps[0].args[0])"
+                  ".then(() => 1); })()")
+        block0 = page.eval(POINTS)
+        assert len(block0) == n and sorted(p[:2] for p in block0) != sorted(p[:2] for p in points)
         assert page.exceptions == [], page.exceptions
     finally:
         page.close()
@@ -90,3 +96,14 @@ def test_embedding_page_draws_svg_points_without_webgl(browser_factory, small_du
                          "r.x + 5, r.y + r.height / 2).className; })()") == "vitscope-note"
     finally:
         page.close()
+
+
+def test_page_note_is_escaped_text(tmp_path):
+    import plotly.graph_objects as go
+
+    from vitscope.interactive import save_html
+    page = save_html(go.Figure(), tmp_path / "p.html",
+                     note="<img src=x onerror=alert(1)> & \"quotes\"").read_text()
+    assert '<p class="vitscope-note"' in page and "<img" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt; &amp; &quot;quotes&quot;</p>" in page
+    assert "vitscope-note" not in save_html(go.Figure(), tmp_path / "q.html").read_text()
