@@ -33,7 +33,8 @@ def analyze(dump, out, *opts):
     res = CliRunner().invoke(main, ["analyze", "--dump", str(dump), "-p", "cls-embedding",
                                     *opts, "-o", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    return out / "cls-embedding" / "cls_embedding.html"
+    (folder,) = out.glob("cls-embedding@*")          # this setting's folder (vitscope.settings)
+    return folder / "cls_embedding.html"
 
 
 def hover(page, x: float, y: float) -> None:
@@ -51,7 +52,7 @@ def test_embedding_page_draws_svg_points_without_webgl(browser_factory, small_du
     dump, _ = small_dump
     svg_page = analyze(dump, tmp_path / "svg")
     gl_page = analyze(dump, tmp_path / "gl", "webgl_above=5")     # 12 images > 5: WebGL
-    n = len(np.load(tmp_path / "svg" / "cls-embedding" / "results.npz")["labels"])
+    n = len(np.load(svg_page.parent / "results.npz")["labels"])
     assert n == 12
 
     page = browser.open(svg_page, root=tmp_path / "svg")

@@ -63,15 +63,15 @@ def test_plugin_renders_static_and_interactive(name, small_dump, tmp_path):
     kinds = {p.suffix for p in res.files}
     assert ".png" in kinds and ".html" not in kinds
     for f in res.files:
-        assert f.is_file() and f.parent == static_run / name
+        assert f.is_file() and f.parent == res.out_dir
         if f.suffix == ".png":
             check_png(f)
         if f.suffix == ".gif":
             check_gif(f)
     if name in BUILTINS:
-        saved = np.load(static_run / name / "results.npz")
+        saved = np.load(res.out_dir / "results.npz")
         assert len(saved.files) >= 3
-        json.loads((static_run / name / "summary.json").read_text(),
+        json.loads((res.out_dir / "summary.json").read_text(),
                    parse_constant=reject_non_json)   # NaN / Infinity are not JSON
 
     live_run = tmp_path / "interactive"
@@ -126,14 +126,14 @@ def test_umap_projection_and_silhouette(small_dump, tmp_path):
     (res,) = render_plugins(dump_path, [discover().get("cls-embedding")], tmp_path,
                             {"cls-embedding": {"layers": "last"}}, interactive=True)
     assert res.ok, res.error
-    saved = np.load(tmp_path / "cls-embedding" / "results.npz")
+    saved = np.load(res.out_dir / "results.npz")
     assert saved["umap"].shape == (2, 12, 2) and np.isfinite(saved["umap"]).all()
     assert saved["silhouette"].shape == (3,)    # 2 blocks + the head token
-    html = (tmp_path / "cls-embedding" / "cls_embedding.html").read_text()
+    html = (res.out_dir / "cls_embedding.html").read_text()
     # hover thumbnails: one sprite PNG beside the page (no base64 copy of every image in it)
     assert 'var SHEET = "cls_embedding_files/images.png"' in html
     from vitscope.dump import Dump
-    with Image.open(tmp_path / "cls-embedding" / "cls_embedding_files" / "images.png") as im:
+    with Image.open(res.out_dir / "cls_embedding_files" / "images.png") as im:
         sheet = np.asarray(im.convert("RGB"))
     with Dump.open(dump_path) as dump:
         images = dump.images[:12]
