@@ -410,3 +410,56 @@ def test_the_training_data_of_a_checkpoint_is_named_when_it_is_gone(tmp_path, mo
     res = CliRunner().invoke(main, ["analyze", str(ckpt), "--plugin", "rollout"])
     assert res.exit_code == 1 and "was trained on --data" in res.output
     assert not (tmp_path / "outputs").exists()   # no empty output folders left behind
+
+
+BATCH_RSS_CHILD = textwrap.dedent("""
+    import resource, sys
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from vitscope import capture as C
+    from vitscope.data import ImageDataset
+    from vitscope.model import ModelConfig, ViT
+    torch.manual_seed(0)
+    model = ViT(ModelConfig(image_size=64, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                            num_classes=10)).eval()          # 257 tokens: attention dominates
+    images = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
+    ds = ImageDataset(images=images, labels=np.zeros(64, np.int64), classes=[], masks=None,
+                      spec="random", split="val", paths=None)
+    hooks = ["blocks.*.attn.weights", "grad:blocks.*.attn.weights"]
+    C.BATCH_MEMORY = int(sys.argv[2])
+    batch = None if sys.argv[3] == "auto" else int(sys.argv[3])
+    C.capture(model, ds, sys.argv[1], hooks, batch_size=batch, compression="none")
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
+""")
+
+
+def test_the_automatic_batch_keeps_a_gradient_capture_within_its_memory(tmp_path, monkeypatch):
+    """At 257 tokens with attention gradients, 64 images a batch hold hundreds of MB; the
+    automatic batch (BATCH_MEMORY) holds a few images and gives the same dump."""
+    import vitscope.capture as C
+    from vitscope.model import ModelConfig
+    model = ViT(ModelConfig(image_size=64, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                            num_classes=10)).eval()
+    names, grads = C.resolve_request(model, ["blocks.*.attn.weights", "grad:blocks.*.attn.weights"])
+    per_image = C.capture_bytes_per_image(model, names, grads)
+    attention = 2 * 2 * 257 * 257 * 4                 # blocks × heads × T × T, float32
+    assert 2 * attention <= per_image <= 12 * attention
+    assert C.capture_bytes_per_image(model, names, []) < per_image   # no graph without grads
+    assert C.auto_batch_size(model, names, grads, budget=3 * per_image) == 3
+    assert C.auto_batch_size(model, names, grads, budget=1) == 1
+    assert C.auto_batch_size(model, ["cls"], []) == C.DEFAULT_BATCH   # small: capped at 64
+
+    budget = 4 * per_image
+    peaks = {}
+    for batch in ("auto", "64"):
+        res = subprocess.run([sys.executable, "-c", BATCH_RSS_CHILD, str(tmp_path / f"{batch}.h5"),
+                              str(budget), batch], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        peaks[batch] = int(res.stdout.split()[-1])
+    # 64 images a batch hold about 60 × per_image more (~280 MB) than 4 do.
+    assert peaks["64"] - peaks["auto"] > 40 * per_image / 2**20 / 2, peaks
+    with Dump.open(tmp_path / "auto.h5") as a, Dump.open(tmp_path / "64.h5") as b:
+        for name in a.names:
+            np.testing.assert_allclose(a[name][:], b[name][:], rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(a["grad:blocks.1.attn.weights"][:],
+                                   b["grad:blocks.1.attn.weights"][:], rtol=1e-2, atol=1e-6)

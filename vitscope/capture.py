@@ -63,6 +63,11 @@ DEFAULT_HOOKS: tuple[str, ...] = (
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 COMPRESSIONS = ("lzf", "gzip", "none")
 DEFAULT_N = 64                      # images ensure_dump captures when no n is given
+DEFAULT_BATCH = 64                  # images per forward pass, unless memory says fewer
+# What one batch may hold while it is captured (activations, gradients, the autograd graph,
+# and the batches queued for the writer): the automatic batch size keeps under it, so a
+# ViT-S/16 at 224 px with gradients captures in batches of a few images, not 64 (about 9 GB).
+BATCH_MEMORY = 1 << 30
 # One visible folder for every dump: `vitscope dump` without -o writes `<run>-<split>-<n>.h5`
 # there, `vitscope analyze` captures what it needs as `<run>-<split>-<n>-<key>.h5` beside them.
 USER_DUMP_DIR = Path("outputs/dumps")
@@ -78,7 +83,8 @@ FP16_UNDERFLOW_WARN = 0.01          # warn when this share of non-zero gradients
 
 def capture(model: torch.nn.Module, dataset, out_path: str | Path,
             hooks: str | Iterable[str] = DEFAULT_HOOKS, *, ckpt=None, normalize=None,
-            classes: list[str] | None = None, limit: int | None = None, batch_size: int = 64,
+            classes: list[str] | None = None, limit: int | None = None,
+            batch_size: int | None = None,
             dtype: str = "float16", compression: str | None = "lzf",
             shard: tuple[int, int] | str | None = None, force: bool = False,
             device: str | torch.device | None = None, progress: bool = False,
@@ -94,7 +100,9 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     The model is moved to `device` (None: where it is) and put back in its train/eval mode
     afterwards. `target` is the class whose logit gradients differentiate and /target records:
     "pred" (the model's prediction), "label", a class index, or an int array over the split's
-    positions (stored as "explicit"). With `derive`, a LayerNorm output whose input is stored
+    positions (stored as "explicit"). `batch_size` None picks the largest batch of at most
+    DEFAULT_BATCH images whose capture stays within BATCH_MEMORY (`auto_batch_size`); a number
+    is used as given. With `derive`, a LayerNorm output whose input is stored
     too is kept as the norm's parameters and computed on read (vitscope.derive: about 29% of
     the default hooks' bytes), where the first batch shows that this reproduces it. Returns
     the path of the finished dump.
@@ -102,6 +110,8 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     out = Path(out_path)
     names, grads = _check_request(model, dataset, out, hooks, limit, batch_size, dtype,
                                   compression, force, seed)
+    if batch_size is None:
+        batch_size = auto_batch_size(model, names, grads, dtype)
     order = image_order(len(dataset), seed)[:limit]
     index, count = parse_shard(shard) if shard is not None else (0, 1)
     start, stop = shard_range(len(order), index, count)
@@ -160,7 +170,8 @@ def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, c
                              or not 0 <= seed < 2 ** 63):
         raise DumpError(f"The image-order seed must be an integer from 0 to 2**63 - 1 (or None "
                         f"for the split's own order), got {seed!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
         raise DumpError(f"--batch-size must be a positive integer, got {batch_size!r}.")
     if dtype not in DTYPES:
         raise DumpError(f"Unknown dump dtype '{dtype}'; use one of {', '.join(DTYPES)}.")
@@ -181,6 +192,33 @@ def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, c
                         f"{mh}×{mw}; load it at the model's size (load_dataset(..., "
                         f"image_size={mh}), which `vitscope dump` does for you).")
     return resolve_request(model, hooks)
+
+
+def capture_bytes_per_image(model, names: Iterable[str], grads: Iterable[str],
+                            dtype: str = "float16") -> int:
+    """About how much memory capturing one image takes: the hooked activations and gradients
+    in float32, the autograd graph when gradients are taken (about as large as every hook
+    point's output: it keeps the attention and MLP activations for the backward pass), and
+    the stored copies queued for the writer (QUEUE_BATCHES batches in `dtype`). From the
+    hook points' shapes at the model's input size (one forward pass of one image)."""
+    from vitscope.hooks import list_hook_points
+
+    sizes = {name: int(np.prod([d for d in shape[1:]], dtype=np.int64))
+             for name, shape in list_hook_points(model)}
+    names, grads = list(names), list(grads)
+    stored = sum(sizes.get(n, 0) for n in names) + sum(sizes.get(n, 0) for n in grads)
+    graph = sum(sizes.values()) if grads else 0
+    item = 2 if dtype == "float16" else 4
+    return 4 * (stored + graph) + item * stored * QUEUE_BATCHES
+
+
+def auto_batch_size(model, names: Iterable[str], grads: Iterable[str] = (),
+                    dtype: str = "float16", budget: int | None = None) -> int:
+    """The largest batch of at most DEFAULT_BATCH images whose capture fits in `budget`
+    bytes (default BATCH_MEMORY), at least 1."""
+    per_image = max(1, capture_bytes_per_image(model, names, grads, dtype))
+    budget = BATCH_MEMORY if budget is None else budget
+    return int(max(1, min(DEFAULT_BATCH, budget // per_image)))
 
 
 def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[str]]:
@@ -692,7 +730,7 @@ def find_dumps(dump_dir: str | Path | None = None) -> list[Path]:
 
 def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | None = "val",
                 n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
-                dump_dir: str | Path | None = None, batch_size: int = 64,
+                dump_dir: str | Path | None = None, batch_size: int | None = None,
                 device: str | torch.device | None = None,
                 progress: bool = False, target: str | int = "pred") -> tuple[Path, bool]:
     """A dump serving (checkpoint, data, split, first n images, hooks, target): `(path, reused)`.

@@ -49,8 +49,9 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: 
               help="Output folder (default: outputs/<run>).")
 @click.option("--device", default="auto", show_default=True,
               help="Device for capturing: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Capture batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per forward pass (default: as many as fit in 1 GiB of capture memory, "
+                   "at most 64; a ViT-S/16 at 224 px with gradients gets a few).")
 @click.option("--target", default=None, metavar="pred|label|INDEX",
               help="Class the gradient methods explain: the prediction (default), the label, "
                    "or a class index.")

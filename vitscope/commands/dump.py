@@ -76,7 +76,9 @@ def dump() -> None:
               help="Hook names or globs, comma-separated or repeated (default: what the built-in "
                    "analyses need; `vitscope hooks CKPT` lists them); grad:PATTERN stores the "
                    "gradient of the target logit there.")
-@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--batch-size", type=int, default=None,
+              help="Images per forward pass (default: as many as fit in 1 GiB of capture memory, "
+                   "at most 64; a ViT-S/16 at 224 px with gradients gets a few).")
 @click.option("--dtype", default="float16", show_default=True,
               type=click.Choice(["float16", "float32"]), help="Storage type of activations.")
 @click.option("--compression", default="lzf", show_default=True,
