@@ -88,6 +88,87 @@ def test_one_failing_plugin_does_not_stop_the_others(small_dump, tmp_path, monke
     assert "fake-no-render" in index       # broken before rendering: listed with its reason too
 
 
+FIGURE_KINDS_MODULE = """
+from pathlib import Path
+from vitscope import figures
+
+class StaticOnly:
+    name = "static-only"
+    requires = ("blocks.*.attn.weights",)
+    def render(self, dump, out_dir, options):
+        files = figures.save_results(out_dir, {"n": len(dump)})
+        if options.static:
+            with figures.style() as plt:
+                fig, ax = plt.subplots()
+                ax.imshow(dump.images[0])
+                files.append(figures.save_static(fig, Path(out_dir) / "image", options))
+        return files
+
+class ResultsOnly:
+    name = "results-only"
+    requires = ("blocks.*.attn.weights",)
+    def render(self, dump, out_dir, options):
+        return figures.save_results(out_dir, {"n": len(dump)})
+"""
+
+
+def _section(index: str, name: str) -> str:
+    start = index.index(f"<section id='{name}'")
+    return index[start:index.index("</section>", start)]
+
+
+def test_ok_says_which_figures_asked_for_a_plugin_did_not_write(small_dump, tmp_path,
+                                                                 monkeypatch):
+    """#13 §8: a plugin with no HTML output, run with --interactive (or the default), is not
+    a plain "ok"; one that writes only results is fine where no figure is asked for (score)."""
+    from test_plugin_system import write_fake_distribution
+
+    from vitscope.analysis import render_plugin
+    from vitscope.plugin import discover
+    root = write_fake_distribution(tmp_path / "site", "fake_figure_kinds",
+                                   {"static-only": "{mod}:StaticOnly",
+                                    "results-only": "{mod}:ResultsOnly"},
+                                   source=FIGURE_KINDS_MODULE)
+    monkeypatch.syspath_prepend(str(root))
+    dump_path, ckpt = small_dump
+    out = tmp_path / "out"
+    try:
+        res = run("analyze", ckpt, "--dump", dump_path, "-p", "static-only", "-p",
+                  "results-only", "-p", "rollout", "-o", out)          # both kinds asked
+        assert res.exit_code == 0, res.output
+        text = res.output.split("\nok      ")
+        said = {chunk.split()[0]: chunk for chunk in text[1:]}
+        assert "warning: wrote no interactive figure (no .html file) though one was asked " \
+               "for" in said["static-only"]
+        assert "warning: wrote no figure, static or interactive" in said["results-only"]
+        assert "wrote no" not in said["rollout"]                      # it writes both kinds
+        manifest = json.loads((out / "manifest.json").read_text())["plugins"]
+        assert manifest["static-only"]["missing_outputs"] == ["interactive"]
+        assert manifest["results-only"]["missing_outputs"] == ["static", "interactive"]
+        assert manifest["rollout"]["missing_outputs"] == [] == manifest["rollout"]["warnings"]
+        index = (out / "index.html").read_text()
+        assert "wrote no interactive figure" in _section(index, "static-only")
+        assert "wrote no" not in _section(index, "rollout")
+
+        res = run("analyze", ckpt, "--dump", dump_path, "-p", "static-only", "-p",
+                  "results-only", "--static", "-o", out)
+        assert res.exit_code == 0, res.output
+        assert "wrote no" not in res.output.split("results-only")[0]  # static-only: all there
+        assert "wrote no static figure (no PNG, SVG, PDF or GIF file)" in res.output
+        manifest = json.loads((out / "manifest.json").read_text())["plugins"]
+        assert manifest["static-only"]["missing_outputs"] == []
+        assert "wrote no" not in _section((out / "index.html").read_text(), "static-only")
+
+        # `vitscope score` asks for no figure: results alone are all a map plugin owes it.
+        entry = discover().get("results-only")
+        quiet = render_plugin(entry, dump_path, tmp_path / "score", static=False,
+                              interactive=False)
+        assert quiet.ok and quiet.missing == [] and quiet.warnings == []
+        assert "no figure" not in quiet.line()
+    finally:
+        sys.modules.pop("fake_figure_kinds", None)
+
+
 def test_a_plugin_needing_hooks_the_model_lacks_fails_alone(shapes_ckpt, in_tmp, monkeypatch,
                                                              tmp_path):
     from test_plugin_system import FAKE_ENTRY_POINTS, write_fake_distribution

@@ -30,10 +30,14 @@ from vitscope.errors import PluginError
 from vitscope.isolation import DEFAULT_TIMEOUT, run_plugin
 from vitscope.paths import make_output_dir
 from vitscope.plugin import STATIC_FORMATS, PluginEntry, discover
+from vitscope.report import DOC_SUFFIXES, IMAGE_SUFFIXES, PAGE_SUFFIXES
 from vitscope.settings import changed_options, folder_problem, setting_folder
 from vitscope.signals import terminate_as_exception
 from vitscope.staging import ERROR_LOG, MANIFEST, MARKER, Staging  # noqa: F401 (MARKER re-exported)
 from vitscope.errors import WriteError
+
+
+STATIC_SUFFIXES = IMAGE_SUFFIXES + DOC_SUFFIXES   # what --static asks for (PNG, SVG, PDF, GIF)
 
 
 @dataclass
@@ -48,6 +52,7 @@ class PluginResult:
     warnings: list[str] = field(default_factory=list)
     staged: Path | None = None     # the temporary folder it rendered into, until the commit
     description: str = ""          # the plugin's one line, for index.html
+    missing: list[str] = field(default_factory=list)   # kinds of figure asked for, not written
     folder: str = ""               # its folder under the run: name, or name@setting (settings)
 
     @property
@@ -148,12 +153,37 @@ def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
     result.ok, result.warnings, result.seconds = outcome.ok, outcome.warnings, outcome.seconds
     result.files = [final / f.relative_to(folder) for f in outcome.files]
     result.staged = folder
+    if outcome.ok:   # "ok" must not hide that the figures asked for are not there
+        result.missing = unwritten_kinds(result.files, static=static, interactive=interactive)
+        if result.missing:
+            result.warnings.append(missing_note(result.missing))
     if not outcome.ok:
         result.error = outcome.error
         if outcome.logged:
             result.error += (f" (details in {final / ERROR_LOG}; report it to the package "
                              f"{entry.source})")
     return result
+
+
+def unwritten_kinds(files: Iterable[Path], *, static: bool, interactive: bool) -> list[str]:
+    """The kinds of figure asked for ("static", "interactive") of which `files` hold none.
+    Nothing asked for (`vitscope score` renders map plugins for their results alone): none."""
+    written = {Path(f).suffix.lower() for f in files}
+    asked = {"static": (static, STATIC_SUFFIXES), "interactive": (interactive, PAGE_SUFFIXES)}
+    return [kind for kind, (wanted, suffixes) in asked.items()
+            if wanted and not written & set(suffixes)]
+
+
+def missing_note(kinds: list[str]) -> str:
+    """The warning under a plugin that succeeded without writing the figures asked for."""
+    if len(kinds) == 2:
+        return ("wrote no figure, static or interactive, though both were asked for: this "
+                "plugin may produce only results (results.npz, summary.json)")
+    if kinds == ["interactive"]:
+        return ("wrote no interactive figure (no .html file) though one was asked for: this "
+                "plugin may have only static output")
+    return ("wrote no static figure (no PNG, SVG, PDF or GIF file) though one was asked for: "
+            "this plugin may have only interactive output")
 
 
 def _swaps(results: Iterable[PluginResult]) -> tuple[list[str], list[str]]:
@@ -267,9 +297,11 @@ def merge_manifest(manifest: dict[str, Any], results: list[PluginResult], info: 
                                "rerun_at": manifest["run"]["updated"]}
             continue
         plugins[r.key] = {
-            "plugin": r.name, "package": r.package, "ok": r.ok, "error": r.error, "seconds": round(r.seconds, 3),
+            "plugin": r.name, "package": r.package, "ok": r.ok, "error": r.error,
+            "seconds": round(r.seconds, 3),
             "description": r.description,
             "files": [_rel(f, run_dir) for f in r.files],
+            "warnings": list(r.warnings), "missing_outputs": list(r.missing),
             "options": {k: v for k, v in (values.get(r.name) or {}).items()},
             "run": manifest["run"],
         }

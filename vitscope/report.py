@@ -38,6 +38,7 @@ figure img{max-width:100%;max-height:900px;display:block} figcaption{font-size:1
 details{margin:8px 0} summary{cursor:pointer;color:#1d4ed8}
 iframe{width:100%;height:760px;border:1px solid #ddd;border-radius:6px;margin-top:6px}
 .error{background:#fef2f2;border-color:#fecaca;color:#991b1b}
+.warn{background:#fffbeb;border:1px solid #fde68a;border-radius:6px;color:#92400e;padding:4px 8px}
 .ok{color:#15803d} .bad{color:#b91c1c} nav a{margin-right:14px} code{font-size:12px}
 """
 
@@ -179,6 +180,9 @@ def _plugin_section(run_dir: Path, name: str, info: dict, run: dict) -> str:
         body.append(f"<p class='error'>⚠ the latest re-run ({_e(info.get('rerun_at', '?'))}) "
                     f"failed: {_e(info['rerun_error'])}; the figures below are from the run "
                     f"before it.</p>")
+    warnings = info.get("warnings")
+    for warning in warnings if isinstance(warnings, list) else ():   # "wrote no ... figure"
+        body.append(f"<p class='warn'>⚠ {_e(warning)}</p>")
     if _other_source(own, run):
         body.append(f"<p class='error'>⚠ rendered earlier from another model or data than "
                     f"the run above: {_e(_source(own))}</p>")
