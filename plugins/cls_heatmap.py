@@ -33,12 +33,14 @@ def read_cls_maps(dump, names, start: int, stop: int, layout,
                   cls: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """CLS→patches and patches→CLS of images start..stop, every layer in `names`:
     (N×L×H×P, N×L×H×P) float32, and N×L×H of the CLS row's mass on the other prefix tokens
-    (distillation, registers; None when there are none). Only the CLS row and column are
-    read and converted (HDF5 selects them), 2/T of the attention."""
+    (distillation, registers; None when there are none). `names` are attention hook points;
+    only their CLS slices are read (`<name>.cls_row`, `.cls_col`: stored as such, or selected
+    by HDF5 from a stored full attention), 2/T of the attention."""
     prefix, others = layout.num_prefix_tokens, other_prefix(layout)
-    rows = np.stack([np.asarray(dump[nm][start:stop, :, cls, :], np.float32) for nm in names],
+    rows = np.stack([np.asarray(dump[f"{nm}.cls_row"][start:stop], np.float32) for nm in names],
                     axis=1)                                               # N×L×H×T
-    cols = [np.asarray(dump[nm][start:stop, :, prefix:, cls], np.float32) for nm in names]
+    cols = [np.asarray(dump[f"{nm}.cls_col"][start:stop, :, prefix:], np.float32)
+            for nm in names]
     share = rows[..., others].sum(-1) if others else None
     # a copy, not a view: the first images' maps are kept for the figures, the chunk is not
     return np.ascontiguousarray(rows[..., prefix:]), np.stack(cols, axis=1), share
@@ -48,7 +50,9 @@ class ClsHeatmap:
     """CLS→patch and patch→CLS attention per layer: head-mean, per head, class averages."""
 
     name = "cls-heatmap"
-    requires = ("blocks.*.attn.weights",)
+    # Only the CLS row and column of each attention: a dump of just these is 2/T of the full
+    # weights (1% at 197 tokens), and a dump of the full weights serves them too.
+    requires = ("blocks.*.attn.weights.cls_row", "blocks.*.attn.weights.cls_col")
     options = (
         Option("layers", layer_spec, "all", "blocks to show: all, first,middle,last, 0,5,-1, 2-5",
                metavar="LAYERS"),
@@ -61,7 +65,7 @@ class ClsHeatmap:
         select_layers(options.layers, shape.depth, "cls-heatmap.layers")
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
-        names = dump.match("blocks.*.attn.weights")
+        names = [n.rpartition(".")[0] for n in dump.match("blocks.*.attn.weights.cls_row")]
         layers = select_layers(options.layers, len(names), "cls-heatmap.layers")
         layout = dump.layout
         n = n_images(dump, options.limit)
@@ -146,7 +150,7 @@ class ClsHeatmap:
         Returns ((c2p, p2c) k×L×H×h×w, class-mean accumulators, mask accumulators or None,
         the CLS row's mean mass on the other prefix tokens or None)."""
         grid = layout.grid
-        L, H = len(names), dump[names[0]].shape[1]
+        L, H = len(names), dump[f"{names[0]}.cls_row"].shape[1]
         # class-mean images are shown as small tiles: averaged at thumbnail size (subsampling
         # then averaging is averaging then subsampling), HDF5 subsamples while reading
         sub = I.thumbnail_step(dump.images.shape)

@@ -44,9 +44,9 @@ import torch
 
 from vitscope.dump import Dump, DumpWriter
 from vitscope.errors import DataError, DumpError, VitscopeError, WriteError
-from vitscope.hooks import attach, hook_points, is_hooked, resolve
+from vitscope.hooks import attach, hook_points, is_hooked, offered_names, resolve
 from vitscope.locks import hold
-from vitscope.names import split_grads
+from vitscope.names import SLICES, resolve_names, slice_of, split_grads
 from vitscope.paths import make_output_dir, partial_path, publish, remove_empty
 from vitscope.signals import terminate_as_exception as _terminate_as_exception
 from vitscope.writing import is_write_failure, write_failure
@@ -205,9 +205,13 @@ def capture_bytes_per_image(model, names: Iterable[str], grads: Iterable[str],
 
     sizes = {name: int(np.prod([d for d in shape[1:]], dtype=np.int64))
              for name, shape in list_hook_points(model)}
+    every_point = sum(sizes.values())
+    for name in names:                       # a CLS slice: one row of its attention
+        if slice_of(name) is not None and slice_of(name)[0] in sizes:
+            sizes[name] = sizes[slice_of(name)[0]] // model.token_layout.num_tokens
     names, grads = list(names), list(grads)
     stored = sum(sizes.get(n, 0) for n in names) + sum(sizes.get(n, 0) for n in grads)
-    graph = sum(sizes.values()) if grads else 0
+    graph = every_point if grads else 0
     item = 2 if dtype == "float16" else 4
     return 4 * (stored + graph) + item * stored * QUEUE_BATCHES
 
@@ -225,7 +229,7 @@ def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[
     """Hook names/patterns, some `grad:`-prefixed -> (activation names, gradient names), each
     in forward order; HookError for a pattern that matches nothing."""
     acts, grads = split_grads([hooks] if isinstance(hooks, str) else list(hooks))
-    return resolve(model, acts), resolve(model, grads)
+    return resolve_names(offered_names(model, grads=False), acts), resolve(model, grads)
 
 
 def num_classes(model) -> int:
@@ -445,6 +449,13 @@ def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWr
     acts: dict[str, torch.Tensor] = {}
     grad_in: dict[str, torch.Tensor] = {}   # the views handed on by gradient hook points
     act_set, grad_set = set(names), set(grads)
+    # CLS slices (vitscope.names.SLICES): read at their attention, stored as a row or column
+    slices: dict[str, list[tuple[str, int]]] = {}
+    for n in names:
+        if slice_of(n) is not None:
+            source, suffix = slice_of(n)
+            slices.setdefault(source, []).append((n, SLICES[suffix]))
+    cls = model.token_layout.cls_index
     norms = norms or {}                        # LayerNorm outputs asked for: (input, module)
     probe_set = {i for i, _ in norms.values()} - act_set   # their inputs, seen, not stored
     aliases: dict[str, str] | None = None
@@ -455,6 +466,8 @@ def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWr
     def grab(t: torch.Tensor, name: str) -> torch.Tensor | None:
         if name in act_set or name in probe_set:
             acts[name] = t.detach()
+        for part, axis in slices.get(name, ()):   # a copy: the full matrix need not stay
+            acts[part] = t.detach().select(axis, cls).contiguous()
         if name in grad_set:   # a fresh view: its gradient is what flows through this point
             grad_in[name] = view = t.view_as(t)
             return view
@@ -464,7 +477,8 @@ def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWr
                disable=None if progress else True)  # None: only on a terminal
     # Autograd only when gradients are asked for: plain captures keep inference_mode's speed.
     mode = torch.enable_grad() if grads else torch.inference_mode()
-    with attach(model, {n: grab for n in [*names, *grads, *sorted(probe_set)]}), mode, bar:
+    points = [n for n in names if slice_of(n) is None] + [s for s in slices if s not in act_set]
+    with attach(model, {n: grab for n in [*points, *grads, *sorted(probe_set)]}), mode, bar:
         for b0 in range(0, len(positions), batch_size):
             pos = positions[b0:b0 + batch_size]
             images = np.ascontiguousarray(dataset.images[pos])

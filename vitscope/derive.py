@@ -111,3 +111,48 @@ class DerivedDataset:
             raise IndexError(f"{len(key)} indices for a {self.ndim}-dimensional hook point")
         key = key + (slice(None),) * (self.ndim - len(key))
         return key[:-1] + (slice(None),), key[-1]
+
+
+class SliceView:
+    """A CLS row or column of a stored N×H×T×T attention dataset, read as the N×H×T hook
+    point `<attention>.cls_row` / `.cls_col` (vitscope.names.SLICES): HDF5 reads only that
+    row or column. Slices like an h5py dataset (`ds[a:b]`, `ds[a:b, :, p:]`, `ds[[1, 5]]`,
+    `ds[..., 3]`, `np.asarray(ds)`)."""
+
+    def __init__(self, name: str, source, axis: int, index: int) -> None:
+        if len(source.shape) != 4 or axis not in (2, 3):
+            raise ValueError(f"a CLS slice needs an N×H×T×T attention, not shape {source.shape}")
+        self.name, self.source, self.axis, self.index = name, source, axis, int(index)
+        self.shape = tuple(source.shape[:3])
+        self.dtype = source.dtype
+        self.ndim = 3
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.chunks = tuple(source.chunks[:3]) if source.chunks else None
+        self.is_virtual = False
+        self.compression = None
+        self.attrs = {"dims": ["N", "H", "T"]}
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"<SliceView '{self.name}': axis {self.axis} = {self.index} of "
+                f"'{getattr(self.source, 'name', '?')}', shape {self.shape}, {self.dtype}>")
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[()]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if key == ((),) or key == ():
+            key = ()
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - (len(key) - 1)) + key[i + 1:]
+        if len(key) > self.ndim:
+            raise IndexError(f"{len(key)} indices for a {self.ndim}-dimensional hook point")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        # N, H, then the free token axis, with the fixed one at its place in N×H×T×T.
+        full = key[:2] + ((self.index, key[2]) if self.axis == 2 else (key[2], self.index))
+        return np.asarray(self.source[full])

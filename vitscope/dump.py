@@ -40,8 +40,8 @@ import numpy as np
 from vitscope import __version__
 from vitscope.errors import DumpError, WriteError
 from vitscope.layout import TokenLayout  # noqa: F401  (re-exported: the dump's layout type)
-from vitscope.names import (GRAD_PREFIX, is_grad, layer_sort_key, match_names, split_grads,
-                            summarize_names)
+from vitscope.names import (ATTENTION, GRAD_PREFIX, SLICES, is_grad, layer_sort_key,
+                            match_names, slice_of, split_grads, summarize_names, with_slices)
 from vitscope.paths import make_output_dir, partial_path, publish, remove_empty
 from vitscope.writing import GuardedFile
 
@@ -64,6 +64,8 @@ def dims_for(key: str, ndim: int) -> list[str]:
         dims = known[key]
     elif name.endswith("attn.weights"):
         dims = ["N", "H", "T", "T"]
+    elif slice_of(name) is not None:       # a CLS row or column of the attention
+        dims = ["N", "H", "T"]
     elif name.endswith(("attn.q", "attn.k", "attn.v")):
         dims = ["N", "H", "T", "Dh"]
     elif name == "patch_embed.out":
@@ -242,10 +244,18 @@ class Dump:
         # hook points computed on read from a stored one (vitscope.derive): name -> spec
         self.derived: dict[str, dict[str, Any]] = dict(self.attrs.get("derived") or {})
         self.hooks: list[str] = [h for h in listed if h in stored or h in self.derived]
+        self.layout = contents.layout
+        # CLS slices read from a stored full attention (vitscope.names.SLICES): name -> source.
+        # Not in `hooks` (what is stored); in `names`, `match` and `covers` (what is served).
+        self.sliced: dict[str, str] = {}
+        if self.layout.cls_index is not None:
+            self.sliced = {f"{h}.{s}": h for h in self.hooks if h.endswith(ATTENTION)
+                           for s in SLICES if f"{h}.{s}" not in stored}
+        self.readable: list[str] = [h for h in with_slices(self.hooks)
+                                    if h in self.sliced or h in self.hooks]
         grads = set(f["grads"]) if "grads" in f else set()
         # hooks whose gradient of the target logit was captured (read as dump["grad:<hook>"])
         self.grad_hooks: list[str] = [h for h in self.attrs.get("grad_hooks") or [] if h in grads]
-        self.layout = contents.layout
         self.classes: list[str] = list(self.attrs.get("classes") or [])
         self.model_config: dict[str, Any] = dict(self.attrs.get("model_config") or {})
         self.images: h5py.Dataset = f["images"]
@@ -290,6 +300,10 @@ class Dump:
             return self._f["grads"][name]
         if hook in self.derived and hook not in self._f["acts"]:
             return self._derived_dataset(hook)
+        if hook in self.sliced:
+            from vitscope.derive import SliceView
+            source = self[self.sliced[hook]]
+            return SliceView(hook, source, SLICES[slice_of(hook)[1]], self.layout.cls_index)
         if hook not in self._f["acts"]:
             raise DumpError(f"'{self.path}' holds no hook '{hook}'; it holds: "
                             f"{summarize_names(self.hooks) or 'none'} (capture more with "
@@ -299,7 +313,7 @@ class Dump:
     def __contains__(self, hook: str) -> bool:
         if is_grad(hook):
             return hook[len(GRAD_PREFIX):] in self.grad_hooks
-        return hook in self._f["acts"] or hook in self.derived
+        return hook in self._f["acts"] or hook in self.derived or hook in self.sliced
 
     def _derived_dataset(self, hook: str):
         """The DerivedDataset of a derived hook point (its parameters read once)."""
@@ -330,20 +344,24 @@ class Dump:
         if is_grad(pattern):
             found = match_names(pattern[len(GRAD_PREFIX):], self.grad_hooks)
             return [GRAD_PREFIX + n for n in sorted(found, key=self._order)]
-        return sorted(match_names(pattern, self.hooks), key=self._order)
+        return sorted(match_names(pattern, self.readable), key=self._order)
 
     @property
     def names(self) -> list[str]:
         """Everything a plugin's `requires` can ask of this dump: the hooks, then `grad:<hook>`
         for each captured gradient."""
-        return self.hooks + [GRAD_PREFIX + h for h in self.grad_hooks]
+        return self.readable + [GRAD_PREFIX + h for h in self.grad_hooks]
 
     @property
     def model_names(self) -> list[str]:
         """Every name the model offers (hook points, and `grad:` of each): what `requires`
         patterns are resolved against."""
         model = list(self.attrs.get("model_hooks") or self.hooks)
-        return model + [GRAD_PREFIX + h for h in model]
+        return self._with_slices(model) + [GRAD_PREFIX + h for h in model
+                                           if slice_of(h) is None]
+
+    def _with_slices(self, names: list[str]) -> list[str]:
+        return with_slices(names, has_cls=self.layout.cls_index is not None)
 
     @cached_property
     def _rank(self) -> dict[str, int]:
@@ -440,8 +458,8 @@ class Dump:
         whole_split = not shard and len(self) >= int(a.get("split_size", -1))
         if len(self) < n and not whole_split:
             return False
-        model_hooks = a.get("model_hooks") or self.hooks
-        for have, wanted_patterns in ((set(self.hooks), act_patterns),
+        model_hooks = self._with_slices(list(a.get("model_hooks") or self.hooks))
+        for have, wanted_patterns in ((set(self.readable), act_patterns),
                                       (set(self.grad_hooks), grad_patterns)):
             for pattern in wanted_patterns:
                 wanted = match_names(pattern, model_hooks)

@@ -24,7 +24,8 @@ from torch import nn
 
 from vitscope.errors import HookError
 from vitscope.names import (format_shape, layer_sort_key, match_names, resolve_names,  # noqa: F401
-                            summarize_names, unknown_hook_message)
+                            slice_of, summarize_names, unknown_hook_message, with_grads,
+                            with_slices)
 
 HookFn = Callable[[torch.Tensor, str], Any]
 
@@ -53,6 +54,15 @@ def name_hook_points(model: nn.Module) -> None:
 def hook_points(model: nn.Module) -> dict[str, HookPoint]:
     """Every hook point of a model, by module path, in forward order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, HookPoint)}
+
+
+def offered_names(model: nn.Module, grads: bool = True) -> list[str]:
+    """What a plugin's `requires` may name on this model: every hook point, the CLS slices of
+    each attention when the model has a CLS token (vitscope.names.SLICES), and with `grads`
+    `grad:<point>` of every hook point."""
+    points = list(hook_points(model))
+    names = with_slices(points, has_cls=model.token_layout.cls_index is not None)
+    return with_grads(names, points) if grads else names
 
 
 def is_hooked(model: Any) -> bool:
@@ -132,8 +142,10 @@ def run_with_cache(model: nn.Module, x: torch.Tensor, names: str | Iterable[str]
 
 
 def list_hook_points(model: nn.Module, image_size: int | tuple[int, int] | None = None,
-                     in_channels: int | None = None) -> list[tuple[str, tuple[str | int, ...]]]:
-    """Every hook point with its shape for one input, the batch dimension shown as "B".
+                     in_channels: int | None = None, slices: bool = False
+                     ) -> list[tuple[str, tuple[str | int, ...]]]:
+    """Every hook point with its shape for one input, the batch dimension shown as "B";
+    with `slices`, also the CLS slices of each attention (vitscope.names.SLICES) after it.
 
     `image_size` defaults to the model's (`model.input_shape`); another size is refused with a
     clear error, since the learned position embedding fixes the number of tokens (no silent
@@ -156,4 +168,9 @@ def list_hook_points(model: nn.Module, image_size: int | tuple[int, int] | None 
             _, cache = run_with_cache(model, x)
     finally:
         model.train(was_training)
-    return [(name, ("B", *cache[name].shape[1:])) for name in hook_points(model) if name in cache]
+    listed = [(name, ("B", *cache[name].shape[1:])) for name in hook_points(model) if name in cache]
+    if not slices:
+        return listed
+    shapes = dict(listed)
+    names = with_slices(shapes, has_cls=model.token_layout.cls_index is not None)
+    return [(n, shapes[n] if n in shapes else shapes[slice_of(n)[0]][:3]) for n in names]

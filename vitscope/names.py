@@ -9,6 +9,14 @@ residual stream of every block, not `blocks.0.norm1.out`), `**` matches across s
 (`blocks.**.out` is every output inside the blocks), `?` and `[0-3]` work as usual, and a bare
 `*` or `**` matches everything.
 
+CLS slices of the attention: `blocks.{i}.attn.weights.cls_row` (N×H×T: the CLS query's row,
+where CLS reads from) and `blocks.{i}.attn.weights.cls_col` (N×H×T: how much each query reads
+from CLS) are hook points of every model whose token layout has a CLS token. A dump stores
+them at 2/T of the full weights' size (1% at 197 tokens), and a dump of the full
+`attn.weights` serves them as well (vitscope.dump reads the slice). Only a pattern that names
+a slice suffix matches slices: `blocks.*.attn.weights.cls_row` and `...weights.cls_*` do,
+`**`, `blocks.*.attn.*` and `blocks.*.attn.weights.*` do not, so globs over everything never capture the same numbers twice.
+
 Gradients are named like activations with a `grad:` prefix: `grad:blocks.*.attn.weights` in a
 plugin's `requires` asks for d logit[target] / d `blocks.i.attn.weights` of every block
 (`split_grads`, `with_grads`).
@@ -24,6 +32,29 @@ from vitscope.errors import HookError
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 GRAD_PREFIX = "grad:"   # `grad:<hook pattern>`: the gradient of the target logit at those points
+ATTENTION = "attn.weights"
+# slice suffix -> the axis of the N×H×T×T attention fixed at the CLS index
+SLICES = {"cls_row": 2, "cls_col": 3}
+
+
+def slice_of(name: str) -> tuple[str, str] | None:
+    """(source attention, slice suffix) of a CLS slice name, else None:
+    "blocks.3.attn.weights.cls_row" -> ("blocks.3.attn.weights", "cls_row")."""
+    source, _, suffix = name.rpartition(".")
+    if suffix in SLICES and source.endswith(ATTENTION):
+        return source, suffix
+    return None
+
+
+def with_slices(names: Iterable[str], has_cls: bool = True) -> list[str]:
+    """`names` with the CLS slices of each attention-weights name right after it (none for a
+    model without a CLS token), each once."""
+    out: list[str] = []
+    for n in names:
+        out.append(n)
+        if has_cls and n.endswith(ATTENTION) and not is_grad(n):
+            out += [f"{n}.{s}" for s in SLICES]
+    return list(dict.fromkeys(out))
 
 
 def is_grad(name: str) -> bool:
@@ -124,9 +155,12 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 
 def match_names(pattern: str, names: Iterable[str]) -> list[str]:
-    """The names matching one glob (see module docstring), in the order given."""
+    """The names matching one glob (see module docstring), in the order given. A CLS slice
+    matches only a pattern whose last segment spells part of its suffix (`cls_row`,
+    `cls_*`), not one of wildcards alone (`*`, `**`)."""
     rx = _glob_regex(pattern)
-    return [n for n in names if rx.match(n)]
+    named = pattern.rpartition(".")[2].strip("*?") != ""
+    return [n for n in names if rx.match(n) and (named or slice_of(n) is None)]
 
 
 def resolve_names(available: Iterable[str], patterns: str | Iterable[str]) -> list[str]:

@@ -288,14 +288,12 @@ def _model_hooks(ckpt):
     """Names the checkpoint's model offers to `requires` (its hook points and `grad:` of each;
     empty for models without hook points), and its ModelShape (None without hook points)."""
     from vitscope.checkpoint import load_checkpoint
-    from vitscope.hooks import hook_points, is_hooked
-    from vitscope.names import with_grads
+    from vitscope.hooks import hook_points, is_hooked, offered_names
     ck = load_checkpoint(ckpt)
     model = ck.build_model()
     if not is_hooked(model):
         return [], None
-    points = hook_points(model)
-    return with_grads(points), _shape(points, model.token_layout, ck.classes)
+    return offered_names(model), _shape(hook_points(model), model.token_layout, ck.classes)
 
 
 def _shape(hooks, layout, classes):

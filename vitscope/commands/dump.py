@@ -194,7 +194,7 @@ def info_cmd(path) -> None:
         if d.grad_hooks:
             click.echo(f"target       {d.target_spec}: gradients of the target logit at "
                        f"{len(d.grad_hooks)} hook points (grad: names below)")
-        filters = {h: _filter(d[h]) for h in d.names if h not in d.derived}
+        filters = {h: _filter(d[h]) for h in d.names if h not in d.derived and h not in d.sliced}
         asked = a.get("compression")
         used = sum(f == asked for f in filters.values())
         if "virtual" in filters.values():  # merged: the shards say how they are stored
@@ -210,6 +210,7 @@ def info_cmd(path) -> None:
                        f"one (LayerNorm outputs: the norms' weights are in the dump)")
             filters.update({h: f"derived: {s['function']} of {s['source']}"
                             for h, s in d.derived.items()})
+        filters.update({h: f"read from {s}" for h, s in d.sliced.items()})
         width = max((len(h) for h in d.names), default=0)
         for h in d.names:
             ds = d[h]

@@ -88,7 +88,7 @@ def hooks(ckpt: str, pattern: str | None) -> None:
     if not is_hooked(model):
         raise VitscopeError(f"'{ckpt}' holds a {ck.arch} model, which has no hook points; "
                             f"hooks exist on ViT checkpoints only.")
-    points = list_hook_points(model)
+    points = list_hook_points(model, slices=True)
     keep = set(resolve([n for n, _ in points], pattern)) if pattern else None
     width = max(len(n) for n, _ in points)
     for name, shape in points:

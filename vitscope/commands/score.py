@@ -68,12 +68,11 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     dev = capture_device(device)
     model = ck.build_model()
     from vitscope.analysis import missing_hooks
-    from vitscope.hooks import hook_points, is_hooked
-    from vitscope.names import with_grads
+    from vitscope.hooks import is_hooked, offered_names
     if not is_hooked(model):
         raise PluginError(f"'{ckpt}' holds a {ck.arch} model without hook points; score needs a "
                           f"ViT checkpoint.")
-    gone = missing_hooks(with_grads(hook_points(model)), entries)
+    gone = missing_hooks(offered_names(model), entries)
     if gone:
         what = "; ".join(f"{n} needs {', '.join(p)}" for n, p in gone.items())
         raise PluginError(f"The model of '{ckpt}' lacks hook points the plugins read ({what}).")
