@@ -127,7 +127,11 @@ RSS_CHILD = textwrap.dedent("""
     kw = dict(dtype="float32", compression="none", batch_size=64)
     capture(model, ds, sys.argv[1] + ".warmup.h5", limit=128, **kw)  # one-time allocations
     capture(model, ds, sys.argv[1], **kw)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
+    # VmHWM: this process image's own peak (ru_maxrss survives exec, so a child of a
+    # large pytest process would report the parent's size)
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
+    print(int(hwm[0].split()[1]) // 1024 if hwm else
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
 """)
 
 
@@ -429,7 +433,11 @@ BATCH_RSS_CHILD = textwrap.dedent("""
     C.BATCH_MEMORY = int(sys.argv[2])
     batch = None if sys.argv[3] == "auto" else int(sys.argv[3])
     C.capture(model, ds, sys.argv[1], hooks, batch_size=batch, compression="none")
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
+    # VmHWM: this process image's own peak (ru_maxrss survives exec, so a child of a
+    # large pytest process would report the parent's size)
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
+    print(int(hwm[0].split()[1]) // 1024 if hwm else
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)  # MiB
 """)
 
 

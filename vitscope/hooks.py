@@ -164,7 +164,7 @@ def list_hook_points(model: nn.Module, image_size: int | tuple[int, int] | None 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             _, cache = run_with_cache(model, x)
     finally:
         model.train(was_training)
