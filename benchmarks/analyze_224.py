@@ -79,7 +79,7 @@ def main() -> None:
            "MPLBACKEND": "Agg", "VITSCOPE_CACHE": str(work / "cache"),
            "VITSCOPE_BENCH_WORK": str(work)}
     images = work / "images"
-    if not images.exists():
+    if len(list(images.rglob("*.jpg"))) < args.images:   # a --work folder of an earlier, smaller run
         make_images(images, args.images, Path(args.images_from) if args.images_from else None)
     ckpt = Path(args.ckpt).resolve() if args.ckpt else work / "vit_s.pt"
     if not ckpt.exists():

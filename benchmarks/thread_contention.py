@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CLEAN = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "VITSCOPE_THREADS",
-         "VITSCOPE_THREADS_SET", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+         "VITSCOPE_THREADS_SET", "VITSCOPE_THREADS_SET_WAIT", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 def parse_args() -> argparse.Namespace:

@@ -12,11 +12,13 @@ import pytest
 
 from vitscope import threads
 
-CLEAN = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", threads.ENV, threads._MARK)
+CLEAN = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+         "KMP_BLOCKTIME", threads.ENV, threads._MARK, threads._MARK + "_WAIT")
 PROBE = ("import json, os, sys{pre}; import vitscope; from vitscope import threads; "
          "c = threads.current(); t = sys.modules.get('torch'); "
          "print(json.dumps({{'torch': t and t.get_num_threads(), "
          "'policy': os.environ.get('OMP_WAIT_POLICY'), 'omp': os.environ.get('OMP_NUM_THREADS'),"
+         " 'spin': os.environ.get('GOMP_SPINCOUNT'),"
          " 'threads': c.threads, 'source': c.source, 'cpus': c.cpus, 'busy': c.busy}}))")
 
 
@@ -45,9 +47,12 @@ def test_thread_policy_on_import_and_what_the_user_set_wins():
     auto, torch_first, user_torch, user_omp, torch_default = probes(
         (after, {}), ("; import torch", {}), ("; import torch; torch.set_num_threads(1)", {}),
         ("", {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"}), ("", {threads.ENV: "torch"}))
-    # vitscope imported before torch: idle OpenMP threads sleep instead of spinning, and the
-    # pool is the usable CPUs that no other process keeps busy
-    assert auto["policy"] == "PASSIVE"
+    # vitscope imported before torch: the pool is the usable CPUs that no other process keeps
+    # busy; idle OpenMP threads sleep at once when some are busy, else spin briefly first
+    if auto["busy"]:
+        assert (auto["policy"], auto["spin"]) == ("PASSIVE", None)
+    else:
+        assert (auto["policy"], auto["spin"]) == (None, str(threads.IDLE_SPINS))
     assert auto["source"] == "auto" and auto["cpus"] == threads.usable_cpus()
     assert 1 <= auto["threads"] <= auto["cpus"]
     assert auto["threads"] == threads.auto_threads(auto["cpus"], auto["busy"])
@@ -55,8 +60,8 @@ def test_thread_policy_on_import_and_what_the_user_set_wins():
     # torch imported first (library use): the wait policy can no longer act, the count still does
     assert torch_first["source"] == "auto" and torch_first["torch"] == torch_first["threads"]
     # what the user set wins
-    assert (user_omp["threads"], user_omp["omp"], user_omp["source"], user_omp["policy"]) == \
-        (1, "1", "OMP_NUM_THREADS", "ACTIVE")
+    assert (user_omp["threads"], user_omp["omp"], user_omp["source"], user_omp["policy"],
+            user_omp["spin"]) == (1, "1", "OMP_NUM_THREADS", "ACTIVE", None)
     assert torch_default["threads"] is None and torch_default["omp"] is None
     assert torch_default["policy"] is None          # torch's and OpenMP's own defaults
     assert (user_torch["torch"], user_torch["source"]) == (1, "torch.set_num_threads")
@@ -138,3 +143,19 @@ def test_bad_thread_settings_fail_before_any_work(tmp_path, fresh_choice, monkey
                                     "--runs-dir", str(tmp_path / "r")])
     assert res.exit_code == 2 and "VITSCOPE_THREADS" in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_the_wait_depends_on_whether_cpus_are_free_and_the_user_wins(monkeypatch):
+    for k in CLEAN:
+        monkeypatch.delenv(k, raising=False)
+    threads._wait_policy(idle=True)
+    assert os.environ["GOMP_SPINCOUNT"] == str(threads.IDLE_SPINS)
+    assert "OMP_WAIT_POLICY" not in os.environ
+    threads._wait_policy(idle=False)              # decided again (a child): vitscope's own
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delenv(threads._MARK + "_WAIT")
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("KMP_BLOCKTIME", "0")      # the user's: left alone, nothing added
+    threads._wait_policy(idle=True)
+    assert os.environ["KMP_BLOCKTIME"] == "0"
+    assert "GOMP_SPINCOUNT" not in os.environ and "OMP_WAIT_POLICY" not in os.environ
