@@ -57,7 +57,33 @@ def matches(derived: np.ndarray, stored: np.ndarray) -> bool:
     return mismatch(derived, stored) <= TOLERANCE
 
 
-class DerivedDataset:
+class _ReadView:
+    """What a hook point read from another one shares with an h5py.Dataset: `len()`,
+    `np.asarray(ds)`, and numpy-style keys normalised to one index per axis."""
+
+    shape: tuple[int, ...]
+    ndim: int
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[()]
+        return out if dtype is None else out.astype(dtype)
+
+    def _expand(self, key) -> tuple:
+        """`key` as a tuple of one index per axis (an Ellipsis expanded, the rest whole)."""
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            fill = self.ndim - (len(key) - 1)
+            key = key[:i] + (slice(None),) * fill + key[i + 1:]
+        if len(key) > self.ndim:
+            raise IndexError(f"{len(key)} indices for a {self.ndim}-dimensional hook point")
+        return key + (slice(None),) * (self.ndim - len(key))
+
+
+class DerivedDataset(_ReadView):
     """A hook point computed from a stored one when read; reads like the h5py.Dataset it
     replaces: `shape`, `dtype`, `ndim`, `len()`, `chunks`, `attrs["dims"]`, numpy-style
     slicing (`ds[a:b]`, `ds[:n, 0]`, `ds[[1, 5]]`, `ds[..., 3]`) and `np.asarray(ds)`.
@@ -83,16 +109,9 @@ class DerivedDataset:
         self.is_virtual = False
         self.compression = None
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __repr__(self) -> str:
         return (f"<DerivedDataset '{self.name}': {self.function} of "
                 f"'{self.source.name.rsplit('/', 1)[-1]}', shape {self.shape}, {self.dtype}>")
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[()]
-        return out if dtype is None else out.astype(dtype)
 
     def __getitem__(self, key) -> np.ndarray:
         lead, last = self._split(key)
@@ -102,18 +121,11 @@ class DerivedDataset:
 
     def _split(self, key) -> tuple[tuple, Any]:
         """(selection of the leading axes with the last axis whole, selection of the last)."""
-        key = key if isinstance(key, tuple) else (key,)
-        if any(k is Ellipsis for k in key):
-            i = next(i for i, k in enumerate(key) if k is Ellipsis)
-            fill = self.ndim - (len(key) - 1)
-            key = key[:i] + (slice(None),) * fill + key[i + 1:]
-        if len(key) > self.ndim:
-            raise IndexError(f"{len(key)} indices for a {self.ndim}-dimensional hook point")
-        key = key + (slice(None),) * (self.ndim - len(key))
+        key = self._expand(key)
         return key[:-1] + (slice(None),), key[-1]
 
 
-class SliceView:
+class SliceView(_ReadView):
     """A CLS row or column of a stored N×H×T×T attention dataset, read as the N×H×T hook
     point `<attention>.cls_row` / `.cls_col` (vitscope.names.SLICES): HDF5 reads only that
     row or column. Slices like an h5py dataset (`ds[a:b]`, `ds[a:b, :, p:]`, `ds[[1, 5]]`,
@@ -132,27 +144,12 @@ class SliceView:
         self.compression = None
         self.attrs = {"dims": ["N", "H", "T"]}
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __repr__(self) -> str:
         return (f"<SliceView '{self.name}': axis {self.axis} = {self.index} of "
                 f"'{getattr(self.source, 'name', '?')}', shape {self.shape}, {self.dtype}>")
 
-    def __array__(self, dtype=None, copy=None):
-        out = self[()]
-        return out if dtype is None else out.astype(dtype)
-
     def __getitem__(self, key) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        if key == ((),) or key == ():
-            key = ()
-        if any(k is Ellipsis for k in key):
-            i = next(i for i, k in enumerate(key) if k is Ellipsis)
-            key = key[:i] + (slice(None),) * (self.ndim - (len(key) - 1)) + key[i + 1:]
-        if len(key) > self.ndim:
-            raise IndexError(f"{len(key)} indices for a {self.ndim}-dimensional hook point")
-        key = key + (slice(None),) * (self.ndim - len(key))
+        key = self._expand(key)
         # N, H, then the free token axis, with the fixed one at its place in N×H×T×T.
         full = key[:2] + ((self.index, key[2]) if self.axis == 2 else (key[2], self.index))
         return np.asarray(self.source[full])
