@@ -73,6 +73,12 @@ class TokenAttention:
         M.scale_option(),
     )
 
+    CLS_ROWS = "blocks.*.attn.weights.cls_row"
+
+    def requires_for(self, options) -> tuple[str, ...]:
+        """query=cls (the default) reads only the CLS row of each attention: 1/T of it."""
+        return (self.CLS_ROWS,) if options.query == "cls" else self.requires
+
     def check(self, options, shape) -> None:
         select_layers(options.layers, shape.depth, "token-attention.layers")
         if options.query not in ("cls", "top"):
@@ -80,16 +86,24 @@ class TokenAttention:
                        shape.layout.num_prefix_tokens)
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
-        names = dump.match("blocks.*.attn.weights")
-        layers = select_layers(options.layers, len(names), "token-attention.layers")
         layout = dump.layout
         prefix, P = layout.num_prefix_tokens, layout.num_patches
         k = min(options.show, n_images(dump, options.limit))
-        chosen = [names[l] for l in layers]
-        received = received_attention(dump, chosen, k, prefix) if options.query == "top" else None
-        cls = cls_index(layout, self.name) if options.query == "cls" else layout.cls_index
-        q = query_rows(received, options.query, k, P, prefix, cls)
-        rows = np.stack([query_row(dump[nm][:k], q) for nm in chosen], axis=1)   # k×L×H×T
+        if options.query == "cls":   # the CLS rows alone (stored, or read from the weights)
+            cls = cls_index(layout, self.name)
+            names = dump.match(self.CLS_ROWS)
+            layers = select_layers(options.layers, len(names), "token-attention.layers")
+            q = np.full(k, cls, dtype=np.int64)
+            rows = np.stack([np.asarray(dump[names[l]][:k], np.float32) for l in layers],
+                            axis=1)                                          # k×L×H×T
+        else:
+            names = dump.match("blocks.*.attn.weights")
+            layers = select_layers(options.layers, len(names), "token-attention.layers")
+            chosen = [names[l] for l in layers]
+            received = received_attention(dump, chosen, k, prefix) \
+                if options.query == "top" else None
+            q = query_rows(received, options.query, k, P, prefix, layout.cls_index)
+            rows = np.stack([query_row(dump[nm][:k], q) for nm in chosen], axis=1)  # k×L×H×T
         maps = to_grid(rows[..., prefix:], layout.grid)             # k×L×H×h×w
         # Distillation/register tokens are not on the grid: say how much of the row they take.
         others = other_prefix(layout)

@@ -104,3 +104,46 @@ def test_hooks_lists_the_slices_and_cls_heatmap_captures_only_them(shapes_ckpt, 
     summary = json.loads((tmp_path / "slices" / "cls-heatmap" / "summary.json").read_text())
     assert summary
     assert dump.stat().st_size < (tmp_path / "full.h5").stat().st_size / 3
+
+
+def test_token_attention_with_query_cls_captures_only_the_cls_rows(shapes_ckpt, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run("analyze", shapes_ckpt, "-p", "token-attention", "-n", 12, "--static", "-o", "a")
+    assert res.exit_code == 0, res.output
+    (dump,) = (tmp_path / "outputs" / "dumps").glob("*.h5")
+    with Dump.open(dump) as d:
+        assert set(d.hooks) == set(d.match("blocks.*.attn.weights.cls_row"))
+    res = run("dump", shapes_ckpt, "-n", 12, "-o", tmp_path / "full.h5")
+    assert res.exit_code == 0, res.output
+    res = run("analyze", shapes_ckpt, "--dump", tmp_path / "full.h5", "-p", "token-attention",
+              "--static", "-o", "b")
+    assert res.exit_code == 0, res.output
+    with np.load(tmp_path / "a" / "token-attention" / "results.npz") as a, \
+            np.load(tmp_path / "b" / "token-attention" / "results.npz") as b:
+        np.testing.assert_allclose(a["maps"], b["maps"], rtol=1e-3, atol=1e-6)
+        assert (a["query_token"] == b["query_token"]).all()
+    # Another query reads every row: a dump of CLS rows does not serve it, the full one does.
+    res = run("analyze", shapes_ckpt, "--dump", dump, "-p", "token-attention",
+              "--opt", "token-attention.query=top", "-o", "c")
+    assert res.exit_code != 0 and "blocks.*.attn.weights" in res.output
+    res = run("analyze", shapes_ckpt, "--dump", tmp_path / "full.h5", "-p", "token-attention",
+              "--opt", "token-attention.query=top", "--static", "-o", "c")
+    assert res.exit_code == 0, res.output
+
+
+def test_a_broken_requires_for_falls_back_to_requires():
+    import warnings
+
+    from vitscope.plugin import discover
+    entry = discover().get("token-attention")
+    assert entry.requires_for({"query": "cls"}) == ("blocks.*.attn.weights.cls_row",)
+    assert entry.requires_for({"query": "top"}) == entry.requires == ("blocks.*.attn.weights",)
+    entry.plugin.requires_for = lambda options: 42      # on this instance only
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert entry.requires_for({"query": "cls"}) == entry.requires
+        assert any("requires_for() failed" in str(w.message) for w in caught)
+    finally:
+        del entry.plugin.requires_for

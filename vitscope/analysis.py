@@ -70,13 +70,18 @@ class PluginResult:
         return "\n".join([text] + [f"        warning: {w}" for w in self.warnings])
 
 
-def union_requires(entries: Iterable[PluginEntry]) -> list[str]:
-    """The hook patterns the chosen (working) plugins need, each once, in order."""
-    return list(dict.fromkeys(p for e in entries if e.ok for p in e.requires))
+def union_requires(entries: Iterable[PluginEntry],
+                   values: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The hook patterns the chosen (working) plugins need with their options `values`
+    (PluginEntry.requires_for), each once, in order."""
+    values = values or {}
+    return list(dict.fromkeys(p for e in entries if e.ok
+                              for p in e.requires_for(values.get(e.name))))
 
 
 def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
-                  model_hooks: Iterable[str] | None = None) -> dict[str, list[str]]:
+                  model_hooks: Iterable[str] | None = None,
+                  values: dict[str, dict[str, Any]] | None = None) -> dict[str, list[str]]:
     """plugin name -> its `requires` patterns that `available` (a model's hook points, or what
     a dump holds; `grad:<hook>` for gradients, see vitscope.names.with_grads) does not fully
     serve, each as text for an error message.
@@ -84,8 +89,9 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
     A pattern is resolved against `model_hooks` (every hook point of the model; default
     `available`), and all of its matches must be available: a dump holding blocks 1–2 of
     `blocks.*.attn.weights` does not serve a plugin that reads every block, which would
-    otherwise run on part of the model and number its layers wrongly."""
-    from vitscope.names import match_names, summarize_names
+    otherwise run on part of the model and number its layers wrongly. `values`: the plugins'
+    options, for plugins whose reads depend on them (PluginEntry.requires_for)."""
+    from vitscope.names import ATTENTION, SLICES, match_names, slice_of, summarize_names
     names = list(available)
     have = set(names)
     universe = list(model_hooks) if model_hooks else names
@@ -94,11 +100,14 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
         if not e.ok:
             continue
         gone = []
-        for pattern in e.requires:
+        for pattern in e.requires_for((values or {}).get(e.name)):
             wanted = match_names(pattern, universe) or [pattern]
             lacking = [w for w in wanted if w not in have]
             if len(lacking) == len(wanted):
-                gone.append(pattern)
+                no_cls = pattern.rpartition(".")[2] in SLICES and not any(
+                    slice_of(n) for n in universe) and any(
+                    n.endswith(ATTENTION) for n in universe)
+                gone.append(f"{pattern} (this model has no CLS token)" if no_cls else pattern)
             elif lacking:
                 gone.append(f"{pattern} (lacks {summarize_names(lacking)})")
         if gone:
@@ -233,7 +242,7 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
         run_info = {**describe_dump(dump, limit), **(info or {})}
     with terminate_as_exception(), Staging(run_dir) as stage:
         for entry in entries:
-            gone = missing_hooks(held, [entry], model_hooks).get(entry.name)
+            gone = missing_hooks(held, [entry], model_hooks, values).get(entry.name)
             if gone:  # never call render on a dump without what the plugin reads
                 key = output_folder(entry, (values or {}).get(entry.name))
                 res = PluginResult(entry.name, entry.source, False, out_dir=run_dir / key,

@@ -275,6 +275,26 @@ class PluginEntry:
     def option_map(self) -> dict[str, Option]:
         return {o.name: o for o in self.options}
 
+    def requires_for(self, given: dict[str, Any] | None = None) -> tuple[str, ...]:
+        """The hook patterns a render with the options `given` reads: what the plugin's
+        optional `requires_for(options)` returns (fewer than `requires`, e.g. token-attention
+        with query=cls reads only the CLS rows), else `requires`. A `requires_for` that raises
+        or returns anything but a non-empty sequence of patterns falls back to `requires`,
+        with a warning."""
+        fn = getattr(self.plugin, "requires_for", None) if self.ok else None
+        if fn is None:
+            return self.requires
+        try:
+            got = fn(self.render_options(given))
+            if isinstance(got, (list, tuple)) and got and all(
+                    isinstance(p, str) and p for p in got):
+                return tuple(got)
+            raise TypeError(f"it returned {_short_repr(got)}, not a tuple of hook patterns")
+        except Exception as err:   # a plugin's own bug: read what it declared in `requires`
+            warnings.warn(f"plugin {self.name}: requires_for() failed ({type(err).__name__}: "
+                          f"{_one_line(err)}); capturing its `requires` instead.", stacklevel=2)
+            return self.requires
+
     def render_options(self, given: dict[str, Any] | None = None, **common: Any) -> RenderOptions:
         """Declared defaults, overridden by `given` (already converted), plus the common keys."""
         values = {o.name: o.default for o in self.options}

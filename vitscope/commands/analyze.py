@@ -145,7 +145,7 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_f
         model_hooks = available
     if shape is not None:   # layer and token ranges of --opt, before any folder is touched
         check_options(working, values, shape)
-    missing = missing_hooks(available, working, model_hooks)
+    missing = missing_hooks(available, working, model_hooks, values)
     if missing and len(missing) == len(working):
         what = "; ".join(f"{name} needs {', '.join(p)}" for name, p in missing.items())
         fix = ("capture them with `vitscope dump CKPT --hooks ...` or run analyze without --dump"
@@ -155,7 +155,7 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_f
         click.echo(f"FAILED  {name:<18} needs hook points {', '.join(patterns)}, which the "
                    f"{where} does not have", err=True)
     working = [e for e in working if e.name not in missing]
-    patterns = union_requires(working)
+    patterns = union_requires(working, values)
     # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
     created = make_output_dir(run, PluginError, "choose another output folder with -o")
     cleanup.push(lambda kind, *_: remove_empty(created) if kind is not None else None)
