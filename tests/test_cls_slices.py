@@ -147,3 +147,14 @@ def test_a_broken_requires_for_falls_back_to_requires():
         assert any("requires_for() failed" in str(w.message) for w in caught)
     finally:
         del entry.plugin.requires_for
+
+
+def test_slices_of_a_stored_attention_are_not_stored_twice(tmp_path, shapes_ckpt):
+    model, ck = load_model(shapes_ckpt)
+    ds = load_dataset("shapes:val=48", "val", 16)
+    path = capture(model, ds, tmp_path / "both.h5", ["blocks.*.attn.weights", *SLICE_HOOKS],
+                   ckpt=ck, limit=4)
+    with Dump.open(path) as d:
+        assert d.hooks == ["blocks.0.attn.weights", "blocks.1.attn.weights"]
+        assert d.covers(["blocks.*.attn.weights", *SLICE_HOOKS], 4)
+        assert isinstance(d["blocks.1.attn.weights.cls_col"], SliceView)

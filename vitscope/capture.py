@@ -229,7 +229,10 @@ def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[
     """Hook names/patterns, some `grad:`-prefixed -> (activation names, gradient names), each
     in forward order; HookError for a pattern that matches nothing."""
     acts, grads = split_grads([hooks] if isinstance(hooks, str) else list(hooks))
-    return resolve_names(offered_names(model, grads=False), acts), resolve(model, grads)
+    names = resolve_names(offered_names(model, grads=False), acts)
+    # a CLS slice of an attention that is stored whole is read from it (vitscope.dump)
+    names = [n for n in names if slice_of(n) is None or slice_of(n)[0] not in names]
+    return names, resolve(model, grads)
 
 
 def num_classes(model) -> int:
