@@ -62,6 +62,7 @@ def test_setting_folder_names_are_portable_and_never_shared():
     assert setting_folder("rollout", {}) == "rollout"
     assert setting_folder("token-attention", {"query": 5}) == "token-attention@query=5"
     assert setting_folder("x", {"show": True, "ratio": 0.25}) == "x@ratio=0.25,show=true"
+    assert setting_folder("x", {"r": 0.1234567}) != setting_folder("x", {"r": 0.1234568})
     # Characters a file system or shell could mind are replaced, and a hash keeps apart
     # values that would otherwise map to one name.
     a, b = setting_folder("x", {"layers": "0 2"}), setting_folder("x", {"layers": "0/2"})

@@ -66,12 +66,12 @@ DEFAULT_N = 64                      # images ensure_dump captures when no n is g
 DEFAULT_BATCH = 64                  # images per forward pass, unless memory says fewer
 # What one batch may hold while it is captured (activations, gradients, the autograd graph,
 # and the batches queued for the writer): the automatic batch size keeps under it, so a
-# ViT-S/16 at 224 px with gradients captures in batches of a few images, not 64 (about 9 GB).
+# ViT-S/16 at 224 px with gradients captures in batches of 7, not 64 (measured on the 2-core
+# VM, benchmarks/analyze_224.py at 64 images: 6.3 GB peak with 64, 2.1 GB with 7).
 BATCH_MEMORY = 1 << 30
 # One visible folder for every dump: `vitscope dump` without -o writes `<run>-<split>-<n>.h5`
 # there, `vitscope analyze` captures what it needs as `<run>-<split>-<n>-<key>.h5` beside them.
-USER_DUMP_DIR = Path("outputs/dumps")
-DEFAULT_DUMP_DIR = USER_DUMP_DIR
+DEFAULT_DUMP_DIR = Path("outputs/dumps")
 # Where analyze captured before 2026-12 (a hidden folder users did not find): still searched,
 # so the dumps an earlier version made keep being reused; nothing new is written there.
 LEGACY_DUMP_DIR = Path("outputs/.dumps")
@@ -203,13 +203,13 @@ def capture_bytes_per_image(model, names: Iterable[str], grads: Iterable[str],
     hook points' shapes at the model's input size (one forward pass of one image)."""
     from vitscope.hooks import list_hook_points
 
+    names, grads = list(names), list(grads)
     sizes = {name: int(np.prod([d for d in shape[1:]], dtype=np.int64))
              for name, shape in list_hook_points(model)}
     every_point = sum(sizes.values())
     for name in names:                       # a CLS slice: one row of its attention
         if slice_of(name) is not None and slice_of(name)[0] in sizes:
             sizes[name] = sizes[slice_of(name)[0]] // model.token_layout.num_tokens
-    names, grads = list(names), list(grads)
     stored = sum(sizes.get(n, 0) for n in names) + sum(sizes.get(n, 0) for n in grads)
     graph = every_point if grads else 0
     item = 2 if dtype == "float16" else 4

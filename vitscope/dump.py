@@ -357,8 +357,7 @@ class Dump:
         """Every name the model offers (hook points, and `grad:` of each): what `requires`
         patterns are resolved against."""
         model = list(self.attrs.get("model_hooks") or self.hooks)
-        return self._with_slices(model) + [GRAD_PREFIX + h for h in model
-                                           if slice_of(h) is None]
+        return self._with_slices(model) + [GRAD_PREFIX + h for h in model]
 
     def _with_slices(self, names: list[str]) -> list[str]:
         return with_slices(names, has_cls=self.layout.cls_index is not None)

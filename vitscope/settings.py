@@ -12,7 +12,8 @@ the two can be compared without `-o`; index.html shows both, each titled with it
 and manifest.json records the plugin and its options per folder. An option given at its
 default value names no setting (`--opt rollout.fusion=mean` renders into `rollout/`).
 
-Folder names stay portable: values are written as the user would type them, characters
+Folder names stay portable: values are written as the user would type them (floats as
+their shortest exact form, so 0.1234567 and 0.1234568 stay apart), characters
 outside `[A-Za-z0-9._+-]` become `_`, and a name that had to be changed that way or is longer
 than MAX_SUFFIX gets a hash of the exact options, so two settings never share a folder.
 """
@@ -32,11 +33,7 @@ SUFFIX_RE = re.compile(r"[A-Za-z0-9._+=,~-]{1,%d}" % MAX_SUFFIX)
 def changed_options(entry, values: dict[str, Any] | None) -> dict[str, Any]:
     """The options in `values` whose value differs from the plugin's declared default,
     sorted by name."""
-    defaults = {}
-    try:
-        defaults = {o.name: o.default for o in entry.options}
-    except Exception:   # a broken plugin's attributes: every given option counts
-        pass
+    defaults = {o.name: o.default for o in entry.options}
     return {k: v for k, v in sorted((values or {}).items())
             if k not in defaults or not _same(v, defaults[k])}
 
@@ -50,9 +47,7 @@ def _same(value: Any, default: Any) -> bool:
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return format(value, "g")
-    return str(value)
+    return repr(value) if isinstance(value, float) else str(value)   # repr: exact, shortest
 
 
 def setting_folder(plugin: str, changed: dict[str, Any]) -> str:

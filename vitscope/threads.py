@@ -23,8 +23,8 @@ or any `vitscope` command):
 and when torch was imported first (library use), `torch.set_num_threads(n)` if torch's count is
 still its own default. What the user set always wins, most specific first: `--threads
 N|auto|torch` on a command, `VITSCOPE_THREADS` = N | auto | torch (torch: leave torch's and
-OpenMP's defaults alone, as vitscope did before), OMP_NUM_THREADS / OMP_WAIT_POLICY in the
-environment (and OMP_WAIT_POLICY / GOMP_SPINCOUNT / KMP_BLOCKTIME for the wait), an earlier
+OpenMP's defaults alone, as vitscope did before), OMP_NUM_THREADS in the environment (and
+OMP_WAIT_POLICY / GOMP_SPINCOUNT / KMP_BLOCKTIME for the wait), an earlier
 `torch.set_num_threads`. The choice is made once per process (the
 first `import vitscope`); `--threads` changes it.
 """

@@ -106,7 +106,7 @@ def dump() -> None:
 def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, compression, shard,
                 seed, in_order, output, force, device, target, derive, quiet) -> None:
     """Capture activations of CKPT into an HDF5 dump (and gradients for `grad:` hooks)."""
-    from vitscope.capture import (DEFAULT_HOOKS, USER_DUMP_DIR, capture, capture_device,
+    from vitscope.capture import (DEFAULT_DUMP_DIR, DEFAULT_HOOKS, capture, capture_device,
                                   check_limit, dataset_for, num_classes, parse_shard,
                                   parse_target, resolve_request, run_name, shard_range)
     from vitscope.checkpoint import load_model
@@ -126,7 +126,7 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
     dataset = dataset_for(ck, data, split, data_dir)
     split = dataset.split
     n = min(limit or len(dataset), len(dataset))
-    out = Path(output) if output else USER_DUMP_DIR / f"{run_name(ck.path)}-{split}-{n}.h5"
+    out = Path(output) if output else DEFAULT_DUMP_DIR / f"{run_name(ck.path)}-{split}-{n}.h5"
     merged = out
     if parsed is not None:  # one file per shard, so shards on one filesystem never collide
         suffix = f"-shard{parsed[0]}of{parsed[1]}"

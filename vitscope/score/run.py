@@ -56,8 +56,8 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     the report (what score.json holds) plus `_arrays` with per-image numbers for figures."""
     import torch
 
-    from vitscope.capture import (CAPTURE_SEED, capture, capture_device, dataset_for,
-                                  ensure_dump, file_sha256)
+    from vitscope.capture import (CAPTURE_SEED, DEFAULT_BATCH, capture, capture_device,
+                                  dataset_for, ensure_dump, file_sha256)
     from vitscope.analysis import union_requires
     from vitscope.checkpoint import load_checkpoint
     from vitscope.data import normalization, to_model_input
@@ -70,12 +70,14 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     dev = device if isinstance(device, torch.device) else capture_device(device)
     model = ckpt.build_model().to(dev).eval()
     FA.check_perturbation(model, perturbation)
-    patterns = union_requires(entries)
     values = values or {}
+    patterns = union_requires(entries, values)
+    # captures: memory-sized (capture.auto_batch_size, at most 64) unless asked for fewer
+    capture_batch = None if batch_size >= DEFAULT_BATCH else batch_size
 
     t0 = time.perf_counter()
     dump_path, reused = ensure_dump(ckpt.path, data=data, split=split, n=images, hooks=patterns,
-                                    batch_size=min(batch_size, 64), device=dev, target=target)
+                                    batch_size=capture_batch, device=dev, target=target)
     echo(f"{'Reusing' if reused else 'Captured'} dump {dump_path}")
     with tempfile.TemporaryDirectory(prefix="vitscope-score-") as tmp, Dump.open(dump_path) as dump:
         n = min(images, len(dump))
@@ -117,7 +119,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
         for k, (label, random_model) in enumerate(RA.cascade(model, seed)):
             path = capture(random_model, dataset, Path(tmp) / f"random-{k}.h5", patterns,
                            ckpt=None, normalize=(mean, std), classes=list(dump.classes),
-                           limit=n, batch_size=min(batch_size, 64), device=dev,
+                           limit=n, batch_size=capture_batch, device=dev,
                            seed=CAPTURE_SEED, target=explicit, force=True)
             with Dump.open(path) as rdump:
                 if not np.array_equal(rdump.indices, indices):
