@@ -11,7 +11,7 @@ by later runs. "bytes per image" of these dumps includes the gradients; the capt
 measures the default hook points alone. Every measurement runs in a fresh subprocess that first imports what the plugin
 needs (vitscope, matplotlib, plotly, and for cls-embedding umap), records its peak RSS at that
 point (the import baseline), then renders the plugin with the code a plugin's own process
-runs under `vitscope analyze --dump` (vitscope.isolation; static and interactive figures) and
+runs under `vitscope analyze --dump` (vitscope.analyze.isolation; static and interactive figures) and
 reports the peak RSS again. `analyze --all` is the real command; its peak is the proportional
 set size of its whole process tree (the plugins' processes included), sampled every 0.2 s. "MB" is the peak
 above the import baseline, "total" the peak of the whole process. cls-embedding is run once
@@ -91,7 +91,7 @@ def child_plugin(spec: dict) -> dict:
     import matplotlib.pyplot  # noqa: F401
     import plotly.graph_objects  # noqa: F401
 
-    from vitscope.isolation import _render   # what a plugin's own process runs
+    from vitscope.analyze.isolation import _render   # what a plugin's own process runs
     from vitscope.plugin import discover
 
     entry = discover().get(spec["plugin"]).load()
@@ -99,13 +99,13 @@ def child_plugin(spec: dict) -> dict:
         import sklearn.metrics  # noqa: F401
         import sklearn.neighbors  # noqa: F401
 
-        from vitscope.jit import load_umap
+        from vitscope.render.umap_cache import load_umap
         load_umap()
     base = peak_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     t_import = t0 - t_import
     with tempfile.TemporaryDirectory() as tmp:
-        # `vitscope analyze` renders each plugin in a process of its own (vitscope.isolation);
+        # `vitscope analyze` renders each plugin in a process of its own (vitscope.analyze.isolation);
         # here the same rendering runs in this process, so its peak is this process's
         options = entry.render_options(spec.get("values", {}), static=True, interactive=True,
                                        format="png", limit=spec.get("limit"), run_dir=Path(tmp))
@@ -163,7 +163,7 @@ def child_capture(spec: dict) -> dict:
     import torch
 
     from vitscope.capture import DEFAULT_HOOKS, capture, dataset_for, image_order
-    from vitscope.checkpoint import load_model
+    from vitscope.model.checkpoint import load_model
     from vitscope.data import normalization, to_model_input
 
     torch.set_num_threads(spec["threads"])
@@ -203,7 +203,7 @@ def child_sizes(spec: dict) -> dict:
 
     from vitscope.capture import DEFAULT_HOOKS, capture
     from vitscope.data import ImageDataset
-    from vitscope.model import ViT, preset
+    from vitscope.model.vit import ViT, preset
 
     torch.set_num_threads(spec["threads"])
     rows = []

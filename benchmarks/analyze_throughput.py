@@ -35,11 +35,11 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(args.threads)
-    from vitscope.analysis import render_plugin, union_requires
+    from vitscope.analyze.run import render_plugin, union_requires
     from vitscope.capture import capture
     from vitscope.data import load_dataset
     from vitscope.dump import Dump
-    from vitscope.model import ViT, preset
+    from vitscope.model.vit import ViT, preset
     from vitscope.plugin import BUILTINS, discover
 
     registry = discover()

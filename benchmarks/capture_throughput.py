@@ -32,8 +32,8 @@ import torch
 from vitscope.capture import DEFAULT_HOOKS, DTYPES, capture
 from vitscope.data import ImageDataset, to_model_input
 from vitscope.dump import DumpWriter
-from vitscope.hooks import attach, resolve
-from vitscope.model import ViT, preset
+from vitscope.model.hooks import attach, resolve
+from vitscope.model.vit import ViT, preset
 
 SETS = {"(a) cls": ("cls",), "(b) attention": ("blocks.*.attn.weights",), "(c) default": DEFAULT_HOOKS}
 MEAN = STD = [0.5, 0.5, 0.5]

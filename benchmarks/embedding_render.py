@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))      # the harness: a real Chromium over
 
 from browser import Browser  # noqa: E402
 
-from vitscope.interactive import plotly_js  # noqa: E402
+from vitscope.render.interactive import plotly_js  # noqa: E402
 from vitscope.plugins.cls_embedding import embedding_figure  # noqa: E402
 
 STEPS = ("draw", "zoom", "layer", "hover")

@@ -1,4 +1,4 @@
-"""What rendering each plugin in a child process of its own costs (vitscope.isolation).
+"""What rendering each plugin in a child process of its own costs (vitscope.analyze.isolation).
 
     python benchmarks/plugin_isolation.py                  # 12-image dump, 15 repeats
     python benchmarks/plugin_isolation.py --repeats 30 --plugin rollout --plugin cls-heatmap
@@ -57,7 +57,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from vitscope.dump import Dump
-    from vitscope.isolation import context, run_plugin, warm_up
+    from vitscope.analyze.isolation import context, run_plugin, warm_up
     from vitscope.plugin import PluginEntry, discover
     from vitscope.testing import make_dump
 

@@ -9,7 +9,7 @@ stopped after it) and each thread setting, it runs the real CLI in a fresh proce
     vitscope train --config shapes-quick --epochs 1 --set train_subset=N --set val_subset=200
 
 and reads the epoch's training images/s from the run's metrics.jsonl. Thread settings are
-VITSCOPE_THREADS values (vitscope/threads.py):
+VITSCOPE_THREADS values (vitscope/_internal/threads.py):
 
     torch   torch's and OpenMP's own defaults: one thread per core, idle threads spin
             (what every vitscope run did before issue #13)
@@ -55,7 +55,7 @@ def parse_args() -> argparse.Namespace:
 
 def usable_cpus() -> int:
     sys.path.insert(0, str(ROOT))
-    from vitscope.threads import usable_cpus as cpus
+    from vitscope._internal.threads import usable_cpus as cpus
     return cpus()
 
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from vitscope.data import dataset_stats, load_dataset
-from vitscope.datasets.folder import split_dirs
-from vitscope.model import count_parameters
+from vitscope.data.folder import split_dirs
+from vitscope.model.vit import count_parameters
 from vitscope.train.augment import EpochPlan
 from vitscope.train.config import make_config
 from vitscope.train.distributed import DistInfo, pick_device

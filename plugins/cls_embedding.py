@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope import figures as F
-from vitscope import interactive as I
+from vitscope.render import figures as F
+from vitscope.render import interactive as I
 from vitscope.errors import PluginError
-from vitscope.jit import load_umap
-from vitscope.maps import (cls_index, layer_spec, n_images, other_prefix_names, read_chunks,
+from vitscope.render.umap_cache import load_umap
+from vitscope.plugin.reading import (cls_index, layer_spec, n_images, other_prefix_names, read_chunks,
                            select_layers)
 from vitscope.plugin import Option
 
@@ -153,7 +153,7 @@ def umap_2d(x: np.ndarray, seed: int, n_neighbors: int, n_epochs: int = 200) -> 
     points (umap's own exact path below 4,096 points goes through a slow Python-callable
     metric; its approximate NN-descent recompiles part of its numba code in every process),
     and from umap's approximate NN-descent beyond. numba's compiled code is cached across
-    runs (vitscope.jit). 200 epochs, umap's own choice for large data, instead of 500 for
+    runs (vitscope.render.umap_cache). 200 epochs, umap's own choice for large data, instead of 500 for
     small data: the same picture at half the cost."""
     try:
         umap = load_umap()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope import figures as F
-from vitscope import interactive as I
-from vitscope import mosaic as M
-from vitscope.maps import (ClassMeans, NanMean, cls_index, layer_spec, mask_area, mass_in_mask,
+from vitscope.render import figures as F
+from vitscope.render import interactive as I
+from vitscope.render import mosaic as M
+from vitscope.plugin.reading import (ClassMeans, NanMean, cls_index, layer_spec, mask_area, mass_in_mask,
                            n_images, other_prefix, patch_coverage, prefix_note, rows_for,
                            select_layers, to_grid)
 from vitscope.plugin import Option

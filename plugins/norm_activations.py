@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope import figures as F
-from vitscope import interactive as I
-from vitscope import mosaic as M
-from vitscope.maps import (layer_spec, n_images, other_prefix, other_prefix_names, rows_per_read,
+from vitscope.render import figures as F
+from vitscope.render import interactive as I
+from vitscope.render import mosaic as M
+from vitscope.plugin.reading import (layer_spec, n_images, other_prefix, other_prefix_names, rows_per_read,
                            select_layers, to_grid)
 from vitscope.plugin import Option
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope import figures as F
-from vitscope import interactive as I
-from vitscope import mosaic as M
-from vitscope.mapset import append_maps
-from vitscope.maps import (NanMean, block_index, cls_index, mask_area, mask_summary_from,
+from vitscope.render import figures as F
+from vitscope.render import interactive as I
+from vitscope.render import mosaic as M
+from vitscope.plugin.maps import append_maps
+from vitscope.plugin.reading import (NanMean, block_index, cls_index, mask_area, mask_summary_from,
                            mass_in_mask, n_images, other_prefix, patch_coverage, pointing_hits,
                            prefix_note, rows_for, to_grid)
 from vitscope.plugin import Option

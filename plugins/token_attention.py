@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope import figures as F
-from vitscope import interactive as I
-from vitscope import mosaic as M
+from vitscope.render import figures as F
+from vitscope.render import interactive as I
+from vitscope.render import mosaic as M
 from vitscope.errors import PluginError
-from vitscope.maps import (cls_index, layer_spec, n_images, other_prefix, prefix_note,
+from vitscope.plugin.reading import (cls_index, layer_spec, n_images, other_prefix, prefix_note,
                            select_layers, to_grid)
 from vitscope.plugin import Option
 

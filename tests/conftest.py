@@ -10,8 +10,8 @@ import torch
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-from vitscope.checkpoint import save_checkpoint  # noqa: E402
-from vitscope.model import ModelConfig, ViT  # noqa: E402
+from vitscope.model.checkpoint import save_checkpoint  # noqa: E402
+from vitscope.model.vit import ModelConfig, ViT  # noqa: E402
 
 TINY = dict(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0,
             num_classes=5)
@@ -51,7 +51,7 @@ def tiny_ckpt(tmp_path, tiny_vit):
 @pytest.fixture
 def shapes_ckpt(tmp_path):
     """A tiny ViT checkpoint whose train_config names a small `shapes` set (dump/capture tests)."""
-    from vitscope.datasets.shapes import CLASSES
+    from vitscope.data.shapes import CLASSES
     torch.manual_seed(0)
     model = ViT(ModelConfig(**{**TINY, "num_classes": len(CLASSES)})).eval()
     return save_checkpoint(tmp_path / "run" / "best.pt", model, classes=list(CLASSES),

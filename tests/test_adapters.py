@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitscope.hooks import attach, hook_points, run_with_cache
+from vitscope.model.hooks import attach, hook_points, run_with_cache
 
 pytest.importorskip("timm")
 pytest.importorskip("transformers")
@@ -41,7 +41,7 @@ IDS = [f"{f}-{n}-{'x'.join(map(str, g))}" for f, n, _, _, g in MODELS]
 
 
 def adapted(family, name, kwargs):
-    from vitscope.adapters import build
+    from vitscope.model.adapters import build
     torch.manual_seed(0)
     model = build(family, name, **kwargs).eval()
     with torch.no_grad():   # random init leaves some heads at zero (torchvision): perturb all

@@ -14,7 +14,7 @@ from vitscope.cli import main
 from vitscope.errors import PluginError
 
 NO_UMAP = ["--opt", "cls-embedding.umap=false"]
-NO_UMAP_FOLDER = "cls-embedding@umap=false"      # a setting's own folder (vitscope.settings)
+NO_UMAP_FOLDER = "cls-embedding@umap=false"      # a setting's own folder (vitscope.analyze.setting_folders)
 
 
 def run(*args):
@@ -43,7 +43,7 @@ def test_analyze_all_then_reuse_the_dump_without_running_the_model(shapes_ckpt, 
 
     def forbidden(*a, **k):
         raise AssertionError("the model ran although a covering dump exists")
-    monkeypatch.setattr("vitscope.model.ViT.forward", forbidden)
+    monkeypatch.setattr("vitscope.model.vit.ViT.forward", forbidden)
     res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--images", 8, "--static")
     assert res.exit_code == 0, res.output
     assert "Reusing dump outputs/dumps/run-val-12-" in res.output
@@ -90,7 +90,7 @@ def test_one_failing_plugin_does_not_stop_the_others(small_dump, tmp_path, monke
 
 FIGURE_KINDS_MODULE = """
 from pathlib import Path
-from vitscope import figures
+from vitscope.render import figures
 
 class StaticOnly:
     name = "static-only"
@@ -123,7 +123,7 @@ def test_ok_says_which_figures_asked_for_a_plugin_did_not_write(small_dump, tmp_
     a plain "ok"; one that writes only results is fine where no figure is asked for (score)."""
     from test_plugin_system import write_fake_distribution
 
-    from vitscope.analysis import render_plugin
+    from vitscope.analyze.run import render_plugin
     from vitscope.plugin import discover
     root = write_fake_distribution(tmp_path / "site", "fake_figure_kinds",
                                    {"static-only": "{mod}:StaticOnly",
@@ -218,9 +218,9 @@ def test_a_given_dump_must_cover_the_plugins_and_match_the_checkpoint(small_dump
 
 
 def test_epoch_analyzer_renders_into_epoch_folders(tmp_path):
-    from vitscope.analysis import make_epoch_analyzer
+    from vitscope.analyze.run import make_epoch_analyzer
     from vitscope.data import load_dataset
-    from vitscope.model import ModelConfig, ViT
+    from vitscope.model.vit import ModelConfig, ViT
 
     data = load_dataset("shapes:val=20,train=20", "val", 16)
     with pytest.raises(PluginError, match="Did you mean 'rollout'"):
@@ -333,7 +333,7 @@ def test_options_must_be_finite_and_both_figure_flags_mean_both(small_dump, tmp_
 
 def test_a_failing_epoch_analysis_does_not_stop_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    import vitscope.analysis as analysis
+    import vitscope.analyze.run as analysis
     real = analysis.render_plugins
 
     def disk_full(*a, **k):

@@ -14,19 +14,19 @@ import torch
 from click.testing import CliRunner
 
 from vitscope.capture import capture, ensure_dump
-from vitscope.checkpoint import load_model
+from vitscope.model.checkpoint import load_model
 from vitscope.cli import main
 from vitscope.data import ImageDataset, load_dataset
 from vitscope.dump import Dump
 from vitscope.errors import DataError, DumpError, HookError
-from vitscope.model import ViT
+from vitscope.model.vit import ViT
 
 # A capture that pauses inside its third batch (two batches already handed to the writer).
 PAUSING_CHILD = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
     from vitscope.capture import capture
-    from vitscope.checkpoint import load_model
+    from vitscope.model.checkpoint import load_model
     from vitscope.data import load_dataset
     model, ck = load_model(sys.argv[1])
     ds = load_dataset("shapes:val=48", "val", 16)
@@ -116,7 +116,7 @@ RSS_CHILD = textwrap.dedent("""
     torch.set_num_threads(1)
     from vitscope.capture import capture
     from vitscope.data import ImageDataset
-    from vitscope.model import ModelConfig, ViT
+    from vitscope.model.vit import ModelConfig, ViT
     n = int(sys.argv[2])
     torch.manual_seed(0)
     model = ViT(ModelConfig(image_size=16, patch_size=4, embed_dim=64, depth=2, num_heads=4,
@@ -391,7 +391,7 @@ def test_dump_info_shows_the_filter_each_hook_got(tmp_path, shapes_ckpt):
     lines = {l.split()[0]: l for l in res.output.splitlines() if l.startswith("  ")}
     for hook, used in filters.items():
         assert lines[hook].rstrip().endswith(used), lines[hook]
-    for hook, source in derived.items():   # computed on read (vitscope.derive), not stored
+    for hook, source in derived.items():   # computed on read (vitscope.dump.derive), not stored
         assert lines[hook].rstrip().endswith(f"derived: layer_norm of {source}"), lines[hook]
     assert set(filters.values()) <= {"lzf", "raw"}
     if "raw" in filters.values():
@@ -399,8 +399,8 @@ def test_dump_info_shows_the_filter_each_hook_got(tmp_path, shapes_ckpt):
 
 
 def test_the_training_data_of_a_checkpoint_is_named_when_it_is_gone(tmp_path, monkeypatch):
-    from vitscope.checkpoint import save_checkpoint
-    from vitscope.model import ModelConfig
+    from vitscope.model.checkpoint import save_checkpoint
+    from vitscope.model.vit import ModelConfig
     monkeypatch.chdir(tmp_path)
     model = ViT(ModelConfig(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
                             num_classes=3)).eval()
@@ -422,7 +422,7 @@ BATCH_RSS_CHILD = textwrap.dedent("""
     torch.set_num_threads(1)
     from vitscope import capture as C
     from vitscope.data import ImageDataset
-    from vitscope.model import ModelConfig, ViT
+    from vitscope.model.vit import ModelConfig, ViT
     torch.manual_seed(0)
     model = ViT(ModelConfig(image_size=64, patch_size=4, embed_dim=32, depth=2, num_heads=2,
                             num_classes=10)).eval()          # 257 tokens: attention dominates
@@ -445,7 +445,7 @@ def test_the_automatic_batch_keeps_a_gradient_capture_within_its_memory(tmp_path
     """At 257 tokens with attention gradients, 64 images a batch hold hundreds of MB; the
     automatic batch (BATCH_MEMORY) holds a few images and gives the same dump."""
     import vitscope.capture as C
-    from vitscope.model import ModelConfig
+    from vitscope.model.vit import ModelConfig
     model = ViT(ModelConfig(image_size=64, patch_size=4, embed_dim=32, depth=2, num_heads=2,
                             num_classes=10)).eval()
     names, grads = C.resolve_request(model, ["blocks.*.attn.weights", "grad:blocks.*.attn.weights"])

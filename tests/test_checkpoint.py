@@ -8,7 +8,7 @@ import torch
 
 from click.testing import CliRunner
 
-from vitscope.checkpoint import load_checkpoint, load_model, save_checkpoint
+from vitscope.model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from vitscope.cli import main
 from vitscope.errors import CheckpointError
 

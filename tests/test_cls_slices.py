@@ -10,10 +10,10 @@ import numpy as np
 from click.testing import CliRunner
 
 from vitscope.capture import capture
-from vitscope.checkpoint import load_model
+from vitscope.model.checkpoint import load_model
 from vitscope.cli import main
 from vitscope.data import load_dataset
-from vitscope.derive import SliceView
+from vitscope.dump.derive import SliceView
 from vitscope.dump import Dump
 from vitscope.names import match_names, with_slices
 

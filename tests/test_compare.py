@@ -12,11 +12,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vitscope.checkpoint import load_checkpoint, load_model, save_checkpoint
+from vitscope.model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from vitscope.cli import main
-from vitscope.comparison import compare_predictions
+from vitscope.evaluate.compare import compare_predictions
 from vitscope.data import load_dataset, normalization
-from vitscope.evaluation import predict_logits
+from vitscope.evaluate.classify import predict_logits
 
 DATA = "shapes:train=400,val=120"
 VIT = ["--set", "model.image_size=16", "--set", "model.embed_dim=32", "--set", "model.depth=1",
@@ -43,7 +43,7 @@ def compare(*args):
 
 
 def independent_predictions(ckpt, n=None):
-    """What each model predicts on the val images, computed without vitscope.comparison."""
+    """What each model predicts on the val images, computed without vitscope.evaluate.compare."""
     model, ck = load_model(ckpt)
     ds = load_dataset(DATA, "val", 16)
     if n is not None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vitscope.data import load_dataset
-from vitscope.datasets import cifar
+from vitscope.data import cifar
 from vitscope.errors import DataError
 
 

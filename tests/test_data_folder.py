@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from vitscope.data import load_dataset
-from vitscope.datasets import folder as folder_mod
-from vitscope.datasets.folder import CorruptImageWarning
-from vitscope.datasets.images import decode_image
+from vitscope.data import folder as folder_mod
+from vitscope.data.folder import CorruptImageWarning
+from vitscope.data.images import decode_image
 from vitscope.errors import DataError
 
 FORMATS = ["jpg", "png", "bmp", "webp", "gif", "tiff"]

@@ -7,7 +7,7 @@ import torch
 
 from vitscope.data import (ImageDataset, dataset_stats, load_dataset, normalization, parse_spec,
                            to_model_input)
-from vitscope.datasets.shapes import CLASSES
+from vitscope.data.shapes import CLASSES
 from vitscope.errors import ConfigError, DataError, VitscopeError
 
 SMALL = "shapes:train=200,val=60"
@@ -107,7 +107,7 @@ def test_dataset_stats_matches_numpy():
 
 
 def test_normalization_from_checkpoint_or_fallback(tiny_ckpt):
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint
 
     assert normalization(load_checkpoint(tiny_ckpt)) == ([0.5] * 3, [0.5] * 3)  # none stored
     assert normalization(None) == ([0.5] * 3, [0.5] * 3)

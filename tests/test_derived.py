@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from vitscope.capture import capture
 from vitscope.cli import main
 from vitscope.data import load_dataset
-from vitscope.derive import TOLERANCE, DerivedDataset, layer_norm, mismatch
+from vitscope.dump.derive import TOLERANCE, DerivedDataset, layer_norm, mismatch
 from vitscope.dump import Dump, DumpError, merge
-from vitscope.model import HookedLayerNorm, ModelConfig, ViT
+from vitscope.model.vit import HookedLayerNorm, ModelConfig, ViT
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMS = ["blocks.0.norm1.out", "blocks.0.norm2.out", "blocks.1.norm1.out", "blocks.1.norm2.out",
@@ -116,7 +116,7 @@ def test_a_norm_the_derivation_does_not_reproduce_is_stored(setup, tmp_path):
     fake.load_state_dict(block.norm2.state_dict())
     original, block.norm2 = block.norm2, fake
     try:
-        from vitscope.hooks import name_hook_points
+        from vitscope.model.hooks import name_hook_points
         name_hook_points(model)
         path = capture(model, data, tmp_path / "x.h5", batch_size=16, force=True, device="cpu")
     finally:
@@ -130,7 +130,7 @@ def test_a_norm_the_derivation_does_not_reproduce_is_stored(setup, tmp_path):
 def test_reading_derived_hooks_needs_neither_torch_nor_the_model(setup, tmp_path):
     derived_path, stored_path = dump_pair(setup, tmp_path)
     code = (f"import sys, numpy as np\nfrom vitscope.dump import Dump\n"
-            f"from vitscope.derive import mismatch, TOLERANCE\n"
+            f"from vitscope.dump.derive import mismatch, TOLERANCE\n"
             f"with Dump.open({str(derived_path)!r}) as d, Dump.open({str(stored_path)!r}) as s:\n"
             f"    assert mismatch(d['norm.out'][:], s['norm.out'][:]) <= TOLERANCE\n"
             f"bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from vitscope.capture import DEFAULT_HOOKS, capture
-from vitscope.checkpoint import load_model
+from vitscope.model.checkpoint import load_model
 from vitscope.data import load_dataset, normalization, to_model_input
 from vitscope.dump import FORMAT, Dump, TokenLayout, merge
 from vitscope.errors import DumpError
-from vitscope.hooks import run_with_cache
-from vitscope.model import ModelConfig, ViT
+from vitscope.model.hooks import run_with_cache
+from vitscope.model.vit import ModelConfig, ViT
 
 
 @pytest.fixture(scope="module")

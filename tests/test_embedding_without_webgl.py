@@ -23,7 +23,7 @@ POINTS = """Array.from(document.querySelectorAll('.scatterlayer .point'), functi
   return [r.x + r.width / 2, r.y + r.height / 2, r.width, trace.customdata[e.__data__.i]];
 })"""
 HAS_WEBGL = "!!document.createElement('canvas').getContext('webgl')"
-# The corner box of vitscope.interactive.hover_thumbnail_script (the div shown on hover).
+# The corner box of vitscope.render.interactive.hover_thumbnail_script (the div shown on hover).
 HOVER_BOX = ("Array.from(document.querySelectorAll('div'))"
              ".filter(d => d.style.whiteSpace === 'pre-line')[0].parentElement")
 
@@ -33,7 +33,7 @@ def analyze(dump, out, *opts):
     res = CliRunner().invoke(main, ["analyze", "--dump", str(dump), "-p", "cls-embedding",
                                     *opts, "-o", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    (folder,) = out.glob("cls-embedding@*")          # this setting's folder (vitscope.settings)
+    (folder,) = out.glob("cls-embedding@*")          # this setting's folder (vitscope.analyze.setting_folders)
     return folder / "cls_embedding.html"
 
 
@@ -102,7 +102,7 @@ def test_embedding_page_draws_svg_points_without_webgl(browser_factory, small_du
 def test_page_note_is_escaped_text(tmp_path):
     import plotly.graph_objects as go
 
-    from vitscope.interactive import save_html
+    from vitscope.render.interactive import save_html
     page = save_html(go.Figure(), tmp_path / "p.html",
                      note="<img src=x onerror=alert(1)> & \"quotes\"").read_text()
     assert '<p class="vitscope-note"' in page and "<img" not in page

@@ -1,4 +1,4 @@
-"""`vitscope eval` / `vitscope predict` through the real CLI, and vitscope.evaluation."""
+"""`vitscope eval` / `vitscope predict` through the real CLI, and vitscope.evaluate.classify."""
 from __future__ import annotations
 
 import json
@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from vitscope.checkpoint import save_checkpoint
+from vitscope.model.checkpoint import save_checkpoint
 from vitscope.cli import main
 from vitscope.data import load_dataset, to_model_input
-from vitscope.datasets.shapes import CLASSES
+from vitscope.data.shapes import CLASSES
 from vitscope.errors import DataError
-from vitscope.evaluation import evaluate, plot_confusion
-from vitscope.model import ModelConfig, ViT
+from vitscope.evaluate.classify import evaluate, plot_confusion
+from vitscope.model.vit import ModelConfig, ViT
 
 DATA = "shapes:train=40,val=30"
 NORM = {"mean": [0.4, 0.45, 0.5], "std": [0.25, 0.3, 0.35]}
@@ -141,12 +141,12 @@ def test_eval_cli_errors_are_one_line(eval_ckpt, tmp_path, monkeypatch):
 
 def test_eval_refuses_an_output_folder_it_cannot_write_before_evaluating(eval_ckpt, tmp_path,
                                                                          monkeypatch):
-    import vitscope.evaluation
+    import vitscope.evaluate.classify
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated although the results could not be written")
 
-    monkeypatch.setattr(vitscope.evaluation, "evaluate", no_evaluation)
+    monkeypatch.setattr(vitscope.evaluate.classify, "evaluate", no_evaluation)
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     for out in ("/proc/vitscope-eval", a_file / "sub"):
@@ -168,7 +168,7 @@ def test_eval_of_a_run_scores_exactly_its_val_subset(tmp_path, monkeypatch):
     result = run("eval", best, "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint
     trained = load_checkpoint(best).metrics
     assert metrics["n"] == 13 and metrics["val_subset"] == 13
     assert metrics["accuracy"] == pytest.approx(trained["val_acc"], abs=1e-9)

@@ -1,5 +1,5 @@
 """Fault suite, checkpoints: hostile and malformed checkpoints built here, each read by every
-command that loads one. One validated reading (vitscope.checkpoint.load_checkpoint with the
+command that loads one. One validated reading (vitscope.model.checkpoint.load_checkpoint with the
 config dataclasses' strict types and size bounds) turns each into one sentence before anything
 is allocated; nothing is written."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from faultkit import cli, one_error_line, snapshot
-from vitscope.checkpoint import load_checkpoint
+from vitscope.model.checkpoint import load_checkpoint
 
 NAN = float("nan")
 
@@ -120,7 +120,7 @@ def test_predict_resizes_files_of_any_size_to_the_model_even_when_train_config_d
 
 def test_a_valid_checkpoint_still_loads_and_the_bounds_are_not_tight(tmp_path, shapes_ckpt):
     """The limits refuse absurd sizes, not big real models: ViT-L/16 at 224 px passes."""
-    from vitscope.model import ModelConfig, preset
+    from vitscope.model.vit import ModelConfig, preset
     assert load_checkpoint(shapes_ckpt).model_config.depth == 2
     large = ModelConfig(image_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16,
                         num_classes=1000)

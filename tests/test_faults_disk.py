@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from faultkit import ROOT, cli, one_error_line, snapshot
-from vitscope.checkpoint import load_checkpoint
+from vitscope.model.checkpoint import load_checkpoint
 
 TINY = ["--data", "shapes:train=64,val=32", "--batch-size", "16", "--device", "cpu",
         "--set", "model.image_size=16", "--set", "model.embed_dim=32", "--set", "model.depth=1",

@@ -1,5 +1,5 @@
 """Fault suite, dumps: malformed and hostile HDF5 files built here, read by `vitscope dump info`
-and `vitscope analyze --dump`. One validated reading (vitscope.dumpcheck, run by Dump.open)
+and `vitscope analyze --dump`. One validated reading (vitscope.dump.check, run by Dump.open)
 gives each "FILE is not a valid vitscope dump: REASON" before any data is read, and never
 lets a dump read a file outside itself (issue #16 §2) or pass off garbage numbers (§6)."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from faultkit import cli, one_error_line, snapshot
 from vitscope.capture import capture
-from vitscope.checkpoint import load_model
+from vitscope.model.checkpoint import load_model
 from vitscope.data import load_dataset
 from vitscope.dump import Dump, merge
 

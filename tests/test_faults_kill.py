@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from faultkit import ROOT
-from vitscope.checkpoint import load_checkpoint
+from vitscope.model.checkpoint import load_checkpoint
 from vitscope.cli import main
 
 EPOCHS = 20

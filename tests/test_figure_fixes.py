@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from vitscope import mosaic as M
-from vitscope.analysis import render_plugins
+from vitscope.render import mosaic as M
+from vitscope.analyze.run import render_plugins
 from vitscope.cli import main
 from vitscope.dump import Dump
-from vitscope.figures import save_results
+from vitscope.render.figures import save_results
 from vitscope.plugin import discover
 from vitscope.plugins.norm_activations import full_range_bins
 

@@ -9,8 +9,8 @@ import torch
 from vitscope.capture import capture
 from vitscope.data import load_dataset, to_model_input
 from vitscope.dump import Dump
-from vitscope.hooks import attach
-from vitscope.model import ModelConfig, ViT
+from vitscope.model.hooks import attach
+from vitscope.model.vit import ModelConfig, ViT
 from vitscope.plugins.grad_rollout import AttnGrad, GradRollout, attention_gradient, grad_rollout
 from vitscope.plugins.gradcam import GradCam, gradcam
 from vitscope.testing import render_options
@@ -206,7 +206,7 @@ def test_gradcam_plugin_reads_the_last_norm1_output(grad_dump, tmp_path):
 
 @pytest.mark.parametrize("plugin", [GradRollout(), AttnGrad(), GradCam()])
 def test_figures_name_the_target_and_maps_follow_the_contract(grad_dump, tmp_path, plugin):
-    from vitscope.mapset import read_maps
+    from vitscope.plugin.maps import read_maps
     path, _, _ = grad_dump
     with Dump.open(path) as dump:
         files = plugin.render(dump, tmp_path, render_options(plugin, show="3", format="svg"))

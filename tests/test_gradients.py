@@ -7,12 +7,12 @@ import torch
 from click.testing import CliRunner
 
 from vitscope.capture import capture, ensure_dump
-from vitscope.checkpoint import load_model
+from vitscope.model.checkpoint import load_model
 from vitscope.cli import main
 from vitscope.data import load_dataset, to_model_input
 from vitscope.dump import Dump
 from vitscope.errors import DumpError
-from vitscope.hooks import attach
+from vitscope.model.hooks import attach
 
 GRAD_HOOKS = ["grad:blocks.*.attn.weights", "grad:blocks.1.norm1.in", "grad:blocks.0.out",
               "grad:blocks.1.norm1.out", "grad:cls"]

@@ -9,7 +9,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from vitscope import mosaic as M
+from vitscope.render import mosaic as M
 from vitscope.cli import main
 
 
@@ -85,7 +85,7 @@ def test_every_map_plugin_offers_a_shared_scale(small_dump, tmp_path):
     for plugin in figures:
         base += ["-p", plugin]
     from vitscope.plugin import discover
-    from vitscope.settings import changed_options, setting_folder
+    from vitscope.analyze.setting_folders import changed_options, setting_folder
     out = tmp_path / "out"       # both settings in one run folder, each in its own folder
     folders = {}
     for scale in ("tile", "shared"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vitscope.errors import HookError
-from vitscope.hooks import attach, hook_points, list_hook_points, resolve, run_with_cache
+from vitscope.model.hooks import attach, hook_points, list_hook_points, resolve, run_with_cache
 
 BLOCK_HOOKS = ["norm1.in", "norm1.out", "attn.q", "attn.k", "attn.v", "attn.weights", "attn.out",
                "norm2.in", "norm2.out", "mlp.out", "out"]
@@ -116,7 +116,7 @@ def test_list_hook_points_gives_shapes(tiny_vit):
 
 def test_glob_star_stays_within_one_segment(tiny_vit):
     names = list(hook_points(tiny_vit))
-    from vitscope.hooks import match_names
+    from vitscope.model.hooks import match_names
     assert match_names("blocks.*.out", names) == ["blocks.0.out", "blocks.1.out"]
     assert "blocks.0.norm1.out" in match_names("blocks.**.out", names)
     assert match_names("blocks.[1].attn.weights", names) == ["blocks.1.attn.weights"]
@@ -143,7 +143,7 @@ def test_bracket_sets_and_an_empty_name_list(tiny_vit):
 
 
 def test_summaries_keep_gaps_between_blocks():
-    from vitscope.hooks import summarize_names
+    from vitscope.model.hooks import summarize_names
     names = [f"blocks.{i}.out" for i in (0, 1, 2, 5, 7, 8)] + ["cls"]
     assert summarize_names(names) == "blocks.0–2,5,7–8.out, cls"
 

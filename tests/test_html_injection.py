@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from vitscope.cli import main
 
 NO_UMAP = ["--opt", "cls-embedding.umap=false"]
-EMB = "cls-embedding@umap=false"          # that setting's folder (vitscope.settings)
+EMB = "cls-embedding@umap=false"          # that setting's folder (vitscope.analyze.setting_folders)
 
 # Each payload, if it ran, sets window.__pwned, changes the title and opens a dialog.
 RUN = "window.__pwned=1;document.title='pwned';alert(1)"
@@ -145,8 +145,8 @@ def test_hostile_imagefolder_names_run_no_script(browser, tmp_path, monkeypatch)
     """Class names taken from directory names (a checkpoint that records no classes)."""
     from PIL import Image
 
-    from vitscope.checkpoint import save_checkpoint
-    from vitscope.model import ModelConfig, ViT
+    from vitscope.model.checkpoint import save_checkpoint
+    from vitscope.model.vit import ModelConfig, ViT
 
     monkeypatch.setenv("VITSCOPE_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
@@ -177,7 +177,7 @@ def test_hostile_imagefolder_names_run_no_script(browser, tmp_path, monkeypatch)
 
 
 def test_script_json_cannot_end_a_script_block():
-    from vitscope.escaping import href, plotly_text, script_json, template_text
+    from vitscope.render.escaping import href, plotly_text, script_json, template_text
     for payload in PAYLOADS:
         encoded = script_json([payload])
         assert "<" not in encoded and ">" not in encoded and "&" not in encoded
@@ -203,7 +203,7 @@ def test_the_harness_sees_a_script_that_runs(browser_factory, tmp_path, flags):
 def test_hostile_score_section_runs_no_script(browser, tmp_path):
     """index.html's Score section (`vitscope score`): the checkpoint path, the table and the
     file names are text, and every link stays a relative file link."""
-    from vitscope.report import write_index
+    from vitscope.render.index_page import write_index
     out = tmp_path / "run"
     (out / "score").mkdir(parents=True)
     files = [f"score/{p.replace('/', '_')}{ext}" for p, ext in

@@ -76,7 +76,7 @@ def test_timm_distilled_import_analyze_and_every_command(tmp_path, images):
     r = run("import", "timm:deit_tiny_distilled_patch16_224", "--weights", weights,
             "--image-size", 32, "-o", ckpt)
     assert "1 CLS + 1 distillation tokens, 2×2 patches" in r.output and "RANDOM" not in r.output
-    from vitscope.checkpoint import load_model
+    from vitscope.model.checkpoint import load_model
     wrapped, ck = load_model(ckpt)
     assert ck.arch == "timm" and ck.train_config["random_weights"] is False
     assert ck.train_config["preprocess"] == {"resize": [35, 35], "crop": [32, 32],
@@ -103,8 +103,8 @@ def test_timm_preprocessing_is_timms_own_transform(tmp_path, images):
     """The checkpoint's resize/crop/mean/std turn a file into exactly what timm's eval
     transform makes of it (not a hand-written guess)."""
     from vitscope.data import normalization, preprocessing, to_model_input
-    from vitscope.checkpoint import load_checkpoint
-    from vitscope.datasets.images import decode_image
+    from vitscope.model.checkpoint import load_checkpoint
+    from vitscope.data.images import decode_image
     _, weights = timm_weights(tmp_path, "vit_tiny_patch16_224")
     ckpt = tmp_path / "vit.pt"
     run("import", "timm:vit_tiny_patch16_224", "--weights", weights, "-o", ckpt)
@@ -144,7 +144,7 @@ def test_torchvision_import_analyze(tmp_path, images):
     ckpt = tmp_path / "tv.pt"
     r = run("import", "torchvision:vit_b_16", "--weights", weights, "--image-size", 32, "-o", ckpt)
     assert "1 CLS token, 2×2 patches of 16×16 px" in r.output
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint
     ck = load_checkpoint(ckpt)
     assert ck.train_config["preprocess"]["interpolation"] == "bilinear"
     assert ck.train_config["normalize"]["mean"] == [0.485, 0.456, 0.406]
@@ -171,9 +171,9 @@ def test_hf_import_analyze_eval(tmp_path, images):
     ckpt = tmp_path / "hf.pt"
     r = run("import", f"hf:{folder}", "-o", ckpt)
     assert "2 class names" in r.output and "RANDOM" not in r.output
-    from vitscope.checkpoint import load_model
+    from vitscope.model.checkpoint import load_model
     from vitscope.data import normalization, preprocessing, to_model_input
-    from vitscope.datasets.images import decode_image
+    from vitscope.data.images import decode_image
     wrapped, ck = load_model(ckpt)
     assert ck.classes == ["cat", "dog"] and ck.arch == "hf"
     x = torch.randn(2, 3, 32, 32)
@@ -200,7 +200,7 @@ def test_hf_folder_without_processor_config_uses_the_types_default_at_the_models
     _, folder = hf_folder(tmp_path, with_processor=False)
     ckpt = tmp_path / "hf.pt"
     run("import", f"hf:{folder}", "-o", ckpt)
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint
     tc = load_checkpoint(ckpt).train_config
     assert tc["preprocess"] == {"resize": [32, 32], "crop": [32, 32], "mode": "squash",
                                 "interpolation": "bilinear"}       # ViT's 224 -> 224, at 32
@@ -213,7 +213,7 @@ def test_random_import_says_so_loudly(tmp_path):
                                                   "--image-size", "32", "-o", str(ckpt)])
     assert r.exit_code == 0, r.output
     assert "RANDOM weights" in r.stderr
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint
     assert load_checkpoint(ckpt).train_config["random_weights"] is True
     assert "random weights" in run("info", ckpt).output
 

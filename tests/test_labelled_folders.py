@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vitscope.checkpoint import save_checkpoint
+from vitscope.model.checkpoint import save_checkpoint
 from vitscope.cli import main
-from vitscope.datasets.folder import class_of_name
+from vitscope.data.folder import class_of_name
 from vitscope.dump import Dump
-from vitscope.model import ModelConfig, ViT
+from vitscope.model.vit import ModelConfig, ViT
 
 CLASSES = ["cat", "dog", "tabby cat"]
 FILES = ["cat_0000.png", "cat-1.png", "Dog (2).png", "dog7.png", "tabby_cat_3.png",
@@ -98,7 +98,7 @@ def test_class_folders_given_for_analysis_keep_every_image(ckpt, in_tmp):
 
 def test_checkpoint_data_stays_on_val_and_shards_merge_file_names(ckpt, in_tmp):
     from vitscope.capture import default_split
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint
     ck = load_checkpoint(ckpt)
     assert default_split(ck) == "val" and default_split(ck, "shapes:val=8") == "val"
     folder = write_images(in_tmp / "imgs", FILES)
@@ -114,7 +114,7 @@ def test_checkpoint_data_stays_on_val_and_shards_merge_file_names(ckpt, in_tmp):
 
 
 def test_captions_name_the_files(ckpt, in_tmp):
-    from vitscope import figures as F
+    from vitscope.render import figures as F
     folder = write_images(in_tmp / "imgs", FILES)
     res = run("dump", ckpt, "--data", f"folder:{folder}", "--hooks", "cls", "-o",
               in_tmp / "d.h5", "-q")

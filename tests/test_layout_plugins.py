@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from vitscope.capture import DEFAULT_HOOKS, capture
-from vitscope.datasets.base import ImageDataset
+from vitscope.data.base import ImageDataset
 from vitscope.dump import Dump
-from vitscope.hooks import name_hook_points
+from vitscope.model.hooks import name_hook_points
 from vitscope.layout import TokenLayout
-from vitscope.model import ModelConfig, ViT
+from vitscope.model.vit import ModelConfig, ViT
 
 GRID = (2, 3)
 PATCH = 4
@@ -73,7 +73,7 @@ def test_dump_records_the_layout(prefix_dump):
 
 
 def test_every_builtin_plugin_renders_on_prefix_tokens_and_a_wide_grid(prefix_dump, tmp_path):
-    from vitscope.analysis import render_plugins
+    from vitscope.analyze.run import render_plugins
     from vitscope.plugin import discover
 
     registry = discover(autoload=False)
@@ -127,7 +127,7 @@ def test_cls_token_is_read_where_the_layout_puts_it():
 
 def test_a_layout_without_cls_is_one_clear_error():
     from vitscope.errors import PluginError
-    from vitscope.maps import cls_index, prefix_note
+    from vitscope.plugin.reading import cls_index, prefix_note
 
     layout = TokenLayout.from_prefix([("register", 2)], (2, 2), 4, 8)
     with pytest.raises(PluginError, match="has none"):

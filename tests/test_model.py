@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vitscope.errors import ConfigError
-from vitscope.hooks import attach
-from vitscope.model import PRESETS, ModelConfig, ViT, count_parameters, preset
+from vitscope.model.hooks import attach
+from vitscope.model.vit import PRESETS, ModelConfig, ViT, count_parameters, preset
 
 CONFIGS = {
     "patch": dict(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4),
@@ -129,8 +129,8 @@ def test_a_circular_stem_sees_images_on_the_torus():
 def test_parameter_count_from_the_config_alone_is_exact():
     """ModelConfig.num_parameters is what the size bound checks before anything is allocated:
     it must equal the built model's count for every preset and both stems."""
-    from vitscope.cnn import CNNConfig, SmallCNN
-    from vitscope.model import PRESETS, count_parameters, preset
+    from vitscope.model.cnn import CNNConfig, SmallCNN
+    from vitscope.model.vit import PRESETS, count_parameters, preset
     configs = [preset(name, depth=1) for name in PRESETS] + [
         ModelConfig(image_size=24, patch_size=4, embed_dim=24, depth=2, num_heads=3,
                     qkv_bias=False, stem="conv", stem_channels=[8, 16], num_classes=7)]

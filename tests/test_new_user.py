@@ -14,7 +14,7 @@ def run(*args):
 
 
 def test_info_names_data_and_recipe_and_small_numbers(tmp_path, tiny_vit):
-    from vitscope.checkpoint import save_checkpoint
+    from vitscope.model.checkpoint import save_checkpoint
     ckpt = save_checkpoint(tmp_path / "r" / "best.pt", tiny_vit, classes=list("abcde"),
                            train_config={"data": "shapes:train=400,val=100", "name": "r",
                                          "preset": "vit-tiny", "epochs": 6, "lr": 0.002,

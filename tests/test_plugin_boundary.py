@@ -3,7 +3,7 @@ the other plugins or the run folder.
 
 Plugins here are real installed distributions (a *.dist-info folder on sys.path, found by
 importlib.metadata like a pip install), rendered by the real CLI; each renders in its own
-child process (vitscope.isolation), so hangs, crashes and exits are real too.
+child process (vitscope.analyze.isolation), so hangs, crashes and exits are real too.
 """
 from __future__ import annotations
 

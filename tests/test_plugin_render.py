@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitscope.analysis import render_plugins
+from vitscope.analyze.run import render_plugins
 from vitscope.errors import PluginError
-from vitscope.maps import mass_in_mask, patch_coverage, pointing_hits, select_layers
+from vitscope.plugin.reading import mass_in_mask, patch_coverage, pointing_hits, select_layers
 from vitscope.plugin import BUILTINS, discover
 
 PLUGINS = discover().names()          # entry-point names only: nothing is imported here

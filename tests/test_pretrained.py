@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vitscope.checkpoint import load_checkpoint
+from vitscope.model.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "examples" / "checkpoints" / "vit-cifar10.pt"

@@ -15,8 +15,8 @@ import pytest
 
 from vitscope import maps
 from vitscope.dump import Dump
-from vitscope.figures import Results, save_results
-from vitscope.maps import ClassMeans, NanMean
+from vitscope.render.figures import Results, save_results
+from vitscope.plugin.reading import ClassMeans, NanMean
 from vitscope.plugin import BUILTINS, discover
 from vitscope.testing import make_dump, render_options
 
@@ -123,7 +123,7 @@ def test_plugins_stream_a_merged_dump_of_shards(tmp_path):
     from vitscope.capture import capture
     from vitscope.data import load_dataset
     from vitscope.dump import merge
-    from vitscope.model import ModelConfig, ViT
+    from vitscope.model.vit import ModelConfig, ViT
 
     torch.manual_seed(0)
     model = ViT(ModelConfig(image_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
@@ -211,7 +211,7 @@ def test_read_chunks_reads_only_the_selection(dumps):
 CACHE_PROBE = """
 import json, sys, warnings
 import numpy as np
-from vitscope.jit import load_umap, numba_cache_dir
+from vitscope.render.umap_cache import load_umap, numba_cache_dir
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     umap = load_umap()
@@ -240,7 +240,7 @@ def test_numba_code_is_cached_in_vitscope_cache_folder(tmp_path):
 
 
 def test_unwritable_numba_cache_is_a_warning_not_a_failure(tmp_path, monkeypatch):
-    from vitscope.jit import enable_numba_cache
+    from vitscope.render.umap_cache import enable_numba_cache
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

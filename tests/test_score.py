@@ -11,16 +11,16 @@ import torch
 from click.testing import CliRunner
 
 from vitscope.cli import main
-from vitscope.hooks import attach
-from vitscope.model import ModelConfig, ViT
+from vitscope.model.hooks import attach
+from vitscope.model.vit import ModelConfig, ViT
 from vitscope.score import faithfulness as FA
 from vitscope.score import localization as LO
 from vitscope.score.stats import bootstrap, paired, spearman
 
 MAP_PLUGINS = textwrap.dedent('''
     import numpy as np
-    from vitscope import figures
-    from vitscope.mapset import map_arrays
+    from vitscope.render import figures
+    from vitscope.plugin.maps import map_arrays
 
     class GradTimesInput:
         """Gradient × input of the patch tokens after the position embedding."""
@@ -272,7 +272,7 @@ def test_a_third_party_map_plugin_is_scored_through_the_cli(shapes_ckpt, tmp_pat
 def test_data_without_masks_skips_localisation(shapes_ckpt, tmp_path, monkeypatch):
     from PIL import Image
 
-    from vitscope.datasets.shapes import CLASSES
+    from vitscope.data.shapes import CLASSES
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for c in CLASSES[:3]:

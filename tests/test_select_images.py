@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from vitscope.checkpoint import save_checkpoint
+from vitscope.model.checkpoint import save_checkpoint
 from vitscope.cli import main
 from vitscope.dump import Dump
-from vitscope.model import ModelConfig, ViT
+from vitscope.model.vit import ModelConfig, ViT
 
 CLASSES = ["cat", "dog", "bird"]
 FILES = [f"{c}_{i}.png" for c in CLASSES for i in range(4)]   # 12 labelled files

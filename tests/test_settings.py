@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from vitscope.cli import main
 from vitscope.plugin import discover
-from vitscope.settings import changed_options, folder_problem, plugin_of, setting_folder
+from vitscope.analyze.setting_folders import changed_options, folder_problem, plugin_of, setting_folder
 
 
 def run(*args):

@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from vitscope.errors import HookError
-from vitscope.hooks import HookPoint, attach, is_hooked, list_hook_points, name_hook_points, \
+from vitscope.model.hooks import HookPoint, attach, is_hooked, list_hook_points, name_hook_points, \
     run_with_cache
 from vitscope.layout import TokenLayout
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_FREE = ("vitscope.dump", "vitscope.dumpcheck", "vitscope.bounded", "vitscope.names",
+TORCH_FREE = ("vitscope.dump", "vitscope.dump.check", "vitscope._internal.bounded", "vitscope.names",
               "vitscope.layout", "vitscope.plugin",
-              "vitscope.maps")
+              "vitscope.plugin.reading")
 
 
 @pytest.mark.parametrize("module", TORCH_FREE)
@@ -128,7 +128,7 @@ def test_version1_dump_still_opens_and_renders(tmp_path):
 
     import h5py
 
-    from vitscope.analysis import render_plugins
+    from vitscope.analyze.run import render_plugins
     from vitscope.dump import Dump
     from vitscope.plugin import discover
     from vitscope.testing import make_dump

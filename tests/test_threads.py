@@ -1,4 +1,4 @@
-"""CPU thread policy (vitscope.threads, issue #13 sec. 1): what a fresh process gets from
+"""CPU thread policy (vitscope._internal.threads, issue #13 sec. 1): what a fresh process gets from
 `import vitscope` and from the CLI, what the user sets always wins, and the idle case keeps
 every usable CPU. Real subprocesses with real torch: the policy acts before torch loads."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from vitscope import threads
+from vitscope._internal import threads
 
 CLEAN = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
          "KMP_BLOCKTIME", threads.ENV, threads._MARK, threads._MARK + "_WAIT")

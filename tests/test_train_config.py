@@ -6,9 +6,9 @@ import re
 import pytest
 import torch
 
-from vitscope.cnn import CNNConfig, SmallCNN
+from vitscope.model.cnn import CNNConfig, SmallCNN
 from vitscope.errors import ConfigError
-from vitscope.model import ModelConfig, ViT
+from vitscope.model.vit import ModelConfig, ViT
 from vitscope.train.config import (TrainConfig, find_recipe, make_config, parse_sets,
                                    read_recipe, shipped_recipes)
 from vitscope.train.optim import param_groups

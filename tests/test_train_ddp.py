@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch.distributed as dist
 
-from vitscope.checkpoint import load_checkpoint
+from vitscope.model.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vitscope.checkpoint import load_checkpoint, save_checkpoint
+from vitscope.model.checkpoint import load_checkpoint, save_checkpoint
 from vitscope.cli import main
 from vitscope.train import engine
 

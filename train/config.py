@@ -4,7 +4,7 @@ and `--set key=value` overrides (in that order, later wins).
 A recipe is flat TOML whose keys are TrainConfig fields, plus an optional `[model]` table of
 model-config fields applied on top of the `preset`:
 
-    preset = "vit-lite"        # a vitscope.model preset, or "cnn" for the SmallCNN baseline
+    preset = "vit-lite"        # a vitscope.model.vit preset, or "cnn" for the SmallCNN baseline
     data = "cifar10"
     epochs = 40
     [model]
@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitscope.bounded import check_text
+from vitscope._internal.bounded import check_text
 from vitscope.errors import ConfigError
 
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (setup.cfg requires it there)
     import tomli as tomllib
-from vitscope.model import PRESETS, ModelConfig
+from vitscope.model.vit import PRESETS, ModelConfig
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 SET_MAX_BYTES = 1 << 20   # a recipe or one --set value
@@ -67,7 +67,7 @@ class TrainConfig:
     val_subset: int | None = None    # likewise for validation
 
     # ---- model ----
-    preset: str = "vit-tiny"       # vitscope.model preset name, or "cnn" for the SmallCNN baseline
+    preset: str = "vit-tiny"       # vitscope.model.vit preset name, or "cnn" for the SmallCNN baseline
     model: Any = None              # the ModelConfig (or CNNConfig) built from preset + [model] overrides
 
     # ---- optimisation ----
@@ -190,7 +190,7 @@ def _unknown(what: str, value: str, known: list[str], where: str = "") -> str:
 
 def model_config_class(preset: str) -> type:
     if preset == CNN_PRESET:
-        from vitscope.cnn import CNNConfig
+        from vitscope.model.cnn import CNNConfig
         return CNNConfig
     return ModelConfig
 

@@ -33,9 +33,9 @@ class DistInfo:
 
 
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    """auto = cuda, then mps, then cpu (vitscope.evaluation.resolve_device); under torchrun
+    """auto = cuda, then mps, then cpu (vitscope.evaluate.classify.resolve_device); under torchrun
     each local rank takes its own GPU."""
-    from vitscope.evaluation import resolve_device
+    from vitscope.evaluate.classify import resolve_device
 
     device = resolve_device(pref)
     if device.type == "cuda" and device.index is None:

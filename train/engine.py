@@ -20,16 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitscope.checkpoint import save_checkpoint
+from vitscope.model.checkpoint import save_checkpoint
 from vitscope.data import to_model_input
 from vitscope.errors import TrainingError, TrainingInterrupted, WriteError
 from vitscope.train import distributed as D
 from vitscope.train.augment import Augmenter, EpochPlan
 from vitscope.train.ema import EMA
-from vitscope.train.logging import Progress, RunLogger
+from vitscope.train.run_log import Progress, RunLogger
 from vitscope.train.optim import autocast, make_optimizer, make_scaler
 from vitscope.train.schedule import WarmupCosine
-from vitscope.writing import guard
+from vitscope._internal.files import guard
 
 SYNC_EVERY_GPU = 25
 EpochCallback = Callable[[nn.Module, int, Path], Any]

@@ -22,20 +22,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitscope.checkpoint import Checkpoint, load_checkpoint
+from vitscope.model.checkpoint import Checkpoint, load_checkpoint
 from vitscope.data import (ImageDataset, absolute_spec, dataset_stats, load_dataset,
                            normalization)
 from vitscope.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
-from vitscope.locks import hold
-from vitscope.model import ViT, count_parameters
-from vitscope.paths import remove_empty
+from vitscope._internal.locks import hold
+from vitscope.model.vit import ViT, count_parameters
+from vitscope._internal.folders import remove_empty
 from vitscope.train import distributed as D
-from vitscope import threads
+from vitscope._internal import threads
 from vitscope.train.config import TrainConfig, describe_model
 from vitscope.train.engine import EpochCallback, TrainData, Trainer
-from vitscope.train.logging import require_loggers
+from vitscope.train.run_log import require_loggers
 from vitscope.train.optim import resolve_precision
-from vitscope.writing import guard, replacing
+from vitscope._internal.files import guard, replacing
 
 # Fields that may change when resuming: they do not alter what the remaining steps compute
 # (epochs does: the cosine schedule stretches, so a longer run is no longer bit-exact).
@@ -169,7 +169,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     """The ViT (or SmallCNN), initialised from cfg.seed so every rank starts identical."""
     torch.manual_seed(cfg.seed)
     if cfg.arch == "cnn":
-        from vitscope.cnn import SmallCNN
+        from vitscope.model.cnn import SmallCNN
         return SmallCNN(cfg.model)
     return ViT(cfg.model)
 

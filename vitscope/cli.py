@@ -16,8 +16,8 @@ from vitscope import __version__
 
 # command name -> "module:attribute" of a click.Command
 COMMANDS: dict[str, str] = {
-    "info": "vitscope.commands.inspect:info",
-    "hooks": "vitscope.commands.inspect:hooks",
+    "info": "vitscope.commands.info:info",
+    "hooks": "vitscope.commands.info:hooks",
     "eval": "vitscope.commands.evaluate:eval_cmd",
     "predict": "vitscope.commands.evaluate:predict",
     "train": "vitscope.commands.train:train",
@@ -70,9 +70,9 @@ class LazyGroup(click.Group):
 def main() -> None:
     """vitscope: train Vision Transformers, capture their activations, and look inside them."""
     warnings.formatwarning = _one_line_warning
-    from vitscope import threads
+    from vitscope._internal import threads
     try:
-        threads.configure()   # before any command imports torch (vitscope.threads says why)
+        threads.configure()   # before any command imports torch (vitscope._internal.threads says why)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     from vitscope.plugin import TORCH_AUTOLOAD_ENV, guard_torch_import

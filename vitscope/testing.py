@@ -32,9 +32,9 @@ def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size:
     import torch
 
     from vitscope.capture import DEFAULT_HOOKS, capture
-    from vitscope.checkpoint import load_checkpoint, save_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint, save_checkpoint
     from vitscope.data import load_dataset
-    from vitscope.model import ModelConfig, ViT
+    from vitscope.model.vit import ModelConfig, ViT
 
     spec = f"shapes:val={n},train={n}"
     dataset = load_dataset(spec, "val", image_size, seed=seed)

@@ -10,7 +10,7 @@ import click
 from vitscope.commands.common import threads_option
 
 DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds to capture
-DEFAULT_TIMEOUT = 3600.0  # = vitscope.isolation.DEFAULT_TIMEOUT (not imported: --help stays light)
+DEFAULT_TIMEOUT = 3600.0  # = vitscope.analyze.isolation.DEFAULT_TIMEOUT (not imported: --help stays light)
 
 
 @click.command()
@@ -71,7 +71,7 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, image_files, sele
     plugin failed. Figures are swapped in only when the run completes: Ctrl-C, SIGTERM or a
     failure leaves OUT as it was. One analyze at a time writes into OUT.
     """
-    from vitscope.signals import terminate_as_exception
+    from vitscope._internal.signals import terminate_as_exception
     # SIGTERM like Ctrl-C: the exit stack (lock, empty folders) and the staging unwind.
     with terminate_as_exception(), contextlib.ExitStack() as cleanup:
         _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_files,
@@ -82,16 +82,16 @@ def analyze(ckpt, names, all_, dump_path, data, split, images, image_files, sele
 def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_files, selects,
              static, interactive, both, smooth, fmt, opts, out_dir, device, batch_size, target,
              plugin_timeout) -> None:
-    from vitscope.analysis import (PluginResult, missing_hooks, output_folder, render_plugins,
+    from vitscope.analyze.run import (PluginResult, missing_hooks, output_folder, render_plugins,
                                    union_requires)
     from vitscope.errors import PluginError
-    from vitscope.isolation import warm_up
-    from vitscope.locks import hold
+    from vitscope.analyze.isolation import warm_up
+    from vitscope._internal.locks import hold
     from vitscope.names import summarize_names
-    from vitscope.paths import make_output_dir, remove_empty
+    from vitscope._internal.folders import make_output_dir, remove_empty
     from vitscope.plugin import check_options, discover, parse_opts
-    from vitscope.staging import LOCK
-    from vitscope.writing import guard
+    from vitscope.analyze.staging import LOCK
+    from vitscope._internal.files import guard
 
     if both or static == interactive:    # neither flag, or both: every kind of figure
         static = interactive = True
@@ -110,9 +110,9 @@ def _analyze(cleanup, ckpt, names, all_, dump_path, data, split, images, image_f
         raise PluginError("Nothing to analyse; pass a checkpoint (vitscope analyze CKPT ...) or "
                           "an existing dump with --dump FILE.h5.")
     if ckpt is not None and dump_path is not None:
-        from vitscope.checkpoint import read_raw
+        from vitscope.model.checkpoint import read_raw
         read_raw(ckpt)  # a CKPT named beside --dump must exist: it is checked against the dump
-    from vitscope.selection import parse_select
+    from vitscope.analyze.selection import parse_select
     criteria = parse_select(selects, _classes(ckpt, dump_path))   # before any work
     registry = discover()
     for problem in registry.unreadable:
@@ -211,7 +211,7 @@ def _ckpt_info(ckpt) -> dict:
     """What index.html states about the checkpoint besides the dump: its stored accuracy."""
     if ckpt is None:
         return {}
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint
     metrics = load_checkpoint(ckpt).metrics or {}
     keep = {k: metrics[k] for k in ("val_acc", "epoch", "best_val_acc") if k in metrics}
     return {"checkpoint_metrics": keep} if keep else {}
@@ -225,7 +225,7 @@ def _classes(ckpt, dump_path) -> list[str] | None:
             with Dump.open(dump_path) as d:
                 return list(d.classes) or None
         if ckpt is not None:
-            from vitscope.checkpoint import load_checkpoint
+            from vitscope.model.checkpoint import load_checkpoint
             return list(load_checkpoint(ckpt).classes or []) or None
     except Exception:   # the later steps name what is wrong with the file
         return None
@@ -235,7 +235,7 @@ def _classes(ckpt, dump_path) -> list[str] | None:
 def _selected(path: Path, criteria, pool: int | None) -> Path:
     """The dump of the images `criteria` choose among the first `pool` of `path`."""
     from vitscope.errors import PluginError
-    from vitscope.selection import describe, select_dump, select_positions
+    from vitscope.analyze.selection import describe, select_dump, select_positions
     from vitscope.dump import Dump
     with Dump.open(path) as dump:
         total = len(dump) if pool is None else min(pool, len(dump))
@@ -278,7 +278,7 @@ def _check_target(target, ckpt, dump_path: Path | None):
                               f"{parsed}; leave out --target or --dump, or capture a dump for "
                               f"that target.")
         return parsed
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint
     ck = load_checkpoint(ckpt)
     count = int(getattr(ck.model_config, "num_classes", 0) or len(ck.classes or ()))
     return parse_target("pred" if target is None else target, count)
@@ -287,8 +287,8 @@ def _check_target(target, ckpt, dump_path: Path | None):
 def _model_hooks(ckpt):
     """Names the checkpoint's model offers to `requires` (its hook points and `grad:` of each;
     empty for models without hook points), and its ModelShape (None without hook points)."""
-    from vitscope.checkpoint import load_checkpoint
-    from vitscope.hooks import hook_points, is_hooked, offered_names
+    from vitscope.model.checkpoint import load_checkpoint
+    from vitscope.model.hooks import hook_points, is_hooked, offered_names
     ck = load_checkpoint(ckpt)
     model = ck.build_model()
     if not is_hooked(model):

@@ -7,7 +7,7 @@ import click
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: str | None):
     if value is None:
         return None
-    from vitscope import threads
+    from vitscope._internal import threads
     try:
         return threads.configure(value, source="--threads")
     except ValueError as e:
@@ -15,7 +15,7 @@ def _apply_threads(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 def threads_option(f):
-    """`--threads N|auto|torch`: CPU threads for torch (vitscope.threads), applied before the
+    """`--threads N|auto|torch`: CPU threads for torch (vitscope._internal.threads), applied before the
     command imports torch."""
     return click.option(
         "--threads", callback=_apply_threads, expose_value=False, is_eager=True,

@@ -3,8 +3,8 @@ imported model) scored on exactly the same images, with paired bootstrap CIs.
 
 Each model sees the images at its own input size and normalisation (as `vitscope eval` feeds
 it); the images, their order and their labels are checked to be the same for every model
-before anything is scored. The numbers come from vitscope.comparison, the figures and the
-page from vitscope.comparison_report.
+before anything is scored. The numbers come from vitscope.evaluate.compare, the figures and the
+page from vitscope.evaluate.compare_page.
 """
 from __future__ import annotations
 
@@ -55,11 +55,11 @@ def compare(checkpoints: tuple[str, ...], spec: str | None, split: str, data_dir
       vitscope compare runs/vit-shapes/best.pt runs/cnn-shapes/best.pt
       vitscope compare runs/a/best.pt runs/b/best.pt models/c.pt --data folder:imgs -o cmp
     """
-    from vitscope.comparison import compare_predictions, history_matches, read_history, table
-    from vitscope.comparison_report import accuracy_figure, curves_figure, html_page
+    from vitscope.evaluate.compare import compare_predictions, history_matches, read_history, table
+    from vitscope.evaluate.compare_page import accuracy_figure, curves_figure, html_page
     from vitscope.errors import ConfigError
-    from vitscope.paths import output_folder
-    from vitscope.writing import replacing
+    from vitscope._internal.folders import output_folder
+    from vitscope._internal.files import replacing
 
     if len(checkpoints) < 2:
         raise ConfigError("vitscope compare needs at least two checkpoints (e.g. "
@@ -114,7 +114,7 @@ def compare(checkpoints: tuple[str, ...], spec: str | None, split: str, data_dir
 
 
 def _load(path: str):
-    from vitscope.checkpoint import load_model
+    from vitscope.model.checkpoint import load_model
     from vitscope.commands.evaluate import _refuse_feature_model
     model, ck = load_model(path)
     _refuse_feature_model(ck, "compare")
@@ -160,7 +160,7 @@ def _score(loaded, names, classes, spec, split, data_dir, val_split, limit, tta,
 
     from vitscope.commands.evaluate import _image_size, eval_dataset
     from vitscope.data import is_imported, normalization
-    from vitscope.evaluation import predictions, resolve_device
+    from vitscope.evaluate.classify import predictions, resolve_device
     from vitscope.train.runner import seeded_subset
 
     dev = resolve_device(device)

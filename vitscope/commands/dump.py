@@ -109,9 +109,9 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
     from vitscope.capture import (DEFAULT_DUMP_DIR, DEFAULT_HOOKS, capture, capture_device,
                                   check_limit, dataset_for, num_classes, parse_shard,
                                   parse_target, resolve_request, run_name, shard_range)
-    from vitscope.checkpoint import load_model
+    from vitscope.model.checkpoint import load_model
     from vitscope.errors import DumpError
-    from vitscope.hooks import is_hooked
+    from vitscope.model.hooks import is_hooked
 
     check_limit(limit)
     patterns = [p.strip() for item in hooks for p in item.split(",") if p.strip()] or list(DEFAULT_HOOKS)

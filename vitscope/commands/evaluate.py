@@ -119,12 +119,12 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
              batch_size: int, device: str, tta: bool, limit: int | None, out_dir: str | None,
              as_json: bool) -> None:
     """Accuracy, loss, per-class accuracy and a confusion-matrix PNG of a checkpoint."""
-    from vitscope.checkpoint import load_model
+    from vitscope.model.checkpoint import load_model
     from vitscope.data import normalization
     from vitscope.errors import ConfigError
-    from vitscope.evaluation import evaluate, plot_confusion, resolve_device
-    from vitscope.paths import output_folder
-    from vitscope.writing import replacing
+    from vitscope.evaluate.classify import evaluate, plot_confusion, resolve_device
+    from vitscope._internal.folders import output_folder
+    from vitscope._internal.files import replacing
 
     model, ck = load_model(ckpt)
     _refuse_feature_model(ck, "score")
@@ -185,10 +185,10 @@ def predict(ckpt: str, images: tuple[str, ...], top_k: int, as_json: bool, tta: 
     import numpy as np
     import torch
 
-    from vitscope.checkpoint import load_model
+    from vitscope.model.checkpoint import load_model
     from vitscope.data import normalization
-    from vitscope.datasets.images import decode_image, describe_error
-    from vitscope.evaluation import predict_logits, resolve_device
+    from vitscope.data.images import decode_image, describe_error
+    from vitscope.evaluate.classify import predict_logits, resolve_device
 
     model, ck = load_model(ckpt)
     _refuse_feature_model(ck, "predict")

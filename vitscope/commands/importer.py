@@ -74,9 +74,9 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
     """
     import importlib
 
-    from vitscope.adapters import FAMILIES
+    from vitscope.model.adapters import FAMILIES
     from vitscope.capture import file_sha256
-    from vitscope.checkpoint import save_checkpoint
+    from vitscope.model.checkpoint import save_checkpoint
     from vitscope.errors import ConfigError
 
     family, name = parse_source(source)

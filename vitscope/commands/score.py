@@ -50,9 +50,9 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     import time
 
     from vitscope.capture import capture_device, parse_target, run_name
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.model.checkpoint import load_checkpoint
     from vitscope.errors import PluginError
-    from vitscope.paths import make_output_dir, remove_empty
+    from vitscope._internal.folders import make_output_dir, remove_empty
     from vitscope.plugin import discover, parse_opts
     from vitscope.score import report as R
     from vitscope.score.run import check_map_plugins, score_checkpoint
@@ -67,8 +67,8 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     values = parse_opts(opts, entries, registry)
     dev = capture_device(device)
     model = ck.build_model()
-    from vitscope.analysis import missing_hooks
-    from vitscope.hooks import is_hooked, offered_names
+    from vitscope.analyze.run import missing_hooks
+    from vitscope.model.hooks import is_hooked, offered_names
     if not is_hooked(model):
         raise PluginError(f"'{ckpt}' holds a {ck.arch} model without hook points; score needs a "
                           f"ViT checkpoint.")

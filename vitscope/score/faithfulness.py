@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vitscope.errors import VitscopeError
-from vitscope.hooks import attach, hook_points
+from vitscope.model.hooks import attach, hook_points
 from vitscope.names import match_names
 
 PERTURBATIONS = ("drop", "grey")

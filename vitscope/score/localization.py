@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitscope.maps import patch_coverage
+from vitscope.plugin.reading import patch_coverage
 
 CENTRE_SIGMA = 2.0          # patches
 HIT_COVERAGE = 0.5          # a patch is "on the object" when at least half of it is

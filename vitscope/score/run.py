@@ -35,7 +35,7 @@ CONTROL = "brightness"   # the image-only map shown in the randomisation table (
 
 def check_map_plugins(entries) -> None:
     """PluginError, in one sentence, for a broken plugin or one that produces no maps."""
-    from vitscope.mapset import produces_maps
+    from vitscope.plugin.maps import produces_maps
     for e in entries:
         if not e.ok:
             raise PluginError(e.problem())
@@ -58,8 +58,8 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
 
     from vitscope.capture import (CAPTURE_SEED, DEFAULT_BATCH, capture, capture_device,
                                   dataset_for, ensure_dump, file_sha256)
-    from vitscope.analysis import union_requires
-    from vitscope.checkpoint import load_checkpoint
+    from vitscope.analyze.run import union_requires
+    from vitscope.model.checkpoint import load_checkpoint
     from vitscope.data import normalization, to_model_input
     from vitscope.dump import Dump
 
@@ -145,8 +145,8 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
 
 def _render_maps(dump, entries, values, n, folder: Path):
     """Render each plugin on `dump` without figures and read its maps (the map contract)."""
-    from vitscope.analysis import render_plugin
-    from vitscope.mapset import read_maps
+    from vitscope.analyze.run import render_plugin
+    from vitscope.plugin.maps import read_maps
     out = {}
     for e in entries:
         res = render_plugin(e, dump, folder, values.get(e.name), static=False, interactive=False,
@@ -301,7 +301,7 @@ def _rank(methods: dict, localization: bool) -> dict:
 
 def jsonable(value: Any) -> Any:
     """The report without `_arrays`, Estimates as {mean, ci95, n}, NaN as null."""
-    from vitscope.figures import json_safe
+    from vitscope.render.figures import json_safe
     if isinstance(value, Estimate):
         return json_safe(value.to_dict())
     if isinstance(value, dict):

@@ -1,0 +1,406 @@
+"""Each plugin renders in a child process of its own: the boundary between vitscope and
+plugin code.
+
+    outcome = run_plugin(entry, dump_path, folder, options, timeout=3600)
+
+The child imports the plugin, opens its own read-only view of the dump, calls render, checks
+what came back and sends plain data (file names, the error, warnings) through a pipe. So:
+- a plugin that hangs is stopped at the time limit (its stack goes to error.log first);
+- `os._exit`, a segfault, `sys.exit` or an exception end the child, never `analyze`;
+- closing the dump, changing `dump.hooks`, `os.chdir`, signal handlers, matplotlib state or
+  any other global change dies with the child; the next plugin starts clean;
+- threads and processes it leaves behind are killed with its process group (it runs in a
+  session of its own, so the terminal's Ctrl-C reaches only analyze, which then stops it;
+  on Linux it also dies with its parent, however that ends).
+
+Children are forked by multiprocessing's forkserver, a small single-threaded server started
+once per analyze with numpy, h5py, matplotlib, plotly and the built-in plugins imported:
+a fork of it costs ~40 ms and starts warm (benchmarks/plugin_isolation.py). Forking analyze
+itself would be as cheap but copies the capture's threads (torch, OpenMP) into the child,
+where they deadlock; spawning a fresh interpreter re-imports everything per plugin. Where
+there is no forkserver (Windows) spawn is used. The child gets the parent's sys.path,
+environment and working folder at the time of the call, not the server's.
+"""
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from vitscope.plugin import BUILTINS
+
+DEFAULT_TIMEOUT = 3600.0     # seconds per plugin: generous; --plugin-timeout changes it
+STACK_GRACE = 1.0            # seconds a timed-out child gets to write its stack
+# Imported once by the fork server, so each child starts warm: the libraries every built-in
+# plugin uses, and the built-ins themselves (their modules, from BUILTINS).
+PRELOAD = ("numpy", "h5py", "vitscope.dump", "vitscope.plugin", "vitscope.render.figures",
+           "vitscope.render.interactive", "vitscope.render.mosaic", "vitscope.plugin.reading", "vitscope.plugin.maps",
+           "matplotlib.pyplot", "plotly.graph_objects", "plotly.subplots",
+           *sorted({value.split(":")[0] for value in BUILTINS.values()}))
+ERROR_LOG = "error.log"
+
+_CONTEXT = None
+
+
+@dataclass
+class Outcome:
+    """What came back from one plugin's child process."""
+    ok: bool
+    files: list[Path] = field(default_factory=list)
+    error: str | None = None          # one line for the user
+    logged: bool = False              # a traceback or stack is in out_dir/error.log
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    # The file system refused a write (full disk, quota, read-only): not the plugin's fault,
+    # and every later plugin would fail the same way. The WriteError message, naming
+    # `shown_dir` (the plugin's final folder) and its free space.
+    disk_full: str | None = None
+
+
+def context():
+    """The multiprocessing context children come from (forkserver, else spawn)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        methods = multiprocessing.get_all_start_methods()
+        _CONTEXT = multiprocessing.get_context("forkserver" if "forkserver" in methods
+                                               else "spawn")
+        if _CONTEXT.get_start_method() == "forkserver":
+            _CONTEXT.set_forkserver_preload(list(PRELOAD))
+    return _CONTEXT
+
+
+def warm_up() -> None:
+    """Start the fork server now (it imports in the background while analyze captures)."""
+    ctx = context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
+
+
+def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[str, Any], *,
+               timeout: float | None = DEFAULT_TIMEOUT,
+               shown_dir: str | Path | None = None) -> Outcome:
+    """Render plugin `entry` (a loaded PluginEntry) on the dump at `dump_path` into the
+    existing folder `out_dir`, in a child process; never raises for the plugin's faults.
+    `timeout` None or <= 0: no limit."""
+    out_dir = Path(out_dir).absolute()
+    job = {"value": entry.value, "name": entry.name, "dump": str(Path(dump_path).absolute()),
+           "out_dir": str(out_dir), "options": dict(options), "sys_path": list(sys.path),
+           "env": dict(os.environ), "cwd": os.getcwd(),
+           "shown_dir": str(Path(shown_dir or out_dir).absolute())}
+    ctx = context()
+    t0 = time.perf_counter()
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(job, writer), name=f"vitscope-plugin-{entry.name}")
+    try:
+        try:
+            with _interrupts_deferred():
+                proc.start()
+        except Exception as e:   # e.g. an option value that cannot be pickled
+            return Outcome(False, error=f"could not be started in its own process "
+                                        f"({type(e).__name__}: {_first_line(e)})")
+        finally:
+            writer.close()
+        limit = timeout if timeout and timeout > 0 else None
+        ready = wait([reader, proc.sentinel], limit)
+        message = _receive(reader) if reader in ready or proc.sentinel in ready else None
+        if not ready:
+            _dump_stack(proc)
+            _kill_group(proc)
+            logged = _headed_log(out_dir / ERROR_LOG, f"{entry.name} did not finish within its "
+                                 f"time limit of {_seconds(limit)}; its threads when stopped:")
+            return Outcome(False, error=f"did not finish within the time limit of "
+                                        f"{_seconds(limit)} (raise it with --plugin-timeout)",
+                           logged=logged, seconds=time.perf_counter() - t0)
+        if message is None:
+            proc.join(5)
+            logged = _headed_log(out_dir / ERROR_LOG, f"{entry.name}: {_death(proc.exitcode)}")
+            return Outcome(False, error=_death(proc.exitcode), seconds=time.perf_counter() - t0,
+                           logged=logged)
+        return Outcome(bool(message["ok"]), [out_dir / f for f in message["files"]],
+                       message["error"], bool(message["logged"]), list(message["warnings"]),
+                       message["seconds"], message.get("disk_full"))
+    finally:
+        _kill_group(proc)
+        reader.close()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done (then arrive as usual): a start cut
+    between connecting to the fork server and handing it the child's files kills the server
+    with a traceback of its own."""
+    if not hasattr(signal, "pthread_sigmask") or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _receive(reader) -> dict | None:
+    try:
+        if reader.poll(0):
+            msg = reader.recv()
+            return msg if isinstance(msg, dict) else None
+    except (EOFError, OSError):
+        pass
+    return None
+
+
+def _death(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"its process was killed by {name} before render returned (a crash in native code?)"
+    return (f"its process exited with code {code} before render returned (os._exit, or a crash "
+            f"in native code); plugins must return from render")
+
+
+def _headed_log(path: Path, head: str) -> bool:
+    """Put `head` above what the child left in error.log (a stack, or nothing); True."""
+    try:
+        body = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+        path.write_text(head + "\n" + body, encoding="utf-8")
+        return True
+    except OSError:
+        return False
+
+
+def _dump_stack(proc) -> None:
+    """Ask a timed-out child for its Python stack (faulthandler on SIGUSR1), briefly."""
+    sig = getattr(signal, "SIGUSR1", None)
+    if sig is None or proc.pid is None:
+        return
+    try:
+        os.kill(proc.pid, sig)
+        proc.join(STACK_GRACE)
+    except OSError:
+        pass
+
+
+def _kill_group(proc) -> None:
+    """Kill the child and everything it started (its process group), then reap it. Safe to
+    call again."""
+    try:
+        if proc.pid is None:
+            return
+    except ValueError:   # closed by an earlier call
+        return
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:   # already gone (and with it every member of its group)
+            pass
+    if proc.is_alive():
+        proc.kill()
+    proc.join(10)
+    try:
+        proc.close()
+    except ValueError:
+        pass
+
+
+def _seconds(limit: float) -> str:
+    return f"{limit:g} s" if limit < 120 else f"{limit / 60:g} min"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+# ------------------------------------------------------------------------------- the child
+
+def _child(job: dict[str, Any], conn) -> None:
+    """Runs in the child: set up like the parent, render, report, and leave at once."""
+    _detach()
+    sys.path[:] = job["sys_path"]
+    os.environ.clear()
+    os.environ.update(job["env"])
+    os.chdir(job["cwd"])
+    out_dir = Path(job["out_dir"])
+    log_path = out_dir / ERROR_LOG
+    log = open(log_path, "w", encoding="utf-8")
+    if hasattr(signal, "SIGUSR1"):   # the parent asks for the stack of a hung plugin
+        faulthandler.register(signal.SIGUSR1, file=log, all_threads=True)
+    result = {"ok": False, "files": [], "error": None, "logged": False, "warnings": [],
+              "seconds": 0.0}
+    t0 = time.perf_counter()
+    from vitscope.errors import VitscopeError
+    try:
+        result.update(_render(job, out_dir))
+    except VitscopeError as e:   # bad input, or what render returned: one line, no traceback
+        result["error"] = str(e)
+        result["disk_full"] = _disk_full(e, job["shown_dir"])
+    except BaseException as e:  # anything, SystemExit and KeyboardInterrupt included
+        result["error"] = f"raised {type(e).__name__}: {_first_line(e)}"
+        result["logged"] = _write_log(log)
+        result["disk_full"] = _disk_full(e, job["shown_dir"])
+    result["seconds"] = time.perf_counter() - t0
+    if not result["logged"]:
+        with contextlib.suppress(OSError):
+            log.close()
+        log_path.unlink(missing_ok=True)
+    try:
+        conn.send(result)
+        conn.close()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(0)   # not sys.exit: threads the plugin left must not keep the child alive
+
+
+def _render(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    from vitscope.dump import Dump
+    from vitscope.errors import VitscopeError
+    from vitscope.render.figures import pyplot, smoothing
+    from vitscope.plugin import RenderOptions, _import, _instantiate
+
+    pyplot()   # the headless backend before any plugin code
+    plugin = _instantiate(_import(job["value"]))
+    options = RenderOptions(job["options"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        with Dump.open(job["dump"]) as dump:
+            try:
+                with smoothing(bool(options.get("smooth", False))):   # analyze --smooth
+                    returned = plugin.render(dump, out_dir, options)
+            except VitscopeError as e:   # bad input the plugin found: one line, no traceback
+                return {"error": str(e), "warnings": _plugin_warnings(caught)}
+            files = _checked_files(returned, out_dir)   # the dump still open for anything
+    _check_summary(out_dir)
+    return {"ok": True, "files": files, "warnings": _plugin_warnings(caught)}
+
+
+def _write_log(log) -> bool:
+    """The traceback into error.log; False when it cannot be written (a full disk)."""
+    try:
+        log.seek(0)
+        log.truncate()
+        log.write(traceback.format_exc())
+        log.close()
+        return True
+    except OSError:
+        return False
+
+
+def _disk_full(error: BaseException, shown_dir: str) -> str | None:
+    from vitscope._internal.files import is_disk_full, write_failure
+    return str(write_failure(Path(shown_dir), error)) if is_disk_full(error) else None
+
+
+def _checked_files(returned: Any, out_dir: Path) -> list[str]:
+    """The files render() returned, as paths relative to out_dir; PluginError for anything
+    else (a string, a closed HDF5 object, a file elsewhere or missing)."""
+    from vitscope.errors import PluginError
+    from vitscope.analyze.staging import MARKER
+    root = out_dir.resolve()
+    if returned is None:  # lenient: a plugin that forgot to return its files
+        return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
+                      if p.is_file() and p.name not in (MARKER, ERROR_LOG))
+    if isinstance(returned, (str, bytes, os.PathLike)) or not _iterable(returned):
+        raise PluginError(f"render() returned {type(returned).__name__}, not a list of paths; "
+                          f"return the files it wrote.")
+    out = []
+    for item in list(returned):
+        if not isinstance(item, (str, os.PathLike)):
+            raise PluginError(f"render() returned a {type(item).__name__} among its files, not "
+                              f"a path; return the paths of the files it wrote.")
+        path = Path(item)
+        path = path if path.is_absolute() else out_dir / path
+        if not path.is_file():
+            raise PluginError(f"render() returned a file that does not exist: {item}.")
+        try:
+            out.append(path.resolve().relative_to(root).as_posix())
+        except ValueError:
+            raise PluginError(f"render() returned {item}, which is outside its output folder "
+                              f"{out_dir}; write every file into out_dir.") from None
+    return list(dict.fromkeys(out))
+
+
+def _iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_summary(out_dir: Path) -> None:
+    """summary.json, when written, must be one JSON object (index.html shows it as a table)."""
+    from vitscope.errors import PluginError
+    path = out_dir / "summary.json"
+    if not path.is_file():
+        return
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise PluginError(f"its summary.json is not valid UTF-8 JSON ({_first_line(e)}).") \
+            from None
+    if not isinstance(value, dict):
+        raise PluginError(f"its summary.json holds a JSON {type(value).__name__}, not an "
+                          f"object of headline numbers (pass a dict to save_results).")
+
+
+def _plugin_warnings(caught) -> list[str]:
+    """UserWarnings a plugin raised for the user (library deprecation noise is dropped)."""
+    out = []
+    for w in caught:
+        if issubclass(w.category, UserWarning) and not issubclass(
+                w.category, (DeprecationWarning, PendingDeprecationWarning)):
+            msg = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
+            if msg and msg not in out:
+                out.append(msg)
+    return out
+
+
+def _detach() -> None:
+    """A session and process group of its own; on Linux, SIGKILL when the parent dies.
+
+    The parent is the fork server, which exits when analyze does, however analyze ends (it
+    reads EOF on its `alive` pipe). multiprocessing hands each child the write end of that
+    pipe too; a child that kept it would keep the server alive after a SIGKILL of analyze,
+    and itself with it, so it is closed here."""
+    try:
+        os.setsid()
+    except (AttributeError, OSError):
+        pass
+    try:
+        from multiprocessing import forkserver
+        alive = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)
+        if alive is not None:
+            os.close(alive)
+            forkserver._forkserver._forkserver_alive_fd = None
+    except (ImportError, AttributeError, OSError):
+        pass
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL))   # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+        if os.getppid() == 1:    # the server died before prctl took effect
+            os._exit(1)

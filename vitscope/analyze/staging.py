@@ -1,0 +1,196 @@
+"""Render into temporary folders, swap them into place on success: per plugin and per run.
+
+    with Staging(run_dir) as stage:                  # locks run_dir (vitscope._internal.locks)
+        folder = stage.folder("rollout")             # run_dir/.vitscope-new-<token>-rollout/
+        ...render into folder...
+        stage.commit(succeeded=["rollout"], failed_logs=[], manifest=new_manifest)
+
+What a run folder promises, whatever kills the process and when:
+- A plugin's folder `run_dir/<name>/` is replaced only by a complete, successful render of
+  the same plugin. A plugin that fails keeps its earlier figures (its error.log is put
+  beside them); one that never rendered before gets a folder holding its error.log.
+- `manifest.json` and `index.html` are written atomically (a temporary file renamed over
+  the old one) and only at the commit, so they never list figures that a re-run deleted.
+- The commit is journalled: `run_dir/.vitscope-commit-<token>.json` is written (fsynced)
+  before the first rename. A process killed during the renames leaves the journal, and the
+  next Staging of that folder (which holds the lock, so the killed one is dead) finishes
+  the commit; leftovers without a journal are discarded. A kill before the commit leaves
+  the run folder exactly as it was.
+- Only plugin output folders are ever replaced or deleted: a `<name>/` that exists without
+  the `.vitscope-plugin` marker (or is a link) is refused, names are safe slugs
+  (vitscope.plugin.check_name; a setting folder adds `@key=value,...`, vitscope.analyze.setting_folders), and the temporary folders sit at the same depth as the
+  final ones, so relative links a plugin writes (`../plotly.min.js`) stay right.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from vitscope.errors import PluginError
+from vitscope._internal.locks import hold
+from vitscope._internal.files import replacing
+from vitscope.render.index_page import write_index
+
+MARKER = ".vitscope-plugin"     # marks a folder as plugin output, so a re-run may replace it
+MANIFEST = "manifest.json"
+LOCK = ".vitscope.lock"
+NEW, OLD, JOURNAL = ".vitscope-new-", ".vitscope-old-", ".vitscope-commit-"
+ERROR_LOG = "error.log"
+
+
+def is_plugin_folder(path: Path) -> bool:
+    """A real folder (not a link) that vitscope marked as one plugin's output."""
+    return path.is_dir() and not path.is_symlink() and (path / MARKER).is_file()
+
+
+def check_replaceable(run_dir: Path, name: str) -> Path:
+    """run_dir/<name>, which a render may replace: absent, or a plugin folder of ours directly
+    under run_dir. PluginError otherwise (nothing is touched)."""
+    from vitscope.analyze.setting_folders import folder_problem
+    problem = folder_problem(name)
+    if problem:
+        raise PluginError(f"Output folder {name!r} of a plugin: {problem}.")
+    target = Path(run_dir) / name
+    if target.resolve().parent != Path(run_dir).resolve():
+        raise PluginError(f"'{target}' is not a folder directly inside '{run_dir}'.")
+    if (target.exists() or target.is_symlink()) and not is_plugin_folder(target):
+        raise PluginError(f"'{target}' exists and is not a vitscope plugin folder (no {MARKER} "
+                          f"marker), so it is not replaced; move it away or choose another "
+                          f"output folder with -o.")
+    return target
+
+
+class Staging:
+    """One analyze run into `run_dir`: the lock, temporary folders and the commit."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir).absolute()
+        self.token = f"{os.getpid()}{secrets.token_hex(3)}"
+        self.committed = False
+        self._folders: dict[str, Path] = {}
+        self._lock = None
+
+    def __enter__(self) -> "Staging":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = hold(self.run_dir / LOCK, self.run_dir, PluginError,
+                          hint="wait for that analyze to finish, or choose another output "
+                               "folder with -o")
+        self._lock.__enter__()
+        try:
+            recover(self.run_dir)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if not self.committed:
+                for folder in self._folders.values():
+                    _rmtree(folder)
+        finally:
+            self._lock.__exit__(*exc)
+
+    def folder(self, name: str) -> Path:
+        """A new, empty, marked folder to render plugin `name` into (PluginError when its
+        final folder is not ours to replace)."""
+        check_replaceable(self.run_dir, name)
+        folder = self.run_dir / f"{NEW}{self.token}-{name}"
+        if folder.exists():
+            _rmtree(folder)
+        folder.mkdir()
+        (folder / MARKER).touch()
+        self._folders[name] = folder
+        return folder
+
+    def final(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def commit(self, succeeded: Iterable[str], failed_logs: Iterable[str] = (),
+               manifest: dict[str, Any] | None = None) -> None:
+        """Swap in the folders of `succeeded` plugins; for `failed_logs`, put the error.log of
+        the failed render beside the earlier figures (or, with none, the folder holding only
+        the log); then write manifest.json and index.html (when `manifest` is given)."""
+        swap, logs = [], []
+        for name in failed_logs:
+            folder = self._folders[name]
+            for child in folder.iterdir():   # a failed render's partial figures never show
+                if child.name not in (MARKER, ERROR_LOG):
+                    _rmtree(child)
+            (logs if is_plugin_folder(self.final(name)) else swap).append(name)
+        swap = [n for n in succeeded] + swap
+        journal = {"token": self.token, "swap": swap, "logs": logs, "manifest": manifest}
+        path = self.run_dir / f"{JOURNAL}{self.token}.json"
+        _write(path, json.dumps(journal, default=str))
+        self.committed = True
+        finish(self.run_dir, path)
+
+
+def recover(run_dir: Path) -> None:
+    """Finish the journalled commits of killed runs and discard their other leftovers.
+    Called with the run folder's lock held."""
+    run_dir = Path(run_dir)
+    for tmp in run_dir.glob(".*.tmp-*"):     # a write cut short (vitscope._internal.files.replacing)
+        if tmp.name.startswith((f".{Path(MANIFEST).stem}.", ".index.", "." + JOURNAL)):
+            tmp.unlink(missing_ok=True)
+    for journal in sorted(run_dir.glob(f"{JOURNAL}*.json")):
+        try:
+            finish(run_dir, journal)
+        except ValueError:     # a torn journal: it was never complete, so nothing was renamed
+            journal.unlink(missing_ok=True)
+    for leftover in list(run_dir.glob(f"{OLD}*")):
+        name = leftover.name[len(OLD):].split("-", 1)[-1]
+        if not (run_dir / name).exists() and is_plugin_folder(leftover):
+            leftover.rename(run_dir / name)       # a swap cut in half: the old one goes back
+        else:
+            _rmtree(leftover)
+    for leftover in run_dir.glob(f"{NEW}*"):
+        _rmtree(leftover)
+
+
+def finish(run_dir: Path, journal: Path) -> None:
+    """Carry out a written journal; each step checks what is done, so it can be repeated."""
+    plan = json.loads(journal.read_text(encoding="utf-8"))
+    token = plan["token"]
+    for name in plan["swap"]:
+        new, final = run_dir / f"{NEW}{token}-{name}", run_dir / name
+        old = run_dir / f"{OLD}{token}-{name}"
+        if not new.exists():
+            continue                                  # swapped before the kill
+        if is_plugin_folder(final):
+            if old.exists():
+                _rmtree(old)
+            final.rename(old)
+        elif final.exists() or final.is_symlink():    # appeared since: never ours to delete
+            _rmtree(new)
+            continue
+        new.rename(final)
+    for name in plan["logs"]:
+        log = run_dir / f"{NEW}{token}-{name}" / ERROR_LOG
+        if log.is_file() and is_plugin_folder(run_dir / name):
+            os.replace(log, run_dir / name / ERROR_LOG)
+    if plan.get("manifest") is not None:
+        _write(run_dir / MANIFEST, json.dumps(plan["manifest"], indent=2, default=str) + "\n")
+        write_index(run_dir)
+    for leftover in [*run_dir.glob(f"{OLD}{token}-*"), *run_dir.glob(f"{NEW}{token}-*")]:
+        _rmtree(leftover)
+    journal.unlink(missing_ok=True)
+
+
+def _write(path: Path, text: str) -> None:
+    """Whole or not at all: a temporary file, fsynced, renamed over `path` (vitscope._internal.files)."""
+    with replacing(path) as (tmp,):
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+

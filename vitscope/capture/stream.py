@@ -1,0 +1,815 @@
+"""Stream a dataset through a ViT into an activation dump (vitscope.dump), batch by batch.
+
+    path = capture(model, load_dataset("shapes", "val", 32), "outputs/dumps/x.h5", ckpt=ckpt)
+    path, reused = ensure_dump("runs/shapes/best.pt", n=64)     # what `vitscope analyze` uses
+
+Why it is shaped this way:
+- Only the hook points asked for get a hook, so attention takes its explicit (B×H×T×T) branch
+  only in blocks whose `attn.weights` is captured; everything else stays on fused SDPA.
+- Activations are cast to the dump dtype on the device (half the transfer for fp16) and
+  handed to a background writer thread through a bounded queue: the model never waits on
+  HDF5 compression or the disk, and memory holds at most a few batches whatever N is.
+- Two hook points that receive the very same tensor (`blocks.i.out` is `blocks.{i+1}.norm1.in`)
+  are stored once and hard-linked, which saves a sixth of the default set.
+- The file is written as OUT.h5.<host>-<pid>-<random>.partial (unique, so two captures to
+  one OUT never share it) and renamed on success; Ctrl-C, SIGTERM or an exception deletes
+  the partial file, and an existing OUT.h5, even one another process finished meanwhile,
+  is replaced only with force (vitscope._internal.folders.publish).
+- Gradients (`grad:<pattern>` among the hooks, e.g. `grad:blocks.*.attn.weights`): the forward
+  pass runs with autograd only then, and one backward pass per batch gives d logit[target] /
+  d <hook output> for every image at once (images are independent in eval mode, so the
+  gradient of the summed target logits is each image's own). The hook hands the model a
+  fresh view of its activation, so the gradient is the one flowing through that hook point
+  only (`blocks.i.norm1.in` gets the LayerNorm branch, `blocks.{i-1}.out` the whole residual
+  stream), on any hooked model. Without gradients the pass stays under inference_mode.
+  The class explained per image (`target`: "pred", "label", a class index, or an array per
+  split position) is stored in /target for every dump.
+- Images must already have the model's size (a clear DumpError otherwise): resizing silently
+  would change what the model saw. `load_dataset(..., image_size=cfg.image_size)` resizes
+  once, at load time; the CLI and ensure_dump always ask for the checkpoint's size.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitscope.dump import Dump, DumpWriter
+from vitscope.errors import DataError, DumpError, VitscopeError, WriteError
+from vitscope.model.hooks import attach, hook_points, is_hooked, offered_names, resolve
+from vitscope._internal.locks import hold
+from vitscope.names import SLICES, resolve_names, slice_of, split_grads
+from vitscope._internal.folders import make_output_dir, partial_path, publish, remove_empty
+from vitscope._internal.signals import terminate_as_exception as _terminate_as_exception
+from vitscope._internal.files import is_write_failure, write_failure
+
+DEFAULT_HOOKS: tuple[str, ...] = (
+    "patch_embed.out",
+    "blocks.*.norm1.in", "blocks.*.norm1.out",
+    "blocks.*.attn.weights", "blocks.*.attn.out",
+    "blocks.*.norm2.in", "blocks.*.norm2.out",
+    "blocks.*.out",
+    "norm.out",
+    "cls",
+)
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+COMPRESSIONS = ("lzf", "gzip", "none")
+DEFAULT_N = 64                      # images ensure_dump captures when no n is given
+DEFAULT_BATCH = 64                  # images per forward pass, unless memory says fewer
+# What one batch may hold while it is captured (activations, gradients, the autograd graph,
+# and the batches queued for the writer): the automatic batch size keeps under it, so a
+# ViT-S/16 at 224 px with gradients captures in batches of 7, not 64 (measured on the 2-core
+# VM, benchmarks/analyze_224.py at 64 images: 6.3 GB peak with 64, 2.1 GB with 7).
+BATCH_MEMORY = 1 << 30
+# One visible folder for every dump: `vitscope dump` without -o writes `<run>-<split>-<n>.h5`
+# there, `vitscope analyze` captures what it needs as `<run>-<split>-<n>-<key>.h5` beside them.
+DEFAULT_DUMP_DIR = Path("outputs/dumps")
+# Where analyze captured before 2026-12 (a hidden folder users did not find): still searched,
+# so the dumps an earlier version made keep being reused; nothing new is written there.
+LEGACY_DUMP_DIR = Path("outputs/.dumps")
+CAPTURE_SEED = 0                    # the image order analyses ask for (a seeded shuffle)
+QUEUE_BATCHES = 2                   # batches waiting for the writer: bounds memory
+TARGETS = ("pred", "label")         # besides a class index: what --target may name
+FP16_UNDERFLOW_WARN = 0.01          # warn when this share of non-zero gradients flush to 0 in fp16
+
+
+def capture(model: torch.nn.Module, dataset, out_path: str | Path,
+            hooks: str | Iterable[str] = DEFAULT_HOOKS, *, ckpt=None, normalize=None,
+            classes: list[str] | None = None, limit: int | None = None,
+            batch_size: int | None = None,
+            dtype: str = "float16", compression: str | None = "lzf",
+            shard: tuple[int, int] | str | None = None, force: bool = False,
+            device: str | torch.device | None = None, progress: bool = False,
+            seed: int | None = 0, target: str | int | np.ndarray = "pred",
+            derive: bool = True) -> Path:
+    """Run `dataset` (an ImageDataset) through `model` and write the dump `out_path`.
+
+    Images go in a seeded shuffle of the split (`seed`; None keeps the split's order) so any
+    prefix is a mixed sample; `limit` keeps the first images of that order and `shard=(i, n)`
+    (or "i/n") writes the i-th of n contiguous ranges of it. `ckpt` (a Checkpoint) supplies
+    path, SHA-256, classes and normalisation; without it they come from `model.cfg`,
+    `classes` and `normalize` ((mean, std), default 0.5 each) and the hash stays empty.
+    The model is moved to `device` (None: where it is) and put back in its train/eval mode
+    afterwards. `target` is the class whose logit gradients differentiate and /target records:
+    "pred" (the model's prediction), "label", a class index, or an int array over the split's
+    positions (stored as "explicit"). `batch_size` None picks the largest batch of at most
+    DEFAULT_BATCH images whose capture stays within BATCH_MEMORY (`auto_batch_size`); a number
+    is used as given. With `derive`, a LayerNorm output whose input is stored
+    too is kept as the norm's parameters and computed on read (vitscope.dump.derive: about 29% of
+    the default hooks' bytes), where the first batch shows that this reproduces it. Returns
+    the path of the finished dump.
+    """
+    out = Path(out_path)
+    names, grads = _check_request(model, dataset, out, hooks, limit, batch_size, dtype,
+                                  compression, force, seed)
+    if batch_size is None:
+        batch_size = auto_batch_size(model, names, grads, dtype)
+    order = image_order(len(dataset), seed)[:limit]
+    index, count = parse_shard(shard) if shard is not None else (0, 1)
+    start, stop = shard_range(len(order), index, count)
+    positions = order[start:stop]
+    if len(positions) == 0:
+        raise DumpError(f"Shard {index}/{count} of {len(order)} images is empty; use at most "
+                        f"{len(order)} shards.")
+    mean, std = _normalisation(ckpt, normalize)
+    attrs = _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype,
+                        compression, len(order), (index, count, start, stop) if shard else None)
+    labels = _labels_for(dataset, attrs["classes"])  # (labels, remapped)
+    spec = parse_target(target, num_classes(model))
+    _check_target(spec, labels[0][positions] if not isinstance(spec, np.ndarray) else None,
+                  spec[positions] if isinstance(spec, np.ndarray) else None, dataset)
+    attrs["target"] = "explicit" if isinstance(spec, np.ndarray) else str(spec)
+    attrs["grad_hooks"] = grads
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    created = make_output_dir(out.parent, DumpError, "choose another path with -o")
+    partial = partial_path(out)      # unique: two captures to one OUT never collide
+    was_training = model.training
+    writer = None
+    try:
+        model.to(dev).eval()
+        writer = BackgroundWriter(DumpWriter(partial, len(positions), attrs,
+                                             batch_size=batch_size, compression=compression))
+        with _terminate_as_exception():
+            _stream(model, dataset, positions, labels, names, writer, dev, mean, std,
+                    batch_size, DTYPES[dtype], progress, out.name, grads, spec,
+                    _norm_outputs(model, names) if derive else {})
+            writer.finish()
+            publish(partial, out, force=force, error=DumpError,
+                    hint="pass --force to overwrite it or choose another path with -o")
+    except BaseException as e:
+        if writer is not None:
+            writer.abort()
+        partial.unlink(missing_ok=True)
+        remove_empty(created)
+        failed = writer.writer.file.error if writer is not None else None
+        if failed is not None or (isinstance(e, OSError) and is_write_failure(e)):
+            raise write_failure(out, failed or e).with_hint(
+                "the partial file was removed and nothing else changed; free some space or "
+                "choose another path with -o") from None
+        raise
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, compression,
+                   force, seed) -> tuple[list[str], list[str]]:
+    if not is_hooked(model):
+        raise DumpError(f"A {type(model).__name__} has no hook points to capture; dumps are "
+                        f"made from ViT checkpoints.")
+    check_limit(limit)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not 0 <= seed < 2 ** 63):
+        raise DumpError(f"The image-order seed must be an integer from 0 to 2**63 - 1 (or None "
+                        f"for the split's own order), got {seed!r}.")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise DumpError(f"--batch-size must be a positive integer, got {batch_size!r}.")
+    if dtype not in DTYPES:
+        raise DumpError(f"Unknown dump dtype '{dtype}'; use one of {', '.join(DTYPES)}.")
+    if compression not in (*COMPRESSIONS, None):
+        raise DumpError(f"Unknown compression '{compression}'; use one of "
+                        f"{', '.join(COMPRESSIONS)}.")
+    if out.is_dir():
+        raise DumpError(f"'{out}' is a directory; give -o a file name such as {out / 'dump.h5'}.")
+    if out.exists() and not force:
+        raise DumpError(f"'{out}' already exists; pass --force to overwrite it or choose another "
+                        f"path with -o.")
+    if len(dataset) == 0:
+        raise DumpError(f"Dataset '{dataset.spec}' ({dataset.split}) has no images to dump.")
+    _, mh, mw = model.input_shape
+    if tuple(dataset.images.shape[1:3]) != (mh, mw):
+        h, w = dataset.images.shape[1:3]
+        raise DumpError(f"Dataset '{dataset.spec}' has {h}×{w} images but the model expects "
+                        f"{mh}×{mw}; load it at the model's size (load_dataset(..., "
+                        f"image_size={mh}), which `vitscope dump` does for you).")
+    return resolve_request(model, hooks)
+
+
+def capture_bytes_per_image(model, names: Iterable[str], grads: Iterable[str],
+                            dtype: str = "float16") -> int:
+    """About how much memory capturing one image takes: the hooked activations and gradients
+    in float32, the autograd graph when gradients are taken (about as large as every hook
+    point's output: it keeps the attention and MLP activations for the backward pass), and
+    the stored copies queued for the writer (QUEUE_BATCHES batches in `dtype`). From the
+    hook points' shapes at the model's input size (one forward pass of one image)."""
+    from vitscope.model.hooks import list_hook_points
+
+    names, grads = list(names), list(grads)
+    sizes = {name: int(np.prod([d for d in shape[1:]], dtype=np.int64))
+             for name, shape in list_hook_points(model)}
+    every_point = sum(sizes.values())
+    for name in names:                       # a CLS slice: one row of its attention
+        if slice_of(name) is not None and slice_of(name)[0] in sizes:
+            sizes[name] = sizes[slice_of(name)[0]] // model.token_layout.num_tokens
+    stored = sum(sizes.get(n, 0) for n in names) + sum(sizes.get(n, 0) for n in grads)
+    graph = every_point if grads else 0
+    item = 2 if dtype == "float16" else 4
+    return 4 * (stored + graph) + item * stored * QUEUE_BATCHES
+
+
+def auto_batch_size(model, names: Iterable[str], grads: Iterable[str] = (),
+                    dtype: str = "float16", budget: int | None = None) -> int:
+    """The largest batch of at most DEFAULT_BATCH images whose capture fits in `budget`
+    bytes (default BATCH_MEMORY), at least 1."""
+    per_image = max(1, capture_bytes_per_image(model, names, grads, dtype))
+    budget = BATCH_MEMORY if budget is None else budget
+    return int(max(1, min(DEFAULT_BATCH, budget // per_image)))
+
+
+def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[str]]:
+    """Hook names/patterns, some `grad:`-prefixed -> (activation names, gradient names), each
+    in forward order; HookError for a pattern that matches nothing."""
+    acts, grads = split_grads([hooks] if isinstance(hooks, str) else list(hooks))
+    names = resolve_names(offered_names(model, grads=False), acts)
+    # a CLS slice of an attention that is stored whole is read from it (vitscope.dump)
+    names = [n for n in names if slice_of(n) is None or slice_of(n)[0] not in names]
+    return names, resolve(model, grads)
+
+
+def num_classes(model) -> int:
+    """Outputs of a hooked model's head (its config says; adapters carry one too)."""
+    return int(model.cfg.num_classes)
+
+
+def parse_target(target, classes: int) -> str | int | np.ndarray:
+    """`--target` text or value -> "pred", "label", a class index, or an int64 array; DumpError
+    in one sentence for anything else (e.g. `--target 99` for a 10-class model)."""
+    if isinstance(target, np.ndarray):
+        arr = np.asarray(target)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise DumpError(f"An explicit target must be a 1-D integer array over the split, got "
+                            f"{arr.dtype} of shape {arr.shape}.")
+        return arr.astype(np.int64)
+    text = str(target).strip().lower()
+    if text in TARGETS:
+        return text
+    try:
+        index = int(text)
+    except ValueError:
+        raise DumpError(f"--target must be pred, label or a class index 0–{classes - 1}, got "
+                        f"{target!r}.") from None
+    if not 0 <= index < classes:
+        raise DumpError(f"--target {index} is not a class of this model, which has {classes} "
+                        f"classes (0–{classes - 1}); use pred, label or an index in that range.")
+    return index
+
+
+def _check_target(spec, labels: np.ndarray | None, explicit: np.ndarray | None, dataset) -> None:
+    """--target label needs a known label for every captured image; an explicit array needs
+    a class for each."""
+    if isinstance(spec, str) and spec == "label" and labels is not None and (labels < 0).any():
+        missing = int((labels < 0).sum())
+        raise DumpError(f"--target label needs a label for every image, but {missing} of the "
+                        f"{len(labels)} images of '{dataset.spec}' have none the model knows; "
+                        f"use --target pred or a class index.")
+    if explicit is not None and (explicit < 0).any():
+        raise DumpError(f"The explicit target has no class for {int((explicit < 0).sum())} of "
+                        f"the captured images; give a class index for each.")
+
+
+def image_order(n: int, seed: int | None) -> np.ndarray:
+    """Positions in the split in capture order: a seeded shuffle, or 0..n-1 for seed None."""
+    if seed is None:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng(seed).permutation(n).astype(np.int64)
+
+
+def parse_shard(shard: tuple[int, int] | str) -> tuple[int, int]:
+    """`"1/4"` or `(1, 4)` -> (1, 4); DumpError unless 0 <= i < n."""
+    try:
+        i, n = (int(s) for s in shard.split("/")) if isinstance(shard, str) else map(int, shard)
+    except (ValueError, TypeError):
+        raise DumpError(f"--shard must look like i/n (e.g. 0/4 for the first of four shards), "
+                        f"got {shard!r}.") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise DumpError(f"--shard {i}/{n} is out of range; i counts from 0 to n-1 (e.g. 0/4 .. 3/4).")
+    return i, n
+
+
+def shard_range(total: int, index: int, count: int) -> tuple[int, int]:
+    """Contiguous [start, stop) of shard `index` of `count` over `total` ordered images."""
+    return total * index // count, total * (index + 1) // count
+
+
+def _normalisation(ckpt, normalize) -> tuple[list[float], list[float]]:
+    from vitscope.data import DEFAULT_MEAN, DEFAULT_STD, normalization
+    if ckpt is not None:
+        return normalization(ckpt)
+    if normalize is None:
+        return list(DEFAULT_MEAN), list(DEFAULT_STD)
+    mean, std = normalize
+    return [float(x) for x in mean], [float(x) for x in std]
+
+
+def _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype, compression,
+                total, shard) -> dict[str, Any]:
+    cfg = model.cfg
+    model_classes = list(ckpt.classes) if ckpt is not None and ckpt.classes else \
+        list(classes if classes is not None else dataset.classes)
+    attrs = {
+        "arch": getattr(ckpt, "arch", "vit"),
+        "model_config": cfg.to_dict(),
+        "checkpoint_path": str(ckpt.path) if ckpt is not None else "",
+        "checkpoint_sha256": file_sha256(ckpt.path) if ckpt is not None else "",
+        "classes": model_classes,
+        "dataset_classes": list(dataset.classes),
+        "dataset": dataset.spec,
+        "data_sha256": dataset.fingerprint(),
+        "split": dataset.split,
+        "split_size": len(dataset),
+        "seed": -1 if seed is None else int(seed),
+        "order": "split" if seed is None else "shuffle",
+        "num_images": total if shard is None else shard[3] - shard[2],
+        "normalize": {"mean": mean, "std": std},
+        "token_layout": model.token_layout.to_dict(),
+        # a feature model (no classifier head) stores its pooled features under /logits
+        "outputs": "features" if getattr(cfg, "num_classes", 1) == 0 else "logits",
+        "hooks": names,
+        "model_hooks": list(hook_points(model)),
+        "dtype": dtype,
+        "compression": compression or "none",
+    }
+    if shard is not None:
+        i, n, start, stop = shard
+        attrs["shard"] = {"index": i, "count": n, "start": start, "stop": stop, "total": total}
+    return attrs
+
+
+def _labels_for(dataset, model_classes: list[str]) -> tuple[np.ndarray, bool]:
+    """Dataset labels as indices into the model's classes (by name when the two lists differ,
+    -1 for a class the model lacks), and whether they had to be remapped."""
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    if not dataset.classes or list(dataset.classes) == list(model_classes) or not model_classes:
+        return labels, False
+    lookup = np.array([model_classes.index(c) if c in model_classes else -1
+                       for c in dataset.classes] + [-1], dtype=np.int64)
+    return lookup[np.where(labels >= 0, labels, len(dataset.classes))], True
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, cached per (path, size, mtime) so repeated requests hash once."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+class BackgroundWriter:
+    """A thread that owns the DumpWriter and takes batches through a bounded queue."""
+
+    def __init__(self, writer: DumpWriter) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="vitscope-dump-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None or self._stop.is_set():
+                return
+            try:
+                start, arrays, tensors, event, links = item
+                if event is not None:
+                    event.synchronize()  # the device-to-host copies were issued asynchronously
+                arrays.update({k: t.numpy() for k, t in tensors.items()})
+                self.writer.write(start, arrays)
+                if links is not None:   # after the first batch: what is stored only once
+                    aliases, derived = links
+                    self.writer.set_aliases(aliases)
+                    if derived:
+                        self.writer.set_derived(derived)
+            except BaseException as e:  # reported to the capture loop, which stops
+                self.error = e
+                return
+
+    def put(self, item) -> None:
+        while True:
+            self._raise_if_failed()
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _raise_if_failed(self) -> None:
+        if isinstance(self.error, WriteError):  # capture() names the output and cleans up
+            raise self.error
+        if self.error is not None:
+            raise DumpError(f"Writing '{self.writer.path}' failed ({type(self.error).__name__}: "
+                            f"{self.error}); check free disk space and write permission.") \
+                from self.error
+
+    def finish(self) -> None:
+        self.put(None)
+        self.thread.join()
+        self._raise_if_failed()
+        self.writer.finish()
+
+    def abort(self) -> None:
+        """Stop the thread without writing the rest, and close the file."""
+        self._stop.set()
+        while self.thread.is_alive():
+            try:
+                self.queue.put(None, timeout=0.1)
+            except queue.Full:
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    pass
+            self.thread.join(timeout=0.1)
+        self.writer.close()
+
+
+def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWriter, dev,
+            mean, std, batch_size, torch_dtype, progress, desc, grads=(), target="pred",
+            norms: dict[str, tuple[str, torch.nn.LayerNorm]] | None = None) -> None:
+    from tqdm import tqdm
+
+    from vitscope.data import to_model_input
+
+    labels, remapped = labels_remap
+    acts: dict[str, torch.Tensor] = {}
+    grad_in: dict[str, torch.Tensor] = {}   # the views handed on by gradient hook points
+    act_set, grad_set = set(names), set(grads)
+    # CLS slices (vitscope.names.SLICES): read at their attention, stored as a row or column
+    slices: dict[str, list[tuple[str, int]]] = {}
+    for n in names:
+        if slice_of(n) is not None:
+            source, suffix = slice_of(n)
+            slices.setdefault(source, []).append((n, SLICES[suffix]))
+    cls = model.token_layout.cls_index
+    norms = norms or {}                        # LayerNorm outputs asked for: (input, module)
+    probe_set = {i for i, _ in norms.values()} - act_set   # their inputs, seen, not stored
+    aliases: dict[str, str] | None = None
+    derived: dict[str, dict] = {}
+    cuda = dev.type == "cuda"
+    checked_fp16 = torch_dtype != torch.float16
+
+    def grab(t: torch.Tensor, name: str) -> torch.Tensor | None:
+        if name in act_set or name in probe_set:
+            acts[name] = t.detach()
+        for part, axis in slices.get(name, ()):   # a copy: the full matrix need not stay
+            acts[part] = t.detach().select(axis, cls).contiguous()
+        if name in grad_set:   # a fresh view: its gradient is what flows through this point
+            grad_in[name] = view = t.view_as(t)
+            return view
+        return None
+
+    bar = tqdm(total=len(positions), unit="img", desc=desc, dynamic_ncols=True,
+               disable=None if progress else True)  # None: only on a terminal
+    # Autograd only when gradients are asked for: plain captures keep inference_mode's speed.
+    mode = torch.enable_grad() if grads else torch.inference_mode()
+    points = [n for n in names if slice_of(n) is None] + [s for s in slices if s not in act_set]
+    with attach(model, {n: grab for n in [*points, *grads, *sorted(probe_set)]}), mode, bar:
+        for b0 in range(0, len(positions), batch_size):
+            pos = positions[b0:b0 + batch_size]
+            images = np.ascontiguousarray(dataset.images[pos])
+            u8 = torch.from_numpy(images)
+            if cuda:
+                u8 = u8.pin_memory().to(dev, non_blocking=True)
+            acts.clear()
+            grad_in.clear()
+            x = to_model_input(u8.to(dev), mean, std)
+            if grads:
+                x.requires_grad_(True)   # every hook output joins the graph, frozen weights or not
+            logits = model(x)
+            tgt = _batch_target(target, logits, labels, pos)
+            tensors: dict[str, torch.Tensor] = {}
+            if grads:
+                raw = _target_grads(logits, tgt, grad_in, grads)
+                if not checked_fp16:
+                    checked_fp16 = True
+                    _warn_fp16_loss(raw)
+                tensors.update({f"grads/{n}": g.to(torch_dtype) for n, g in zip(grads, raw)})
+                del raw
+                grad_in.clear()   # frees this batch's graph before the next forward
+            logits = logits.detach()
+            first = aliases is None
+            if first:
+                aliases = _same_tensors(acts, names)
+                derived = _derivations(acts, names, aliases, norms, torch_dtype)
+            tensors.update({f"acts/{n}": acts[n].to(torch_dtype) for n in names
+                            if n not in aliases and n not in derived})
+            tensors["logits"] = logits.float()
+            tensors = {k: v.to("cpu", non_blocking=cuda) for k, v in tensors.items()}
+            event = None
+            if cuda:
+                event = torch.cuda.Event()
+                event.record()
+            arrays = {"images": images, "labels": labels[pos], "indices": pos,
+                      "target": tgt.cpu().numpy()}
+            if dataset.paths is not None:   # the file of each image, for captions and hovers
+                arrays["paths"] = np.array([str(dataset.paths[i]) for i in pos], dtype=object)
+            if remapped:
+                arrays["dataset_labels"] = np.asarray(dataset.labels, dtype=np.int64)[pos]
+            if dataset.masks is not None:
+                arrays["masks"] = np.asarray(dataset.masks[pos], dtype=np.uint8)
+            links = (aliases, derived) if first else None
+            writer.put((b0, arrays, tensors, event, links))
+            bar.update(len(pos))
+            if progress:
+                bar.set_postfix_str(f"{writer.writer.bytes_in / 1e6:,.1f} MB written", refresh=False)
+
+
+def _batch_target(target, logits: torch.Tensor, labels: np.ndarray,
+                  pos: np.ndarray) -> torch.Tensor:
+    """The class explained for each image of a batch (B int64 on the logits' device)."""
+    if isinstance(target, np.ndarray):
+        values = target[pos]
+    elif target == "pred":
+        return logits.detach().argmax(dim=1)
+    elif target == "label":
+        values = labels[pos]
+    else:
+        values = np.full(len(pos), int(target), dtype=np.int64)
+    return torch.as_tensor(values, dtype=torch.long, device=logits.device)
+
+
+def _target_grads(logits: torch.Tensor, target: torch.Tensor, grad_in: dict[str, torch.Tensor],
+                  grads: list[str]) -> list[torch.Tensor]:
+    """d logit[target] / d each hooked view, for the whole batch in one backward pass."""
+    missing = [n for n in grads if n not in grad_in]
+    if missing:
+        raise DumpError(f"Hook point '{missing[0]}' produced nothing during the forward pass; "
+                        f"this model does not run it, so it has no gradient.")
+    chosen = logits.gather(1, target[:, None]).sum()
+    out = torch.autograd.grad(chosen, [grad_in[n] for n in grads], allow_unused=True)
+    # a point the target logit does not depend on at all has a zero gradient
+    return [torch.zeros_like(grad_in[n]) if g is None else g.detach()
+            for n, g in zip(grads, out)]
+
+
+def _warn_fp16_loss(raw: list[torch.Tensor]) -> None:
+    """On the first batch: warn when fp16 storage loses gradients that float32 keeps
+    (overflow beyond 65504, or more than 1% of the non-zero values flushed to zero)."""
+    over = under = nonzero = 0
+    for g in raw:
+        g16 = g.to(torch.float16)
+        over += int((torch.isinf(g16) & torch.isfinite(g)).sum())
+        nz = g != 0
+        nonzero += int(nz.sum())
+        under += int((nz & (g16 == 0)).sum())
+    if over or (nonzero and under > FP16_UNDERFLOW_WARN * nonzero):
+        warnings.warn(f"float16 loses gradients of this model ({over} overflow, {under} of "
+                      f"{nonzero} non-zero values flush to zero in the first batch); capture "
+                      f"with --dtype float32 to keep them.", stacklevel=3)
+
+
+def _norm_outputs(model, names: list[str]) -> dict[str, tuple[str, torch.nn.LayerNorm]]:
+    """Captured hook points `<path>.out` that are the output of a LayerNorm at `<path>` whose
+    input is the hook point `<path>.in`: {output: (input, norm)}; candidates for deriving."""
+    points = set(hook_points(model))
+    found = {}
+    for name in names:
+        path, _, leaf = name.rpartition(".")
+        if leaf != "out" or f"{path}.in" not in points:
+            continue
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(module, torch.nn.LayerNorm) and len(module.normalized_shape) == 1:
+            found[name] = (f"{path}.in", module)
+    return found
+
+
+def _derivations(acts: dict[str, torch.Tensor], names: list[str], aliases: dict[str, str],
+                 norms: dict[str, tuple[str, torch.nn.LayerNorm]], torch_dtype) -> dict[str, dict]:
+    """On the first batch: which LayerNorm outputs to compute on read instead of storing.
+    One qualifies when its input is stored under some name (the very tensor: `norm.in` is
+    stored as `blocks.{last}.out`) and vitscope.dump.derive, from that input as stored, reproduces
+    the output as it would be stored, to fp16 precision; anything else is stored as usual."""
+    from vitscope.dump.derive import layer_norm, matches
+    from vitscope.dump import dims_for
+
+    def key(t):
+        return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device)
+
+    stored = {key(acts[n]): n for n in names if n not in aliases}
+    targets = set(aliases.values())
+    out = {}
+    for name, (inp, norm) in norms.items():
+        source = stored.get(key(acts[inp])) if inp in acts else None
+        if source is None or source in norms or name in aliases or name in targets:
+            continue
+        weight, bias = (None if p is None else p.detach().float().cpu().numpy()
+                        for p in (norm.weight, norm.bias))
+        x = acts[source].to(torch_dtype).cpu().numpy()        # both as they would be stored
+        want = acts[name].to(torch_dtype).cpu().numpy()
+        if matches(layer_norm(x, weight, bias, norm.eps).astype(want.dtype), want):
+            out[name] = {"function": "layer_norm", "source": source, "eps": float(norm.eps),
+                         "weight": weight, "bias": bias, "dims": dims_for(f"acts/{name}", want.ndim)}
+    return out
+
+
+def _same_tensors(acts: dict[str, torch.Tensor], names: list[str]) -> dict[str, str]:
+    """alias -> first name for hook points that received the identical tensor object's data
+    (same storage, offset, shape and strides); stored once, linked in the file."""
+    seen: dict[tuple, str] = {}
+    aliases: dict[str, str] = {}
+    for n in names:
+        t = acts.get(n)
+        if t is None:
+            raise DumpError(f"Hook point '{n}' produced nothing during the forward pass; this "
+                            f"model does not run it.")
+        key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device)
+        if key in seen:
+            aliases[n] = seen[key]
+        else:
+            seen[key] = n
+    return aliases
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DumpError(f"--limit must be a positive number of images, got {limit!r}; leave it "
+                        f"out to dump the whole split.")
+
+
+def data_spec(ckpt, data: str | None = None) -> str:
+    """`data`, else the spec the checkpoint was trained on; DumpError when there is neither."""
+    spec = data or (ckpt.train_config or {}).get("data")
+    if not spec:
+        raise DumpError(f"'{ckpt.path}' does not record the dataset it was trained on; pass "
+                        f"--data SPEC (e.g. --data shapes, --data cifar10 or --data folder:PATH).")
+    return spec
+
+
+def default_split(ckpt, data: str | None = None) -> str:
+    """The split analyses take when none is given: "val" of the checkpoint's own data (never
+    the images it trained on) and of data with a validation split of its own; "all" of a
+    folder given with --data that has none (a folder of images to analyse, e.g. the
+    pretrained demo's examples/images: a val carve-out would keep only a tenth of it)."""
+    from vitscope.data import absolute_spec, parse_spec
+    tc = ckpt.train_config or {}
+    if data is None or absolute_spec(data) == absolute_spec(str(tc.get("data") or "")):
+        return "val"
+    try:
+        kind, arg = parse_spec(data)
+    except DataError:
+        return "val"        # the load names the problem
+    if kind == "files":
+        return "all"
+    if kind != "folder":
+        return "val"
+    from vitscope.data.folder import split_dirs
+    root = Path(arg).expanduser()
+    if not root.is_dir():
+        return "val"
+    return "val" if all(split_dirs(root)) else "all"
+
+
+def dataset_for(ckpt, data: str | None = None, split: str | None = "val",
+                data_dir: str | None = None):
+    """The `split` of `data` (default: the checkpoint's training data) at the model's image
+    size, loaded the way training loaded it (same data_dir, val_split carve-out and seed), or
+    as an imported model's recorded preprocessing says. `split` None: `default_split`. Files
+    of an unlabelled folder named after the model's classes (cat_0001.jpg) are labelled with
+    them."""
+    from vitscope.data import is_imported, load_dataset, preprocessing, training_data_gone
+    from vitscope.data.folder import label_from_file_names
+
+    tc = ckpt.train_config or {}
+    spec = data_spec(ckpt, data)
+    split = split or default_split(ckpt, data)
+    kwargs: dict[str, Any] = {"data_dir": data_dir or tc.get("data_dir") or "./data",
+                              "whole_folder": is_imported(ckpt)}
+    if spec == tc.get("data"):  # the same carve-out as training (the seed only matters with it)
+        kwargs.update(val_split=tc.get("val_split"), seed=int(tc.get("seed", 0)))
+    try:
+        ds = load_dataset(spec, split, preprocessing(ckpt), **kwargs)
+    except DataError as e:
+        if data is not None:
+            raise
+        raise training_data_gone(ckpt.path, spec, e) from None
+    return label_from_file_names(ds, list(ckpt.classes or []))[0]
+
+
+def run_name(ckpt_path: str | Path) -> str:
+    """`runs/shapes/best.pt` -> "shapes"; `models/vit3.pt` -> "vit3"."""
+    p = Path(ckpt_path)
+    generic = {"best", "last", "ckpt", "checkpoint", "model", "final"}
+    return p.parent.resolve().name if p.stem in generic and p.parent.resolve().name else p.stem
+
+
+def capture_device(name: str | None = "auto") -> torch.device:
+    """The device for a capture: `name` checked by resolve_device ("auto"/None: cuda, mps,
+    cpu); under torchrun, auto gives each process its own GPU (cuda:LOCAL_RANK)."""
+    from vitscope.evaluate.classify import resolve_device
+    dev = resolve_device(name or "auto")
+    if (name or "auto") == "auto" and dev.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return resolve_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    return dev
+
+
+def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha,
+                   target="pred") -> Path | None:
+    """The first finished dump in the search folders that serves the request, else None."""
+    for path in find_dumps(dump_dir):
+        try:
+            with Dump.open(path) as dump:
+                if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split,
+                               data_sha256=data_sha, seed=CAPTURE_SEED, target=target):
+                    return path
+        except VitscopeError:
+            continue  # a foreign or damaged file in the cache folder is not ours to judge
+    return None
+
+
+def find_dumps(dump_dir: str | Path | None = None) -> list[Path]:
+    """Candidate dumps for reuse: the .h5 files in `dump_dir`, or by default in outputs/dumps
+    (where both `analyze` and `vitscope dump` write, so a full dump made by hand serves later
+    analyses too) and then the legacy outputs/.dumps."""
+    folders = [Path(dump_dir)] if dump_dir is not None else [DEFAULT_DUMP_DIR, LEGACY_DUMP_DIR]
+    return [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.h5"))]
+
+
+def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | None = "val",
+                n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
+                dump_dir: str | Path | None = None, batch_size: int | None = None,
+                device: str | torch.device | None = None,
+                progress: bool = False, target: str | int = "pred") -> tuple[Path, bool]:
+    """A dump serving (checkpoint, data, split, first n images, hooks, target): `(path, reused)`.
+
+    Reuses any finished dump in `dump_dir` (default: outputs/dumps, then the legacy
+    outputs/.dumps) whose checkpoint SHA-256, dataset spec and fingerprint, split, length and
+    hook points cover the request, else captures one in `dump_dir` (default outputs/dumps).
+    `data` None means the checkpoint's training data; `n` None means DEFAULT_N images;
+    `split` None means `default_split` (all of a folder given as `data`, else val).
+    `target` ("pred", "label" or a class index) matters only for `grad:` hooks.
+    """
+    from vitscope.model.checkpoint import load_checkpoint
+
+    n = DEFAULT_N if n is None else n
+    check_limit(n)
+    ckpt = load_checkpoint(ckpt_path)
+    target = parse_target(target, int(getattr(ckpt.model_config, "num_classes", 0)
+                                      or len(ckpt.classes or ())))
+    if isinstance(target, np.ndarray):
+        raise DumpError("ensure_dump takes a target of pred, label or a class index; call "
+                        "capture() for an explicit target per image.")
+    spec = data_spec(ckpt, data)
+    split = split or default_split(ckpt, data)
+    sha = file_sha256(ckpt.path)
+    patterns = [hooks] if isinstance(hooks, str) else list(hooks)
+    # Loaded before the search: a dump is reused only for the very same pixels and labels,
+    # not merely the same spec string (folder:PATH may have changed since).
+    try:
+        dataset = dataset_for(ckpt, data, split)
+    except DataError:
+        # The data is gone (moved, or outputs/ copied to another machine): a dump that matches
+        # in everything else still serves, with a warning that its pixels went unchecked.
+        found = _covering_dump(dump_dir, patterns, n, sha, spec, split, None, target)
+        if found is None:
+            raise
+        warnings.warn(f"Reusing {found} without re-checking its images: the data {spec} cannot "
+                      f"be loaded here.", stacklevel=2)
+        return found, True
+    data_sha = dataset.fingerprint()
+    found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target)
+    if found is not None:
+        return found, True
+    folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
+    request = (sha, data_sha, split, n, sorted(patterns))
+    if split_grads(patterns)[1]:
+        request += (str(target),)   # another target is another dump
+    key = hashlib.sha256(repr(request).encode()).hexdigest()[:10]
+    out = folder / f"{run_name(ckpt.path)}-{split}-{min(n, len(dataset))}-{key}.h5"
+    created = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        # Two analyses of one checkpoint share the cache: the second waits for the first
+        # capture of the same request, then finds and reuses it.
+        with hold(folder / f".{out.name}.lock", out, DumpError, wait=True):
+            found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target)
+            if found is not None:
+                return found, True
+            model = ckpt.build_model()
+            device = capture_device(device) if not isinstance(device, torch.device) else device
+            path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
+                           batch_size=batch_size, device=device, progress=progress, force=True,
+                           seed=CAPTURE_SEED, target=target)
+    except BaseException:
+        remove_empty(created)
+        raise
+    return path, False

@@ -1,0 +1,170 @@
+"""timm VisionTransformer family (ViT, DeiT and DeiT-distilled, DINOv2 with registers, ...).
+
+timm's own forward runs untouched; hook points are fed by hooks on its modules:
+`patch_embed`, `norm_pre` (embed.out), per block `norm1`, `attn` (q/k after `q_norm`/`k_norm`,
+v from `qkv`, weights after the softmax at `attn_drop`, out), `norm2`, `mlp`, the block, then
+`norm` and the head's input (`cls`, for token-pooling models). Explicit attention: timm's
+`fused_attn` flag, set just before each block's attention runs, False only while that block's
+`attn.weights` has a hook. `attn.out` is the attention module's output (after `proj`), before
+any layer scale (`ls1`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, require, route_input, \
+    route_output
+from vitscope.errors import ConfigError
+from vitscope.layout import TokenLayout
+
+
+@dataclass
+class TimmConfig(ForeignConfig):
+    """`timm.create_model(name, pretrained=False, **kwargs)`."""
+
+    @classmethod
+    def create(cls, name: str, **kwargs: Any) -> "TimmConfig":
+        timm = require("timm", "timm")
+        if name not in timm.list_models():
+            import difflib
+            close = difflib.get_close_matches(name, timm.list_models("vit_*") + timm.list_models(
+                "deit*"), 3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"timm has no model '{name}'.{hint} (`timm.list_models('vit_*')` "
+                              f"lists them.)")
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        h, w = model.patch_embed.img_size
+        return cls(name=name, kwargs=dict(kwargs), image_size=[int(h), int(w)],
+                   num_classes=int(model.num_classes))
+
+
+class TimmViT(AdaptedViT):
+    family = "timm"
+
+    def __init__(self, cfg: TimmConfig) -> None:
+        timm = require("timm", "timm")
+        model = timm.create_model(cfg.name, pretrained=False, **cfg.kwargs)
+        super().__init__(cfg, model)
+        _check_supported(model, cfg.name)
+        token_pooled = getattr(model, "global_pool", "token") == "token"
+        self._finish(len(model.blocks), cls=token_pooled, blocks=list(model.blocks),
+                     head=[getattr(model, n, None) for n in ("norm", "fc_norm", "head",
+                                                              "head_dist", "head_drop")])
+        m = model
+        route_output(m.patch_embed, self.patch_embed.out, _flat, _unflat)
+        route_output(m.norm_pre, self.embed.out)
+        for block, pts in zip(m.blocks, self.blocks):
+            _route_block(block, pts)
+        route_output(m.norm, self.norm.out)
+        if token_pooled:
+            route_input(m.head, self.cls)
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        m = self.model
+        prefix = [("cls", 1 if getattr(m, "cls_token", None) is not None else 0),
+                  ("dist", 1 if getattr(m, "dist_token", None) is not None else 0),
+                  ("register", int(getattr(m, "num_reg_tokens", 0) or 0))]
+        pe = m.patch_embed
+        return TokenLayout.from_prefix(prefix, tuple(pe.grid_size), tuple(pe.patch_size),
+                                       tuple(pe.img_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.model(x)
+
+
+def _check_supported(model, name: str) -> None:
+    from vitscope.errors import CheckpointError
+    blocks = getattr(model, "blocks", None)
+    ok = blocks is not None and all(
+        all(hasattr(b, a) for a in ("norm1", "attn", "norm2", "mlp")) and
+        all(hasattr(b.attn, a) for a in ("qkv", "q_norm", "k_norm", "attn_drop", "fused_attn"))
+        for b in blocks)
+    if not ok or not hasattr(model, "patch_embed") or not hasattr(model, "norm_pre"):
+        raise CheckpointError(f"timm model '{name}' ({type(model).__name__}) is not a "
+                              f"VisionTransformer with standard attention blocks, which is what "
+                              f"vitscope's timm adapter reads (ViT, DeiT, DINOv2 and the like).")
+
+
+def _route_block(block, pts) -> None:
+    attn, a = block.attn, pts.attn
+    route_input(block.norm1, getattr(pts.norm1, "in"))
+    route_output(block.norm1, pts.norm1.out)
+    fused = bool(attn.fused_attn)
+
+    def choose_branch(mod, args):
+        mod.fused_attn = fused and not pts.explicit   # explicit only while weights are hooked
+
+    def restore(mod, args, out):
+        mod.fused_attn = fused
+    attn.register_forward_pre_hook(choose_branch)
+    attn.register_forward_hook(restore)
+    route_output(attn.q_norm, a.q)
+    route_output(attn.k_norm, a.k)
+    num_heads = attn.num_heads
+
+    def v_from_qkv(mod, args, out):    # qkv: B×T×3·H·dh, v is the last third
+        if not a.v.active:
+            return None
+        B, T, _ = out.shape
+        parts = out.view(B, T, 3, num_heads, -1)
+        v = parts[:, :, 2].transpose(1, 2)
+        new = a.v(v)
+        if new is v:
+            return None
+        return torch.cat([parts[:, :, :2], new.transpose(1, 2).unsqueeze(2)], dim=2).view(B, T, -1)
+    attn.qkv.register_forward_hook(v_from_qkv)
+    route_output(attn.attn_drop, a.weights)   # runs only in the explicit branch, post-softmax
+    route_output(attn, a.out)
+    route_input(block.norm2, getattr(pts.norm2, "in"))
+    route_output(block.norm2, pts.norm2.out)
+    route_output(block.mlp, pts.mlp.out)
+    route_output(block, pts.out)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """patch_embed output: B×P×D, or B×h×w×D with dynamic image size -> B×P×D."""
+    return x.flatten(1, 2) if x.ndim == 4 else x
+
+
+def _unflat(new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return new.view(like.shape)
+
+
+def import_source(name: str, weights=None, image_size=None) -> Imported:
+    """timm:NAME -> the model (weights from a file, else random) and timm's data config."""
+    import math
+    import sys
+
+    from vitscope.model.adapters.weights import load_into, read_weights
+    from vitscope.data.images import Preprocess
+    timm = require("timm", "timm")
+    kwargs = {} if image_size is None else {"img_size": tuple(image_size)}
+    model = TimmViT(TimmConfig.create(name, **kwargs))
+    if weights is not None:
+        state = read_weights(weights)
+        # timm's own converter: original DINOv2/DeiT/JAX layouts, position-embedding resampling
+        convert = getattr(sys.modules.get(type(model.model).__module__), "checkpoint_filter_fn",
+                          None)
+        if convert is not None:
+            try:
+                state = convert(state, model.model)
+            except Exception:  # a file it cannot convert is judged by load_into below
+                pass
+        load_into(model.model, state, weights, f"timm's {name}")
+    dc = timm.data.resolve_model_data_config(model.model)
+    h, w = model.cfg.image_size
+    crop_pct = float(dc.get("crop_pct") or 1.0)
+    interp = dc.get("interpolation", "bicubic")
+    resize = (math.floor(h / crop_pct), math.floor(w / crop_pct))
+    # timm's eval transform: squash, or torchvision's Resize(shorter side) for a square
+    # target, else its ResizeKeepRatio (rounded: our "cover")
+    mode = "squash" if dc.get("crop_mode") == "squash" else \
+        "shorter" if resize[0] == resize[1] else "cover"
+    pp = Preprocess(resize, (h, w), mode,
+                    interp if interp in ("nearest", "bilinear", "bicubic", "lanczos") else "bicubic")
+    return Imported(model, pp, [float(x) for x in dc["mean"]], [float(x) for x in dc["std"]])

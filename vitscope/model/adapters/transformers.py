@@ -1,0 +1,291 @@
+"""Hugging Face transformers ViTs: ViT, DeiT (distillation token), DINOv2, DINOv2 with registers,
+with or without a classification head (`ViTForImageClassification`, `Dinov2Model`, ...).
+
+Hook points are fed by hooks on the model's own modules: the patch projection, the embeddings
+(embed.out), per layer the two LayerNorms, the attention (q/k/v, weights, output after
+`o_proj`), the MLP and the layer, then the final `layernorm` (norm.out, and its CLS token as
+`cls`: what the classifier reads, edits included). transformers picks its attention function
+from `config._attn_implementation`; a layer whose attention points (q/k/v/weights) have hooks
+gets, for that forward, a config naming vitscope's eager attention (transformers' eager
+computation with the hook points inside it, registered with `AttentionInterface`), and every
+other layer keeps the model's fused "sdpa".
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, require, route_input, \
+    route_output, scaled
+from vitscope.errors import ConfigError
+from vitscope.layout import TokenLayout
+
+ATTENTION = "vitscope_eager"
+MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers")
+
+
+@dataclass
+class HFConfig(ForeignConfig):
+    """`transformers.<name>(AutoConfig.for_model(**kwargs))`: name is the model class
+    (e.g. ViTForImageClassification), kwargs its config as a dict."""
+
+    @classmethod
+    def create(cls, name: str, **kwargs: Any) -> "HFConfig":
+        config = _config(kwargs)
+        model = _model_class(name, config)(config)
+        return cls.from_model(model)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "HFConfig":
+        config = model.config
+        size = config.image_size
+        h, w = (size, size) if isinstance(size, int) else size
+        labels = int(getattr(config, "num_labels", 0)) if _has_head(model) else 0
+        kwargs = {k: v for k, v in config.to_dict().items()
+                  if k not in ("transformers_version", "_attn_implementation_autoset")}
+        return cls(name=type(model).__name__, kwargs=kwargs, image_size=[int(h), int(w)],
+                   num_classes=labels)
+
+
+def _config(kwargs: dict):
+    transformers = require("transformers", "Hugging Face")
+    kwargs = dict(kwargs)
+    model_type = kwargs.pop("model_type", "vit")
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(f"Hugging Face model type '{model_type}' is not one vitscope adapts "
+                          f"(it adapts {', '.join(MODEL_TYPES)}).")
+    return transformers.AutoConfig.for_model(model_type, **kwargs)
+
+
+def _model_class(name: str, config):
+    transformers = require("transformers", "Hugging Face")
+    model_cls = getattr(transformers, name, None)
+    prefixes = ("ViT", "DeiT", "Dinov2")
+    if model_cls is None or not name.startswith(prefixes) or "Masked" in name \
+            or "Backbone" in name:
+        raise ConfigError(f"'{name}' is not a Hugging Face ViT class vitscope adapts (e.g. "
+                          f"ViTForImageClassification, ViTModel, Dinov2Model, "
+                          f"Dinov2WithRegistersModel, DeiTForImageClassification).")
+    return model_cls
+
+
+def _has_head(model: nn.Module) -> bool:
+    return any(hasattr(model, h) for h in ("classifier", "cls_classifier"))
+
+
+def _eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                     **kwargs):
+    """transformers' eager attention, with the block's q/k/v/weights hook points inside."""
+    a = module._vitscope.pts.attn
+    query, key, value = a.q(query), a.k(key), a.v(value)          # B×H×T×dh
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = a.weights(nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype))
+    dropped = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(dropped, value).transpose(1, 2).contiguous(), weights
+
+
+class _Points:
+    def __init__(self, pts) -> None:
+        self.pts = pts
+
+
+class HFViT(AdaptedViT):
+    family = "hf"
+
+    def __init__(self, cfg: HFConfig, model: nn.Module | None = None) -> None:
+        transformers = require("transformers", "Hugging Face")
+        transformers.AttentionInterface.register(ATTENTION, _eager_attention)
+        if model is None:
+            config = _config(cfg.kwargs)
+            model = _model_class(cfg.name, config)(config)
+        super().__init__(cfg, model)
+        base = model.base_model
+        self.base = _Points(base)
+        layers = base.layers if hasattr(base, "layers") else base.encoder.layer
+        self._finish(len(layers), blocks=list(layers),
+                     head=[base.layernorm] + [getattr(model, n, None) for n in (
+                         "classifier", "cls_classifier", "distillation_classifier")])
+        emb = base.embeddings
+        route_output(emb.patch_embeddings.projection, self.patch_embed.out, _flat, _unflat)
+        route_output(emb, self.embed.out)
+        for layer, pts in zip(layers, self.blocks):
+            norm1 = _first(layer, "layernorm_before", "norm1")
+            norm2 = _first(layer, "layernorm_after", "norm2")
+            attn = layer.attention
+            if not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+                raise ConfigError(f"The attention of '{cfg.name}' ({type(attn).__name__}) is not "
+                                  f"the q_proj/k_proj/v_proj/o_proj kind vitscope adapts; "
+                                  f"upgrade transformers (vitscope[hf]).")
+            route_input(norm1, getattr(pts.norm1, "in"))
+            route_output(norm1, pts.norm1.out)
+            _route_attention(attn, pts)
+            route_input(norm2, getattr(pts.norm2, "in"))
+            route_output(norm2, pts.norm2.out)
+            route_output(layer.mlp, pts.mlp.out)
+            route_output(layer, pts.out)
+        route_output(base.layernorm, self.norm.out)
+        route_output(base.layernorm, self.cls, _cls_token, _put_cls)
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        emb = self.base.pts.embeddings
+        c = self.model.config
+        dist = 1 if getattr(emb, "distillation_token", None) is not None else 0
+        regs = int(getattr(c, "num_register_tokens", 0) or 0) \
+            if getattr(emb, "register_tokens", None) is not None else 0
+        patch = c.patch_size if isinstance(c.patch_size, int) else tuple(c.patch_size)
+        ph, pw = (patch, patch) if isinstance(patch, int) else patch
+        h, w = self.cfg.image_size
+        return TokenLayout.from_prefix([("cls", 1), ("dist", dist), ("register", regs)],
+                                       (h // ph, w // pw), (ph, pw), (h, w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        out = self.model(pixel_values=x)
+        logits = getattr(out, "logits", None)
+        return logits if logits is not None else out.pooler_output
+
+
+def _first(module: nn.Module, *names: str) -> nn.Module:
+    for n in names:
+        if hasattr(module, n):
+            return getattr(module, n)
+    raise ConfigError(f"{type(module).__name__} has none of {', '.join(names)}; vitscope's "
+                      f"Hugging Face adapter does not know this layer.")
+
+
+def _route_attention(attn: nn.Module, pts) -> None:
+    base_config = attn.config
+    explicit_config = copy.copy(base_config)
+    explicit_config._attn_implementation_internal = ATTENTION
+    attn._vitscope = _Points(pts)
+
+    def choose(mod, args):
+        mod.config = explicit_config if (pts.explicit or pts.qkv_active) else base_config
+
+    def restore(mod, args, out):
+        mod.config = base_config
+        if not pts.attn.out.active:
+            return None
+        new = pts.attn.out(out[0])
+        return None if new is out[0] else (new, *out[1:])
+    attn.register_forward_pre_hook(choose)
+    attn.register_forward_hook(restore)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+def _unflat(new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return new.transpose(1, 2).reshape(like.shape)
+
+
+def _cls_token(out: torch.Tensor) -> torch.Tensor:
+    return out[:, 0]
+
+
+def _put_cls(new: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    out = out.clone()
+    out[:, 0] = new
+    return out
+
+
+RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}   # PIL's numbers
+# What each model type's image processor does when a folder has no preprocessor_config.json.
+DEFAULT_PROCESSORS = {
+    "vit": {"size": {"height": 224, "width": 224}, "resample": 2, "image_mean": [0.5] * 3,
+            "image_std": [0.5] * 3},
+    "deit": {"size": {"height": 256, "width": 256}, "crop_size": {"height": 224, "width": 224},
+             "do_center_crop": True, "resample": 3, "image_mean": [0.485, 0.456, 0.406],
+             "image_std": [0.229, 0.224, 0.225]},
+    "dinov2": {"size": {"shortest_edge": 256}, "crop_size": {"height": 224, "width": 224},
+               "do_center_crop": True, "resample": 3, "image_mean": [0.485, 0.456, 0.406],
+               "image_std": [0.229, 0.224, 0.225]},
+}
+
+
+def import_source(folder: str, weights=None, image_size=None) -> Imported:
+    """hf:DIR (a folder saved by `save_pretrained`) -> the model with the folder's weights
+    (or --weights, or random), its image processor's resize/crop/mean/std, id2label names."""
+    from pathlib import Path
+
+    from vitscope.model.adapters.weights import load_into, read_weights
+    from vitscope.errors import CheckpointError
+    transformers = require("transformers", "Hugging Face")
+    root = Path(folder)
+    if not (root / "config.json").is_file():
+        raise CheckpointError(f"'{root}' is not a saved Hugging Face model folder (no "
+                              f"config.json); save one with model.save_pretrained(DIR).")
+    config = transformers.AutoConfig.from_pretrained(str(root), local_files_only=True)
+    if config.model_type not in MODEL_TYPES:
+        raise ConfigError(f"'{root}' holds a '{config.model_type}' model; vitscope's Hugging "
+                          f"Face adapter reads {', '.join(MODEL_TYPES)}.")
+    if image_size is not None:
+        config.image_size = list(image_size) if image_size[0] != image_size[1] else image_size[0]
+    names = list(getattr(config, "architectures", None) or [])
+    model_cls = _model_class(names[0] if names else "ViTModel", config)
+    files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin"))
+    if weights is None and files:
+        for f in files:   # one sentence for a hostile file, before transformers reads it
+            read_weights(f)
+        model = model_cls.from_pretrained(str(root), local_files_only=True,
+                                          attn_implementation="sdpa")
+        weights = files[0]
+    else:
+        model = model_cls(config)
+        if weights is not None:
+            load_into(model, read_weights(weights), weights, f"the {model_cls.__name__} of {root}")
+    adapted = HFViT(HFConfig.from_model(model), model.eval())
+    pp, mean, std = _processor(root, config.model_type, adapted.cfg.image_size)
+    labels = getattr(config, "id2label", None) or {}
+    classes = [str(labels[i]) for i in sorted(labels)] if labels else None
+    if classes and (all(c == f"LABEL_{i}" for i, c in enumerate(classes))
+                    or len(classes) != adapted.cfg.num_classes):
+        classes = None
+    adapted.source_weights = weights
+    return Imported(adapted, pp, mean, std, classes)
+
+
+def _processor(root, model_type: str, size) -> tuple:
+    """The folder's preprocessor_config.json (or the type's default) as (Preprocess, mean, std),
+    scaled to the model's input size when the two differ."""
+    import json
+
+    from vitscope.data.images import Preprocess
+    path = root / "preprocessor_config.json"
+    base = "dinov2" if model_type.startswith("dinov2") else model_type
+    default = DEFAULT_PROCESSORS.get(base, DEFAULT_PROCESSORS["vit"])
+    cfg = json.loads(path.read_text()) if path.is_file() else default
+    h, w = size
+    interp = RESAMPLE.get(int(cfg.get("resample", 2)), "bilinear")
+    s = cfg.get("size") or {"height": h, "width": w}
+    crop = cfg.get("crop_size") if cfg.get("do_center_crop") else None
+    # the processor's sizes are scaled to the model's input: what it crops (or, without a
+    # crop, what it resizes to) becomes h×w
+    if crop:
+        ch, cw = crop["height"], crop["width"]
+    elif "shortest_edge" in s:
+        ch = cw = s["shortest_edge"]
+    else:
+        ch, cw = s["height"], s["width"]
+    if "shortest_edge" in s:
+        r = s["shortest_edge"]
+        rh, rw = scaled(r, ch, h), scaled(r, cw, w)   # HF: shorter side, the longer truncated
+        pp = Preprocess((rh, rw), (h, w), "shorter" if rh == rw else "cover", interp)
+    elif cfg.get("do_resize", True) is False:
+        pp = Preprocess((h, w), (h, w), "squash", interp)
+    else:
+        pp = Preprocess((scaled(s["height"], ch, h), scaled(s["width"], cw, w)), (h, w),
+                        "squash", interp)   # HF resizes to exactly (height, width), then crops
+    mean = [float(x) for x in cfg.get("image_mean", [0.5] * 3)]
+    std = [float(x) for x in cfg.get("image_std", [0.5] * 3)]
+    return pp, mean, std

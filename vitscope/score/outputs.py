@@ -1,0 +1,276 @@
+"""What `vitscope score` writes: the terminal tables, score.json, PNG and HTML figures, and its
+section in the run's index.html (through manifest.json, like the plugins' sections)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vitscope.score.faithfulness import PERTURBATIONS
+from vitscope.score.run import RANDOM, jsonable
+
+PERTURBATION_TEXT = {"drop": "removed patch tokens leave the sequence",
+                     "grey": "removed patches' pixels set to the normalisation mean (grey)"}
+assert set(PERTURBATION_TEXT) == set(PERTURBATIONS)
+
+
+def _ci(e, digits: int = 3) -> str:
+    return e.text(digits)
+
+
+def tables(report: dict) -> str:
+    """The report as plain-text tables (what the terminal shows)."""
+    methods = report["methods"]
+    order = report["ranking"]["order"]
+    faith_base = report["baselines"]["faithfulness"]
+    lines = [f"vitscope score · {report['checkpoint']} · {report['data']} ({report['split']}, "
+             f"{report['images']} images) · target: {report['target']}", ""]
+
+    lines.append(f"Faithfulness: target probability as patches are removed in "
+                 f"{100 // report['steps']}% steps ({report['perturbation']}: "
+                 f"{PERTURBATION_TEXT[report['perturbation']]}); area under the curve")
+    w = max(len(n) for n in [*order, *faith_base]) + 2
+    lines.append(f"  {'order':<{w}}{'deletion AUC ↓':<24}{'insertion AUC ↑':<24}vs the random order")
+    for name in [*order, *faith_base]:
+        f = methods[name]["faithfulness"] if name in methods else faith_base[name]
+        if name == RANDOM:
+            vs = "—"
+        else:
+            both = [what for what, key in (("deletion", "beats_random_deletion"),
+                                           ("insertion", "beats_random_insertion")) if f[key]]
+            vs = ("beats it on both" if len(both) == 2 else f"beats it on {both[0]} only" if both
+                  else "does not beat it")
+        tag = "" if name in methods else " (baseline)"
+        lines.append(f"  {name:<{w}}{_ci(f['deletion_auc']):<24}{_ci(f['insertion_auc']):<24}"
+                     f"{vs}{tag}")
+
+    lines += ["", "Randomisation (cascading, Adebayo et al. 2018): mean Spearman ρ between the "
+                  "trained model's map and the map after randomising, cumulatively:"]
+    cw = max(25, max(len(n) for n in order) + 2)
+    lines.append(f"  {'randomised':<14}" + "".join(f"{n:<{cw}}" for n in order)
+                 + report["baselines"]["randomization_control"]["map"] + " (control)")
+    for k, label in enumerate(report["cascade"]):
+        row = "".join(f"{_ci(methods[n]['randomization']['steps'][k]['rho'], 2):<{cw}}" for n in order)
+        lines.append(f"  {('+ ' if k else '') + label:<14}{row}1.00")
+    verdicts = "".join(f"{_verdict(methods[n]):<{cw}}" for n in order)
+    lines.append(f"  {'verdict':<14}{verdicts}fails (ignores the model)")
+    th = report["thresholds"]
+    lines.append(f"  passed: ρ < {th['rho_changed']} once the whole model is random; failed: ρ ≥ "
+                 f"{th['rho_unchanged']}; class-agnostic: ρ ≥ {th['rho_unchanged']} after the "
+                 f"head alone is random")
+
+    loc = report["baselines"]["localization"]
+    if not loc:
+        lines += ["", f"Localisation: skipped, {report['data']} has no object masks (shapes "
+                      f"has them)."]
+    if loc:
+        lines += ["", "Localisation on the object masks: share of the map's mass inside the mask; "
+                      "pointing game: the map's peak patch on the object"]
+        lines.append(f"  {'map':<{w}}{'mass in mask ↑':<24}{'pointing game ↑':<24}")
+        for name in order:
+            lo = methods[name]["localization"]
+            lines.append(f"  {name:<{w}}{_ci(lo['mass_in_mask']):<24}{_ci(lo['pointing']):<24}")
+        notes = {"uniform": "(mass = the mask's area; pointing = a random patch)",
+                 "centre": "(a centred Gaussian, σ = 2 patches)",
+                 "brightness": "(image only: mean luminance per patch)",
+                 "edges": "(image only: Sobel magnitude per patch)"}
+        for name, lo in loc.items():
+            lines.append(f"  {name:<{w}}{_ci(lo['mass_in_mask']):<24}{_ci(lo['pointing']):<24}"
+                         f"{notes.get(name, '')}")
+
+    lines += ["", f"Ranking ({report['ranking']['by']}); \"beats\" means the paired 95% CI of the "
+                  f"per-image difference excludes 0:"]
+    for name in order:
+        m = methods[name]
+        missing = m["not_beaten"]
+        text = ("beats every baseline" if not missing else "does not beat " + "; ".join(
+            f"{b} ({', '.join(what)})" for b, what in missing.items()))
+        lines.append(f"  {m['rank']}. {name:<{w}}{text}")
+    if report.get("pairs"):
+        lines += ["", "Maps against each other (paired per-image difference, first − second):"]
+        for p in report["pairs"]:
+            verdict = f"{p['better']} better" if p["better"] else "no difference at 95%"
+            lines.append(f"  {p['first']} − {p['second']}, {p['metric']}: "
+                         f"{_ci(p['difference'])}  {verdict}")
+    return "\n".join(lines)
+
+
+def _verdict(method: dict) -> str:
+    r = method["randomization"]
+    return r["verdict"] + (", class-agnostic" if r["class_agnostic"] else "")
+
+
+# ------------------------------------------------------------------------------ the files
+
+def write(report: dict, out_dir: Path) -> list[Path]:
+    """score.json, score.txt, curves/randomization/localization PNGs and score.html."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    path = out_dir / "score.json"
+    path.write_text(json.dumps(jsonable(report), indent=2, allow_nan=False) + "\n")
+    files.append(path)
+    path = out_dir / "score.txt"
+    path.write_text(tables(report) + "\n", encoding="utf-8")
+    files.append(path)
+    files += _static(report, out_dir)
+    files.append(_interactive(report, out_dir))
+    return files
+
+
+def _series(report: dict):
+    """(name, kind, faithfulness row) for every curve: methods, the random order, baselines."""
+    out = [(n, "method", report["methods"][n]["faithfulness"]) for n in report["ranking"]["order"]]
+    out += [(n, "random" if n == RANDOM else "baseline", f)
+            for n, f in report["baselines"]["faithfulness"].items()]
+    return out
+
+
+def _static(report: dict, out_dir: Path) -> list[Path]:
+    from vitscope.render import figures as F
+    files = []
+    x = np.linspace(0, 1, report["steps"] + 1)
+    styles = {"method": "-", "random": "--", "baseline": ":"}
+    with F.style() as plt:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"wspace": 0.25})
+        for ax, curve, title in ((axes[0], "deletion", "Deletion: most relevant patches first"),
+                                 (axes[1], "insertion", "Insertion: most relevant patches first")):
+            for k, (name, kind, f) in enumerate(_series(report)):
+                est = f[f"{curve}_curve"]
+                mean = np.array([e.mean for e in est])
+                lo, hi = np.array([e.lo for e in est]), np.array([e.hi for e in est])
+                color = "gray" if kind == "random" else f"C{k}"
+                auc = f[f"{curve}_auc"].mean
+                ax.plot(x, mean, styles[kind], color=color, lw=1.6 if kind == "method" else 1.1,
+                        label=f"{name} (AUC {auc:.3f})")
+                ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+            ax.set(xlabel=f"fraction of patches {'removed' if curve == 'deletion' else 'kept'}",
+                   ylabel="target probability", ylim=(0, 1.02), title=title)
+            ax.legend(frameon=False, fontsize=7)
+        fig.suptitle(f"Faithfulness ({report['perturbation']}: "
+                     f"{PERTURBATION_TEXT[report['perturbation']]}), mean and 95% CI over "
+                     f"{report['images']} images", fontsize=9)
+        files.append(F.save_static(fig, out_dir / "curves", _Png()))
+
+        fig, ax = plt.subplots(figsize=(6.4, 3.4))
+        steps = report["cascade"]
+        for k, name in enumerate(report["ranking"]["order"]):
+            est = [s["rho"] for s in report["methods"][name]["randomization"]["steps"]]
+            mean = np.array([e.mean for e in est])
+            err = np.array([[e.mean - e.lo for e in est], [e.hi - e.mean for e in est]])
+            ax.errorbar(range(len(steps)), mean, yerr=np.nan_to_num(err), fmt="o-", ms=3,
+                        capsize=2, color=f"C{k}", label=name)
+        ax.plot(range(len(steps)), np.ones(len(steps)), ":", color="gray",
+                label="brightness (image only: the control)")
+        th = report["thresholds"]
+        ax.axhspan(th["rho_unchanged"], 1.05, color="red", alpha=0.06, lw=0)
+        ax.set_xticks(range(len(steps)), [("+ " if i else "") + s for i, s in enumerate(steps)],
+                      rotation=30, ha="right")
+        ax.set(ylim=(-0.2, 1.05), ylabel="Spearman ρ with the trained map",
+               xlabel="randomised (cumulative, from the head down)",
+               title="Model-randomisation test (shaded: ρ ≥ 0.9, the map barely changed)")
+        ax.legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        files.append(F.save_static(fig, out_dir / "randomization", _Png()))
+
+        loc = report["baselines"]["localization"]
+        if loc:
+            names = list(report["ranking"]["order"]) + list(loc)
+            rows = [report["methods"][n]["localization"] for n in report["ranking"]["order"]]
+            rows += [loc[n] for n in loc]
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw={"wspace": 0.3})
+            for ax, key, title in ((axes[0], "mass_in_mask", "mass of the map in the mask"),
+                                   (axes[1], "pointing", "pointing game")):
+                mean = np.array([r[key].mean for r in rows])
+                err = np.array([[r[key].mean - r[key].lo for r in rows],
+                                [r[key].hi - r[key].mean for r in rows]])
+                colors = ["C0"] * len(report["methods"]) + ["0.6"] * len(loc)
+                ax.bar(range(len(names)), mean, yerr=np.nan_to_num(err), color=colors, capsize=3)
+                ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+                ax.set(ylim=(0, 1), title=f"{title} (grey: baselines)")
+            files.append(F.save_static(fig, out_dir / "localization", _Png()))
+    return files
+
+
+class _Png:
+    """The options save_static reads: PNG figures."""
+    format = "png"
+
+
+def _interactive(report: dict, out_dir: Path) -> Path:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from vitscope.render.interactive import plotly_text, save_html
+    x = np.linspace(0, 1, report["steps"] + 1)
+    loc = report["baselines"]["localization"]
+    cols = 4 if loc else 3
+    titles = ["deletion", "insertion", "randomisation: Spearman ρ"] + (["mass in mask"] if loc else [])
+    fig = make_subplots(rows=1, cols=cols, subplot_titles=titles)
+    for k, (name, kind, f) in enumerate(_series(report)):
+        for col, curve in ((1, "deletion"), (2, "insertion")):
+            est = f[f"{curve}_curve"]
+            fig.add_trace(go.Scatter(
+                x=x, y=[e.mean for e in est], name=name, legendgroup=name, showlegend=col == 1,
+                line={"dash": {"method": "solid", "random": "dash", "baseline": "dot"}[kind]},
+                error_y={"type": "data", "symmetric": False,
+                         "array": [e.hi - e.mean for e in est],
+                         "arrayminus": [e.mean - e.lo for e in est]},
+                hovertemplate=f"{name}<br>%{{x:.0%}} {'removed' if curve == 'deletion' else 'kept'}"
+                              f": p=%{{y:.3f}}<extra></extra>"), row=1, col=col)
+    for name in report["ranking"]["order"]:
+        est = [s["rho"] for s in report["methods"][name]["randomization"]["steps"]]
+        fig.add_trace(go.Scatter(x=report["cascade"], y=[e.mean for e in est], name=name,
+                                 legendgroup=name, showlegend=False, mode="lines+markers",
+                                 error_y={"type": "data", "symmetric": False,
+                                          "array": [e.hi - e.mean for e in est],
+                                          "arrayminus": [e.mean - e.lo for e in est]}),
+                      row=1, col=3)
+    if loc:
+        rows = [(n, report["methods"][n]["localization"]["mass_in_mask"])
+                for n in report["ranking"]["order"]] + [(n, v["mass_in_mask"]) for n, v in loc.items()]
+        fig.add_trace(go.Bar(x=[n for n, _ in rows], y=[e.mean for _, e in rows], showlegend=False,
+                             error_y={"type": "data", "symmetric": False,
+                                      "array": [e.hi - e.mean for _, e in rows],
+                                      "arrayminus": [e.mean - e.lo for _, e in rows]}),
+                      row=1, col=4)
+    # The checkpoint path and method names come from the user: shown as text, not Plotly markup.
+    fig.update_layout(title=plotly_text(f"vitscope score: {report['checkpoint']} "
+                                        f"({report['images']} images, target "
+                                        f"{report['target']}, {report['perturbation']})"),
+                      height=460, template="plotly_white")
+    return save_html(fig, out_dir / "score.html", _Run(out_dir.parent))
+
+
+class _Run:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+
+def record(run_dir: Path, report: dict, files: list[Path]) -> Path:
+    """Add the score to the run's manifest.json and rewrite index.html (its Score section),
+    under the run folder's lock (an analyze writing into it finishes first), atomically."""
+    from vitscope.errors import PluginError
+    from vitscope._internal.locks import hold
+    from vitscope.render.index_page import write_index
+    from vitscope.analyze.staging import LOCK
+    from vitscope._internal.files import replacing
+    run_dir = Path(run_dir)
+    path = run_dir / "manifest.json"
+    with hold(run_dir / LOCK, run_dir, PluginError, wait=True):
+        try:
+            manifest = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            manifest = {}
+        manifest.setdefault("plugins", {})
+        manifest.setdefault("run", {k: report[k] for k in ("checkpoint", "checkpoint_sha256",
+                                                              "data", "split", "images", "dump")})
+        manifest["score"] = {"files": [f.relative_to(run_dir).as_posix() for f in files],
+                             "table": tables(report), "checkpoint": report["checkpoint"],
+                             "checkpoint_sha256": report["checkpoint_sha256"],
+                             "data": report["data"], "images": report["images"],
+                             "target": report["target"], "perturbation": report["perturbation"]}
+        with replacing(path) as (tmp,):
+            tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        return write_index(run_dir)
+
