@@ -92,7 +92,7 @@ def child_plugin(spec: dict) -> dict:
     import plotly.graph_objects  # noqa: F401
 
     from vitscope.analyze.isolation import _render   # what a plugin's own process runs
-    from vitscope.plugin import discover
+    from vitscope.analyze.registry import discover
 
     entry = discover().get(spec["plugin"]).load()
     if spec["plugin"] == "cls-embedding":   # the libraries' import is not the plugin's cost

@@ -40,7 +40,8 @@ def main() -> None:
     from vitscope.data import load_dataset
     from vitscope.dump import Dump
     from vitscope.model.vit import ViT, preset
-    from vitscope.plugin import BUILTINS, discover
+    from vitscope.plugins import BUILTINS
+    from vitscope.analyze.registry import discover
 
     registry = discover()
     names = args.plugin or list(BUILTINS)

@@ -58,7 +58,7 @@ def main() -> None:
 
     from vitscope.dump import Dump
     from vitscope.analyze.isolation import context, run_plugin, warm_up
-    from vitscope.plugin import PluginEntry, discover
+    from vitscope.analyze.registry import PluginEntry, discover
     from vitscope.testing import make_dump
 
     root = Path(tempfile.mkdtemp(prefix="vitscope-iso-bench-"))

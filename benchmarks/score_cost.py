@@ -45,8 +45,8 @@ def main() -> None:
 
     import torch
     torch.set_num_threads(args.threads)
-    from vitscope.plugin import discover
-    from vitscope.score import report as R
+    from vitscope.analyze.registry import discover
+    from vitscope.score import outputs as R
     from vitscope.score.run import score_checkpoint
 
     entries = discover().select(plugins)

@@ -9,20 +9,18 @@ off the head token, so scoring against them would make the head separate by cons
 """
 from __future__ import annotations
 
-
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from vitscope.errors import PluginError
+from vitscope.plugin import (Option, cls_index, layer_spec, n_images, other_prefix_names,
+                             read_chunks, select_layers)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
-from vitscope.errors import PluginError
 from vitscope.render.umap_cache import load_umap
-from vitscope.plugin.reading import (cls_index, layer_spec, n_images, other_prefix_names, read_chunks,
-                           select_layers)
-from vitscope.plugin import Option
 
 SILHOUETTE_SAMPLE = 2000   # silhouette is O(N²): estimate it on a fixed random subset beyond this
 # UMAP's neighbours: exact (sklearn, brute force) up to here, umap's NN-descent beyond. Measured

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from vitscope.plugin import (ClassMeans, NanMean, Option, cls_index, layer_spec, mask_area,
+                             mass_in_mask, n_images, other_prefix, patch_coverage, prefix_note,
+                             rows_for, select_layers, to_grid)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
-from vitscope.plugin.reading import (ClassMeans, NanMean, cls_index, layer_spec, mask_area, mass_in_mask,
-                           n_images, other_prefix, patch_coverage, prefix_note, rows_for,
-                           select_layers, to_grid)
-from vitscope.plugin import Option
 
 DIRECTIONS = ("CLS → patches", "patches → CLS")
 

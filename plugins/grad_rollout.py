@@ -23,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vitscope.errors import PluginError
+from vitscope.plugin import MaskTally, Option, append_maps, block_index, n_images, rows_for, to_grid
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
-from vitscope.errors import PluginError
-from vitscope.plugin.maps import MaskTally, append_maps
-from vitscope.plugin.reading import block_index, n_images, rows_for, to_grid
-from vitscope.plugin import Option
 
 
 def attention_gradient(attn: np.ndarray, grad: np.ndarray) -> np.ndarray:

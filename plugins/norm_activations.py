@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vitscope.plugin import (Option, layer_spec, n_images, other_prefix, other_prefix_names,
+                             rows_per_read, select_layers, to_grid)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
-from vitscope.plugin.reading import (layer_spec, n_images, other_prefix, other_prefix_names, rows_per_read,
-                           select_layers, to_grid)
-from vitscope.plugin import Option
 
 KINDS = ("norm1.in", "norm1.out", "attn.out", "norm2.in", "norm2.out")
 KIND_LABELS = {"norm1.in": "LN1 input (residual)", "norm1.out": "LN1 output",

@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from vitscope.plugin import (NanMean, Option, append_maps, block_index, cls_index, mask_area,
+                             mask_summary_from, mass_in_mask, n_images, other_prefix,
+                             patch_coverage, pointing, prefix_note, rows_for, to_grid)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
-from vitscope.plugin.maps import append_maps
-from vitscope.plugin.reading import (NanMean, block_index, cls_index, mask_area, mask_summary_from,
-                           mass_in_mask, n_images, other_prefix, patch_coverage, pointing_hits,
-                           prefix_note, rows_for, to_grid)
-from vitscope.plugin import Option
 
 FUSIONS = ("mean", "max", "min")
 
@@ -212,7 +210,7 @@ class Rollout:
                 for key, value in (("mass_in_mask", mass_in_mask(evo, cov)),
                                    ("raw_mass_in_mask", mass_in_mask(raw, cov)),
                                    ("mask_area", mask_area(cov)),
-                                   ("pointing", pointing_hits(maps, cov))):
+                                   ("pointing", pointing(maps, cov))):
                     numbers.setdefault(key, []).append(value)
         maps, evo = (np.concatenate(x) if x else np.zeros((0, *grid)) for x in shown)
         return (maps, evo, {key: np.concatenate(v) for key, v in numbers.items()},

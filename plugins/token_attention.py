@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from vitscope.errors import PluginError
+from vitscope.plugin import (Option, cls_index, layer_spec, n_images, other_prefix, prefix_note,
+                             select_layers, to_grid)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
-from vitscope.errors import PluginError
-from vitscope.plugin.reading import (cls_index, layer_spec, n_images, other_prefix, prefix_note,
-                           select_layers, to_grid)
-from vitscope.plugin import Option
 
 
 def query_spec(text: str) -> str:

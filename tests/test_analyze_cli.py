@@ -14,7 +14,7 @@ from vitscope.cli import main
 from vitscope.errors import PluginError
 
 NO_UMAP = ["--opt", "cls-embedding.umap=false"]
-NO_UMAP_FOLDER = "cls-embedding@umap=false"      # a setting's own folder (vitscope.analyze.setting_folders)
+NO_UMAP_FOLDER = "cls-embedding@umap=false"      # a setting's own folder (vitscope.render.setting_folders)
 
 
 def run(*args):
@@ -124,7 +124,7 @@ def test_ok_says_which_figures_asked_for_a_plugin_did_not_write(small_dump, tmp_
     from test_plugin_system import write_fake_distribution
 
     from vitscope.analyze.run import render_plugin
-    from vitscope.plugin import discover
+    from vitscope.analyze.registry import discover
     root = write_fake_distribution(tmp_path / "site", "fake_figure_kinds",
                                    {"static-only": "{mod}:StaticOnly",
                                     "results-only": "{mod}:ResultsOnly"},
@@ -218,7 +218,7 @@ def test_a_given_dump_must_cover_the_plugins_and_match_the_checkpoint(small_dump
 
 
 def test_epoch_analyzer_renders_into_epoch_folders(tmp_path):
-    from vitscope.analyze.run import make_epoch_analyzer
+    from vitscope.analyze.epochs import make_epoch_analyzer
     from vitscope.data import load_dataset
     from vitscope.model.vit import ModelConfig, ViT
 
@@ -333,7 +333,7 @@ def test_options_must_be_finite_and_both_figure_flags_mean_both(small_dump, tmp_
 
 def test_a_failing_epoch_analysis_does_not_stop_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    import vitscope.analyze.run as analysis
+    import vitscope.analyze.epochs as analysis
     real = analysis.render_plugins
 
     def disk_full(*a, **k):

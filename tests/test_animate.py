@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageSequence
 
-from vitscope.render.animation import label_strip, strip_height
+from vitscope.analyze.animation import label_strip, strip_height
 from vitscope.cli import main
 
 MODEL = ["--set", "model.image_size=16", "--set", "model.embed_dim=32", "--set", "model.depth=1",

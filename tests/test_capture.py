@@ -420,7 +420,7 @@ BATCH_RSS_CHILD = textwrap.dedent("""
     import resource, sys
     import numpy as np, torch
     torch.set_num_threads(1)
-    from vitscope import capture as C
+    from vitscope.capture import capture, memory
     from vitscope.data import ImageDataset
     from vitscope.model.vit import ModelConfig, ViT
     torch.manual_seed(0)
@@ -430,9 +430,9 @@ BATCH_RSS_CHILD = textwrap.dedent("""
     ds = ImageDataset(images=images, labels=np.zeros(64, np.int64), classes=[], masks=None,
                       spec="random", split="val", paths=None)
     hooks = ["blocks.*.attn.weights", "grad:blocks.*.attn.weights"]
-    C.BATCH_MEMORY = int(sys.argv[2])
+    memory.BATCH_MEMORY = int(sys.argv[2])
     batch = None if sys.argv[3] == "auto" else int(sys.argv[3])
-    C.capture(model, ds, sys.argv[1], hooks, batch_size=batch, compression="none")
+    capture(model, ds, sys.argv[1], hooks, batch_size=batch, compression="none")
     # VmHWM: this process image's own peak (ru_maxrss survives exec, so a child of a
     # large pytest process would report the parent's size)
     hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]

@@ -135,7 +135,7 @@ def test_token_attention_with_query_cls_captures_only_the_cls_rows(shapes_ckpt, 
 def test_a_broken_requires_for_falls_back_to_requires():
     import warnings
 
-    from vitscope.plugin import discover
+    from vitscope.analyze.registry import discover
     entry = discover().get("token-attention")
     assert entry.requires_for({"query": "cls"}) == ("blocks.*.attn.weights.cls_row",)
     assert entry.requires_for({"query": "top"}) == entry.requires == ("blocks.*.attn.weights",)

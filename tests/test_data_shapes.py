@@ -133,10 +133,10 @@ def test_to_model_input():
 def test_no_centre_prior_on_the_val_split():
     """Objects sit anywhere (on the torus): a centred Gaussian puts as much of its mass in the
     masks as a uniform map does (the mask area) and points no better than a random patch."""
-    from vitscope.score.localization import baseline_maps, coverage_of, mass_in_mask, pointing
+    from vitscope.score.localization import baseline_maps, patch_coverage, mass_in_mask, pointing
     ds = load_dataset("shapes", "val", 32)                      # the 2,000 default val images
     grid = (8, 8)                                                # patch_size 4, as shapes-quick
-    cov = coverage_of(ds.masks, grid)
+    cov = patch_coverage(ds.masks, grid)
     maps = baseline_maps(ds.images, grid)
     area = cov.mean()
     centre_mass = np.nanmean(mass_in_mask(maps["centre"], cov))

@@ -18,7 +18,8 @@ from vitscope.capture import capture
 from vitscope.cli import main
 from vitscope.data import load_dataset
 from vitscope.dump.derive import TOLERANCE, DerivedDataset, layer_norm, mismatch
-from vitscope.dump import Dump, DumpError, merge
+from vitscope.dump import Dump, merge
+from vitscope.errors import DumpError
 from vitscope.model.vit import HookedLayerNorm, ModelConfig, ViT
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,7 +33,7 @@ def analyze(dump, out, *opts):
     res = CliRunner().invoke(main, ["analyze", "--dump", str(dump), "-p", "cls-embedding",
                                     *opts, "-o", str(out)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    (folder,) = out.glob("cls-embedding@*")          # this setting's folder (vitscope.analyze.setting_folders)
+    (folder,) = out.glob("cls-embedding@*")          # this setting's folder (vitscope.render.setting_folders)
     return folder / "cls_embedding.html"
 
 

@@ -15,7 +15,7 @@ from vitscope.analyze.run import render_plugins
 from vitscope.cli import main
 from vitscope.dump import Dump
 from vitscope.render.figures import save_results
-from vitscope.plugin import discover
+from vitscope.analyze.registry import discover
 from vitscope.plugins.norm_activations import full_range_bins
 
 WHITE = 235   # a header pixel at least this bright in every channel is background

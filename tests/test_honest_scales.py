@@ -84,8 +84,8 @@ def test_every_map_plugin_offers_a_shared_scale(small_dump, tmp_path):
     base = ["analyze", "--dump", dump, "--static", "--opt", "cls-heatmap.per_head=1"]
     for plugin in figures:
         base += ["-p", plugin]
-    from vitscope.plugin import discover
-    from vitscope.analyze.setting_folders import changed_options, setting_folder
+    from vitscope.analyze.registry import discover
+    from vitscope.render.setting_folders import changed_options, setting_folder
     out = tmp_path / "out"       # both settings in one run folder, each in its own folder
     folders = {}
     for scale in ("tile", "shared"):

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from vitscope.cli import main
 
 NO_UMAP = ["--opt", "cls-embedding.umap=false"]
-EMB = "cls-embedding@umap=false"          # that setting's folder (vitscope.analyze.setting_folders)
+EMB = "cls-embedding@umap=false"          # that setting's folder (vitscope.render.setting_folders)
 
 # Each payload, if it ran, sets window.__pwned, changes the title and opens a dialog.
 RUN = "window.__pwned=1;document.title='pwned';alert(1)"

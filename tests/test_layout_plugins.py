@@ -74,7 +74,7 @@ def test_dump_records_the_layout(prefix_dump):
 
 def test_every_builtin_plugin_renders_on_prefix_tokens_and_a_wide_grid(prefix_dump, tmp_path):
     from vitscope.analyze.run import render_plugins
-    from vitscope.plugin import discover
+    from vitscope.analyze.registry import discover
 
     registry = discover(autoload=False)
     entries = [e for e in registry.select([], all_=True) if e.builtin]
@@ -127,7 +127,7 @@ def test_cls_token_is_read_where_the_layout_puts_it():
 
 def test_a_layout_without_cls_is_one_clear_error():
     from vitscope.errors import PluginError
-    from vitscope.plugin.reading import cls_index, prefix_note
+    from vitscope.plugin.tokens import cls_index, prefix_note
 
     layout = TokenLayout.from_prefix([("register", 2)], (2, 2), 4, 8)
     with pytest.raises(PluginError, match="has none"):

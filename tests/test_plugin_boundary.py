@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from plugin_dists import write_distribution
 from vitscope.cli import main
-from vitscope.plugin import discover
+from vitscope.analyze.registry import discover
 
 EVIL = textwrap.dedent('''
     import os, sys, threading, time

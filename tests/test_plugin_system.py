@@ -17,7 +17,10 @@ from click.testing import CliRunner
 
 from vitscope.cli import main
 from vitscope.errors import PluginError
-from vitscope.plugin import AUTOLOAD_ENV, BUILTINS, Option, discover, parse_opts
+from vitscope.plugin import Option
+from vitscope.analyze.registry import AUTOLOAD_ENV, discover
+from vitscope.plugins import BUILTINS
+from vitscope.analyze.options import parse_opts
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -87,7 +87,7 @@ def test_plugin_output_matches_the_formula_on_a_real_dump(small_dump, tmp_path):
     """The rendered results.npz holds the rollout of the dump's layers start..end, and the
     mask numbers are computed from the dump's masks."""
     from vitscope.dump import Dump
-    from vitscope.plugin.reading import mass_in_mask, patch_coverage
+    from vitscope.plugin.masks import mass_in_mask, patch_coverage
     from vitscope.plugins.rollout import Rollout
     from vitscope.testing import render_options
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vitscope import maps
+from vitscope.plugin import reading as maps
 from vitscope.dump import Dump
 from vitscope.render.figures import Results, save_results
 from vitscope.plugin.reading import ClassMeans, NanMean
-from vitscope.plugin import BUILTINS, discover
+from vitscope.plugins import BUILTINS
+from vitscope.analyze.registry import discover
 from vitscope.testing import make_dump, render_options
 
 ROOT = Path(__file__).resolve().parents[1]

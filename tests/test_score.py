@@ -182,7 +182,7 @@ def test_statistics():
 
 def test_randomization_flags_a_map_that_ignores_the_model(shapes_ckpt, map_plugins, tmp_path,
                                                           monkeypatch):
-    from vitscope.plugin import discover
+    from vitscope.analyze.registry import discover
     from vitscope.score.run import score_checkpoint
     monkeypatch.chdir(tmp_path)
     entries = discover().select(["grad-x-input", "bright-map", "rollout"])

@@ -8,8 +8,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from vitscope.cli import main
-from vitscope.plugin import discover
-from vitscope.analyze.setting_folders import changed_options, folder_problem, plugin_of, setting_folder
+from vitscope.analyze.registry import discover
+from vitscope.render.setting_folders import changed_options, folder_problem, plugin_of, setting_folder
 
 
 def run(*args):

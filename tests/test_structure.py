@@ -130,7 +130,7 @@ def test_version1_dump_still_opens_and_renders(tmp_path):
 
     from vitscope.analyze.run import render_plugins
     from vitscope.dump import Dump
-    from vitscope.plugin import discover
+    from vitscope.analyze.registry import discover
     from vitscope.testing import make_dump
 
     path = make_dump(tmp_path / "v1.h5", hooks=["blocks.*.attn.weights", "cls"])

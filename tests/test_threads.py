@@ -1,6 +1,7 @@
-"""CPU thread policy (vitscope._internal.threads, issue #13 sec. 1): what a fresh process gets from
-`import vitscope` and from the CLI, what the user sets always wins, and the idle case keeps
-every usable CPU. Real subprocesses with real torch: the policy acts before torch loads."""
+"""CPU thread policy (vitscope._internal.threads): what a fresh process gets when a command
+configures threads, what the user sets always wins, the idle case keeps every usable CPU, and
+`import vitscope` alone changes nothing. Real subprocesses with real torch: the policy acts
+before torch loads."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from vitscope._internal import threads
 
 CLEAN = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
          "KMP_BLOCKTIME", threads.ENV, threads._MARK, threads._MARK + "_WAIT")
-PROBE = ("import json, os, sys{pre}; import vitscope; from vitscope import threads; "
-         "c = threads.current(); t = sys.modules.get('torch'); "
+PROBE = ("import json, os, sys{pre}; from vitscope._internal import threads; "
+         "c = threads.configure(); import torch as t; "
          "print(json.dumps({{'torch': t and t.get_num_threads(), "
          "'policy': os.environ.get('OMP_WAIT_POLICY'), 'omp': os.environ.get('OMP_NUM_THREADS'),"
          " 'spin': os.environ.get('GOMP_SPINCOUNT'),"
@@ -29,8 +30,9 @@ def fresh_env(**extra) -> dict[str, str]:
 
 
 def probes(*cases: tuple[str, dict]) -> list[dict]:
-    """What fresh Python processes see after `import vitscope, torch`, one per (code run
-    first, environment) case; started together, since each spends seconds importing torch."""
+    """What fresh Python processes see after threads.configure() (what every command runs
+    first) and `import torch`, one per (code run first, environment) case; started together,
+    since each spends seconds importing torch."""
     procs = [subprocess.Popen([sys.executable, "-c", PROBE.format(pre=pre)],
                               env=fresh_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for pre, env in cases]
@@ -42,10 +44,23 @@ def probes(*cases: tuple[str, dict]) -> list[dict]:
     return got
 
 
-def test_thread_policy_on_import_and_what_the_user_set_wins():
-    after = "; import vitscope, torch"           # torch loaded after vitscope
+def test_importing_vitscope_changes_nothing_in_the_host():
+    """A library must not set its host's threads or environment: `import vitscope` (and its
+    reading side) leaves os.environ and torch's thread count as they were, and loads no torch."""
+    code = ("import os, sys; before = dict(os.environ); import vitscope, vitscope.dump, "
+            "vitscope.plugin, vitscope.render.figures; assert 'torch' not in sys.modules; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
+            "import torch; n = torch.get_num_threads(); import vitscope.model, vitscope.capture; "
+            "assert torch.get_num_threads() == n and dict(os.environ) == before; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], env=fresh_env(), capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert "OMP_NUM_THREADS" not in fresh_env()
+
+
+def test_thread_policy_when_configured_and_what_the_user_set_wins():
     auto, torch_first, user_torch, user_omp, torch_default = probes(
-        (after, {}), ("; import torch", {}), ("; import torch; torch.set_num_threads(1)", {}),
+        ("", {}), ("; import torch", {}), ("; import torch; torch.set_num_threads(1)", {}),
         ("", {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"}), ("", {threads.ENV: "torch"}))
     # vitscope imported before torch: the pool is the usable CPUs that no other process keeps
     # busy; idle OpenMP threads sleep at once when some are busy, else spin briefly first
@@ -73,8 +88,8 @@ def test_idle_machine_keeps_every_usable_cpu(tmp_path):
     cpus = os.cpu_count()
     stat = tmp_path / "stat"
     stat.write_text("cpu  1 2 3\nprocs_running 1\nprocs_blocked 0\n")
-    if threads.cgroup_cpu_quota():
-        pytest.skip("a cgroup CPU quota: the machine-wide run queue is not ours to read")
+    if threads.usable_cpus() != cpus:
+        pytest.skip("an affinity mask or CPU quota: the machine-wide run queue is not ours to read")
     assert threads.busy_cpus(cpus, stat=stat) == 0
     assert threads.auto_threads(cpus, 0) == cpus
     stat.write_text("procs_running 3\n")          # this process and two busy ones
@@ -86,18 +101,15 @@ def test_idle_machine_keeps_every_usable_cpu(tmp_path):
     assert threads.busy_cpus(cpus, stat=tmp_path / "missing") == 0
 
 
-def test_cgroup_quota_caps_the_cpus(tmp_path):
-    (tmp_path / "cpu.max").write_text("150000 100000\n")
-    assert threads.cgroup_cpu_quota(tmp_path) == 1.5
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert threads.cgroup_cpu_quota(tmp_path) is None
-    (tmp_path / "cpu.max").unlink()
-    (tmp_path / "cpu").mkdir()
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
-    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert threads.cgroup_cpu_quota(tmp_path) == 2.0
-    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert threads.cgroup_cpu_quota(tmp_path) is None
+def test_usable_cpus_follow_the_affinity_mask():
+    """joblib's count reads the affinity mask (and cgroup quotas): pinned to one CPU, auto
+    takes one thread."""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no affinity masks on this platform")
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from vitscope._internal import threads; print(threads.usable_cpus())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])

@@ -223,9 +223,9 @@ def test_analyze_flags_are_checked_and_a_broken_analysis_module_is_one_error(tmp
     assert res.exit_code == 1 and "--plugin runs only with --analyze-every" in res.output
     res = train(tmp_path, "--epochs", 1, "--analyze-every", 1)
     assert res.exit_code == 1 and "needs at least one --plugin" in res.output
-    monkeypatch.setitem(sys.modules, "vitscope.analyze.run", None)
+    monkeypatch.setitem(sys.modules, "vitscope.analyze.epochs", None)
     res = train(tmp_path, "--epochs", 1, "--name", "x", "--analyze-every", 1, "--plugin", "rollout")
-    assert res.exit_code == 1 and "needs vitscope.analyze.run" in res.output
+    assert res.exit_code == 1 and "needs vitscope.analyze.epochs" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "runs/x").exists()
 
 

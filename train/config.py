@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vitscope._internal.bounded import check_text
+from vitscope._internal.devices import DEVICES
 from vitscope.errors import ConfigError
 
 try:  # Python 3.11+
@@ -37,7 +38,6 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 SET_MAX_BYTES = 1 << 20   # a recipe or one --set value
 CNN_PRESET = "cnn"
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("none", "trivial", "randaugment")
 PAD_MODES = ("reflect", "zeros")

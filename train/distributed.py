@@ -33,14 +33,10 @@ class DistInfo:
 
 
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    """auto = cuda, then mps, then cpu (vitscope.evaluate.classify.resolve_device); under torchrun
-    each local rank takes its own GPU."""
-    from vitscope.evaluate.classify import resolve_device
-
-    device = resolve_device(pref)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    return device
+    """This rank's device (vitscope._internal.devices: auto = cuda, then mps, then cpu; each
+    local rank its own GPU)."""
+    from vitscope._internal.devices import resolve_device
+    return resolve_device(pref, local_rank)
 
 
 def setup(device_pref: str) -> tuple[DistInfo, torch.device]:

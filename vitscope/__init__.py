@@ -1,17 +1,16 @@
-"""vitscope: train Vision Transformers, capture their activations, and look inside them."""
+"""vitscope: train Vision Transformers, capture their activations, and look inside them.
 
-__version__ = "0.1.0"
+The packages follow the data: data -> model -> capture -> dump -> plugin/render (figures) ->
+analyze (the host that runs plugins) -> evaluate / score; commands/ holds the thin CLI. The
+notebook API is `vitscope.api`.
 
+Importing vitscope changes nothing in the host process: no threads or environment variables
+are set (the CLI configures threads itself). Old module paths of earlier versions keep
+working for one release, with a DeprecationWarning (vitscope._internal.compat).
+"""
 
-def _configure_threads() -> None:
-    """CPU threads that do not spin against other processes (vitscope._internal.threads), set before
-    torch loads whenever vitscope is imported first; a bad VITSCOPE_THREADS is reported by
-    the CLI, and leaves the defaults alone in library use."""
-    from vitscope._internal import threads
-    try:
-        threads.configure()
-    except ValueError:
-        pass
+__version__ = "0.2.0"
 
+from vitscope._internal import compat as _compat  # noqa: E402
 
-_configure_threads()
+_compat.install()

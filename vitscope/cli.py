@@ -75,7 +75,7 @@ def main() -> None:
         threads.configure()   # before any command imports torch (vitscope._internal.threads says why)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    from vitscope.plugin import TORCH_AUTOLOAD_ENV, guard_torch_import
+    from vitscope.analyze.registry import TORCH_AUTOLOAD_ENV, guard_torch_import
     for path in guard_torch_import():   # before any command imports torch
         click.echo(f"Warning: '{path}' cannot be decoded, so torch's device-backend plugins are "
                    f"not loaded ({TORCH_AUTOLOAD_ENV}=0); reinstall or remove that package.",

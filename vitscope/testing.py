@@ -14,6 +14,8 @@ the numbers are the same every run) on the built-in `shapes` data, masks include
 """
 from __future__ import annotations
 
+from vitscope.plugin.protocol import member
+
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,7 @@ def render_options(plugin: Any, **values: Any):
     run_dir (the output folder's parent, where plotly.min.js is written) and smooth."""
     from vitscope.plugin import RenderOptions
 
-    declared = {o.name: o for o in getattr(plugin, "options", ()) or ()}
+    declared = {o.name: o for o in member(plugin, "options") or ()}
     common = {"static": True, "interactive": True, "format": "png", "limit": None,
               "run_dir": None, "smooth": False}
     out = {name: opt.default for name, opt in declared.items()}

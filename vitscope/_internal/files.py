@@ -1,5 +1,13 @@
-"""Writes that fail (a full disk, a quota, a vanished or read-only folder) as one sentence that
-names the folder and its free space, without losing what was there before. No torch.
+"""Writing files: whole or not at all, and failures (a full disk, a quota, a vanished or
+read-only folder) as one sentence that names the folder and its free space. No torch.
+
+The one write-then-rename helper of vitscope. Every temporary file is created exclusively
+(O_CREAT|O_EXCL, mode 0600, `tempfile.mkstemp`) beside its target under an unpredictable name
+that records the host and process (`.<name>.<random>.tmp-<host>-<pid><suffix>`, or
+`<name>.<host>-<pid>-<random>.partial` for dumps), reopened only with O_NOFOLLOW, and checked to
+be that same regular file before it is renamed: a link planted at a temporary name in a shared
+folder is never written through. Temporaries of dead processes are swept by the next run in the
+folder (`sweep_temporaries`, `partial_path`).
 
     with guard(run_dir):                      # OSError while writing -> WriteError
         ...
@@ -19,13 +27,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
+import itertools
 import os
 import shutil
+import socket
+import stat
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from vitscope.errors import WriteError
+from vitscope.errors import VitscopeError, WriteError
 
 # The errors that mean "this file system cannot take the write", as opposed to a bug.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO,
@@ -100,7 +114,9 @@ class GuardedFile(io.RawIOBase):
         self.path = Path(path)
         self.swallow = swallow
         self.error: OSError | None = None
-        self._f = open(self.path, "w+b", buffering=0)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | NOFOLLOW,
+                     0o666)
+        self._f = os.fdopen(fd, "w+b", buffering=0)
 
     def readable(self) -> bool:
         return True
@@ -166,11 +182,110 @@ class GuardedFile(io.RawIOBase):
         return result
 
 
-def temporary_name(path: Path) -> Path:
-    """A hidden name beside `path` for writing it, with its suffix (matplotlib picks the
-    format from it): runs/x/.curves.tmp-1234.png."""
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+TEMP_MARK = ".tmp-"          # in every temporary name vitscope writes, before host and pid
+STALE_S = 24 * 3600          # a temporary older than this is swept whoever left it
+
+
+def host_tag() -> str:
+    """This machine's name as it appears in temporary names (letters, digits, _)."""
+    name = socket.gethostname() or "host"
+    return "".join(c if c.isalnum() else "_" for c in name)[:32]
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temporary_beside(path: Path) -> Path:
+    """A new, empty file beside `path` to write it under, created exclusively with an
+    unpredictable name that keeps `path`'s suffix (matplotlib and PIL pick the format from
+    it): runs/x/.curves.png.k3j2h1x8.tmp-myhost-1234.png."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.",
+                                suffix=f"{TEMP_MARK}{host_tag()}-{os.getpid()}{path.suffix}",
+                                dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def sweep_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporaries that killed processes left in `folder` (those of a dead process
+    of this host, and any older than a day); returns what was removed. Never follows links."""
+    removed = []
+    host = host_tag()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(".") or TEMP_MARK not in name:
+            continue
+        tag = name.rsplit(TEMP_MARK, 1)[1]
+        owner, _, rest = tag.rpartition("-")
+        pid = "".join(itertools.takewhile(str.isdigit, rest))
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        dead = owner == host and pid.isdigit() and not alive(int(pid))
+        if dead or now - st.st_mtime > STALE_S:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.lstat(path)
+    return st.st_dev, st.st_ino
+
+
+def _still_ours(tmp: Path, identity: tuple[int, int]) -> None:
+    """OSError unless `tmp` is still the regular file created for this write."""
+    st = os.lstat(tmp)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != identity:
+        raise OSError(errno.EEXIST, f"the temporary file '{tmp}' was replaced by another "
+                                    f"process while it was written; nothing was published")
+
+
+def default_mode() -> int:
+    """The permissions a new file gets here (0o666 less the umask): temporaries are 0600."""
+    global _MODE
+    if _MODE is None:
+        mask = 0o022
+        try:
+            with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+                for line in f:
+                    if line.startswith("Umask:"):
+                        mask = int(line.split()[1], 8)
+        except (OSError, ValueError):
+            pass
+        _MODE = 0o666 & ~mask
+    return _MODE
+
+
+_MODE: int | None = None
+
+
+def _seal(tmp: Path, identity: tuple[int, int]) -> None:
+    """fsync `tmp` (opened without following links) and give it a normal file's mode."""
+    _still_ours(tmp, identity)
+    fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC | NOFOLLOW)
+    try:
+        os.fsync(fd)
+        os.fchmod(fd, default_mode())
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -178,15 +293,95 @@ def replacing(*paths: Path, hint: str | None = None) -> Iterator[list[Path]]:
     """Temporary paths to write `paths` to, renamed over them only when the whole block
     succeeds; on any failure they are removed and the old files stay as they were
     (OSError -> WriteError naming the first path)."""
-    temps = [temporary_name(p) for p in paths]
+    temps: list[Path] = []
     try:
         with guard(paths[0], hint):
-            yield temps
-            for tmp in temps:
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
+            for p in paths:
+                sweep_temporaries(Path(p).parent)
+            temps = [temporary_beside(p) for p in paths]
+            ids = [_identity(t) for t in temps]
+            yield list(temps)
+            for tmp, identity in zip(temps, ids):
+                _seal(tmp, identity)
             for tmp, path in zip(temps, paths):
                 os.replace(tmp, path)
     finally:
         for tmp in temps:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def write_atomic(path: Path, data: bytes | str, *, hint: str | None = None) -> Path:
+    """Write `data` to `path` whole or not at all (replacing with one file)."""
+    with replacing(Path(path), hint=hint) as (tmp,):
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
+
+
+# --------------------------------------------------------------- files that appear whole
+
+def partial_path(out: Path) -> Path:
+    """A new partial file beside `out`, unique to this process (created empty, exclusively):
+    `OUT.h5.<host>-<pid>-<random>.partial`. Two captures to one OUT never share or delete
+    each other's partial file; ones left by killed processes of this host are removed."""
+    out = Path(out)
+    host = host_tag()
+    for stale in out.parent.glob(f"{glob_escape(out.name)}.{host}-*.partial"):
+        pid = stale.name[len(out.name) + len(host) + 2:].split("-", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{out.name}.{host}-{os.getpid()}-", suffix=".partial",
+                                dir=out.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def publish(partial: Path, out: Path, *, force: bool, error: type[VitscopeError],
+            hint: str) -> None:
+    """Rename a finished `partial` to `out` in one step. Without `force` an `out` that
+    appeared meanwhile (another process finished first) is never replaced: a hard link
+    creates `out` only if it is absent, atomically; `error` names it with `hint`."""
+    partial, out = Path(partial), Path(out)
+    if os.path.islink(partial) or not partial.is_file():
+        raise error(f"The partial file '{partial}' was replaced by another process while it "
+                    f"was written; nothing was published; {hint}.")
+    with contextlib.suppress(OSError):
+        os.chmod(partial, default_mode())
+    if force:
+        os.replace(partial, out)
+        return
+    try:
+        os.link(partial, out)
+    except FileExistsError:
+        raise error(f"'{out}' appeared while this one was written (another process wrote it); "
+                    f"{hint}.") from None
+    except OSError:   # a file system without hard links: check, then rename
+        if out.exists():
+            raise error(f"'{out}' appeared while this one was written (another process wrote "
+                        f"it); {hint}.") from None
+        os.replace(partial, out)
+        return
+    partial.unlink()
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, cached per (path, size, mtime) so repeated requests hash once."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]

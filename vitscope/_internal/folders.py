@@ -5,14 +5,12 @@
 
 Every command that writes results (eval, analyze, dump) checks its folder before the long part
 of the work, so a typo in -o costs nothing, and a command that fails leaves no empty folders.
-Files that must appear whole (dumps) are written under a `partial_path` unique to the process
-and renamed into place by `publish`.
+Files that must appear whole are written by vitscope._internal.files.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,67 +54,6 @@ def output_folder(path: Path, error: type[VitscopeError], hint: str) -> Iterator
     except BaseException:
         remove_empty(created)
         raise
-
-
-# --------------------------------------------------------------- files that appear whole
-
-def partial_path(out: Path) -> Path:
-    """A new partial file beside `out`, unique to this process (created empty, exclusively):
-    `OUT.h5.<host>-<pid>-<random>.partial`. Two captures to one OUT never share or delete
-    each other's partial file; ones left by killed processes of this host are removed."""
-    out = Path(out)
-    host = _host()
-    for stale in out.parent.glob(f"{glob_escape(out.name)}.{host}-*.partial"):
-        pid = stale.name[len(out.name) + len(host) + 2:].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            stale.unlink(missing_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f"{out.name}.{host}-{os.getpid()}-", suffix=".partial",
-                                dir=out.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def publish(partial: Path, out: Path, *, force: bool, error: type[VitscopeError],
-            hint: str) -> None:
-    """Rename a finished `partial` to `out` in one step. Without `force` an `out` that
-    appeared meanwhile (another process finished first) is never replaced: a hard link
-    creates `out` only if it is absent, atomically; `error` names it with `hint`."""
-    partial, out = Path(partial), Path(out)
-    if force:
-        os.replace(partial, out)
-        return
-    try:
-        os.link(partial, out)
-    except FileExistsError:
-        raise error(f"'{out}' appeared while this one was written (another process wrote it); "
-                    f"{hint}.") from None
-    except OSError:   # a file system without hard links: check, then rename
-        if out.exists():
-            raise error(f"'{out}' appeared while this one was written (another process wrote "
-                        f"it); {hint}.") from None
-        os.replace(partial, out)
-        return
-    partial.unlink()
-
-
-def glob_escape(name: str) -> str:
-    """`name` with glob's special characters taken literally."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def _host() -> str:
-    name = socket.gethostname() or "host"
-    return "".join(c if c.isalnum() else "_" for c in name)[:32]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def resolve_cache_dir(cache_dir: Any = None) -> Path:

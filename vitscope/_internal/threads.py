@@ -8,8 +8,7 @@ from the process that has work, and every parallel region waits for its slowest 
 with torch's defaults and 514 with OMP_NUM_THREADS=1 (issue #13;
 `benchmarks/thread_contention.py` measures it).
 
-So, unless the user decided otherwise, vitscope sets before torch loads (`import vitscope`,
-or any `vitscope` command):
+So, unless the user decided otherwise, a `vitscope` command sets before torch loads:
 
     OMP_WAIT_POLICY=PASSIVE   when other processes keep CPUs busy: idle OpenMP threads sleep
                               instead of spinning
@@ -25,12 +24,12 @@ still its own default. What the user set always wins, most specific first: `--th
 N|auto|torch` on a command, `VITSCOPE_THREADS` = N | auto | torch (torch: leave torch's and
 OpenMP's defaults alone, as vitscope did before), OMP_NUM_THREADS in the environment (and
 OMP_WAIT_POLICY / GOMP_SPINCOUNT / KMP_BLOCKTIME for the wait), an earlier
-`torch.set_num_threads`. The choice is made once per process (the
-first `import vitscope`); `--threads` changes it.
+`torch.set_num_threads`. The choice is made once per process by the CLI (or `vitscope train`),
+never by `import vitscope`: a library does not change its host's threads; `--threads` changes
+it.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -81,31 +80,11 @@ def parse_threads(value: str | int | None) -> int | str | None:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota
-    (a container started with --cpus=2 on a 64-core host may use 2, not 64)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    quota = cgroup_cpu_quota()
-    return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
-
-
-def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """CPUs' worth of time the cgroup may use (cgroup v2 cpu.max, v1 cfs quota), or None."""
-    try:
-        text = (root / "cpu.max").read_text().split()
-        if text and text[0] != "max":
-            return int(text[0]) / int(text[1])
-        return None
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return quota / period if quota > 0 and period > 0 else None
-    except (OSError, ValueError):
-        return None
+    """CPUs this process may run on: joblib's count (loky's `cpu_count`, a maintained reading
+    of the affinity mask and of cgroup v1 and v2 CPU quotas, nested ones included), so a
+    container started with --cpus=2 on a 64-core host uses 2, not 64."""
+    from joblib.externals.loky import cpu_count
+    return max(1, int(cpu_count(only_physical_cores=False)))
 
 
 def busy_cpus(cpus: int, samples: int = LOAD_SAMPLES, interval: float = LOAD_INTERVAL_S,
@@ -113,7 +92,7 @@ def busy_cpus(cpus: int, samples: int = LOAD_SAMPLES, interval: float = LOAD_INT
     """CPUs that other processes keep busy now: runnable tasks (procs_running, which counts
     this process too) minus one, the fewest of a few snapshots. 0 where unknown, and when this
     process may use only some of the machine's CPUs (the run queue is machine-wide then)."""
-    if cpus != (os.cpu_count() or cpus) or cgroup_cpu_quota():
+    if cpus != (os.cpu_count() or cpus):   # an affinity mask or a CPU quota
         return 0
     fewest = None
     for i in range(samples):

@@ -40,17 +40,18 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from vitscope.plugin import BUILTINS
+from vitscope._internal.text import first_line
+from vitscope.analyze.staging import ERROR_LOG
+from vitscope.plugins import BUILTINS
 
 DEFAULT_TIMEOUT = 3600.0     # seconds per plugin: generous; --plugin-timeout changes it
 STACK_GRACE = 1.0            # seconds a timed-out child gets to write its stack
 # Imported once by the fork server, so each child starts warm: the libraries every built-in
 # plugin uses, and the built-ins themselves (their modules, from BUILTINS).
-PRELOAD = ("numpy", "h5py", "vitscope.dump", "vitscope.plugin", "vitscope.render.figures",
-           "vitscope.render.interactive", "vitscope.render.mosaic", "vitscope.plugin.reading", "vitscope.plugin.maps",
+PRELOAD = ("numpy", "h5py", "threadpoolctl", "vitscope.dump", "vitscope.plugin",
+           "vitscope.render.figures", "vitscope.render.interactive", "vitscope.render.mosaic",
            "matplotlib.pyplot", "plotly.graph_objects", "plotly.subplots",
            *sorted({value.split(":")[0] for value in BUILTINS.values()}))
-ERROR_LOG = "error.log"
 
 _CONTEXT = None
 
@@ -111,7 +112,7 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
                 proc.start()
         except Exception as e:   # e.g. an option value that cannot be pickled
             return Outcome(False, error=f"could not be started in its own process "
-                                        f"({type(e).__name__}: {_first_line(e)})")
+                                        f"({type(e).__name__}: {first_line(e)})")
         finally:
             writer.close()
         limit = timeout if timeout and timeout > 0 else None
@@ -223,9 +224,6 @@ def _seconds(limit: float) -> str:
     return f"{limit:g} s" if limit < 120 else f"{limit / 60:g} min"
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else ""
 
 
 # ------------------------------------------------------------------------------- the child
@@ -252,7 +250,7 @@ def _child(job: dict[str, Any], conn) -> None:
         result["error"] = str(e)
         result["disk_full"] = _disk_full(e, job["shown_dir"])
     except BaseException as e:  # anything, SystemExit and KeyboardInterrupt included
-        result["error"] = f"raised {type(e).__name__}: {_first_line(e)}"
+        result["error"] = f"raised {type(e).__name__}: {first_line(e)}"
         result["logged"] = _write_log(log)
         result["disk_full"] = _disk_full(e, job["shown_dir"])
     result["seconds"] = time.perf_counter() - t0
@@ -276,12 +274,13 @@ def _render(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from vitscope.dump import Dump
     from vitscope.errors import VitscopeError
     from vitscope.render.figures import pyplot, smoothing
-    from vitscope.plugin import RenderOptions, _import, _instantiate
+    from vitscope.plugin import RenderOptions
+    from vitscope.analyze.registry import _import, _instantiate
 
     pyplot()   # the headless backend before any plugin code
     plugin = _instantiate(_import(job["value"]))
     options = RenderOptions(job["options"])
-    with warnings.catch_warnings(record=True) as caught:
+    with _blas_threads(job["env"]), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         with Dump.open(job["dump"]) as dump:
             try:
@@ -292,6 +291,17 @@ def _render(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             files = _checked_files(returned, out_dir)   # the dump still open for anything
     _check_summary(out_dir)
     return {"ok": True, "files": files, "warnings": _plugin_warnings(caught)}
+
+
+def _blas_threads(env: dict[str, str]):
+    """Cap numpy's BLAS and OpenMP pools at the command's thread count (OMP_NUM_THREADS, as
+    vitscope._internal.threads chose it). The fork server loaded numpy before the command set
+    it, so the environment alone no longer reaches those pools; threadpoolctl does."""
+    text = env.get("OMP_NUM_THREADS", "")
+    if not text.isdigit() or int(text) < 1:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=int(text))
 
 
 def _write_log(log) -> bool:
@@ -357,7 +367,7 @@ def _check_summary(out_dir: Path) -> None:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise PluginError(f"its summary.json is not valid UTF-8 JSON ({_first_line(e)}).") \
+        raise PluginError(f"its summary.json is not valid UTF-8 JSON ({first_line(e)}).") \
             from None
     if not isinstance(value, dict):
         raise PluginError(f"its summary.json holds a JSON {type(value).__name__}, not an "

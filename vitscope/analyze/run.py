@@ -6,7 +6,7 @@
     # -> run_dir/<plugin>/..., run_dir/manifest.json, run_dir/index.html
 
 Each plugin renders into `run_dir/<plugin>/` (`run_dir/<plugin>@<key=value,...>/` when its
-options differ from the defaults: vitscope.analyze.setting_folders), isolated in a child process of its own
+options differ from the defaults: vitscope.render.setting_folders), isolated in a child process of its own
 (vitscope.analyze.isolation): an exception, a crash or a hang past the time limit in one is recorded
 (message, and the traceback in `<plugin>/error.log`) and the others still run. Everything is
 rendered into temporary folders and swapped in at the end by one journalled commit
@@ -16,10 +16,8 @@ folder too.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,11 +26,12 @@ from typing import Any
 
 from vitscope.errors import PluginError
 from vitscope.analyze.isolation import DEFAULT_TIMEOUT, run_plugin
-from vitscope._internal.folders import make_output_dir
-from vitscope.plugin import STATIC_FORMATS, PluginEntry, discover
+from vitscope.plugin import STATIC_FORMATS
+from vitscope.analyze.registry import PluginEntry
 from vitscope.render.index_page import DOC_SUFFIXES, IMAGE_SUFFIXES, PAGE_SUFFIXES
-from vitscope.analyze.setting_folders import changed_options, folder_problem, setting_folder
+from vitscope.render.setting_folders import changed_options, folder_problem, setting_folder
 from vitscope._internal.signals import terminate_as_exception
+from vitscope.render.index_page import write_index
 from vitscope.analyze.staging import ERROR_LOG, MANIFEST, MARKER, Staging  # noqa: F401 (MARKER re-exported)
 from vitscope.errors import WriteError
 
@@ -58,7 +57,7 @@ class PluginResult:
     @property
     def key(self) -> str:
         """The folder (and manifest key) of this result: the plugin's name, or for options
-        other than the defaults `name@key=value,...` (vitscope.analyze.setting_folders)."""
+        other than the defaults `name@key=value,...` (vitscope.render.setting_folders)."""
         return self.folder or self.name
 
     def line(self) -> str:
@@ -115,32 +114,44 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
     return missing
 
 
+@dataclass(frozen=True)
+class RenderRequest:
+    """How plugins render in one run, the same for each of them: built once by the command
+    (analyze, score, train --analyze-every) and handed down."""
+    static: bool = True             # static figures (options.format)
+    interactive: bool = True        # Plotly HTML pages
+    fmt: str = "png"                # png | svg | pdf
+    limit: int | None = None        # the first `limit` images of the dump (None: all)
+    smooth: bool = False            # maps smoothed bilinearly (analyze --smooth)
+    timeout: float | None = DEFAULT_TIMEOUT   # seconds per plugin (None or 0: no limit)
+    assets_dir: Path | None = None  # where shared files (plotly.min.js) go; default the run's
+
+    @classmethod
+    def of(cls, request: "RenderRequest | None", settings: dict[str, Any]) -> "RenderRequest":
+        """`request` (or the defaults) with the given fields replaced."""
+        return dataclasses.replace(request or cls(), **settings)
+
+
 def render_plugin(entry: PluginEntry, dump, run_dir: Path, values: dict[str, Any] | None = None,
-                  *, static: bool = True, interactive: bool = True, fmt: str = "png",
-                  limit: int | None = None, assets_dir: Path | None = None,
-                  timeout: float | None = DEFAULT_TIMEOUT, smooth: bool = False) -> PluginResult:
+                  request: RenderRequest | None = None, **settings: Any) -> PluginResult:
     """Render one plugin into run_dir/<name>/, whatever its options (in its own process,
     swapped in on success; no manifest or index; `render_plugins` is what gives each setting
     a folder of its own); never raises for the plugin's own faults. `dump` is a Dump or the
-    path of one. `assets_dir` (default run_dir) is where shared files such as plotly.min.js
-    go."""
+    path of one; `settings` override fields of `request`."""
     path = Path(getattr(dump, "path", dump))
-    with Staging(run_dir) as stage:
-        result = _render_staged(stage, entry, path, values, static=static,
-                                interactive=interactive, fmt=fmt, limit=limit,
-                                assets_dir=assets_dir, timeout=timeout, smooth=smooth)
+    req = RenderRequest.of(request, settings)
+    with Staging(run_dir, pages=write_index) as stage:
+        result = _render_staged(stage, entry, path, values, req)
         stage.commit(*_swaps([result]))
     return result
 
 
 def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
-                   values: dict[str, Any] | None, *, static: bool, interactive: bool, fmt: str,
-                   limit: int | None, assets_dir: Path | None,
-                   timeout: float | None, smooth: bool = False,
+                   values: dict[str, Any] | None, req: RenderRequest,
                    by_setting: bool = False) -> PluginResult:
-    """Render `entry` into a new folder of `stage` (vitscope.analyze.staging) through its own child
-    process (vitscope.analyze.isolation). The result names the plugin's final folder: `<name>`, or
-    with `by_setting` `<name>@<setting>` for options other than the defaults."""
+    """Render `entry` into a new folder of `stage` (vitscope.analyze.staging) through its own
+    child process (vitscope.analyze.isolation). The result names the plugin's final folder:
+    `<name>`, or with `by_setting` `<name>@<setting>` for options other than the defaults."""
     key = output_folder(entry, values) if by_setting else entry.name
     final = stage.final(key) if folder_problem(key) is None else None
     result = PluginResult(entry.name, entry.source, False, out_dir=final,
@@ -153,17 +164,20 @@ def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
     except PluginError as e:
         result.error = str(e)
         return result
-    options = entry.render_options(values, static=static, interactive=interactive, format=fmt,
-                                   limit=limit, run_dir=Path(assets_dir or stage.run_dir).absolute(),
-                                   smooth=smooth)
-    outcome = run_plugin(entry, dump_path, folder, options, timeout=timeout, shown_dir=final)
+    options = entry.render_options(values, static=req.static, interactive=req.interactive,
+                                   format=req.fmt, limit=req.limit,
+                                   run_dir=Path(req.assets_dir or stage.run_dir).absolute(),
+                                   smooth=req.smooth)
+    outcome = run_plugin(entry, dump_path, folder, options, timeout=req.timeout,
+                         shown_dir=final)
     if outcome.disk_full:   # not the plugin's fault: the run stops, nothing is swapped in
         raise WriteError(outcome.disk_full)
     result.ok, result.warnings, result.seconds = outcome.ok, outcome.warnings, outcome.seconds
     result.files = [final / f.relative_to(folder) for f in outcome.files]
     result.staged = folder
     if outcome.ok:   # "ok" must not hide that the figures asked for are not there
-        result.missing = unwritten_kinds(result.files, static=static, interactive=interactive)
+        result.missing = unwritten_kinds(result.files, static=req.static,
+                                         interactive=req.interactive)
         if result.missing:
             result.warnings.append(missing_note(result.missing))
     if not outcome.ok:
@@ -203,44 +217,45 @@ def _swaps(results: Iterable[PluginResult]) -> tuple[list[str], list[str]]:
 
 def output_folder(entry: PluginEntry, values: dict[str, Any] | None) -> str:
     """Where `entry` rendered with `values` goes under the run folder: its name, or
-    `name@key=value,...` for options other than its defaults (vitscope.analyze.setting_folders)."""
+    `name@key=value,...` for options other than its defaults (vitscope.render.setting_folders)."""
     return setting_folder(entry.name, changed_options(entry, values)) if entry.ok else entry.name
 
 
 def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: str | Path,
-                   values: dict[str, dict[str, Any]] | None = None, *, static: bool = True,
-                   interactive: bool = True, fmt: str = "png", limit: int | None = None,
+                   values: dict[str, dict[str, Any]] | None = None,
+                   request: RenderRequest | None = None, *,
                    echo: Callable[[str], None] | None = None,
                    info: dict[str, Any] | None = None,
-                   assets_dir: Path | None = None,
                    failed: Iterable[PluginResult] = (),
-                   timeout: float | None = DEFAULT_TIMEOUT,
-                   announce: bool = False, smooth: bool = False) -> list[PluginResult]:
+                   announce: bool = False, **settings: Any) -> list[PluginResult]:
     """Render every entry on one dump, then record them in the run's manifest and index.html.
     Each renders into `run_dir/<name>/`, or `run_dir/<name>@<key=value,...>/` when its
-    `values` differ from its defaults (vitscope.analyze.setting_folders), so settings coexist.
+    `values` differ from its defaults (vitscope.render.setting_folders), so settings coexist.
+    How they render is `request` (a RenderRequest), with `settings` overriding its fields.
     `failed`: results of plugins that failed before rendering (broken, missing hook points),
     recorded in the manifest and index.html with the others and returned after them.
 
     Everything is rendered into temporary folders and swapped in by one journalled commit at
-    the end (vitscope.analyze.staging), under the run folder's lock: a run that is killed or fails
-    leaves the folder as it was, and a plugin that fails keeps its earlier figures.
-    `timeout`: seconds each plugin may take (None or 0: no limit).
+    the end (vitscope.analyze.staging), under the run folder's lock: a run that is killed or
+    fails leaves the folder as it was, and a plugin that fails keeps its earlier figures.
     `announce`: echo a line as each plugin starts (the line after it gives its time)."""
     from vitscope.dump import Dump
 
-    if fmt not in STATIC_FORMATS:
-        raise PluginError(f"Unknown figure format '{fmt}'; use one of {', '.join(STATIC_FORMATS)}.")
+    req = RenderRequest.of(request, settings)
+    if req.fmt not in STATIC_FORMATS:
+        raise PluginError(f"Unknown figure format '{req.fmt}'; use one of "
+                          f"{', '.join(STATIC_FORMATS)}.")
     run_dir = Path(run_dir).absolute()
     dump_path = Path(dump_path).absolute()
     results = []
     with Dump.open(dump_path) as dump:
         # Plugins may rely on it: options.limit is None or a count the dump really holds.
-        limit = None if limit is None else min(int(limit), len(dump))
+        limit = None if req.limit is None else min(int(req.limit), len(dump))
+        req = dataclasses.replace(req, limit=limit)
         held, model_hooks = list(dump.names), dump.model_names
         count = len(dump) if limit is None else limit
         run_info = {**describe_dump(dump, limit), **(info or {})}
-    with terminate_as_exception(), Staging(run_dir) as stage:
+    with terminate_as_exception(), Staging(run_dir, pages=write_index) as stage:
         for entry in entries:
             gone = missing_hooks(held, [entry], model_hooks, values).get(entry.name)
             if gone:  # never call render on a dump without what the plugin reads
@@ -252,9 +267,7 @@ def render_plugins(dump_path: str | Path, entries: list[PluginEntry], run_dir: s
                 if echo and announce:   # a slow plugin is not silence: say what runs now
                     echo(f"…       {entry.name:<18} rendering ({count} images)")
                 res = _render_staged(stage, entry, dump_path, (values or {}).get(entry.name),
-                                     static=static, interactive=interactive, fmt=fmt,
-                                     limit=limit, assets_dir=assets_dir, timeout=timeout,
-                                     smooth=smooth, by_setting=True)
+                                     req, by_setting=True)
             results.append(res)
             if echo:
                 echo(res.line())
@@ -326,72 +339,7 @@ def _description(entry: PluginEntry) -> str:
         return ""
 
 
-def epoch_analyses_dir(run_name: str, out_root: str | Path = "outputs") -> Path:
-    """Where `vitscope train --analyze-every` renders: <out_root>/<run>/epoch_NNN/."""
-    return Path(out_root) / run_name
-
-
-def make_epoch_analyzer(plugins: list[str], dataset, *, run_name: str, classes: list[str],
-                        normalize: tuple[list, list], out_root: str | Path = "outputs",
-                        n_images: int = 16, static: bool = True, interactive: bool = True,
-                        echo: Callable[[str], None] | None = None
-                        ) -> Callable[[Any, int, Any], list[Path]]:
-    """For `vitscope train --analyze-every N --plugin NAME`: a function
-    `analyze(model, epoch, run_dir) -> files` that captures the same `n_images` images of
-    `dataset` (a seeded sample) with the model as it is now and renders `plugins` into
-    `<out_root>/<run_name>/epoch_XXX/`. Unknown or broken plugins fail here, before training.
-    A plugin failing at some epoch is reported through `echo` (default: stderr), never raised.
-    """
-    registry = discover()
-    entries = registry.select(plugins)
-    for e in entries:
-        if not e.ok:
-            raise PluginError(e.problem())
-    patterns = union_requires(entries)
-    if not isinstance(n_images, int) or n_images < 1:
-        raise PluginError(f"n_images must be a positive number of images, got {n_images!r}.")
-    say = echo or (lambda msg: print(msg, file=sys.stderr))
-    root = epoch_analyses_dir(run_name, out_root)
-    make_output_dir(root, PluginError, "run from a folder where outputs/ can be written")
-
-    def analyze(model, epoch: int, run_dir=None) -> list[Path]:
-        try:
-            return _analyze(model, epoch, run_dir)
-        except Exception as e:   # a full disk at epoch 40 must not end the training run
-            say(f"epoch {epoch}: the analyses failed ({type(e).__name__}: {_first_line(e)}); "
-                f"training goes on")
-            return []
-
-    def _analyze(model, epoch: int, run_dir=None) -> list[Path]:
-        from vitscope.capture import capture
-        from vitscope.model.checkpoint import _unwrap
-
-        epoch_dir = root / f"epoch_{int(epoch):03d}"
-        with tempfile.TemporaryDirectory(prefix="vitscope-epoch-") as tmp:
-            dump_path = capture(_unwrap(model), dataset, Path(tmp) / "epoch.h5", patterns,
-                                ckpt=None, normalize=normalize, classes=list(classes),
-                                limit=min(n_images, len(dataset)), batch_size=n_images,
-                                progress=False, seed=0)
-            info = {"checkpoint": f"{run_dir or run_name} (model at epoch {epoch}, in training)",
-                    "epoch": int(epoch)}
-            if run_dir is not None:   # its metrics.jsonl: `vitscope animate` labels frames
-                info["run_dir"] = str(Path(run_dir).absolute())
-            results = render_plugins(dump_path, entries, epoch_dir, static=static,
-                                     interactive=interactive, info=info,
-                                     assets_dir=root)   # plotly.js once for all epochs
-        for r in results:
-            if not r.ok:
-                say(f"epoch {epoch}: plugin {r.name} failed: {r.error}")
-        return [f for r in results for f in r.files] + [epoch_dir / "index.html"]
-
-    return analyze
-
-
 # ------------------------------------------------------------------------------------ helpers
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:300] if lines else ""
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vitscope.errors import PluginError
+from vitscope._internal.files import partial_path, publish
+from vitscope.errors import DumpError, PluginError
 
 KINDS = ("misclassified", "correct", "class:NAME", "INDEX,INDEX", "name:FILE")
 BLOCK = 64  # images copied per read: memory stays bounded for any selection
@@ -145,7 +145,7 @@ def select_dump(path: str | Path, positions: np.ndarray, what: str) -> Path:
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + f".{os.getpid()}.partial")
+    partial = partial_path(out)
     with Dump.open(path) as dump:
         f = dump._f
         aliases = dict(dump.attrs.get("aliases") or {})
@@ -173,7 +173,7 @@ def select_dump(path: str | Path, positions: np.ndarray, what: str) -> Path:
             if aliases:
                 writer.set_aliases(aliases)
             writer.finish()
-            os.replace(partial, out)
+            publish(partial, out, force=True, error=DumpError, hint="run the command again")
         except BaseException:
             writer.close()
             partial.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ What a run folder promises, whatever kills the process and when:
   the run folder exactly as it was.
 - Only plugin output folders are ever replaced or deleted: a `<name>/` that exists without
   the `.vitscope-plugin` marker (or is a link) is refused, names are safe slugs
-  (vitscope.plugin.check_name; a setting folder adds `@key=value,...`, vitscope.analyze.setting_folders), and the temporary folders sit at the same depth as the
+  (vitscope.plugin.check_name; a setting folder adds `@key=value,...`, vitscope.render.setting_folders), and the temporary folders sit at the same depth as the
   final ones, so relative links a plugin writes (`../plotly.min.js`) stay right.
 """
 from __future__ import annotations
@@ -27,14 +27,13 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from vitscope.errors import PluginError
 from vitscope._internal.locks import hold
-from vitscope._internal.files import replacing
-from vitscope.render.index_page import write_index
+from vitscope._internal.files import replacing, sweep_temporaries
 
 MARKER = ".vitscope-plugin"     # marks a folder as plugin output, so a re-run may replace it
 MANIFEST = "manifest.json"
@@ -51,7 +50,7 @@ def is_plugin_folder(path: Path) -> bool:
 def check_replaceable(run_dir: Path, name: str) -> Path:
     """run_dir/<name>, which a render may replace: absent, or a plugin folder of ours directly
     under run_dir. PluginError otherwise (nothing is touched)."""
-    from vitscope.analyze.setting_folders import folder_problem
+    from vitscope.render.setting_folders import folder_problem
     problem = folder_problem(name)
     if problem:
         raise PluginError(f"Output folder {name!r} of a plugin: {problem}.")
@@ -68,8 +67,11 @@ def check_replaceable(run_dir: Path, name: str) -> Path:
 class Staging:
     """One analyze run into `run_dir`: the lock, temporary folders and the commit."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, pages: Callable[[Path], Any] | None = None) -> None:
+        """`pages(run_dir)` writes the pages derived from manifest.json (index.html), right
+        after each commit's manifest, also when a killed run's commit is finished."""
         self.run_dir = Path(run_dir).absolute()
+        self.pages = pages
         self.token = f"{os.getpid()}{secrets.token_hex(3)}"
         self.committed = False
         self._folders: dict[str, Path] = {}
@@ -82,7 +84,7 @@ class Staging:
                                "folder with -o")
         self._lock.__enter__()
         try:
-            recover(self.run_dir)
+            recover(self.run_dir, self.pages)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -128,19 +130,17 @@ class Staging:
         path = self.run_dir / f"{JOURNAL}{self.token}.json"
         _write(path, json.dumps(journal, default=str))
         self.committed = True
-        finish(self.run_dir, path)
+        finish(self.run_dir, path, self.pages)
 
 
-def recover(run_dir: Path) -> None:
+def recover(run_dir: Path, pages: Callable[[Path], Any] | None = None) -> None:
     """Finish the journalled commits of killed runs and discard their other leftovers.
     Called with the run folder's lock held."""
     run_dir = Path(run_dir)
-    for tmp in run_dir.glob(".*.tmp-*"):     # a write cut short (vitscope._internal.files.replacing)
-        if tmp.name.startswith((f".{Path(MANIFEST).stem}.", ".index.", "." + JOURNAL)):
-            tmp.unlink(missing_ok=True)
+    sweep_temporaries(run_dir)    # writes cut short by a kill (vitscope._internal.files)
     for journal in sorted(run_dir.glob(f"{JOURNAL}*.json")):
         try:
-            finish(run_dir, journal)
+            finish(run_dir, journal, pages)
         except ValueError:     # a torn journal: it was never complete, so nothing was renamed
             journal.unlink(missing_ok=True)
     for leftover in list(run_dir.glob(f"{OLD}*")):
@@ -153,7 +153,7 @@ def recover(run_dir: Path) -> None:
         _rmtree(leftover)
 
 
-def finish(run_dir: Path, journal: Path) -> None:
+def finish(run_dir: Path, journal: Path, pages: Callable[[Path], Any] | None = None) -> None:
     """Carry out a written journal; each step checks what is done, so it can be repeated."""
     plan = json.loads(journal.read_text(encoding="utf-8"))
     token = plan["token"]
@@ -176,7 +176,8 @@ def finish(run_dir: Path, journal: Path) -> None:
             os.replace(log, run_dir / name / ERROR_LOG)
     if plan.get("manifest") is not None:
         _write(run_dir / MANIFEST, json.dumps(plan["manifest"], indent=2, default=str) + "\n")
-        write_index(run_dir)
+        if pages is not None:
+            pages(run_dir)
     for leftover in [*run_dir.glob(f"{OLD}{token}-*"), *run_dir.glob(f"{NEW}{token}-*")]:
         _rmtree(leftover)
     journal.unlink(missing_ok=True)

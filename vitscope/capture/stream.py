@@ -30,26 +30,28 @@ Why it is shaped this way:
 """
 from __future__ import annotations
 
-import hashlib
-import os
+import dataclasses
 import queue
 import threading
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vitscope.dump import Dump, DumpWriter
-from vitscope.errors import DataError, DumpError, VitscopeError, WriteError
-from vitscope.model.hooks import attach, hook_points, is_hooked, offered_names, resolve
-from vitscope._internal.locks import hold
-from vitscope.names import SLICES, resolve_names, slice_of, split_grads
-from vitscope._internal.folders import make_output_dir, partial_path, publish, remove_empty
+from vitscope._internal.files import (file_sha256, is_write_failure, partial_path, publish,
+                                      write_failure)
+from vitscope._internal.folders import make_output_dir, remove_empty
 from vitscope._internal.signals import terminate_as_exception as _terminate_as_exception
-from vitscope._internal.files import is_write_failure, write_failure
+from vitscope.capture.memory import QUEUE_BATCHES, auto_batch_size
+from vitscope.capture.target import _check_target, num_classes, parse_target
+from vitscope.dump import DumpWriter
+from vitscope.errors import DumpError, WriteError
+from vitscope.model.hooks import attach, hook_points, is_hooked, offered_names, resolve
+from vitscope.names import SLICES, resolve_names, slice_of, split_grads
 
 DEFAULT_HOOKS: tuple[str, ...] = (
     "patch_embed.out",
@@ -62,73 +64,137 @@ DEFAULT_HOOKS: tuple[str, ...] = (
 )
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 COMPRESSIONS = ("lzf", "gzip", "none")
-DEFAULT_N = 64                      # images ensure_dump captures when no n is given
-DEFAULT_BATCH = 64                  # images per forward pass, unless memory says fewer
-# What one batch may hold while it is captured (activations, gradients, the autograd graph,
-# and the batches queued for the writer): the automatic batch size keeps under it, so a
-# ViT-S/16 at 224 px with gradients captures in batches of 7, not 64 (measured on the 2-core
-# VM, benchmarks/analyze_224.py at 64 images: 6.3 GB peak with 64, 2.1 GB with 7).
-BATCH_MEMORY = 1 << 30
-# One visible folder for every dump: `vitscope dump` without -o writes `<run>-<split>-<n>.h5`
-# there, `vitscope analyze` captures what it needs as `<run>-<split>-<n>-<key>.h5` beside them.
-DEFAULT_DUMP_DIR = Path("outputs/dumps")
-# Where analyze captured before 2026-12 (a hidden folder users did not find): still searched,
-# so the dumps an earlier version made keep being reused; nothing new is written there.
-LEGACY_DUMP_DIR = Path("outputs/.dumps")
-CAPTURE_SEED = 0                    # the image order analyses ask for (a seeded shuffle)
-QUEUE_BATCHES = 2                   # batches waiting for the writer: bounds memory
-TARGETS = ("pred", "label")         # besides a class index: what --target may name
 FP16_UNDERFLOW_WARN = 0.01          # warn when this share of non-zero gradients flush to 0 in fp16
 
 
+@dataclass
+class CaptureRequest:
+    """What a capture is asked for, besides the model, the data set and the file: the one
+    object `vitscope dump`, `analyze`, `score` and the Python API build and hand down."""
+    hooks: str | Iterable[str] = DEFAULT_HOOKS   # names or globs; "grad:<glob>" for gradients
+    ckpt: Any = None                # a Checkpoint: path, SHA-256, classes and normalisation
+    normalize: tuple | None = None  # (mean, std) without a checkpoint (default 0.5 each)
+    classes: list[str] | None = None  # the model's class names without a checkpoint
+    limit: int | None = None        # the first `limit` images of the shuffled split
+    batch_size: int | None = None   # None: the largest batch within BATCH_MEMORY (auto)
+    dtype: str = "float16"          # how activations and gradients are stored
+    compression: str | None = "lzf"
+    shard: tuple[int, int] | str | None = None   # (i, n) or "i/n": the i-th of n ranges
+    force: bool = False             # replace an existing file
+    device: str | torch.device | None = None     # None: where the model is
+    progress: bool = False          # a progress bar on stderr
+    seed: int | None = 0            # image order: a seeded shuffle; None keeps the split's
+    target: str | int | np.ndarray = "pred"      # the class gradients differentiate
+    derive: bool = True             # store LayerNorm outputs as their norm's parameters
+
+    def check(self, model, dataset, out: Path) -> tuple[list[str], list[str]]:
+        """One sentence (DumpError) for anything wrong before work starts; returns the
+        (activation names, gradient names) the hooks resolve to on `model`."""
+        if not is_hooked(model):
+            raise DumpError(f"A {type(model).__name__} has no hook points to capture; dumps "
+                            f"are made from ViT checkpoints.")
+        check_limit(self.limit)
+        seed, batch = self.seed, self.batch_size
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                                 or not 0 <= seed < 2 ** 63):
+            raise DumpError(f"The image-order seed must be an integer from 0 to 2**63 - 1 (or "
+                            f"None for the split's own order), got {seed!r}.")
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
+                                  or batch < 1):
+            raise DumpError(f"--batch-size must be a positive integer, got {batch!r}.")
+        if self.dtype not in DTYPES:
+            raise DumpError(f"Unknown dump dtype '{self.dtype}'; use one of "
+                            f"{', '.join(DTYPES)}.")
+        if self.compression not in (*COMPRESSIONS, None):
+            raise DumpError(f"Unknown compression '{self.compression}'; use one of "
+                            f"{', '.join(COMPRESSIONS)}.")
+        if out.is_dir():
+            raise DumpError(f"'{out}' is a directory; give -o a file name such as "
+                            f"{out / 'dump.h5'}.")
+        if out.exists() and not self.force:
+            raise DumpError(f"'{out}' already exists; pass --force to overwrite it or choose "
+                            f"another path with -o.")
+        if len(dataset) == 0:
+            raise DumpError(f"Dataset '{dataset.spec}' ({dataset.split}) has no images to dump.")
+        _, mh, mw = model.input_shape
+        if tuple(dataset.images.shape[1:3]) != (mh, mw):
+            h, w = dataset.images.shape[1:3]
+            raise DumpError(f"Dataset '{dataset.spec}' has {h}×{w} images but the model "
+                            f"expects {mh}×{mw}; load it at the model's size (load_dataset(..., "
+                            f"image_size={mh}), which `vitscope dump` does for you).")
+        return resolve_request(model, self.hooks)
+
+
+@dataclass
+class _Stream:
+    """A checked request resolved against the model and data: what `_stream` runs."""
+    names: list[str]                # activations to store, in forward order
+    grads: list[str]                # gradients to store
+    positions: np.ndarray           # split positions, in capture order
+    labels: np.ndarray              # the split's labels as model class indices
+    remapped: bool                  # labels were mapped to the model's classes by name
+    mean: list[float]
+    std: list[float]
+    batch_size: int
+    dtype: torch.dtype
+    target: str | int | np.ndarray
+    norms: dict[str, tuple[str, torch.nn.LayerNorm]]
+    device: torch.device
+    progress: bool
+    desc: str
+
+
 def capture(model: torch.nn.Module, dataset, out_path: str | Path,
-            hooks: str | Iterable[str] = DEFAULT_HOOKS, *, ckpt=None, normalize=None,
-            classes: list[str] | None = None, limit: int | None = None,
-            batch_size: int | None = None,
-            dtype: str = "float16", compression: str | None = "lzf",
-            shard: tuple[int, int] | str | None = None, force: bool = False,
-            device: str | torch.device | None = None, progress: bool = False,
-            seed: int | None = 0, target: str | int | np.ndarray = "pred",
-            derive: bool = True) -> Path:
+            hooks: str | Iterable[str] | None = None, request: CaptureRequest | None = None,
+            **options: Any) -> Path:
     """Run `dataset` (an ImageDataset) through `model` and write the dump `out_path`.
 
-    Images go in a seeded shuffle of the split (`seed`; None keeps the split's order) so any
-    prefix is a mixed sample; `limit` keeps the first images of that order and `shard=(i, n)`
-    (or "i/n") writes the i-th of n contiguous ranges of it. `ckpt` (a Checkpoint) supplies
-    path, SHA-256, classes and normalisation; without it they come from `model.cfg`,
-    `classes` and `normalize` ((mean, std), default 0.5 each) and the hash stays empty.
-    The model is moved to `device` (None: where it is) and put back in its train/eval mode
-    afterwards. `target` is the class whose logit gradients differentiate and /target records:
-    "pred" (the model's prediction), "label", a class index, or an int array over the split's
-    positions (stored as "explicit"). `batch_size` None picks the largest batch of at most
-    DEFAULT_BATCH images whose capture stays within BATCH_MEMORY (`auto_batch_size`); a number
-    is used as given. With `derive`, a LayerNorm output whose input is stored
-    too is kept as the norm's parameters and computed on read (vitscope.dump.derive: about 29% of
-    the default hooks' bytes), where the first batch shows that this reproduces it. Returns
-    the path of the finished dump.
+    What is captured is a CaptureRequest: `request`, with `hooks` and any of its fields given
+    as keywords (`capture(model, ds, out, ["cls"], limit=16, target="label")`) taking
+    precedence. Images go in a seeded shuffle of the split (`seed`; None keeps the split's
+    order) so any prefix is a mixed sample; `limit` keeps the first images of that order and
+    `shard=(i, n)` (or "i/n") writes the i-th of n contiguous ranges of it. `ckpt` (a
+    Checkpoint) supplies path, SHA-256, classes and normalisation; without it they come from
+    `model.cfg`, `classes` and `normalize` ((mean, std), default 0.5 each) and the hash stays
+    empty. The model is moved to `device` (None: where it is) and put back in its train/eval
+    mode afterwards. `target` is the class whose logit gradients differentiate and /target
+    records: "pred" (the model's prediction), "label", a class index, or an int array over the
+    split's positions (stored as "explicit"). `batch_size` None picks the largest batch of at
+    most DEFAULT_BATCH images whose capture stays within BATCH_MEMORY (`auto_batch_size`). With
+    `derive`, a LayerNorm output whose input is stored too is kept as the norm's parameters
+    and computed on read (vitscope.dump.derive: about 29% of the default hooks' bytes), where
+    the first batch shows that this reproduces it. Returns the path of the finished dump.
     """
+    unknown = set(options) - {f.name for f in dataclasses.fields(CaptureRequest)}
+    if unknown:
+        raise TypeError(f"capture() got unexpected options {', '.join(sorted(unknown))}")
+    if hooks is not None:
+        options["hooks"] = hooks
+    req = dataclasses.replace(request or CaptureRequest(), **options)
     out = Path(out_path)
-    names, grads = _check_request(model, dataset, out, hooks, limit, batch_size, dtype,
-                                  compression, force, seed)
-    if batch_size is None:
-        batch_size = auto_batch_size(model, names, grads, dtype)
-    order = image_order(len(dataset), seed)[:limit]
-    index, count = parse_shard(shard) if shard is not None else (0, 1)
+    names, grads = req.check(model, dataset, out)
+    batch_size = req.batch_size or auto_batch_size(model, names, grads, req.dtype)
+    order = image_order(len(dataset), req.seed)[:req.limit]
+    index, count = parse_shard(req.shard) if req.shard is not None else (0, 1)
     start, stop = shard_range(len(order), index, count)
     positions = order[start:stop]
     if len(positions) == 0:
         raise DumpError(f"Shard {index}/{count} of {len(order)} images is empty; use at most "
                         f"{len(order)} shards.")
-    mean, std = _normalisation(ckpt, normalize)
-    attrs = _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype,
-                        compression, len(order), (index, count, start, stop) if shard else None)
-    labels = _labels_for(dataset, attrs["classes"])  # (labels, remapped)
-    spec = parse_target(target, num_classes(model))
-    _check_target(spec, labels[0][positions] if not isinstance(spec, np.ndarray) else None,
+    mean, std = _normalisation(req.ckpt, req.normalize)
+    attrs = _root_attrs(model, dataset, req, names, mean, std, len(order),
+                        (index, count, start, stop) if req.shard else None)
+    labels, remapped = _labels_for(dataset, attrs["classes"])
+    spec = parse_target(req.target, num_classes(model))
+    _check_target(spec, labels[positions] if not isinstance(spec, np.ndarray) else None,
                   spec[positions] if isinstance(spec, np.ndarray) else None, dataset)
     attrs["target"] = "explicit" if isinstance(spec, np.ndarray) else str(spec)
     attrs["grad_hooks"] = grads
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = torch.device(req.device) if req.device is not None else \
+        next(model.parameters()).device
+    plan = _Stream(names, grads, positions, labels, remapped, mean, std, batch_size,
+                   DTYPES[req.dtype], spec, _norm_outputs(model, names) if req.derive else {},
+                   dev, req.progress, out.name)
     created = make_output_dir(out.parent, DumpError, "choose another path with -o")
     partial = partial_path(out)      # unique: two captures to one OUT never collide
     was_training = model.training
@@ -136,13 +202,12 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     try:
         model.to(dev).eval()
         writer = BackgroundWriter(DumpWriter(partial, len(positions), attrs,
-                                             batch_size=batch_size, compression=compression))
+                                             batch_size=batch_size,
+                                             compression=req.compression))
         with _terminate_as_exception():
-            _stream(model, dataset, positions, labels, names, writer, dev, mean, std,
-                    batch_size, DTYPES[dtype], progress, out.name, grads, spec,
-                    _norm_outputs(model, names) if derive else {})
+            _stream(model, dataset, plan, writer)
             writer.finish()
-            publish(partial, out, force=force, error=DumpError,
+            publish(partial, out, force=req.force, error=DumpError,
                     hint="pass --force to overwrite it or choose another path with -o")
     except BaseException as e:
         if writer is not None:
@@ -160,71 +225,6 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     return out
 
 
-def _check_request(model, dataset, out: Path, hooks, limit, batch_size, dtype, compression,
-                   force, seed) -> tuple[list[str], list[str]]:
-    if not is_hooked(model):
-        raise DumpError(f"A {type(model).__name__} has no hook points to capture; dumps are "
-                        f"made from ViT checkpoints.")
-    check_limit(limit)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
-                             or not 0 <= seed < 2 ** 63):
-        raise DumpError(f"The image-order seed must be an integer from 0 to 2**63 - 1 (or None "
-                        f"for the split's own order), got {seed!r}.")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise DumpError(f"--batch-size must be a positive integer, got {batch_size!r}.")
-    if dtype not in DTYPES:
-        raise DumpError(f"Unknown dump dtype '{dtype}'; use one of {', '.join(DTYPES)}.")
-    if compression not in (*COMPRESSIONS, None):
-        raise DumpError(f"Unknown compression '{compression}'; use one of "
-                        f"{', '.join(COMPRESSIONS)}.")
-    if out.is_dir():
-        raise DumpError(f"'{out}' is a directory; give -o a file name such as {out / 'dump.h5'}.")
-    if out.exists() and not force:
-        raise DumpError(f"'{out}' already exists; pass --force to overwrite it or choose another "
-                        f"path with -o.")
-    if len(dataset) == 0:
-        raise DumpError(f"Dataset '{dataset.spec}' ({dataset.split}) has no images to dump.")
-    _, mh, mw = model.input_shape
-    if tuple(dataset.images.shape[1:3]) != (mh, mw):
-        h, w = dataset.images.shape[1:3]
-        raise DumpError(f"Dataset '{dataset.spec}' has {h}×{w} images but the model expects "
-                        f"{mh}×{mw}; load it at the model's size (load_dataset(..., "
-                        f"image_size={mh}), which `vitscope dump` does for you).")
-    return resolve_request(model, hooks)
-
-
-def capture_bytes_per_image(model, names: Iterable[str], grads: Iterable[str],
-                            dtype: str = "float16") -> int:
-    """About how much memory capturing one image takes: the hooked activations and gradients
-    in float32, the autograd graph when gradients are taken (about as large as every hook
-    point's output: it keeps the attention and MLP activations for the backward pass), and
-    the stored copies queued for the writer (QUEUE_BATCHES batches in `dtype`). From the
-    hook points' shapes at the model's input size (one forward pass of one image)."""
-    from vitscope.model.hooks import list_hook_points
-
-    names, grads = list(names), list(grads)
-    sizes = {name: int(np.prod([d for d in shape[1:]], dtype=np.int64))
-             for name, shape in list_hook_points(model)}
-    every_point = sum(sizes.values())
-    for name in names:                       # a CLS slice: one row of its attention
-        if slice_of(name) is not None and slice_of(name)[0] in sizes:
-            sizes[name] = sizes[slice_of(name)[0]] // model.token_layout.num_tokens
-    stored = sum(sizes.get(n, 0) for n in names) + sum(sizes.get(n, 0) for n in grads)
-    graph = every_point if grads else 0
-    item = 2 if dtype == "float16" else 4
-    return 4 * (stored + graph) + item * stored * QUEUE_BATCHES
-
-
-def auto_batch_size(model, names: Iterable[str], grads: Iterable[str] = (),
-                    dtype: str = "float16", budget: int | None = None) -> int:
-    """The largest batch of at most DEFAULT_BATCH images whose capture fits in `budget`
-    bytes (default BATCH_MEMORY), at least 1."""
-    per_image = max(1, capture_bytes_per_image(model, names, grads, dtype))
-    budget = BATCH_MEMORY if budget is None else budget
-    return int(max(1, min(DEFAULT_BATCH, budget // per_image)))
-
-
 def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[str]]:
     """Hook names/patterns, some `grad:`-prefixed -> (activation names, gradient names), each
     in forward order; HookError for a pattern that matches nothing."""
@@ -233,47 +233,6 @@ def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[
     # a CLS slice of an attention that is stored whole is read from it (vitscope.dump)
     names = [n for n in names if slice_of(n) is None or slice_of(n)[0] not in names]
     return names, resolve(model, grads)
-
-
-def num_classes(model) -> int:
-    """Outputs of a hooked model's head (its config says; adapters carry one too)."""
-    return int(model.cfg.num_classes)
-
-
-def parse_target(target, classes: int) -> str | int | np.ndarray:
-    """`--target` text or value -> "pred", "label", a class index, or an int64 array; DumpError
-    in one sentence for anything else (e.g. `--target 99` for a 10-class model)."""
-    if isinstance(target, np.ndarray):
-        arr = np.asarray(target)
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise DumpError(f"An explicit target must be a 1-D integer array over the split, got "
-                            f"{arr.dtype} of shape {arr.shape}.")
-        return arr.astype(np.int64)
-    text = str(target).strip().lower()
-    if text in TARGETS:
-        return text
-    try:
-        index = int(text)
-    except ValueError:
-        raise DumpError(f"--target must be pred, label or a class index 0–{classes - 1}, got "
-                        f"{target!r}.") from None
-    if not 0 <= index < classes:
-        raise DumpError(f"--target {index} is not a class of this model, which has {classes} "
-                        f"classes (0–{classes - 1}); use pred, label or an index in that range.")
-    return index
-
-
-def _check_target(spec, labels: np.ndarray | None, explicit: np.ndarray | None, dataset) -> None:
-    """--target label needs a known label for every captured image; an explicit array needs
-    a class for each."""
-    if isinstance(spec, str) and spec == "label" and labels is not None and (labels < 0).any():
-        missing = int((labels < 0).sum())
-        raise DumpError(f"--target label needs a label for every image, but {missing} of the "
-                        f"{len(labels)} images of '{dataset.spec}' have none the model knows; "
-                        f"use --target pred or a class index.")
-    if explicit is not None and (explicit < 0).any():
-        raise DumpError(f"The explicit target has no class for {int((explicit < 0).sum())} of "
-                        f"the captured images; give a class index for each.")
 
 
 def image_order(n: int, seed: int | None) -> np.ndarray:
@@ -310,9 +269,9 @@ def _normalisation(ckpt, normalize) -> tuple[list[float], list[float]]:
     return [float(x) for x in mean], [float(x) for x in std]
 
 
-def _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype, compression,
-                total, shard) -> dict[str, Any]:
-    cfg = model.cfg
+def _root_attrs(model, dataset, req: CaptureRequest, names, mean, std, total,
+                shard) -> dict[str, Any]:
+    cfg, ckpt, classes, seed = model.cfg, req.ckpt, req.classes, req.seed
     model_classes = list(ckpt.classes) if ckpt is not None and ckpt.classes else \
         list(classes if classes is not None else dataset.classes)
     attrs = {
@@ -335,8 +294,8 @@ def _root_attrs(model, dataset, ckpt, classes, names, mean, std, seed, dtype, co
         "outputs": "features" if getattr(cfg, "num_classes", 1) == 0 else "logits",
         "hooks": names,
         "model_hooks": list(hook_points(model)),
-        "dtype": dtype,
-        "compression": compression or "none",
+        "dtype": req.dtype,
+        "compression": req.compression or "none",
     }
     if shard is not None:
         i, n, start, stop = shard
@@ -353,23 +312,6 @@ def _labels_for(dataset, model_classes: list[str]) -> tuple[np.ndarray, bool]:
     lookup = np.array([model_classes.index(c) if c in model_classes else -1
                        for c in dataset.classes] + [-1], dtype=np.int64)
     return lookup[np.where(labels >= 0, labels, len(dataset.classes))], True
-
-
-_SHA_CACHE: dict[tuple, str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, cached per (path, size, mtime) so repeated requests hash once."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 class BackgroundWriter:
@@ -441,14 +383,16 @@ class BackgroundWriter:
         self.writer.close()
 
 
-def _stream(model, dataset, positions, labels_remap, names, writer: BackgroundWriter, dev,
-            mean, std, batch_size, torch_dtype, progress, desc, grads=(), target="pred",
-            norms: dict[str, tuple[str, torch.nn.LayerNorm]] | None = None) -> None:
+def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
     from tqdm import tqdm
 
     from vitscope.data import to_model_input
 
-    labels, remapped = labels_remap
+    labels, remapped, positions, names, grads = (plan.labels, plan.remapped, plan.positions,
+                                                 plan.names, plan.grads)
+    dev, mean, std, batch_size, torch_dtype = (plan.device, plan.mean, plan.std,
+                                               plan.batch_size, plan.dtype)
+    progress, desc, target, norms = plan.progress, plan.desc, plan.target, plan.norms
     acts: dict[str, torch.Tensor] = {}
     grad_in: dict[str, torch.Tensor] = {}   # the views handed on by gradient hook points
     act_set, grad_set = set(names), set(grads)
@@ -600,8 +544,8 @@ def _derivations(acts: dict[str, torch.Tensor], names: list[str], aliases: dict[
     One qualifies when its input is stored under some name (the very tensor: `norm.in` is
     stored as `blocks.{last}.out`) and vitscope.dump.derive, from that input as stored, reproduces
     the output as it would be stored, to fp16 precision; anything else is stored as usual."""
-    from vitscope.dump.derive import layer_norm, matches
     from vitscope.dump import dims_for
+    from vitscope.dump.derive import layer_norm, matches
 
     def key(t):
         return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device)
@@ -647,169 +591,3 @@ def check_limit(limit: int | None) -> None:
                         f"out to dump the whole split.")
 
 
-def data_spec(ckpt, data: str | None = None) -> str:
-    """`data`, else the spec the checkpoint was trained on; DumpError when there is neither."""
-    spec = data or (ckpt.train_config or {}).get("data")
-    if not spec:
-        raise DumpError(f"'{ckpt.path}' does not record the dataset it was trained on; pass "
-                        f"--data SPEC (e.g. --data shapes, --data cifar10 or --data folder:PATH).")
-    return spec
-
-
-def default_split(ckpt, data: str | None = None) -> str:
-    """The split analyses take when none is given: "val" of the checkpoint's own data (never
-    the images it trained on) and of data with a validation split of its own; "all" of a
-    folder given with --data that has none (a folder of images to analyse, e.g. the
-    pretrained demo's examples/images: a val carve-out would keep only a tenth of it)."""
-    from vitscope.data import absolute_spec, parse_spec
-    tc = ckpt.train_config or {}
-    if data is None or absolute_spec(data) == absolute_spec(str(tc.get("data") or "")):
-        return "val"
-    try:
-        kind, arg = parse_spec(data)
-    except DataError:
-        return "val"        # the load names the problem
-    if kind == "files":
-        return "all"
-    if kind != "folder":
-        return "val"
-    from vitscope.data.folder import split_dirs
-    root = Path(arg).expanduser()
-    if not root.is_dir():
-        return "val"
-    return "val" if all(split_dirs(root)) else "all"
-
-
-def dataset_for(ckpt, data: str | None = None, split: str | None = "val",
-                data_dir: str | None = None):
-    """The `split` of `data` (default: the checkpoint's training data) at the model's image
-    size, loaded the way training loaded it (same data_dir, val_split carve-out and seed), or
-    as an imported model's recorded preprocessing says. `split` None: `default_split`. Files
-    of an unlabelled folder named after the model's classes (cat_0001.jpg) are labelled with
-    them."""
-    from vitscope.data import is_imported, load_dataset, preprocessing, training_data_gone
-    from vitscope.data.folder import label_from_file_names
-
-    tc = ckpt.train_config or {}
-    spec = data_spec(ckpt, data)
-    split = split or default_split(ckpt, data)
-    kwargs: dict[str, Any] = {"data_dir": data_dir or tc.get("data_dir") or "./data",
-                              "whole_folder": is_imported(ckpt)}
-    if spec == tc.get("data"):  # the same carve-out as training (the seed only matters with it)
-        kwargs.update(val_split=tc.get("val_split"), seed=int(tc.get("seed", 0)))
-    try:
-        ds = load_dataset(spec, split, preprocessing(ckpt), **kwargs)
-    except DataError as e:
-        if data is not None:
-            raise
-        raise training_data_gone(ckpt.path, spec, e) from None
-    return label_from_file_names(ds, list(ckpt.classes or []))[0]
-
-
-def run_name(ckpt_path: str | Path) -> str:
-    """`runs/shapes/best.pt` -> "shapes"; `models/vit3.pt` -> "vit3"."""
-    p = Path(ckpt_path)
-    generic = {"best", "last", "ckpt", "checkpoint", "model", "final"}
-    return p.parent.resolve().name if p.stem in generic and p.parent.resolve().name else p.stem
-
-
-def capture_device(name: str | None = "auto") -> torch.device:
-    """The device for a capture: `name` checked by resolve_device ("auto"/None: cuda, mps,
-    cpu); under torchrun, auto gives each process its own GPU (cuda:LOCAL_RANK)."""
-    from vitscope.evaluate.classify import resolve_device
-    dev = resolve_device(name or "auto")
-    if (name or "auto") == "auto" and dev.type == "cuda" and "LOCAL_RANK" in os.environ:
-        return resolve_device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
-    return dev
-
-
-def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha,
-                   target="pred") -> Path | None:
-    """The first finished dump in the search folders that serves the request, else None."""
-    for path in find_dumps(dump_dir):
-        try:
-            with Dump.open(path) as dump:
-                if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split,
-                               data_sha256=data_sha, seed=CAPTURE_SEED, target=target):
-                    return path
-        except VitscopeError:
-            continue  # a foreign or damaged file in the cache folder is not ours to judge
-    return None
-
-
-def find_dumps(dump_dir: str | Path | None = None) -> list[Path]:
-    """Candidate dumps for reuse: the .h5 files in `dump_dir`, or by default in outputs/dumps
-    (where both `analyze` and `vitscope dump` write, so a full dump made by hand serves later
-    analyses too) and then the legacy outputs/.dumps."""
-    folders = [Path(dump_dir)] if dump_dir is not None else [DEFAULT_DUMP_DIR, LEGACY_DUMP_DIR]
-    return [p for folder in folders if folder.is_dir() for p in sorted(folder.glob("*.h5"))]
-
-
-def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | None = "val",
-                n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
-                dump_dir: str | Path | None = None, batch_size: int | None = None,
-                device: str | torch.device | None = None,
-                progress: bool = False, target: str | int = "pred") -> tuple[Path, bool]:
-    """A dump serving (checkpoint, data, split, first n images, hooks, target): `(path, reused)`.
-
-    Reuses any finished dump in `dump_dir` (default: outputs/dumps, then the legacy
-    outputs/.dumps) whose checkpoint SHA-256, dataset spec and fingerprint, split, length and
-    hook points cover the request, else captures one in `dump_dir` (default outputs/dumps).
-    `data` None means the checkpoint's training data; `n` None means DEFAULT_N images;
-    `split` None means `default_split` (all of a folder given as `data`, else val).
-    `target` ("pred", "label" or a class index) matters only for `grad:` hooks.
-    """
-    from vitscope.model.checkpoint import load_checkpoint
-
-    n = DEFAULT_N if n is None else n
-    check_limit(n)
-    ckpt = load_checkpoint(ckpt_path)
-    target = parse_target(target, int(getattr(ckpt.model_config, "num_classes", 0)
-                                      or len(ckpt.classes or ())))
-    if isinstance(target, np.ndarray):
-        raise DumpError("ensure_dump takes a target of pred, label or a class index; call "
-                        "capture() for an explicit target per image.")
-    spec = data_spec(ckpt, data)
-    split = split or default_split(ckpt, data)
-    sha = file_sha256(ckpt.path)
-    patterns = [hooks] if isinstance(hooks, str) else list(hooks)
-    # Loaded before the search: a dump is reused only for the very same pixels and labels,
-    # not merely the same spec string (folder:PATH may have changed since).
-    try:
-        dataset = dataset_for(ckpt, data, split)
-    except DataError:
-        # The data is gone (moved, or outputs/ copied to another machine): a dump that matches
-        # in everything else still serves, with a warning that its pixels went unchecked.
-        found = _covering_dump(dump_dir, patterns, n, sha, spec, split, None, target)
-        if found is None:
-            raise
-        warnings.warn(f"Reusing {found} without re-checking its images: the data {spec} cannot "
-                      f"be loaded here.", stacklevel=2)
-        return found, True
-    data_sha = dataset.fingerprint()
-    found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target)
-    if found is not None:
-        return found, True
-    folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
-    request = (sha, data_sha, split, n, sorted(patterns))
-    if split_grads(patterns)[1]:
-        request += (str(target),)   # another target is another dump
-    key = hashlib.sha256(repr(request).encode()).hexdigest()[:10]
-    out = folder / f"{run_name(ckpt.path)}-{split}-{min(n, len(dataset))}-{key}.h5"
-    created = [p for p in [folder, *folder.parents] if not p.exists()]
-    try:
-        # Two analyses of one checkpoint share the cache: the second waits for the first
-        # capture of the same request, then finds and reuses it.
-        with hold(folder / f".{out.name}.lock", out, DumpError, wait=True):
-            found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target)
-            if found is not None:
-                return found, True
-            model = ckpt.build_model()
-            device = capture_device(device) if not isinstance(device, torch.device) else device
-            path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
-                           batch_size=batch_size, device=device, progress=progress, force=True,
-                           seed=CAPTURE_SEED, target=target)
-    except BaseException:
-        remove_empty(created)
-        raise
-    return path, False

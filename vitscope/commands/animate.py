@@ -1,6 +1,6 @@
 """`vitscope animate`: one figure of `vitscope train --analyze-every` across the epochs, as a
 GIF and an HTML slider, each frame labelled with its epoch and val accuracy
-(vitscope.render.animation)."""
+(vitscope.analyze.animation)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +35,7 @@ def animate(source: str, plugin: str, figure: str | None, run_dir: str | None,
       vitscope animate outputs/shapes-quick --plugin rollout
       vitscope animate runs/shapes-quick --plugin rollout --figure rollout_mask
     """
-    from vitscope.render.animation import animate as make, find_epochs_root
+    from vitscope.analyze.animation import animate as make, find_epochs_root
 
     root = find_epochs_root(Path(source))
     info, frames, warnings, run = make(root, plugin, figure,

@@ -160,7 +160,8 @@ def _score(loaded, names, classes, spec, split, data_dir, val_split, limit, tta,
 
     from vitscope.commands.evaluate import _image_size, eval_dataset
     from vitscope.data import is_imported, normalization
-    from vitscope.evaluate.classify import predictions, resolve_device
+    from vitscope._internal.devices import resolve_device
+    from vitscope.evaluate.classify import predictions
     from vitscope.train.runner import seeded_subset
 
     dev = resolve_device(device)

@@ -106,7 +106,8 @@ def dump() -> None:
 def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, compression, shard,
                 seed, in_order, output, force, device, target, derive, quiet) -> None:
     """Capture activations of CKPT into an HDF5 dump (and gradients for `grad:` hooks)."""
-    from vitscope.capture import (DEFAULT_DUMP_DIR, DEFAULT_HOOKS, capture, capture_device,
+    from vitscope._internal.devices import resolve_device
+    from vitscope.capture import (DEFAULT_DUMP_DIR, DEFAULT_HOOKS, CaptureRequest, capture,
                                   check_limit, dataset_for, num_classes, parse_shard,
                                   parse_target, resolve_request, run_name, shard_range)
     from vitscope.model.checkpoint import load_model
@@ -116,7 +117,7 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
     check_limit(limit)
     patterns = [p.strip() for item in hooks for p in item.split(",") if p.strip()] or list(DEFAULT_HOOKS)
     parsed = parse_shard(shard) if shard is not None else _torchrun_shard()
-    dev = capture_device(device)  # a bad --device fails before anything is loaded
+    dev = resolve_device(device)  # a bad --device fails before anything is loaded
     model, ck = load_model(ckpt)
     if not is_hooked(model):
         raise DumpError(f"'{ckpt}' holds a {ck.arch} model, which has no hook points; dumps are "
@@ -135,10 +136,11 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
         else:
             out = out.with_name(f"{out.stem}{suffix}{out.suffix}")
     t0 = time.perf_counter()
-    path = capture(model, dataset, out, patterns, ckpt=ck, limit=limit, batch_size=batch_size,
-                   dtype=dtype, compression=compression, shard=parsed, force=force,
-                   device=dev, progress=not quiet, seed=None if in_order else seed,
-                   target=target, derive=derive)
+    request = CaptureRequest(patterns, ckpt=ck, limit=limit, batch_size=batch_size, dtype=dtype,
+                             compression=compression, shard=parsed, force=force, device=dev,
+                             progress=not quiet, seed=None if in_order else seed,
+                             target=target, derive=derive)
+    path = capture(model, dataset, out, request=request)
     seconds = time.perf_counter() - t0
     start, stop = shard_range(n, *parsed) if parsed is not None else (0, n)
     count, size = stop - start, path.stat().st_size

@@ -13,7 +13,7 @@ import click
 
 from vitscope.commands.common import threads_option
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+from vitscope._internal.devices import DEVICES as DEVICE_CHOICES  # noqa: E402
 
 
 def _image_size(model, ckpt):
@@ -122,7 +122,8 @@ def eval_cmd(ckpt: str, spec: str | None, split: str, data_dir: str | None, val_
     from vitscope.model.checkpoint import load_model
     from vitscope.data import normalization
     from vitscope.errors import ConfigError
-    from vitscope.evaluate.classify import evaluate, plot_confusion, resolve_device
+    from vitscope._internal.devices import resolve_device
+    from vitscope.evaluate.classify import evaluate, plot_confusion
     from vitscope._internal.folders import output_folder
     from vitscope._internal.files import replacing
 
@@ -188,7 +189,8 @@ def predict(ckpt: str, images: tuple[str, ...], top_k: int, as_json: bool, tta: 
     from vitscope.model.checkpoint import load_model
     from vitscope.data import normalization
     from vitscope.data.images import decode_image, describe_error
-    from vitscope.evaluate.classify import predict_logits, resolve_device
+    from vitscope._internal.devices import resolve_device
+    from vitscope.evaluate.classify import predict_logits
 
     model, ck = load_model(ckpt)
     _refuse_feature_model(ck, "predict")

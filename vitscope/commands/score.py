@@ -49,12 +49,14 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     """
     import time
 
-    from vitscope.capture import capture_device, parse_target, run_name
+    from vitscope._internal.devices import resolve_device
+    from vitscope.capture import parse_target, run_name
     from vitscope.model.checkpoint import load_checkpoint
     from vitscope.errors import PluginError
     from vitscope._internal.folders import make_output_dir, remove_empty
-    from vitscope.plugin import discover, parse_opts
-    from vitscope.score import report as R
+    from vitscope.analyze.registry import discover
+    from vitscope.analyze.options import parse_opts
+    from vitscope.score import outputs as R
     from vitscope.score.run import check_map_plugins, score_checkpoint
 
     # Everything that can be wrong with the request fails here, before anything is written.
@@ -65,7 +67,7 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     entries = registry.select(names)
     check_map_plugins(entries)
     values = parse_opts(opts, entries, registry)
-    dev = capture_device(device)
+    dev = resolve_device(device)
     model = ck.build_model()
     from vitscope.analyze.run import missing_hooks
     from vitscope.model.hooks import is_hooked, offered_names

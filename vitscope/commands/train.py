@@ -96,7 +96,7 @@ def train(recipe, preset, sets, resume_path, overwrite, analyze_every, plugins, 
         click.echo(f"done: best val_acc {summary['best_val_acc']:.4f} at epoch "
                    f"{summary['best_epoch']}; checkpoints in {summary['run_dir']}/ (best.pt, last.pt)")
         if analyze_every:
-            from vitscope.analyze.run import epoch_analyses_dir
+            from vitscope.analyze.epochs import epoch_analyses_dir
             click.echo(f"epoch analyses: {epoch_analyses_dir(Path(summary['run_dir']).name)}/"
                        f"epoch_NNN/index.html")
     if analyze_every and _is_main():
@@ -104,10 +104,10 @@ def train(recipe, preset, sets, resume_path, overwrite, analyze_every, plugins, 
 
 
 def _animate(plugins: list[str], run_dir: Path, quiet: bool) -> None:
-    """The training-progress animation of each --plugin's first figure (vitscope.render.animation),
+    """The training-progress animation of each --plugin's first figure (vitscope.analyze.animation),
     once at least two epochs were analysed; a failure is a warning, never a failed run."""
-    from vitscope.analyze.run import epoch_analyses_dir
-    from vitscope.render.animation import animate, epoch_folders
+    from vitscope.analyze.epochs import epoch_analyses_dir
+    from vitscope.analyze.animation import animate, epoch_folders
     from vitscope.errors import VitscopeError
 
     root = epoch_analyses_dir(run_dir.name)
@@ -136,9 +136,9 @@ def _analysis_callbacks(plugins: list[str], every: int):
     vitscope.train), before any training starts."""
     from vitscope.errors import VitscopeError
     try:
-        from vitscope.analyze.run import make_epoch_analyzer
+        from vitscope.analyze.epochs import make_epoch_analyzer
     except ImportError as e:
-        raise VitscopeError(f"--analyze-every needs vitscope.analyze.run, which could not be "
+        raise VitscopeError(f"--analyze-every needs vitscope.analyze.epochs, which could not be "
                             f"imported ({e}); reinstall vitscope or drop --analyze-every.") from None
 
     def make(val_ds, classes, normalize, run_name):

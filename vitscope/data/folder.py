@@ -30,7 +30,8 @@ import numpy as np
 
 from vitscope.data.images import Preprocess, decode_many, is_image_name
 from vitscope.data.base import ImageDataset, carve_split, concat
-from vitscope.errors import DataError
+from vitscope._internal.files import replacing
+from vitscope.errors import DataError, WriteError
 
 CACHE_VERSION = 1
 DEFAULT_VAL_SPLIT = 0.1
@@ -232,11 +233,10 @@ def _decode_cached(entries: list[os.DirEntry], image_size, cache_dir: Path,
     images, errors = decode_files([e.path for e in entries], image_size, workers)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.stem}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:  # write then rename: a crash never leaves a half cache
-            np.savez(f, images=images, errors=np.asarray([e or "" for e in errors], dtype=str))
-        os.replace(tmp, file)
-    except OSError as e:
+        with replacing(file) as (tmp,):   # a crash never leaves a half cache
+            with open(tmp, "wb") as f:
+                np.savez(f, images=images, errors=np.asarray([e or "" for e in errors], dtype=str))
+    except (OSError, WriteError) as e:
         warnings.warn(f"Could not write the decoded-image cache {file} ({e}); the images will "
                       f"be decoded again next time (set VITSCOPE_CACHE to a writable folder).",
                       DataWarning, stacklevel=4)

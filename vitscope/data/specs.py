@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.data.base import ImageDataset, carve_split, concat  # noqa: F401  (public here)
+from vitscope.data.base import ImageDataset, carve_split, concat
 from vitscope.data.images import Preprocess
 from vitscope.errors import ConfigError, DataError
 from vitscope._internal.folders import resolve_cache_dir

@@ -35,6 +35,7 @@ import numpy as np
 
 from vitscope import __version__
 from vitscope._internal.bounded import loads_json
+from vitscope._internal.text import short_repr
 from vitscope.errors import DumpError
 from vitscope.layout import TokenLayout
 
@@ -214,7 +215,7 @@ def _check_attrs(attrs: dict[str, Any]) -> None:
         raise Invalid("it has no token_layout attribute")
     for key, (ok, what) in ATTR_TYPES.items():
         if key in attrs and not ok(attrs[key]):
-            raise Invalid(f"attribute '{key}' must be {what}, not {_short(attrs[key])}")
+            raise Invalid(f"attribute '{key}' must be {what}, not {short_repr(attrs[key], 60)}")
 
 
 def _layout(attrs: dict[str, Any]) -> TokenLayout:
@@ -367,7 +368,7 @@ def _check_hook(key: str, ds: Any, sizes: dict[str, int]) -> list[str]:
         raise Invalid(f"hook /{key} has no dims attribute naming its axes")
     dims = [_plain(d) for d in np.atleast_1d(dims)]
     if not all(isinstance(d, str) for d in dims) or len(dims) != ds.ndim:
-        raise Invalid(f"hook /{key} has dims {_short(dims)} for a {ds.ndim}-d dataset")
+        raise Invalid(f"hook /{key} has dims {short_repr(dims, 60)} for a {ds.ndim}-d dataset")
     if ds.dtype.kind != "f":
         raise Invalid(f"hook /{key} holds {ds.dtype}, not floats")
     for axis, (name, size) in enumerate(zip(dims, ds.shape)):
@@ -417,9 +418,6 @@ def _describe(ds: h5py.Dataset) -> str:
     return f"{'×'.join(map(str, ds.shape)) or 'scalar'} {ds.dtype}"
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def relative_inside(path: Path, folder: Path) -> str | None:

@@ -1,4 +1,4 @@
-"""Activation dumps: one HDF5 file per capture, written by `vitscope.capture`, read by plugins.
+"""Reading a dump: `Dump.open(path)`, lazy per-hook datasets, the file's layout and labels.
 
     /                 root attributes: format="vitscope-dump", version, model config, checkpoint
                       path + SHA-256, classes, dataset spec, split, seed, order, token layout,
@@ -21,15 +21,11 @@
         g = dump["grad:blocks.0.attn.weights"][:16]          # its gradient, where captured
 
 A file becomes a dump only when its writer finishes (attribute `complete`), so a `.partial`
-left by a killed capture never opens as one. `merge` joins the shards of a `--shard i/n`
-capture into one file of HDF5 virtual datasets (no data is copied).
+left by a killed capture never opens as one.
 """
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -37,197 +33,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from vitscope import __version__
-from vitscope.errors import DumpError, WriteError
+from vitscope.errors import DumpError
 from vitscope.layout import TokenLayout  # noqa: F401  (re-exported: the dump's layout type)
 from vitscope.names import (ATTENTION, GRAD_PREFIX, SLICES, is_grad, layer_sort_key,
                             match_names, slice_of, split_grads, summarize_names, with_slices)
-from vitscope._internal.folders import make_output_dir, partial_path, publish, remove_empty
-from vitscope._internal.files import GuardedFile
 
 # The format's names and the one validated reading of a file live in vitscope.dump.check.
 from vitscope.dump.check import (FORMAT, HOOK_GROUPS, JSON_ATTRS, REQUIRED, VERSION,  # noqa: F401
                                 check_dump, relative_inside)
 
-CHUNK_BYTES = 1 << 20        # target chunk size: large enough to compress well, small to read one image
 READ_CACHE_BYTES = 16 << 20  # per-dataset chunk cache when reading, so image-by-image loops stay fast
-
-
-def dims_for(key: str, ndim: int) -> list[str]:
-    """Axis names of a dataset: N images, H heads, T tokens (prefix + patches), P patches only,
-    D width, Dh head width; images use H×W×C for height, width, channels."""
-    known = {"images": ["N", "H", "W", "C"], "masks": ["N", "H", "W"], "labels": ["N"],
-             "dataset_labels": ["N"], "indices": ["N"], "logits": ["N", "C"], "target": ["N"],
-             "paths": ["N"]}
-    name = key.removeprefix("acts/").removeprefix("grads/")
-    if key in known:
-        dims = known[key]
-    elif name.endswith("attn.weights"):
-        dims = ["N", "H", "T", "T"]
-    elif slice_of(name) is not None:       # a CLS row or column of the attention
-        dims = ["N", "H", "T"]
-    elif name.endswith(("attn.q", "attn.k", "attn.v")):
-        dims = ["N", "H", "T", "Dh"]
-    elif name == "patch_embed.out":
-        dims = ["N", "P", "D"]
-    elif ndim == 2:
-        dims = ["N", "D"]
-    else:
-        dims = ["N", "T", "D"]
-    return dims if len(dims) == ndim else ["N"] + [f"d{i}" for i in range(1, ndim)]
-
-
-def chunk_rows(n: int, batch: int, row_bytes: int) -> int:
-    """Images per chunk: a multiple or divisor of the batch (writes fill whole chunks) near
-    CHUNK_BYTES, never more than n."""
-    rows = max(1, batch)
-    while rows * 2 * row_bytes <= CHUNK_BYTES and rows * 2 <= n:
-        rows *= 2
-    while rows * row_bytes > CHUNK_BYTES and rows % 2 == 0:
-        rows //= 2
-    if rows * row_bytes > CHUNK_BYTES:
-        rows = max(1, CHUNK_BYTES // max(row_bytes, 1))
-    return max(1, min(rows, n))
-
-
-def lzf_pays(sample: np.ndarray) -> bool:
-    """Whether lzf (after byte-shuffle) shrinks `sample` (the first chunk) by 10% or more.
-
-    lzf is the default for speed, yet fp16 residual-stream activations barely compress with it
-    (ratio ~1.0) while compressing costs ~10x in write speed; attention weights and images
-    usually do compress. So "lzf" means lzf where it pays, raw storage elsewhere.
-    """
-    with h5py.File(f"probe-{id(sample)}", "w", driver="core", backing_store=False) as f:
-        ds = f.create_dataset("x", data=sample, chunks=sample.shape, compression="lzf",
-                              shuffle=sample.dtype.itemsize > 1)
-        f.flush()
-        return ds.id.get_storage_size() <= 0.9 * sample.nbytes
-
-
-def _encode(key: str, value: Any) -> Any:
-    if key in JSON_ATTRS:
-        return json.dumps(value, sort_keys=True)
-    return str(value) if isinstance(value, Path) else value
-
-
-def create_file(path: Path, **kwargs) -> tuple[h5py.File, GuardedFile]:
-    """h5py.File(path, "w") written through a GuardedFile (vitscope._internal.files: a full disk must
-    never reach the HDF5 library, which crashes the process after a failed write), with one
-    clear sentence where the file system refuses (a read-only mount, /proc), which os.access
-    cannot always foresee. Close it with close_file, which raises WriteError for a failed write."""
-    try:
-        guarded = GuardedFile(path, swallow=True)
-    except OSError as e:
-        raise DumpError(f"Cannot write '{path}' ({e.strerror or type(e).__name__}); choose "
-                        f"another path with -o.") from None
-    try:
-        return h5py.File(guarded, "w", **kwargs), guarded
-    except BaseException:
-        guarded.close()
-        raise
-
-
-def close_file(f: h5py.File, guarded: GuardedFile, *, sync: bool = True) -> None:
-    """Close a file from create_file (flushed and fsynced with `sync`); WriteError if any write
-    to it failed, which the caller turns into removing it."""
-    if f.id.valid:
-        f.close()
-    if sync:
-        guarded.sync()
-    guarded.close()
-    guarded.check()
-
-
-class DumpWriter:
-    """Create a dump at `path` and fill it batch by batch (from one thread).
-
-    Datasets are created on their first batch (shapes come from the data, so no dry run of
-    the model is needed) at their final length `n`, chunked along N and compressed.
-    """
-
-    def __init__(self, path: str | Path, n: int, attrs: dict[str, Any], *, batch_size: int,
-                 compression: str | None = "lzf") -> None:
-        self.path = Path(path)
-        self.n = n
-        self.batch_size = batch_size
-        self.compression = None if compression in (None, "none") else compression
-        self.bytes_in = 0  # uncompressed bytes handed to HDF5
-        # v110: attributes beyond 64 kB (e.g. 1000 class names) and the format VDS needs anyway.
-        self.f, self.file = create_file(self.path, libver="v110", rdcc_nbytes=2 * CHUNK_BYTES)
-        self.f.attrs["format"] = FORMAT
-        self.f.attrs["version"] = VERSION
-        self.f.attrs["vitscope_version"] = __version__
-        self.f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.f.attrs["complete"] = False
-        for key, value in attrs.items():
-            if value is not None:
-                self.f.attrs[key] = _encode(key, value)
-        self._datasets: dict[str, h5py.Dataset] = {}
-
-    def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
-        """Store `arrays[key]` at rows start..start+len of dataset `key` (e.g. "acts/cls")."""
-        for key, arr in arrays.items():
-            ds = self._datasets.get(key)
-            if ds is None:
-                ds = self._datasets[key] = self._create(key, arr)
-            ds[start:start + len(arr)] = arr
-            self.bytes_in += arr.nbytes
-        self.file.check()  # a full disk stops the capture at the batch it happened in
-
-    def _create(self, key: str, arr: np.ndarray) -> h5py.Dataset:
-        if arr.dtype == object:   # text (file paths): variable-length UTF-8
-            ds = self.f.create_dataset(key, shape=(self.n,), dtype=h5py.string_dtype(),
-                                       chunks=(min(self.n, 4096),))
-            ds.attrs["dims"] = dims_for(key, 1)
-            return ds
-        rest = arr.shape[1:]
-        rows = chunk_rows(self.n, self.batch_size, arr.itemsize * int(np.prod(rest, dtype=np.int64)))
-        opts: dict[str, Any] = {}
-        if self.compression and (self.compression != "lzf" or lzf_pays(arr[:rows])):
-            opts["compression"] = self.compression
-            if self.compression == "gzip":
-                opts["compression_opts"] = 4
-            opts["shuffle"] = arr.dtype.itemsize > 1  # byte-shuffle helps floats compress
-        ds = self.f.create_dataset(key, shape=(self.n, *rest), dtype=arr.dtype,
-                                   chunks=(rows, *rest), **opts)
-        ds.attrs["dims"] = dims_for(key, arr.ndim)
-        return ds
-
-    def set_aliases(self, aliases: dict[str, str]) -> None:
-        """Make each /acts/<alias> a hard link to /acts/<target>: hook points that received
-        the same tensor are stored once (listed in the root attribute `aliases`)."""
-        for alias, target in aliases.items():
-            self.f[f"acts/{alias}"] = self.f[f"acts/{target}"]
-        self.f.attrs["aliases"] = _encode("aliases", aliases)
-
-    def set_derived(self, derived: dict[str, dict[str, Any]]) -> None:
-        """Record hook points computed on read from a stored one (vitscope.dump.derive), instead of
-        storing them: `derived[name]` holds function, source, eps, weight, bias and dims. The
-        parameters go to /derived/<name>/ (weight, bias), the rest to the root attribute
-        `derived`."""
-        index = {}
-        for name, spec in derived.items():
-            group = self.f.require_group("derived").create_group(name)
-            for key in ("weight", "bias"):
-                if spec.get(key) is not None:
-                    group.create_dataset(key, data=np.asarray(spec[key], np.float32))
-            group.attrs["dims"] = spec["dims"]
-            index[name] = {"function": spec["function"], "source": spec["source"],
-                           "eps": float(spec["eps"])}
-        self.f.attrs["derived"] = _encode("derived", index)
-
-    def finish(self) -> None:
-        """Mark the file complete, flush it to disk and close it (the rename that follows must
-        never expose lost data); WriteError if any write failed."""
-        self.f.attrs["complete"] = True
-        close_file(self.f, self.file)
-
-    def close(self) -> None:
-        """Close without finishing (after a failure: the caller deletes the file)."""
-        try:
-            close_file(self.f, self.file, sync=False)
-        except WriteError:
-            pass
 
 
 class Dump:
@@ -483,142 +298,3 @@ class Dump:
                 f"{self.attrs.get('split')}, hooks: {summarize_names(self.hooks)}{grads})")
 
 
-# Attributes every shard of one capture must share before merge joins them.
-SHARED_ATTRS = ("checkpoint_sha256", "model_config", "dataset", "data_sha256", "split",
-                "split_size", "seed", "order", "hooks", "aliases", "dtype", "normalize",
-                "classes", "token_layout", "target", "grad_hooks", "derived")
-
-
-def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False) -> Path:
-    """Join the shard files of one `--shard i/n` capture into `out`, a dump of HDF5 virtual
-    datasets that read from the shards (stored by paths relative to `out`; keep them together)."""
-    out = Path(out)
-    paths = [Path(p) for p in shards]
-    if not paths:
-        raise DumpError("No shard files given to merge; pass the files written by "
-                        "`vitscope dump --shard i/n`, e.g. `vitscope dump merge run-*.h5 -o run.h5`.")
-    if out.resolve() in {p.resolve() for p in paths}:
-        raise DumpError(f"-o '{out}' is one of the shard files being merged; choose another "
-                        f"output path (the shards must stay as they are).")
-    if out.exists() and not force:
-        raise DumpError(f"'{out}' already exists; pass --force to replace it or choose another "
-                        f"path with -o.")
-    opened = []
-    try:
-        for p in paths:
-            opened.append(Dump.open(p))
-        ordered = _check_shards(opened)
-        created = make_output_dir(out.parent, DumpError, "choose another path with -o")
-        outside = [d.path for d in ordered if relative_inside(d.path, out.parent) is None]
-        if outside:
-            remove_empty(created)
-            raise DumpError(f"'{outside[0]}' is not inside the folder of -o '{out}'; a merged "
-                            f"dump reads its shards only from its own folder (or below it), so "
-                            f"write it beside the shards or in a folder above them.")
-        partial = partial_path(out)
-        try:
-            _write_virtual(ordered, out, partial)
-            publish(partial, out, force=force, error=DumpError,
-                    hint="pass --force to replace it or choose another path with -o")
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            remove_empty(created)
-            raise
-    finally:
-        for d in opened:
-            d.close()
-    return out
-
-
-def _check_shards(dumps: list[Dump]) -> list[Dump]:
-    """The shards sorted by index; DumpError unless they are exactly the n shards of one capture."""
-    for d in dumps:
-        if not d.attrs.get("shard"):
-            raise DumpError(f"'{d.path}' is not a shard (it was written without --shard); merge "
-                            f"joins the files of one `vitscope dump --shard i/n` run.")
-        if d.attrs.get("merged_from"):
-            raise DumpError(f"'{d.path}' is already a merged dump; merge the shard files it was "
-                            f"made from instead.")
-    first = dumps[0]
-    for d in dumps[1:]:
-        for key in SHARED_ATTRS:
-            if d.attrs.get(key) != first.attrs.get(key):
-                raise DumpError(f"'{d.path}' does not belong with '{first.path}': their {key} "
-                                f"differs; merge only the shards of one capture.")
-        for key in ("count", "total"):
-            if d.attrs["shard"][key] != first.attrs["shard"][key]:
-                raise DumpError(f"'{d.path}' does not belong with '{first.path}': it is a shard of "
-                                f"a different split into shards ({key} differs).")
-    count = int(first.attrs["shard"]["count"])
-    ordered = sorted(dumps, key=lambda d: d.attrs["shard"]["index"])
-    got = [d.attrs["shard"]["index"] for d in ordered]
-    if got != list(range(count)):
-        missing = sorted(set(range(count)) - set(got))
-        dup = sorted({i for i in got if got.count(i) > 1})
-        what = (f"shard(s) {', '.join(map(str, missing))} missing" if missing
-                else f"shard(s) {', '.join(map(str, dup))} given twice")
-        raise DumpError(f"Cannot merge: {what} of {count}; pass every shard file of the capture "
-                        f"exactly once.")
-    stop = 0
-    for d in ordered:
-        s = d.attrs["shard"]
-        if int(s["start"]) != stop or int(s["stop"]) - int(s["start"]) != len(d):
-            raise DumpError(f"'{d.path}' covers images {s['start']}–{s['stop']} but the shards "
-                            f"before it end at {stop}; the shard files are inconsistent, "
-                            f"re-create them.")
-        stop = int(s["stop"])
-    return ordered
-
-
-def _dataset_keys(f: h5py.File, aliases: dict[str, str]) -> list[str]:
-    keys = [k for k in f if isinstance(f[k], h5py.Dataset)]
-    grads = [f"grads/{h}" for h in f["grads"]] if "grads" in f else []
-    return keys + [f"acts/{h}" for h in f["acts"] if h not in aliases] + grads
-
-
-def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
-    first = shards[0]
-    aliases: dict[str, str] = first.attrs.get("aliases") or {}
-    total = sum(len(d) for d in shards)
-    rel = [relative_inside(d.path, out.parent) for d in shards]
-    f, guarded = create_file(partial, libver="v110")
-    try:
-        for key, value in first._f.attrs.items():
-            if key not in ("shard", "complete"):
-                f.attrs[key] = value
-        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        f.attrs["num_images"] = total
-        f.attrs["merged_from"] = json.dumps(rel)
-        f.create_group("acts")
-        if "grads" in first._f:
-            f.create_group("grads")
-        if "derived" in first._f:   # the norms' parameters: a few kB, copied (the same in all)
-            for d in shards[1:]:
-                for name in first.derived:
-                    a, b = first._f["derived"][name], d._f.get(f"derived/{name}")
-                    if b is None or any(k not in b or not np.array_equal(a[k], b[k]) for k in a):
-                        raise DumpError(f"'{d.path}' does not belong with '{first.path}': the "
-                                        f"parameters of the derived hook point '{name}' differ.")
-            f.copy(first._f["derived"], "derived")
-        for key in _dataset_keys(first._f, aliases):
-            ref = first._f[key]
-            for d in shards[1:]:
-                other = d._f.get(key)
-                if other is None or other.shape[1:] != ref.shape[1:] or other.dtype != ref.dtype:
-                    raise DumpError(f"'{d.path}' does not belong with '{first.path}': dataset "
-                                    f"/{key} is missing or has another shape or type.")
-            layout = h5py.VirtualLayout(shape=(total, *ref.shape[1:]), dtype=ref.dtype)
-            start = 0
-            for d, name in zip(shards, rel):
-                n = len(d)
-                layout[start:start + n] = h5py.VirtualSource(name, key, shape=(n, *ref.shape[1:]))
-                start += n
-            text = h5py.check_string_dtype(ref.dtype) is not None   # /paths
-            vds = f.create_virtual_dataset(key, layout, fillvalue=None if text else 0)
-            for k, v in ref.attrs.items():
-                vds.attrs[k] = v
-        for alias, target in aliases.items():
-            f[f"acts/{alias}"] = f[f"acts/{target}"]
-        f.attrs["complete"] = True
-    finally:
-        close_file(f, guarded)

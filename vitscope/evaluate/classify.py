@@ -17,31 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitscope.data import ImageDataset, to_model_input
+from vitscope._internal.devices import resolve_device  # noqa: F401  (re-exported)
 from vitscope.errors import ConfigError, DataError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" picks cuda, then mps, then cpu; an unavailable explicit choice is an error."""
-    if name not in DEVICES and not str(name).startswith("cuda:"):
-        raise ConfigError(f"Unknown device '{name}'; use one of {', '.join(DEVICES)}.")
-    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
-    if str(name).startswith("cuda") and not cuda:
-        raise ConfigError(f"--device {name} was asked for but this torch sees no CUDA GPU; "
-                          f"use --device cpu (or auto).")
-    if str(name).startswith("cuda:"):
-        index, count = str(name)[5:], torch.cuda.device_count()
-        if not index.isdigit() or int(index) >= count:
-            raise ConfigError(f"--device {name} names no GPU here; this machine has {count} "
-                              f"(cuda:0 to cuda:{count - 1}).")
-    if name == "mps" and not mps:
-        raise ConfigError("--device mps was asked for but MPS is not available here; "
-                          "use --device cpu (or auto).")
-    return torch.device(name)
-
 
 def _autocast(device: torch.device):
     """bf16 autocast on CUDA GPUs that support it; full precision elsewhere."""

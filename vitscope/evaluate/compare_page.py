@@ -18,6 +18,7 @@ import numpy as np
 from vitscope import __version__
 from vitscope.evaluate.compare import diff_text, edge_note, pct
 from vitscope.render.escaping import text as _e
+from vitscope.render.page import page
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -128,18 +129,6 @@ def _save(fig, path) -> Path:
     return path
 
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
-header{background:#1f2937;color:#fff;padding:18px 28px} header h1{margin:0 0 4px;font-size:22px}
-header p{margin:0;color:#cbd5e1} main{padding:8px 28px 40px;max-width:1500px}
-section{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:14px 18px;margin:18px 0}
-h2{margin:0 0 8px;font-size:18px} table{border-collapse:collapse;font-size:13px}
-td,th{padding:3px 12px 3px 0;text-align:left;vertical-align:top} th{color:#6b7280;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums} img{max-width:100%;display:block}
-.shown{color:#15803d;font-weight:600} .none{color:#6b7280} code{font-size:12px}
-"""
-
-
 def html_page(result: dict[str, Any], figures: dict[str, Path]) -> str:
     """One self-contained page: the numbers as tables and the PNGs inlined (data: URIs), so
     the file can be mailed or moved alone."""
@@ -185,13 +174,9 @@ def html_page(result: dict[str, Any], figures: dict[str, Path]) -> str:
             f"metrics.jsonl of its run beside the checkpoint).</p>" if missing else "")
     sub = (f"{result['n']} images of {result['data']} ({result['split']}), every model on the same "
            f"images at its own input size and normalisation")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>vitscope compare · {_e(title)}</title><style>{CSS}</style></head><body>"
-            f"<header><h1>vitscope compare · {_e(title)}</h1><p>{_e(sub)}</p></header><main>"
-            f"{models}{differences}{figs}{note}{per_class}"
-            f"<p class='none' style='font-size:12px'>vitscope {_e(__version__)}</p>"
-            f"</main></body></html>\n")
+    return page(f"vitscope compare · {title}",
+                f"{models}{differences}{figs}{note}{per_class}"
+                f"<p class='foot'>vitscope {_e(__version__)}</p>", subtitle=sub)
 
 
 def _recorded(m: dict[str, Any]) -> str:

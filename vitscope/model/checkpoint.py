@@ -11,7 +11,6 @@ The model is rebuilt from the file alone (`load_model`).
 from __future__ import annotations
 
 import importlib
-import os
 import pickle
 import warnings
 import zipfile
@@ -25,8 +24,9 @@ from torch import nn
 
 from vitscope import __version__
 from vitscope.model.adapters import FAMILIES
+from vitscope._internal.text import error_summary, short_repr
 from vitscope.errors import CheckpointError, ConfigError
-from vitscope._internal.files import GuardedFile, is_write_failure, write_failure
+from vitscope._internal.files import GuardedFile, replacing, write_failure
 
 FORMAT = "vitscope-checkpoint"
 VERSION = 1
@@ -133,27 +133,21 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, model_config: Any = N
     if resume is not None:
         payload["resume"] = resume
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    f = None
-    try:
+    # On disk before the rename (replacing fsyncs): otherwise a power loss can keep the
+    # rename but not the data, leaving an empty checkpoint where the previous good one was.
+    hint = "the file that was there is unchanged" if path.exists() else "no partial file is left"
+    with replacing(path, hint=hint) as (tmp,):
         f = GuardedFile(tmp)   # knows why a write failed; torch only says "unexpected pos"
-        torch.save(payload, f)
-        # On disk before the rename: otherwise a power loss can keep the rename but not the
-        # data, leaving an empty checkpoint where the previous good one was.
-        f.sync()
-        f.close()
-        f.check()
-        os.replace(tmp, path)
-    except BaseException as e:  # a full disk, an interrupt: the old file stays, the .tmp goes
-        if f is not None:
+        try:
+            torch.save(payload, f)
+            f.sync()
+        except Exception:
+            if f.error is None:
+                raise
+        finally:
             f.close()
-        tmp.unlink(missing_ok=True)
-        failed = f.error if f is not None and f.error is not None else e
-        if isinstance(failed, OSError) and is_write_failure(failed):
-            raise write_failure(path, failed).with_hint(
-                f"the file that was there is unchanged" if path.exists() else
-                "no partial file is left") from None
-        raise
+        if f.error is not None:   # the real cause, not torch's "unexpected pos 156352"
+            raise write_failure(path, f.error).with_hint(hint) from None
     return path
 
 
@@ -226,10 +220,10 @@ def read_raw(path: str | Path) -> dict[str, Any]:
                 f"refuses to load because unpickling can run arbitrary code; expected a vitscope "
                 f"checkpoint of plain tensors and data.") from None
         raise CheckpointError(f"'{path}' is truncated or corrupt (it cannot be read as a torch "
-                              f"file: {_first_line(e)}); expected a vitscope checkpoint.") from None
+                              f"file: {error_summary(e)}); expected a vitscope checkpoint.") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError... for damaged files
         raise CheckpointError(f"'{path}' is truncated or corrupt (it cannot be read as a torch "
-                              f"file: {_first_line(e)}); expected a vitscope checkpoint written "
+                              f"file: {error_summary(e)}); expected a vitscope checkpoint written "
                               f"by `vitscope train`.") from None
     return obj
 
@@ -346,7 +340,7 @@ def _check_train_config(path: Path, tc: dict[str, Any]) -> None:
     for key, (ok, what) in TRAIN_CONFIG_FIELDS.items():
         if key in tc and not ok(tc[key]):
             raise CheckpointError(f"'{path}' has an invalid train_config['{key}'] "
-                                  f"({_short(tc[key])}, expected {what}); the file was edited or "
+                                  f"({short_repr(tc[key], 60)}, expected {what}); the file was edited or "
                                   f"written by another tool.")
     if tc.get("normalize") is not None:
         try:
@@ -370,9 +364,6 @@ def _check_finite(path: Path, state_dict: dict[str, Any], shown: int = 3) -> Non
                               f"diverged, so use an earlier checkpoint.")
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, Checkpoint]:
@@ -388,8 +379,3 @@ def _unsafe_reason(e: Exception) -> str:
             return line.split(" was not an allowed global")[0].strip().rstrip(".")
     return "objects outside the allowed set of tensors and plain data"
 
-
-def _first_line(e: Exception) -> str:
-    """The first sentence of an exception message, short enough for one line."""
-    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
-    return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from vitscope.plugin.protocol import member
 from vitscope.errors import PluginError
 
 PRODUCES = "maps"          # what a map plugin lists in `produces`
@@ -34,7 +35,7 @@ RESULTS = "results.npz"
 
 def produces_maps(plugin: Any) -> bool:
     """Whether a (loaded) plugin declares that it produces maps."""
-    produced = getattr(plugin, "produces", ()) or ()
+    produced = member(plugin, "produces") or ()
     return not isinstance(produced, str) and PRODUCES in tuple(produced)
 
 
@@ -66,15 +67,15 @@ class MaskTally:
     def add(self, maps: np.ndarray, start: int) -> None:
         if self.dump.masks is None:
             return
-        from vitscope.plugin.reading import mask_area, mass_in_mask, patch_coverage, pointing_hits
+        from vitscope.plugin.masks import mask_area, mass_in_mask, patch_coverage, pointing
         cov = patch_coverage(np.asarray(self.dump.masks[start:start + len(maps)]),
                              self.dump.layout.grid)
-        self.parts.append((mass_in_mask(maps, cov), mask_area(cov), pointing_hits(maps, cov)))
+        self.parts.append((mass_in_mask(maps, cov), mask_area(cov), pointing(maps, cov)))
 
     def numbers(self) -> dict[str, float]:
         if not self.parts:
             return {}
-        from vitscope.plugin.reading import mask_summary_from
+        from vitscope.plugin.masks import mask_summary_from
         inside, area, hits = (np.concatenate(x) for x in zip(*self.parts))
         return {k: round(v, 4) for k, v in mask_summary_from(inside, area, hits).items()}
 

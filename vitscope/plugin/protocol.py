@@ -1,43 +1,12 @@
-"""The plugin protocol, discovery through entry points, and `--opt plugin.key=value` parsing.
+"""The plugin protocol: what a plugin is, and the options and shapes it is handed.
 
 A plugin reads a dump (never the model) and writes figures. It is any object, usually a class
-instantiated with no arguments (or a module), with:
-
-    name: str                      # what `--plugin NAME` selects; equal to its entry-point name
-    requires: tuple[str, ...]      # hook-point globs it reads, e.g. ("blocks.*.attn.weights",);
-                                   # "grad:<glob>" reads the gradient of the target logit there
-    options: tuple[Option, ...]    # optional: what `--opt NAME.key=value` may set
-    produces: tuple[str, ...]      # optional: ("maps",) for a map plugin that `vitscope score`
-                                   # can evaluate (vitscope.plugin.maps: the contract)
-    description: str               # optional: one line for `vitscope plugins` (else the docstring)
-    min_images: int                # optional: fewest images it can show (`analyze --all` skips it)
-
-    def check(self, options: RenderOptions, shape: ModelShape) -> None: ...   # optional
-        # layer/token ranges against the model, before anything is captured or written
-
-
-    def render(self, dump, out_dir: Path, options: RenderOptions) -> list[Path]: ...
-
-`render` gets an open `vitscope.dump.Dump` (read lazily: `dump["blocks.3.attn.weights"][i:j]`,
-`dump.match(...)`, `dump.layout`, `dump.labels`, `dump.masks`), an existing folder
-`outputs/<run>/<plugin>/`, and a `RenderOptions`: the declared options, converted and validated,
-as attributes (`options.discard_ratio`), plus six set by `vitscope analyze` for every plugin:
-
-    static: bool        write static figures (matplotlib: options.format)
-    interactive: bool   write interactive figures (Plotly HTML, offline)
-    format: str         "png" | "svg" | "pdf"
-    limit: int | None   use the first `limit` images of the dump (None: all); never more than
-                        len(dump), so `dump[hook][:limit]` has exactly that many rows
-    run_dir: Path       outputs/<run>/, where shared files such as plotly.min.js live
-    smooth: bool        maps bilinearly smoothed (`analyze --smooth`) instead of drawn as the
-                        patch grid; vitscope.render.mosaic and figures.show_overlay follow it by
-                        themselves while render runs
-
-It returns the files it wrote and saves the numbers behind each figure next to it
-(`results.npz`), plus optionally `summary.json` (a flat dict of headline numbers that
-`index.html` shows). `vitscope.render.figures` has the shared helpers (overlays, static save, offline
-Plotly, GIFs). Raise `vitscope.errors.PluginError` for bad input found while rendering; any other
-exception is reported as a failure of this plugin only.
+instantiated with no arguments (or a module), with the members of `Plugin` below: `name`,
+`requires` and `render` are required, the others optional. `render` returns the files it wrote
+and saves the numbers behind each figure next to it (`results.npz`), plus optionally
+`summary.json` (a flat dict of headline numbers that `index.html` shows). Raise
+`vitscope.errors.PluginError` for bad input found while rendering; any other exception is
+reported as a failure of this plugin only.
 
 A third-party package registers it with five lines of setup.cfg:
 
@@ -45,56 +14,85 @@ A third-party package registers it with five lines of setup.cfg:
     vitscope.plugins =
         attention-entropy = vitscope_attention_entropy:AttentionEntropy
 
-Discovery happens when a command asks (`discover()`), never at import time. A plugin that fails
-to import or breaks the protocol is reported by name, package, reason and fix, and never stops
-the CLI or other plugins. `VITSCOPE_DISABLE_PLUGIN_AUTOLOAD=1` loads only the built-ins.
+Discovery, validation and `--opt` parsing belong to the host (vitscope.analyze); this module
+is all an author needs besides the helpers in vitscope.plugin, vitscope.render and
+vitscope.dump. Imports no torch.
 """
 from __future__ import annotations
 
-import difflib
-import importlib
-import importlib.metadata as md
-import inspect
 import math
-import os
-import re
-import sys
-import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-from vitscope import __version__
-from vitscope.errors import PluginError, VitscopeError
-
-GROUP = "vitscope.plugins"
-AUTOLOAD_ENV = "VITSCOPE_DISABLE_PLUGIN_AUTOLOAD"
-
-# The built-ins, as declared in setup.cfg. Used when vitscope runs from a source tree that was
-# never installed (no entry points) and to recognise built-ins when autoload is disabled.
-BUILTINS: dict[str, str] = {
-    "token-attention": "vitscope.plugins.token_attention:TokenAttention",
-    "cls-heatmap": "vitscope.plugins.cls_heatmap:ClsHeatmap",
-    "rollout": "vitscope.plugins.rollout:Rollout",
-    "cls-embedding": "vitscope.plugins.cls_embedding:ClsEmbedding",
-    "norm-activations": "vitscope.plugins.norm_activations:NormActivations",
-    "grad-rollout": "vitscope.plugins.grad_rollout:GradRollout",
-    "attn-grad": "vitscope.plugins.grad_rollout:AttnGrad",
-    "gradcam": "vitscope.plugins.gradcam:GradCam",
-}
+from typing import Any, Protocol
 
 # Keys every plugin receives in RenderOptions; declared options may not reuse them.
 RESERVED = ("static", "interactive", "format", "limit", "run_dir", "smooth")
 STATIC_FORMATS = ("png", "svg", "pdf")
 
 
-@runtime_checkable
 class Plugin(Protocol):
-    name: str
-    requires: tuple[str, ...]
+    """What vitscope reads from a plugin. `name`, `requires` and `render` are required; the
+    host reads every other member with the default in OPTIONAL when a plugin lacks it."""
 
-    def render(self, dump: Any, out_dir: Path, options: "RenderOptions") -> list[Path]: ...
+    name: str
+    """What `--plugin NAME` selects; equal to its entry-point name (a lowercase slug)."""
+
+    requires: tuple[str, ...]
+    """Hook-point globs it reads, e.g. ("blocks.*.attn.weights",); "grad:<glob>" reads the
+    gradient of the target logit there. `vitscope analyze` captures the union of these."""
+
+    options: tuple["Option", ...]
+    """Optional. What `--opt NAME.key=value` may set; each arrives converted and checked."""
+
+    produces: tuple[str, ...]
+    """Optional. ("maps",) for a map plugin that `vitscope score` can evaluate: it saves its
+    maps with `vitscope.plugin.map_arrays` (the map contract, vitscope.plugin.maps)."""
+
+    description: str
+    """Optional. One line for `vitscope plugins` (else the first line of the docstring)."""
+
+    min_images: int
+    """Optional. The fewest images it can show; `analyze --all` skips it below that."""
+
+    def check(self, options: "RenderOptions", shape: "ModelShape") -> None:
+        """Optional. Check layer and token options against the model before anything is
+        captured or written; raise vitscope.errors.PluginError with one sentence."""
+
+    def requires_for(self, options: "RenderOptions") -> tuple[str, ...]:
+        """Optional. The hook patterns one setting reads, when fewer than `requires` (e.g. only
+        the CLS rows of the attention for query=cls); the host captures just these."""
+
+    def render(self, dump: Any, out_dir: Path, options: "RenderOptions") -> list[Path]:
+        """Write the figures into `out_dir` (an existing, empty staging folder: write nowhere
+        else) and return their paths. `dump` is an open `vitscope.dump.Dump` (read lazily:
+        `dump["blocks.3.attn.weights"][i:j]`, `dump.match(...)`, `dump.layout`,
+        `dump.labels`, `dump.masks`); `options` holds the declared options as attributes
+        (`options.discard_ratio`) plus the keys in RESERVED, which the host sets for every
+        plugin:
+
+            static: bool        write static figures (matplotlib: options.format)
+            interactive: bool   write interactive figures (Plotly HTML, offline)
+            format: str         "png" | "svg" | "pdf"
+            limit: int | None   use the first `limit` images of the dump (None: all); never
+                                more than len(dump), so `dump[hook][:limit]` has that many rows
+            run_dir: Path       outputs/<run>/, where shared files such as plotly.min.js live
+            smooth: bool        maps bilinearly smoothed (`analyze --smooth`) instead of drawn
+                                as the patch grid; vitscope.render.mosaic and
+                                figures.show_overlay follow it by themselves while render runs
+        """
+
+
+REQUIRED = ("name", "requires", "render")
+# The optional members and what the host assumes when a plugin lacks one.
+OPTIONAL: dict[str, Any] = {"options": (), "produces": (), "description": "", "min_images": 1,
+                            "check": None, "requires_for": None}
+
+
+def member(plugin: Any, name: str) -> Any:
+    """An optional member of `plugin`, or its default from OPTIONAL when absent (or None)."""
+    value = getattr(plugin, name, None)
+    return OPTIONAL[name] if value is None else value
 
 
 # ----------------------------------------------------------------------------------- options
@@ -180,486 +178,15 @@ class RenderOptions(dict):
 
 # ----------------------------------------------------------------------------------- entries
 
-@dataclass
-class PluginEntry:
-    """One registered plugin: where it comes from, and once loaded, the object or why not."""
-    name: str
-    value: str                  # "module:attr" of the entry point
-    package: str                # distribution name
-    version: str
-    builtin: bool
-    plugin: Any = None          # the loaded, validated plugin object
-    error: str | None = None    # why it is broken
-    fix: str | None = None      # what to do about it
-    loaded: bool = False
-    # What the plugin declares, read once when it loads: a plugin attribute that raises makes
-    # the plugin broken there, never `vitscope plugins -v` or analyze later.
-    _requires: tuple[str, ...] = ()
-    _produces: tuple[str, ...] = ()
-    _options: tuple["Option", ...] = ()
-    _description: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.load().error is None
-
-    @property
-    def status(self) -> str:
-        return "ok" if self.ok else f"broken: {self.error}"
-
-    @property
-    def source(self) -> str:
-        return f"{self.package} {self.version}".strip()
-
-    @property
-    def requires(self) -> tuple[str, ...]:
-        return self._requires if self.ok else ()
-
-    @property
-    def options(self) -> tuple[Option, ...]:
-        return self._options if self.ok else ()
-
-    @property
-    def produces(self) -> tuple[str, ...]:
-        """What it declares to produce: ("maps",) for a map plugin `vitscope score` evaluates."""
-        return self._produces if self.ok else ()
-
-    @property
-    def description(self) -> str:
-        return self._description if self.ok else ""
-
-    def problem(self) -> str:
-        """One sentence naming the plugin, its package, the reason and the fix."""
-        return (f"Plugin '{self.name}' (package {self.source}) is broken: {self.error}; "
-                f"{self.fix}")
-
-    def load(self) -> "PluginEntry":
-        """Import and validate once; never raises (the error is recorded instead)."""
-        if self.loaded:
-            return self
-        self.loaded = True
-        try:
-            obj = _import(self.value)
-        except BaseException as e:  # a plugin's import may raise anything, even SystemExit
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            self.error = f"importing {self.value} failed ({type(e).__name__}: {_one_line(e)})"
-            self.fix = self._builtin_fix() or (
-                f"reinstall or upgrade it (pip install -U {self.package}), uninstall it (pip "
-                f"uninstall {self.package}), or set {AUTOLOAD_ENV}=1 to load only the built-ins")
-            return self
-        try:
-            self.plugin = _instantiate(obj)
-            self._requires, self._produces, self._options, self._description = \
-                _validate(self.plugin, self.name)
-        except _Malformed as e:
-            self.plugin = None
-            self.error = str(e)
-            self.fix = self._builtin_fix() or (
-                f"fix it to follow the protocol in vitscope.plugin (name, requires, "
-                f"render(dump, out_dir, options)) or uninstall it (pip uninstall {self.package})")
-        except BaseException as e:   # __init__ may raise anything, even SystemExit
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            self.plugin = None
-            self.error = f"creating {self.value} failed ({type(e).__name__}: {_one_line(e)})"
-            self.fix = self._builtin_fix() or f"upgrade or uninstall it (pip uninstall {self.package})"
-        return self
-
-    def _builtin_fix(self) -> str | None:
-        if not self.builtin:
-            return None
-        return ("this is a bug in vitscope itself: reinstall it (pip install -e . in a checkout, "
-                "or pip install -U vitscope) and report it if it persists")
-
-    def option_map(self) -> dict[str, Option]:
-        return {o.name: o for o in self.options}
-
-    def requires_for(self, given: dict[str, Any] | None = None) -> tuple[str, ...]:
-        """The hook patterns a render with the options `given` reads: what the plugin's
-        optional `requires_for(options)` returns (fewer than `requires`, e.g. token-attention
-        with query=cls reads only the CLS rows), else `requires`. A `requires_for` that raises
-        or returns anything but a non-empty sequence of patterns falls back to `requires`,
-        with a warning."""
-        fn = getattr(self.plugin, "requires_for", None) if self.ok else None
-        if fn is None:
-            return self.requires
-        try:
-            got = fn(self.render_options(given))
-            if isinstance(got, (list, tuple)) and got and all(
-                    isinstance(p, str) and p for p in got):
-                return tuple(got)
-            raise TypeError(f"it returned {_short_repr(got)}, not a tuple of hook patterns")
-        except Exception as err:   # a plugin's own bug: read what it declared in `requires`
-            warnings.warn(f"plugin {self.name}: requires_for() failed ({type(err).__name__}: "
-                          f"{_one_line(err)}); capturing its `requires` instead.", stacklevel=2)
-            return self.requires
-
-    def render_options(self, given: dict[str, Any] | None = None, **common: Any) -> RenderOptions:
-        """Declared defaults, overridden by `given` (already converted), plus the common keys."""
-        values = {o.name: o.default for o in self.options}
-        values.update(given or {})
-        values.update(common)
-        return RenderOptions(values)
 
 
-class _Malformed(Exception):
-    pass
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else ""
-
-
-def _import(value: str) -> Any:
-    module, _, attr = value.partition(":")
-    obj = importlib.import_module(module.strip())
-    for part in filter(None, attr.strip().split(".")):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _instantiate(obj: Any) -> Any:
-    if inspect.isclass(obj):
-        try:
-            return obj()
-        except TypeError as e:
-            raise _Malformed(f"{obj.__name__}() cannot be created without arguments ({e})") from None
-    return obj  # an instance or a module with module-level name/requires/render
-
-
-_ABSENT = object()
-
-
-def _read(plugin: Any, attr: str, default: Any = _ABSENT) -> Any:
-    """getattr that turns anything an attribute (a property, __getattr__) raises into one
-    _Malformed reason."""
-    try:
-        return getattr(plugin, attr, default)
-    except BaseException as e:
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        raise _Malformed(f"reading its '{attr}' attribute raised {type(e).__name__}: "
-                         f"{_one_line(e)}") from None
-
-
-def _validate(plugin: Any, entry_name: str) -> tuple[tuple[str, ...], tuple[str, ...],
-                                                     tuple["Option", ...], str]:
-    """(requires, produces, options, description) of `plugin`, each read once; _Malformed
-    with one reason if it breaks the protocol."""
-    values = {a: _read(plugin, a) for a in ("name", "requires", "render")}
-    missing = [a for a, v in values.items() if v is _ABSENT]
-    if missing:
-        raise _Malformed(f"it has no {', '.join(repr(m) for m in missing)} attribute"
-                         f"{'s' if len(missing) > 1 else ''}")
-    name = values["name"]
-    if not isinstance(name, str) or name != entry_name:
-        raise _Malformed(f"its name {_short_repr(name)} differs from its entry-point name "
-                         f"'{entry_name}'")
-    req = values["requires"]
-    if isinstance(req, str) or not isinstance(req, (tuple, list)) or \
-            not all(isinstance(r, str) and r for r in req):
-        raise _Malformed(f"its requires {_short_repr(req)} is not a tuple of hook-name patterns")
-    produces = _read(plugin, "produces", ()) or ()
-    if isinstance(produces, str) or not isinstance(produces, (tuple, list)) or \
-            not all(isinstance(p, str) and p for p in produces):
-        raise _Malformed(f"its produces {_short_repr(produces)} is not a tuple of names such as "
-                         f"('maps',)")
-    render = values["render"]
-    if not callable(render):
-        raise _Malformed("its render attribute is not callable")
-    try:
-        inspect.signature(render).bind(None, Path("."), RenderOptions())
-    except TypeError:
-        raise _Malformed(f"its render{inspect.signature(render)} does not take "
-                         f"(dump, out_dir, options)") from None
-    except ValueError:
-        pass  # builtins without a signature: trust them
-    options = _read(plugin, "options", ()) or ()
-    if isinstance(options, (str, bytes)) or not isinstance(options, Iterable):
-        raise _Malformed(f"its options {_short_repr(options)} is not a tuple of "
-                         f"vitscope.plugin.Option")
-    try:
-        options = tuple(options)
-    except Exception as e:
-        raise _Malformed(f"its options cannot be listed ({type(e).__name__}: "
-                         f"{_one_line(e)})") from None
-    seen: set[str] = set()
-    for opt in options:
-        if not isinstance(opt, Option):
-            raise _Malformed(f"its options hold {_short_repr(opt)}, not a vitscope.plugin.Option")
-        if not opt.name.isidentifier() or opt.name in RESERVED or opt.name in seen:
-            raise _Malformed(f"its option name {opt.name!r} is not a unique identifier outside "
-                             f"{', '.join(RESERVED)}")
-        seen.add(opt.name)
-        try:
-            opt.convert(opt.default)
-        except ValueError as e:
-            raise _Malformed(f"the default of its option '{opt.name}' ({opt.default!r}) is "
-                             f"invalid: {e}") from None
-    text = _read(plugin, "description", None)
-    if not text:
-        try:
-            text = inspect.getdoc(plugin)
-        except Exception:
-            text = None
-    if text is not None and not isinstance(text, str):
-        raise _Malformed(f"its description {_short_repr(text)} is not a string")
-    text = (text or "").strip()
-    return tuple(req), tuple(produces), options, text.splitlines()[0] if text else ""
-
-
-def _short_repr(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # ---------------------------------------------------------------------------------- registry
 
-@dataclass
-class Registry:
-    """The plugins found by one discovery, in name order (duplicates kept, and reported)."""
-    entries: list[PluginEntry] = field(default_factory=list)
-    autoload: bool = True
-    skipped: list[str] = field(default_factory=list)  # third-party names left out by the env var
-    unreadable: list[str] = field(default_factory=list)  # distributions that could not be read
-
-    def names(self) -> list[str]:
-        return sorted({e.name for e in self.entries})
-
-    def first(self, name: str) -> PluginEntry | None:
-        return next((e for e in self.entries if e.name == name), None)
-
-    def get(self, name: str) -> PluginEntry:
-        entry = self.first(name)
-        if entry is None:
-            raise PluginError(self.unknown_message(name))
-        return entry.load()
-
-    def select(self, names: Iterable[str] = (), all_: bool = False) -> list[PluginEntry]:
-        """The entries for `names` (or every one with all_), unique, in the order asked."""
-        chosen: list[PluginEntry] = []
-        wanted = self.names() if all_ else list(dict.fromkeys(names))
-        for name in wanted:
-            chosen.append(self.get(name))
-        if all_:  # a clashing duplicate is a chosen plugin too, so it is reported
-            chosen += [e.load() for e in self.entries if e not in chosen]
-        return chosen
-
-    def unknown_message(self, name: str) -> str:
-        names = self.names()
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        skipped = ""
-        if name in self.skipped:
-            skipped = (f" It is installed but {AUTOLOAD_ENV}=1 loads only the built-ins; unset "
-                       f"it to use '{name}'.")
-        installed = ", ".join(names) if names else "none"
-        return f"No plugin '{name}'.{hint}{skipped} Installed: {installed} (vitscope plugins)."
-
-
-def autoload_enabled() -> bool:
-    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in _TRUE
-
-
-def discover(autoload: bool | None = None) -> Registry:
-    """Find plugins through the `vitscope.plugins` entry points (nothing is imported yet).
-
-    Each installed distribution is read on its own: one whose metadata cannot be read (an
-    undecodable byte in METADATA or entry_points.txt, a missing file) is left out and, when
-    its raw entry points mention the group, reported in `registry.unreadable`; it never
-    stops discovery of the others."""
-    autoload = autoload_enabled() if autoload is None else autoload
-    registry = Registry(autoload=autoload)
-    seen: dict[str, PluginEntry] = {}
-    found: list[PluginEntry] = []
-    for name, value, package, version in _group_entry_points(registry.unreadable):
-        builtin = package == "vitscope" and BUILTINS.get(name) == value
-        found.append(PluginEntry(name, value, package, version, builtin))
-    have_builtins = {e.name for e in found if e.builtin}
-    for name, value in BUILTINS.items():  # a source tree that was never installed
-        if name not in have_builtins:
-            found.append(PluginEntry(name, value, "vitscope", __version__, True))
-    found.sort(key=lambda e: (not e.builtin, e.name, e.package))
-    for entry in found:
-        if not entry.builtin and not autoload:
-            registry.skipped.append(entry.name)
-            continue
-        first = seen.get(entry.name)
-        bad_name = name_problem(entry.name)
-        if bad_name:
-            entry.loaded, entry.error = True, bad_name
-            entry.fix = (f"the package must rename its entry point; until then uninstall it "
-                         f"(pip uninstall {entry.package})")
-        elif first is not None:
-            if first.value == entry.value:
-                continue  # the same distribution seen twice on sys.path
-            entry.loaded, entry.error = True, (
-                f"its name is already taken by {first.value} from package {first.source}")
-            entry.fix = f"uninstall one of the two (pip uninstall {entry.package})"
-        else:
-            seen[entry.name] = entry
-        registry.entries.append(entry)
-    registry.entries.sort(key=lambda e: (e.name, e.error is not None))
-    return registry
-
-
-def _group_entry_points(unreadable: list[str]) -> list[tuple[str, str, str, str]]:
-    """(name, value, package, version) of every `vitscope.plugins` entry point, read one
-    sys.path folder and one distribution at a time; what cannot be read goes to
-    `unreadable` as a sentence."""
-    out = []
-    for folder in list(sys.path):
-        try:
-            dists = list(md.distributions(path=[folder]))
-        except Exception as e:   # an unreadable folder on sys.path
-            unreadable.append(f"the folder '{folder}' on sys.path cannot be searched for "
-                              f"plugins ({type(e).__name__}: {_one_line(e)})")
-            continue
-        for dist in dists:
-            try:
-                eps = [ep for ep in dist.entry_points if ep.group == GROUP]
-            except Exception as e:
-                if _mentions_group(dist):
-                    where = _dist_path(dist)
-                    unreadable.append(
-                        f"the plugin package at '{where}' has unreadable entry points "
-                        f"({type(e).__name__}: {_one_line(e)}); reinstall it (pip install "
-                        f"--force-reinstall {_dist_label(dist)[0]}) or remove that folder")
-                continue
-            if not eps:
-                continue
-            package, version = _dist_label(dist)
-            out += [(ep.name, ep.value, package, version) for ep in eps]
-    return out
-
-
-TORCH_AUTOLOAD_ENV = "TORCH_DEVICE_BACKEND_AUTOLOAD"
-
-
-def guard_torch_import() -> list[str]:
-    """Keep one undecodable entry_points.txt from breaking `import torch`.
-
-    torch reads every installed distribution's entry points when it is imported (to load
-    out-of-tree device backends), so such a file makes `import torch` raise
-    UnicodeDecodeError. Before torch is imported, this checks the files (~2 ms for 100
-    distributions) and, if one cannot be read, sets TORCH_DEVICE_BACKEND_AUTOLOAD=0 (unless
-    the user set it). Returns the paths of the unreadable files."""
-    if "torch" in sys.modules or os.environ.get(TORCH_AUTOLOAD_ENV) is not None:
-        return []
-    bad = []
-    for folder in list(sys.path):
-        try:
-            dists = list(md.distributions(path=[folder]))
-        except Exception:
-            continue
-        for dist in dists:
-            try:
-                dist.read_text("entry_points.txt")
-            except (ValueError, OSError):    # UnicodeDecodeError is a ValueError
-                bad.append(str(Path(_dist_path(dist)) / "entry_points.txt"))
-    if bad:
-        os.environ[TORCH_AUTOLOAD_ENV] = "0"
-    return bad
-
-
-def _dist_path(dist: md.Distribution) -> str:
-    return str(getattr(dist, "_path", "") or "?")
-
-
-def _dist_label(dist: md.Distribution) -> tuple[str, str]:
-    """(name, version) from the metadata, else from the .dist-info folder name."""
-    try:
-        meta = dist.metadata
-        name, version = meta["Name"], meta["Version"]
-        if name:
-            return str(name), str(version or "")
-    except Exception:  # a distribution with broken metadata must not break discovery
-        pass
-    stem = Path(_dist_path(dist)).name
-    for suffix in (".dist-info", ".egg-info"):
-        stem = stem[:-len(suffix)] if stem.endswith(suffix) else stem
-    name, _, version = stem.partition("-")
-    return (name or "?") + " (metadata unreadable)", version
-
-
-def _mentions_group(dist: md.Distribution) -> bool:
-    """Whether a distribution's raw entry_points.txt names the vitscope.plugins group."""
-    path = getattr(dist, "_path", None)
-    try:
-        return path is not None and GROUP.encode() in (Path(path) / "entry_points.txt").read_bytes()
-    except OSError:
-        return False
-
-
-# Plugin names become folder names (outputs/<run>/<name>/): a lowercase slug, so `.`, `..`,
-# paths, schemes and the run's own files can never be one.
-NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
-RESERVED_NAMES = ("index.html", "manifest.json", "plotly.min.js")
-
-
-def name_problem(name: Any) -> str | None:
-    """Why `name` cannot be a plugin name, or None when it can."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        return (f"its name {_short_repr(name)} is not a safe plugin name (1-64 lowercase letters, "
-                f"digits, '-', '_' or '.', starting and ending with a letter or digit)")
-    if name in RESERVED_NAMES or name.startswith(("epoch_", ".")):
-        return f"its name '{name}' is reserved for vitscope's own files in an output folder"
-    return None
-
-
-def check_name(name: Any) -> str:
-    """`name` if it is a safe plugin name, else PluginError."""
-    problem = name_problem(name)
-    if problem:
-        raise PluginError(f"Plugin {_short_repr(name)}: {problem}.")
-    return name
-
 
 # ------------------------------------------------------------------------------- --opt parsing
-
-def parse_opts(specs: Iterable[str], chosen: list[PluginEntry],
-               registry: Registry) -> dict[str, dict[str, Any]]:
-    """`["rollout.discard_ratio=0.9", ...]` -> {"rollout": {"discard_ratio": 0.9}}, validated.
-
-    Raises PluginError naming the bad `--opt` with what is allowed.
-    """
-    by_name = {e.name: e for e in chosen if e.error is None}
-    out: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        lhs, eq, text = spec.partition("=")
-        plugin_name, dot, key = lhs.strip().partition(".")
-        if not eq or not dot or not plugin_name or not key:
-            raise PluginError(f"--opt '{spec}' is not of the form plugin.key=value; write e.g. "
-                              f"--opt rollout.discard_ratio=0.9.")
-        entry = by_name.get(plugin_name)
-        if entry is None:
-            if registry.first(plugin_name) is None:
-                raise PluginError(f"--opt '{spec}' names an unknown plugin: "
-                                  + registry.unknown_message(plugin_name))
-            if any(e.name == plugin_name for e in chosen):
-                raise PluginError(f"--opt '{spec}' is for plugin '{plugin_name}', which is "
-                                  f"broken; see `vitscope plugins`.")
-            raise PluginError(f"--opt '{spec}' is for plugin '{plugin_name}', which is not "
-                              f"selected; add --plugin {plugin_name}.")
-        options = entry.option_map()
-        if key not in options:
-            close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            known = ", ".join(options) if options else "none"
-            raise PluginError(f"Plugin '{plugin_name}' has no option '{key}'.{hint} Its options: "
-                              f"{known} (vitscope plugins --verbose).")
-        try:
-            value = options[key].convert(text.strip())
-        except ValueError as e:
-            raise PluginError(f"--opt {spec} is invalid: {e} ({options[key].help.rstrip('.')})."
-                              ) from None
-        out.setdefault(plugin_name, {})[key] = value
-    return out
 
 
 # ------------------------------------------------------------------------ options vs. model
@@ -673,21 +200,3 @@ class ModelShape:
     classes: tuple[str, ...] = ()
 
 
-def check_options(entries: Iterable[PluginEntry], values: dict[str, dict[str, Any]],
-                  shape: ModelShape) -> None:
-    """Call each plugin's optional `check(options, shape)` (layer and token ranges against the
-    model) before the output folder is touched: a bad --opt fails with its sentence and
-    leaves earlier figures alone. A plugin without `check` is checked when it renders."""
-    for e in entries:
-        check = getattr(e.plugin, "check", None) if e.ok else None
-        if check is None:
-            continue
-        options = e.render_options(values.get(e.name))
-        try:
-            check(options, shape)
-        except VitscopeError:
-            raise
-        except Exception as err:   # a plugin's own bug in check(): its render may still work
-            warnings.warn(f"plugin {e.name}: check() raised {type(err).__name__}: "
-                          f"{_one_line(err)}; its options are checked when it renders.",
-                          stacklevel=2)

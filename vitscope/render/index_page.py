@@ -16,32 +16,13 @@ from typing import Any
 from vitscope import __version__
 from vitscope.render.escaping import href as _href
 from vitscope.render.escaping import text as _e
-from vitscope._internal.files import replacing
-from vitscope.analyze.setting_folders import folder_problem, plugin_of
+from vitscope._internal.files import write_atomic
+from vitscope.render.page import page
+from vitscope.render.setting_folders import folder_problem, plugin_of
 
 IMAGE_SUFFIXES = (".png", ".svg", ".gif", ".jpg", ".jpeg")
 PAGE_SUFFIXES = (".html",)
 DOC_SUFFIXES = (".pdf",)
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
-header{background:#1f2937;color:#fff;padding:18px 28px}
-header h1{margin:0 0 4px;font-size:22px} header p{margin:0;color:#cbd5e1}
-main{padding:8px 28px 40px;max-width:1500px}
-section{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:14px 18px;margin:18px 0}
-h2{margin:0 0 8px;font-size:18px} h2 .tag{font-size:12px;font-weight:normal;color:#6b7280}
-table.kv{border-collapse:collapse;font-size:13px} table.kv td{padding:2px 12px 2px 0;vertical-align:top}
-table.kv td:first-child{color:#6b7280;white-space:nowrap}
-.figs{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
-figure{margin:0;border:1px solid #eee;border-radius:6px;padding:6px;background:#fff;max-width:100%}
-figure img{max-width:100%;max-height:900px;display:block} figcaption{font-size:12px;color:#555;margin-top:4px}
-details{margin:8px 0} summary{cursor:pointer;color:#1d4ed8}
-iframe{width:100%;height:760px;border:1px solid #ddd;border-radius:6px;margin-top:6px}
-.error{background:#fef2f2;border-color:#fecaca;color:#991b1b}
-.warn{background:#fffbeb;border:1px solid #fde68a;border-radius:6px;color:#92400e;padding:4px 8px}
-.ok{color:#15803d} .bad{color:#b91c1c} nav a{margin-right:14px} code{font-size:12px}
-"""
-
 
 def write_index(run_dir: str | Path) -> Path:
     """(Re)write run_dir/index.html from run_dir/manifest.json."""
@@ -49,21 +30,15 @@ def write_index(run_dir: str | Path) -> Path:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     plugins: dict[str, Any] = manifest.get("plugins", {})
     run = manifest.get("run", {})
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
-             f"<title>vitscope · {_e(run_dir.name)}</title><style>{CSS}</style></head><body>",
-             f"<header><h1>vitscope · {_e(run_dir.name)}</h1>"
-             f"<p>{_e(_subtitle(run))}</p></header><main>",
-             _run_section(run), _mixed_warning(plugins, run), _nav(plugins), _epochs(run_dir),
+    parts = [_run_section(run), _mixed_warning(plugins, run), _nav(plugins), _epochs(run_dir),
              _score_section(manifest.get("score"), run)]
     for name in plugin_order(plugins):
         parts.append(_plugin_section(run_dir, name, plugins[name], run))
-    parts.append(f"<p style='color:#888;font-size:12px'>vitscope {__version__} · generated "
-                 f"{_e(run.get('updated', ''))}</p></main></body></html>")
-    out = run_dir / "index.html"
-    with replacing(out) as (tmp,):   # a reader sees the old page or the new one, never half
-        tmp.write_text("\n".join(parts), encoding="utf-8")
-    return out
+    parts.append(f"<p class='foot'>vitscope {__version__} · generated "
+                 f"{_e(run.get('updated', ''))}</p>")
+    html = page(f"vitscope · {run_dir.name}", "\n".join(parts), subtitle=_subtitle(run))
+    # a reader sees the old page or the new one, never half
+    return write_atomic(run_dir / "index.html", html)
 
 
 def _score_section(score: dict | None, run: dict) -> str:
@@ -144,10 +119,10 @@ def _epochs(run_dir: Path) -> str:
 
 
 def plugin_order(plugins: dict) -> list[str]:
-    """Built-in plugins first, in the order of vitscope.plugin.BUILTINS, then the others by
+    """Built-in plugins first, in the order of vitscope.plugins.BUILTINS, then the others by
     name: a third-party plugin called "aaa" does not open the page. A plugin's settings
-    (`rollout@fusion=max`, vitscope.analyze.setting_folders) follow its default folder."""
-    from vitscope.plugin import BUILTINS
+    (`rollout@fusion=max`, vitscope.render.setting_folders) follow its default folder."""
+    from vitscope.plugins import BUILTINS
     rank = {n: i for i, n in enumerate(BUILTINS)}
 
     def order(key: str):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from vitscope._internal.files import write_atomic
 from vitscope.render import escaping
 from vitscope.render.escaping import plotly_text, script_json, template_text  # noqa: F401 (re-exported)
 
@@ -34,9 +35,7 @@ def plotly_js(run_dir: Path) -> Path:
     if not path.exists():
         from plotly.offline import get_plotlyjs
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(get_plotlyjs(), encoding="utf-8")
-        os.replace(tmp, path)  # concurrent writers never leave a half file
+        write_atomic(path, get_plotlyjs())   # concurrent writers never leave a half file
     return path
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitscope.plugin.reading import patch_coverage
+from vitscope.plugin.masks import HIT_COVERAGE, mass_in_mask, patch_coverage, pointing  # noqa: F401  (score's localisation API)
 
 CENTRE_SIGMA = 2.0          # patches
-HIT_COVERAGE = 0.5          # a patch is "on the object" when at least half of it is
 BASELINES = ("uniform", "centre", "brightness", "edges")
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)   # ITU-R BT.601
 
@@ -60,24 +59,3 @@ def baseline_maps(images: np.ndarray, grid: tuple[int, int]) -> dict[str, np.nda
             "centre": np.broadcast_to(centred_gaussian(grid), (n, *grid)).copy(),
             "brightness": pool(gray, grid),
             "edges": pool(sobel_magnitude(gray), grid)}
-
-
-def mass_in_mask(maps: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """Per image, the share of the map's positive mass on the object (NaN for a map with
-    none). Negative values carry no mass."""
-    m = np.maximum(np.asarray(maps, np.float64), 0)
-    total = m.sum(axis=(1, 2))
-    inside = (m * coverage).sum(axis=(1, 2))
-    return np.divide(inside, total, out=np.full(len(m), np.nan), where=total > 0)
-
-
-def pointing(maps: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """Per image, the expected hit of the peak patch (1/0, or the share of tied peaks hit)."""
-    flat = np.asarray(maps, np.float64).reshape(len(maps), -1)
-    peak = flat == flat.max(axis=1, keepdims=True)
-    hit = coverage.reshape(len(coverage), -1) >= HIT_COVERAGE
-    return (peak & hit).sum(axis=1) / peak.sum(axis=1)
-
-
-def coverage_of(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    return patch_coverage(np.asarray(masks), grid)

@@ -56,7 +56,8 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     the report (what score.json holds) plus `_arrays` with per-image numbers for figures."""
     import torch
 
-    from vitscope.capture import (CAPTURE_SEED, DEFAULT_BATCH, capture, capture_device,
+    from vitscope._internal.devices import resolve_device
+    from vitscope.capture import (CAPTURE_SEED, DEFAULT_BATCH, capture,
                                   dataset_for, ensure_dump, file_sha256)
     from vitscope.analyze.run import union_requires
     from vitscope.model.checkpoint import load_checkpoint
@@ -67,7 +68,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     t_all = time.perf_counter()
     seconds: dict[str, float] = {}
     ckpt = load_checkpoint(ckpt_path)
-    dev = device if isinstance(device, torch.device) else capture_device(device)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
     model = ckpt.build_model().to(dev).eval()
     FA.check_perturbation(model, perturbation)
     values = values or {}
@@ -135,7 +136,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
 
     # ---- localisation
     t0 = time.perf_counter()
-    coverage = LO.coverage_of(masks, layout.grid) if masks is not None else None
+    coverage = LO.patch_coverage(masks, layout.grid) if masks is not None else None
     seconds["localization"] = time.perf_counter() - t0
     report = _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed)
     seconds["total"] = time.perf_counter() - t_all

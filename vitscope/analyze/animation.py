@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from vitscope.evaluate.compare import read_history
+from vitscope.analyze.staging import MANIFEST
 from vitscope.errors import VitscopeError
 from vitscope.render.escaping import script_json
 from vitscope.render.escaping import text as _e
+from vitscope.render.page import page
 
 EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
-MANIFEST = "manifest.json"
 STATIC = (".png",)          # GIF frames need raster images (SVG figures are skipped)
 BACKGROUND = (255, 255, 255)
 
@@ -279,21 +280,16 @@ def slider_page(images: list, frames: list[Frame], title: str, duration_ms: int)
         im.save(buf, format="PNG", optimize=True)
         uris.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"))
     labels = [f.label for f in frames]
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>{_e(title)}</title><style>body{{font:14px system-ui,sans-serif;margin:20px;"
-            f"color:#222}} img{{max-width:100%;display:block;margin-top:8px}} "
-            f"input{{width:min(600px,90vw)}} #label{{font-weight:600;margin-left:12px}}</style>"
-            f"</head><body><h1 style='font-size:20px'>{_e(title)}</h1>"
-            f"<div><button id='play' type='button'>▶ play</button> "
+    body = (f"<section><div><button id='play' type='button'>▶ play</button> "
             f"<input id='slider' type='range' min='0' max='{len(frames) - 1}' step='1' "
             f"value='{len(frames) - 1}' aria-label='epoch'><span id='label'>"
             f"{_e(labels[-1])}</span></div>"
             f"<img id='frame' alt='{_e(title)}' src='{uris[-1]}'>"
-            f"<p style='color:#666'>{len(frames)} frames: "
-            f"{_e(', '.join(labels))}</p>"
+            f"<p class='none'>{len(frames)} frames: {_e(', '.join(labels))}</p></section>"
             f"<script>{SLIDER_JS % (script_json(uris), script_json(labels), duration_ms)}"
-            f"</script></body></html>\n")
+            f"</script>")
+    return page(title, body, css="#frame{margin-top:8px} input{width:min(600px,90vw)} "
+                                 "#label{font-weight:600;margin-left:12px}")
 
 
 def write_animation(frames: list[Frame], out_dir: Path, name: str, *, title: str,

@@ -1,0 +1,25 @@
+"""Short text from exceptions and values, for one-line error messages and warnings."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most `limit` characters ("" if none)."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
+def error_summary(e: BaseException, limit: int = 160) -> str:
+    """"TypeName: first sentence" of an exception, short enough for one line."""
+    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(e).__name__}: {text[:limit]}" if text else type(e).__name__
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters; never raises (a broken __repr__ gives <Type>)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
