@@ -18,7 +18,7 @@ above the import baseline, "total" the peak of the whole process. cls-embedding 
 on the smallest dump before it is measured, so its figures are with a warm numba cache (the
 cold figure, with an empty cache, is printed separately).
 
-Targets (issue 14): peak RSS at the largest size within 15% of the smallest, for every plugin;
+Targets: peak RSS at the largest size within 15% of the smallest, for every plugin;
 time per image at the largest size no more than at the second largest; `analyze --all` on
 the largest dump within 1.5 GB peak RSS in all; cls-embedding on 4k images in <= 15 s warm.
 Wall times depend on what else runs on the machine: the load average is printed beside them.

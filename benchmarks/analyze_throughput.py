@@ -6,7 +6,7 @@
 The dump is captured once (not timed as part of any plugin) into --dump-dir and reused by
 later runs. The model is a randomly initialised vit-tiny (32×32 input, 4×4 patches, 65
 tokens, 12 blocks × 3 heads): rendering cost depends on shapes, not on what the weights
-learned. Targets (issue 5): each plugin <= 10 s, cls-embedding with UMAP <= 30 s.
+learned. Targets: each plugin <= 10 s, cls-embedding with UMAP <= 30 s.
 "seconds" is wall-clock time; "cpu s" is the CPU time of this process (all its threads),
 which is the fairer number when other processes share the machine.
 """

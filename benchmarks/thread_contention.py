@@ -12,7 +12,7 @@ and reads the epoch's training images/s from the run's metrics.jsonl. Thread set
 VITSCOPE_THREADS values (vitscope/_internal/threads.py):
 
     torch   torch's and OpenMP's own defaults: one thread per core, idle threads spin
-            (what every vitscope run did before issue #13)
+            (what vitscope did before it chose threads itself)
     auto    the default now: idle threads sleep (OMP_WAIT_POLICY=PASSIVE), one thread per
             usable CPU not busy with another process
     N       N threads, idle threads sleep

@@ -1,5 +1,5 @@
-"""What every case of the fault suite (tests/test_faults_*.py) asserts about a command that
-meets bad input, a kill or a full disk:
+"""What every case of the fault suite (tests/*/test_hostile_*.py, test_full_disk.py,
+test_kills.py) asserts about a command that meets bad input, a kill or a full disk:
 
 - it exits with status 1 or 2 (click's usage errors are 2), never a crash or 0;
 - it prints exactly one `Error:` line and no traceback;

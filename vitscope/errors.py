@@ -4,6 +4,10 @@ Each message names the thing, says what went wrong, and says what to do.
 """
 
 
+__all__ = ["VitscopeError", "ConfigError", "CheckpointError", "HookError", "DataError",
+           "PluginError", "DumpError", "TrainingError", "TrainingInterrupted", "WriteError"]
+
+
 class VitscopeError(Exception):
     """Base class: an error the user can fix; the CLI shows the message without a traceback."""
 

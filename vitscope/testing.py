@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 # The gradients the built-in gradient plugins read (grad-rollout, attn-grad, gradcam).
+__all__ = ["make_dump", "render_options", "BUILTIN_GRADS"]
+
 BUILTIN_GRADS = ("grad:blocks.*.attn.weights", "grad:blocks.*.norm1.out")
 
 

@@ -92,9 +92,11 @@ class _AliasFinder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Put the finder on sys.meta_path once (it answers for MOVED_MODULES only)."""
+    """Put the finder first on sys.meta_path, once. It answers for MOVED_MODULES only; first,
+    because `vitscope.adapters.base` would otherwise be found again by the path finder inside
+    the aliased package's folder and loaded a second time as another module object."""
     if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
-        sys.meta_path.append(_AliasFinder())
+        sys.meta_path.insert(0, _AliasFinder())
 
 
 def moved_attribute(module: str, name: str, new_module: str, new_name: str | None = None):

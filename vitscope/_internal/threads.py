@@ -5,8 +5,8 @@ threads spin (busy-wait) after every parallel region. Where the cores are shared
 laptop with a browser open, several people on one VM) the spinning threads take the cores
 from the process that has work, and every parallel region waits for its slowest thread: on a
 2-core VM beside one busy process, `vitscope train --config shapes-quick` ran at 118 images/s
-with torch's defaults and 514 with OMP_NUM_THREADS=1 (issue #13;
-`benchmarks/thread_contention.py` measures it).
+with torch's defaults and 514 with OMP_NUM_THREADS=1
+(`benchmarks/thread_contention.py` measures it).
 
 So, unless the user decided otherwise, a `vitscope` command sets before torch loads:
 

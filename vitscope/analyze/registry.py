@@ -11,7 +11,6 @@ import importlib
 import importlib.metadata as md
 import inspect
 import os
-import re
 import sys
 import warnings
 from collections.abc import Iterable
@@ -23,14 +22,13 @@ from vitscope import __version__
 from vitscope._internal.text import first_line, short_repr
 from vitscope.plugins import BUILTINS
 from vitscope.errors import PluginError
-from vitscope.plugin.protocol import _TRUE, RESERVED, Option, RenderOptions, member
+from vitscope.plugin.protocol import (_TRUE, RESERVED, Option, RenderOptions, member,
+                                      name_problem)
 
 GROUP = "vitscope.plugins"
 
 
 AUTOLOAD_ENV = "VITSCOPE_DISABLE_PLUGIN_AUTOLOAD"
-
-
 
 
 @dataclass
@@ -434,27 +432,3 @@ def _mentions_group(dist: md.Distribution) -> bool:
         return False
 
 
-# Plugin names become folder names (outputs/<run>/<name>/): a lowercase slug, so `.`, `..`,
-# paths, schemes and the run's own files can never be one.
-NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
-
-
-RESERVED_NAMES = ("index.html", "manifest.json", "plotly.min.js")
-
-
-def name_problem(name: Any) -> str | None:
-    """Why `name` cannot be a plugin name, or None when it can."""
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        return (f"its name {short_repr(name)} is not a safe plugin name (1-64 lowercase letters, "
-                f"digits, '-', '_' or '.', starting and ending with a letter or digit)")
-    if name in RESERVED_NAMES or name.startswith(("epoch_", ".")):
-        return f"its name '{name}' is reserved for vitscope's own files in an output folder"
-    return None
-
-
-def check_name(name: Any) -> str:
-    """`name` if it is a safe plugin name, else PluginError."""
-    problem = name_problem(name)
-    if problem:
-        raise PluginError(f"Plugin {short_repr(name)}: {problem}.")
-    return name

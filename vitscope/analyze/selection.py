@@ -1,4 +1,4 @@
-"""Which images the figures show: `vitscope analyze --select ...` (issue #13 sec. 3).
+"""Which images the figures show: `vitscope analyze --select ...`.
 
     --select misclassified             prediction differs from the label
     --select correct                   prediction equals the label

@@ -33,7 +33,7 @@ DEFAULT_N = 64                      # images ensure_dump captures when no n is g
 DEFAULT_DUMP_DIR = Path("outputs/dumps")
 
 
-# Where analyze captured before 2026-12 (a hidden folder users did not find): still searched,
+# Where analyze captured in earlier versions (a hidden folder users did not find): still searched,
 # so the dumps an earlier version made keep being reused; nothing new is written there.
 LEGACY_DUMP_DIR = Path("outputs/.dumps")
 

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from vitscope.commands.common import threads_option
+from vitscope.commands.common import device_option, opt_option, threads_option
 
 DEFAULT_IMAGES = 256  # = vitscope.analyze.plan.DEFAULT_IMAGES (not imported: --help stays light)
 DEFAULT_TIMEOUT = 3600.0  # = vitscope.analyze.isolation.DEFAULT_TIMEOUT (not imported: --help stays light)
@@ -42,12 +42,10 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.analyze.isolation.DEFAULT_TIMEOUT (not im
                    "the HTML shows it).")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png",
               show_default=True, help="Static figure format.")
-@click.option("--opt", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE",
-              help="A plugin option, e.g. --opt rollout.discard_ratio=0.9 (repeatable).")
+@opt_option
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Output folder (default: outputs/<run>).")
-@click.option("--device", default="auto", show_default=True,
-              help="Device for capturing: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
+@device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward pass (default: as many as fit in 1 GiB of capture memory, "
                    "at most 64; a ViT-S/16 at 224 px with gradients gets a few).")

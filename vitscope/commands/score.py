@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from vitscope.commands.common import device_option, opt_option
+
 DEFAULT_IMAGES = 256
 
 
@@ -25,12 +27,10 @@ DEFAULT_IMAGES = 256
               show_default=True,
               help="drop: removed patch tokens leave the sequence; grey: their pixels are set to "
                    "the normalisation mean.")
-@click.option("--opt", "opts", multiple=True, metavar="PLUGIN.KEY=VALUE",
-              help="A plugin option, e.g. --opt rollout.discard_ratio=0.9 (repeatable).")
+@opt_option
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Run folder (default: outputs/<run>); the score goes to OUT/score/.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps.")
+@device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per forward pass.")
 @click.option("--seed", type=int, default=0, show_default=True,

@@ -106,6 +106,7 @@ class DumpWriter:
         for key, value in attrs.items():
             if value is not None:
                 self.f.attrs[key] = _encode(key, value)
+        self.f.require_group("acts")   # always there: a plugin may read no hook point at all
         self._datasets: dict[str, h5py.Dataset] = {}
 
     def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:

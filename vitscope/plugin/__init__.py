@@ -17,7 +17,8 @@ from vitscope.plugin.maps import (PRODUCES, RESULTS, MapSet, MaskTally, append_m
 from vitscope.plugin.masks import (HIT_COVERAGE, mask_area, mask_summary, mask_summary_from,
                                    mass_in_mask, patch_coverage, pointing)
 from vitscope.plugin.protocol import (OPTIONAL, REQUIRED, RESERVED, STATIC_FORMATS, ModelShape,
-                                      Option, Plugin, RenderOptions, member)
+                                      Option, Plugin, RenderOptions, check_name, member,
+                                      name_problem)
 from vitscope.plugin.reading import (READ_BYTES, READ_ROWS, ClassMeans, NanMean, block_index,
                                      layer_spec, n_images, read_chunks, rows_for, rows_per_read,
                                      select_layers)
@@ -26,7 +27,7 @@ from vitscope.plugin.tokens import cls_index, other_prefix, other_prefix_names, 
 __all__ = [
     # protocol
     "Plugin", "Option", "RenderOptions", "ModelShape", "member", "REQUIRED", "OPTIONAL",
-    "RESERVED", "STATIC_FORMATS",
+    "RESERVED", "STATIC_FORMATS", "name_problem", "check_name",
     # reading a dump
     "layer_spec", "select_layers", "block_index", "n_images", "rows_for", "rows_per_read",
     "read_chunks", "ClassMeans", "NanMean", "READ_BYTES", "READ_ROWS",
@@ -46,8 +47,6 @@ _MOVED = {
     "discover": "vitscope.analyze.registry", "Registry": "vitscope.analyze.registry",
     "PluginEntry": "vitscope.analyze.registry", "GROUP": "vitscope.analyze.registry",
     "AUTOLOAD_ENV": "vitscope.analyze.registry", "autoload_enabled": "vitscope.analyze.registry",
-    "name_problem": "vitscope.analyze.registry", "check_name": "vitscope.analyze.registry",
-    "NAME_RE": "vitscope.analyze.registry", "RESERVED_NAMES": "vitscope.analyze.registry",
     "guard_torch_import": "vitscope.analyze.registry",
     "TORCH_AUTOLOAD_ENV": "vitscope.analyze.registry",
     "parse_opts": "vitscope.analyze.options", "check_options": "vitscope.analyze.options",

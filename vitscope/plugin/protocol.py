@@ -21,10 +21,14 @@ vitscope.dump. Imports no torch.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from vitscope._internal.text import short_repr
+from vitscope.errors import PluginError
 
 # Keys every plugin receives in RenderOptions; declared options may not reuse them.
 RESERVED = ("static", "interactive", "format", "limit", "run_dir", "smooth")
@@ -200,3 +204,25 @@ class ModelShape:
     classes: tuple[str, ...] = ()
 
 
+# Plugin names become folder names (outputs/<run>/<name>/): a lowercase slug, so `.`, `..`,
+# paths, schemes and the run's own files can never be one.
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?")
+RESERVED_NAMES = ("index.html", "manifest.json", "plotly.min.js")
+
+
+def name_problem(name: Any) -> str | None:
+    """Why `name` cannot be a plugin name, or None when it can."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return (f"its name {short_repr(name)} is not a safe plugin name (1-64 lowercase letters, "
+                f"digits, '-', '_' or '.', starting and ending with a letter or digit)")
+    if name in RESERVED_NAMES or name.startswith(("epoch_", ".")):
+        return f"its name '{name}' is reserved for vitscope's own files in an output folder"
+    return None
+
+
+def check_name(name: Any) -> str:
+    """`name` if it is a safe plugin name, else PluginError."""
+    problem = name_problem(name)
+    if problem:
+        raise PluginError(f"Plugin {short_repr(name)}: {problem}.")
+    return name

@@ -72,7 +72,7 @@ def plugin_of(folder: str) -> str:
 
 def folder_problem(folder: Any) -> str | None:
     """Why `folder` cannot be a plugin output folder's name, or None when it can."""
-    from vitscope.analyze.registry import name_problem
+    from vitscope.plugin.protocol import name_problem
 
     if not isinstance(folder, str):
         return name_problem(folder)

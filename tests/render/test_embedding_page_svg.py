@@ -1,8 +1,8 @@
 """cls_embedding.html in a real headless Chromium WITHOUT WebGL (tests/browser.py).
 
-Issue #13 §7: the page drew its points with WebGL only (go.Scattergl), so a browser without
-WebGL showed nothing but "WebGL is not supported". Up to `webgl_above` points a panel it now
-draws SVG points, which every browser draws; beyond, it uses WebGL and says so on the page.
+A page that drew its points with WebGL only (go.Scattergl) would show a browser without
+WebGL nothing but "WebGL is not supported". Up to `webgl_above` points a panel it draws SVG
+points, which every browser draws; beyond, it uses WebGL and says so on the page.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from vitscope.plugins import BUILTINS
 from vitscope.analyze.registry import discover
 from vitscope.testing import make_dump, render_options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL, LARGE = 160, 640          # images: the memory test compares N with 4N
 FAST = {"cls-embedding": {"umap": False}}   # UMAP's own memory grows with N by its nature
 

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from vitscope.cli import main
 from vitscope.model.hooks import attach
+from vitscope.dump import Dump
 from vitscope.model.vit import ModelConfig, ViT
 from vitscope.score import faithfulness as FA
 from vitscope.score import localization as LO
@@ -47,6 +48,20 @@ MAP_PLUGINS = textwrap.dedent('''
             maps = px.reshape(n, h, px.shape[1] // h, w, px.shape[2] // w).mean((2, 4))
             return figures.save_results(out_dir, map_arrays(dump, maps))
 
+    class TiedPeaks:
+        """Two tied peaks per image: the top-left and the bottom-right patch."""
+        name = "tied-peaks"
+        requires = ()
+        produces = ("maps",)
+        def render(self, dump, out_dir, options):
+            import json
+            from vitscope.plugin import mask_numbers
+            n = len(dump) if options.limit is None else options.limit
+            maps = np.zeros((n, *dump.layout.grid), np.float32)
+            maps[:, 0, 0] = maps[:, -1, -1] = 1.0
+            (out_dir / "summary.json").write_text(json.dumps(mask_numbers(dump, maps, n)))
+            return figures.save_results(out_dir, map_arrays(dump, maps))
+
     class NoMaps:
         name = "no-maps"
         requires = ()
@@ -59,11 +74,11 @@ MAP_PLUGINS = textwrap.dedent('''
 def map_plugins(tmp_path, monkeypatch):
     import sys
 
-    from test_plugin_system import write_fake_distribution
+    from plugin_dists import write_fake_distribution
     module = "fake_map_plugins_score"
     root = write_fake_distribution(tmp_path / "site", module, {
         "grad-x-input": f"{module}:GradTimesInput", "bright-map": f"{module}:Brightness",
-        "no-maps": f"{module}:NoMaps"}, MAP_PLUGINS)
+        "tied-peaks": f"{module}:TiedPeaks", "no-maps": f"{module}:NoMaps"}, MAP_PLUGINS)
     monkeypatch.syspath_prepend(str(root))
     yield root
     sys.modules.pop(module, None)
@@ -287,3 +302,23 @@ def test_data_without_masks_skips_localisation(shapes_ckpt, tmp_path, monkeypatc
     report = json.loads((tmp_path / "outputs" / "run" / "score" / "score.json").read_text())
     assert report["baselines"]["localization"] == {} and "localization" not in report["methods"]["rollout"]
     assert not (tmp_path / "outputs" / "run" / "score" / "localization.png").exists()
+
+
+def test_pointing_game_on_tied_peaks_is_the_same_in_summary_and_score(shapes_ckpt, map_plugins,
+                                                                      tmp_path, monkeypatch):
+    """One implementation (vitscope.plugin.masks): a map with two tied peaks scores the
+    expected hit of a random pick among them, in the plugin's summary.json and in `vitscope
+    score` alike (they once disagreed: the summary took the first tied peak)."""
+    monkeypatch.chdir(tmp_path)
+    res = run("analyze", shapes_ckpt, "-p", "tied-peaks", "-n", 16, "--static")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "outputs" / "run" / "tied-peaks" / "summary.json").read_text())
+    res = run("score", shapes_ckpt, "-p", "tied-peaks", "-n", 16, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "outputs" / "run" / "score" / "score.json").read_text())
+    scored = report["methods"]["tied-peaks"]["localization"]["pointing"]["mean"]
+    with Dump.open(next((tmp_path / "outputs" / "dumps").glob("*.h5"))) as dump:
+        cov = LO.patch_coverage(np.asarray(dump.masks[:16]), dump.layout.grid)
+    hit = cov.reshape(16, -1)[:, [0, -1]] >= 0.5                      # the two peaks
+    assert summary["pointing_game"] == pytest.approx(hit.mean(), abs=1e-4)
+    assert scored == pytest.approx(summary["pointing_game"], abs=1e-4)

@@ -1,4 +1,4 @@
-"""Issue #13 sec. 2: a folder meant for analysis is analysed whole (no val carve-out), files
+"""A folder meant for analysis is analysed whole (no val carve-out), files
 named by class are labelled with the model's classes, and file names reach the dump, the
 captions and the hovers. Real tiny ViT, real image files, real CLI, real HDF5 and HTML."""
 from __future__ import annotations

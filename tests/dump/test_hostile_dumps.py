@@ -1,7 +1,7 @@
 """Fault suite, dumps: malformed and hostile HDF5 files built here, read by `vitscope dump info`
 and `vitscope analyze --dump`. One validated reading (vitscope.dump.check, run by Dump.open)
 gives each "FILE is not a valid vitscope dump: REASON" before any data is read, and never
-lets a dump read a file outside itself (issue #16 §2) or pass off garbage numbers (§6)."""
+lets a dump read a file outside itself or pass off garbage numbers."""
 from __future__ import annotations
 
 import json
@@ -99,8 +99,9 @@ def nan_attention(f, made):
     ds[:] = a
 
 
-# (id, edit of a copy of the single dump, words of the one error line). The first 8 are the
-# issue's tracebacks (each met in `dump info` and `analyze --dump`), then #16 §2 and §6.
+# (id, edit of a copy of the single dump, words of the one error line). The first 8 once
+# ended in tracebacks (in `dump info` and `analyze --dump`), then links outside the file and
+# garbage numbers.
 CASES = [
     ("integer-class-names", set_attr("classes", json.dumps(list(range(10)))),
      "attribute 'classes' must be a list of strings, not [0, 1, 2"),
@@ -115,12 +116,12 @@ CASES = [
      "attribute 'merged_from' is not valid JSON"),
     ("json-too-big", set_attr("model_config", json.dumps({"x": "y" * (9 << 20)})),
      "attribute 'model_config' is 9,437,193 bytes, more than the 8,388,608 allowed"),
-    # #16 §2: a dump must never read a file outside itself
+    # a dump must never read a file outside itself
     ("external-raw-storage", external_storage, "stores dataset /images in the external file(s)"),
     ("external-link", external_link, "external link /acts/cls to"),
     ("external-link-to-a-group", external_group_link, "external link /extra to"),
     ("virtual-dataset-not-merged", virtual_outside, "virtual dataset /images (reading"),
-    # #16 §6: numbers that would render "ok" with garbage in them
+    # numbers that would render "ok" with garbage in them
     ("attention-nan", nan_attention, "attention /acts/blocks.1.attn.weights holds NaN"),
     ("attention-zero", scale_attention(0), "attention /acts/blocks.0.attn.weights is not softmax"),
     ("attention-not-normalised", scale_attention(2), "sums to 2 instead of 1 in image"),

@@ -59,7 +59,7 @@ CASES = [
     ("tc-seed-str", train_config("seed", "x"), "train_config['seed'] ('x'"),
     ("tc-seed-negative", train_config("seed", -1), "train_config['seed'] (-1"),
     ("tc-val-split", train_config("val_split", 1.5), "train_config['val_split'] (1.5"),
-    # issue #16 §6: numbers that silently turn every output into NaN
+    # numbers that silently turn every output into NaN
     ("nan-weight", nan_weight, "non-finite weights (NaN or infinite values in blocks.1.attn.qkv.weight)"),
     ("inf-weight", inf_weight, "non-finite weights (NaN or infinite values in head.bias)"),
     ("nan-std", nan_std, "train_config['normalize'] (std [nan, 0.25, 0.3] is not finite)"),

@@ -147,7 +147,7 @@ def test_fields_of_the_wrong_type_are_one_error(tmp_path, tiny_ckpt, key, value,
     path = tmp_path / "edited.pt"
     torch.save(raw, path)
     assert fragment in err(path)
-    res = CliRunner().invoke(main, ["info", str(path)])  # what the audit ran into: a TypeError
+    res = CliRunner().invoke(main, ["info", str(path)])  # once a TypeError
     assert res.exit_code == 1 and res.output.startswith("Error:") and fragment in res.output
 
 

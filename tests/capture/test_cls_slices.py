@@ -1,4 +1,4 @@
-"""CLS slices of the attention (#11 §4): `blocks.{i}.attn.weights.cls_row` / `.cls_col` are
+"""CLS slices of the attention: `blocks.{i}.attn.weights.cls_row` / `.cls_col` are
 hook points of their own (N×H×T), stored at 2/T of the full weights, served by a dump of the
 full weights too; cls-heatmap asks for nothing more."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue #13 sec. 6 and 9: what a new user reads — `vitscope info` names the training data and
+"""What a new user reads — `vitscope info` names the training data and
 recipe with honest numbers, `--images`/`--limit` mean the same on dump and analyze, and
 analyze says which plugin is rendering. Real checkpoints, real CLI."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Two settings of one plugin side by side in one run folder (#13 §4): each non-default
+"""Two settings of one plugin side by side in one run folder: each non-default
 setting renders into `<plugin>@key=value,...`, index.html and manifest.json name it."""
 from __future__ import annotations
 

@@ -238,3 +238,25 @@ def test_merge_refuses_to_write_over_one_of_its_shards(tmp_path, loaded, shapes1
     with pytest.raises(DumpError, match="is one of the shard files being merged"):
         merge(shards, shards[0], force=True)
     assert shards[0].read_bytes() == before
+
+
+def test_version1_dump_still_opens_and_renders(tmp_path):
+    """A dump written before version 2 (integer sizes, no prefix kinds) keeps working."""
+    import json
+
+    import h5py
+
+    from vitscope.analyze.registry import discover
+    from vitscope.analyze.run import render_plugins
+    from vitscope.testing import make_dump
+
+    path = make_dump(tmp_path / "v1.h5", hooks=["blocks.*.attn.weights", "cls"])
+    with h5py.File(path, "r+") as f:
+        f.attrs["version"] = 1
+        f.attrs["token_layout"] = json.dumps({"num_prefix_tokens": 1, "grid": [4, 4],
+                                              "patch_size": 4, "image_size": 16})
+    with Dump.open(path) as dump:
+        assert dump.layout.prefix == (("cls", 1),) and dump.layout.image_size == (16, 16)
+    results = render_plugins(path, discover(autoload=False).select(["rollout"]), tmp_path / "out",
+                             interactive=False)
+    assert results[0].ok, results[0].error

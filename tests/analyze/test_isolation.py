@@ -315,7 +315,7 @@ def test_lingering_children_and_threads_are_stopped(evil, small_dump, tmp_path, 
 
 
 def test_a_failed_rerun_keeps_the_earlier_figures(evil, small_dump, tmp_path, monkeypatch):
-    """Render into a temporary folder, replace the old one only on success (#13 §4 too)."""
+    """Render into a temporary folder, replace the old one only on success."""
     dump_path, _ = small_dump
     out = tmp_path / "out"
     res = run("analyze", "--dump", dump_path, "-p", "flaky", "-p", "rollout", "--static",

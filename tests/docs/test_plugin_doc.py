@@ -1,4 +1,4 @@
-"""Doc test: docs/plugins.md, "Writing a plugin", followed to the letter (issue #13 §8).
+"""Doc test: docs/plugins.md, "Writing a plugin", followed to the letter.
 
 The section's code blocks that start with a file-name comment (`# my_plugin.py`,
 `# pyproject.toml`, `# test_my_plugin.py`) are written into a new folder, exactly as a reader
@@ -28,7 +28,7 @@ from vitscope.testing import make_dump
 
 pytestmark = [pytest.mark.docs, pytest.mark.slow]
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 SECTION = "Writing a plugin"
 # A block is a file when its first line names one: "# my_plugin.py", "# pyproject.toml".
 FILE_COMMENT = re.compile(r"#\s*([\w.-]+\.(?:py|toml|cfg))\b")

@@ -9,7 +9,6 @@ import configparser
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,81 +17,12 @@ from click.testing import CliRunner
 from vitscope.cli import main
 from vitscope.errors import PluginError
 from vitscope.plugin import Option
+from plugin_dists import FAKE_ENTRY_POINTS, write_fake_distribution
 from vitscope.analyze.registry import AUTOLOAD_ENV, discover
 from vitscope.plugins import BUILTINS
 from vitscope.analyze.options import parse_opts
 
-ROOT = Path(__file__).resolve().parents[1]
-
-FAKE_MODULE = textwrap.dedent('''
-    from pathlib import Path
-    from vitscope.plugin import Option
-
-    class Good:
-        """A working third-party plugin."""
-        name = "fake-good"
-        requires = ("blocks.*.attn.weights",)
-        options = (Option("level", int, 1, "how much", min=0, max=5),)
-        def render(self, dump, out_dir, options):
-            p = Path(out_dir) / "good.txt"
-            p.write_text(f"{len(dump)} images, level {options.level}")
-            return [p]
-
-    class NoRender:
-        name = "fake-no-render"
-        requires = ()
-
-    class BadSignature:
-        name = "fake-bad-signature"
-        requires = ()
-        def render(self, dump):
-            return []
-
-    class Explodes:
-        name = "fake-explodes"
-        requires = ("blocks.*.attn.weights",)
-        def render(self, dump, out_dir, options):
-            raise RuntimeError("kaboom")
-
-    class NeedsMissing:
-        name = "fake-needs-missing"
-        requires = ("blocks.*.mlp.gate",)        # no ViT hook point has this name
-        def render(self, dump, out_dir, options):
-            raise AssertionError("never called: the hook points are missing")
-
-    class BadDefault:
-        name = "fake-bad-default"
-        requires = ()
-        options = (Option("ratio", float, 2.0, "a fraction", max=1.0),)
-        def render(self, dump, out_dir, options):
-            return []
-''')
-
-FAKE_ENTRY_POINTS = {
-    "fake-good": "{mod}:Good",
-    "fake-no-render": "{mod}:NoRender",
-    "fake-bad-signature": "{mod}:BadSignature",
-    "fake-explodes": "{mod}:Explodes",
-    "fake-bad-default": "{mod}:BadDefault",
-    "fake-needs-missing": "{mod}:NeedsMissing",
-    "fake-import-error": "fake_module_that_does_not_exist_xyz:Plugin",
-    "rollout": "{mod}:Good",   # a name clash with a built-in
-}
-
-
-def write_fake_distribution(root: Path, module: str, entry_points: dict[str, str],
-                            source: str = FAKE_MODULE) -> Path:
-    """A real installed distribution `fake-vitscope-plugins` under root (add root to sys.path)
-    whose module `module` holds `source`."""
-    info = root / "fake_vitscope_plugins-0.3.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-vitscope-plugins\n"
-                                   "Version: 0.3\n")
-    lines = [f"{name} = {value.format(mod=module)}" for name, value in entry_points.items()]
-    (info / "entry_points.txt").write_text("[vitscope.plugins]\n" + "\n".join(lines) + "\n")
-    (root / f"{module}.py").write_text(source)
-    return root
-
+ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def fake_plugins(tmp_path, monkeypatch, request):

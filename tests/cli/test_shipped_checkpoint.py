@@ -11,7 +11,7 @@ import pytest
 
 from vitscope.model.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CKPT = ROOT / "examples" / "checkpoints" / "vit-cifar10.pt"
 IMAGES = sorted((ROOT / "examples" / "images").glob("*.jpg"))
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -51,7 +51,7 @@ def test_analyze_all_on_the_sample_images_offline(tmp_path):
     for plugin in ("token-attention", "cls-heatmap", "rollout", "cls-embedding", "norm-activations"):
         assert plugin in index
         assert any((tmp_path / "out" / plugin).glob("*.png")), plugin
-    # Issue #13 sec. 2: the demo is labelled and whole (no val carve-out), with file names.
+    # the demo is labelled and whole (no val carve-out), with file names.
     summary = json.loads((tmp_path / "out" / "cls-embedding" / "summary.json").read_text())
     assert summary.get("images") == len(IMAGES), summary
     assert summary["coloured_by"] == "label" and summary["silhouette_head"] is not None

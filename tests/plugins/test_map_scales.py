@@ -1,4 +1,4 @@
-"""Issue #13 sec. 5: maps are drawn as their patch grid unless --smooth, token-attention prints
+"""Maps are drawn as their patch grid unless --smooth, token-attention prints
 each tile's maximum or draws one shared scale with a real-valued colourbar, and the HTML
 sliders carry a colourbar in real values. Real dump, real CLI, real PNG and HTML."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Figure audit fixes, checked on real renders: GIF headers wrap inside the frame with the
+"""Figure layout, checked on real renders: GIF headers wrap inside the frame with the
 changing part first, LayerNorm histograms keep the outliers, summary.json is strict JSON
 (null for NaN), and cls-embedding computes no silhouette without labels."""
 from __future__ import annotations

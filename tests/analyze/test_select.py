@@ -1,4 +1,4 @@
-"""Issue #13 sec. 3: `vitscope analyze CKPT --image FILE` explains one image with every plugin
+"""`vitscope analyze CKPT --image FILE` explains one image with every plugin
 that fits it, and `--select` chooses which images the figures show (misclassified, correct,
 a class, positions, file names). Real tiny ViT, real files, real CLI, real dumps and figures."""
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_bad_selections_fail_before_any_work(setup):
 
 
 def test_bad_layer_or_token_options_leave_earlier_figures_alone(setup):
-    """Issue #13 sec. 4: ranges are checked against the model before the output folder is
+    """Ranges are checked against the model before the output folder is
     touched (from the checkpoint, or from the dump with --dump)."""
     tmp, ckpt, folder = setup
     out = tmp / "out"

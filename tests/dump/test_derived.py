@@ -22,7 +22,7 @@ from vitscope.dump import Dump, merge
 from vitscope.errors import DumpError
 from vitscope.model.vit import HookedLayerNorm, ModelConfig, ViT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NORMS = ["blocks.0.norm1.out", "blocks.0.norm2.out", "blocks.1.norm1.out", "blocks.1.norm2.out",
          "norm.out"]
 

@@ -64,7 +64,7 @@ def test_analyze_all_then_reuse_the_dump_without_running_the_model(shapes_ckpt, 
 
 
 def test_one_failing_plugin_does_not_stop_the_others(small_dump, tmp_path, monkeypatch):
-    from test_plugin_system import FAKE_ENTRY_POINTS, write_fake_distribution
+    from plugin_dists import FAKE_ENTRY_POINTS, write_fake_distribution
     root = write_fake_distribution(tmp_path / "site", "fake_analyze_plugins", FAKE_ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(root))
     dump_path, ckpt = small_dump
@@ -119,9 +119,9 @@ def _section(index: str, name: str) -> str:
 
 def test_ok_says_which_figures_asked_for_a_plugin_did_not_write(small_dump, tmp_path,
                                                                  monkeypatch):
-    """#13 §8: a plugin with no HTML output, run with --interactive (or the default), is not
+    """A plugin with no HTML output, run with --interactive (or the default), is not
     a plain "ok"; one that writes only results is fine where no figure is asked for (score)."""
-    from test_plugin_system import write_fake_distribution
+    from plugin_dists import write_fake_distribution
 
     from vitscope.analyze.run import render_plugin
     from vitscope.analyze.registry import discover
@@ -171,7 +171,7 @@ def test_ok_says_which_figures_asked_for_a_plugin_did_not_write(small_dump, tmp_
 
 def test_a_plugin_needing_hooks_the_model_lacks_fails_alone(shapes_ckpt, in_tmp, monkeypatch,
                                                              tmp_path):
-    from test_plugin_system import FAKE_ENTRY_POINTS, write_fake_distribution
+    from plugin_dists import FAKE_ENTRY_POINTS, write_fake_distribution
     root = write_fake_distribution(tmp_path / "site", "fake_missing_hooks", FAKE_ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(root))
     try:

@@ -1,4 +1,0 @@
-"""Loaders behind `vitscope.data.load_dataset`, one module per kind of `--data` spec.
-
-Import `vitscope.data` (the public facade), not these modules.
-"""
