@@ -2,7 +2,7 @@
 
 They register through the `vitscope.plugins` entry-point group in setup.cfg, exactly as a
 third-party plugin does, and import only what a third-party plugin may: vitscope.dump,
-vitscope.plugin, vitscope.render, vitscope.errors and vitscope.testing. This file imports
+vitscope.plugin, vitscope.methods, vitscope.render, vitscope.errors and vitscope.testing. This file imports
 nothing, so the host can name the built-ins without loading them.
 """
 # The built-ins, as declared in setup.cfg (a test checks that the two agree). Used when

@@ -22,12 +22,6 @@ from vitscope.render import mosaic as M
 DIRECTIONS = ("CLS → patches", "patches → CLS")
 
 
-def cls_maps(attn: np.ndarray, prefix: int, cls: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """N×H×T×T -> (CLS→patches N×H×P, patches→CLS N×H×P); `cls` is the CLS token's index
-    and `prefix` the number of tokens before the patches (dump.layout)."""
-    return attn[:, :, cls, prefix:], attn[:, :, prefix:, cls]
-
-
 def read_cls_maps(dump, names, start: int, stop: int, layout,
                   cls: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """CLS→patches and patches→CLS of images start..stop, every layer in `names`:

@@ -20,20 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.errors import PluginError
+from vitscope.methods import gradcam
 from vitscope.plugin import MaskTally, Option, append_maps, block_index, n_images, rows_for, to_grid
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
 
 POINT = "norm1.out"   # pytorch-grad-cam's target layer for ViTs: blocks[-1].norm1 (its output)
-
-
-def gradcam(acts: np.ndarray, grads: np.ndarray, num_prefix_tokens: int = 1) -> np.ndarray:
-    """N×T×D activations and gradients -> N×P Grad-CAM over the patch tokens."""
-    a = np.asarray(acts, np.float32)[:, num_prefix_tokens:]
-    g = np.asarray(grads, np.float32)[:, num_prefix_tokens:]
-    weights = g.mean(axis=1, keepdims=True)                       # N×1×D
-    return np.maximum((a * weights).sum(axis=-1, dtype=np.float64), 0)
 
 
 class GradCam:

@@ -17,80 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vitscope.methods import FUSIONS, attention_rollout, fuse_heads
 from vitscope.plugin import (NanMean, Option, append_maps, block_index, cls_index, mask_area,
                              mask_summary_from, mass_in_mask, n_images, other_prefix,
                              patch_coverage, pointing, prefix_note, rows_for, to_grid)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
-
-FUSIONS = ("mean", "max", "min")
-
-
-def fuse_heads(attn: np.ndarray, fusion: str) -> np.ndarray:
-    """N×H×T×T attention -> N×T×T by the mean, max or min over heads, in float32 or wider:
-    fp16 input is reduced as it is (the mean accumulates in float32), never converted whole."""
-    dtype = np.result_type(attn.dtype, np.float32)
-    if fusion == "mean":
-        return attn.mean(axis=1, dtype=dtype)
-    if fusion == "max":
-        return attn.max(axis=1).astype(dtype, copy=False)
-    if fusion == "min":
-        return attn.min(axis=1).astype(dtype, copy=False)
-    raise ValueError(f"unknown head fusion '{fusion}' (use {', '.join(FUSIONS)})")
-
-
-def discard_lowest(a: np.ndarray, ratio: float, cls: int = 0) -> np.ndarray:
-    """Zero, per image, the floor(ratio·T·(T−1)) smallest entries of N×T×T `a` outside the
-    CLS column (column `cls` is never dropped, so every token keeps its path to CLS)."""
-    n, t, _ = a.shape
-    keep = np.arange(t) != cls
-    rest = a[:, :, keep].reshape(n, -1)
-    k = int(ratio * rest.shape[1])
-    if k <= 0:
-        return a
-    # exactly k per image; ties at the threshold (common in fp16 dumps) go in row-major order
-    threshold = np.partition(rest, k - 1, axis=1)[:, k - 1:k]
-    below = rest < threshold
-    tied = rest == threshold
-    need = k - below.sum(axis=1, keepdims=True)
-    drop = below | (tied & (np.cumsum(tied, axis=1) <= need))
-    rest = np.where(drop, 0.0, rest)
-    out = a.copy()
-    out[:, :, keep] = rest.reshape(n, t, t - 1)
-    return out
-
-
-def rollout_step(attn: np.ndarray, fusion: str = "mean", discard_ratio: float = 0.0,
-                 cls: int = 0) -> np.ndarray:
-    """One layer's N×T×T rollout factor: fused, discarded, + identity, rows renormalised."""
-    # fuse from the stored precision (the H×T×T block is the big one), accumulate in float64
-    a = fuse_heads(np.asarray(attn), fusion).astype(np.float64)
-    if discard_ratio > 0:
-        a = discard_lowest(a, discard_ratio, cls)
-    a = a + np.eye(a.shape[-1])
-    return a / a.sum(axis=-1, keepdims=True)
-
-
-def attention_rollout(layers, fusion: str = "mean", discard_ratio: float = 0.0,
-                      num_prefix_tokens: int = 1, cls: int = 0,
-                      full_row: bool = False) -> tuple[np.ndarray, ...]:
-    """Rollout over a sequence of N×H×T×T attention arrays (first layer first).
-
-    Returns (final N×P, per_layer N×L×P): the CLS row (token `cls`) without prefix tokens of
-    the rollout up to the last layer, and up to each layer in turn; with `full_row`, also the
-    final N×T CLS row, prefix tokens included.
-    """
-    rollout = None
-    per_layer = []
-    for attn in layers:
-        step = rollout_step(attn, fusion, discard_ratio, cls)
-        rollout = step if rollout is None else step @ rollout  # later layers on the left
-        per_layer.append(rollout[:, cls, num_prefix_tokens:])
-    if rollout is None:
-        raise ValueError("attention rollout needs at least one layer")
-    out = (per_layer[-1], np.stack(per_layer, axis=1))
-    return (*out, rollout[:, cls]) if full_row else out
 
 
 class Rollout:

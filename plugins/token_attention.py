@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.errors import PluginError
+from vitscope.methods import query_row
 from vitscope.plugin import (Option, cls_index, layer_spec, n_images, other_prefix, prefix_note,
                              select_layers, to_grid)
 from vitscope.render import figures as F
@@ -50,11 +51,6 @@ def received_attention(dump, names, k: int, prefix: int) -> np.ndarray:
         part = dump[nm][:k, :, :, prefix:].mean(axis=(1, 2), dtype=np.float32)
         total = part if total is None else total + part
     return total / len(names)
-
-
-def query_row(attn: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """k×H×T×T attention (any float type) -> k×H×T float32: query q[i]'s row of image i."""
-    return attn[np.arange(len(q)), :, q, :].astype(np.float32)
 
 
 class TokenAttention:

@@ -11,8 +11,9 @@ from vitscope.data import load_dataset, to_model_input
 from vitscope.dump import Dump
 from vitscope.model.hooks import attach
 from vitscope.model.vit import ModelConfig, ViT
-from vitscope.plugins.grad_rollout import AttnGrad, GradRollout, attention_gradient, grad_rollout
-from vitscope.plugins.gradcam import GradCam, gradcam
+from vitscope.methods import attention_gradient, grad_rollout, gradcam
+from vitscope.plugins.grad_rollout import AttnGrad, GradRollout
+from vitscope.plugins.gradcam import GradCam
 from vitscope.testing import render_options
 
 

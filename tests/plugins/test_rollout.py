@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vitscope.plugins.rollout import FUSIONS, attention_rollout, discard_lowest
+from vitscope.methods import FUSIONS, attention_rollout, discard_lowest
 
 
 def random_attention(rng, n, heads, tokens):

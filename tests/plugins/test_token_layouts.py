@@ -107,8 +107,8 @@ def test_every_builtin_plugin_renders_on_prefix_tokens_and_a_wide_grid(prefix_du
 
 
 def test_cls_token_is_read_where_the_layout_puts_it():
-    from vitscope.plugins.cls_heatmap import cls_maps
-    from vitscope.plugins.rollout import attention_rollout, discard_lowest
+    from vitscope.methods import cls_maps
+    from vitscope.methods import attention_rollout, discard_lowest
 
     rng = np.random.default_rng(1)
     attn = rng.random((2, 3, 7, 7))

@@ -15,27 +15,29 @@ PACKAGE = ROOT / "vitscope"
 
 # Packages (and loose modules) that never import torch, not even lazily: a dump made on a GPU
 # renders on a laptop, and plugin authors' imports stay light.
-TORCH_FREE = ("vitscope/dump", "vitscope/plugin", "vitscope/render", "vitscope/names.py",
+TORCH_FREE = ("vitscope/dump", "vitscope/plugin", "vitscope/render", "vitscope/methods",
+              "vitscope/names.py",
               "vitscope/layout.py", "vitscope/errors.py", "vitscope/_internal/bounded.py",
               "vitscope/_internal/files.py", "vitscope/_internal/folders.py",
               "vitscope/_internal/text.py", "vitscope/_internal/compat.py", "plugins")
 # What a plugin may import from vitscope: exactly what a third-party plugin is told to use.
-PLUGIN_API = ("vitscope.dump", "vitscope.plugin", "vitscope.render", "vitscope.errors",
-              "vitscope.testing", "vitscope.plugins")
+PLUGIN_API = ("vitscope.dump", "vitscope.plugin", "vitscope.render", "vitscope.methods",
+              "vitscope.errors", "vitscope.testing", "vitscope.plugins")
 # Layers: a package may import the ones listed for it (and anything torch-free below them).
 LOW = ("vitscope", "vitscope.errors", "vitscope.names", "vitscope.layout", "vitscope._internal")
 MAY_IMPORT = {
     "vitscope._internal": ("vitscope", "vitscope.errors", "vitscope._internal"),
     "vitscope.dump": LOW + ("vitscope.dump",),
     "vitscope.plugin": LOW + ("vitscope.plugin",),
+    "vitscope.methods": LOW + ("vitscope.methods",),
     "vitscope.render": LOW + ("vitscope.render", "vitscope.plugin", "vitscope.plugins"),
     "vitscope.data": LOW + ("vitscope.data",),
     "vitscope.model": LOW + ("vitscope.model", "vitscope.data"),
     "vitscope.capture": LOW + ("vitscope.capture", "vitscope.model", "vitscope.data",
                                "vitscope.dump"),
 }
-STAGES = ("data", "model", "capture", "dump", "plugin", "render", "analyze", "evaluate", "score",
-          "commands", "_internal")
+STAGES = ("data", "model", "capture", "dump", "plugin", "methods", "render", "analyze", "evaluate",
+          "score", "commands", "_internal")
 
 
 def _module(path: Path) -> str:
@@ -165,8 +167,8 @@ def _reexports_only(init: Path, child: str) -> bool:
 def test_public_packages_declare_all():
     """What a plugin author imports says what it exports."""
     import importlib
-    for name in ("vitscope.dump", "vitscope.plugin", "vitscope.render", "vitscope.testing",
-                 "vitscope.errors"):
+    for name in ("vitscope.dump", "vitscope.plugin", "vitscope.render", "vitscope.methods",
+                 "vitscope.testing", "vitscope.errors"):
         module = importlib.import_module(name)
         assert isinstance(getattr(module, "__all__", None), list), name
         for member in module.__all__:
