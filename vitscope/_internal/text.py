@@ -23,3 +23,18 @@ def short_repr(value: Any, limit: int = 80) -> str:
     except Exception:
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def shown_name(name: str) -> str:
+    """A file name for display: on Linux a name is bytes, carried in Python with
+    surrogateescape (b"\\xff" is "\\udcff"); those bytes are shown escaped ("bad\\xff.png"),
+    so the text can be printed and written as UTF-8."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:   # a lone surrogate that no byte stands for
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")

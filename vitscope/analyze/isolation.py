@@ -11,7 +11,17 @@ what came back and sends plain data (file names, the error, warnings) through a 
   any other global change dies with the child; the next plugin starts clean;
 - threads and processes it leaves behind are killed with its process group (it runs in a
   session of its own, so the terminal's Ctrl-C reaches only analyze, which then stops it;
-  on Linux it also dies with its parent, however that ends).
+  on Linux it also dies with its parent, however that ends), and on Linux every process it
+  started is ended before anything is published, even one that left the group with
+  `os.setsid()` or a double fork (the child is a subreaper; vitscope._internal.sandbox);
+- it writes only into its own folder and a private temporary folder (plus the caches numba,
+  matplotlib and fontconfig keep): where the kernel has Landlock, any other write fails in
+  the plugin (the dump, another plugin's figures, index.html); everywhere, the run folder and
+  the dump are compared before and after it ran (vitscope.analyze.watch), and a change stops
+  the run with nothing published (a changed dump is renamed `*.damaged`, so it is never
+  reused);
+- links are never published: a folder holding a symbolic or hard link (to /etc/passwd, say),
+  or anything but files and folders, fails the plugin.
 
 Children are forked by multiprocessing's forkserver, a small single-threaded server started
 once per analyze with numpy, h5py, matplotlib, plotly and the built-in plugins imported:
@@ -28,8 +38,11 @@ import faulthandler
 import json
 import multiprocessing
 import os
+import shutil
 import signal
+import stat
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -40,8 +53,10 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from vitscope._internal.text import first_line
+from vitscope._internal import sandbox
+from vitscope._internal.text import first_line, shown_name
 from vitscope.analyze.staging import ERROR_LOG
+from vitscope.analyze.watch import Snapshot, identity
 from vitscope.plugins import BUILTINS
 
 DEFAULT_TIMEOUT = 3600.0     # seconds per plugin: generous; --plugin-timeout changes it
@@ -69,6 +84,9 @@ class Outcome:
     # and every later plugin would fail the same way. The WriteError message, naming
     # `shown_dir` (the plugin's final folder) and its free space.
     disk_full: str | None = None
+    # What must stop the whole run (nothing of it may be published): the plugin changed the
+    # run folder outside its own folder, or the dump changed while it read it.
+    breach: str | None = None
 
 
 def context():
@@ -96,23 +114,35 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
                shown_dir: str | Path | None = None) -> Outcome:
     """Render plugin `entry` (a loaded PluginEntry) on the dump at `dump_path` into the
     existing folder `out_dir`, in a child process; never raises for the plugin's faults.
-    `timeout` None or <= 0: no limit."""
+    `timeout` None or <= 0: no limit. The run folder is `out_dir`'s parent (staging folders
+    sit there, vitscope.analyze.staging)."""
     out_dir = Path(out_dir).absolute()
+    dump = Path(os.path.realpath(dump_path))
+    if options.get("interactive") and options.get("run_dir"):
+        _shared_assets(Path(options["run_dir"]))    # written here: the plugin may not
+    private = tempfile.mkdtemp(prefix="vitscope-plugin-")
     job = {"value": entry.value, "name": entry.name, "dump": str(Path(dump_path).absolute()),
            "out_dir": str(out_dir), "options": dict(options), "sys_path": list(sys.path),
-           "env": dict(os.environ), "cwd": os.getcwd(),
+           "env": dict(os.environ), "cwd": os.getcwd(), "tmp": private,
+           "protect": [str(out_dir.parent), str(dump)],
            "shown_dir": str(Path(shown_dir or out_dir).absolute())}
     ctx = context()
     t0 = time.perf_counter()
     reader, writer = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(job, writer), name=f"vitscope-plugin-{entry.name}")
+    before = Snapshot.take(out_dir.parent, skip=(out_dir,))
+    dump_before = identity(dump)
+    reaping = sandbox.become_subreaper()
+    known = set(sandbox.children(os.getpid()))
+    outcome = None
     try:
         try:
             with _interrupts_deferred():
                 proc.start()
         except Exception as e:   # e.g. an option value that cannot be pickled
-            return Outcome(False, error=f"could not be started in its own process "
-                                        f"({type(e).__name__}: {first_line(e)})")
+            outcome = Outcome(False, error=f"could not be started in its own process "
+                                           f"({type(e).__name__}: {first_line(e)})")
+            return outcome
         finally:
             writer.close()
         limit = timeout if timeout and timeout > 0 else None
@@ -120,23 +150,99 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
         message = _receive(reader) if reader in ready or proc.sentinel in ready else None
         if not ready:
             _dump_stack(proc)
-            _kill_group(proc)
+            _end(proc)
             logged = _headed_log(out_dir / ERROR_LOG, f"{entry.name} did not finish within its "
                                  f"time limit of {_seconds(limit)}; its threads when stopped:")
-            return Outcome(False, error=f"did not finish within the time limit of "
-                                        f"{_seconds(limit)} (raise it with --plugin-timeout)",
-                           logged=logged, seconds=time.perf_counter() - t0)
-        if message is None:
+            outcome = Outcome(False, error=f"did not finish within the time limit of "
+                                           f"{_seconds(limit)} (raise it with --plugin-timeout)",
+                              logged=logged, seconds=time.perf_counter() - t0)
+        elif message is None:
             proc.join(5)
             logged = _headed_log(out_dir / ERROR_LOG, f"{entry.name}: {_death(proc.exitcode)}")
-            return Outcome(False, error=_death(proc.exitcode), seconds=time.perf_counter() - t0,
-                           logged=logged)
-        return Outcome(bool(message["ok"]), [out_dir / f for f in message["files"]],
-                       message["error"], bool(message["logged"]), list(message["warnings"]),
-                       message["seconds"], message.get("disk_full"))
+            outcome = Outcome(False, error=_death(proc.exitcode),
+                              seconds=time.perf_counter() - t0, logged=logged)
+        else:
+            outcome = Outcome(bool(message["ok"]), [out_dir / f for f in message["files"]],
+                              message["error"], bool(message["logged"]),
+                              list(message["warnings"]), message["seconds"],
+                              message.get("disk_full"))
+        return outcome
     finally:
-        _kill_group(proc)
+        _end(proc)
+        _end_adopted(known)
+        if reaping:
+            sandbox.become_subreaper(False)
         reader.close()
+        shutil.rmtree(private, ignore_errors=True)
+        if outcome is not None:
+            outcome.breach = _breach(entry.name, out_dir, before, dump, dump_before)
+
+
+def _shared_assets(run_dir: Path) -> None:
+    """plotly.min.js in the run folder before a plugin runs: its pages link to it, and the
+    plugin's process may write only into its own folder."""
+    from vitscope.render.interactive import plotly_js
+    with contextlib.suppress(OSError):
+        plotly_js(run_dir)
+
+
+def _breach(name: str, out_dir: Path, before: Snapshot, dump: Path,
+            dump_before: tuple | None) -> str | None:
+    """The sentence that stops the run when plugin `name` changed the dump or the run folder
+    outside `out_dir` (module docstring), else None."""
+    now = identity(dump)
+    if now != dump_before:
+        if now is None or dump_before is None or now[:2] != dump_before[:2]:
+            return (f"The dump '{dump}' was replaced or removed while plugin '{name}' read it "
+                    f"(another `vitscope dump --force` into it?), so the plugins would show "
+                    f"different images; nothing was published; run the command again.")
+        damaged = dump.with_name(dump.name + ".damaged")
+        with contextlib.suppress(OSError):
+            os.replace(dump, damaged)
+        return (f"Plugin '{name}' changed the dump '{dump}' that every plugin reads (a plugin "
+                f"may only read it); nothing was published, and the dump was renamed to "
+                f"'{damaged.name}' so that no later run reuses it; report it to the plugin's "
+                f"package.")
+    changed = Snapshot.take(out_dir.parent, skip=(out_dir,)).changed_since(before)
+    if changed:
+        shown = ", ".join(shown_name(c) for c in changed[:3]) + \
+            (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        return (f"Plugin '{name}' changed {shown} in '{out_dir.parent}', outside its own "
+                f"folder (a plugin writes only into out_dir); nothing was published; report it "
+                f"to the plugin's package.")
+    return None
+
+
+def _end(proc) -> None:
+    """End the child and every process it started, wherever they went (their own session
+    included: the child is a subreaper, so its orphans are still below it)."""
+    try:
+        pid = proc.pid
+        alive = pid is not None and proc.is_alive()
+    except ValueError:   # closed by an earlier call
+        return
+    if alive:
+        sandbox.end_tree([pid])
+    _kill_group(proc)
+
+
+def _end_adopted(known: set[int]) -> None:
+    """Kill and reap the processes that became this process's children while the plugin ran
+    (orphans of a child that died before them: this process is a subreaper then), except the
+    fork server and children it had before."""
+    server = _forkserver_pid()
+    new = [p for p in sandbox.children(os.getpid()) if p not in known and p != server]
+    if new:
+        sandbox.end_tree(new)
+        sandbox.reap(2.0, new)
+
+
+def _forkserver_pid() -> int | None:
+    try:
+        from multiprocessing import forkserver
+        return getattr(forkserver._forkserver, "_forkserver_pid", None)
+    except (ImportError, AttributeError):
+        return None
 
 
 @contextlib.contextmanager
@@ -229,15 +335,21 @@ def _seconds(limit: float) -> str:
 # ------------------------------------------------------------------------------- the child
 
 def _child(job: dict[str, Any], conn) -> None:
-    """Runs in the child: set up like the parent, render, report, and leave at once."""
+    """Runs in the child: set up like the parent, walls up, render, end what it started,
+    report, and leave at once."""
     _detach()
+    sandbox.become_subreaper()
     sys.path[:] = job["sys_path"]
     os.environ.clear()
     os.environ.update(job["env"])
+    for var in ("TMPDIR", "TEMP", "TMP"):
+        os.environ[var] = job["tmp"]
+    tempfile.tempdir = job["tmp"]
     os.chdir(job["cwd"])
     out_dir = Path(job["out_dir"])
     log_path = out_dir / ERROR_LOG
     log = open(log_path, "w", encoding="utf-8")
+    _walls(job)
     if hasattr(signal, "SIGUSR1"):   # the parent asks for the stack of a hung plugin
         faulthandler.register(signal.SIGUSR1, file=log, all_threads=True)
     result = {"ok": False, "files": [], "error": None, "logged": False, "warnings": [],
@@ -254,6 +366,7 @@ def _child(job: dict[str, Any], conn) -> None:
         result["logged"] = _write_log(log)
         result["disk_full"] = _disk_full(e, job["shown_dir"])
     result["seconds"] = time.perf_counter() - t0
+    sandbox.end_descendants()   # before the parent publishes anything
     if not result["logged"]:
         with contextlib.suppress(OSError):
             log.close()
@@ -268,6 +381,32 @@ def _child(job: dict[str, Any], conn) -> None:
             except Exception:
                 pass
         os._exit(0)   # not sys.exit: threads the plugin left must not keep the child alive
+
+
+def _walls(job: dict[str, Any]) -> bool:
+    """Restrict the child's writes (module docstring) to its folder, its temporary folder and
+    the caches libraries keep; a cache folder holding the run folder or the dump is left out.
+    True where the kernel enforces it."""
+    protect = [Path(p) for p in job["protect"]]
+    caches = [Path(os.environ.get("NUMBA_CACHE_DIR") or _vitscope_cache() / "numba"),
+              Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fontconfig",
+              Path("/dev/shm")]
+    with contextlib.suppress(Exception):
+        import matplotlib
+        caches.append(Path(matplotlib.get_cachedir()))
+    folders = [Path(job["out_dir"]), Path(job["tmp"])]
+    for cache in caches:
+        if any(p == cache or p.is_relative_to(cache) for p in protect):
+            continue
+        with contextlib.suppress(OSError):
+            cache.mkdir(parents=True, exist_ok=True)
+        folders.append(cache)
+    return sandbox.restrict_writes(folders, [Path(os.devnull)])
+
+
+def _vitscope_cache() -> Path:
+    from vitscope._internal.folders import resolve_cache_dir
+    return resolve_cache_dir()
 
 
 def _render(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -323,16 +462,18 @@ def _disk_full(error: BaseException, shown_dir: str) -> str | None:
 
 def _checked_files(returned: Any, out_dir: Path) -> list[str]:
     """The files render() returned, as paths relative to out_dir; PluginError for anything
-    else (a string, a closed HDF5 object, a file elsewhere or missing)."""
+    else (a string, a closed HDF5 object, a file elsewhere or missing), and for a folder that
+    holds a link or anything but files and folders, returned or not (the whole folder is
+    published)."""
     from vitscope.errors import PluginError
     from vitscope.analyze.staging import MARKER
-    root = out_dir.resolve()
+    regular = _regular_files(out_dir)
     if returned is None:  # lenient: a plugin that forgot to return its files
-        return sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
-                      if p.is_file() and p.name not in (MARKER, ERROR_LOG))
+        return sorted(f for f in regular if f not in (MARKER, ERROR_LOG))
     if isinstance(returned, (str, bytes, os.PathLike)) or not _iterable(returned):
         raise PluginError(f"render() returned {type(returned).__name__}, not a list of paths; "
                           f"return the files it wrote.")
+    root = out_dir.resolve()
     out = []
     for item in list(returned):
         if not isinstance(item, (str, os.PathLike)):
@@ -340,14 +481,46 @@ def _checked_files(returned: Any, out_dir: Path) -> list[str]:
                               f"a path; return the paths of the files it wrote.")
         path = Path(item)
         path = path if path.is_absolute() else out_dir / path
-        if not path.is_file():
-            raise PluginError(f"render() returned a file that does not exist: {item}.")
         try:
-            out.append(path.resolve().relative_to(root).as_posix())
+            rel = Path(os.path.abspath(path)).relative_to(out_dir).as_posix()
         except ValueError:
-            raise PluginError(f"render() returned {item}, which is outside its output folder "
-                              f"{out_dir}; write every file into out_dir.") from None
+            try:
+                rel = path.resolve().relative_to(root).as_posix()
+            except ValueError:
+                raise PluginError(f"render() returned {shown_name(str(item))}, which is outside "
+                                  f"its output folder {out_dir}; write every file into "
+                                  f"out_dir.") from None
+        if rel not in regular:
+            raise PluginError(f"render() returned a file that does not exist: "
+                              f"{shown_name(str(item))}.")
+        out.append(rel)
     return list(dict.fromkeys(out))
+
+
+def _regular_files(out_dir: Path) -> set[str]:
+    """The files under out_dir (relative POSIX paths), never following a link; PluginError
+    for a link (symbolic, or a hard link to a file elsewhere) or a device, FIFO or socket."""
+    from vitscope.errors import PluginError
+    found: set[str] = set()
+    for folder, dirs, files in os.walk(out_dir):
+        for name in [*dirs, *files]:
+            full = os.path.join(folder, name)
+            rel = os.path.relpath(full, out_dir).replace(os.sep, "/")
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                raise PluginError(f"its folder holds the link {shown_name(rel)} -> "
+                                  f"{shown_name(os.readlink(full))}; a plugin writes files, and "
+                                  f"links are never published.")
+            if stat.S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    raise PluginError(f"its folder holds {shown_name(rel)}, a hard link to a "
+                                      f"file elsewhere; a plugin writes files, and links are "
+                                      f"never published.")
+                found.add(rel)
+            elif not stat.S_ISDIR(st.st_mode):
+                raise PluginError(f"its folder holds {shown_name(rel)}, which is neither a file "
+                                  f"nor a folder; only files are published.")
+    return found
 
 
 def _iterable(value: Any) -> bool:

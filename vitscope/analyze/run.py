@@ -172,6 +172,8 @@ def _render_staged(stage: Staging, entry: PluginEntry, dump_path: Path,
                          shown_dir=final)
     if outcome.disk_full:   # not the plugin's fault: the run stops, nothing is swapped in
         raise WriteError(outcome.disk_full)
+    if outcome.breach:      # the dump or the run folder changed: nothing of the run is trusted
+        raise PluginError(outcome.breach)
     result.ok, result.warnings, result.seconds = outcome.ok, outcome.warnings, outcome.seconds
     result.files = [final / f.relative_to(folder) for f in outcome.files]
     result.staged = folder

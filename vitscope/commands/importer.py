@@ -1,5 +1,10 @@
 """`vitscope import SOURCE --weights FILE -o OUT.pt`: a timm, torchvision or Hugging Face ViT as
-a vitscope checkpoint, so analyze, dump, hooks, info, predict and eval work on it unchanged."""
+a vitscope checkpoint, so analyze, dump, hooks, info, predict and eval work on it unchanged.
+
+The checkpoint is checked before it is written (vitscope.model.adapters.verify), written to a
+partial file of this process, loaded back as every other command will load it, and only then
+renamed into place, under a lock on OUT: two imports to one path never mix, a kill leaves at
+most a partial file that the next import beside it removes, SIGTERM removes it at once."""
 from __future__ import annotations
 
 import re
@@ -21,14 +26,19 @@ def parse_source(source: str) -> tuple[str, str]:
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """"224" or "224x320" (height x width)."""
+    """"224" or "224x320" (height x width), each side 1 to vitscope's MAX_IMAGE_SIZE."""
+    from vitscope.model.vit import MAX_IMAGE_SIZE
     if text is None:
         return None
-    m = re.fullmatch(r"\s*(\d+)\s*(?:[x×,]\s*(\d+))?\s*", str(text))
-    if not m or int(m.group(1)) < 1:
+    m = re.fullmatch(r"\s*(\d{1,9})\s*(?:[x×,]\s*(\d{1,9}))?\s*", str(text))
+    if not m or int(m.group(1)) < 1 or (m.group(2) and int(m.group(2)) < 1):
         raise click.BadParameter(f"expected a size such as 224 or 224x320, got {text!r}")
     h = int(m.group(1))
-    return h, int(m.group(2) or h)
+    w = int(m.group(2) or h)
+    if max(h, w) > MAX_IMAGE_SIZE:
+        raise click.BadParameter(f"{text!r} is over vitscope's limit of {MAX_IMAGE_SIZE:,} "
+                                 f"pixels a side")
+    return h, w
 
 
 def read_classes(path: str) -> list[str]:
@@ -37,7 +47,14 @@ def read_classes(path: str) -> list[str]:
     if not p.is_file():
         raise ConfigError(f"--classes '{p}' is not a file; give a text file with one class name "
                           f"per line.")
-    names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--classes '{p}' is not UTF-8 text (byte {data[e.start]:#04x} at "
+                          f"position {e.start}); save it as UTF-8, one class name per "
+                          f"line.") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise ConfigError(f"--classes '{p}' holds no class names (one per line).")
     return names
@@ -72,31 +89,70 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
     records the family and model name, the family's preprocessing (input size, resize, crop,
     mean, std), the class names and the weights. Nothing is downloaded.
     """
-    import importlib
-
-    from vitscope.model.adapters import FAMILIES
-    from vitscope.capture import file_sha256
-    from vitscope.model.checkpoint import save_checkpoint
+    from vitscope._internal.folders import make_output_dir, remove_empty
+    from vitscope._internal.locks import hold
+    from vitscope._internal.signals import terminate_as_exception
     from vitscope.errors import ConfigError
 
     family, name = parse_source(source)
     out = Path(output)
+    size = parse_size(image_size)
+    classes = read_classes(classes_file) if classes_file else None
     if out.exists() and not force:
         raise ConfigError(f"'{out}' already exists; pass --force to overwrite it or choose "
                           f"another path with -o.")
-    size = parse_size(image_size)
+    created = make_output_dir(out.parent, ConfigError, "choose another path with -o")
+    try:
+        with terminate_as_exception(), hold(out.parent / f".{out.name}.lock", out, ConfigError,
+                                            hint="wait for that import to finish or choose "
+                                                 "another path with -o"):
+            if out.exists() and not force:
+                raise ConfigError(f"'{out}' already exists; pass --force to overwrite it or "
+                                  f"choose another path with -o.")
+            model, imported, classes = _import(family, name, source, weights, size, classes,
+                                               classes_file, out, force)
+    except BaseException:
+        remove_empty(created)
+        raise
+    cfg, pp = model.cfg, imported.preprocess
+    used = getattr(model, "source_weights", None) or (Path(weights) if weights else None)
+    layout = model.token_layout
+    click.echo(f"Wrote {out}: {family} {cfg.name}, {sum(p.numel() for p in model.parameters()):,} "
+               f"parameters, {layout.describe()}; input {pp.describe()}, mean "
+               f"{[round(m, 3) for m in imported.mean]}, std {[round(s, 3) for s in imported.std]}; "
+               f"{len(classes) or 'no'} class names" +
+               ("" if cfg.num_classes else " (a feature model: no classifier head)") + ".")
+    if used is None:
+        click.secho(f"WARNING: {cfg.name} has RANDOM weights (no --weights given): every figure "
+                    f"and score of this checkpoint describes an untrained model. The checkpoint "
+                    f"records it (train_config.random_weights).", err=True, fg="red", bold=True)
+
+
+def _import(family, name, source, weights, size, classes, classes_file, out, force):
+    """Build the model, check it, write the checkpoint whole (module docstring)."""
+    import importlib
+
+    from vitscope._internal.files import partial_path, publish
+    from vitscope.capture import file_sha256
+    from vitscope.errors import CheckpointError, ConfigError
+    from vitscope.model.adapters import FAMILIES
+    from vitscope.model.adapters.hf_folder import offline
+    from vitscope.model.adapters.verify import verify
+    from vitscope.model.checkpoint import load_checkpoint, save_checkpoint
+
     module = importlib.import_module(FAMILIES[family][0])
-    imported = module.import_source(name, Path(weights) if weights else None, size)
+    with offline():   # nothing is downloaded, whatever a folder or a library asks for
+        imported = module.import_source(name, Path(weights) if weights else None, size)
     model = imported.model
+    verify(imported, f"{family}:{name}")
     used = getattr(model, "source_weights", None) or (Path(weights) if weights else None)
     cfg = model.cfg
-    if classes_file:
+    if classes is not None:
         if not cfg.num_classes:
             raise ConfigError(f"{cfg.name} has no classifier head (a feature model), so there "
                               f"are no outputs for --classes '{classes_file}' to name; leave "
                               f"--classes out.")
-        classes = read_classes(classes_file)
-        if cfg.num_classes and len(classes) != cfg.num_classes:
+        if len(classes) != cfg.num_classes:
             raise ConfigError(f"--classes '{classes_file}' names {len(classes)} classes but the "
                               f"model has {cfg.num_classes} outputs.")
     elif imported.classes:
@@ -116,15 +172,20 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
     }
     if pp.crop[0] == pp.crop[1]:     # train_config.image_size is one side (preprocess has both)
         train_config["image_size"] = int(pp.crop[0])
-    save_checkpoint(out, model, model_config=cfg, arch=family, classes=classes,
-                    train_config=train_config)
-    layout = model.token_layout
-    click.echo(f"Wrote {out}: {family} {cfg.name}, {sum(p.numel() for p in model.parameters()):,} "
-               f"parameters, {layout.describe()}; input {pp.describe()}, mean "
-               f"{[round(m, 3) for m in imported.mean]}, std {[round(s, 3) for s in imported.std]}; "
-               f"{len(classes) or 'no'} class names" +
-               ("" if cfg.num_classes else " (a feature model: no classifier head)") + ".")
-    if used is None:
-        click.secho(f"WARNING: {cfg.name} has RANDOM weights (no --weights given): every figure "
-                    f"and score of this checkpoint describes an untrained model. The checkpoint "
-                    f"records it (train_config.random_weights).", err=True, fg="red", bold=True)
+    partial = partial_path(out)
+    try:
+        save_checkpoint(partial, model, model_config=cfg, arch=family, classes=classes,
+                        train_config=train_config)
+        try:     # what every other command does with the file, before it is published
+            load_checkpoint(partial).build_model()
+        except CheckpointError as e:
+            reason = str(e).replace(f"'{partial}'", "the checkpoint")
+            raise ConfigError(f"{source} cannot be imported: {reason[0].lower()}{reason[1:]}") \
+                from None
+        publish(partial, out, force=force, error=ConfigError,
+                hint="pass --force to overwrite it or choose another path with -o")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return model, imported, classes
+

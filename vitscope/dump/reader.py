@@ -106,13 +106,15 @@ class Dump:
             raise
 
     def __getitem__(self, hook: str) -> h5py.Dataset:
+        """The dataset of a hook point (or `grad:<hook>`), read lazily; every read is checked
+        for NaN and infinity (vitscope.dump.finite: DumpError naming the images)."""
         if is_grad(hook):
             name = hook[len(GRAD_PREFIX):]
             if name not in self.grad_hooks:
                 raise DumpError(f"'{self.path}' holds no gradient of '{name}'; it holds gradients "
                                 f"of: {summarize_names(self.grad_hooks) or 'none'} (capture them "
                                 f"with `vitscope dump --hooks 'grad:{name}' --target ...`).")
-            return self._f["grads"][name]
+            return self._checked(self._f["grads"][name], hook)
         if hook in self.derived and hook not in self._f["acts"]:
             return self._derived_dataset(hook)
         if hook in self.sliced:
@@ -123,7 +125,12 @@ class Dump:
             raise DumpError(f"'{self.path}' holds no hook '{hook}'; it holds: "
                             f"{summarize_names(self.hooks) or 'none'} (capture more with "
                             f"`vitscope dump --hooks`).")
-        return self._f["acts"][hook]
+        return self._checked(self._f["acts"][hook], hook)
+
+    def _checked(self, dataset: h5py.Dataset, hook: str) -> h5py.Dataset:
+        from vitscope.dump.finite import CheckedDataset, describe_images
+        return CheckedDataset(dataset, hook, self.path,
+                              lambda rows: describe_images(self.paths, len(self))(rows))
 
     def __contains__(self, hook: str) -> bool:
         if is_grad(hook):
@@ -142,7 +149,7 @@ class Dump:
                                            for k in ("weight", "bias") if k in group}},
                                group.attrs)
             params, attrs = cache[hook]
-            source = self._f["acts"][spec["source"]]
+            source = self._checked(self._f["acts"][spec["source"]], spec["source"])
             if len(source.shape) < 2 or any(
                     params[k].shape != source.shape[-1:] for k in ("weight", "bias") if k in params):
                 raise ValueError(f"parameters do not fit the source's shape {source.shape}")

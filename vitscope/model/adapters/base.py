@@ -12,10 +12,12 @@ module does it its own way: timm `fused_attn`, torchvision/transformers an expli
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,21 @@ def require(package: str, family: str):
         cmd = f"pip install 'vitscope[{extra}]'" if extra else f"pip install {package}"
         raise MissingExtra(f"{family} models need the {package} package, which is not "
                            f"installed; run `{cmd}`.") from None
+
+
+@contextlib.contextmanager
+def building(family: str, name: str, kwargs: dict[str, Any]) -> Iterator[None]:
+    """A family's constructor refusing the model or a size (an image size its patches do not
+    divide, an option the model lacks) as one ConfigError sentence instead of its assert."""
+    try:
+        yield
+    except VitscopeError:
+        raise
+    except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as e:
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"{family} cannot build '{name}'{f' with {given}' if given else ''} "
+                          f"({reason}); choose a size and options the model supports.") from None
 
 
 @dataclass

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, require, route_input, \
-    route_output
+from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, building, require, \
+    route_input, route_output
 from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
 
@@ -35,7 +35,9 @@ class TimmConfig(ForeignConfig):
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"timm has no model '{name}'.{hint} (`timm.list_models('vit_*')` "
                               f"lists them.)")
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        with building("timm", name, kwargs):
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        _check_supported(model, name)
         h, w = model.patch_embed.img_size
         return cls(name=name, kwargs=dict(kwargs), image_size=[int(h), int(w)],
                    num_classes=int(model.num_classes))

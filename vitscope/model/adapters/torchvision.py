@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, heads, merge_heads, require, \
-    route_input, route_output, scaled
+from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, building, heads, \
+    merge_heads, require, route_input, route_output, scaled
 from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
 
@@ -43,7 +43,8 @@ class TorchvisionConfig(ForeignConfig):
 
 def _build(name: str, kwargs: dict) -> nn.Module:
     models = require("torchvision.models", "torchvision")
-    return models.get_model(name, weights=None, **kwargs)
+    with building("torchvision", name, kwargs):
+        return models.get_model(name, weights=None, **kwargs)
 
 
 class _Points:

@@ -23,9 +23,9 @@ from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, re
     route_output, scaled
 from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
+from vitscope.model.adapters.hf_folder import ATTENTION_KEYS, MODEL_TYPES, check_sizes
 
 ATTENTION = "vitscope_eager"
-MODEL_TYPES = ("vit", "deit", "dinov2", "dinov2_with_registers")
 
 
 @dataclass
@@ -52,13 +52,18 @@ class HFConfig(ForeignConfig):
 
 
 def _config(kwargs: dict):
+    """The transformers config of `kwargs`, its sizes checked first (a checkpoint is data
+    from anywhere) and its attention vitscope's choice, never one named in the file."""
     transformers = require("transformers", "Hugging Face")
-    kwargs = dict(kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ATTENTION_KEYS}
     model_type = kwargs.pop("model_type", "vit")
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"Hugging Face model type '{model_type}' is not one vitscope adapts "
                           f"(it adapts {', '.join(MODEL_TYPES)}).")
-    return transformers.AutoConfig.for_model(model_type, **kwargs)
+    check_sizes(kwargs, "The Hugging Face model config")
+    config = transformers.AutoConfig.for_model(model_type, **kwargs)
+    config._attn_implementation = "sdpa"
+    return config
 
 
 def _model_class(name: str, config):
@@ -215,37 +220,47 @@ DEFAULT_PROCESSORS = {
 
 def import_source(folder: str, weights=None, image_size=None) -> Imported:
     """hf:DIR (a folder saved by `save_pretrained`) -> the model with the folder's weights
-    (or --weights, or random), its image processor's resize/crop/mean/std, id2label names."""
+    (or --weights, or random), its image processor's resize/crop/mean/std, id2label names.
+    The folder is read as data and checked first (vitscope.model.adapters.hf_folder): no code
+    from it runs and nothing is downloaded."""
     from pathlib import Path
 
+    from vitscope.model.adapters import hf_folder
     from vitscope.model.adapters.weights import load_into, read_weights
     from vitscope.errors import CheckpointError
     transformers = require("transformers", "Hugging Face")
     root = Path(folder)
-    if not (root / "config.json").is_file():
+    if not (root / "config.json").exists():
         raise CheckpointError(f"'{root}' is not a saved Hugging Face model folder (no "
                               f"config.json); save one with model.save_pretrained(DIR).")
-    config = transformers.AutoConfig.from_pretrained(str(root), local_files_only=True)
-    if config.model_type not in MODEL_TYPES:
-        raise ConfigError(f"'{root}' holds a '{config.model_type}' model; vitscope's Hugging "
-                          f"Face adapter reads {', '.join(MODEL_TYPES)}.")
+    settings = hf_folder.read_config(root)
     if image_size is not None:
-        config.image_size = list(image_size) if image_size[0] != image_size[1] else image_size[0]
-    names = list(getattr(config, "architectures", None) or [])
-    model_cls = _model_class(names[0] if names else "ViTModel", config)
-    files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin"))
-    if weights is None and files:
-        for f in files:   # one sentence for a hostile file, before transformers reads it
-            read_weights(f)
-        model = model_cls.from_pretrained(str(root), local_files_only=True,
-                                          attn_implementation="sdpa")
-        weights = files[0]
-    else:
-        model = model_cls(config)
-        if weights is not None:
-            load_into(model, read_weights(weights), weights, f"the {model_cls.__name__} of {root}")
+        settings["image_size"] = list(image_size) if image_size[0] != image_size[1] \
+            else image_size[0]
+        hf_folder.check_sizes(settings, f"'{root / 'config.json'}' at --image-size "
+                                        f"{image_size[0]}x{image_size[1]}")
+    model_type = settings.pop("model_type")
+    processor = hf_folder.read_processor(root)
+    files = hf_folder.weight_files(root)
+    with hf_folder.offline():
+        config = transformers.AutoConfig.for_model(model_type, **settings)
+        config._attn_implementation = "sdpa"
+        names = list(getattr(config, "architectures", None) or [])
+        model_cls = _model_class(names[0] if names else "ViTModel", config)
+        if weights is None and files:
+            for f in files:   # one sentence for a hostile file, before transformers reads it
+                read_weights(f)
+            model = model_cls.from_pretrained(str(root), config=config, local_files_only=True,
+                                              trust_remote_code=False,
+                                              attn_implementation="sdpa")
+            weights = files[0]
+        else:
+            model = model_cls(config)
+            if weights is not None:
+                load_into(model, read_weights(weights), weights,
+                          f"the {model_cls.__name__} of {root}")
     adapted = HFViT(HFConfig.from_model(model), model.eval())
-    pp, mean, std = _processor(root, config.model_type, adapted.cfg.image_size)
+    pp, mean, std = _processor(root, model_type, adapted.cfg.image_size, processor)
     labels = getattr(config, "id2label", None) or {}
     classes = [str(labels[i]) for i in sorted(labels)] if labels else None
     if classes and (all(c == f"LABEL_{i}" for i, c in enumerate(classes))
@@ -255,16 +270,14 @@ def import_source(folder: str, weights=None, image_size=None) -> Imported:
     return Imported(adapted, pp, mean, std, classes)
 
 
-def _processor(root, model_type: str, size) -> tuple:
-    """The folder's preprocessor_config.json (or the type's default) as (Preprocess, mean, std),
-    scaled to the model's input size when the two differ."""
-    import json
-
+def _processor(root, model_type: str, size, checked: dict | None = None) -> tuple:
+    """The folder's preprocessor_config.json, as hf_folder.read_processor checked it (or the
+    type's default), as (Preprocess, mean, std), scaled to the model's input size when the
+    two differ."""
     from vitscope.data.images import Preprocess
-    path = root / "preprocessor_config.json"
     base = "dinov2" if model_type.startswith("dinov2") else model_type
     default = DEFAULT_PROCESSORS.get(base, DEFAULT_PROCESSORS["vit"])
-    cfg = json.loads(path.read_text()) if path.is_file() else default
+    cfg = checked if checked is not None else default
     h, w = size
     interp = RESAMPLE.get(int(cfg.get("resample", 2)), "bilinear")
     s = cfg.get("size") or {"height": h, "width": w}
