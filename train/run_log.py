@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from vitscope.errors import ConfigError
+from vitscope._internal.bounded import loads_json
 from vitscope._internal.files import replacing
+
+MAX_LINE_BYTES = 1 << 20      # one epoch's metrics take a few hundred bytes
 
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
@@ -95,8 +98,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     lines: list[dict[str, Any]] = []
     if Path(path).exists():
         for text in Path(path).read_text(errors="replace").splitlines():
-            try:
-                line = json.loads(text)
+            try:   # capped: a line nested 200,000 deep is skipped, not a RecursionError
+                line = loads_json(text, "a metrics line", max_bytes=MAX_LINE_BYTES)
             except ValueError:
                 continue
             if isinstance(line, dict) and isinstance(line.get("epoch"), int):

@@ -70,6 +70,7 @@ class LazyGroup(click.Group):
 def main() -> None:
     """vitscope: train Vision Transformers, capture their activations, and look inside them."""
     warnings.formatwarning = _one_line_warning
+    _escape_unprintable_names()
     from vitscope._internal import threads
     try:
         threads.configure()   # before any command imports torch (vitscope._internal.threads says why)
@@ -80,6 +81,18 @@ def main() -> None:
         click.echo(f"Warning: '{path}' cannot be decoded, so torch's device-backend plugins are "
                    f"not loaded ({TORCH_AUTOLOAD_ENV}=0); reinstall or remove that package.",
                    err=True)
+
+
+def _escape_unprintable_names() -> None:
+    """A Linux file name is bytes; one that is not UTF-8 reaches Python as surrogateescape
+    text, which a UTF-8 terminal stream refuses ("UnicodeEncodeError" at the first message
+    naming it). Shown escaped instead: `bad\\udcff.png`."""
+    import sys
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

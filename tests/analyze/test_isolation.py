@@ -138,7 +138,7 @@ EVIL = textwrap.dedent('''
             if pid == 0:
                 time.sleep(3600)
                 os._exit(0)
-            Path(os.environ["LINGER_PID_FILE"]).write_text(str(pid))
+            (Path(out_dir) / "lingers.pid").write_text(str(pid))   # its folder: all it may write
             threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
             p = Path(out_dir) / "lingers.txt"
             p.write_text("left a child")
@@ -261,7 +261,7 @@ def test_a_plugin_cannot_break_the_next_one_or_the_run_folder(evil, small_dump, 
     good = (tmp_path / out / "b-good" / "good.txt").read_text()
     assert good == f"12 images, 17 hooks, cwd {tmp_path}"   # its own dump, hooks, folder
     assert "summary.json holds a JSON list" in failed["list-summary"]
-    assert "returned a Dataset among its files" in failed["returns-datasets"]
+    assert "returned a CheckedDataset among its files" in failed["returns-datasets"]
     assert "outside its output folder" in failed["elsewhere"]
     assert "Traceback" not in res.output
     index = (tmp_path / out / "index.html").read_text()
@@ -293,8 +293,7 @@ def test_hang_exit_and_sys_exit_fail_alone_with_the_index_written(evil, small_du
 
 def test_lingering_children_and_threads_are_stopped(evil, small_dump, tmp_path, monkeypatch):
     dump_path, _ = small_dump
-    pid_file = tmp_path / "grandchild.pid"
-    monkeypatch.setenv("LINGER_PID_FILE", str(pid_file))
+    pid_file = tmp_path / "out" / "lingers" / "lingers.pid"
     t0 = time.monotonic()
     res = run("analyze", "--dump", dump_path, "-p", "lingers", "-o", tmp_path / "out")
     assert res.exit_code == 0, res.output

@@ -85,11 +85,8 @@ def find_epochs_root(source: Path, out_root: Path = Path("outputs")) -> Path:
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
-    try:
-        m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        return m if isinstance(m, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    from vitscope.analyze.run import read_manifest
+    return read_manifest(folder)
 
 
 def _figures(folder: Path, plugin: str) -> list[str]:
@@ -323,6 +320,8 @@ def animate(root: Path, plugin: str, figure: str | None = None, *, run: Path | N
     frames of `plugin`'s figure under `root` written to `out_dir` (default
     root/animations). Returns (record, frames, warnings, the run folder read)."""
     from vitscope._internal.folders import output_folder
+    from vitscope._internal.locks import hold
+    from vitscope.analyze.staging import LOCK
     frames, warnings, run_dir = epoch_frames(root, plugin, figure, run)
     if not frames:
         raise AnimationError(f"None of the epochs of '{root}' has that figure of '{plugin}'; "
@@ -330,7 +329,9 @@ def animate(root: Path, plugin: str, figure: str | None = None, *, run: Path | N
     out = Path(out_dir) if out_dir else Path(root) / "animations"
     stem = Path(frames[0].path).stem
     name = stem if stem.startswith(plugin) else f"{plugin}-{stem}"
-    with output_folder(out, AnimationError, "choose a writable folder with -o"):
+    with output_folder(out, AnimationError, "choose a writable folder with -o"), \
+            hold(out / LOCK, out, AnimationError, hint="wait for it to finish or choose another "
+                                                       "folder with -o"):
         info = write_animation(frames, out, name, width=width, duration_ms=duration_ms,
                                title=f"{Path(root).resolve().name}: {plugin} · "
                                      f"{Path(frames[0].path).name} across {len(frames)} epochs")

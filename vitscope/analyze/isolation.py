@@ -34,6 +34,7 @@ environment and working folder at the time of the call, not the server's.
 from __future__ import annotations
 
 import contextlib
+import errno
 import faulthandler
 import json
 import multiprocessing
@@ -175,7 +176,12 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
         reader.close()
         shutil.rmtree(private, ignore_errors=True)
         if outcome is not None:
-            outcome.breach = _breach(entry.name, out_dir, before, dump, dump_before)
+            outcome.breach, added = _breach(entry.name, out_dir, before, dump, dump_before)
+            if added and outcome.breach is None:
+                shown = ", ".join(shown_name(a) for a in added[:3])
+                outcome.ok, outcome.files = False, []
+                outcome.error = (f"wrote {shown} outside its output folder (removed again): a "
+                                 f"plugin writes only into out_dir")
 
 
 def _shared_assets(run_dir: Path) -> None:
@@ -187,30 +193,41 @@ def _shared_assets(run_dir: Path) -> None:
 
 
 def _breach(name: str, out_dir: Path, before: Snapshot, dump: Path,
-            dump_before: tuple | None) -> str | None:
-    """The sentence that stops the run when plugin `name` changed the dump or the run folder
-    outside `out_dir` (module docstring), else None."""
+            dump_before: tuple | None) -> tuple[str | None, list[str]]:
+    """What plugin `name` did outside `out_dir` where the kernel did not stop it: (the
+    sentence that stops the run, when it changed the dump or what was in the run folder;
+    the paths it added there, which are removed again)."""
     now = identity(dump)
     if now != dump_before:
         if now is None or dump_before is None or now[:2] != dump_before[:2]:
             return (f"The dump '{dump}' was replaced or removed while plugin '{name}' read it "
                     f"(another `vitscope dump --force` into it?), so the plugins would show "
-                    f"different images; nothing was published; run the command again.")
+                    f"different images; nothing was published; run the command again."), []
         damaged = dump.with_name(dump.name + ".damaged")
         with contextlib.suppress(OSError):
             os.replace(dump, damaged)
         return (f"Plugin '{name}' changed the dump '{dump}' that every plugin reads (a plugin "
                 f"may only read it); nothing was published, and the dump was renamed to "
                 f"'{damaged.name}' so that no later run reuses it; report it to the plugin's "
-                f"package.")
-    changed = Snapshot.take(out_dir.parent, skip=(out_dir,)).changed_since(before)
-    if changed:
-        shown = ", ".join(shown_name(c) for c in changed[:3]) + \
-            (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        return (f"Plugin '{name}' changed {shown} in '{out_dir.parent}', outside its own "
-                f"folder (a plugin writes only into out_dir); nothing was published; report it "
-                f"to the plugin's package.")
-    return None
+                f"package."), []
+    after = Snapshot.take(out_dir.parent, skip=(out_dir,))
+    changed = after.changed_since(before)
+    added = [c for c in changed if c not in before.entries]
+    touched = [c for c in changed if c in before.entries]
+    if touched:
+        shown = ", ".join(shown_name(c) for c in touched[:3]) + \
+            (f" and {len(touched) - 3} more" if len(touched) > 3 else "")
+        return (f"Plugin '{name}' changed {shown} in '{out_dir.parent}', outside its output "
+                f"folder (a plugin writes only into out_dir); nothing was published; report "
+                f"it to the plugin's package."), added
+    for rel in sorted(added, key=len, reverse=True):     # deepest first
+        target = out_dir.parent / rel
+        with contextlib.suppress(OSError):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+    return None, added
 
 
 def _end(proc) -> None:
@@ -349,7 +366,7 @@ def _child(job: dict[str, Any], conn) -> None:
     out_dir = Path(job["out_dir"])
     log_path = out_dir / ERROR_LOG
     log = open(log_path, "w", encoding="utf-8")
-    _walls(job)
+    walled = _walls(job)
     if hasattr(signal, "SIGUSR1"):   # the parent asks for the stack of a hung plugin
         faulthandler.register(signal.SIGUSR1, file=log, all_threads=True)
     result = {"ok": False, "files": [], "error": None, "logged": False, "warnings": [],
@@ -363,6 +380,10 @@ def _child(job: dict[str, Any], conn) -> None:
         result["disk_full"] = _disk_full(e, job["shown_dir"])
     except BaseException as e:  # anything, SystemExit and KeyboardInterrupt included
         result["error"] = f"raised {type(e).__name__}: {first_line(e)}"
+        if walled and isinstance(e, OSError) and e.errno == errno.EACCES:
+            where = shown_name(str(e.filename)) if e.filename else "a file"
+            result["error"] = (f"tried to write {where}, outside its output folder, and was "
+                               f"refused: a plugin writes only into out_dir ({result['error']})")
         result["logged"] = _write_log(log)
         result["disk_full"] = _disk_full(e, job["shown_dir"])
     result["seconds"] = time.perf_counter() - t0

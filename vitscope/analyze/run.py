@@ -37,6 +37,7 @@ from vitscope.errors import WriteError
 
 
 STATIC_SUFFIXES = IMAGE_SUFFIXES + DOC_SUFFIXES   # what --static asks for (PNG, SVG, PDF, GIF)
+MAX_MANIFEST_BYTES = 64 << 20   # a run of every plugin with 1,000 settings takes a few MB
 
 
 @dataclass
@@ -296,10 +297,12 @@ def describe_dump(dump, limit: int | None = None) -> dict[str, Any]:
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """run_dir/manifest.json, or an empty one when it is missing or unreadable."""
+    from vitscope._internal.bounded import loads_json
     path = Path(run_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except ValueError:
+    try:   # capped: a manifest nested too deep or too large is as good as none
+        manifest = loads_json(path.read_bytes(), "manifest.json", max_bytes=MAX_MANIFEST_BYTES) \
+            if path.exists() else {}
+    except (OSError, ValueError):
         manifest = {}
     if not isinstance(manifest, dict) or not isinstance(manifest.get("plugins", {}), dict):
         manifest = {}

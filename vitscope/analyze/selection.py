@@ -182,4 +182,4 @@ def select_dump(path: str | Path, positions: np.ndarray, what: str) -> Path:
 
 
 def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)

@@ -15,7 +15,10 @@ What a run folder promises, whatever kills the process and when:
   before the first rename. A process killed during the renames leaves the journal, and the
   next Staging of that folder (which holds the lock, so the killed one is dead) finishes
   the commit; leftovers without a journal are discarded. A kill before the commit leaves
-  the run folder exactly as it was.
+  the run folder exactly as it was. A journal that cannot be finished (its pages cannot be
+  written, a hand-edited or damaged journal) is rolled back instead, with one warning: the
+  swapped folders and manifest.json go back to what they were, so the folder is never left
+  broken for every later run.
 - Only plugin output folders are ever replaced or deleted: a `<name>/` that exists without
   the `.vitscope-plugin` marker (or is a link) is refused, names are safe slugs
   (vitscope.plugin.check_name; a setting folder adds `@key=value,...`, vitscope.render.setting_folders), and the temporary folders sit at the same depth as the
@@ -27,6 +30,7 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -140,11 +144,22 @@ def recover(run_dir: Path, pages: Callable[[Path], Any] | None = None) -> None:
     sweep_temporaries(run_dir)    # writes cut short by a kill (vitscope._internal.files)
     for journal in sorted(run_dir.glob(f"{JOURNAL}*.json")):
         try:
-            finish(run_dir, journal, pages)
+            plan = _plan(journal)
         except ValueError:     # a torn journal: it was never complete, so nothing was renamed
             journal.unlink(missing_ok=True)
+            continue
+        try:
+            finish(run_dir, journal, pages, plan)
+        except Exception as e:
+            warnings.warn(f"An interrupted commit in '{run_dir}' could not be finished "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                          f"); it was rolled back, so the folder holds what it held before "
+                          f"that run", stacklevel=2)
     for leftover in list(run_dir.glob(f"{OLD}*")):
         name = leftover.name[len(OLD):].split("-", 1)[-1]
+        if name == MANIFEST:
+            leftover.unlink(missing_ok=True)
+            continue
         if not (run_dir / name).exists() and is_plugin_folder(leftover):
             leftover.rename(run_dir / name)       # a swap cut in half: the old one goes back
         else:
@@ -153,34 +168,83 @@ def recover(run_dir: Path, pages: Callable[[Path], Any] | None = None) -> None:
         _rmtree(leftover)
 
 
-def finish(run_dir: Path, journal: Path, pages: Callable[[Path], Any] | None = None) -> None:
-    """Carry out a written journal; each step checks what is done, so it can be repeated."""
+def _plan(journal: Path) -> dict[str, Any]:
+    """A journal's plan; ValueError for one that is torn or not a plan at all."""
+    from vitscope.render.setting_folders import folder_problem
     plan = json.loads(journal.read_text(encoding="utf-8"))
+    if not (isinstance(plan, dict) and isinstance(plan.get("token"), str)
+            and plan["token"].isalnum()
+            and all(isinstance(plan.get(k), list) and all(
+                isinstance(n, str) and folder_problem(n) is None for n in plan[k])
+                for k in ("swap", "logs"))):
+        raise ValueError("not a commit plan")
+    return plan
+
+
+def finish(run_dir: Path, journal: Path, pages: Callable[[Path], Any] | None = None,
+           plan: dict[str, Any] | None = None) -> None:
+    """Carry out a written journal; each step checks what is done, so it can be repeated.
+    When a step fails, what was done is rolled back (`_roll_back`) and the error raised."""
+    plan = plan if plan is not None else _plan(journal)
+    token = plan["token"]
+    saved = run_dir / f"{OLD}{token}-{MANIFEST}"
+    if (run_dir / MANIFEST).is_file() and not saved.exists():
+        shutil.copyfile(run_dir / MANIFEST, saved)      # for a roll back
+    try:
+        for name in plan["swap"]:
+            new, final = run_dir / f"{NEW}{token}-{name}", run_dir / name
+            old = run_dir / f"{OLD}{token}-{name}"
+            if not new.exists():
+                continue                                  # swapped before the kill
+            if is_plugin_folder(final):
+                if old.exists():
+                    _rmtree(old)
+                final.rename(old)
+            elif final.exists() or final.is_symlink():    # appeared since: never ours to delete
+                _rmtree(new)
+                continue
+            new.rename(final)
+        for name in plan["logs"]:
+            log = run_dir / f"{NEW}{token}-{name}" / ERROR_LOG
+            if log.is_file() and is_plugin_folder(run_dir / name):
+                os.replace(log, run_dir / name / ERROR_LOG)
+        if plan.get("manifest") is not None:
+            _write(run_dir / MANIFEST, json.dumps(plan["manifest"], indent=2, default=str) + "\n")
+            if pages is not None:
+                pages(run_dir)
+    except BaseException:
+        _roll_back(run_dir, plan, saved, pages)
+        journal.unlink(missing_ok=True)
+        raise
+    for leftover in [*run_dir.glob(f"{OLD}{token}-*"), *run_dir.glob(f"{NEW}{token}-*")]:
+        _rmtree(leftover)
+    journal.unlink(missing_ok=True)
+
+
+def _roll_back(run_dir: Path, plan: dict[str, Any], saved: Path,
+               pages: Callable[[Path], Any] | None) -> None:
+    """Undo a commit that could not be finished: each swapped folder back to its old one
+    (or gone, where there was none), manifest.json as it was, the page from it again."""
     token = plan["token"]
     for name in plan["swap"]:
         new, final = run_dir / f"{NEW}{token}-{name}", run_dir / name
         old = run_dir / f"{OLD}{token}-{name}"
-        if not new.exists():
-            continue                                  # swapped before the kill
-        if is_plugin_folder(final):
-            if old.exists():
-                _rmtree(old)
-            final.rename(old)
-        elif final.exists() or final.is_symlink():    # appeared since: never ours to delete
-            _rmtree(new)
-            continue
-        new.rename(final)
-    for name in plan["logs"]:
-        log = run_dir / f"{NEW}{token}-{name}" / ERROR_LOG
-        if log.is_file() and is_plugin_folder(run_dir / name):
-            os.replace(log, run_dir / name / ERROR_LOG)
-    if plan.get("manifest") is not None:
-        _write(run_dir / MANIFEST, json.dumps(plan["manifest"], indent=2, default=str) + "\n")
-        if pages is not None:
+        if new.exists():
+            continue                                      # never swapped in
+        if old.exists():
+            _rmtree(final)
+            old.rename(final)
+        elif is_plugin_folder(final):
+            _rmtree(final)                                # it had no earlier folder
+    try:
+        if saved.is_file():
+            os.replace(saved, run_dir / MANIFEST)
+        if pages is not None and (run_dir / MANIFEST).is_file():
             pages(run_dir)
+    except Exception:      # the page of the old manifest: the old index.html is still there
+        pass
     for leftover in [*run_dir.glob(f"{OLD}{token}-*"), *run_dir.glob(f"{NEW}{token}-*")]:
         _rmtree(leftover)
-    journal.unlink(missing_ok=True)
 
 
 def _write(path: Path, text: str) -> None:

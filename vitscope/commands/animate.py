@@ -35,13 +35,15 @@ def animate(source: str, plugin: str, figure: str | None, run_dir: str | None,
       vitscope animate outputs/shapes-quick --plugin rollout
       vitscope animate runs/shapes-quick --plugin rollout --figure rollout_mask
     """
+    from vitscope._internal.signals import terminate_as_exception
     from vitscope.analyze.animation import animate as make, find_epochs_root
 
     root = find_epochs_root(Path(source))
-    info, frames, warnings, run = make(root, plugin, figure,
-                                       run=Path(run_dir) if run_dir else None,
-                                       out_dir=Path(out_dir) if out_dir else None,
-                                       width=width or None, duration_ms=duration_ms)
+    with terminate_as_exception():   # SIGTERM unwinds like Ctrl-C: no temporary file is left
+        info, frames, warnings, run = make(root, plugin, figure,
+                                           run=Path(run_dir) if run_dir else None,
+                                           out_dir=Path(out_dir) if out_dir else None,
+                                           width=width or None, duration_ms=duration_ms)
     for w in warnings:
         click.echo(f"Warning: {w}.", err=True)
     click.echo(f"{len(frames)} frames ({info['size'][0]}×{info['size'][1]} px), epochs "

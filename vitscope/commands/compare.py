@@ -60,6 +60,9 @@ def compare(checkpoints: tuple[str, ...], spec: str | None, split: str, data_dir
     from vitscope.errors import ConfigError
     from vitscope._internal.folders import output_folder
     from vitscope._internal.files import replacing
+    from vitscope._internal.locks import hold
+    from vitscope._internal.signals import terminate_as_exception
+    from vitscope.analyze.staging import LOCK
 
     if len(checkpoints) < 2:
         raise ConfigError("vitscope compare needs at least two checkpoints (e.g. "
@@ -71,7 +74,12 @@ def compare(checkpoints: tuple[str, ...], spec: str | None, split: str, data_dir
     classes = _common_classes(loaded)
     names = _names(checkpoints)
     out = Path(out_dir) if out_dir else Path("outputs") / "compare" / "-vs-".join(names)
-    with output_folder(out, ConfigError, "choose a writable folder with -o"):
+    # One writer per folder (a second compare, analyze or score into it is told at once);
+    # SIGTERM unwinds like Ctrl-C, so no temporary file stays behind.
+    with terminate_as_exception(), output_folder(out, ConfigError,
+                                                 "choose a writable folder with -o"), \
+            hold(out / LOCK, out, ConfigError, hint="wait for it to finish or choose another "
+                                                    "folder with -o"):
         labels, preds, info, used_spec = _score(loaded, names, classes, spec, split, data_dir,
                                                 val_split, limit, tta, batch_size, device)
         result = compare_predictions(names, labels, preds, classes)
@@ -205,6 +213,11 @@ def _same_images(loaded, sets, split: str, given: bool) -> None:
     the same count, class names per image, file paths (folder data) and, where two models
     take the same input size, the same pixels."""
     from vitscope.errors import DataError
+    for ds, used, _ in sets:
+        if not ds.labeled:   # e.g. a folder of images without class folders
+            raise DataError(f"--data {used} ({split}) has no labels (no class folders), so "
+                            f"accuracy cannot be compared; give a folder with one sub-folder "
+                            f"per class, or use `vitscope predict` for unlabeled images.")
     (ref, ref_spec, _), ref_ck = sets[0], loaded[0][1]
     ref_names = [ref.classes[i] for i in ref.labels]
     for (ds, used, _), (_, ck) in zip(sets[1:], loaded[1:]):

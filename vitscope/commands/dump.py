@@ -166,9 +166,11 @@ def _torchrun_shard() -> tuple[int, int] | None:
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def merge_cmd(shards, output, force) -> None:
     """Join the shard files of one `--shard i/n` capture into one dump, without copying data."""
+    from vitscope._internal.signals import terminate_as_exception
     from vitscope.dump import Dump, merge
 
-    path = merge(shards, output, force=force)
+    with terminate_as_exception():   # SIGTERM unwinds like Ctrl-C: the partial file goes
+        path = merge(shards, output, force=force)
     with Dump.open(path) as d:
         click.echo(f"Wrote {path}: {len(d)} images from {len(shards)} shards "
                    f"(virtual datasets, {path.stat().st_size / 1e3:,.1f} kB).")

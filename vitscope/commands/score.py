@@ -54,6 +54,9 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     from vitscope.model.checkpoint import load_checkpoint
     from vitscope.errors import PluginError
     from vitscope._internal.folders import make_output_dir, remove_empty
+    from vitscope._internal.locks import hold
+    from vitscope._internal.signals import terminate_as_exception
+    from vitscope.analyze.staging import LOCK
     from vitscope.analyze.registry import discover
     from vitscope.analyze.options import parse_opts
     from vitscope.score import outputs as R
@@ -85,17 +88,46 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
 
     t0 = time.perf_counter()
     try:
-        report = score_checkpoint(ckpt, entries, values, images=images, data=data, split=split,
-                                  target=target, perturbation=perturbation,
-                                  batch_size=batch_size, device=dev, seed=seed, echo=click.echo)
-        files = R.write(report, run / "score")
+        # One score (or analyze) at a time in a run folder, from the start: a second one is
+        # told at once instead of mixing its files with this one's.
+        with terminate_as_exception(), hold(run / LOCK, run, PluginError,
+                                            hint="wait for it to finish, or choose another "
+                                                 "output folder with -o"):
+            report = score_checkpoint(ckpt, entries, values, images=images, data=data,
+                                      split=split, target=target, perturbation=perturbation,
+                                      batch_size=batch_size, device=dev, seed=seed,
+                                      echo=click.echo)
+            index, files = publish(run, report)
     except BaseException:
         remove_empty(created)
         raise
-    index = R.record(run, report, files)
     click.echo("")
     click.echo(R.tables(report))
     click.echo("")
     click.echo(f"Scored {len(entries)} map plugin{'s' if len(entries) > 1 else ''} on "
                f"{report['images']} images in {time.perf_counter() - t0:.1f} s; wrote "
                f"{run / 'score'} ({', '.join(f.name for f in files)}). Open {index}")
+
+
+def publish(run: Path, report: dict) -> tuple[Path, list[Path]]:
+    """Write OUT/score/ and the Score section of OUT/index.html like analyze writes a plugin:
+    rendered into a staging folder, swapped in by one journalled commit with manifest.json
+    and index.html (vitscope.analyze.staging), so a failure or a kill at any moment leaves
+    the earlier score whole, never a mix of two."""
+    from vitscope._internal.files import guard
+    from vitscope.analyze.staging import MARKER, Staging
+    from vitscope.render.index_page import write_index
+    from vitscope.score import outputs as R
+
+    old = run / "score"
+    if old.is_dir() and not old.is_symlink() and (old / "score.json").is_file() \
+            and not (old / MARKER).exists():
+        (old / MARKER).touch()     # a score folder written before scores were staged
+    with Staging(run, pages=write_index) as stage:
+        folder = stage.folder("score")
+        with guard(old, hint=f"the score in '{run}' is as it was; free some space or choose "
+                             f"another output folder with -o"):
+            written = R.write(report, folder)
+            files = [old / f.relative_to(folder) for f in written]
+            stage.commit(["score"], manifest=R.score_manifest(run, report, files))
+    return run / "index.html", files

@@ -214,7 +214,9 @@ def cache_key(entries: list[os.DirEntry], image_size) -> str:
                        f"{Preprocess.of(image_size).key()}\n".encode())
     for entry in entries:
         st = entry.stat()
-        h.update(f"{entry.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        # a file name is bytes on Linux, carried as surrogateescape text: hashed as those bytes
+        h.update(f"{entry.path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8",
+                                                                             "surrogateescape"))
     return h.hexdigest()[:32]
 
 

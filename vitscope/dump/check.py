@@ -47,7 +47,7 @@ VERSION = 2
 # decodes them.
 JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
                         "model_hooks", "aliases", "normalize", "shard", "merged_from",
-                        "grad_hooks", "derived"})
+                        "shard_ids", "grad_hooks", "derived"})
 # Datasets every dump has besides the hook groups (masks and dataset_labels are optional).
 REQUIRED = ("images", "labels", "logits", "indices")
 # Groups of per-hook datasets (N first, a `dims` attribute naming each axis).
@@ -93,9 +93,17 @@ def check_dump(path: Path, f: h5py.File) -> Contents:
             done = _CHECKED[key]
             return Contents(copy.deepcopy(done.attrs), done.layout, done.n)
         objects = _check_links_and_storage(path, f, shards)
-        for shard in shards or {}:
+        ids = attrs.get("shard_ids")
+        for k, shard in enumerate(shards or {}):
             with h5py.File(shard, "r") as g:
                 _check_links_and_storage(shard, g, None, within=path)
+                if ids is not None and (len(ids) != len(shards) or
+                                        shard_identity(g.attrs) != ids[k]):
+                    raise DumpError(f"'{path}' is a merged dump whose shard '{shard.name}' is "
+                                    f"not the file that was merged (it was written again "
+                                    f"since, e.g. by `vitscope dump --force`), so the merged "
+                                    f"images would mix two captures; merge the shards again "
+                                    f"with `vitscope dump merge`.")
         layout = _layout(attrs)
         n, attention = _check_structure(objects, attrs, layout)
         _check_values(f, attrs, n, attention)
@@ -110,12 +118,21 @@ def check_dump(path: Path, f: h5py.File) -> Contents:
     return Contents(attrs=attrs, layout=layout, n=n)
 
 
+def shard_identity(attrs) -> str:
+    """What identifies one written dump file: its capture_id (older files: the time it was
+    created and its data's fingerprint)."""
+    cid = _plain(attrs.get("capture_id"))
+    if isinstance(cid, str) and cid:
+        return cid
+    return f"{_plain(attrs.get('created'))}|{_plain(attrs.get('data_sha256'))}"
+
+
 def _identity_of(paths: list[Path]) -> tuple:
     """(path, inode, size, mtime) of a file and its shards: a file changed since is re-checked."""
     out = []
     for p in paths:
         st = p.stat()
-        out.append((str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns))
+        out.append((str(p.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)
 
 
@@ -192,10 +209,12 @@ def _shard(v: Any) -> bool:
 ATTR_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (lambda v: isinstance(v, str), "a string") for k in (
         "vitscope_version", "created", "arch", "checkpoint_path", "checkpoint_sha256",
-        "dataset", "data_sha256", "split", "order", "dtype", "compression", "target")},
+        "dataset", "data_sha256", "split", "order", "dtype", "compression", "target",
+        "capture_id")},
     **{k: (_is_int, "an integer") for k in ("split_size", "seed", "num_images")},
     **{k: (_strings, "a list of strings") for k in (
-        "classes", "dataset_classes", "hooks", "model_hooks", "merged_from", "grad_hooks")},
+        "classes", "dataset_classes", "hooks", "model_hooks", "merged_from", "shard_ids",
+        "grad_hooks")},
     "model_config": (lambda v: isinstance(v, dict), "a mapping"),
     "token_layout": (lambda v: isinstance(v, dict), "a mapping"),
     "aliases": (lambda v: isinstance(v, dict) and all(

@@ -3,6 +3,7 @@ virtual datasets (no data is copied)."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 
 from vitscope._internal.files import partial_path, publish
 from vitscope._internal.folders import make_output_dir, remove_empty
-from vitscope.dump.check import relative_inside
+from vitscope.dump.check import relative_inside, shard_identity
 from vitscope.dump.reader import Dump
 from vitscope.dump.writer import close_file, create_file
 from vitscope.errors import DumpError
@@ -118,8 +119,11 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
     f, guarded = create_file(partial, libver="v110")
     try:
         for key, value in first._f.attrs.items():
-            if key not in ("shard", "complete"):
+            if key not in ("shard", "complete", "capture_id"):
                 f.attrs[key] = value
+        f.attrs["capture_id"] = secrets.token_hex(16)
+        # each shard's identity, checked whenever the merged dump opens (dump.check)
+        f.attrs["shard_ids"] = json.dumps([shard_identity(d._f.attrs) for d in shards])
         f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         f.attrs["num_images"] = total
         f.attrs["merged_from"] = json.dumps(rel)

@@ -209,7 +209,8 @@ class Dump:
         """The source file of each image (folder data), else None."""
         if "paths" not in self._f:
             return None
-        return [str(p) for p in self._f["paths"].asstr()[:]]
+        # stored as the names' bytes (a Linux name need not be UTF-8): read back unchanged
+        return [str(p) for p in self._f["paths"].asstr(errors="surrogateescape")[:]]
 
     @cached_property
     def file_names(self) -> list[str] | None:

@@ -5,6 +5,7 @@ killed capture left behind never opens as a dump (vitscope.dump.check)."""
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,26 @@ def lzf_pays(sample: np.ndarray) -> bool:
 
 def _encode(key: str, value: Any) -> Any:
     if key in JSON_ATTRS:
-        return json.dumps(value, sort_keys=True)
-    return str(value) if isinstance(value, Path) else value
+        return json.dumps(value, sort_keys=True)   # non-UTF-8 names survive as \\udcXX escapes
+    value = str(value) if isinstance(value, Path) else value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:   # a path with bytes that are not UTF-8: shown escaped
+            from vitscope._internal.text import shown_name
+            value = shown_name(value)
+    return value
+
+
+def _name_bytes(value: Any) -> Any:
+    """A text value (a file path) as the bytes it stands for (surrogateescape), so a name
+    that is not UTF-8 is stored, and read back (Dump.paths), as it is on disk."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace")
+    return value
 
 
 def create_file(path: Path, **kwargs) -> tuple[h5py.File, GuardedFile]:
@@ -102,6 +121,8 @@ class DumpWriter:
         self.f.attrs["version"] = VERSION
         self.f.attrs["vitscope_version"] = __version__
         self.f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # unique per file written: a merged dump records its shards' ids (dump.check)
+        self.f.attrs["capture_id"] = secrets.token_hex(16)
         self.f.attrs["complete"] = False
         for key, value in attrs.items():
             if value is not None:
@@ -115,6 +136,8 @@ class DumpWriter:
             ds = self._datasets.get(key)
             if ds is None:
                 ds = self._datasets[key] = self._create(key, arr)
+            if arr.dtype == object:   # file names are bytes on Linux: stored as those bytes
+                arr = np.array([_name_bytes(v) for v in arr], dtype=object)
             ds[start:start + len(arr)] = arr
             self.bytes_in += arr.nbytes
         self.file.check()  # a full disk stops the capture at the batch it happened in

@@ -22,13 +22,16 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from vitscope._internal.text import shown_name
+
 _SCRIPT_SWAPS = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
                  ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 
 
 def text(value: Any) -> str:
-    """`value` as HTML text, safe in element content and in quoted attributes."""
-    return html.escape(str(value), quote=True)
+    """`value` as HTML text, safe in element content and in quoted attributes. A file name
+    that is not UTF-8 (bytes carried as surrogateescape) is shown escaped: `bad\\xff.png`."""
+    return html.escape(shown_name(str(value)), quote=True)
 
 
 def href(path: Any) -> str:
@@ -36,15 +39,26 @@ def href(path: Any) -> str:
 
     Each segment is percent-encoded (so `#`, `?` and spaces in file names work) and the URL
     starts with `./`, so no segment can be read as a scheme such as `javascript:`."""
-    parts = [quote(p, safe="") for p in PurePosixPath(str(path).replace("\\", "/")).parts
+    parts = [quote(_bytes(p), safe="") for p in PurePosixPath(str(path).replace("\\", "/")).parts
              if p not in ("", ".")]
     return text("./" + "/".join(parts))
 
 
+def _bytes(segment: str) -> bytes:
+    """A path segment as the bytes it names (non-UTF-8 names arrive as surrogateescape), so
+    its link percent-encodes the file's real name."""
+    try:
+        return segment.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return segment.encode("utf-8", "backslashreplace")
+
+
 def script_json(value: Any) -> str:
     """JSON for a <script> block: the characters that could end the block, start an HTML
-    comment or end a JavaScript line are written as \\u escapes (still the same JSON)."""
+    comment or end a JavaScript line are written as \\u escapes (still the same JSON), and so
+    are lone surrogates (names that are not UTF-8)."""
     out = json.dumps(value, ensure_ascii=False)
+    out = out.encode("utf-8", "backslashreplace").decode("utf-8")
     for char, escaped in _SCRIPT_SWAPS:
         out = out.replace(char, escaped)
     return out
@@ -53,7 +67,7 @@ def script_json(value: Any) -> str:
 def plotly_text(value: Any) -> str:
     """A string Plotly shows as-is: it parses `<b>`, `<br>`, `<a href>`… in text fields and
     decodes HTML entities, so escaping keeps a class name like `<b>x</b>` literal."""
-    return html.escape(str(value), quote=False)
+    return html.escape(shown_name(str(value)), quote=False)
 
 
 def template_text(value: Any) -> str:

@@ -196,9 +196,11 @@ def captions(dump, k: int, prefix: str = "", target: bool = False) -> list[str]:
 
 
 def file_names(dump, k: int | None = None) -> list[str]:
-    """The file names of the first k images of a dump ([] for data without files)."""
+    """The file names of the first k images of a dump ([] for data without files), for
+    display: bytes that are not UTF-8 shown escaped (vitscope._internal.text.shown_name)."""
+    from vitscope._internal.text import shown_name
     names = getattr(dump, "file_names", None)
-    return [] if not names else list(names[:k] if k is not None else names)
+    return [] if not names else [shown_name(n) for n in (names[:k] if k is not None else names)]
 
 
 def short_name(name: str, width: int = 22) -> str:

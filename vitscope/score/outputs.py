@@ -247,6 +247,27 @@ class _Run:
         self.run_dir = run_dir
 
 
+def score_manifest(run_dir: Path, report: dict, files: list[Path]) -> dict:
+    """The run's manifest.json with this score in it (read under the run folder's lock)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError:
+        manifest = {}
+    if not isinstance(manifest, dict):
+        manifest = {}
+    manifest.setdefault("plugins", {})
+    manifest.setdefault("run", {k: report[k] for k in ("checkpoint", "checkpoint_sha256",
+                                                          "data", "split", "images", "dump")})
+    manifest["score"] = {"files": [f.relative_to(run_dir).as_posix() for f in files],
+                         "table": tables(report), "checkpoint": report["checkpoint"],
+                         "checkpoint_sha256": report["checkpoint_sha256"],
+                         "data": report["data"], "images": report["images"],
+                         "target": report["target"], "perturbation": report["perturbation"]}
+    return manifest
+
+
 def record(run_dir: Path, report: dict, files: list[Path]) -> Path:
     """Add the score to the run's manifest.json and rewrite index.html (its Score section),
     under the run folder's lock (an analyze writing into it finishes first), atomically."""
@@ -258,19 +279,7 @@ def record(run_dir: Path, report: dict, files: list[Path]) -> Path:
     run_dir = Path(run_dir)
     path = run_dir / "manifest.json"
     with hold(run_dir / LOCK, run_dir, PluginError, wait=True):
-        try:
-            manifest = json.loads(path.read_text()) if path.exists() else {}
-        except ValueError:
-            manifest = {}
-        manifest.setdefault("plugins", {})
-        manifest.setdefault("run", {k: report[k] for k in ("checkpoint", "checkpoint_sha256",
-                                                              "data", "split", "images", "dump")})
-        manifest["score"] = {"files": [f.relative_to(run_dir).as_posix() for f in files],
-                             "table": tables(report), "checkpoint": report["checkpoint"],
-                             "checkpoint_sha256": report["checkpoint_sha256"],
-                             "data": report["data"], "images": report["images"],
-                             "target": report["target"], "perturbation": report["perturbation"]}
+        manifest = score_manifest(run_dir, report, files)
         with replacing(path) as (tmp,):
             tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         return write_index(run_dir)
-
