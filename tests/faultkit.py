@@ -63,3 +63,28 @@ def snapshot(*roots: Path) -> dict[str, str]:
         for p in sorted([root, *root.rglob("*")]):
             out[str(p)] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+class held_elsewhere:
+    """A lock file held by another process for the block, as a running command holds it
+    (vitscope._internal.locks: locks are re-entrant within one process, so a test cannot hold
+    one for the CLI it runs in the same process)."""
+
+    CODE = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'%d\\n' % os.getpid()); "
+            "print('held', flush=True); time.sleep(600)")
+
+    def __init__(self, lock_file: Path) -> None:
+        self.lock_file = Path(lock_file)
+
+    def __enter__(self) -> "held_elsewhere":
+        self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        self.child = subprocess.Popen([sys.executable, "-c", self.CODE, str(self.lock_file)],
+                                      stdout=subprocess.PIPE, text=True)
+        assert self.child.stdout.readline().strip() == "held"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.child.kill()
+        self.child.wait()
+        self.lock_file.unlink(missing_ok=True)

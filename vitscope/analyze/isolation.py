@@ -120,7 +120,14 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
     out_dir = Path(out_dir).absolute()
     dump = Path(os.path.realpath(dump_path))
     if options.get("interactive") and options.get("run_dir"):
-        _shared_assets(Path(options["run_dir"]))    # written here: the plugin may not
+        try:    # written here: the plugin's process may not write outside its folder
+            _shared_assets(Path(options["run_dir"]))
+        except OSError as e:   # a full disk, a read-only folder: not the plugin's fault
+            from vitscope._internal.files import is_write_failure, write_failure
+            if not is_write_failure(e):
+                raise
+            failure = str(write_failure(Path(shown_dir or out_dir), e))
+            return Outcome(False, error=failure, disk_full=failure)
     private = tempfile.mkdtemp(prefix="vitscope-plugin-")
     job = {"value": entry.value, "name": entry.name, "dump": str(Path(dump_path).absolute()),
            "out_dir": str(out_dir), "options": dict(options), "sys_path": list(sys.path),
@@ -188,8 +195,7 @@ def _shared_assets(run_dir: Path) -> None:
     """plotly.min.js in the run folder before a plugin runs: its pages link to it, and the
     plugin's process may write only into its own folder."""
     from vitscope.render.interactive import plotly_js
-    with contextlib.suppress(OSError):
-        plotly_js(run_dir)
+    plotly_js(run_dir)
 
 
 def _breach(name: str, out_dir: Path, before: Snapshot, dump: Path,
