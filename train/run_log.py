@@ -11,7 +11,7 @@ from typing import Any
 
 from vitscope.errors import ConfigError
 from vitscope._internal.bounded import loads_json
-from vitscope._internal.files import replacing
+from vitscope._internal.files import replacing, write_atomic
 
 MAX_LINE_BYTES = 1 << 20      # one epoch's metrics take a few hundred bytes
 
@@ -169,7 +169,7 @@ def _wandb_id(run_dir: Path) -> str:
         return path.read_text().strip()
     import uuid
     run_id = uuid.uuid4().hex[:12]
-    path.write_text(run_id + "\n")
+    write_atomic(path, run_id + "\n")   # never through a link planted at the name
     return run_id
 
 
