@@ -52,6 +52,7 @@ class MapMethod:
     needs_model: bool = False             # computed with the model: `run`, not `compute`
     run: Callable[..., np.ndarray] | None = None
     class_specific: bool = False          # explains the target class (reads its gradients)
+    needs_cls: bool = False               # reads the CLS token (a model without one cannot)
 
     def options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The defaults, overridden by `given` (keys the method does not read are kept)."""
@@ -188,12 +189,12 @@ def get(name: str) -> MapMethod:
 
 register(MapMethod("rollout", "attention rollout (Abnar & Zuidema 2020), class-agnostic",
                    {"fusion": "mean", "discard_ratio": 0.0, "start_layer": 0, "end_layer": None},
-                   _rollout_reads, _rollout))
+                   _rollout_reads, _rollout, needs_cls=True))
 register(MapMethod("grad-rollout", "gradient-weighted attention rollout (Chefer et al. 2021)",
                    {"start_layer": 0, "end_layer": None}, _grad_reads(_grad_layers),
-                   _weighted(_grad_layers, "grad-rollout"), class_specific=True))
+                   _weighted(_grad_layers, "grad-rollout"), class_specific=True, needs_cls=True))
 register(MapMethod("attn-grad", "attention × gradient of one layer (default the last)",
                    {"layer": -1}, _grad_reads(_one_layer), _weighted(_one_layer, "attn-grad"),
-                   class_specific=True))
+                   class_specific=True, needs_cls=True))
 register(MapMethod("gradcam", "Grad-CAM on the patch tokens of one block's norm1 output",
                    {"block": -1}, _gradcam_reads, _gradcam, class_specific=True))
