@@ -14,7 +14,8 @@ exactly the patch part of a grad-rollout over that single layer.
 
 Every prefix token (CLS, distillation, registers) takes part in the propagation like any other
 token; only the read-out is restricted to the patch tokens. Batched over images (chunks of
-maps.READ_BYTES of float32 attention and gradient), one layer in memory at a time; per-image maps go to results.npz
+maps.READ_BYTES of float32 attention and gradient, one layer read at a time, and each layer's T×T Ā
+kept for the CLS-row product); per-image maps go to results.npz
 chunk by chunk, so memory does not grow with the number of images.
 """
 from __future__ import annotations
@@ -108,7 +109,7 @@ class GradRollout:
         MaskTally)."""
         _cls_index(layout)   # one sentence for a model without a CLS token, before reading
         H, T = dump[names[0]].shape[1], layout.num_tokens
-        chunk = rows_for(2 * H * T * T * 4)
+        chunk = rows_for(2 * H * T * T * 4 + len(names) * T * T * 8)  # a layer read, every Ā kept
         masks = MaskTally(dump)
         shown: tuple[list, list] = ([], [])
         for s in range(0, n, chunk):

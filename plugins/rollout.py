@@ -116,7 +116,7 @@ class Rollout:
         others = other_prefix(layout)
         share = NanMean() if others else None
         H, T = dump[names[0]].shape[1], layout.num_tokens
-        chunk = rows_for(H * T * T * 4)
+        chunk = rows_for(H * T * T * 4 + len(names) * T * T * 8)   # a layer read, every factor kept
         shown: tuple[list, list] = ([], [])
         numbers: dict[str, list] = {}
         for s in range(0, n, chunk):

@@ -13,12 +13,12 @@
   wrapped in place while it runs and handed back unchanged;
 - `images`: PIL images, files, folders, --data specs, arrays and tensors as model inputs;
 - `capture`: maps from an in-memory capture of only the hook points the methods read;
-- `explain`: `explain()`, its options and targets;
+- `explaining`: `explain()`, its methods, options and targets;
 - `results`: `Explanation` and `Evidence` (score), with inline display and files;
 - `views`: `attention()`, `embed()`, `view()` and the plugins' figures, inline;
 - `display`: figures, PNG bytes and escaped, self-contained HTML for notebooks.
 """
-from vitscope.api.explain import explain
+from vitscope.api.explaining import explain
 from vitscope.api.results import Evidence, Explanation
 from vitscope.api.views import Attention, Embedding, Figures, attention, embed, view
 

@@ -17,6 +17,7 @@ What it does not pay for, compared with a capture into a dump:
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -52,7 +53,7 @@ def run_maps(model, batch, methods: Sequence[MapMethod], options: dict[str, dict
     wanted = [n for m in methods if not m.needs_model for n in m.reads(options[m.name], depth)]
     names, grads = resolve_request(hooked, [*keep, *wanted])
     kept = resolve_request(hooked, keep)[0] if keep else []
-    size = batch_size or auto_batch_size(hooked, names, grads, dtype="float32")
+    size = batch_size or memory_sized_batch(model, names, grads)
     n = len(batch)
     out = Captured(np.zeros(0), np.zeros(0, np.int64), batch_size=size)
     parts: dict[str, list[np.ndarray]] = {}
@@ -84,6 +85,23 @@ def run_maps(model, batch, methods: Sequence[MapMethod], options: dict[str, dict
         {"maps": out.maps, "steps": out.steps, "keep": out.arrays}[kind][name] = \
             np.concatenate(chunks)
     return out
+
+
+_BATCHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def memory_sized_batch(model, names: list[str], grads: list[str]) -> int:
+    """The batch `vitscope dump` would take for these hook points (vitscope.capture.memory),
+    remembered per model object: sizing it runs the model once on one image with every hook
+    point, which a second explain() of the same model need not pay again."""
+    key = (tuple(names), tuple(grads))
+    try:
+        known = _BATCHES.setdefault(model.owner, {}) if model.owner is not None else {}
+    except TypeError:           # an object that takes no weak reference: size every time
+        known = {}
+    if key not in known:
+        known[key] = auto_batch_size(model.hooked, names, grads, dtype="float32")
+    return known[key]
 
 
 def forward(hooked, x: torch.Tensor, names: list[str], grads: list[str],

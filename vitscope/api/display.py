@@ -42,9 +42,10 @@ def maps_figure(images: np.ndarray, maps: dict[str, np.ndarray], captions: Seque
             notes[(i, 1 + 2 * j)] = (f"max {peaks[i]:.3g}" if top is None
                                      else f"max {peaks[i]:.3g} (of {top:.3g})")
     tiles = np.stack([originals, *columns], axis=1)
-    for i, c in enumerate(captions[:k]):
+    captions = [c.replace(" · ", "\n") for c in captions[:k]]   # one tile wide: file, then label
+    for i, c in enumerate(captions):
         notes[(i, 0)] = c
-    lines = max([c.count("\n") + 1 for c in captions[:k]] or [1])
+    lines = max([c.count("\n") + 1 for c in captions] or [1])
     mosaic = M.Mosaic(tiles, col_breaks=list(range(0, tiles.shape[1], 2)),
                       row_gap=tiles.shape[2] * (lines + 1) // 8)
     with F.style():

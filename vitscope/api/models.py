@@ -46,6 +46,7 @@ class Model:
     mean: list[float]
     std: list[float]
     ckpt: Any = None                 # the Checkpoint, for a model loaded from a file
+    owner: Any = None                # the object given (or loaded): what caches are keyed on
 
     @property
     def num_classes(self) -> int:
@@ -172,7 +173,7 @@ def _from_checkpoint(path: Path, device) -> Model:
     mean, std = normalization(ckpt)
     family = ckpt.arch if ckpt.arch in FAMILIES else "vitscope"
     return Model(hooked, family, f"checkpoint {path}", list(ckpt.classes), preprocessing(ckpt),
-                 mean, std, ckpt)
+                 mean, std, ckpt, hooked)
 
 
 @contextlib.contextmanager
@@ -227,7 +228,7 @@ def _describe(hooked: nn.Module, family: str, model: nn.Module) -> Model:
     size = tuple(hooked.input_shape[1:])
     if family == "vitscope":
         return Model(hooked, family, f"vitscope ViT ({hooked.cfg.depth} blocks)", [],
-                     Preprocess(size, size), [0.5] * 3, [0.5] * 3)
+                     Preprocess(size, size), [0.5] * 3, [0.5] * 3, owner=model)
     name = f"{family} {hooked.cfg.name}"
     classes: list[str] = []
     if family == "timm":
@@ -251,7 +252,7 @@ def _describe(hooked: nn.Module, family: str, model: nn.Module) -> Model:
         if named and len(named) == hooked.cfg.num_classes and not all(
                 c == f"LABEL_{i}" for i, c in enumerate(named)):
             classes = named
-    return Model(hooked, family, name, classes, pp, mean, std)
+    return Model(hooked, family, name, classes, pp, mean, std, owner=model)
 
 
 def imagenet_classes() -> list[str]:

@@ -170,7 +170,7 @@ class _Captured:
                  labels=None, classes=None, n=None, split="val", preprocessed=False,
                  batch_size=None, preprocess=None, normalize=None, processor=None,
                  device=None) -> None:
-        from vitscope.api.explain import resolve_targets
+        from vitscope.api.explaining import resolve_targets
         from vitscope.api.images import load_images
         from vitscope.api.models import ModelSource
         from vitscope.capture import capture
@@ -271,7 +271,7 @@ class Attention(_Captured):
     def rollout(self, **options) -> np.ndarray:
         """N×h×w attention rollout with the rollout plugin's options (fusion, discard_ratio,
         start_layer, end_layer)."""
-        from vitscope.api.explain import method_options
+        from vitscope.api.explaining import method_options
         from vitscope.methods import get
         method = get("rollout")
         settings = method.options(method_options([method], {"rollout": options})["rollout"])

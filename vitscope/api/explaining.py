@@ -89,7 +89,7 @@ def method_options(methods: list[MapMethod], options: dict | None) -> dict[str, 
     if stray:
         raise ConfigError(f"options= names {', '.join(map(repr, stray))}, which is not among the "
                           f"methods asked for ({', '.join(names)}); add it to methods=.")
-    declared = _declared_options(names)
+    declared = _declared_options([n for n in names if options.get(n)])
     out: dict[str, dict[str, Any]] = {}
     for m in methods:
         given = options.get(m.name) or {}
@@ -118,6 +118,8 @@ def method_options(methods: list[MapMethod], options: dict | None) -> dict[str, 
 
 def _declared_options(names: list[str]) -> dict[str, dict]:
     """name -> {option name: Option} of the plugins of those names that load."""
+    if not names:
+        return {}
     from vitscope.analyze.registry import discover
     registry = discover()
     out = {}
