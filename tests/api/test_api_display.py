@@ -12,7 +12,7 @@ from PIL import Image
 import vitscope
 from vitscope.errors import ConfigError, PluginError
 
-from conftest import SHIPPED, hf_vit
+from conftest import SHIPPED, hf_vit, timm_vit
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -51,9 +51,17 @@ def test_an_explanation_displays_inline_and_escapes_names(tmp_path, pixels):
     assert "Explanation(2 images, methods: rollout, gradcam; target: explicit" in repr(ex)
 
 
-def test_evidence_displays_as_tables(images, tmp_path):
-    ex = vitscope.explain(SHIPPED, images[:6], methods=["attn-grad"])
+def test_evidence_displays_as_tables_and_the_model_is_untouched(pixels, tmp_path):
+    """score() perturbs the user's object and randomises a copy of it: the object is as it
+    was afterwards; the evidence shows as tables and saves as `vitscope score` does."""
+    from test_api_models import assert_unchanged, snapshot, user_state
+    model = user_state(timm_vit())
+    before = snapshot(model)
+    ex = vitscope.explain(model, pixels, methods=["attn-grad", "rollout"])
     ev = ex.score(seed=1)
+    assert_unchanged(model, before)
+    assert set(ev.ranking) == {"attn-grad", "rollout"}
+    assert ev.report["cascade"] == ["head", "blocks.1", "blocks.0", "embedding"]
     html = ev._repr_html_()
     assert_self_contained(html)
     assert "attn-grad" in html and "random order (baseline)" in html and "<table>" in html

@@ -58,10 +58,6 @@ def test_the_model_comes_back_unchanged(family, pixels):
     assert att.weights.shape[:3] == (4, 2, model_heads(model))
     np.testing.assert_allclose(att.weights.sum(-1), 1, atol=1e-5)
     assert_unchanged(model, before)
-    if family == "timm":       # score randomises a copy: the object is still untouched
-        ev = ex.score()
-        assert set(ev.ranking) == {"rollout", "grad-rollout", "gradcam"}
-        assert_unchanged(model, before)
 
 
 def model_heads(model) -> int:
