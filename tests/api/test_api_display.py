@@ -88,7 +88,10 @@ def test_attention_and_embedding_views(images):
     assert heads.results["cls_to_patches"].shape[:3] == (4, 1, 4)
     html = att._repr_html_()
     assert_self_contained(html)
-    assert "token_attention_img0.png" in html and "rollout_evolution.png" in html
+    for shown in ("token_attention_img0.png", "cls_to_patches.png", "patches_to_cls.png",
+                  "rollout_evolution.png"):
+        assert shown in html
+    assert "rollout.png" not in html and "class_average_cls_to_patches.png" not in html
     with pytest.raises(PluginError, match="did not capture; use vitscope.view"):
         att.view("gradcam")
     emb = vitscope.embed(SHIPPED, images[:6])

@@ -13,7 +13,8 @@
   wrapped in place while it runs and handed back unchanged;
 - `images`: PIL images, files, folders, --data specs, arrays and tensors as model inputs;
 - `capture`: maps from an in-memory capture of only the hook points the methods read;
-- `explaining`: `explain()`, its methods, options and targets;
+- `explaining`: `explain()`, its methods and targets; `options`: their options, checked as
+  `--opt` checks them;
 - `results`: `Explanation` and `Evidence` (score), with inline display and files;
 - `views`: `attention()`, `embed()`, `view()` and the plugins' figures, inline;
 - `display`: figures, PNG bytes and escaped, self-contained HTML for notebooks.

@@ -38,21 +38,17 @@ class Captured:
     targets: np.ndarray                                  # N int64, the class explained (-1: none)
     maps: dict[str, np.ndarray] = field(default_factory=dict)    # method -> N×h×w float32
     steps: dict[str, np.ndarray] = field(default_factory=dict)   # method -> N×L×h×w float32
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # kept hook points, N×...
     batch_size: int = 0
 
 
 def run_maps(model, batch, methods: Sequence[MapMethod], options: dict[str, dict],
-             targets: np.ndarray | str, *, batch_size: int | None = None,
-             keep: Sequence[str] = ()) -> Captured:
+             targets: np.ndarray | str, *, batch_size: int | None = None) -> Captured:
     """Every method's maps for `batch` (vitscope.api.images.Batch) on `model`
     (vitscope.api.models.Model, opened). `targets`: "pred" or an N int64 array of classes
-    (-1 for none: a model without a class head). `keep`: hook points returned whole as
-    well (vitscope.attention), besides what the methods read."""
+    (-1 for none: a model without a class head)."""
     hooked, layout, depth = model.hooked, model.layout, model.depth
     wanted = [n for m in methods if not m.needs_model for n in m.reads(options[m.name], depth)]
-    names, grads = resolve_request(hooked, [*keep, *wanted])
-    kept = resolve_request(hooked, keep)[0] if keep else []
+    names, grads = resolve_request(hooked, wanted)
     size = batch_size or memory_sized_batch(model, names, grads)
     n = len(batch)
     out = Captured(np.zeros(0), np.zeros(0, np.int64), batch_size=size)
@@ -75,15 +71,12 @@ def run_maps(model, batch, methods: Sequence[MapMethod], options: dict[str, dict
             parts.setdefault(f"maps/{m.name}", []).append(np.asarray(maps, np.float32))
             if steps is not None:
                 parts.setdefault(f"steps/{m.name}", []).append(np.asarray(steps, np.float32))
-        for key in kept:
-            parts.setdefault(f"keep/{key}", []).append(arrays[key])
         del arrays
     out.logits = np.concatenate(logits_parts)
     out.targets = np.concatenate(target_parts)
     for key, chunks in parts.items():
         kind, _, name = key.partition("/")
-        {"maps": out.maps, "steps": out.steps, "keep": out.arrays}[kind][name] = \
-            np.concatenate(chunks)
+        {"maps": out.maps, "steps": out.steps}[kind][name] = np.concatenate(chunks)
     return out
 
 

@@ -83,6 +83,6 @@ def block(title: str, body: str) -> str:
             f"{body}</div>")
 
 
-def show(fig) -> None:
-    """Draw a figure with matplotlib (inline in a notebook, a window elsewhere)."""
+def show() -> None:
+    """Draw the open figures with matplotlib (inline in a notebook, a window elsewhere)."""
     F.pyplot().show()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from vitscope.api.options import convert_options
 from vitscope.errors import ConfigError, DataError
 from vitscope.methods import METHODS, MapMethod
 from vitscope.methods import get as get_method
@@ -96,23 +97,8 @@ def method_options(methods: list[MapMethod], options: dict | None) -> dict[str, 
         if not isinstance(given, dict):
             raise ConfigError(f"options['{m.name}'] must be a dict of option values, got a "
                               f"{type(given).__name__}.")
-        known = declared.get(m.name) or {}
-        values = {}
-        for key, value in given.items():
-            if key not in known and key not in m.defaults:
-                allowed = sorted(set(known) | set(m.defaults))
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f" Did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"Method '{m.name}' has no option '{key}'.{hint} Its options: "
-                                  f"{', '.join(allowed) or 'none'}.")
-            if key in known:
-                try:
-                    value = known[key].convert(value)
-                except ValueError as e:
-                    raise ConfigError(f"options['{m.name}']['{key}']={value!r} is invalid: {e} "
-                                      f"({known[key].help.rstrip('.')}).") from None
-            values[key] = value
-        out[m.name] = values
+        out[m.name] = convert_options(f"Method '{m.name}'", declared.get(m.name) or {},
+                                      given, also=tuple(m.defaults))
     return out
 
 

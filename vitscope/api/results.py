@@ -106,13 +106,16 @@ class Explanation:
     def show(self, **kwargs) -> None:
         """Draw `figure(**kwargs)` with matplotlib."""
         self.figure(**kwargs)
-        D.show(None)
+        D.show()
 
     def _title(self) -> str:
         return f"{self.model_name} · target: {self.target_spec}"
 
     def _repr_png_(self) -> bytes:
-        return D.png_bytes(self.figure())
+        # Jupyter asks for every format it knows (HTML and PNG): drawn once, kept
+        if getattr(self, "_png", None) is None:
+            self._png = D.png_bytes(self.figure())
+        return self._png
 
     def _repr_html_(self) -> str:
         rows = []
@@ -193,8 +196,9 @@ class Explanation:
             raise PluginError(broken[0])
         values = {**self._given}
         if extra:
+            from vitscope.api.options import plugin_options
             for name, opts in extra.items():
-                values[name] = _plugin_options(registry.get(name), opts)
+                values[name] = plugin_options(registry.get(name), opts)
         out_dir = Path(out_dir)
         hooks = union_requires(entries, values)
         with tempfile.TemporaryDirectory(prefix="vitscope-explain-") as tmp, \
@@ -234,21 +238,6 @@ class Explanation:
                 warnings.warn(f"The {r.name} maps saved in {path.parent} differ from .maps by "
                               f"{diff:.2g} of their maximum; did the model change since "
                               f"explain() ran?", stacklevel=3)
-
-
-def _plugin_options(entry, given: dict) -> dict:
-    """`given` converted by the plugin's declared options (as `--opt` converts them)."""
-    known = entry.option_map()
-    out = {}
-    for key, value in (given or {}).items():
-        if key not in known:
-            raise ConfigError(f"Plugin '{entry.name}' has no option '{key}'; its options: "
-                              f"{', '.join(known) or 'none'}.")
-        try:
-            out[key] = known[key].convert(value)
-        except ValueError as e:
-            raise ConfigError(f"{entry.name}.{key}={value!r} is invalid: {e}.") from None
-    return out
 
 
 def _name(classes: list[str], index) -> str:

@@ -76,7 +76,7 @@ class Figures:
 
     def show(self, name: str | None = None) -> None:
         self.figure(name)
-        D.show(None)
+        D.show()
 
     def _repr_png_(self) -> bytes | None:
         return next((d for n, d in self.files.items() if n.endswith(".png")), None)
@@ -104,7 +104,8 @@ def render(plugin: str | Any, dump_path: Path, options: dict[str, Any] | None = 
     entry = discover().get(plugin) if isinstance(plugin, str) else _entry(plugin)
     if not entry.ok:
         raise PluginError(entry.problem())
-    values = _converted(entry, options or {})
+    from vitscope.api.options import plugin_options
+    values = plugin_options(entry, options)
     with Dump.open(dump_path) as dump, tempfile.TemporaryDirectory(prefix="vitscope-view-") as tmp:
         gone = missing_hooks(dump.names, [entry], dump.model_names, {entry.name: values})
         if gone:
@@ -144,20 +145,6 @@ def _entry(plugin: Any):
     except _Malformed as e:
         entry.error, entry.fix = str(e), "fix it to follow the protocol in vitscope.plugin"
     return entry
-
-
-def _converted(entry, given: dict[str, Any]) -> dict[str, Any]:
-    known = entry.option_map()
-    out = {}
-    for key, value in given.items():
-        if key not in known:
-            raise ConfigError(f"Plugin '{entry.name}' has no option '{key}'; its options: "
-                              f"{', '.join(known) or 'none'}.")
-        try:
-            out[key] = known[key].convert(value)
-        except ValueError as e:
-            raise ConfigError(f"{entry.name}.{key}={value!r} is invalid: {e}.") from None
-    return out
 
 
 # ------------------------------------------------------------------------ captured runs
@@ -238,6 +225,8 @@ class Attention(_Captured):
     rollout(...)     N×h×w attention rollout (the rollout plugin's arithmetic and options)
     view(plugin)     the figures of token-attention, cls-heatmap, rollout, or any plugin that
                      reads attention
+    In a notebook: the CLS token's attention by layer and head, CLS to and from the patches
+    by layer, and the rollout up to each layer.
     """
 
     def _read(self, dump) -> None:
@@ -280,14 +269,22 @@ class Attention(_Captured):
         return method.compute(arrays, self.layout, settings, L).maps.astype(np.float32)
 
     def _views(self) -> list[Figures]:
-        k = min(len(self), 4)
-        return [self.view("token-attention", show=1, gif=False),
-                self.view("rollout", show=k)]
+        """What a notebook shows, rendered once (Jupyter asks for HTML and PNG)."""
+        if getattr(self, "_shown", None) is None:
+            k = min(len(self), 4)
+            self._shown = [
+                render("token-attention", self.path, {"show": 1, "gif": False}),
+                render("cls-heatmap", self.path, {"show": k, "per_head": 0},
+                       files=("cls_to_patches", "patches_to_cls")),
+                render("rollout", self.path, {"show": k}, files=("rollout_evolution",))]
+        return self._shown
 
     def _repr_png_(self) -> bytes | None:
-        return self.view("token-attention", show=1, gif=False)._repr_png_()
+        return self._views()[0]._repr_png_()
 
     def _repr_html_(self) -> str:
+        """The CLS token's attention by layer and head (image 0), CLS to and from the patches
+        per layer (head mean), and the rollout up to each layer."""
         n, L, H, T, _ = self.weights.shape
         body = "".join(v._repr_html_() for v in self._views())
         more = D.esc(f".weights is N×L×H×T×T = {n}×{L}×{H}×{T}×{T}; .view('cls-heatmap'), "
@@ -333,13 +330,19 @@ class Embedding(_Captured):
             options.setdefault("umap", self.umap)
         return super().view(plugin, **options)
 
+    def _view(self) -> Figures:
+        """What a notebook shows, rendered once (Jupyter asks for HTML and PNG)."""
+        if getattr(self, "_shown", None) is None:
+            self._shown = self.view()
+        return self._shown
+
     def _repr_png_(self) -> bytes | None:
-        return self.view()._repr_png_()
+        return self._view()._repr_png_()
 
     def _repr_html_(self) -> str:
         n, L, D_ = self.tokens.shape
         return D.block(f"vitscope.embed · {self.model_name} · {n} images",
-                       self.view()._repr_html_() +
+                       self._view()._repr_html_() +
                        f"<div class='note'>.tokens is N×L×D = {n}×{L}×{D_}; .cls N×D.</div>")
 
 
@@ -367,7 +370,8 @@ def view(model: Any, images: Any, plugin: str | Any, *, options: dict[str, Any] 
         entry = discover().get(plugin)
         if not entry.ok:
             raise PluginError(entry.problem())
-        hooks = entry.requires_for(_converted(entry, options or {}))
+        from vitscope.api.options import plugin_options
+        hooks = entry.requires_for(plugin_options(entry, options))
     else:
         hooks = tuple(getattr(plugin, "requires", ()))
     run = _Captured(model, images, hooks, **kwargs)
