@@ -137,9 +137,19 @@ class AdaptedViT(nn.Module):
         raise NotImplementedError
 
     def _install(self) -> None:
-        """Feed the hook points from the foreign model's modules (once)."""
-        if not self._undo:
-            self._undo = list(self._routes())
+        """Feed the hook points from the foreign model's modules (once); a route that fails
+        leaves nothing of the others behind."""
+        if self._undo:
+            return
+        undo: list[Callable[[], None]] = []
+        try:
+            for fn in self._routes():
+                undo.append(fn)
+        except BaseException:
+            for fn in reversed(undo):
+                fn()
+            raise
+        self._undo = undo
 
     def release(self) -> None:
         """Undo everything `_install` did to the foreign model, latest first; idempotent. The
