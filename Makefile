@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.installed-stamp
 
 # Set up once: a virtualenv with torch (CPU or CUDA build, whatever pip resolves here: on
 # Linux that is the CUDA build, about 6 GB, even without a GPU), vitscope in editable mode
-# with its test extras and the timm/hf extras (so the adapter tests run), and the example
-# third-party plugin. TORCH_INDEX=URL installs torch from that index instead, e.g. a CPU-only
+# with its test extras (the notebook runner included), the timm/hf extras (so the adapter
+# tests run), the bench extra (pytorch-grad-cam, for benchmarks/api_vs_peers.py), and the
+# example third-party plugin. TORCH_INDEX=URL installs torch from that index instead, e.g. a CPU-only
 # build where your package index offers one:
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
@@ -17,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml examples/vitscope-attention-entropy/setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch>=2.3" "torchvision>=0.18"
-	$(BIN)/python -m pip install -q -e ".[dev,timm,hf]"
+	$(BIN)/python -m pip install -q -e ".[dev,timm,hf,bench]"
 	$(BIN)/python -m pip install -q -e examples/vitscope-attention-entropy
 	touch $(STAMP)
 
@@ -54,6 +55,7 @@ bench: install
 	$(BIN)/python benchmarks/train_throughput.py --model vit-tiny --baseline --data folder:$(CIFAR)
 	$(BIN)/python benchmarks/capture_throughput.py --device cpu
 	$(BIN)/python benchmarks/analyze_throughput.py
+	$(BIN)/python benchmarks/api_vs_peers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,7 +14,8 @@ exactly the patch part of a grad-rollout over that single layer.
 
 Every prefix token (CLS, distillation, registers) takes part in the propagation like any other
 token; only the read-out is restricted to the patch tokens. Batched over images (chunks of
-maps.READ_BYTES of float32 attention and gradient), one layer in memory at a time; per-image maps go to results.npz
+maps.READ_BYTES of float32 attention and gradient, one layer read at a time, and each layer's T×T Ā
+kept for the CLS-row product); per-image maps go to results.npz
 chunk by chunk, so memory does not grow with the number of images.
 """
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.errors import PluginError
-from vitscope.methods import grad_rollout
-from vitscope.plugin import MaskTally, Option, append_maps, block_index, n_images, rows_for, to_grid
+from vitscope.methods import LazyArrays
+from vitscope.methods import get as map_method
+from vitscope.plugin import MaskTally, Option, append_maps, block_index, n_images, rows_for
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
@@ -74,7 +76,8 @@ class GradRollout:
         out_dir = Path(out_dir)
         with F.Results(out_dir) as results:    # per-image arrays spill to disk chunk by chunk
             maps, evo, masks = self._compute(dump, [names[l] for l in layers],
-                                             [grads[l] for l in layers], n, k, layout, results)
+                                             [grads[l] for l in layers], n, k, layout, results,
+                                             options, len(names))
             results["layers"] = np.array(layers)
             results["labels"] = dump.labels[:n]
             results["preds"] = dump.preds[:n]
@@ -99,23 +102,22 @@ class GradRollout:
             files.append(I.save_html(fig, out_dir / f"{self.name}.html", options))
         return files
 
-    @staticmethod
-    def _compute(dump, names, grads, n, k, layout, results):
+    def _compute(self, dump, names, grads, n, k, layout, results, options, depth):
         """Chunks of images (maps.rows_for: about READ_BYTES of float32 attention and gradient, one layer at a time): the
         maps and their evolution go to `results` chunk by chunk; kept are the first k images'
         (figures) and three mask numbers per image. Returns (maps k×h×w, evolution k×L×h×w,
         MaskTally)."""
-        cls = _cls_index(layout)
+        _cls_index(layout)   # one sentence for a model without a CLS token, before reading
         H, T = dump[names[0]].shape[1], layout.num_tokens
-        chunk = rows_for(2 * H * T * T * 4)
+        chunk = rows_for(2 * H * T * T * 4 + len(names) * T * T * 8)  # a layer read, every Ā kept
         masks = MaskTally(dump)
         shown: tuple[list, list] = ([], [])
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            attn = (np.asarray(dump[a][s:e], np.float32) for a in names)
-            grad = (np.asarray(dump[g][s:e], np.float32) for g in grads)
-            final, evo = grad_rollout(attn, grad, cls, layout.num_prefix_tokens)
-            maps, evo = to_grid(final, layout.grid), to_grid(evo, layout.grid).astype(np.float32)
+            arrays = LazyArrays([*names, *grads], lambda name, s=s, e=e: np.asarray(
+                dump[name][s:e], np.float32))           # read as the method reaches each layer
+            out = map_method(self.name).compute(arrays, layout, options, depth)
+            maps, evo = out.maps, out.steps.astype(np.float32)
             append_maps(results, dump, maps, s)
             results.append("evolution", evo)
             masks.add(maps, s)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.errors import PluginError
-from vitscope.methods import gradcam
-from vitscope.plugin import MaskTally, Option, append_maps, block_index, n_images, rows_for, to_grid
+from vitscope.methods import get as map_method
+from vitscope.plugin import MaskTally, Option, append_maps, block_index, n_images, rows_for
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
@@ -63,9 +63,9 @@ class GradCam:
         with F.Results(out_dir) as results:
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
-                per_block = np.stack([to_grid(gradcam(dump[a][s:e], dump[g][s:e],
-                                                      layout.num_prefix_tokens), layout.grid)
-                                      for a, g in zip(acts, grads)], axis=1)   # n×L×h×w
+                per_block = np.stack([map_method(self.name).compute(
+                    {a: dump[a][s:e], g: dump[g][s:e]}, layout, {"block": b}, len(acts)).maps
+                    for b, (a, g) in enumerate(zip(acts, grads))], axis=1)    # n×L×h×w
                 maps = per_block[:, block]
                 append_maps(results, dump, maps, s)
                 results.append("per_block", per_block.astype(np.float32))

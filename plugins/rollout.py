@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope.methods import FUSIONS, attention_rollout, fuse_heads
+from vitscope.methods import FUSIONS, LazyArrays, fuse_heads
+from vitscope.methods import get as map_method
 from vitscope.plugin import (NanMean, Option, append_maps, block_index, cls_index, mask_area,
                              mask_summary_from, mass_in_mask, n_images, other_prefix,
                              patch_coverage, pointing, prefix_note, rows_for, to_grid)
@@ -66,7 +67,8 @@ class Rollout:
         out_dir = Path(out_dir)
         with F.Results(out_dir) as results:
             maps, evo, numbers, share = self._compute(dump, names[start:end + 1], n, k, options,
-                                                      layout, results, cls_index(layout, self.name))
+                                                      layout, results, cls_index(layout, self.name),
+                                                      len(names))
             for key, value in dict(layers=np.array(layers), labels=dump.labels[:n],
                                    preds=dump.preds[:n], fusion=options.fusion,
                                    discard_ratio=options.discard_ratio, **numbers).items():
@@ -104,7 +106,7 @@ class Rollout:
     # ------------------------------------------------------------------------------ compute
 
     @staticmethod
-    def _compute(dump, names, n, k, options, layout, results, cls):
+    def _compute(dump, names, n, k, options, layout, results, cls, depth):
         """Batched over images in chunks (about maps.READ_BYTES of float32 attention per layer),
         one batched matmul per layer and chunk. The per-image maps go to `results` chunk by chunk;
         kept are the first k images' maps (figures) and a few numbers per image (mask).
@@ -114,21 +116,21 @@ class Rollout:
         others = other_prefix(layout)
         share = NanMean() if others else None
         H, T = dump[names[0]].shape[1], layout.num_tokens
-        chunk = rows_for(H * T * T * 4)
+        chunk = rows_for(H * T * T * 4 + len(names) * T * T * 8)   # a layer read, every factor kept
         shown: tuple[list, list] = ([], [])
         numbers: dict[str, list] = {}
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             raw: list[np.ndarray] = []
-            layers = _read_layers(dump, names, s, e, options.fusion, prefix, raw, cls)
-            final, evo, row = attention_rollout(layers, options.fusion, options.discard_ratio,
-                                                prefix, cls, full_row=True)
+            layers = LazyArrays(names, lambda name, s=s, e=e: _read_layer(
+                dump, name, s, e, options.fusion, prefix, raw, cls))
+            out = map_method("rollout").compute(layers, layout, options, depth)
+            maps, evo, row = out.maps, out.steps, out.extra["cls_row"]    # N×h×w, N×L×h×w, N×T
             if share is not None:   # N: the CLS row's rollout mass not drawn on the grid
                 held = row[:, others].sum(-1)
                 results.append("rollout_to_other_prefix", held.astype(np.float32))
                 share.add(held)
             row = None
-            maps, evo = to_grid(final, grid), to_grid(evo, grid)        # N×h×w, N×L×h×w
             raw = to_grid(np.stack(raw, axis=1), grid)                  # fused CLS attention
             results.append("rollout", maps.astype(np.float32))
             append_maps(results, dump, maps, s)      # the map contract, chunk by chunk
@@ -200,14 +202,14 @@ class Rollout:
             return F.save_static(fig, out_dir / "rollout_mask", options)
 
 
-def _read_layers(dump, names, start, stop, fusion, prefix, raw_cls: list, cls: int = 0):
-    """Yield each layer's attention for images start..stop as stored (fp16: half the memory of
-    float32; fuse_heads reduces it as it is), one layer in memory at a time, appending its
-    fused CLS row (token `cls`) to raw_cls for the raw-attention comparison."""
-    for name in names:
-        attn = dump[name][start:stop]
-        raw_cls.append(fuse_heads(attn[:, :, cls:cls + 1, :], fusion)[:, 0, prefix:])
-        yield attn
+def _read_layer(dump, name, start, stop, fusion, prefix, raw_cls: list, cls: int = 0):
+    """One layer's attention for images start..stop as stored (fp16: half the memory of
+    float32; fuse_heads reduces it as it is), read when the rollout reaches it so one layer is
+    in memory at a time; its fused CLS row (token `cls`) goes to raw_cls for the
+    raw-attention comparison."""
+    attn = dump[name][start:stop]
+    raw_cls.append(fuse_heads(attn[:, :, cls:cls + 1, :], fusion)[:, 0, prefix:])
+    return attn
 
 
 def _mask_numbers(numbers: dict) -> dict:

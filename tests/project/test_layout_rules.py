@@ -35,9 +35,14 @@ MAY_IMPORT = {
     "vitscope.model": LOW + ("vitscope.model", "vitscope.data"),
     "vitscope.capture": LOW + ("vitscope.capture", "vitscope.model", "vitscope.data",
                                "vitscope.dump"),
+    # the notebook API: in-memory captures, the map methods, figures, and the host's
+    # plugin rendering and scoring (one implementation of each), never the CLI or training
+    "vitscope.api": LOW + ("vitscope.api", "vitscope.model", "vitscope.data", "vitscope.capture",
+                           "vitscope.dump", "vitscope.methods", "vitscope.plugin",
+                           "vitscope.render", "vitscope.analyze", "vitscope.score"),
 }
 STAGES = ("data", "model", "capture", "dump", "plugin", "methods", "render", "analyze", "evaluate",
-          "score", "commands", "_internal")
+          "score", "api", "commands", "_internal")
 
 
 def _module(path: Path) -> str:
@@ -182,7 +187,12 @@ def test_import_vitscope_has_no_side_effects():
     code = ("import os, sys; before = dict(os.environ); import vitscope; "
             "assert 'OMP_NUM_THREADS' not in os.environ; assert dict(os.environ) == before; "
             "assert 'torch' not in sys.modules; "
-            "assert not [m for m in sys.modules if m.startswith('vitscope.analyze')]")
+            "assert not [m for m in sys.modules if m.startswith(('vitscope.analyze', "
+            "'vitscope.api'))]; "
+            # the notebook API is there, loaded only when first used (torch: when it runs)
+            "assert 'explain' in dir(vitscope) and 'torch' not in sys.modules; "
+            "f = vitscope.explain; assert callable(f); "
+            "assert f is sys.modules['vitscope.api'].explain")
     env = {k: v for k, v in __import__("os").environ.items()
            if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)

@@ -145,7 +145,7 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
     outcome = None
     try:
         try:
-            with _interrupts_deferred():
+            with _interrupts_deferred(), _main_not_rerun():
                 proc.start()
         except Exception as e:   # e.g. an option value that cannot be pickled
             outcome = Outcome(False, error=f"could not be started in its own process "
@@ -266,6 +266,27 @@ def _forkserver_pid() -> int | None:
         return getattr(forkserver._forkserver, "_forkserver_pid", None)
     except (ImportError, AttributeError):
         return None
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """While a child starts, the parent's __main__ looks like an interactive session, so the
+    child does not import the user's script again (multiprocessing does that to a script
+    without an `if __name__ == "__main__":` guard: a script calling vitscope.explain(...).save
+    at top level would run again in every plugin's child). The child needs nothing from it:
+    it imports the plugin by its entry point."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 @contextlib.contextmanager

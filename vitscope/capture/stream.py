@@ -434,7 +434,8 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
                 u8 = u8.pin_memory().to(dev, non_blocking=True)
             acts.clear()
             grad_in.clear()
-            x = to_model_input(u8.to(dev), mean, std)
+            x = (to_model_input(u8.to(dev), mean, std) if dataset.inputs is None else
+                 torch.as_tensor(np.asarray(dataset.inputs[pos]), dtype=torch.float32).to(dev))
             if grads:
                 x.requires_grad_(True)   # every hook output joins the graph, frozen weights or not
             logits = model(x)

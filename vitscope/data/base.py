@@ -22,6 +22,9 @@ class ImageDataset:
     spec: str                 # the --data spec it came from, e.g. "shapes", "folder:/x", "cifar10"
     split: str                # "train" | "val" | "all"
     paths: list[str] | None   # source file per image for folder data, else None
+    # N×C×H×W float32: the model's input as given (already normalised, vitscope.explain(...,
+    # preprocessed=True)); `images` then only show it. None: inputs come from `images`.
+    inputs: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -51,7 +54,8 @@ class ImageDataset:
             images=self.images[index], labels=self.labels[index], classes=list(self.classes),
             masks=None if self.masks is None else self.masks[index], spec=self.spec,
             split=split or self.split,
-            paths=None if self.paths is None else [self.paths[i] for i in index])
+            paths=None if self.paths is None else [self.paths[i] for i in index],
+            inputs=None if self.inputs is None else self.inputs[index])
 
 
 def carve_split(train: ImageDataset, split: str, val_split: float, seed: int) -> ImageDataset:

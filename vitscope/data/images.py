@@ -135,9 +135,14 @@ def decode_image(path: str | Path, size: "int | Preprocess") -> np.ndarray:
     with Image.open(path) as img:
         if img.format == "JPEG":  # let libjpeg decode at a reduced scale still >= the resize
             img.draft("RGB", (pp.resize[1], pp.resize[0]))
-        img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
-        return np.asarray(pp.apply(img), dtype=np.uint8).copy()
+        return prepare_image(img, pp)
+
+
+def prepare_image(img: Image.Image, size: "int | Preprocess") -> np.ndarray:
+    """An opened PIL image as H×W×3 uint8 at `size`, by the same policy as files (EXIF
+    orientation, RGB, resize, centre crop)."""
+    img = _to_rgb(ImageOps.exif_transpose(img))
+    return np.asarray(Preprocess.of(size).apply(img), dtype=np.uint8).copy()
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vitscope.methods.rollout import cls_rows
+
 
 def attention_gradient(attn: np.ndarray, grad: np.ndarray) -> np.ndarray:
     """N×H×T×T attention and its gradient -> N×T×T: mean over heads of max(∇A ⊙ A, 0)."""
@@ -19,15 +21,10 @@ def grad_rollout(layers, grads, cls_index: int = 0,
                  num_prefix_tokens: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Chefer et al.'s relevance over paired sequences of N×H×T×T attention and gradient arrays
     (first layer first). Returns (final N×P, per_layer N×L×P): the CLS row over the patches of
-    R after the last layer, and after each layer in turn."""
-    relevance = None
-    per_layer = []
-    for attn, grad in zip(layers, grads):
-        a = attention_gradient(attn, grad)
-        if relevance is None:
-            relevance = np.broadcast_to(np.eye(a.shape[-1]), a.shape).copy()
-        relevance = relevance + a @ relevance
-        per_layer.append(relevance[:, cls_index, num_prefix_tokens:])
-    if relevance is None:
+    R after the last layer, and after each layer in turn. R_l = (I + Ā_l) R_{l-1} from R = I,
+    so its CLS row is e_clsᵀ (I + Ā_l) … (I + Ā_1): carried as rows (rollout.cls_rows)."""
+    steps = [attention_gradient(attn, grad) for attn, grad in zip(layers, grads)]
+    if not steps:
         raise ValueError("grad-rollout needs at least one layer")
-    return per_layer[-1], np.stack(per_layer, axis=1)
+    rows = cls_rows(steps, cls_index, residual=True)[:, :, num_prefix_tokens:]
+    return rows[:, -1], rows

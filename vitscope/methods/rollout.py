@@ -63,13 +63,27 @@ def attention_rollout(layers, fusion: str = "mean", discard_ratio: float = 0.0,
     the rollout up to the last layer, and up to each layer in turn; with `full_row`, also the
     final N×T CLS row, prefix tokens included.
     """
-    rollout = None
-    per_layer = []
-    for attn in layers:
-        step = rollout_step(attn, fusion, discard_ratio, cls)
-        rollout = step if rollout is None else step @ rollout  # later layers on the left
-        per_layer.append(rollout[:, cls, num_prefix_tokens:])
-    if rollout is None:
+    steps = [rollout_step(attn, fusion, discard_ratio, cls) for attn in layers]
+    if not steps:
         raise ValueError("attention rollout needs at least one layer")
-    out = (per_layer[-1], np.stack(per_layer, axis=1))
-    return (*out, rollout[:, cls]) if full_row else out
+    rows = cls_rows(steps, cls)                                   # N×L×T
+    out = (rows[:, -1, num_prefix_tokens:], rows[:, :, num_prefix_tokens:])
+    return (*out, rows[:, -1]) if full_row else out
+
+
+def cls_rows(factors: list[np.ndarray], cls: int, residual: bool = False) -> np.ndarray:
+    """Row `cls` of each partial product R_l = F_l · … · F_1 (later layers on the left) of
+    N×T×T factors: N×L×T. With `residual`, F_l = I + factors[l].
+
+    Only the rows are carried, never R_l itself: e_clsᵀ F_l … F_1 is a row vector times one
+    factor after another, from the last layer back to the first, so all L rows cost L(L+1)/2
+    vector-matrix products, O(L² T²) per image, instead of L matrix products, O(L T³) (at 197
+    tokens and 12 layers about 30 times fewer operations). Needs every factor at once."""
+    n, t = factors[0].shape[0], factors[0].shape[-1]
+    start = np.zeros((n, 1, t), factors[0].dtype)
+    start[:, 0, cls] = 1
+    rows = start[:, :0]
+    for f in reversed(factors):                 # the row of R_l joins when F_l is reached
+        rows = np.concatenate([start, rows], axis=1)
+        rows = rows + rows @ f if residual else rows @ f
+    return rows

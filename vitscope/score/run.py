@@ -11,6 +11,10 @@
 4. Localisation (data with masks): mass in mask and pointing game of maps and baselines.
 Every number is a mean over images with a bootstrap 95% CI; "beats" needs the CI of the paired
 per-image difference on the better side of 0.
+
+Steps 2-4 are `evaluate_maps`, given the maps and a way to recompute them on a randomised
+model: here through dumps and the plugins, in the Python API (`Explanation.score()`) through
+in-memory captures and the same map methods.
 """
 from __future__ import annotations
 
@@ -82,7 +86,8 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     echo(f"{'Reusing' if reused else 'Captured'} dump {dump_path}")
     with tempfile.TemporaryDirectory(prefix="vitscope-score-") as tmp, Dump.open(dump_path) as dump:
         n = min(images, len(dump))
-        maps = _render_maps(dump, entries, values, n, Path(tmp) / "trained")
+        maps = {name: m.maps for name, m in
+                _render_maps(dump, entries, values, n, Path(tmp) / "trained").items()}
         pixels = np.asarray(dump.images[:n])
         tgt = np.asarray(dump.target[:n])
         indices = np.asarray(dump.indices[:n])
@@ -93,31 +98,16 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
                 "images": n, "target": dump.target_spec, "dump": str(Path(dump_path).resolve()),
                 "classes": dump.classes, "grid": list(layout.grid)}
         seconds["maps"] = time.perf_counter() - t0
-
-        # ---- faithfulness
-        t0 = time.perf_counter()
         mean, std = normalization(ckpt)
         x = to_model_input(torch.from_numpy(pixels).to(dev), mean, std)
-        target_t = torch.from_numpy(tgt).to(dev)
-        rng = np.random.default_rng(seed)
-        baselines = LO.baseline_maps(pixels, layout.grid)
-        orders = {name: FA.relevance_order(m.maps, rng) for name, m in maps.items()}
-        orders[RANDOM] = FA.random_order(n, layout.num_patches, rng)
-        for b in FAITHFULNESS_BASELINES:
-            orders[b] = FA.relevance_order(baselines[b], rng)
-        perturber = FA.Perturber(model, layout, perturbation)
-        curves = FA.curves(perturber, x, target_t, orders, batch_size)
-        seconds["faithfulness"] = time.perf_counter() - t0
-        echo(f"faithfulness: {len(orders)} orders × {2 * (FA.STEPS - 1) + 2} steps on {n} images "
-             f"({seconds['faithfulness']:.1f} s)")
-
-        # ---- randomisation
-        t0 = time.perf_counter()
         dataset = dataset_for(ckpt, data, split)
         explicit = np.full(len(dataset), -1, np.int64)
         explicit[indices] = tgt
-        rho_steps: list[tuple[str, dict[str, np.ndarray]]] = []
-        for k, (label, random_model) in enumerate(RA.cascade(model, seed)):
+        steps = iter(range(1 << 30))
+
+        def recompute(random_model) -> dict[str, np.ndarray]:
+            """The plugins' maps on a dump of the randomised model: same images, same targets."""
+            k = next(steps)
             path = capture(random_model, dataset, Path(tmp) / f"random-{k}.h5", patterns,
                            ckpt=None, normalize=(mean, std), classes=list(dump.classes),
                            limit=n, batch_size=capture_batch, device=dev,
@@ -128,20 +118,61 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
                                       "trained one's; this is a bug in vitscope score.")
                 rmaps = _render_maps(rdump, entries, values, n, Path(tmp) / f"random-{k}")
             path.unlink()
-            rho_steps.append((label, {name: spearman(maps[name].maps, rmaps[name].maps)
-                                      for name in maps}))
-            echo(f"randomised {label:<12} " + "  ".join(
-                f"{name} ρ={np.nanmean(r):.2f}" for name, r in rho_steps[-1][1].items()))
-        seconds["randomization"] = time.perf_counter() - t0
+            return {name: m.maps for name, m in rmaps.items()}
+
+        report = evaluate_maps(model, x, pixels, tgt, maps, layout, masks, recompute, info,
+                               perturbation=perturbation, batch_size=batch_size, seed=seed,
+                               echo=echo, seconds=seconds)
+    seconds["total"] = time.perf_counter() - t_all
+    report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    return report
+
+
+def evaluate_maps(model, x, pixels: np.ndarray, target: np.ndarray,
+                  maps: dict[str, np.ndarray], layout, masks: np.ndarray | None,
+                  recompute: Callable[[Any], dict[str, np.ndarray]], info: dict[str, Any], *,
+                  perturbation: str = "drop", batch_size: int = 256, seed: int = 0,
+                  echo: Callable[[str], None] = lambda s: None,
+                  seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Steps 2-4 of the module docstring for N×h×w `maps` (name -> array) of the images
+    `x` (N×C×H×W model inputs on the model's device; `pixels` N×H×W×3 uint8) and the class
+    each explains (`target`, N). `recompute(random_model)` returns the same maps for a
+    randomised copy of `model` (same images, same targets). Returns the report; `seconds`,
+    when given, receives the time of each step."""
+    import torch
+
+    seconds = {} if seconds is None else seconds
+    n = len(pixels)
+    # ---- faithfulness
+    t0 = time.perf_counter()
+    target_t = torch.as_tensor(np.asarray(target), dtype=torch.long, device=x.device)
+    rng = np.random.default_rng(seed)
+    baselines = LO.baseline_maps(pixels, layout.grid)
+    orders = {name: FA.relevance_order(m, rng) for name, m in maps.items()}
+    orders[RANDOM] = FA.random_order(n, layout.num_patches, rng)
+    for b in FAITHFULNESS_BASELINES:
+        orders[b] = FA.relevance_order(baselines[b], rng)
+    perturber = FA.Perturber(model, layout, perturbation)
+    curves = FA.curves(perturber, x, target_t, orders, batch_size)
+    seconds["faithfulness"] = time.perf_counter() - t0
+    echo(f"faithfulness: {len(orders)} orders × {2 * (FA.STEPS - 1) + 2} steps on {n} images "
+         f"({seconds['faithfulness']:.1f} s)")
+
+    # ---- randomisation
+    t0 = time.perf_counter()
+    rho_steps: list[tuple[str, dict[str, np.ndarray]]] = []
+    for label, random_model in RA.cascade(model, seed):
+        rmaps = recompute(random_model)
+        rho_steps.append((label, {name: spearman(maps[name], rmaps[name]) for name in maps}))
+        echo(f"randomised {label:<12} " + "  ".join(
+            f"{name} ρ={np.nanmean(r):.2f}" for name, r in rho_steps[-1][1].items()))
+    seconds["randomization"] = time.perf_counter() - t0
 
     # ---- localisation
     t0 = time.perf_counter()
     coverage = LO.patch_coverage(masks, layout.grid) if masks is not None else None
     seconds["localization"] = time.perf_counter() - t0
-    report = _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed)
-    seconds["total"] = time.perf_counter() - t_all
-    report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    return report
+    return _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed)
 
 
 def _render_maps(dump, entries, values, n, folder: Path):
@@ -219,7 +250,7 @@ def _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, se
                 if not vs[f"beats_{curve}"]:
                     not_beaten.setdefault(b, []).append(curve)
         if coverage is not None:
-            mass, point = LO.mass_in_mask(m.maps, coverage), LO.pointing(m.maps, coverage)
+            mass, point = LO.mass_in_mask(m, coverage), LO.pointing(m, coverage)
             vs = {}
             for b, (bm, bp) in loc_vals.items():
                 dm, dp = paired(mass, bm, seed), paired(point, bp, seed)

@@ -9,6 +9,12 @@ returns replaces the activation downstream, so interventions and gradients (tens
 point's output) work as they do on vitscope's own ViT. Explicit attention is switched on per
 block, at forward time, only while that block's `attn.weights` point has a hook (each family
 module does it its own way: timm `fused_attn`, torchvision/transformers an explicit branch).
+
+Everything an adapter does to the foreign model is undone by `release()`: its hooks removed,
+swapped classes, attributes and flags put back. So a model object a user already holds can be
+wrapped in place (`TimmViT.around(model)`, what `vitscope.explain` does) and handed back as it
+was, and a copy (`copy.deepcopy`, which `vitscope score` randomises) is made of the foreign
+model with nothing of vitscope on it, then wrapped again.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import copy
 import dataclasses
 import difflib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,16 +127,61 @@ class BlockPoints(nn.Module):
 class AdaptedViT(nn.Module):
     """A foreign ViT exposing vitscope's hook points (module docstring).
 
-    Subclasses build `self.model` and call `_finish(depth)`, then route activations with
-    `route_output` / `route_input`; they define `token_layout` and `forward`.
+    Subclasses take the foreign model (or build it from the config), call `_finish(depth)`,
+    then `_install()`, which routes activations through `_routes()` (each `route_output` /
+    `route_input` and whatever else it changes on the foreign model, as undo callables);
+    they define `token_layout` and `forward`.
     """
 
     family = ""
+    config_class: type = ForeignConfig
 
     def __init__(self, cfg: ForeignConfig, model: nn.Module) -> None:
         super().__init__()
         self.cfg = cfg
         self.model = model            # first child: its parameters are the state_dict
+        self._undo: list[Callable[[], None]] = []
+
+    @classmethod
+    def around(cls, model: nn.Module) -> "AdaptedViT":
+        """Wrap a foreign model object in place (no copy of its weights); `release()` gives it
+        back as it was. Its config is read off the object (`config_class.from_model`)."""
+        return cls(cls.config_class.from_model(model), model)
+
+    def _routes(self) -> Iterable[Callable[[], None]]:  # pragma: no cover - every family
+        raise NotImplementedError
+
+    def _install(self) -> None:
+        """Feed the hook points from the foreign model's modules (once); a route that fails
+        leaves nothing of the others behind."""
+        if self._undo:
+            return
+        undo: list[Callable[[], None]] = []
+        try:
+            for fn in self._routes():
+                undo.append(fn)
+        except BaseException:
+            for fn in reversed(undo):
+                fn()
+            raise
+        self._undo = undo
+
+    def release(self) -> None:
+        """Undo everything `_install` did to the foreign model, latest first; idempotent. The
+        hook points stay, and receive nothing until `_install()` runs again."""
+        undo, self._undo = self._undo, []
+        for fn in reversed(undo):
+            fn()
+
+    @contextlib.contextmanager
+    def _released(self) -> Iterator[None]:
+        installed = bool(self._undo)
+        self.release()
+        try:
+            yield
+        finally:
+            if installed:
+                self._install()
 
     def _finish(self, depth: int, cls: bool = True, *, blocks=(), head=()) -> None:
         """Register the point tree in forward order, then name the points. `blocks` are the
@@ -152,15 +203,13 @@ class AdaptedViT(nn.Module):
         self.model.eval()
 
     def __deepcopy__(self, memo) -> "AdaptedViT":
-        """A copy is rebuilt from the config, then given these weights: the hooks on the
-        foreign modules close over this model's points, so copying them would leave the copy
-        feeding the original's points (vitscope score randomises a deep copy)."""
-        new = type(self)(copy.deepcopy(self.cfg, memo))
+        """The foreign model is copied with vitscope's hooks taken off (they close over this
+        model's points: copied, they would feed the original's points), then wrapped again
+        (vitscope score randomises a deep copy)."""
+        with self._released():
+            model = copy.deepcopy(self.model, memo)
+        new = type(self)(copy.deepcopy(self.cfg, memo), model)
         memo[id(self)] = new
-        p = next(self.parameters(), None)
-        if p is not None:
-            new.to(device=p.device, dtype=p.dtype)
-        new.load_state_dict(self.state_dict())
         new.train(self.training)
         for k, v in self.__dict__.items():     # plain attributes (e.g. source_weights)
             if not k.startswith("_") and k not in new.__dict__ and k != "training":
@@ -198,9 +247,11 @@ class AdaptedViT(nn.Module):
                              f"{tuple(x.shape)}; resize the input to the model's size.")
 
 
-def route_output(module: nn.Module, point: HookPoint, to_point=None, from_point=None) -> None:
+def route_output(module: nn.Module, point: HookPoint, to_point=None,
+                 from_point=None) -> Callable[[], None]:
     """Pass `module`'s output through `point` (only while the point has hooks). `to_point`
-    and `from_point` convert between the module's layout and the point's shape."""
+    and `from_point` convert between the module's layout and the point's shape. Returns what
+    removes the route."""
     def hook(mod, args, out):
         if not point.active:
             return None
@@ -209,17 +260,32 @@ def route_output(module: nn.Module, point: HookPoint, to_point=None, from_point=
         if new is shown:
             return None
         return from_point(new, out) if from_point else new
-    module.register_forward_hook(hook)
+    return module.register_forward_hook(hook).remove
 
 
-def route_input(module: nn.Module, point: HookPoint) -> None:
-    """Pass `module`'s first positional input through `point` (only while hooked)."""
+def route_input(module: nn.Module, point: HookPoint) -> Callable[[], None]:
+    """Pass `module`'s first positional input through `point` (only while hooked). Returns
+    what removes the route."""
     def hook(mod, args):
         if not point.active or not args:
             return None
         new = point(args[0])
         return None if new is args[0] else (new, *args[1:])
-    module.register_forward_pre_hook(hook)
+    return module.register_forward_pre_hook(hook).remove
+
+
+def set_attribute(obj: Any, name: str, value: Any) -> Callable[[], None]:
+    """`obj.name = value`; returns what puts the attribute back as it was (or deletes it)."""
+    missing = object()
+    old = obj.__dict__.get(name, missing)
+
+    def undo() -> None:
+        if old is missing:
+            obj.__dict__.pop(name, None)
+        else:
+            obj.__dict__[name] = old
+    obj.__dict__[name] = value
+    return undo
 
 
 def heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

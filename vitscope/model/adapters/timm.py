@@ -5,7 +5,8 @@ timm's own forward runs untouched; hook points are fed by hooks on its modules:
 v from `qkv`, weights after the softmax at `attn_drop`, out), `norm2`, `mlp`, the block, then
 `norm` and the head's input (`cls`, for token-pooling models). Explicit attention: timm's
 `fused_attn` flag, set just before each block's attention runs, False only while that block's
-`attn.weights` has a hook. `attn.out` is the attention module's output (after `proj`), before
+`attn.weights` has a hook, and put back after it (and by `release()`, should a forward fail
+in between). `attn.out` is the attention module's output (after `proj`), before
 any layer scale (`ls1`).
 """
 from __future__ import annotations
@@ -42,27 +43,43 @@ class TimmConfig(ForeignConfig):
         return cls(name=name, kwargs=dict(kwargs), image_size=[int(h), int(w)],
                    num_classes=int(model.num_classes))
 
+    @classmethod
+    def from_model(cls, model) -> "TimmConfig":
+        """The config of a timm model object (its pretrained_cfg names the architecture; the
+        constructor's other arguments are not recorded by timm, so kwargs stay empty)."""
+        pretrained = getattr(model, "pretrained_cfg", None) or {}
+        name = pretrained.get("architecture") or type(model).__name__
+        size = getattr(getattr(model, "patch_embed", None), "img_size", None) or (0, 0)
+        h, w = (size, size) if isinstance(size, int) else size
+        return cls(name=str(name), image_size=[int(h), int(w)],
+                   num_classes=int(getattr(model, "num_classes", 0) or 0))
+
 
 class TimmViT(AdaptedViT):
     family = "timm"
+    config_class = TimmConfig
 
-    def __init__(self, cfg: TimmConfig) -> None:
+    def __init__(self, cfg: TimmConfig, model=None) -> None:
         timm = require("timm", "timm")
-        model = timm.create_model(cfg.name, pretrained=False, **cfg.kwargs)
+        if model is None:
+            model = timm.create_model(cfg.name, pretrained=False, **cfg.kwargs)
         super().__init__(cfg, model)
         _check_supported(model, cfg.name)
-        token_pooled = getattr(model, "global_pool", "token") == "token"
-        self._finish(len(model.blocks), cls=token_pooled, blocks=list(model.blocks),
+        self._token_pooled = getattr(model, "global_pool", "token") == "token"
+        self._finish(len(model.blocks), cls=self._token_pooled, blocks=list(model.blocks),
                      head=[getattr(model, n, None) for n in ("norm", "fc_norm", "head",
                                                               "head_dist", "head_drop")])
-        m = model
-        route_output(m.patch_embed, self.patch_embed.out, _flat, _unflat)
-        route_output(m.norm_pre, self.embed.out)
+        self._install()
+
+    def _routes(self):
+        m = self.model
+        yield route_output(m.patch_embed, self.patch_embed.out, _flat, _unflat)
+        yield route_output(m.norm_pre, self.embed.out)
         for block, pts in zip(m.blocks, self.blocks):
-            _route_block(block, pts)
-        route_output(m.norm, self.norm.out)
-        if token_pooled:
-            route_input(m.head, self.cls)
+            yield from _route_block(block, pts)
+        yield route_output(m.norm, self.norm.out)
+        if self._token_pooled:
+            yield route_input(m.head, self.cls)
 
     @property
     def token_layout(self) -> TokenLayout:
@@ -92,21 +109,26 @@ def _check_supported(model, name: str) -> None:
                               f"vitscope's timm adapter reads (ViT, DeiT, DINOv2 and the like).")
 
 
-def _route_block(block, pts) -> None:
+def _route_block(block, pts):
+    """The block's routes, as undo callables (fused_attn is put back last)."""
     attn, a = block.attn, pts.attn
-    route_input(block.norm1, getattr(pts.norm1, "in"))
-    route_output(block.norm1, pts.norm1.out)
-    fused = bool(attn.fused_attn)
+    yield route_input(block.norm1, getattr(pts.norm1, "in"))
+    yield route_output(block.norm1, pts.norm1.out)
+    fused = attn.fused_attn
+
+    def put_back():
+        attn.fused_attn = fused
+    yield put_back
 
     def choose_branch(mod, args):
         mod.fused_attn = fused and not pts.explicit   # explicit only while weights are hooked
 
     def restore(mod, args, out):
         mod.fused_attn = fused
-    attn.register_forward_pre_hook(choose_branch)
-    attn.register_forward_hook(restore)
-    route_output(attn.q_norm, a.q)
-    route_output(attn.k_norm, a.k)
+    yield attn.register_forward_pre_hook(choose_branch).remove
+    yield attn.register_forward_hook(restore).remove
+    yield route_output(attn.q_norm, a.q)
+    yield route_output(attn.k_norm, a.k)
     num_heads = attn.num_heads
 
     def v_from_qkv(mod, args, out):    # qkv: B×T×3·H·dh, v is the last third
@@ -119,13 +141,13 @@ def _route_block(block, pts) -> None:
         if new is v:
             return None
         return torch.cat([parts[:, :, :2], new.transpose(1, 2).unsqueeze(2)], dim=2).view(B, T, -1)
-    attn.qkv.register_forward_hook(v_from_qkv)
-    route_output(attn.attn_drop, a.weights)   # runs only in the explicit branch, post-softmax
-    route_output(attn, a.out)
-    route_input(block.norm2, getattr(pts.norm2, "in"))
-    route_output(block.norm2, pts.norm2.out)
-    route_output(block.mlp, pts.mlp.out)
-    route_output(block, pts.out)
+    yield attn.qkv.register_forward_hook(v_from_qkv).remove
+    yield route_output(attn.attn_drop, a.weights)   # runs only in the explicit branch, post-softmax
+    yield route_output(attn, a.out)
+    yield route_input(block.norm2, getattr(pts.norm2, "in"))
+    yield route_output(block.norm2, pts.norm2.out)
+    yield route_output(block.mlp, pts.mlp.out)
+    yield route_output(block, pts.out)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -139,12 +161,9 @@ def _unflat(new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def import_source(name: str, weights=None, image_size=None) -> Imported:
     """timm:NAME -> the model (weights from a file, else random) and timm's data config."""
-    import math
     import sys
 
     from vitscope.model.adapters.weights import load_into, read_weights
-    from vitscope.data.images import Preprocess
-    timm = require("timm", "timm")
     kwargs = {} if image_size is None else {"img_size": tuple(image_size)}
     model = TimmViT(TimmConfig.create(name, **kwargs))
     if weights is not None:
@@ -158,6 +177,16 @@ def import_source(name: str, weights=None, image_size=None) -> Imported:
             except Exception:  # a file it cannot convert is judged by load_into below
                 pass
         load_into(model.model, state, weights, f"timm's {name}")
+    pp, mean, std = preprocessing(model)
+    return Imported(model, pp, mean, std)
+
+
+def preprocessing(model: TimmViT):
+    """(Preprocess, mean, std) of timm's eval transform for the model (its data config)."""
+    import math
+
+    from vitscope.data.images import Preprocess
+    timm = require("timm", "timm")
     dc = timm.data.resolve_model_data_config(model.model)
     h, w = model.cfg.image_size
     crop_pct = float(dc.get("crop_pct") or 1.0)
@@ -169,4 +198,4 @@ def import_source(name: str, weights=None, image_size=None) -> Imported:
         "shorter" if resize[0] == resize[1] else "cover"
     pp = Preprocess(resize, (h, w), mode,
                     interp if interp in ("nearest", "bilinear", "bicubic", "lanczos") else "bicubic")
-    return Imported(model, pp, [float(x) for x in dc["mean"]], [float(x) for x in dc["std"]])
+    return pp, [float(x) for x in dc["mean"]], [float(x) for x in dc["std"]]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, building, heads, \
-    merge_heads, require, route_input, route_output, scaled
+    merge_heads, require, route_input, route_output, scaled, set_attribute
 from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
 
@@ -39,6 +39,21 @@ class TorchvisionConfig(ForeignConfig):
         model = _build(name, kwargs)
         return cls(name=name, kwargs=dict(kwargs), image_size=[model.image_size] * 2,
                    num_classes=int(model.heads[-1].out_features))
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "TorchvisionConfig":
+        """The config of a torchvision VisionTransformer object, named after the torchvision
+        builder with its patch size, depth and width (or its class name for another shape)."""
+        shape = (model.patch_size, len(model.encoder.layers), model.hidden_dim)
+        name = SHAPES.get(shape, type(model).__name__)
+        return cls(name=name, kwargs={"image_size": int(model.image_size)},
+                   image_size=[int(model.image_size)] * 2,
+                   num_classes=int(model.heads[-1].out_features))
+
+
+# (patch size, blocks, width) of each builder: how a model object is named
+SHAPES = {(16, 12, 768): "vit_b_16", (32, 12, 768): "vit_b_32", (16, 24, 1024): "vit_l_16",
+          (32, 24, 1024): "vit_l_32", (14, 32, 1280): "vit_h_14"}
 
 
 def _build(name: str, kwargs: dict) -> nn.Module:
@@ -88,30 +103,38 @@ class ExplicitMHA(nn.MultiheadAttention):
 
 class TorchvisionViT(AdaptedViT):
     family = "torchvision"
+    config_class = TorchvisionConfig
 
-    def __init__(self, cfg: TorchvisionConfig) -> None:
-        model = _build(cfg.name, cfg.kwargs)
+    def __init__(self, cfg: TorchvisionConfig, model: nn.Module | None = None) -> None:
+        if model is None:
+            model = _build(cfg.name, cfg.kwargs)
         super().__init__(cfg, model)
-        self._finish(len(model.encoder.layers), blocks=list(model.encoder.layers),
-                     head=[model.encoder.ln, model.heads])
-        route_output(model.conv_proj, self.patch_embed.out, _flat, _unflat)
-        route_output(model.encoder.dropout, self.embed.out)
-        for block, pts in zip(model.encoder.layers, self.blocks):
-            route_input(block.ln_1, getattr(pts.norm1, "in"))
-            route_output(block.ln_1, pts.norm1.out)
+        for block in model.encoder.layers:
             attn = block.self_attention
-            if type(attn) is not nn.MultiheadAttention or not attn.batch_first \
+            if type(attn) not in (nn.MultiheadAttention, ExplicitMHA) or not attn.batch_first \
                     or not attn._qkv_same_embed_dim:
                 raise ConfigError(f"torchvision model '{cfg.name}' has an attention module "
                                   f"vitscope does not adapt ({type(attn).__name__}).")
-            attn.__class__ = ExplicitMHA
-            attn._vitscope = _Points(pts)
-            route_input(block.ln_2, getattr(pts.norm2, "in"))
-            route_output(block.ln_2, pts.norm2.out)
-            route_output(block.mlp, pts.mlp.out)
-            route_output(block, pts.out)
-        route_output(model.encoder.ln, self.norm.out)
-        route_input(model.heads, self.cls)
+        self._finish(len(model.encoder.layers), blocks=list(model.encoder.layers),
+                     head=[model.encoder.ln, model.heads])
+        self._install()
+
+    def _routes(self):
+        model = self.model
+        yield route_output(model.conv_proj, self.patch_embed.out, _flat, _unflat)
+        yield route_output(model.encoder.dropout, self.embed.out)
+        for block, pts in zip(model.encoder.layers, self.blocks):
+            yield route_input(block.ln_1, getattr(pts.norm1, "in"))
+            yield route_output(block.ln_1, pts.norm1.out)
+            attn = block.self_attention
+            yield _swap_class(attn, ExplicitMHA)
+            yield set_attribute(attn, "_vitscope", _Points(pts))
+            yield route_input(block.ln_2, getattr(pts.norm2, "in"))
+            yield route_output(block.ln_2, pts.norm2.out)
+            yield route_output(block.mlp, pts.mlp.out)
+            yield route_output(block, pts.out)
+        yield route_output(model.encoder.ln, self.norm.out)
+        yield route_input(model.heads, self.cls)
 
     @property
     def token_layout(self) -> TokenLayout:
@@ -122,6 +145,16 @@ class TorchvisionViT(AdaptedViT):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.model(x)
+
+
+def _swap_class(module: nn.Module, cls: type):
+    """Give `module` the class `cls` (same parameters and state_dict keys); returns the undo."""
+    old = type(module)
+    module.__class__ = cls
+
+    def undo() -> None:
+        module.__class__ = old
+    return undo
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +170,6 @@ def import_source(name: str, weights=None, image_size=None) -> Imported:
     """torchvision:NAME -> the model (weights from a file, else random), the resize/crop and
     mean/std of torchvision's weights for it (scaled to another image size), ImageNet names."""
     from vitscope.model.adapters.weights import load_into, read_weights
-    from vitscope.data.images import Preprocess
     if image_size is not None and image_size[0] != image_size[1]:
         raise ConfigError(f"torchvision's {name} takes square images only; pass one size "
                           f"(--image-size {image_size[0]}).")
@@ -145,7 +177,16 @@ def import_source(name: str, weights=None, image_size=None) -> Imported:
     model = TorchvisionViT(TorchvisionConfig.create(name, **kwargs))
     if weights is not None:
         load_into(model.model, read_weights(weights), weights, f"torchvision's {name}")
+    pp, mean, std, classes = preprocessing(model)
+    return Imported(model, pp, mean, std, classes)
+
+
+def preprocessing(model: TorchvisionViT):
+    """(Preprocess, mean, std, ImageNet class names or None) of torchvision's default weights
+    for the model's builder (vit_b_16's for a model of another shape), scaled to its size."""
+    from vitscope.data.images import Preprocess
     models = require("torchvision.models", "torchvision")
+    name = model.cfg.name if model.cfg.name in NAMES else "vit_b_16"
     entry = models.get_model_weights(name).DEFAULT   # metadata only: nothing is downloaded
     t = entry.transforms()
     size = model.model.image_size
@@ -154,4 +195,4 @@ def import_source(name: str, weights=None, image_size=None) -> Imported:
     pp = Preprocess((resize, resize), (size, size), "shorter",
                     interp if interp in ("nearest", "bilinear", "bicubic") else "bilinear")
     classes = list(entry.meta["categories"]) if model.cfg.num_classes == 1000 else None
-    return Imported(model, pp, list(t.mean), list(t.std), classes)
+    return pp, list(t.mean), list(t.std), classes

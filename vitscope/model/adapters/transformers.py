@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, require, route_input, \
-    route_output, scaled
+    route_output, scaled, set_attribute
 from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
 from vitscope.model.adapters.hf_folder import ATTENTION_KEYS, MODEL_TYPES, check_sizes
@@ -104,6 +104,7 @@ class _Points:
 
 class HFViT(AdaptedViT):
     family = "hf"
+    config_class = HFConfig
 
     def __init__(self, cfg: HFConfig, model: nn.Module | None = None) -> None:
         transformers = require("transformers", "Hugging Face")
@@ -115,29 +116,37 @@ class HFViT(AdaptedViT):
         base = model.base_model
         self.base = _Points(base)
         layers = base.layers if hasattr(base, "layers") else base.encoder.layer
-        self._finish(len(layers), blocks=list(layers),
-                     head=[base.layernorm] + [getattr(model, n, None) for n in (
-                         "classifier", "cls_classifier", "distillation_classifier")])
-        emb = base.embeddings
-        route_output(emb.patch_embeddings.projection, self.patch_embed.out, _flat, _unflat)
-        route_output(emb, self.embed.out)
-        for layer, pts in zip(layers, self.blocks):
-            norm1 = _first(layer, "layernorm_before", "norm1")
-            norm2 = _first(layer, "layernorm_after", "norm2")
+        for layer in layers:
+            _first(layer, "layernorm_before", "norm1")
+            _first(layer, "layernorm_after", "norm2")
             attn = layer.attention
             if not all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
                 raise ConfigError(f"The attention of '{cfg.name}' ({type(attn).__name__}) is not "
                                   f"the q_proj/k_proj/v_proj/o_proj kind vitscope adapts; "
                                   f"upgrade transformers (vitscope[hf]).")
-            route_input(norm1, getattr(pts.norm1, "in"))
-            route_output(norm1, pts.norm1.out)
-            _route_attention(attn, pts)
-            route_input(norm2, getattr(pts.norm2, "in"))
-            route_output(norm2, pts.norm2.out)
-            route_output(layer.mlp, pts.mlp.out)
-            route_output(layer, pts.out)
-        route_output(base.layernorm, self.norm.out)
-        route_output(base.layernorm, self.cls, _cls_token, _put_cls)
+        self._layers = _Points(list(layers))
+        self._finish(len(layers), blocks=list(layers),
+                     head=[base.layernorm] + [getattr(model, n, None) for n in (
+                         "classifier", "cls_classifier", "distillation_classifier")])
+        self._install()
+
+    def _routes(self):
+        base = self.base.pts
+        emb = base.embeddings
+        yield route_output(emb.patch_embeddings.projection, self.patch_embed.out, _flat, _unflat)
+        yield route_output(emb, self.embed.out)
+        for layer, pts in zip(self._layers.pts, self.blocks):
+            norm1 = _first(layer, "layernorm_before", "norm1")
+            norm2 = _first(layer, "layernorm_after", "norm2")
+            yield route_input(norm1, getattr(pts.norm1, "in"))
+            yield route_output(norm1, pts.norm1.out)
+            yield from _route_attention(layer.attention, pts)
+            yield route_input(norm2, getattr(pts.norm2, "in"))
+            yield route_output(norm2, pts.norm2.out)
+            yield route_output(layer.mlp, pts.mlp.out)
+            yield route_output(layer, pts.out)
+        yield route_output(base.layernorm, self.norm.out)
+        yield route_output(base.layernorm, self.cls, _cls_token, _put_cls)
 
     @property
     def token_layout(self) -> TokenLayout:
@@ -167,11 +176,13 @@ def _first(module: nn.Module, *names: str) -> nn.Module:
                       f"Hugging Face adapter does not know this layer.")
 
 
-def _route_attention(attn: nn.Module, pts) -> None:
+def _route_attention(attn: nn.Module, pts):
+    """The attention's routes, as undo callables (its config is put back last)."""
     base_config = attn.config
     explicit_config = copy.copy(base_config)
     explicit_config._attn_implementation_internal = ATTENTION
-    attn._vitscope = _Points(pts)
+    yield set_attribute(attn, "config", base_config)   # put back should a forward fail midway
+    yield set_attribute(attn, "_vitscope", _Points(pts))
 
     def choose(mod, args):
         mod.config = explicit_config if (pts.explicit or pts.qkv_active) else base_config
@@ -182,8 +193,8 @@ def _route_attention(attn: nn.Module, pts) -> None:
             return None
         new = pts.attn.out(out[0])
         return None if new is out[0] else (new, *out[1:])
-    attn.register_forward_pre_hook(choose)
-    attn.register_forward_hook(restore)
+    yield attn.register_forward_pre_hook(choose).remove
+    yield attn.register_forward_hook(restore).remove
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -274,10 +285,15 @@ def _processor(root, model_type: str, size, checked: dict | None = None) -> tupl
     """The folder's preprocessor_config.json, as hf_folder.read_processor checked it (or the
     type's default), as (Preprocess, mean, std), scaled to the model's input size when the
     two differ."""
+    return preprocessing(checked, model_type, size)
+
+
+def preprocessing(cfg: dict | None, model_type: str, size) -> tuple:
+    """An image processor's settings (its `to_dict()`, or a checked preprocessor_config.json;
+    None: the model type's default) as (Preprocess, mean, std) for a model taking `size` = (h, w)."""
     from vitscope.data.images import Preprocess
     base = "dinov2" if model_type.startswith("dinov2") else model_type
-    default = DEFAULT_PROCESSORS.get(base, DEFAULT_PROCESSORS["vit"])
-    cfg = checked if checked is not None else default
+    cfg = cfg or DEFAULT_PROCESSORS.get(base, DEFAULT_PROCESSORS["vit"])
     h, w = size
     interp = RESAMPLE.get(int(cfg.get("resample", 2)), "bilinear")
     s = cfg.get("size") or {"height": h, "width": w}
