@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from vitscope.evaluate.compare import read_history
-from vitscope.analyze.staging import MANIFEST
 from vitscope.errors import VitscopeError
 from vitscope.render.escaping import script_json
 from vitscope.render.escaping import text as _e

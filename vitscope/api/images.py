@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitscope.data import ImageDataset, Preprocess
+from vitscope.data import ImageDataset
 from vitscope.errors import DataError
 
 DEFAULT_SPEC_IMAGES = 16    # images taken from a --data spec when n is not given
