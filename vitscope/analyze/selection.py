@@ -172,6 +172,8 @@ def select_dump(path: str | Path, positions: np.ndarray, what: str) -> Path:
                 writer.write(s, batch)
             if aliases:
                 writer.set_aliases(aliases)
+            if "derived" in f:   # the norms' parameters that derived hook points are read with
+                f.copy(f["derived"], writer.f, "derived")
             writer.finish()
             publish(partial, out, force=True, error=DumpError, hint="run the command again")
         except BaseException:
