@@ -145,6 +145,8 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
                    f"{where} does not have", err=True)
     working = [e for e in working if e.name not in missing]
     patterns = union_requires(working, values)
+    if dump_path is None:   # a data folder that is not here is found before any work
+        _check_data(ckpt, data, split, images or DEFAULT_IMAGES, patterns, target)
     # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
     created = make_output_dir(run, PluginError, "choose another output folder with -o")
     cleanup.push(lambda kind, *_: remove_empty(created) if kind is not None else None)
@@ -194,6 +196,20 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
                                  failed=upfront, announce=True, info=_ckpt_info(ckpt))
     echo(f"Open {run / 'index.html'}")
     return AnalysisOutcome(run, results)
+
+
+def _check_data(ckpt, data, split, n, patterns, target) -> None:
+    """DataError when the data to capture is a folder or files missing here, unless a finished
+    dump serves the request anyway (ensure_dump then reuses it, with a warning)."""
+    from vitscope.capture import check_data, covering_dump
+    from vitscope.errors import DataError
+    from vitscope.model.checkpoint import load_checkpoint
+    try:
+        check_data(load_checkpoint(ckpt), data)
+    except DataError:
+        if covering_dump(ckpt, data=data, split=split, n=n, hooks=patterns,
+                         target=target) is None:
+            raise
 
 
 def _ckpt_info(ckpt) -> dict:

@@ -50,7 +50,7 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     import time
 
     from vitscope._internal.devices import resolve_device
-    from vitscope.capture import parse_target, run_name
+    from vitscope.capture import check_data, parse_target, run_name
     from vitscope.model.checkpoint import load_checkpoint
     from vitscope.errors import PluginError
     from vitscope._internal.folders import make_output_dir, remove_empty
@@ -61,6 +61,7 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
 
     # Everything that can be wrong with the request fails here, before anything is written.
     ck = load_checkpoint(ckpt)
+    check_data(ck, data)   # the data is read again for the randomisation: it must be here
     classes = int(getattr(ck.model_config, "num_classes", 0) or len(ck.classes or ()))
     target = parse_target(target, classes)
     registry = discover()
