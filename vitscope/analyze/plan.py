@@ -194,8 +194,26 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
                                 smooth=smooth, timeout=r.plugin_timeout)
         results = render_plugins(path, working, run, values, figures, echo=echo,
                                  failed=upfront, announce=True, info=_ckpt_info(ckpt))
+        if image_files and not out_dir:
+            _link_from_parent(run.parent)
     echo(f"Open {run / 'index.html'}")
     return AnalysisOutcome(run, results)
+
+
+def _link_from_parent(parent: Path) -> None:
+    """Rewrite the index.html of the run an `--image` analysis sits in (outputs/<run>/), so it
+    links the new sub-folder; skipped while another analyze holds that run (its own index,
+    written at its end, lists the sub-folders it finds)."""
+    from vitscope.analyze.staging import LOCK
+    from vitscope._internal.locks import InUse, hold
+    from vitscope.render.index_page import write_index
+    if not (parent / "manifest.json").is_file():
+        return
+    try:
+        with hold(parent / LOCK, parent):
+            write_index(parent)
+    except (InUse, ValueError, OSError):   # the new analysis stands; only the link is missing
+        pass
 
 
 def _check_data(ckpt, data, split, n, patterns, target) -> None:
@@ -217,9 +235,13 @@ def _ckpt_info(ckpt) -> dict:
     if ckpt is None:
         return {}
     from vitscope.model.checkpoint import load_checkpoint
-    metrics = load_checkpoint(ckpt).metrics or {}
+    ck = load_checkpoint(ckpt)
+    metrics = ck.metrics or {}
     keep = {k: metrics[k] for k in ("val_acc", "epoch", "best_val_acc") if k in metrics}
-    return {"checkpoint_metrics": keep} if keep else {}
+    info: dict = {"checkpoint_metrics": keep} if keep else {}
+    if (ck.train_config or {}).get("random_weights") is True:   # `vitscope import` without weights
+        info["random_weights"] = True
+    return info
 
 
 def _classes(ckpt, dump_path) -> list[str] | None:

@@ -280,6 +280,30 @@ def text_frame(array: np.ndarray, header: str, font_px: int = 14,
     return np.asarray(out)
 
 
+def colourbar_strip(width: int, label: str, cmap: str = HEAT_CMAP, *, low: str = "0",
+                    high: str = "1", font_px: int = 13) -> np.ndarray:
+    """A white band `width` px wide with a horizontal colourbar from `low` to `high` and
+    `label` (wrapped) under it: the legend of a GIF, whose frames carry no axes."""
+    from PIL import Image, ImageDraw
+    font = header_font(font_px)
+    lines = wrap_header(label, font, width - 2 * HEADER_MARGIN)
+    step = font_px + HEADER_LEADING
+    bar_h, top = 12, 8
+    out = Image.new("RGB", (width, top + bar_h + 6 + step * len(lines) + 4), "white")
+    draw = ImageDraw.Draw(out)
+    x0 = HEADER_MARGIN + int(font.getlength(low)) + 6
+    x1 = width - HEADER_MARGIN - int(font.getlength(high)) - 6
+    ramp = colorize(np.linspace(0, 1, max(x1 - x0, 2), dtype=np.float32)[None], cmap)
+    out.paste(Image.fromarray(np.repeat(ramp, bar_h, axis=0)), (x0, top))
+    draw.rectangle([x0 - 1, top - 1, x0 + ramp.shape[1], top + bar_h], outline=(90, 90, 90))
+    draw.text((HEADER_MARGIN, top - 2), low, fill=(20, 20, 20), font=font)
+    draw.text((x1 + 6, top - 2), high, fill=(20, 20, 20), font=font)
+    for i, line in enumerate(lines):
+        draw.text((HEADER_MARGIN, top + bar_h + 6 + i * step), line, fill=(20, 20, 20),
+                  font=font)
+    return np.asarray(out)
+
+
 def text_frames(arrays: Sequence[np.ndarray], headers: Sequence[str],
                 font_px: int = 14) -> list[np.ndarray]:
     """`text_frame` for each (array, header) pair, all with the same header band height."""
