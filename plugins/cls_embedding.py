@@ -203,6 +203,7 @@ class ClsEmbedding:
     )
 
     def check(self, options, shape) -> None:
+        cls_index(shape.layout, self.name)
         select_layers(options.layers, shape.depth, "cls-embedding.layers")
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:

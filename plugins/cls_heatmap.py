@@ -55,6 +55,7 @@ class ClsHeatmap:
     )
 
     def check(self, options, shape) -> None:
+        cls_index(shape.layout, self.name)
         select_layers(options.layers, shape.depth, "cls-heatmap.layers")
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:

@@ -25,17 +25,13 @@ import numpy as np
 
 from vitscope.errors import PluginError
 from vitscope.methods import grad_rollout
-from vitscope.plugin import MaskTally, Option, append_maps, block_index, n_images, rows_for, to_grid
+from vitscope.plugin import (MaskTally, Option, append_maps, block_index, cls_index, n_images,
+                             rows_for, to_grid)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
 
 
-def _cls_index(layout) -> int:
-    if layout.cls_index is None:
-        raise PluginError(f"This model has no CLS token ({layout.describe()}); attention × "
-                          f"gradient maps read the CLS row, so they need one.")
-    return layout.cls_index
 
 
 class GradRollout:
@@ -60,6 +56,10 @@ class GradRollout:
             raise PluginError(f"{self.name}.end_layer ({end}) is before {self.name}.start_layer "
                               f"({start}); choose end_layer >= start_layer.")
         return list(range(start, end + 1))
+
+    def check(self, options, shape) -> None:
+        cls_index(shape.layout, self.name)     # the maps are the CLS row
+        self.layers(shape.depth, options)
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         names = dump.match("blocks.*.attn.weights")
@@ -105,7 +105,7 @@ class GradRollout:
         maps and their evolution go to `results` chunk by chunk; kept are the first k images'
         (figures) and three mask numbers per image. Returns (maps k×h×w, evolution k×L×h×w,
         MaskTally)."""
-        cls = _cls_index(layout)
+        cls = cls_index(layout, "the attention × gradient maps")
         H, T = dump[names[0]].shape[1], layout.num_tokens
         chunk = rows_for(2 * H * T * T * 4)
         masks = MaskTally(dump)

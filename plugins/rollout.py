@@ -54,6 +54,7 @@ class Rollout:
         return start, end
 
     def check(self, options, shape) -> None:
+        cls_index(shape.layout, self.name)
         self._span(options, shape.depth)
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:

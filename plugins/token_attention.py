@@ -78,6 +78,8 @@ class TokenAttention:
         return (self.CLS_ROWS,) if options.query == "cls" else self.requires
 
     def check(self, options, shape) -> None:
+        if options.query == "cls":
+            cls_index(shape.layout, self.name)
         select_layers(options.layers, shape.depth, "token-attention.layers")
         if options.query not in ("cls", "top"):
             query_rows(None, options.query, 1, shape.layout.num_patches,

@@ -35,6 +35,17 @@ class PluginError(VitscopeError):
     """An unknown plugin name, a bad `--opt plugin.key=value`, or a plugin that cannot run."""
 
 
+class NotApplicable(PluginError):
+    """A plugin that cannot apply to this model whatever its options (it reads a CLS token the
+    model lacks): `analyze --all` skips it before any capture. `reason` is the short why (one
+    line of a listing), `instead` what still applies."""
+
+    def __init__(self, message: str, reason: str = "", instead: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        self.instead = instead
+
+
 class DumpError(VitscopeError):
     """An activation dump that is missing, foreign, truncated, incomplete or too new, or a
     capture request that cannot be written (bad limit, shard, image size, existing file)."""

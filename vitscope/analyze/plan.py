@@ -132,18 +132,32 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
     else:
         (available, shape), where = _model_hooks(ckpt), f"model of '{ckpt}'"
         model_hooks = available
-    if shape is not None:   # layer and token ranges of --opt, before any folder is touched
-        check_options(working, values, shape)
-    missing = missing_hooks(available, working, model_hooks, values)
-    if missing and len(missing) == len(working):
+    # layer and token ranges of --opt, before any folder is touched; plugins that cannot apply
+    # to this model at all (a CLS token it lacks) come back
+    unfit = check_options(working, values, shape) if shape is not None else {}
+    missing = missing_hooks(available, [e for e in working if e.name not in unfit],
+                            model_hooks, values)
+    if all_ and not names and dump_path is None:   # "every plugin": the unfit sit out, exit 0
+        working = _sit_out(working, unfit, missing, where, echo)
+        unfit, missing = {}, {}
+    if missing and not unfit and len(missing) == len(working):
         what = "; ".join(f"{name} needs {', '.join(p)}" for name, p in missing.items())
         fix = ("capture them with `vitscope dump CKPT --hooks ...` or run analyze without --dump"
                if dump_path is not None else "choose plugins written for this model")
         raise PluginError(f"The {where} lacks hook points the plugins read ({what}); {fix}.")
-    for name, patterns in missing.items():
-        echo(f"FAILED  {name:<18} needs hook points {', '.join(patterns)}, which the "
-                   f"{where} does not have", err=True)
-    working = [e for e in working if e.name not in missing]
+    if unfit and len(unfit) + len(missing) == len(working):
+        if len(unfit) == 1 and not missing:
+            raise next(iter(unfit.values()))          # its sentence names what still applies
+        what = "; ".join([f"{n} {e.reason}" for n, e in unfit.items()] +
+                         [f"{n} needs {', '.join(p)}" for n, p in missing.items()])
+        raise PluginError(f"None of the chosen plugins applies to the {where} ({what}); "
+                          f"{next(iter(unfit.values())).instead}.")
+    refused = {n: str(e) for n, e in unfit.items()}
+    refused.update({n: f"needs hook points {', '.join(p)}, which the {where} does not have"
+                    for n, p in missing.items()})
+    for name, text in refused.items():
+        echo(f"FAILED  {name:<18} {text}", err=True)
+    working = [e for e in working if e.name not in refused]
     patterns = union_requires(working, values)
     if dump_path is None:   # a data folder that is not here is found before any work
         _check_data(ckpt, data, split, images or DEFAULT_IMAGES, patterns, target)
@@ -177,10 +191,9 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
     # Plugins that failed before rendering are listed in index.html too, with their reason.
     upfront = [PluginResult(e.name, e.source, False, out_dir=run / e.name, error=e.problem())
                for e in chosen if not e.ok]
-    keys = {name: output_folder(registry.get(name), values.get(name)) for name in missing}
+    keys = {name: output_folder(registry.get(name), values.get(name)) for name in refused}
     upfront += [PluginResult(name, registry.get(name).source, False, out_dir=run / keys[name],
-                             error=f"needs hook points {', '.join(p)}, which the {where} does "
-                                   f"not have", folder=keys[name]) for name, p in missing.items()]
+                             error=text, folder=keys[name]) for name, text in refused.items()]
     if all_ and not names:   # chosen as "every plugin": those that need more images sit out
         from vitscope.plugin import member
         few = [e for e in working if int(member(e.plugin, "min_images") or 1) > (limit or size)]
@@ -198,6 +211,25 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
             _link_from_parent(run.parent)
     echo(f"Open {run / 'index.html'}")
     return AnalysisOutcome(run, results)
+
+
+def _sit_out(working, unfit, missing, where: str, echo) -> list:
+    """`analyze --all`: the plugins that cannot apply to this model (NotApplicable from their
+    check, or hook points it does not have) are listed as skipped, each with its reason and
+    once what still applies, and left out before any capture. The others, or PluginError."""
+    reasons = {n: e.reason for n, e in unfit.items()}
+    reasons.update({n: f"needs hook points {', '.join(p)}, which the {where} does not have"
+                    for n, p in missing.items()})
+    for name, reason in reasons.items():
+        echo(f"skipped {name:<18} {reason}")
+    for instead in dict.fromkeys(e.instead for e in unfit.values() if e.instead):
+        echo(f"        {instead[:1].upper() + instead[1:]}.")
+    left = [e for e in working if e.name not in reasons]
+    if not left:
+        raise PluginError(f"No installed plugin applies to the {where} "
+                          f"({'; '.join(f'{n} {r}' for n, r in reasons.items())}); choose "
+                          f"plugins written for this model.")
+    return left
 
 
 def _link_from_parent(parent: Path) -> None:
