@@ -51,6 +51,12 @@ class DumpError(VitscopeError):
     capture request that cannot be written (bad limit, shard, image size, existing file)."""
 
 
+class Interrupted(VitscopeError):
+    """Ctrl-C stopped a command; the message says what was kept. The CLI prints it as one
+    line and exits with 130 (128 + SIGINT), as a shell does."""
+    exit_code = 130
+
+
 class TrainingError(VitscopeError):
     """Training cannot go on: a non-finite loss, out of memory, an existing run folder, a bad resume."""
 

@@ -30,16 +30,15 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from vitscope._internal.signals import deferred_interrupts, sigint_ignored
 from vitscope._internal.text import first_line
 from vitscope.analyze.staging import ERROR_LOG
 from vitscope.plugins import BUILTINS
@@ -85,10 +84,30 @@ def context():
 
 def warm_up() -> None:
     """Start the fork server now (it imports in the background while analyze captures)."""
-    ctx = context()
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+    _start_server(context())
+
+
+def _start_server(ctx) -> None:
+    """The fork server, started (once) with SIGINT ignored: it shares the terminal's process
+    group, so Ctrl-C reaches it too, and while it imported PRELOAD it printed a 30-line
+    KeyboardInterrupt traceback of its own. analyze stops it (its `alive` pipe closes when
+    analyze exits); its children, in sessions of their own, are killed by analyze."""
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is not None and _running(pid):
+        return     # not again: a Ctrl-C in that window would be ignored, and lost
+    with sigint_ignored():
         forkserver.ensure_running()
+
+
+def _running(pid: int) -> bool:
+    """Whether our child `pid` still runs (not exited, nor a zombie)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return False
 
 
 def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[str, Any], *,
@@ -108,7 +127,8 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
     proc = ctx.Process(target=_child, args=(job, writer), name=f"vitscope-plugin-{entry.name}")
     try:
         try:
-            with _interrupts_deferred():
+            _start_server(ctx)
+            with deferred_interrupts():
                 proc.start()
         except Exception as e:   # e.g. an option value that cannot be pickled
             return Outcome(False, error=f"could not be started in its own process "
@@ -139,20 +159,6 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
         reader.close()
 
 
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done (then arrive as usual): a start cut
-    between connecting to the fork server and handing it the child's files kills the server
-    with a traceback of its own."""
-    if not hasattr(signal, "pthread_sigmask") or \
-            threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _receive(reader) -> dict | None:
@@ -254,6 +260,7 @@ def _child(job: dict[str, Any], conn) -> None:
         result["logged"] = _write_log(log)
         result["disk_full"] = _disk_full(e, job["shown_dir"])
     result["seconds"] = time.perf_counter() - t0
+    _release_semaphores()   # before the report: the parent kills the child once it has it
     if not result["logged"]:
         with contextlib.suppress(OSError):
             log.close()
@@ -268,6 +275,23 @@ def _child(job: dict[str, Any], conn) -> None:
             except Exception:
                 pass
         os._exit(0)   # not sys.exit: threads the plugin left must not keep the child alive
+
+
+def _release_semaphores() -> None:
+    """Unlink the named semaphores this child made, as its exit would have.
+
+    numba's threading layer (UMAP, in cls-embedding) and tqdm each make a multiprocessing
+    lock; in a forkserver child that is a named POSIX semaphore registered with the resource
+    tracker analyze shares with its children. The child leaves with os._exit, which skips the
+    finalizer that unlinks it, so at analyze's exit the tracker found them and warned of
+    "leaked semaphore objects". Only those finalizers run here (others could block)."""
+    try:
+        from multiprocessing import synchronize, util
+        for finalizer in list(util._finalizer_registry.values()):
+            if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
+                finalizer()
+    except Exception:   # private API of multiprocessing: a warning is all that is at stake
+        pass
 
 
 def _render(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -62,12 +62,41 @@ class AnalysisOutcome:
         return self.run is not None and all(r.ok for r in self.results)
 
 
+@dataclass
+class _Progress:
+    """How far a run got, for the one line Ctrl-C ends it with."""
+    run: Path | None = None        # the output folder, once created or locked
+    new: bool = False              # created by this run (and removed again when it stops)
+    dump: Path | None = None       # the dump captured (not reused) for it
+    committed: bool = False        # its figures were swapped in
+
+    def interrupted(self) -> str:
+        if self.committed:
+            return f"after the figures were written; open {self.run / 'index.html'}."
+        kept = "" if self.run is None or self.new else f" and '{self.run}' is as it was"
+        if self.dump is not None:
+            return (f"no figure was written{kept}; the dump {self.dump}, captured whole, will "
+                    f"be reused.")
+        return f"nothing was written{kept}."
+
+
 def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
                  echo: Callable[..., None] = _print) -> AnalysisOutcome:
     """Everything `vitscope analyze` does after parsing its flags: check every input before
     any work, capture (or reuse) the dump the chosen plugins need, render them, write the
     run's index.html. `cleanup` unwinds the lock and empty folders; `echo(text, err=False)`
-    prints progress. Raises VitscopeError (one sentence) for bad input."""
+    prints progress. Raises VitscopeError (one sentence) for bad input, and Interrupted, saying
+    what was kept, for Ctrl-C (whose cleanup `cleanup` does when it unwinds)."""
+    from vitscope.errors import Interrupted
+    progress = _Progress()
+    try:
+        return _analyse(request, cleanup, echo, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(progress.interrupted()) from None
+
+
+def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Callable[..., None],
+             progress: _Progress) -> AnalysisOutcome:
     r = request
     ckpt, names, all_, dump_path, data, split, images = (r.ckpt, r.names, r.all_, r.dump_path,
                                                          r.data, r.split, r.images)
@@ -78,7 +107,8 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
     from vitscope.analyze.isolation import warm_up
     from vitscope._internal.locks import hold
     from vitscope.names import summarize_names
-    from vitscope._internal.folders import make_output_dir, remove_empty
+    from vitscope._internal.folders import discard_new, make_output_dir
+    from vitscope.render.interactive import PLOTLY_JS
     from vitscope.analyze.options import check_options, parse_opts
     from vitscope.analyze.registry import discover
     from vitscope.analyze.staging import LOCK
@@ -163,7 +193,10 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
         _check_data(ckpt, data, split, images or DEFAULT_IMAGES, patterns, target)
     # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
     created = make_output_dir(run, PluginError, "choose another output folder with -o")
-    cleanup.push(lambda kind, *_: remove_empty(created) if kind is not None else None)
+    # the plugins write the run's plotly.min.js straight into it: a run that stops takes it too
+    cleanup.push(lambda kind, *_: discard_new(created, (PLOTLY_JS,)) if kind is not None
+                 else None)
+    progress.run, progress.new = run, bool(created)
     # One analyze at a time in OUT, from before the capture to the commit of its figures.
     cleanup.enter_context(hold(run / LOCK, run, PluginError, hint="wait for that analyze to "
                                "finish, or choose another output folder with -o"))
@@ -174,6 +207,7 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
         path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
                                    hooks=patterns, batch_size=batch_size, device=dev,
                                    progress=True, target=target)
+        progress.dump = None if reused else path
     hooks, size, (grads, target_spec) = _dump_contents(path)
     held = summarize_names(hooks) + (f"; gradients of {summarize_names(grads)} for target "
                                      f"{target_spec}" if grads else "")
@@ -207,6 +241,7 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
                                 smooth=smooth, timeout=r.plugin_timeout)
         results = render_plugins(path, working, run, values, figures, echo=echo,
                                  failed=upfront, announce=True, info=_ckpt_info(ckpt))
+        progress.committed = True
         if image_files and not out_dir:
             _link_from_parent(run.parent)
     echo(f"Open {run / 'index.html'}")

@@ -53,7 +53,9 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     from vitscope.capture import check_data, parse_target, run_name
     from vitscope.model.checkpoint import load_checkpoint
     from vitscope.errors import PluginError
-    from vitscope._internal.folders import make_output_dir, remove_empty
+    from vitscope._internal.folders import discard_new, make_output_dir
+    from vitscope.errors import Interrupted
+    from vitscope.render.interactive import PLOTLY_JS
     from vitscope.analyze.registry import discover
     from vitscope.analyze.options import parse_opts
     from vitscope.score import outputs as R
@@ -89,9 +91,13 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
         report = score_checkpoint(ckpt, entries, values, images=images, data=data, split=split,
                                   target=target, perturbation=perturbation,
                                   batch_size=batch_size, device=dev, seed=seed, echo=click.echo)
-        files = R.write(report, run / "score")
-    except BaseException:
-        remove_empty(created)
+        files = R.write_whole(report, run / "score")
+    except BaseException as e:
+        discard_new(created, (PLOTLY_JS,))   # written into a new run folder for score.html
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted("nothing was written." if created else
+                              f"nothing was written and '{run / 'score'}' is as it was.") \
+                from None
         raise
     index = R.record(run, report, files)
     click.echo("")
