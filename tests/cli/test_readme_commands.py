@@ -31,8 +31,8 @@ SKIPS = [
     (r"^vitscope import \S+ .*--weights|^vitscope import hf:",
      "needs a model's published weights, downloaded from the network (tests/model/"
      "test_import_command.py imports each family from random weights the test writes)"),
-    (r"(^| )(folder:IMAGES|vit_s\.pt|my_vit\.pt|vit_b\.pt)( |$)",
-     "reads what a skipped `vitscope import` would have written, or the reader's own images"),
+    (r"(^|[ :=])[A-Z][A-Z_]{2,}(\.\w+)?( |$)",
+     "a placeholder (IMAGES, FILE, ...) for the reader's own files"),
     (r"(--data|data=|--set data=)\s*cifar(10|100)\b", "downloads CIFAR from the network"),
     (r"--device cuda|cifar10-(fast|best)\b", "needs a GPU"),
 ]
@@ -102,8 +102,17 @@ def makefile_quickstart() -> list[str]:
             if "vitscope " in line]
 
 
-def skip_reason(command: str) -> str | None:
-    return next((why for pattern, why in SKIPS if re.search(pattern, command)), None)
+def skip_reason(command: str, unmade: set[str]) -> str | None:
+    """Why `command` cannot run here (SKIPS), or None. `unmade`: what skipped commands would
+    have written (their -o): a command that reads one of them is skipped too, and what it
+    would write joins them."""
+    words = shlex.split(command)
+    why = next((why for pattern, why in SKIPS if re.search(pattern, command)), None)
+    if why is None and unmade & set(words):
+        why = f"reads {sorted(unmade & set(words))[0]}, which a skipped command writes"
+    if why is not None:
+        unmade.update(w for flag, w in zip(words, words[1:]) if flag in ("-o", "--output", "--out"))
+    return why
 
 
 def as_argv(command: str, cwd: Path) -> list[str]:
@@ -124,6 +133,12 @@ def test_readme_parsing_finds_commands_joins_lines_and_skips_diagrams():
                               "vitscope analyze --all a.pt --select misclassified -o out"]
     found = commands(README.read_text())
     assert any(c.startswith("vitscope analyze") for c in found), found
+    unmade: set[str] = set()
+    assert "network" in skip_reason("vitscope import timm:x --weights w.pth -o m.pt", unmade)
+    assert "skipped command" in skip_reason("vitscope analyze --all m.pt -o out", unmade)
+    assert "placeholder" in skip_reason("vitscope analyze a.pt --data folder:IMAGES", unmade)
+    assert skip_reason("vitscope analyze --all a.pt --data shapes:val=8", unmade) is None
+    assert unmade == {"m.pt", "out"}
 
 
 @pytest.fixture
@@ -147,9 +162,9 @@ def workspace(tmp_path, monkeypatch):
 def test_every_readme_command_runs_as_printed(workspace):
     printed = commands(README.read_text())
     assert len(printed) >= 10, printed
-    failures, ran, times = [], [], []
+    failures, ran, times, unmade = [], [], [], set()
     for command in makefile_quickstart() + printed:
-        if skip_reason(command):
+        if skip_reason(command, unmade):
             continue
         pending = README_FIXES_PENDING.get(command)
         if pending and TEAM_DATA.is_dir():
