@@ -42,7 +42,7 @@ def no_cls(tmp_path, monkeypatch):
     return ckpt, f"folder:{tmp_path / 'imgs'}"
 
 
-def test_all_skips_what_cannot_apply_before_capture_and_exits_0(no_cls, tmp_path):
+def test_what_cannot_apply_is_skipped_or_refused_before_capture(no_cls, tmp_path):
     ckpt, data = no_cls
     res = run("analyze", "--all", ckpt, "--data", data, "--static", "-o", tmp_path / "out",
               "--opt", "cls-embedding.umap=false")
@@ -59,14 +59,14 @@ def test_all_skips_what_cannot_apply_before_capture_and_exits_0(no_cls, tmp_path
     for name in ("gradcam", "norm-activations"):
         assert any(l.startswith("ok") and name in l for l in lines), name
 
-
-def test_one_asked_for_by_name_fails_first_and_names_the_alternative(no_cls, tmp_path):
-    ckpt, data = no_cls
-    res = run("analyze", "-p", "rollout", ckpt, "--data", data, "-o", tmp_path / "out")
+    # one asked for by name: one sentence naming the alternative, before any work
+    res = run("analyze", "-p", "rollout", ckpt, "--data", data, "-o", tmp_path / "refused")
     assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
     assert res.output.startswith("Error: rollout reads the CLS token, and this model has none")
     assert "--opt token-attention.query=top" in res.output
-    assert not (tmp_path / "out").exists() and not (tmp_path / "outputs").exists()
+    assert not (tmp_path / "refused").exists()
+    dumps = sorted((tmp_path / "outputs" / "dumps").glob("*.h5"))
+    assert len(dumps) == 1                                   # the --all run's, nothing new
     res = run("analyze", "-p", "token-attention", "--opt", "token-attention.query=top", ckpt,
               "--data", data, "--static", "-o", tmp_path / "top")
     assert res.exit_code == 0, res.output
