@@ -12,6 +12,7 @@ output folder is created and locked; the dump is captured or reused; the plugins
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,13 @@ class _Progress:
     new: bool = False              # created by this run (and removed again when it stops)
     dump: Path | None = None       # the dump captured (not reused) for it
     committed: bool = False        # its figures were swapped in
+    rendering: float | None = None  # time.time() when the rendering began
 
     def interrupted(self) -> str:
+        manifest = self.run / "manifest.json" if self.run is not None else None
+        if self.rendering is not None and manifest is not None and manifest.is_file() and \
+                manifest.stat().st_mtime >= self.rendering:
+            self.committed = True       # Ctrl-C landed just after the commit (it is whole)
         if self.committed:
             return f"after the figures were written; open {self.run / 'index.html'}."
         kept = "" if self.run is None or self.new else f" and '{self.run}' is as it was"
@@ -239,8 +245,10 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
                     "again"):
         figures = RenderRequest(static=static, interactive=interactive, fmt=fmt, limit=limit,
                                 smooth=smooth, timeout=r.plugin_timeout)
+        info = _ckpt_info(ckpt)
+        progress.rendering = time.time()
         results = render_plugins(path, working, run, values, figures, echo=echo,
-                                 failed=upfront, announce=True, info=_ckpt_info(ckpt))
+                                 failed=upfront, announce=True, info=info)
         progress.committed = True
         if image_files and not out_dir:
             _link_from_parent(run.parent)
