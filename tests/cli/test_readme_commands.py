@@ -35,6 +35,8 @@ SKIPS = [
      "a placeholder (IMAGES, FILE, ...) for the reader's own files"),
     (r"(--data|data=|--set data=)\s*cifar(10|100)\b", "downloads CIFAR from the network"),
     (r"--device cuda|cifar10-(fast|best)\b", "needs a GPU"),
+    (r"/tmp/vitscope-data\b", "reads the team's CIFAR-10 JPEG mirror, which does not ship "
+                               "(README: extract shared/data/cifar10-jpeg.tar.gz first)"),
 ]
 
 # Commands README prints that fail today, each with the reason and the fix README needs (the
