@@ -18,12 +18,14 @@ def test_info_names_data_and_recipe_and_small_numbers(tmp_path, tiny_vit):
     ckpt = save_checkpoint(tmp_path / "r" / "best.pt", tiny_vit, classes=list("abcde"),
                            train_config={"data": "shapes:train=400,val=100", "name": "r",
                                          "preset": "vit-tiny", "epochs": 6, "lr": 0.002,
-                                         "weight_decay": 0.05, "n_train": 400, "n_val": 100},
+                                         "weight_decay": 0.05, "n_train": 400, "n_val": 100,
+                                         "seed": 0, "cpu_threads": 2},
                            metrics={"epoch": 6, "lr": 1e-05, "val_acc": 0.875})
     res = run("info", ckpt)
     assert res.exit_code == 0, res.output
     assert "shapes:train=400,val=100  (400 train / 100 val)" in res.output
     assert "epochs 6" in res.output and "lr 0.002" in res.output and "wd 0.05" in res.output
+    assert "seed 0, CPU threads 2" in res.output      # what a CPU run's result depends on
     assert "lr              1e-05" in res.output and "0.0000" not in res.output
     assert "val_acc         0.8750" in res.output
 
