@@ -25,13 +25,16 @@ import numpy as np
 
 from vitscope.errors import PluginError
 from vitscope.methods import grad_rollout
-from vitscope.plugin import (MaskTally, Option, append_maps, block_index, cls_index, n_images,
-                             rows_for, to_grid)
+from vitscope.plugin import MaskTally, Option, append_maps, block_index, n_images, rows_for, to_grid
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
 
 
+def _cls_index(layout, who: str = "the attention × gradient maps") -> int:
+    """The CLS token's index; NotApplicable (before any capture, from `check`) without one."""
+    from vitscope.plugin import cls_index
+    return cls_index(layout, who)
 
 
 class GradRollout:
@@ -58,7 +61,7 @@ class GradRollout:
         return list(range(start, end + 1))
 
     def check(self, options, shape) -> None:
-        cls_index(shape.layout, self.name)     # the maps are the CLS row
+        _cls_index(shape.layout, self.name)     # the maps are the CLS row
         self.layers(shape.depth, options)
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
@@ -105,7 +108,7 @@ class GradRollout:
         maps and their evolution go to `results` chunk by chunk; kept are the first k images'
         (figures) and three mask numbers per image. Returns (maps k×h×w, evolution k×L×h×w,
         MaskTally)."""
-        cls = cls_index(layout, "the attention × gradient maps")
+        cls = _cls_index(layout)
         H, T = dump[names[0]].shape[1], layout.num_tokens
         chunk = rows_for(2 * H * T * T * 4)
         masks = MaskTally(dump)
