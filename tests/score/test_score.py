@@ -391,31 +391,3 @@ def test_the_randomisation_floor_follows_the_lowest_interval():
     assert rho_floor(-0.29) == -0.4 and rho_floor(-0.21) == -0.3
     assert rho_floor(-1.0) == -1.05
 
-
-def test_a_score_stopped_while_writing_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
-    """Ctrl-C (or a full disk) while the figures are written: the new files never mix with
-    the earlier score, which stays as it was, and no temporary folder is left."""
-    from vitscope.score import outputs as R
-    old = tmp_path / "run" / "score"
-    old.mkdir(parents=True)
-    (old / "score.json").write_text("{\"earlier\": true}")
-
-    def stopped(report, out_dir):
-        out_dir.mkdir(parents=True)
-        (out_dir / "score.json").write_text("{}")
-        raise KeyboardInterrupt
-    monkeypatch.setattr(R, "write", stopped)
-    with pytest.raises(KeyboardInterrupt):
-        R.write_whole({}, old)
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["score"]
-    assert [p.name for p in old.iterdir()] == ["score.json"]
-    assert json.loads((old / "score.json").read_text()) == {"earlier": True}
-
-    def whole(report, out_dir):
-        out_dir.mkdir(parents=True)
-        (out_dir / "score.json").write_text("{}")
-        return [out_dir / "score.json"]
-    monkeypatch.setattr(R, "write", whole)
-    assert R.write_whole({}, old) == [old / "score.json"]
-    assert json.loads((old / "score.json").read_text()) == {}
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["score"]

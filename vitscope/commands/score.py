@@ -91,7 +91,7 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
         report = score_checkpoint(ckpt, entries, values, images=images, data=data, split=split,
                                   target=target, perturbation=perturbation,
                                   batch_size=batch_size, device=dev, seed=seed, echo=click.echo)
-        files = R.write_whole(report, run / "score")
+        files = R.write(report, run / "score")
     except BaseException as e:
         discard_new(created, (PLOTLY_JS,))   # written into a new run folder for score.html
         if isinstance(e, KeyboardInterrupt):

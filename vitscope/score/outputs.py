@@ -103,33 +103,6 @@ def _verdict(method: dict) -> str:
 
 # ------------------------------------------------------------------------------ the files
 
-def write_whole(report: dict, out_dir: Path) -> list[Path]:
-    """`write` into a folder beside `out_dir`, swapped in (for the earlier score, if any) only
-    once every file is there: Ctrl-C, a failure or a full disk never leaves half a score."""
-    import os
-    import shutil
-
-    from vitscope._internal.files import alive
-    from vitscope._internal.signals import deferred_interrupts
-    out_dir = Path(out_dir)
-    for stale in out_dir.parent.glob(f".{out_dir.name}-*-*"):   # of a score that was killed
-        pid = stale.name.rpartition("-")[2]
-        if pid.isdigit() and not alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    new = out_dir.with_name(f".{out_dir.name}-new-{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")
-    try:
-        files = write(report, new)
-        with deferred_interrupts():
-            if out_dir.exists():
-                os.replace(out_dir, old)
-            os.replace(new, out_dir)
-    finally:
-        shutil.rmtree(new, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return [out_dir / f.relative_to(new) for f in files]
-
-
 def write(report: dict, out_dir: Path) -> list[Path]:
     """score.json, score.txt, curves/randomization/localization PNGs and score.html."""
     out_dir = Path(out_dir)
