@@ -30,15 +30,16 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from vitscope._internal.signals import deferred_interrupts, sigint_ignored
 from vitscope._internal.text import first_line
 from vitscope.analyze.staging import ERROR_LOG
 from vitscope.plugins import BUILTINS
@@ -95,6 +96,8 @@ def _start_server(ctx) -> None:
     if ctx.get_start_method() != "forkserver":
         return
     from multiprocessing import forkserver
+
+    from vitscope._internal.signals import sigint_ignored
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
     if pid is not None and _running(pid):
         return     # not again: a Ctrl-C in that window would be ignored, and lost
@@ -122,13 +125,13 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
            "env": dict(os.environ), "cwd": os.getcwd(),
            "shown_dir": str(Path(shown_dir or out_dir).absolute())}
     ctx = context()
+    _start_server(ctx)       # with SIGINT ignored, when analyze did not start it (warm_up)
     t0 = time.perf_counter()
     reader, writer = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(job, writer), name=f"vitscope-plugin-{entry.name}")
     try:
         try:
-            _start_server(ctx)
-            with deferred_interrupts():
+            with _interrupts_deferred():
                 proc.start()
         except Exception as e:   # e.g. an option value that cannot be pickled
             return Outcome(False, error=f"could not be started in its own process "
@@ -159,6 +162,20 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
         reader.close()
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done (then arrive as usual): a start cut
+    between connecting to the fork server and handing it the child's files kills the server
+    with a traceback of its own."""
+    if not hasattr(signal, "pthread_sigmask") or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _receive(reader) -> dict | None:
@@ -260,11 +277,11 @@ def _child(job: dict[str, Any], conn) -> None:
         result["logged"] = _write_log(log)
         result["disk_full"] = _disk_full(e, job["shown_dir"])
     result["seconds"] = time.perf_counter() - t0
-    _release_semaphores()   # before the report: the parent kills the child once it has it
     if not result["logged"]:
         with contextlib.suppress(OSError):
             log.close()
         log_path.unlink(missing_ok=True)
+    _release_semaphores()   # before the report: the parent kills the child once it has it
     try:
         conn.send(result)
         conn.close()
