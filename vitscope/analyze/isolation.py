@@ -294,23 +294,6 @@ def _child(job: dict[str, Any], conn) -> None:
         os._exit(0)   # not sys.exit: threads the plugin left must not keep the child alive
 
 
-def _release_semaphores() -> None:
-    """Unlink the named semaphores this child made, as its exit would have.
-
-    numba's threading layer (UMAP, in cls-embedding) and tqdm each make a multiprocessing
-    lock; in a forkserver child that is a named POSIX semaphore registered with the resource
-    tracker analyze shares with its children. The child leaves with os._exit, which skips the
-    finalizer that unlinks it, so at analyze's exit the tracker found them and warned of
-    "leaked semaphore objects". Only those finalizers run here (others could block)."""
-    try:
-        from multiprocessing import synchronize, util
-        for finalizer in list(util._finalizer_registry.values()):
-            if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
-                finalizer()
-    except Exception:   # private API of multiprocessing: a warning is all that is at stake
-        pass
-
-
 def _render(job: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     from vitscope.dump import Dump
     from vitscope.errors import VitscopeError
@@ -343,6 +326,23 @@ def _blas_threads(env: dict[str, str]):
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=int(text))
+
+
+def _release_semaphores() -> None:
+    """Unlink the named semaphores this child made, as its exit would have.
+
+    numba's threading layer (UMAP, in cls-embedding) and tqdm each make a multiprocessing
+    lock; in a forkserver child that is a named POSIX semaphore registered with the resource
+    tracker analyze shares with its children. The child leaves with os._exit, which skips the
+    finalizer that unlinks it, so at analyze's exit the tracker found them and warned of
+    "leaked semaphore objects". Only those finalizers run here (others could block)."""
+    try:
+        from multiprocessing import synchronize, util
+        for finalizer in list(util._finalizer_registry.values()):
+            if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
+                finalizer()
+    except Exception:   # private API of multiprocessing: a warning is all that is at stake
+        pass
 
 
 def _write_log(log) -> bool:
