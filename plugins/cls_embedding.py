@@ -30,6 +30,18 @@ EXACT_NEIGHBORS_MAX = 20_000
 PCA_BLOCK = 1024               # rows converted to float64 at a time by the PCA
 KNN_WORKING_MB = 8             # MB of one block of distances (neighbours, silhouette)
 NO_LABELS = "no labels: silhouette not computed"
+FEW_PER_CLASS = 10   # below this many images a class, a layout and a silhouette are anecdotes
+
+
+def few_per_class(colour: np.ndarray) -> str:
+    """A caution for figures whose classes hold few images ("" when they hold enough)."""
+    counts = np.bincount(colour[colour >= 0])
+    counts = counts[counts > 0]
+    if not len(counts) or np.median(counts) >= FEW_PER_CLASS:
+        return ""
+    k = int(np.median(counts))
+    return (f"only {k} image{'s' if k != 1 else ''} a class: the layout and the silhouette "
+            f"are anecdotal (analyse more with --images N)")
 NO_CLASSES = "fewer than 2 labelled classes: silhouette undefined"
 # The interactive page draws SVG points (every browser) up to this many a panel and WebGL
 # points beyond. Measured (benchmarks/embedding_render.py, headless Chromium, 2 panels, the
@@ -191,6 +203,7 @@ class ClsEmbedding:
     )
 
     def check(self, options, shape) -> None:
+        cls_index(shape.layout, self.name)
         select_layers(options.layers, shape.depth, "cls-embedding.layers")
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
@@ -256,22 +269,25 @@ class ClsEmbedding:
             summary["silhouette"] = NO_CLASSES if by_label else NO_LABELS
         if warn:
             summary["umap"] = "skipped: " + warn
+        caution = few_per_class(colour)
+        if caution:
+            summary["caution"] = caution
         out_dir = Path(out_dir)
         files = F.save_results(out_dir, results, summary)
         names = dump.classes if dump.classes else [str(c) for c in range(int(colour.max()) + 1)]
         titles = [s for s, _ in shown]
         if options.static:
             files.append(self._scatter(coords, results["pca_explained"], titles, colour, names,
-                                       by_label, out_dir, options, others))
-            files.append(self._silhouette(sil, positions, by_label, out_dir, options))
+                                       by_label, out_dir, options, others, caution))
+            files.append(self._silhouette(sil, positions, by_label, out_dir, options, caution))
         if options.interactive:
             files.append(self._interactive(dump, coords, titles, colour, names, labels, preds,
-                                           n, out_dir, options))
+                                           n, out_dir, options, caution))
         return files
 
     @staticmethod
     def _scatter(coords, explained, titles, colour, names, by_label, out_dir, options,
-                 others="") -> Path:
+                 others="", caution="") -> Path:
         colors = np.array(F.class_colors(len(names)) + ["#999999"])
         rows = list(coords)
         with F.style() as plt:
@@ -297,12 +313,13 @@ class ClsEmbedding:
                        title="label" if by_label else "prediction", fontsize=8)
             fig.suptitle("CLS token of the residual stream" +
                          ("" if by_label else " (no labels: coloured by prediction)") +
-                         (f"\nthe {others} are not projected" if others else ""))
+                         (f"\nthe {others} are not projected" if others else "") +
+                         (f"\n{caution}" if caution else ""))
             fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
             return F.save_static(fig, out_dir / "cls_embedding", options)
 
     @staticmethod
-    def _silhouette(sil, positions, by_label, out_dir, options) -> Path:
+    def _silhouette(sil, positions, by_label, out_dir, options, caution="") -> Path:
         with F.style() as plt:
             fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * len(positions) + 1.5), 3.2))
             x = np.arange(len(positions))
@@ -310,7 +327,8 @@ class ClsEmbedding:
                           rotation=0 if len(x) <= 14 else 90)
             ax.set(xlabel="block (head = final-norm CLS)", ylabel="silhouette score",
                    title="Class separation of the CLS token vs depth" +
-                         (" (by label)" if by_label else ""))
+                         (" (by label)" if by_label else "") +
+                         (f"\n{caution}" if caution else ""))
             if np.isfinite(sil).any():
                 ax.plot(x, sil, "o-", color="C0", ms=4)
                 ax.axhline(0, color="gray", lw=0.8, ls="--")
@@ -322,7 +340,8 @@ class ClsEmbedding:
             return F.save_static(fig, out_dir / "silhouette", options)
 
     @staticmethod
-    def _interactive(dump, coords, titles, colour, names, labels, preds, n, out_dir, options):
+    def _interactive(dump, coords, titles, colour, names, labels, preds, n, out_dir, options,
+                     caution=""):
         """Points of the first options.points images (a browser draws and a page carries that
         many hover thumbnails; the dump's order is a seeded shuffle, so they are a sample)."""
         total, n = n, min(n, options.points)
@@ -340,8 +359,9 @@ class ClsEmbedding:
         page = out_dir / "cls_embedding.html"
         step = I.thumbnail_step(dump.images.shape)      # HDF5 subsamples while reading
         script = I.hover_thumbnail_script(dump.images[:n, ::step, ::step], caps, page=page)
-        return I.save_html(fig, page, options, post_script=script,
-                           note=webgl_note(n, options.webgl_above))
+        note = " ".join(t for t in (caution[:1].upper() + caution[1:] + "." if caution else "",
+                                    webgl_note(n, options.webgl_above) or "") if t)
+        return I.save_html(fig, page, options, post_script=script, note=note or None)
 
 
 def uses_webgl(n: int, webgl_above: int) -> bool:

@@ -55,6 +55,7 @@ class ClsHeatmap:
     )
 
     def check(self, options, shape) -> None:
+        cls_index(shape.layout, self.name)
         select_layers(options.layers, shape.depth, "cls-heatmap.layers")
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
@@ -94,10 +95,14 @@ class ClsHeatmap:
         c2p_mean, p2c_mean = c2p.mean(axis=2), p2c.mean(axis=2)          # k×L×h×w
         images = np.asarray(dump.images[:k])
         captions = F.captions(dump, k)
-        present = np.flatnonzero(counts > 0)
+        # A class "average" of one image is that image again: only classes with two or more
+        present = np.flatnonzero(counts >= 2)
         cnames = [dump.classes[c] if c < len(dump.classes) else f"#{c}" for c in present]
         row_names = [f"{nm} ({int(counts[c])})" for nm, c in zip(cnames, present)]
         mean_u8 = mean_images[present].round().astype(np.uint8)
+        alone = int((counts == 1).sum())
+        single = f"\n{alone} class{'es' if alone > 1 else ''} with one image left out" \
+            if alone else ""
         if options.static:
             for key, maps in (("cls_to_patches", c2p_mean), ("patches_to_cls", p2c_mean)):
                 title = DIRECTIONS[key == "patches_to_cls"]
@@ -107,11 +112,12 @@ class ClsHeatmap:
             for i in range(min(options.per_head, k)):
                 files.append(self._heads(images[i], c2p[i], p2c[i], layers, captions[i], i,
                                          out_dir / f"heads_img{i}", options, note))
-            for key, maps in (("cls_to_patches", cls_c2p), ("patches_to_cls", cls_p2c)):
+            averaged = (("cls_to_patches", cls_c2p), ("patches_to_cls", cls_p2c))
+            for key, maps in averaged if len(present) else ():
                 title = DIRECTIONS[key == "patches_to_cls"]
                 files.append(self._strip(mean_u8, maps[present], layers, row_names,
                                          f"Class-averaged attention {title} (head mean, by "
-                                         f"{summary['class_average_by']}){note}",
+                                         f"{summary['class_average_by']}){single}{note}",
                                          out_dir / f"class_average_{key}", options, overlay=False))
             if masks is not None:
                 files.append(self._mask_plot(masks, layers, out_dir, options))
@@ -126,6 +132,7 @@ class ClsHeatmap:
                                title="CLS attention, head mean (slider: layer)" +
                                      note.replace("\n", " · "))
             files.append(I.save_html(fig, out_dir / "cls_heatmap.html", options))
+        if options.interactive and len(present):
             both = np.stack([cls_c2p[present], cls_p2c[present]], axis=2)
             fig = I.map_slider(mean_u8, both.transpose(1, 0, 2, 3, 4),
                                step_labels=[str(l) for l in layers], slider_label="layer",

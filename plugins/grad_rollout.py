@@ -33,11 +33,10 @@ from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
 
 
-def _cls_index(layout) -> int:
-    if layout.cls_index is None:
-        raise PluginError(f"This model has no CLS token ({layout.describe()}); attention × "
-                          f"gradient maps read the CLS row, so they need one.")
-    return layout.cls_index
+def _cls_index(layout, who: str = "the attention × gradient maps") -> int:
+    """The CLS token's index; NotApplicable (before any capture, from `check`) without one."""
+    from vitscope.plugin import cls_index
+    return cls_index(layout, who)
 
 
 class GradRollout:
@@ -62,6 +61,10 @@ class GradRollout:
             raise PluginError(f"{self.name}.end_layer ({end}) is before {self.name}.start_layer "
                               f"({start}); choose end_layer >= start_layer.")
         return list(range(start, end + 1))
+
+    def check(self, options, shape) -> None:
+        _cls_index(shape.layout, self.name)     # the maps are the CLS row
+        self.layers(shape.depth, options)
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         names = dump.match("blocks.*.attn.weights")

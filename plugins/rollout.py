@@ -55,6 +55,7 @@ class Rollout:
         return start, end
 
     def check(self, options, shape) -> None:
+        cls_index(shape.layout, self.name)
         self._span(options, shape.depth)
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
@@ -197,6 +198,7 @@ class Rollout:
             ratio = roll[:, -1] / np.maximum(area, 1e-9)
             ax2.hist(ratio[np.isfinite(ratio)], bins=30, color="C0", alpha=0.8)
             ax2.axvline(1.0, color="gray", ls="--", lw=1)
+            ax2.xaxis.set_major_locator(plt.MaxNLocator(4))   # ratios all near 1: long ticks
             ax2.set(xlabel="mass in mask ÷ mask area (final rollout)", ylabel="images",
                     title=f"per image (median {np.nanmedian(ratio):.2f}×)")
             return F.save_static(fig, out_dir / "rollout_mask", options)

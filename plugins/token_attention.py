@@ -53,6 +53,9 @@ def received_attention(dump, names, k: int, prefix: int) -> np.ndarray:
     return total / len(names)
 
 
+GIF_TILE_PX = 176   # the GIF's tiles: as large as the triptychs' (a few images side by side)
+
+
 class TokenAttention:
     """Attention of a query token (CLS, a patch, or the most-attended patch) per layer and head."""
 
@@ -75,6 +78,8 @@ class TokenAttention:
         return (self.CLS_ROWS,) if options.query == "cls" else self.requires
 
     def check(self, options, shape) -> None:
+        if options.query == "cls":
+            cls_index(shape.layout, self.name)
         select_layers(options.layers, shape.depth, "token-attention.layers")
         if options.query not in ("cls", "top"):
             query_rows(None, options.query, 1, shape.layout.num_patches,
@@ -170,7 +175,8 @@ class TokenAttention:
     def _gif(images, maps, layers, heads, qpatch, layout, what, path) -> Path:
         """Frames step through layers, and within each layer through the heads and the mean."""
         k, L, C = maps.shape[:3]
-        tiles = M.overlay_tiles(images[:, None, None], maps)          # k×L×C×S×S×3
+        big = M.tile_scale(max(images.shape[1:3]), GIF_TILE_PX)
+        tiles = M.overlay_tiles(images[:, None, None], maps, scale=big)   # k×L×C×S×S×3
         S, Sw = tiles.shape[3:5]
         scale = Sw // layout.image_size[1]
         if any(q is not None for q in qpatch):  # outline the query patch in cyan
@@ -188,4 +194,7 @@ class TokenAttention:
             for c in range(C):
                 strips.append(M.Mosaic(tiles[:, l, c][None]).array)
                 headers.append(f"layer {layers[l]} · {heads[c]}\n{what}")   # changing part first
-        return F.save_gif(M.text_frames(strips, headers), path, duration_ms=350)
+        legend = M.colourbar_strip(strips[0].shape[1], "attention, each tile ÷ its own maximum",
+                                   high="max")
+        frames = [np.concatenate([f, legend]) for f in M.text_frames(strips, headers)]
+        return F.save_gif(frames, path, duration_ms=350)

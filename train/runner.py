@@ -101,6 +101,8 @@ def run(cfg: TrainConfig, *, overwrite: bool = False, resume: Checkpoint | None 
             "device": device.type, "precision": precision, "parameters": count_parameters(model),
             "n_train": len(train_ds), "n_val": len(val_ds),
         }
+        if device.type == "cpu":   # float sums follow the thread count: it is part of the result
+            ckpt_config["cpu_threads"] = torch.get_num_threads()
         callbacks = list(callbacks)
         if info.is_main:
             if make_callbacks is not None:  # may reject a plugin name: before anything is written

@@ -55,14 +55,28 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
-        from vitscope.errors import VitscopeError
+        from vitscope._internal.signals import interrupt_once
+        from vitscope.errors import Interrupted, VitscopeError
         try:
-            return super().invoke(ctx)
+            with interrupt_once():
+                return super().invoke(ctx)
+        except KeyboardInterrupt:   # a command that says nothing more: still one line, 130
+            raise Stopped("Interrupted (Ctrl-C).") from None
+        except Interrupted as e:
+            raise Stopped(f"Interrupted (Ctrl-C): {e}") from None
         except VitscopeError as e:
             # Under torchrun every process hits the same error: say which one is speaking.
             rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
             raise click.ClickException(f"(rank {rank}) {e}" if rank not in (None, "0")
                                        else str(e)) from None
+
+
+class Stopped(click.ClickException):
+    """Ctrl-C: its one line (no "Error:", no traceback, no click "Aborted!"), exit code 130."""
+    exit_code = 130
+
+    def show(self, file=None) -> None:
+        click.echo(self.message, err=True)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -35,9 +35,26 @@ class PluginError(VitscopeError):
     """An unknown plugin name, a bad `--opt plugin.key=value`, or a plugin that cannot run."""
 
 
+class NotApplicable(PluginError):
+    """A plugin that cannot apply to this model whatever its options (it reads a CLS token the
+    model lacks): `analyze --all` skips it before any capture. `reason` is the short why (one
+    line of a listing), `instead` what still applies."""
+
+    def __init__(self, message: str, reason: str = "", instead: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+        self.instead = instead
+
+
 class DumpError(VitscopeError):
     """An activation dump that is missing, foreign, truncated, incomplete or too new, or a
     capture request that cannot be written (bad limit, shard, image size, existing file)."""
+
+
+class Interrupted(VitscopeError):
+    """Ctrl-C stopped a command; the message says what was kept. The CLI prints it as one
+    line and exits with 130 (128 + SIGINT), as a shell does."""
+    exit_code = 130
 
 
 class TrainingError(VitscopeError):

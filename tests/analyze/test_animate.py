@@ -120,6 +120,13 @@ def test_errors_name_what_is_missing(trained, tmp_path):
     res = run(main, ["animate", str(tmp_path), "--plugin", "rollout"])
     assert res.exit_code == 1 and "No epoch_NNN folders" in res.output
     assert "--analyze-every N --plugin NAME" in res.output
+    # a run trained without analyses (the quickstart): the command that makes one to animate
+    (tmp_path / "runs" / "quick").mkdir(parents=True)
+    (tmp_path / "runs" / "quick" / "metrics.jsonl").write_text("")
+    res = run(main, ["animate", str(tmp_path / "runs" / "quick"), "--plugin", "rollout"])
+    assert res.exit_code == 1 and "trained without --analyze-every" in res.output, res.output
+    assert "--name quick --overwrite --analyze-every 1 --plugin rollout" in res.output
+    assert "`vitscope animate outputs/quick --plugin rollout`" in res.output
     res = run(main, ["animate", str(tmp_path / "nowhere"), "--plugin", "rollout"])
     assert res.exit_code == 1 and "No folder" in res.output
     res = run(main, ["animate", str(root / "outputs/an"), "--plugin", "cls-heatmap"])

@@ -144,3 +144,16 @@ def test_bad_layer_or_token_options_leave_earlier_figures_alone(setup):
             after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*")
                      if p.is_file()}
             assert after == before, (extra, source)
+
+
+def test_a_selection_keeps_the_hook_points_derived_on_read(tmp_path):
+    """A dump stores LayerNorm outputs as their inputs plus the norm's parameters; the
+    selection copies those parameters, so norm-activations and gradcam read it like the source."""
+    from vitscope.analyze.selection import select_dump
+    from vitscope.testing import make_dump
+    source = make_dump(tmp_path / "d.h5", n=6)
+    picked = select_dump(source, np.array([4, 1]), "positions 4,1")
+    with Dump.open(source) as full, Dump.open(picked) as sel:
+        assert full.derived and sorted(sel.derived) == sorted(full.derived)
+        for hook in full.derived:
+            np.testing.assert_array_equal(sel[hook][:], full[hook][:][[4, 1]])

@@ -105,11 +105,34 @@ def test_token_attention_gif_header_fits_one_narrow_image(small_dump, tmp_path):
                             interactive=False)
     assert res.ok, res.error
     frames = gif_frames(res.out_dir / "token_attention.gif")
-    S = tile_side(dump_path)
-    assert frames[0].shape[1] == S                          # one tile wide
+    from vitscope.plugins.token_attention import GIF_TILE_PX
+    with Dump.open(dump_path) as dump:
+        size = dump.layout.image_size[1]
+    S = M.tile_scale(size, GIF_TILE_PX) * size
+    assert frames[0].shape[1] == S >= 160                   # one tile wide, and a large one
     lines = M.header_lines("layer 0 · head 0\nMost-attended patch (cyan) → patches", S)
     assert len(lines) >= 3 and lines[0] == "layer 0 · head 0"
-    assert_headers_fit(frames, S)
+    legend = M.colourbar_strip(S, "attention, each tile ÷ its own maximum", high="max")
+    assert_headers_fit(frames, S + legend.shape[0])
+    # under the tiles, the colour bar: the colour map's ramp from dark to bright, every frame
+    bar = [f[-legend.shape[0]:] for f in frames]
+    assert all(np.abs(b.astype(int) - bar[0]).mean() < 8 for b in bar)   # up to dithering
+    row = bar[0][14].astype(int)                            # a row through the bar
+    assert row.sum(axis=1).max() - row.sum(axis=1).min() > 400
+
+
+def test_gif_keeps_a_colour_ramp_smooth_beside_busy_pixels(tmp_path):
+    """One palette for all frames and error diffusion: every 8×8 block of a colour map's ramp
+    keeps its colour on average (a palette of 255 colours per frame without dithering broke
+    the ramp into bands wherever busy photo pixels took the colours)."""
+    from vitscope.render.figures import colorize, save_gif
+    rng = np.random.default_rng(0)
+    ramp = colorize(np.tile(np.linspace(0, 1, 512, dtype=np.float32), (40, 1)), "inferno")
+    frames = [np.concatenate([ramp, rng.integers(0, 256, (40, 512, 3), dtype=np.uint8)])
+              for _ in range(6)]
+    blocks = lambda a: a[:40].astype(float).reshape(5, 8, 64, 8, 3).mean((1, 3))  # noqa: E731
+    for frame in gif_frames(save_gif(frames, tmp_path / "ramp.gif")):
+        assert np.abs(blocks(frame) - blocks(ramp)).max() < 2.0
 
 
 # ----------------------------------------------------------------------------- histograms

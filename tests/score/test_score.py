@@ -322,3 +322,72 @@ def test_pointing_game_on_tied_peaks_is_the_same_in_summary_and_score(shapes_ckp
     hit = cov.reshape(16, -1)[:, [0, -1]] >= 0.5                      # the two peaks
     assert summary["pointing_game"] == pytest.approx(hit.mean(), abs=1e-4)
     assert scored == pytest.approx(summary["pointing_game"], abs=1e-4)
+
+
+def plotly_figure(html: str) -> tuple[list[dict], dict]:
+    """The traces and layout a page hands to Plotly.newPlot (its figure JSON)."""
+    rest = html[html.index("Plotly.newPlot(") + len("Plotly.newPlot("):]
+    rest = rest[rest.index(",") + 1:].lstrip()           # after the div's id
+    decoder = json.JSONDecoder()
+    data, end = decoder.raw_decode(rest)
+    layout, _ = decoder.raw_decode(rest[end:].lstrip()[1:].lstrip())
+    return data, layout
+
+
+def test_one_colour_per_map_in_every_panel_of_the_png_and_html(shapes_ckpt, tmp_path,
+                                                               monkeypatch):
+    """The legend tells the truth: every trace of a name has that name's colour in every
+    panel (a second panel once drew rollout in the random order's colour), the same colour
+    in the PNGs; every panel has axis titles; no PNG text leaves its canvas."""
+    from matplotlib.colors import to_hex
+
+    from figure_text import saved_figures
+    monkeypatch.chdir(tmp_path)
+    with saved_figures() as figures:
+        res = run("score", shapes_ckpt, "-p", "rollout", "-p", "grad-rollout", "-n", 6,
+                  "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "outputs" / "run" / "score"
+    data, layout = plotly_figure((out / "score.html").read_text())
+
+    def colour(trace):
+        return (trace.get("line") or {}).get("color") or (trace.get("marker") or {}).get("color")
+    lines = [t for t in data if t["type"] == "scatter"]
+    legend = {t["legendgroup"]: colour(t) for t in lines if t.get("showlegend", True)}
+    assert {"rollout", "grad-rollout", "random order", "centre", "brightness", "edges"} <= set(legend)
+    assert len(legend) == len({t["legendgroup"] for t in lines})     # one entry a name
+    assert len(set(legend.values())) == len(legend), legend         # each its own colour
+    for t in lines:
+        assert colour(t) == legend[t["legendgroup"]], t["name"]
+        assert t.get("error_y", {}).get("color", colour(t)) == colour(t), t["name"]
+    assert {t["xaxis"] for t in lines if t["legendgroup"] == "rollout"} == {"x", "x2", "x3"}
+    bars = [t for t in data if t["type"] == "bar"]
+    assert bars and all(c == legend.get(x, c) for t in bars
+                        for x, c in zip(t["x"], t["marker"]["color"]))
+    assert [layout[a]["title"]["text"] for a in ("xaxis", "yaxis3")] == [
+        "fraction of patches removed", "Spearman ρ with the trained map"]
+    assert all(layout[f"{a}axis{k}"]["title"]["text"] for a in "xy" for k in ("", 2, 3, 4))
+
+    png = {}
+    for f in figures:
+        for ax in f.figure.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                line = handle.lines[0] if hasattr(handle, "lines") else handle
+                png.setdefault(label.split(" (")[0], set()).add(to_hex(line.get_color()))
+    assert {name: c.pop() for name, c in png.items() if len(c) == 1} == \
+        {name: legend[name] for name in png}
+    assert [f"{f.name}: {p}" for f in figures for p in f.problems] == []
+    # the randomisation plot's floor is below every point and interval end
+    report = json.loads((out / "score.json").read_text())
+    lowest = min(s["rho"]["ci95"][0] for m in report["methods"].values()
+                 for s in m["randomization"]["steps"])
+    rand = next(f.figure for f in figures if f.name == "randomization.png")
+    assert rand.axes[0].get_ylim()[0] <= min(lowest, -0.2)
+
+
+def test_the_randomisation_floor_follows_the_lowest_interval():
+    from vitscope.score.outputs import rho_floor
+    assert rho_floor(0.3) == rho_floor(-0.1) == -0.2
+    assert rho_floor(-0.29) == -0.4 and rho_floor(-0.21) == -0.3
+    assert rho_floor(-1.0) == -1.05
+

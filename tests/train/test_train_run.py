@@ -60,6 +60,8 @@ def test_two_epochs_beat_chance_and_write_every_output(tmp_path):
     last = load_checkpoint(run_dir / "last.pt")
     assert last.resume["epoch"] == 2 and "optimizer" in last.resume
     assert json.loads((run_dir / "config.json").read_text())["normalize"] == tc["normalize"]
+    import torch
+    assert tc["cpu_threads"] == torch.get_num_threads() >= 1   # the result depends on it
 
 
 def test_quiet_prints_nothing_and_existing_run_folder_is_never_overwritten(tmp_path):

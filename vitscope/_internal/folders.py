@@ -45,6 +45,16 @@ def remove_empty(folders: list[Path]) -> None:
             return
 
 
+def discard_new(created: list[Path], files: tuple[str, ...] = ()) -> None:
+    """After a failed or interrupted command: `files` in the innermost folder it created (a
+    shared file such as plotly.min.js, written there before the results it served), then the
+    folders it created, as far as they are empty."""
+    for name in files if created else ():
+        with contextlib.suppress(OSError):
+            (created[0] / name).unlink()
+    remove_empty(created)
+
+
 @contextlib.contextmanager
 def output_folder(path: Path, error: type[VitscopeError], hint: str) -> Iterator[Path]:
     """make_output_dir, then remove_empty of what it created if the block raises."""

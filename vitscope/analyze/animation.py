@@ -77,10 +77,13 @@ def find_epochs_root(source: Path, out_root: Path = Path("outputs")) -> Path:
     if (source / "metrics.jsonl").is_file() and epoch_folders(beside):
         return beside
     where = f" nor in '{beside}'" if (source / "metrics.jsonl").is_file() else ""
-    raise AnimationError(f"No epoch_NNN folders in '{source}'{where}: train with "
-                         f"`vitscope train --analyze-every N --plugin NAME` to render the "
-                         f"analyses during training, then animate the folder they went to "
-                         f"(outputs/<run>).")
+    run = source.resolve().name
+    raise AnimationError(f"No epoch_NNN folders in '{source}'{where}: the run was trained "
+                         f"without --analyze-every, so there is nothing to animate; train it "
+                         f"again with its command plus --analyze-every N --plugin NAME (e.g. "
+                         f"`vitscope train --config shapes-quick --name {run} --overwrite "
+                         f"--analyze-every 1 --plugin rollout`), then `vitscope animate "
+                         f"outputs/{run} --plugin rollout`.")
 
 
 def _manifest(folder: Path) -> dict[str, Any]:

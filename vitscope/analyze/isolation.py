@@ -104,10 +104,32 @@ def context():
 
 def warm_up() -> None:
     """Start the fork server now (it imports in the background while analyze captures)."""
-    ctx = context()
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+    _start_server(context())
+
+
+def _start_server(ctx) -> None:
+    """The fork server, started (once) with SIGINT ignored: it shares the terminal's process
+    group, so Ctrl-C reaches it too, and while it imported PRELOAD it printed a 30-line
+    KeyboardInterrupt traceback of its own. analyze stops it (its `alive` pipe closes when
+    analyze exits); its children, in sessions of their own, are killed by analyze."""
+    if ctx.get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    from vitscope._internal.signals import sigint_ignored
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid is not None and _running(pid):
+        return     # not again: a Ctrl-C in that window would be ignored, and lost
+    with sigint_ignored():
         forkserver.ensure_running()
+
+
+def _running(pid: int) -> bool:
+    """Whether our child `pid` still runs (not exited, nor a zombie)."""
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return False
 
 
 def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[str, Any], *,
@@ -135,6 +157,7 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
            "protect": [str(out_dir.parent), str(dump)],
            "shown_dir": str(Path(shown_dir or out_dir).absolute())}
     ctx = context()
+    _start_server(ctx)       # with SIGINT ignored, when analyze did not start it (warm_up)
     t0 = time.perf_counter()
     reader, writer = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(job, writer), name=f"vitscope-plugin-{entry.name}")
@@ -419,6 +442,7 @@ def _child(job: dict[str, Any], conn) -> None:
         with contextlib.suppress(OSError):
             log.close()
         log_path.unlink(missing_ok=True)
+    _release_semaphores()   # before the report: the parent kills the child once it has it
     try:
         conn.send(result)
         conn.close()
@@ -489,6 +513,23 @@ def _blas_threads(env: dict[str, str]):
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=int(text))
+
+
+def _release_semaphores() -> None:
+    """Unlink the named semaphores this child made, as its exit would have.
+
+    numba's threading layer (UMAP, in cls-embedding) and tqdm each make a multiprocessing
+    lock; in a forkserver child that is a named POSIX semaphore registered with the resource
+    tracker analyze shares with its children. The child leaves with os._exit, which skips the
+    finalizer that unlinks it, so at analyze's exit the tracker found them and warned of
+    "leaked semaphore objects". Only those finalizers run here (others could block)."""
+    try:
+        from multiprocessing import synchronize, util
+        for finalizer in list(util._finalizer_registry.values()):
+            if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
+                finalizer()
+    except Exception:   # private API of multiprocessing: a warning is all that is at stake
+        pass
 
 
 def _write_log(log) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from vitscope._internal.text import first_line
 from vitscope.analyze.registry import PluginEntry, Registry
 from vitscope.plugin.protocol import member
-from vitscope.errors import PluginError, VitscopeError
+from vitscope.errors import NotApplicable, PluginError, VitscopeError
 from vitscope.plugin.protocol import ModelShape
 
 
@@ -55,10 +55,12 @@ def parse_opts(specs: Iterable[str], chosen: list[PluginEntry],
 
 
 def check_options(entries: Iterable[PluginEntry], values: dict[str, dict[str, Any]],
-                  shape: ModelShape) -> None:
+                  shape: ModelShape) -> dict[str, NotApplicable]:
     """Call each plugin's optional `check(options, shape)` (layer and token ranges against the
     model) before the output folder is touched: a bad --opt fails with its sentence and
-    leaves earlier figures alone. A plugin without `check` is checked when it renders."""
+    leaves earlier figures alone. A plugin without `check` is checked when it renders.
+    Returns the plugins that cannot apply to this model at all (name -> NotApplicable)."""
+    unfit: dict[str, NotApplicable] = {}
     for e in entries:
         check = member(e.plugin, "check") if e.ok else None
         if check is None:
@@ -66,9 +68,12 @@ def check_options(entries: Iterable[PluginEntry], values: dict[str, dict[str, An
         options = e.render_options(values.get(e.name))
         try:
             check(options, shape)
+        except NotApplicable as err:
+            unfit[e.name] = err
         except VitscopeError:
             raise
         except Exception as err:   # a plugin's own bug in check(): its render may still work
             warnings.warn(f"plugin {e.name}: check() raised {type(err).__name__}: "
                           f"{first_line(err, 200)}; its options are checked when it renders.",
                           stacklevel=2)
+    return unfit

@@ -12,6 +12,7 @@ output folder is created and locked; the dump is captured or reused; the plugins
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +63,46 @@ class AnalysisOutcome:
         return self.run is not None and all(r.ok for r in self.results)
 
 
+@dataclass
+class _Progress:
+    """How far a run got, for the one line Ctrl-C ends it with."""
+    run: Path | None = None        # the output folder, once created or locked
+    new: bool = False              # created by this run (and removed again when it stops)
+    dump: Path | None = None       # the dump captured (not reused) for it
+    committed: bool = False        # its figures were swapped in
+    rendering: float | None = None  # time.time() when the rendering began
+
+    def interrupted(self) -> str:
+        manifest = self.run / "manifest.json" if self.run is not None else None
+        if self.rendering is not None and manifest is not None and manifest.is_file() and \
+                manifest.stat().st_mtime >= self.rendering:
+            self.committed = True       # Ctrl-C landed just after the commit (it is whole)
+        if self.committed:
+            return f"after the figures were written; open {self.run / 'index.html'}."
+        kept = "" if self.run is None or self.new else f" and '{self.run}' is as it was"
+        if self.dump is not None:
+            return (f"no figure was written{kept}; the dump {self.dump}, captured whole, will "
+                    f"be reused.")
+        return f"nothing was written{kept}."
+
+
 def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
                  echo: Callable[..., None] = _print) -> AnalysisOutcome:
     """Everything `vitscope analyze` does after parsing its flags: check every input before
     any work, capture (or reuse) the dump the chosen plugins need, render them, write the
     run's index.html. `cleanup` unwinds the lock and empty folders; `echo(text, err=False)`
-    prints progress. Raises VitscopeError (one sentence) for bad input."""
+    prints progress. Raises VitscopeError (one sentence) for bad input, and Interrupted, saying
+    what was kept, for Ctrl-C (whose cleanup `cleanup` does when it unwinds)."""
+    from vitscope.errors import Interrupted
+    progress = _Progress()
+    try:
+        return _analyse(request, cleanup, echo, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(progress.interrupted()) from None
+
+
+def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Callable[..., None],
+             progress: _Progress) -> AnalysisOutcome:
     r = request
     ckpt, names, all_, dump_path, data, split, images = (r.ckpt, r.names, r.all_, r.dump_path,
                                                          r.data, r.split, r.images)
@@ -78,7 +113,8 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
     from vitscope.analyze.isolation import warm_up
     from vitscope._internal.locks import hold
     from vitscope.names import summarize_names
-    from vitscope._internal.folders import make_output_dir, remove_empty
+    from vitscope._internal.folders import discard_new, make_output_dir
+    from vitscope.render.interactive import PLOTLY_JS
     from vitscope.analyze.options import check_options, parse_opts
     from vitscope.analyze.registry import discover
     from vitscope.analyze.staging import LOCK
@@ -132,22 +168,41 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
     else:
         (available, shape), where = _model_hooks(ckpt), f"model of '{ckpt}'"
         model_hooks = available
-    if shape is not None:   # layer and token ranges of --opt, before any folder is touched
-        check_options(working, values, shape)
-    missing = missing_hooks(available, working, model_hooks, values)
-    if missing and len(missing) == len(working):
+    # layer and token ranges of --opt, before any folder is touched; plugins that cannot apply
+    # to this model at all (a CLS token it lacks) come back
+    unfit = check_options(working, values, shape) if shape is not None else {}
+    missing = missing_hooks(available, [e for e in working if e.name not in unfit],
+                            model_hooks, values)
+    if all_ and not names and dump_path is None:   # "every plugin": the unfit sit out, exit 0
+        working = _sit_out(working, unfit, missing, where, echo)
+        unfit, missing = {}, {}
+    if missing and not unfit and len(missing) == len(working):
         what = "; ".join(f"{name} needs {', '.join(p)}" for name, p in missing.items())
         fix = ("capture them with `vitscope dump CKPT --hooks ...` or run analyze without --dump"
                if dump_path is not None else "choose plugins written for this model")
         raise PluginError(f"The {where} lacks hook points the plugins read ({what}); {fix}.")
-    for name, patterns in missing.items():
-        echo(f"FAILED  {name:<18} needs hook points {', '.join(patterns)}, which the "
-                   f"{where} does not have", err=True)
-    working = [e for e in working if e.name not in missing]
+    if unfit and len(unfit) + len(missing) == len(working):
+        if len(unfit) == 1 and not missing:
+            raise next(iter(unfit.values()))          # its sentence names what still applies
+        what = "; ".join([f"{n} {e.reason}" for n, e in unfit.items()] +
+                         [f"{n} needs {', '.join(p)}" for n, p in missing.items()])
+        raise PluginError(f"None of the chosen plugins applies to the {where} ({what}); "
+                          f"{next(iter(unfit.values())).instead}.")
+    refused = {n: str(e) for n, e in unfit.items()}
+    refused.update({n: f"needs hook points {', '.join(p)}, which the {where} does not have"
+                    for n, p in missing.items()})
+    for name, text in refused.items():
+        echo(f"FAILED  {name:<18} {text}", err=True)
+    working = [e for e in working if e.name not in refused]
     patterns = union_requires(working, values)
+    if dump_path is None:   # a data folder that is not here is found before any work
+        _check_data(ckpt, data, split, images or DEFAULT_IMAGES, patterns, target)
     # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
     created = make_output_dir(run, PluginError, "choose another output folder with -o")
-    cleanup.push(lambda kind, *_: remove_empty(created) if kind is not None else None)
+    # the plugins write the run's plotly.min.js straight into it: a run that stops takes it too
+    cleanup.push(lambda kind, *_: discard_new(created, (PLOTLY_JS,)) if kind is not None
+                 else None)
+    progress.run, progress.new = run, bool(created)
     # One analyze at a time in OUT, from before the capture to the commit of its figures.
     cleanup.enter_context(hold(run / LOCK, run, PluginError, hint="wait for that analyze to "
                                "finish, or choose another output folder with -o"))
@@ -158,6 +213,7 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
         path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
                                    hooks=patterns, batch_size=batch_size, device=dev,
                                    progress=True, target=target)
+        progress.dump = None if reused else path
     hooks, size, (grads, target_spec) = _dump_contents(path)
     held = summarize_names(hooks) + (f"; gradients of {summarize_names(grads)} for target "
                                      f"{target_spec}" if grads else "")
@@ -175,10 +231,9 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
     # Plugins that failed before rendering are listed in index.html too, with their reason.
     upfront = [PluginResult(e.name, e.source, False, out_dir=run / e.name, error=e.problem())
                for e in chosen if not e.ok]
-    keys = {name: output_folder(registry.get(name), values.get(name)) for name in missing}
+    keys = {name: output_folder(registry.get(name), values.get(name)) for name in refused}
     upfront += [PluginResult(name, registry.get(name).source, False, out_dir=run / keys[name],
-                             error=f"needs hook points {', '.join(p)}, which the {where} does "
-                                   f"not have", folder=keys[name]) for name, p in missing.items()]
+                             error=text, folder=keys[name]) for name, text in refused.items()]
     if all_ and not names:   # chosen as "every plugin": those that need more images sit out
         from vitscope.plugin import member
         few = [e for e in working if int(member(e.plugin, "min_images") or 1) > (limit or size)]
@@ -190,10 +245,64 @@ def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
                     "again"):
         figures = RenderRequest(static=static, interactive=interactive, fmt=fmt, limit=limit,
                                 smooth=smooth, timeout=r.plugin_timeout)
+        info = _ckpt_info(ckpt)
+        progress.rendering = time.time()
         results = render_plugins(path, working, run, values, figures, echo=echo,
-                                 failed=upfront, announce=True, info=_ckpt_info(ckpt))
+                                 failed=upfront, announce=True, info=info)
+        progress.committed = True
+        if image_files and not out_dir:
+            _link_from_parent(run.parent)
     echo(f"Open {run / 'index.html'}")
     return AnalysisOutcome(run, results)
+
+
+def _sit_out(working, unfit, missing, where: str, echo) -> list:
+    """`analyze --all`: the plugins that cannot apply to this model (NotApplicable from their
+    check, or hook points it does not have) are listed as skipped, each with its reason and
+    once what still applies, and left out before any capture. The others, or PluginError."""
+    reasons = {n: e.reason for n, e in unfit.items()}
+    reasons.update({n: f"needs hook points {', '.join(p)}, which the {where} does not have"
+                    for n, p in missing.items()})
+    for name, reason in reasons.items():
+        echo(f"skipped {name:<18} {reason}")
+    for instead in dict.fromkeys(e.instead for e in unfit.values() if e.instead):
+        echo(f"        {instead[:1].upper() + instead[1:]}.")
+    left = [e for e in working if e.name not in reasons]
+    if not left:
+        raise PluginError(f"No installed plugin applies to the {where} "
+                          f"({'; '.join(f'{n} {r}' for n, r in reasons.items())}); choose "
+                          f"plugins written for this model.")
+    return left
+
+
+def _link_from_parent(parent: Path) -> None:
+    """Rewrite the index.html of the run an `--image` analysis sits in (outputs/<run>/), so it
+    links the new sub-folder; skipped while another analyze holds that run (its own index,
+    written at its end, lists the sub-folders it finds)."""
+    from vitscope.analyze.staging import LOCK
+    from vitscope._internal.locks import InUse, hold
+    from vitscope.render.index_page import write_index
+    if not (parent / "manifest.json").is_file():
+        return
+    try:
+        with hold(parent / LOCK, parent):
+            write_index(parent)
+    except (InUse, ValueError, OSError):   # the new analysis stands; only the link is missing
+        pass
+
+
+def _check_data(ckpt, data, split, n, patterns, target) -> None:
+    """DataError when the data to capture is a folder or files missing here, unless a finished
+    dump serves the request anyway (ensure_dump then reuses it, with a warning)."""
+    from vitscope.capture import check_data, covering_dump
+    from vitscope.errors import DataError
+    from vitscope.model.checkpoint import load_checkpoint
+    try:
+        check_data(load_checkpoint(ckpt), data)
+    except DataError:
+        if covering_dump(ckpt, data=data, split=split, n=n, hooks=patterns,
+                         target=target) is None:
+            raise
 
 
 def _ckpt_info(ckpt) -> dict:
@@ -201,9 +310,13 @@ def _ckpt_info(ckpt) -> dict:
     if ckpt is None:
         return {}
     from vitscope.model.checkpoint import load_checkpoint
-    metrics = load_checkpoint(ckpt).metrics or {}
+    ck = load_checkpoint(ckpt)
+    metrics = ck.metrics or {}
     keep = {k: metrics[k] for k in ("val_acc", "epoch", "best_val_acc") if k in metrics}
-    return {"checkpoint_metrics": keep} if keep else {}
+    info: dict = {"checkpoint_metrics": keep} if keep else {}
+    if (ck.train_config or {}).get("random_weights") is True:   # `vitscope import` without weights
+        info["random_weights"] = True
+    return info
 
 
 def _classes(ckpt, dump_path) -> list[str] | None:

@@ -29,6 +29,9 @@ from vitscope.errors import DumpError, PluginError
 
 KINDS = ("misclassified", "correct", "class:NAME", "INDEX,INDEX", "name:FILE")
 BLOCK = 64  # images copied per read: memory stays bounded for any selection
+# In the name of every selection written: one written before its parameters of derived hook
+# points were copied (format 1) is never reused.
+SELECTION_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def select_dump(path: str | Path, positions: np.ndarray, what: str) -> Path:
     path = Path(path)
     positions = np.asarray(positions, dtype=np.int64)
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()} {st.st_size} {st.st_mtime_ns} "
+    key = hashlib.sha256(f"{SELECTION_FORMAT} {path.resolve()} {st.st_size} {st.st_mtime_ns} "
                          f"{positions.tolist()}".encode()).hexdigest()[:10]
     out = path.parent / "selections" / f"{path.stem}-sel{len(positions)}-{key}.h5"
     if out.is_file():
@@ -172,6 +175,8 @@ def select_dump(path: str | Path, positions: np.ndarray, what: str) -> Path:
                 writer.write(s, batch)
             if aliases:
                 writer.set_aliases(aliases)
+            if "derived" in f:   # the norms' parameters that derived hook points are read with
+                f.copy(f["derived"], writer.f, "derived")
             writer.finish()
             publish(partial, out, force=True, error=DumpError, hint="run the command again")
         except BaseException:

@@ -37,6 +37,7 @@ from typing import Any
 
 from vitscope.errors import PluginError
 from vitscope._internal.locks import hold
+from vitscope._internal.signals import deferred_interrupts
 from vitscope._internal.files import replacing, sweep_temporaries
 
 MARKER = ".vitscope-plugin"     # marks a folder as plugin output, so a re-run may replace it
@@ -132,9 +133,10 @@ class Staging:
         swap = [n for n in succeeded] + swap
         journal = {"token": self.token, "swap": swap, "logs": logs, "manifest": manifest}
         path = self.run_dir / f"{JOURNAL}{self.token}.json"
-        _write(path, json.dumps(journal, default=str))
-        self.committed = True
-        finish(self.run_dir, path, self.pages)
+        with deferred_interrupts():   # Ctrl-C after the commit began: it completes first
+            _write(path, json.dumps(journal, default=str))
+            self.committed = True
+            finish(self.run_dir, path, self.pages)
 
 
 def recover(run_dir: Path, pages: Callable[[Path], Any] | None = None) -> None:

@@ -50,6 +50,21 @@ def data_spec(ckpt, data: str | None = None) -> str:
     return spec
 
 
+def check_data(ckpt, data: str | None = None) -> None:
+    """DataError, before any capture or scoring, when `data` (default: the checkpoint's own
+    training data, named as such) is a folder or image files that are not on this machine."""
+    from vitscope.data import missing_data, parse_spec
+    spec = data_spec(ckpt, data)
+    problem = missing_data(spec)
+    if problem is not None and data is not None:
+        raise problem
+    if problem is not None:
+        what = "a folder that does" if parse_spec(spec)[0] == "folder" else "image files that do"
+        raise DataError(f"'{ckpt.path}' was trained on --data {spec}, {what} not exist on "
+                        f"this machine; pass --data with images of the model's classes, e.g. "
+                        f"--data folder:PATH.")
+
+
 def default_split(ckpt, data: str | None = None) -> str:
     """The split analyses take when none is given: "val" of the checkpoint's own data (never
     the images it trained on) and of data with a validation split of its own; "all" of a
@@ -119,6 +134,19 @@ def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha,
         except VitscopeError:
             continue  # a foreign or damaged file in the cache folder is not ours to judge
     return None
+
+
+def covering_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | None = "val",
+                  n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
+                  target: str | int = "pred", dump_dir: str | Path | None = None) -> Path | None:
+    """The finished dump `ensure_dump` falls back to when the data cannot be loaded here (one
+    that matches in all but the unchecked pixels), else None."""
+    from vitscope.model.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(ckpt_path)
+    patterns = [hooks] if isinstance(hooks, str) else list(hooks)
+    return _covering_dump(dump_dir, patterns, DEFAULT_N if n is None else n,
+                          file_sha256(ckpt.path), data_spec(ckpt, data),
+                          split or default_split(ckpt, data), None, target)
 
 
 def find_dumps(dump_dir: str | Path | None = None) -> list[Path]:

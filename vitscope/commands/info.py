@@ -67,7 +67,8 @@ def training_lines(tc: dict) -> list[str]:
         out.append(f"{'run, preset':<16}{tc.get('name') or '-'}, {tc.get('preset', '-')}")
     keys = [("epochs", "epochs"), ("batch_size", "batch"), ("lr", "lr"), ("min_lr", "min lr"),
             ("weight_decay", "wd"), ("warmup_epochs", "warmup"), ("augment", "augment"),
-            ("label_smoothing", "smoothing"), ("ema", "ema"), ("precision", "precision")]
+            ("label_smoothing", "smoothing"), ("ema", "ema"), ("precision", "precision"),
+            ("seed", "seed"), ("cpu_threads", "CPU threads")]
     parts = [f"{label} {tc[k]:g}" if isinstance(tc[k], float) else f"{label} {tc[k]}"
              for k, label in keys if k in tc]
     if parts:

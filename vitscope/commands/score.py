@@ -50,13 +50,15 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     import time
 
     from vitscope._internal.devices import resolve_device
-    from vitscope.capture import parse_target, run_name
+    from vitscope.capture import check_data, parse_target, run_name
     from vitscope.model.checkpoint import load_checkpoint
     from vitscope.errors import PluginError
-    from vitscope._internal.folders import make_output_dir, remove_empty
+    from vitscope._internal.folders import discard_new, make_output_dir
     from vitscope._internal.locks import hold
     from vitscope._internal.signals import terminate_as_exception
     from vitscope.analyze.staging import LOCK
+    from vitscope.errors import Interrupted
+    from vitscope.render.interactive import PLOTLY_JS
     from vitscope.analyze.registry import discover
     from vitscope.analyze.options import parse_opts
     from vitscope.score import outputs as R
@@ -64,6 +66,7 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
 
     # Everything that can be wrong with the request fails here, before anything is written.
     ck = load_checkpoint(ckpt)
+    check_data(ck, data)   # the data is read again for the randomisation: it must be here
     classes = int(getattr(ck.model_config, "num_classes", 0) or len(ck.classes or ()))
     target = parse_target(target, classes)
     registry = discover()
@@ -98,8 +101,12 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
                                       batch_size=batch_size, device=dev, seed=seed,
                                       echo=click.echo)
             index, files = publish(run, report)
-    except BaseException:
-        remove_empty(created)
+    except BaseException as e:
+        discard_new(created, (PLOTLY_JS,))   # written into a new run folder for score.html
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted("nothing was written." if created else
+                              f"nothing was written and '{run / 'score'}' is as it was.") \
+                from None
         raise
     click.echo("")
     click.echo(R.tables(report))

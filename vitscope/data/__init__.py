@@ -11,12 +11,12 @@ from vitscope.data.base import ImageDataset, carve_split, concat
 from vitscope.data.images import Preprocess
 from vitscope.data.specs import (DEFAULT_MEAN, DEFAULT_STD, SPLITS, VALID_SPECS, absolute_spec,
                                  dataset_stats, files_spec, is_imported, load_dataset,
-                                 normalization, parse_normalize, parse_spec, preprocessing,
-                                 resize_dataset, resize_images, split_files, to_model_input,
-                                 training_data_gone)
+                                 missing_data, normalization, parse_normalize, parse_spec,
+                                 preprocessing, resize_dataset, resize_images, split_files,
+                                 to_model_input, training_data_gone)
 
 __all__ = ["ImageDataset", "Preprocess", "carve_split", "concat", "load_dataset", "parse_spec",
            "absolute_spec", "files_spec", "split_files", "resize_dataset", "resize_images",
            "is_imported", "preprocessing", "dataset_stats", "normalization", "parse_normalize",
-           "to_model_input", "training_data_gone", "SPLITS", "DEFAULT_MEAN", "DEFAULT_STD",
-           "VALID_SPECS"]
+           "to_model_input", "training_data_gone", "missing_data", "SPLITS", "DEFAULT_MEAN",
+           "DEFAULT_STD", "VALID_SPECS"]

@@ -96,6 +96,23 @@ def load_dataset(spec: str, split: str = "val", image_size: int | Preprocess = 3
                        cache_dir=resolve_cache_dir(cache_dir), whole=whole_folder)
 
 
+def missing_data(spec: str) -> DataError | None:
+    """The DataError loading `spec` would end in when it names a folder or image files that
+    are not on this machine, found without decoding anything (None when they are there, and
+    for specs that are not paths). Commands call it before any capture or scoring starts."""
+    kind, arg = parse_spec(spec)
+    if kind == "folder":
+        root = Path(arg).expanduser().absolute()
+        if not root.exists():
+            return DataError(f"The folder '{root}' of --data {spec} does not exist; check the "
+                             f"path, or use --data shapes for the built-in dataset.")
+    elif kind == "files":
+        for f in (Path(p).expanduser().absolute() for p in split_files(arg)):
+            if not f.exists():
+                return DataError(f"The image file '{f}' is missing.")
+    return None
+
+
 def training_data_gone(ckpt_path, spec: str, error: DataError) -> DataError:
     """The error for a checkpoint's own training data that cannot be loaded here: the user
     never typed that spec, so say where it came from and how to choose other images."""

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitscope.errors import PluginError
+from vitscope.errors import NotApplicable
+
+# What the built-ins still draw for a model without a CLS token (mean-pooled, MAP-pooled).
+NO_CLS_INSTEAD = ("what still applies: token-attention with --opt token-attention.query=top "
+                  "(where each image's most-attended patch looks), gradcam (a class map from "
+                  "the patch tokens) and norm-activations")
 
 
 def cls_index(layout, plugin: str) -> int:
-    """The CLS token's index along T; PluginError for a model without one (a plugin built on
-    the CLS token has nothing to show there)."""
+    """The CLS token's index along T; NotApplicable for a model without one (a plugin built
+    on the CLS token has nothing to show there). Plugins call it in `check` too, so that
+    `analyze` finds out before it captures anything."""
     index = layout.cls_index
     if index is None:
-        raise PluginError(f"{plugin} reads the CLS token, and this model has none "
-                          f"({layout.describe()}); use a plugin that reads the patch tokens.")
+        reason = f"reads the CLS token, and this model has none ({layout.describe()})"
+        raise NotApplicable(f"{plugin} {reason}; {NO_CLS_INSTEAD}.", reason, NO_CLS_INSTEAD)
     return index
 
 

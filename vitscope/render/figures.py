@@ -145,7 +145,13 @@ def save_gif(frames: Sequence[np.ndarray], path: Path, duration_ms: int = 450) -
         raise ValueError("an animated GIF needs at least two frames")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pics = [Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE, colors=255)
+    # One palette for every frame, drawn from all of them, and error diffusion: a palette of
+    # each frame's own flickers between frames, and without dithering a colour map's smooth
+    # ramp breaks into bands.
+    sample = np.concatenate([np.asarray(f)[::2] for f in frames[::max(1, len(frames) // 16)]])
+    palette = Image.fromarray(np.ascontiguousarray(sample)).quantize(
+        colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    pics = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
             for f in frames]
     pics[0].save(path, save_all=True, append_images=pics[1:], duration=duration_ms, loop=0,
                  optimize=False, disposal=2)

@@ -30,7 +30,8 @@ def write_index(run_dir: str | Path) -> Path:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     plugins: dict[str, Any] = manifest.get("plugins", {})
     run = manifest.get("run", {})
-    parts = [_run_section(run), _mixed_warning(plugins, run), _nav(plugins), _epochs(run_dir),
+    parts = [_random_warning(run), _run_section(run), _mixed_warning(plugins, run),
+             _nav(plugins), _epochs(run_dir), _other_runs(run_dir),
              _score_section(manifest.get("score"), run)]
     for name in plugin_order(plugins):
         parts.append(_plugin_section(run_dir, name, plugins[name], run))
@@ -41,17 +42,55 @@ def write_index(run_dir: str | Path) -> Path:
     return write_atomic(run_dir / "index.html", html)
 
 
+SHOWN_CLASSES = 20   # class names listed in the run table (ImageNet has 1,000)
+
+
+def _random_warning(run: dict) -> str:
+    if not run.get("random_weights"):
+        return ""
+    return ("<section class='error'><p>⚠ This checkpoint has RANDOM weights (imported without "
+            "--weights): every figure and number on this page describes an untrained model, "
+            "not what a trained one does.</p></section>")
+
+
+def _other_runs(run_dir: Path) -> str:
+    """Links to analyses written into sub-folders of this one (`analyze --image FILE` puts
+    them in outputs/<run>/<image>/), each with what it analysed."""
+    found = []
+    for page_path in sorted(run_dir.glob("*/index.html")):
+        folder = page_path.parent
+        if folder.name.startswith(("epoch_", ".")) or not (folder / "manifest.json").is_file():
+            continue
+        try:
+            run = json.loads((folder / "manifest.json").read_text()).get("run") or {}
+        except (ValueError, OSError, AttributeError):
+            run = {}
+        what = f"{run.get('images', '?')} image{'' if run.get('images') == 1 else 's'}" \
+            if isinstance(run, dict) else "?"
+        found.append(f"<li><a href='{_href(folder.name + '/index.html')}'>{_e(folder.name)}</a> "
+                     f"<span class='tag'>{_e(what)}</span></li>")
+    if not found:
+        return ""
+    return ("<section><h2>Other analyses in this folder</h2><ul>" + "".join(found) +
+            "</ul></section>")
+
+
 def _score_section(score: dict | None, run: dict) -> str:
     """What `vitscope score` measured (its table as text, and its figures)."""
     if not score:
         return ""
-    tag = (f"{_e(score.get('images', '?'))} images · target {_e(score.get('target', '?'))} · "
-           f"{_e(score.get('perturbation', '?'))}")
+    tag = (f"{_e(score.get('images', '?'))} images of {_e(score.get('data', '?'))} · target "
+           f"{_e(score.get('target', '?'))} · {_e(score.get('perturbation', '?'))}")
     body = [f"<section id='score'><h2>Score: evidence for the maps <span class='tag'>{tag}"
             f"</span></h2>"]
     if (score.get("checkpoint_sha256") or "") != (run.get("checkpoint_sha256") or ""):
         body.append(f"<p class='error'>⚠ scored on another checkpoint than the run above: "
                     f"{_e(score.get('checkpoint'))}</p>")
+    elif (score.get("data"), score.get("images")) != (run.get("data"), run.get("images")):
+        body.append(f"<p class='tag'>scored on other images than the figures of this page: "
+                    f"{_e(score.get('images', '?'))} images of {_e(score.get('data', '?'))} "
+                    f"(the figures: {_e(run.get('images', '?'))} of {_e(run.get('data', '?'))})"
+                    f"</p>")
     body.append(f"<pre style='font-size:12px;overflow-x:auto'>{_e(score.get('table', ''))}</pre>")
     files = score.get("files") or []
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
@@ -87,11 +126,22 @@ def _run_section(run: dict) -> str:
             ("checkpoint accuracy", _accuracy(run.get("checkpoint_metrics"))),
             ("ground-truth masks", "yes" if run.get("has_masks") else "no"),
             ("model", model or "—"),
-            ("classes", f"{len(classes)}: {', '.join(classes)}" if classes else "—"),
+            ("classes", _classes(classes)),
             ("dump", run.get("dump", "—"))]
     if "epoch" in run:
         rows.insert(0, ("epoch", run["epoch"]))
+    if run.get("random_weights"):
+        rows.insert(0, ("weights", "RANDOM (imported without --weights)"))
     return "<section><h2>Run</h2>" + _kv(rows) + "</section>"
+
+
+def _classes(classes: list) -> str:
+    """"10: airplane, automobile, …"; past SHOWN_CLASSES names, the first ones and the count."""
+    if not classes:
+        return "—"
+    shown = ", ".join(map(str, classes[:SHOWN_CLASSES]))
+    more = len(classes) - SHOWN_CLASSES
+    return f"{len(classes)}: {shown}" + (f", … and {more} more" if more > 0 else "")
 
 
 def _accuracy(metrics) -> str:

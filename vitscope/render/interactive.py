@@ -139,6 +139,25 @@ gd.on('plotly_unhover', function() { box.style.display = 'none'; });
 """
 
 
+TITLE_FONT_PX = 12     # panel titles and row captions
+TITLE_LINE_PX = 16     # the height of one line of them
+TITLE_CHAR_PX = 7.2    # the widest average character of 12 px sans-serif text, for wrapping
+
+
+def wrap_title(text: str, width_px: float) -> str:
+    """Plain `text` escaped for Plotly (plotly_text) and broken with <br> into lines of at
+    most `width_px` of 12 px text (its own newlines kept)."""
+    import textwrap
+    chars = max(6, int(width_px / TITLE_CHAR_PX))
+    lines = [line for part in str(text).split("\n")
+             for line in (textwrap.wrap(part, chars) or [""])]
+    return "<br>".join(plotly_text(line) for line in lines if line.strip())
+
+
+def _lines(title: str) -> int:
+    return title.count("<br>") + 1 if title else 0
+
+
 def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[str],
                slider_label: str, col_titles: Sequence[str], row_titles: Sequence[str],
                title: str, alpha: float = 0.55, colorscale: str = "Inferno",
@@ -166,10 +185,30 @@ def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[st
         images = np.broadcast_to(images[:, None], (R, C, *images.shape[1:]))
     H, W = images.shape[2:4]
     ps_y, ps_x = H / h, W / w
-    titles = [plotly_text(" · ".join(t for t in (row_titles[r], col_titles[c]) if t))
-              for r in range(R) for c in range(C)]
-    fig = make_subplots(rows=R, cols=C, subplot_titles=titles, horizontal_spacing=0.012,
-                        vertical_spacing=0.04 if R > 1 else 0.0)
+    # Captions (file names) are long and panels narrow: each row's caption is one line of its
+    # own above the row, the column titles stand once above the first row, and every text is
+    # wrapped to the width it has, with the rows spaced for the lines it took.
+    cell = 170 if C * R > 8 else 220
+    width = max(C * cell + 80, 520)
+    gap_x = 0.012
+    panel_px = (width - 40) * (1 - gap_x * (C - 1)) / C
+    heads = [wrap_title(t, panel_px) for t in col_titles]
+    rows = [wrap_title(t, width - 40) for t in row_titles] if any(row_titles) else [""] * R
+    head_px = max([_lines(t) for t in heads] or [0]) * TITLE_LINE_PX
+    row_px = max([_lines(t) for t in rows] or [0]) * TITLE_LINE_PX
+    plot_px = R * cell + (R - 1) * (row_px + 8)
+    fig = make_subplots(rows=R, cols=C, subplot_titles=[heads[c] if r == 0 else ""
+                                                        for r in range(R) for c in range(C)],
+                        horizontal_spacing=gap_x,
+                        vertical_spacing=(row_px + 8) / plot_px if R > 1 else 0.0)
+    fig.update_annotations(font_size=TITLE_FONT_PX)
+    for r, text in enumerate(rows):
+        if text:
+            top = fig.get_subplot(r + 1, 1).yaxis.domain[1]
+            fig.add_annotation(text=text, xref="paper", yref="paper", x=0, y=top,
+                               xanchor="left", yanchor="bottom", showarrow=False, align="left",
+                               yshift=head_px + 2 if r == 0 else 2,
+                               font=dict(size=TITLE_FONT_PX))
     heat_ids = []
     s0 = len(step_labels) - 1  # start on the last step (deepest layer)
     for r in range(R):
@@ -201,11 +240,11 @@ def map_slider(images: np.ndarray, maps: np.ndarray, *, step_labels: Sequence[st
                                     heat_ids]))
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
-    cell = 170 if C * R > 8 else 220
+    top = 60 + head_px + row_px
     fig.update_layout(
-        title=dict(text=plotly_text(title), x=0.01), height=R * cell + 160,
-        width=max(C * cell + 80, 520),
-        margin=dict(l=20, r=20, t=80, b=20), plot_bgcolor="white",
+        title=dict(text=plotly_text(title), x=0.01, y=1, yanchor="top", pad=dict(t=12)),
+        height=top + plot_px + 80, width=width,
+        margin=dict(l=20, r=20, t=top, b=20), plot_bgcolor="white",
         **({"coloraxis": dict(colorscale=colorscale, cmin=0, cmax=step_max(s0),
                               colorbar=dict(title=dict(text=plotly_text(value_label),
                                                        side="right"), thickness=14))}

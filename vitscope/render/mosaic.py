@@ -97,6 +97,16 @@ def overlay_tiles(images: np.ndarray, maps: np.ndarray, *, alpha: float = HEAT_A
     return (big.astype(np.float32) * (1 - alpha) + heat * alpha).round().astype(np.uint8)
 
 
+LABEL_CHAR_INCHES = 0.068   # an 8 pt character, generously (a label wrapped by it fits)
+
+
+def wrap_label(text: str, length: float) -> str:
+    """`text` wrapped into lines of at most `length` inches of 8 pt text (a colourbar label)."""
+    import textwrap
+    width = max(12, int(length / LABEL_CHAR_INCHES))
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
+
+
 class Mosaic:
     """R×C tiles (R×C×S×Sw×3 uint8; Sw = S unless the images are not square) laid out with
     gutters; `col_breaks` adds wider gaps after those column indices (to separate groups of
@@ -139,10 +149,14 @@ class Mosaic:
         top = 0.08 + (0.22 if col_labels else 0.0) + 0.2 * lines
         last = [t for (r, _), t in (captions or {}).items() if r == self.R - 1]
         bottom = 0.06 + 0.14 * max([t.count("\n") + 1 for t in last] or [0])
-        right = 0.1 + (1.0 if cbar else 0.0)
-        need = 0.095 * max([len(l) for l in (title or "").split("\n")] or [0])  # bold 10 pt
-        extra = max(0.0, need - (left + width + right)) / 2
-        left, right = left + extra, right + extra
+        # The colourbar's label runs along the mosaic's height, wrapped to fit it: a long one
+        # beside a short mosaic would leave the canvas and run into the title.
+        cbar = wrap_label(cbar, height) if cbar else cbar
+        right = 0.1 + (0.75 + 0.15 * (cbar.count("\n") + 1) if cbar else 0.0)
+        # the title is centred over the mosaic: each side needs half of it (bold 10 pt)
+        half = 0.095 * max([len(l) for l in (title or "").split("\n")] or [0]) / 2
+        left += max(0.0, half - (left + width / 2))
+        right += max(0.0, half - (width / 2 + right))
         fig_w, fig_h = left + width + right, top + height + bottom
         fig = plt.figure(figsize=(fig_w, fig_h))
         ax = fig.add_axes([left / fig_w, bottom / fig_h, width / fig_w, height / fig_h])
@@ -263,6 +277,30 @@ def text_frame(array: np.ndarray, header: str, font_px: int = 14,
     draw = ImageDraw.Draw(out)
     for i, line in enumerate(lines):
         draw.text((HEADER_MARGIN, 4 + i * step), line, fill=(20, 20, 20), font=font)
+    return np.asarray(out)
+
+
+def colourbar_strip(width: int, label: str, cmap: str = HEAT_CMAP, *, low: str = "0",
+                    high: str = "1", font_px: int = 13) -> np.ndarray:
+    """A white band `width` px wide with a horizontal colourbar from `low` to `high` and
+    `label` (wrapped) under it: the legend of a GIF, whose frames carry no axes."""
+    from PIL import Image, ImageDraw
+    font = header_font(font_px)
+    lines = wrap_header(label, font, width - 2 * HEADER_MARGIN)
+    step = font_px + HEADER_LEADING
+    bar_h, top = 12, 8
+    out = Image.new("RGB", (width, top + bar_h + 6 + step * len(lines) + 4), "white")
+    draw = ImageDraw.Draw(out)
+    x0 = HEADER_MARGIN + int(font.getlength(low)) + 6
+    x1 = width - HEADER_MARGIN - int(font.getlength(high)) - 6
+    ramp = colorize(np.linspace(0, 1, max(x1 - x0, 2), dtype=np.float32)[None], cmap)
+    out.paste(Image.fromarray(np.repeat(ramp, bar_h, axis=0)), (x0, top))
+    draw.rectangle([x0 - 1, top - 1, x0 + ramp.shape[1], top + bar_h], outline=(90, 90, 90))
+    draw.text((HEADER_MARGIN, top - 2), low, fill=(20, 20, 20), font=font)
+    draw.text((x1 + 6, top - 2), high, fill=(20, 20, 20), font=font)
+    for i, line in enumerate(lines):
+        draw.text((HEADER_MARGIN, top + bar_h + 6 + i * step), line, fill=(20, 20, 20),
+                  font=font)
     return np.asarray(out)
 
 

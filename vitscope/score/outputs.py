@@ -119,6 +119,24 @@ def write(report: dict, out_dir: Path) -> list[Path]:
     return files
 
 
+# One colour per map and per baseline, the same in every panel of the PNGs and of score.html:
+# the maps take METHOD_COLOURS in the order they were asked for, the baselines keep theirs.
+METHOD_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#e377c2",
+                  "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd", "#e6550d")
+BASELINE_COLOURS = {RANDOM: "#7f7f7f", "centre": "#bcbd22", "brightness": "#8c564b",
+                    "edges": "#17becf", "uniform": "#a0a0a0"}
+
+
+def colours(report: dict) -> dict[str, str]:
+    """name -> colour of every map and baseline in the report (hex, for matplotlib and Plotly)."""
+    out = {name: METHOD_COLOURS[k % len(METHOD_COLOURS)]
+           for k, name in enumerate(report["methods"])}
+    for name in [*report["baselines"]["faithfulness"], *report["baselines"]["localization"],
+                 report["baselines"]["randomization_control"]["map"]]:
+        out[name] = BASELINE_COLOURS.get(name, "#7f7f7f")
+    return out
+
+
 def _series(report: dict):
     """(name, kind, faithfulness row) for every curve: methods, the random order, baselines."""
     out = [(n, "method", report["methods"][n]["faithfulness"]) for n in report["ranking"]["order"]]
@@ -132,15 +150,17 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
     files = []
     x = np.linspace(0, 1, report["steps"] + 1)
     styles = {"method": "-", "random": "--", "baseline": ":"}
+    palette = colours(report)
+    control = report["baselines"]["randomization_control"]["map"]
     with F.style() as plt:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"wspace": 0.25})
         for ax, curve, title in ((axes[0], "deletion", "Deletion: most relevant patches first"),
                                  (axes[1], "insertion", "Insertion: most relevant patches first")):
-            for k, (name, kind, f) in enumerate(_series(report)):
+            for name, kind, f in _series(report):
                 est = f[f"{curve}_curve"]
                 mean = np.array([e.mean for e in est])
                 lo, hi = np.array([e.lo for e in est]), np.array([e.hi for e in est])
-                color = "gray" if kind == "random" else f"C{k}"
+                color = palette[name]
                 auc = f[f"{curve}_auc"].mean
                 ax.plot(x, mean, styles[kind], color=color, lw=1.6 if kind == "method" else 1.1,
                         label=f"{name} (AUC {auc:.3f})")
@@ -155,19 +175,22 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
 
         fig, ax = plt.subplots(figsize=(6.4, 3.4))
         steps = report["cascade"]
-        for k, name in enumerate(report["ranking"]["order"]):
+        lowest = 0.0
+        for name in report["ranking"]["order"]:
             est = [s["rho"] for s in report["methods"][name]["randomization"]["steps"]]
             mean = np.array([e.mean for e in est])
             err = np.array([[e.mean - e.lo for e in est], [e.hi - e.mean for e in est]])
             ax.errorbar(range(len(steps)), mean, yerr=np.nan_to_num(err), fmt="o-", ms=3,
-                        capsize=2, color=f"C{k}", label=name)
-        ax.plot(range(len(steps)), np.ones(len(steps)), ":", color="gray",
-                label="brightness (image only: the control)")
+                        capsize=2, color=palette[name], label=name)
+            lowest = np.nanmin([lowest, *[e.lo for e in est], *mean])
+        ax.plot(range(len(steps)), np.ones(len(steps)), ":", color=palette[control],
+                label=f"{control} (image only: the control)")
         th = report["thresholds"]
         ax.axhspan(th["rho_unchanged"], 1.05, color="red", alpha=0.06, lw=0)
         ax.set_xticks(range(len(steps)), [("+ " if i else "") + s for i, s in enumerate(steps)],
                       rotation=30, ha="right")
-        ax.set(ylim=(-0.2, 1.05), ylabel="Spearman ρ with the trained map",
+        # ρ reaches -1: the floor follows the lowest point and interval end, never cutting one
+        ax.set(ylim=(rho_floor(lowest), 1.05), ylabel="Spearman ρ with the trained map",
                xlabel="randomised (cumulative, from the head down)",
                title="Model-randomisation test (shaded: ρ ≥ 0.9, the map barely changed)")
         ax.legend(frameon=False, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -184,12 +207,22 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
                 mean = np.array([r[key].mean for r in rows])
                 err = np.array([[r[key].mean - r[key].lo for r in rows],
                                 [r[key].hi - r[key].mean for r in rows]])
-                colors = ["C0"] * len(report["methods"]) + ["0.6"] * len(loc)
-                ax.bar(range(len(names)), mean, yerr=np.nan_to_num(err), color=colors, capsize=3)
+                bars = ax.bar(range(len(names)), mean, yerr=np.nan_to_num(err),
+                              color=[palette[n] for n in names], capsize=3)
+                for bar in bars[len(report["ranking"]["order"]):]:
+                    bar.set_hatch("//")
+                    bar.set_edgecolor("white")
                 ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-                ax.set(ylim=(0, 1), title=f"{title} (grey: baselines)")
+                ax.set(ylim=(0, 1), ylabel="mean over images (95% CI)",
+                       title=f"{title} (hatched: baselines)")
             files.append(F.save_static(fig, out_dir / "localization", _Png()))
     return files
+
+
+def rho_floor(lowest: float) -> float:
+    """The randomisation plot's lower y limit: -0.2, or below the lowest point or interval
+    end with a margin (ρ reaches -1)."""
+    return float(max(-1.05, min(-0.2, np.floor((lowest - 0.05) * 10) / 10)))
 
 
 class _Png:
@@ -204,41 +237,64 @@ def _interactive(report: dict, out_dir: Path) -> Path:
     from vitscope.render.interactive import plotly_text, save_html
     x = np.linspace(0, 1, report["steps"] + 1)
     loc = report["baselines"]["localization"]
+    palette = colours(report)
     cols = 4 if loc else 3
     titles = ["deletion", "insertion", "randomisation: Spearman ρ"] + (["mass in mask"] if loc else [])
     fig = make_subplots(rows=1, cols=cols, subplot_titles=titles)
-    for k, (name, kind, f) in enumerate(_series(report)):
+
+    def interval(est):
+        return {"type": "data", "symmetric": False, "array": [e.hi - e.mean for e in est],
+                "arrayminus": [e.mean - e.lo for e in est]}
+
+    # Every trace of one name has that name's colour and legend group: the legend (one entry a
+    # name, from the deletion panel) says truly what each line in every panel is.
+    for name, kind, f in _series(report):
         for col, curve in ((1, "deletion"), (2, "insertion")):
             est = f[f"{curve}_curve"]
             fig.add_trace(go.Scatter(
                 x=x, y=[e.mean for e in est], name=name, legendgroup=name, showlegend=col == 1,
-                line={"dash": {"method": "solid", "random": "dash", "baseline": "dot"}[kind]},
-                error_y={"type": "data", "symmetric": False,
-                         "array": [e.hi - e.mean for e in est],
-                         "arrayminus": [e.mean - e.lo for e in est]},
+                line={"dash": {"method": "solid", "random": "dash", "baseline": "dot"}[kind],
+                      "color": palette[name]},
+                marker={"color": palette[name]}, error_y={**interval(est), "color": palette[name]},
                 hovertemplate=f"{name}<br>%{{x:.0%}} {'removed' if curve == 'deletion' else 'kept'}"
                               f": p=%{{y:.3f}}<extra></extra>"), row=1, col=col)
+    steps = [("+ " if i else "") + s for i, s in enumerate(report["cascade"])]
     for name in report["ranking"]["order"]:
         est = [s["rho"] for s in report["methods"][name]["randomization"]["steps"]]
-        fig.add_trace(go.Scatter(x=report["cascade"], y=[e.mean for e in est], name=name,
-                                 legendgroup=name, showlegend=False, mode="lines+markers",
-                                 error_y={"type": "data", "symmetric": False,
-                                          "array": [e.hi - e.mean for e in est],
-                                          "arrayminus": [e.mean - e.lo for e in est]}),
+        fig.add_trace(go.Scatter(x=steps, y=[e.mean for e in est], name=name, legendgroup=name,
+                                 showlegend=False, mode="lines+markers",
+                                 line={"color": palette[name]}, marker={"color": palette[name]},
+                                 error_y={**interval(est), "color": palette[name]}),
                       row=1, col=3)
+    control = report["baselines"]["randomization_control"]["map"]
+    fig.add_trace(go.Scatter(x=steps, y=[1.0] * len(steps), name=control, legendgroup=control,
+                             showlegend=control not in {n for n, _, _ in _series(report)},
+                             mode="lines", line={"color": palette[control], "dash": "dot"},
+                             hovertemplate=f"{control} (image only: the control): ρ = 1"
+                                           f"<extra></extra>"), row=1, col=3)
     if loc:
         rows = [(n, report["methods"][n]["localization"]["mass_in_mask"])
                 for n in report["ranking"]["order"]] + [(n, v["mass_in_mask"]) for n, v in loc.items()]
         fig.add_trace(go.Bar(x=[n for n, _ in rows], y=[e.mean for _, e in rows], showlegend=False,
-                             error_y={"type": "data", "symmetric": False,
-                                      "array": [e.hi - e.mean for _, e in rows],
-                                      "arrayminus": [e.mean - e.lo for _, e in rows]}),
+                             marker={"color": [palette[n] for n, _ in rows],
+                                     "pattern": {"shape": ["" if n in report["methods"] else "/"
+                                                           for n, _ in rows]}},
+                             error_y=interval([e for _, e in rows])),
                       row=1, col=4)
+    axes = [("fraction of patches removed", "target probability"),
+            ("fraction of patches kept", "target probability"),
+            ("randomised (cumulative, from the head down)", "Spearman ρ with the trained map"),
+            ("map (hatched: baselines)", "mass of the map in the mask")]
+    for col, (xtitle, ytitle) in enumerate(axes[:cols], start=1):
+        fig.update_xaxes(title_text=xtitle, row=1, col=col)
+        fig.update_yaxes(title_text=ytitle, row=1, col=col)
+    fig.update_xaxes(tickformat=".0%", row=1, col=1)
+    fig.update_xaxes(tickformat=".0%", row=1, col=2)
     # The checkpoint path and method names come from the user: shown as text, not Plotly markup.
     fig.update_layout(title=plotly_text(f"vitscope score: {report['checkpoint']} "
                                         f"({report['images']} images, target "
                                         f"{report['target']}, {report['perturbation']})"),
-                      height=460, template="plotly_white")
+                      height=520, template="plotly_white")
     return save_html(fig, out_dir / "score.html", _Run(out_dir.parent))
 
 

@@ -61,7 +61,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     import torch
 
     from vitscope._internal.devices import resolve_device
-    from vitscope.capture import (CAPTURE_SEED, DEFAULT_BATCH, capture,
+    from vitscope.capture import (CAPTURE_SEED, DEFAULT_BATCH, capture, check_data,
                                   dataset_for, ensure_dump, file_sha256)
     from vitscope.analyze.run import union_requires
     from vitscope.model.checkpoint import load_checkpoint
@@ -72,6 +72,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     t_all = time.perf_counter()
     seconds: dict[str, float] = {}
     ckpt = load_checkpoint(ckpt_path)
+    check_data(ckpt, data)   # before any work: the randomisation reads the data again
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model = ckpt.build_model().to(dev).eval()
     FA.check_perturbation(model, perturbation)
