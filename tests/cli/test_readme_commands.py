@@ -41,14 +41,7 @@ SKIPS = [
 
 # Commands README prints that fail today, each with the reason and the fix README needs (the
 # lead's README rewrite); each is checked to fail exactly so, so the entry stays true.
-README_FIXES_PENDING = {
-    "vitscope score examples/checkpoints/vit-cifar10.pt -p rollout -p grad-rollout -p "
-    "attn-grad -p gradcam -n 256": (
-        "was trained on --data folder:/tmp/vitscope-data/cifar10-jpeg, a folder that does "
-        "not exist on this machine",
-        "without --data it scores the checkpoint's own training data, the team's CIFAR-10 "
-        "JPEG mirror, which does not ship; README should add --data folder:examples/images"),
-}
+README_FIXES_PENDING: dict[str, tuple[str, str]] = {}
 TEAM_DATA = Path("/tmp/vitscope-data/cifar10-jpeg")
 
 
