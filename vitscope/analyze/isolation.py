@@ -44,7 +44,6 @@ import signal
 import stat
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from vitscope._internal import sandbox
+from vitscope._internal.signals import deferred_interrupts
 from vitscope._internal.text import first_line, shown_name
 from vitscope.analyze.staging import ERROR_LOG
 from vitscope.analyze.watch import Snapshot, identity
@@ -168,7 +168,9 @@ def run_plugin(entry, dump_path: str | Path, out_dir: str | Path, options: dict[
     outcome = None
     try:
         try:
-            with _interrupts_deferred(), _main_not_rerun():
+            # a start cut between connecting to the fork server and handing it the child's
+            # files kills the server with a traceback of its own: Ctrl-C waits until it is done
+            with deferred_interrupts(), _main_not_rerun():
                 proc.start()
         except Exception as e:   # e.g. an option value that cannot be pickled
             outcome = Outcome(False, error=f"could not be started in its own process "
@@ -310,22 +312,6 @@ def _main_not_rerun() -> Iterator[None]:
     finally:
         main.__dict__.pop("__spec__", None)
         main.__dict__.update(saved)
-
-
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done (then arrive as usual): a start cut
-    between connecting to the fork server and handing it the child's files kills the server
-    with a traceback of its own."""
-    if not hasattr(signal, "pthread_sigmask") or \
-            threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _receive(reader) -> dict | None:
