@@ -62,6 +62,10 @@ class Objective:
     def __str__(self) -> str:   # how ensure_dump keys a target and Dump.covers compares it
         return self.spec
 
+    @property
+    def prepared(self) -> bool:
+        return self._reference is not None or self._texts is not None
+
     def prepare(self, model, load_image: Callable[[str], torch.Tensor],
                 classes: Sequence[str] = ()) -> None:
         """Compute what the scores compare with, on `model` as it is (no hooks): the

@@ -195,8 +195,9 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
         spec = parse_target(req.target, num_classes(model))
     if isinstance(spec, Objective):
         model.to(dev).eval()
-        spec.prepare(model, reference_loader(model, req.ckpt, mean, std, dev),
-                     attrs["classes"] or attrs["dataset_classes"])
+        if not spec.prepared:   # the API hands one prepared with its own preprocessing
+            spec.prepare(model, reference_loader(model, req.ckpt, mean, std, dev),
+                         attrs["classes"] or attrs["dataset_classes"])
         attrs.update(target=spec.spec, target_names=spec.names, outputs=spec.outputs)
         if spec.kind == "text-classes":   # the zero-shot classes are the model's classes now
             attrs["classes"] = spec.names
@@ -293,7 +294,8 @@ def _root_attrs(model, dataset, req: CaptureRequest, names, mean, std, total,
         list(classes if classes is not None else dataset.classes)
     attrs = {
         "arch": getattr(ckpt, "arch", "vit"),
-        "model_config": cfg.to_dict(),
+        # an adapter's config may hold more than a dump should carry (a tokenizer's files)
+        "model_config": cfg.dump_dict() if hasattr(cfg, "dump_dict") else cfg.to_dict(),
         "checkpoint_path": str(ckpt.path) if ckpt is not None else "",
         "checkpoint_sha256": file_sha256(ckpt.path) if ckpt is not None else "",
         "classes": model_classes,

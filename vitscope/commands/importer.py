@@ -174,7 +174,9 @@ def _import(family, name, source, weights, size, classes, classes_file, out, for
         train_config["image_size"] = int(pp.crop[0])
     partial = partial_path(out)
     try:
-        save_checkpoint(partial, model, model_config=cfg, arch=family, classes=classes,
+        # the adapter's own family: hf:DIR of a CLIP or SigLIP folder is "hf-clip"
+        save_checkpoint(partial, model, model_config=cfg, arch=getattr(model, "family", family),
+                        classes=classes,
                         train_config=train_config)
         try:     # what every other command does with the file, before it is published
             load_checkpoint(partial).build_model()

@@ -20,6 +20,8 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "timm": ("vitscope.model.adapters.timm", "TimmConfig", "TimmViT"),
     "torchvision": ("vitscope.model.adapters.torchvision", "TorchvisionConfig", "TorchvisionViT"),
     "hf": ("vitscope.model.adapters.transformers", "HFConfig", "HFViT"),
+    # CLIP and SigLIP (image–text models) from transformers
+    "hf-clip": ("vitscope.model.adapters.clip", "ClipConfig", "ClipViT"),
 }
 
 
