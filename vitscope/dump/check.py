@@ -336,7 +336,9 @@ def _check_structure(objects: dict[str, Any], attrs: dict[str, Any],
     classes = attrs.get("classes") or []
     # a feature model (no classifier head, e.g. an imported DINOv2) stores its pooled features
     # under /logits; its classes are the dataset's, not one per output
-    per_class = classes and attrs.get("outputs") != "features"
+    # under /logits; its classes are the dataset's, not one per output (nor are they for the
+    # scores of a similarity or text target: vitscope.capture.objective)
+    per_class = classes and attrs.get("outputs") not in ("features", "scores")
     h, w = layout.image_size
     expected = {  # key -> (shape, dtype kinds, what)
         "images": ((n, h, w, 3), "u", f"N×{h}×{w}×3 uint8 (the layout's image size)"),
