@@ -335,7 +335,6 @@ def _check_structure(objects: dict[str, Any], attrs: dict[str, Any],
         raise Invalid(f"its num_images attribute says {attrs['num_images']} but /labels holds {n}")
     classes = attrs.get("classes") or []
     # a feature model (no classifier head, e.g. an imported DINOv2) stores its pooled features
-    # under /logits; its classes are the dataset's, not one per output
     # under /logits; its classes are the dataset's, not one per output (nor are they for the
     # scores of a similarity or text target: vitscope.capture.objective)
     per_class = classes and attrs.get("outputs") not in ("features", "scores")
