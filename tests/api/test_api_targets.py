@@ -68,3 +68,21 @@ def test_class_targets_on_a_feature_model_name_the_options(images):
         vitscope.explain(model, images[:2], methods=["gradcam"], target="similarity:nowhere.jpg")
     with pytest.raises(ConfigError, match=r"needs an image–text model \(CLIP or SigLIP"):
         vitscope.explain(model, images[:2], methods=["gradcam"], target="text:a photo of a cat")
+
+
+def test_text_targets_on_an_open_clip_object(images):
+    pytest.importorskip("open_clip")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
+    from clip_models import openclip_model
+    oc = openclip_model()
+    before = snapshot(oc)
+    ex = vitscope.explain(oc, images[:3], methods=["gradcam"], target="text:a photo of a cat")
+    assert ex.target_spec == "text:a photo of a cat" and ex.logits.shape == (3, 1)
+    assert ex.family == "openclip" and np.isfinite(ex.maps["gradcam"]).all()
+    zs = vitscope.explain(oc, images[:3], methods=["gradcam"], target="text-classes",
+                          classes=["cat", "dog", "ship"])
+    assert zs.classes == ["cat", "dog", "ship"] and zs.logits.shape == (3, 3)
+    assert list(zs.targets) == list(zs.preds) == list(zs.logits.argmax(1))
+    assert_unchanged(oc, before)

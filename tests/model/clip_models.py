@@ -58,3 +58,30 @@ def save_folder(name: str, folder: Path):
                                         crop_size={"height": 32, "width": 32})
     processor.save_pretrained(folder)
     return model
+
+
+# open_clip: a tiny CLIP config (its text vocabulary is open_clip's BPE tokenizer's 49,408)
+OPENCLIP_NAME = "vitscope-test-tiny-clip"
+OPENCLIP_CONFIG = {"embed_dim": 24,
+                   "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8,
+                                  "head_width": 16},
+                   "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32,
+                                "heads": 2, "layers": 1}}
+
+
+def register_openclip(folder: Path) -> str:
+    """Add the tiny config to open_clip's registry (open_clip.add_model_config), as a user
+    adds their own; returns its name."""
+    import json
+
+    import open_clip
+    path = Path(folder) / f"{OPENCLIP_NAME}.json"
+    path.write_text(json.dumps(OPENCLIP_CONFIG))
+    open_clip.add_model_config(path)
+    return OPENCLIP_NAME
+
+
+def openclip_model():
+    import open_clip
+    torch.manual_seed(0)
+    return perturbed(open_clip.model.CLIP(**OPENCLIP_CONFIG)).eval()

@@ -123,3 +123,41 @@ def test_text_logits_are_the_models_own(name, tmp_path):
         want = hf(**args).logits_per_image                   # 3×2, as the model scores
         got = model.text_logits(model(x), model.text_embeddings(prompts))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_openclip_adapter_contract_and_text_logits():
+    pytest.importorskip("open_clip")
+    from clip_models import openclip_model
+    from vitscope.model.adapters.openclip import OpenClipViT
+    import open_clip
+    oc = openclip_model()
+    hooks_before = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in oc.modules()]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = oc.encode_image(x)
+    model = OpenClipViT.around(oc)
+    assert model.token_layout.prefix == (("cls", 1),) and model.token_layout.grid == (4, 4)
+    blocks = oc.visual.transformer.resblocks
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-5)
+        out, cache = run_with_cache(model, x)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+        for i in range(2):
+            w, v = cache[f"blocks.{i}.attn.weights"], cache[f"blocks.{i}.attn.v"]
+            torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), rtol=0, atol=1e-5)
+            projected = blocks[i].attn.out_proj((w @ v).transpose(1, 2).flatten(2))
+            torch.testing.assert_close(projected, cache[f"blocks.{i}.attn.out"], rtol=0,
+                                       atol=1e-5)
+        torch.testing.assert_close(cache["cls"], cache["norm.out"][:, 0], rtol=0, atol=1e-6)
+        # explicit attention only where weights are hooked: an edit there changes the output
+        uniform = lambda t, n: torch.full_like(t, 1.0 / t.shape[-1])   # noqa: E731
+        with attach(model, {"blocks.0.attn.weights": uniform}):
+            assert not torch.allclose(model(x), ref, atol=1e-4)
+        tokens = open_clip.tokenizer.SimpleTokenizer(context_length=16)(["a photo of a cat"])
+        image_logits, _ = oc.get_logits(x, tokens)
+        got = model.text_logits(model(x), model.text_embeddings(["a photo of a cat"]))
+    torch.testing.assert_close(got, image_logits, rtol=1e-5, atol=1e-5)
+    model.release()
+    assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in oc.modules()] == \
+        hooks_before
+    assert all(type(b.attn) is torch.nn.MultiheadAttention for b in blocks)

@@ -104,3 +104,26 @@ def test_siglip_has_no_cls_token_and_explains_a_text(tmp_path, monkeypatch, pets
     with Dump.open(dump_path) as d:
         assert d.layout.cls_index is None and d.layout.num_prefix_tokens == 0
         assert d.target_spec == "text:a photo of a cat" and (d.preds == -1).all()
+
+
+def test_openclip_import_with_weights_and_a_text_target(tmp_path, monkeypatch, pets):
+    pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+    from clip_models import openclip_model, register_openclip
+    monkeypatch.chdir(tmp_path)
+    name = register_openclip(tmp_path)
+    oc = openclip_model()
+    save_file({k: v.contiguous() for k, v in oc.state_dict().items()}, tmp_path / "w.safetensors")
+    res = run("import", f"openclip:{name}", "--weights", tmp_path / "w.safetensors", "-o",
+              tmp_path / "oc.pt")
+    assert res.exit_code == 0, res.output
+    assert "RANDOM" not in res.output and "a feature model" in res.output
+    res = run("analyze", tmp_path / "oc.pt", "-p", "gradcam", "-p", "cls-embedding", "--data",
+              f"folder:{pets}", "--target", "text-classes", "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    dump_path = next((tmp_path / "outputs" / "dumps").glob("*.h5"))
+    with Dump.open(dump_path) as d:
+        assert d.attrs["arch"] == "openclip" and d.classes == ["cat", "dog"]
+        assert np.asarray(d.logits[:]).shape == (6, 2)
+    bad = run("import", "openclip:No-Such-Model", "-o", tmp_path / "x.pt")
+    assert bad.exit_code != 0 and "open_clip has no model 'No-Such-Model'" in bad.output

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import click
 
-SOURCES = "timm:NAME, torchvision:NAME or hf:DIR"
+SOURCES = "timm:NAME, torchvision:NAME, openclip:NAME or hf:DIR"
 
 
 def parse_source(source: str) -> tuple[str, str]:
     from vitscope.errors import ConfigError
     family, _, name = source.partition(":")
-    family = {"huggingface": "hf", "transformers": "hf", "tv": "torchvision"}.get(family, family)
-    if family not in ("timm", "torchvision", "hf") or not name:
+    family = {"huggingface": "hf", "transformers": "hf", "tv": "torchvision",
+              "open_clip": "openclip"}.get(family, family)
+    if family not in ("timm", "torchvision", "hf", "openclip") or not name:
         raise ConfigError(f"Unknown model source '{source}'; use {SOURCES}, e.g. "
                           f"timm:vit_small_patch16_224 or hf:./my-vit-folder.")
     return family, name
@@ -85,7 +86,9 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
     """Import a timm, torchvision or Hugging Face ViT as a vitscope checkpoint.
 
     SOURCE is timm:NAME (e.g. timm:vit_small_patch16_224), torchvision:NAME (e.g.
-    torchvision:vit_b_16) or hf:DIR (a folder written by save_pretrained). The checkpoint
+    torchvision:vit_b_16), openclip:NAME (e.g. openclip:ViT-B-32, with its text tower) or
+    hf:DIR (a folder written by save_pretrained; CLIP and SigLIP folders keep their text
+    tower and tokenizer). The checkpoint
     records the family and model name, the family's preprocessing (input size, resize, crop,
     mean, std), the class names and the weights. Nothing is downloaded.
     """

@@ -22,6 +22,7 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "hf": ("vitscope.model.adapters.transformers", "HFConfig", "HFViT"),
     # CLIP and SigLIP (image–text models) from transformers
     "hf-clip": ("vitscope.model.adapters.clip", "ClipConfig", "ClipViT"),
+    "openclip": ("vitscope.model.adapters.openclip", "OpenClipConfig", "OpenClipViT"),
 }
 
 

@@ -155,7 +155,7 @@ class ClipViT(AdaptedViT):
             if hasattr(self, "pool"):
                 yield from _route_pool(vision.head, self.pool.weights)
         else:
-            yield from _route_clip_norm(vision, self._layers[-1], self.norm.out)
+            yield from _route_clip_norm(vision.post_layernorm, self._layers[-1], self.norm.out)
             yield route_output(vision.post_layernorm, self.cls)
 
     @property
@@ -226,13 +226,14 @@ class ClipViT(AdaptedViT):
         return self._tokenizer
 
 
-def _route_clip_norm(vision, last_layer, point):
-    """norm.out of CLIP: its post_layernorm over every token of the last layer's output,
-    computed beside the model while the point has hooks (CLIP pools the CLS token first)."""
+def _route_clip_norm(norm, last_layer, point):
+    """norm.out of a model that pools its CLS token before the final LayerNorm `norm` (CLIP):
+    that LayerNorm over every token of the last layer's output, computed beside the model
+    while the point has hooks."""
     def hook(mod, args, out):
         if point.active:
             hidden = out if isinstance(out, torch.Tensor) else out[0]
-            point(vision.post_layernorm(hidden))
+            point(norm(hidden))
         return None
     return [last_layer.register_forward_hook(hook).remove]
 
