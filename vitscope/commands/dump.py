@@ -95,9 +95,10 @@ def dump() -> None:
 @click.option("--device", default="auto", show_default=True,
               help="auto (cuda, then mps, then cpu; cuda:LOCAL_RANK under torchrun), cpu, cuda, "
                    "cuda:1, mps.")
-@click.option("--target", default="pred", show_default=True, metavar="pred|label|INDEX",
-              help="Class whose logit the grad: hooks differentiate (stored per image in "
-                   "/target): the prediction, the label, or a class index.")
+@click.option("--target", default="pred", show_default=True, metavar="TARGET",
+              help="What the grad: hooks differentiate (stored per image in /target): pred, "
+                   "label or a class INDEX; for a model without a class head "
+                   "similarity:IMAGE, and for CLIP/SigLIP text:PROMPT or text-classes.")
 @click.option("--derive/--no-derive", default=True, show_default=True,
               help="Keep LayerNorm outputs whose input is stored as the norm's parameters and "
                    "compute them on read (--no-derive: store every hook point as captured).")
