@@ -198,12 +198,7 @@ class ClipViT(AdaptedViT):
 
     def text_logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """B×K: the model's logit for each image and text, as its forward computes it."""
-        image = nn.functional.normalize(image.float(), dim=-1)
-        text = nn.functional.normalize(text.float(), dim=-1)
-        logits = image @ text.T * self.model.logit_scale.float().exp()
-        if getattr(self.model, "logit_bias", None) is not None:
-            logits = logits + self.model.logit_bias.float()
-        return logits
+        return scaled_cosine(self.model, image, text)
 
     def tokenizer(self):
         """The tokenizer stored with the model (its files written to a temporary folder and
@@ -224,6 +219,17 @@ class ClipViT(AdaptedViT):
             self.__dict__["_tokenizer"] = transformers.AutoTokenizer.from_pretrained(
                 tmp, local_files_only=True, trust_remote_code=False)
         return self._tokenizer
+
+
+def scaled_cosine(model, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """B×K logits of an image–text model: exp(logit_scale) × the cosine similarity of each
+    image and text embedding, + logit_bias where the model has one (SigLIP)."""
+    image = nn.functional.normalize(image.float(), dim=-1)
+    text = nn.functional.normalize(text.float(), dim=-1)
+    logits = image @ text.T * model.logit_scale.float().exp()
+    if getattr(model, "logit_bias", None) is not None:
+        logits = logits + model.logit_bias.float()
+    return logits
 
 
 def _route_clip_norm(norm, last_layer, point):

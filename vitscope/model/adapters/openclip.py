@@ -25,7 +25,7 @@ from torch import nn
 
 from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
-from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, require, \
+from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, \
     route_input, route_output, set_attribute
 from vitscope.model.adapters.torchvision import ExplicitMHA, _Points, _swap_class
 
@@ -157,12 +157,9 @@ class OpenClipViT(AdaptedViT):
         return self.model.encode_text(tokens.to(next(self.model.parameters()).device))
 
     def text_logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        image = nn.functional.normalize(image.float(), dim=-1)
-        text = nn.functional.normalize(text.float(), dim=-1)
-        logits = image @ text.T * self.model.logit_scale.float().exp()
-        if getattr(self.model, "logit_bias", None) is not None:
-            logits = logits + self.model.logit_bias.float()
-        return logits
+        """B×K: the model's logit for each image and text (`get_logits`' image side)."""
+        from vitscope.model.adapters.clip import scaled_cosine
+        return scaled_cosine(self.model, image, text)
 
 
 def import_source(name: str, weights=None, image_size=None) -> Imported:
