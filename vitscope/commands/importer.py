@@ -131,6 +131,17 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
                     f"records it (train_config.random_weights).", err=True, fg="red", bold=True)
 
 
+def _adapter_family(family: str, name: str) -> str:
+    """hf:DIR of a CLIP or SigLIP folder goes to the image–text adapter ("hf-clip")."""
+    if family != "hf":
+        return family
+    from vitscope.model.adapters.clip import MODEL_TYPES
+    from vitscope.model.adapters.hf_folder import read_json
+    config = Path(name) / "config.json"
+    raw = read_json(config, Path(name), "config.json") if config.is_file() else None
+    return "hf-clip" if isinstance(raw, dict) and raw.get("model_type") in MODEL_TYPES else family
+
+
 def _import(family, name, source, weights, size, classes, classes_file, out, force):
     """Build the model, check it, write the checkpoint whole (module docstring)."""
     import importlib
@@ -143,7 +154,7 @@ def _import(family, name, source, weights, size, classes, classes_file, out, for
     from vitscope.model.adapters.verify import verify
     from vitscope.model.checkpoint import load_checkpoint, save_checkpoint
 
-    module = importlib.import_module(FAMILIES[family][0])
+    module = importlib.import_module(FAMILIES[_adapter_family(family, name)][0])
     with offline():   # nothing is downloaded, whatever a folder or a library asks for
         imported = module.import_source(name, Path(weights) if weights else None, size)
     model = imported.model

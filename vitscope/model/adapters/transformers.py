@@ -244,11 +244,6 @@ def import_source(folder: str, weights=None, image_size=None) -> Imported:
     if not (root / "config.json").exists():
         raise CheckpointError(f"'{root}' is not a saved Hugging Face model folder (no "
                               f"config.json); save one with model.save_pretrained(DIR).")
-    from vitscope.model.adapters import clip
-    raw = hf_folder.read_json(root / "config.json", root, "config.json")
-    if isinstance(raw, dict) and raw.get("model_type") in clip.MODEL_TYPES:
-        # CLIP and SigLIP: an image–text adapter of their own
-        return clip.import_source(folder, weights, image_size)
     settings = hf_folder.read_config(root)
     if image_size is not None:
         settings["image_size"] = list(image_size) if image_size[0] != image_size[1] \
