@@ -88,8 +88,8 @@ class Objective:
         if self.kind == "text-classes":
             if not classes:
                 raise DumpError("--target text-classes needs class names, and neither the "
-                                "model nor the data has any; import the model with --classes "
-                                "FILE, use a folder with one sub-folder per class, or "
+                                "model nor the data has any; use a folder with one sub-folder "
+                                "per class (classes=[...] in vitscope.explain), or "
                                 "--target text:\"a photo of a cat\".")
             self.names = list(classes)
             prompts = [PROMPT.format(c) for c in classes]
