@@ -79,6 +79,9 @@ def test_clip_text_classes_and_text_prompt(tmp_path, monkeypatch, pets):
     bad = run("analyze", ckpt, "-p", "gradcam", "--data", f"folder:{pets}", "--target", "1",
               "-o", tmp_path / "out3")
     assert bad.exit_code != 0 and "text:" in bad.output and "Traceback" not in bad.output
+    unnamed = run("analyze", ckpt, "-p", "gradcam", "--data", f"folder:{pets / 'cat'}",
+                  "--target", "text-classes", "-o", tmp_path / "out4")   # no class folders
+    assert unnamed.exit_code != 0 and "needs class names" in unnamed.output, unnamed.output
 
 
 def test_clip_scored_with_a_text_target(tmp_path, monkeypatch, pets):
