@@ -2,7 +2,8 @@
 
 Layer l means the residual stream after block l (`blocks.l.out`, token 0); "head" is the `cls`
 hook, the final-norm CLS token the classifier reads. Points are coloured by class (by the
-predicted class when the data has no labels). The silhouette score of the classes in the full
+predicted class when the data has no labels, in one colour for a feature model without
+labels). The silhouette score of the classes in the full
 D-dimensional space is computed at every depth, so "classes separate from layer k on" is a
 number, not an impression. Without labels no silhouette is computed: the predictions are read
 off the head token, so scoring against them would make the head separate by construction.
@@ -31,6 +32,11 @@ PCA_BLOCK = 1024               # rows converted to float64 at a time by the PCA
 KNN_WORKING_MB = 8             # MB of one block of distances (neighbours, silhouette)
 NO_LABELS = "no labels: silhouette not computed"
 FEW_PER_CLASS = 10   # below this many images a class, a layout and a silhouette are anecdotes
+
+
+# what the static figure's title adds about its colours, by what they stand for
+COLOURED = {"prediction": " (no labels: coloured by prediction)",
+            "all images": " (no labels and no class head: one colour)"}
 
 
 def few_per_class(colour: np.ndarray) -> str:
@@ -219,8 +225,9 @@ class ClsEmbedding:
         cls = cls_index(dump.layout, self.name)
         sources = [(dump[b], cls) for b in blocks] + [(dump["cls"], None)]
         labels, preds = dump.labels[:n], dump.preds[:n]
-        by_label = bool((labels >= 0).any())
-        colour = labels if by_label else preds
+        # by label, else by prediction, else (a feature model, no labels) one colour
+        colour, coloured_by, names = F.grouping(dump, n)
+        by_label = coloured_by == "label"
         positions = [f"block {i}" for i in range(depth)] + ["head"]
         if by_label:   # on the rows sklearn's sample_size would draw, read alone
             rows = silhouette_rows(labels, options.seed)
@@ -260,7 +267,7 @@ class ClsEmbedding:
             results["umap"] = coords["UMAP"]
         best = int(np.nanargmax(sil)) if np.isfinite(sil).any() else -1
         others = other_prefix_names(dump.layout)
-        summary = {"images": n, "coloured_by": "label" if by_label else "prediction",
+        summary = {"images": n, "coloured_by": coloured_by,
                    "token_layout": dump.layout.describe(),
                    "silhouette_head": round(float(sil[-1]), 4),      # NaN is written as null
                    "silhouette_best": f"{positions[best]} ({sil[best]:.3f})" if best >= 0 else None,
@@ -274,11 +281,10 @@ class ClsEmbedding:
             summary["caution"] = caution
         out_dir = Path(out_dir)
         files = F.save_results(out_dir, results, summary)
-        names = dump.classes if dump.classes else [str(c) for c in range(int(colour.max()) + 1)]
         titles = [s for s, _ in shown]
         if options.static:
             files.append(self._scatter(coords, results["pca_explained"], titles, colour, names,
-                                       by_label, out_dir, options, others, caution))
+                                       coloured_by, out_dir, options, others, caution))
             files.append(self._silhouette(sil, positions, by_label, out_dir, options, caution))
         if options.interactive:
             files.append(self._interactive(dump, coords, titles, colour, names, labels, preds,
@@ -286,7 +292,7 @@ class ClsEmbedding:
         return files
 
     @staticmethod
-    def _scatter(coords, explained, titles, colour, names, by_label, out_dir, options,
+    def _scatter(coords, explained, titles, colour, names, coloured_by, out_dir, options,
                  others="", caution="") -> Path:
         colors = np.array(F.class_colors(len(names)) + ["#999999"])
         rows = list(coords)
@@ -310,9 +316,8 @@ class ClsEmbedding:
             handles = [plt.Line2D([], [], marker="o", ls="", color=colors[i], label=names[i])
                        for i in present]
             fig.legend(handles=handles, loc="center right", frameon=False,
-                       title="label" if by_label else "prediction", fontsize=8)
-            fig.suptitle("CLS token of the residual stream" +
-                         ("" if by_label else " (no labels: coloured by prediction)") +
+                       title=coloured_by, fontsize=8)
+            fig.suptitle("CLS token of the residual stream" + COLOURED.get(coloured_by, "") +
                          (f"\nthe {others} are not projected" if others else "") +
                          (f"\n{caution}" if caution else ""))
             fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
@@ -352,9 +357,10 @@ class ClsEmbedding:
         # Plain text: the hover box shows it with textContent, Plotly's fields escaped.
         files = F.file_names(dump, len(lab))
         where = [f"{f} · " for f in files] or [""] * len(lab)
-        caps = [f"#{i} · {w}label {l}\nprediction {p}" for i, (w, l, p) in
-                enumerate(zip(where, lab, pre))]
+        caps = [f"#{i} · {w}label {l}" + (f"\nprediction {p}" if p != "?" else "")
+                for i, (w, l, p) in enumerate(zip(where, lab, pre))]
         fig = embedding_figure(coords, titles, colour, names, by_label=(labels >= 0).any(),
+                               grouped_by=F.grouping(dump, n)[1],
                                total=total, webgl_above=options.webgl_above)
         page = out_dir / "cls_embedding.html"
         step = I.thumbnail_step(dump.images.shape)      # HDF5 subsamples while reading
@@ -384,7 +390,7 @@ def webgl_note(n: int, webgl_above: int) -> str | None:
 
 
 def embedding_figure(coords, titles, colour, names, *, by_label: bool, total: int,
-                     webgl_above: int = WEBGL_ABOVE):
+                     webgl_above: int = WEBGL_ABOVE, grouped_by: str | None = None):
     """The page's figure: one panel per projection (coords: name -> L×n×2), a slider over
     the L shown layers, one trace per class and panel; each point's customdata is its image
     index (the hover box reads it). SVG up to `webgl_above` points a panel, WebGL beyond
@@ -431,7 +437,7 @@ def embedding_figure(coords, titles, colour, names, *, by_label: bool, total: in
               (f"<br><sub>the first {n:,} of {total:,} images (the static figure shows all; "
                f"--opt cls-embedding.points=N)</sub>" if n < total else ""),
         height=620, width=520 * len(projs) + 200, plot_bgcolor="white",
-        legend=dict(title="label" if by_label else "prediction"),
+        legend=dict(title=grouped_by or ("label" if by_label else "prediction")),
         sliders=[dict(active=len(titles) - 1, currentvalue=dict(prefix="layer: "),
                       pad=dict(t=40), steps=steps)])
     return fig

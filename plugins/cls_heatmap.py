@@ -65,8 +65,9 @@ class ClsHeatmap:
         n = n_images(dump, options.limit)
         k = min(options.show, n)
         labels = dump.labels[:n]
-        by_class = labels if (labels >= 0).any() else dump.preds[:n]   # unlabeled: predictions
-        C = max(len(dump.classes), int(by_class.max()) + 1 if n else 0)
+        # by label, else by prediction, else (a feature model, no labels) one group of all
+        by_class, grouped_by, group_names = F.grouping(dump, n)
+        C = max(len(group_names), 1)
         out_dir = Path(out_dir)
         with F.Results(out_dir) as results:
             (c2p, p2c), means, masks, share = self._compute(
@@ -78,7 +79,7 @@ class ClsHeatmap:
                                    preds=dump.preds[:n]).items():
                 results[key] = value
             summary = {"images": n, "layers": len(layers), "token_layout": layout.describe(),
-                       "class_average_by": "label" if (labels >= 0).any() else "prediction"}
+                       "class_average_by": grouped_by}
             if share is not None:
                 summary["cls_attention_to_other_prefix"] = round(share, 4)
             if masks is not None:
@@ -97,7 +98,7 @@ class ClsHeatmap:
         captions = F.captions(dump, k)
         # A class "average" of one image is that image again: only classes with two or more
         present = np.flatnonzero(counts >= 2)
-        cnames = [dump.classes[c] if c < len(dump.classes) else f"#{c}" for c in present]
+        cnames = [group_names[c] for c in present]
         row_names = [f"{nm} ({int(counts[c])})" for nm, c in zip(cnames, present)]
         mean_u8 = mean_images[present].round().astype(np.uint8)
         alone = int((counts == 1).sum())

@@ -142,7 +142,7 @@ def test_an_unknown_family_names_the_supported_ones(pixels):
     from torchvision.models import resnet18
     with pytest.raises(ConfigError, match=r"cannot explain a ResNet from torchvision, which is "
                                           r"not a ViT: .* \(families: vitscope, timm, "
-                                          r"torchvision, hf\)"):
+                                          r"torchvision, hf, hf-clip, openclip\)"):
         vitscope.explain(resnet18(), pixels)
     with pytest.raises(ConfigError, match="takes a model as a checkpoint path or a torch module"):
         vitscope.explain(42, pixels)

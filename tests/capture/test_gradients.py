@@ -104,7 +104,7 @@ def test_bad_targets_are_one_sentence(tmp_path, shapes_ckpt):
     ds = load_dataset("shapes:val=6,train=6", "val", 16)
     for target, message in ((99, r"--target 99 is not a class of this model, which has 10 "
                                  r"classes \(0–9\)"),
-                            ("best", "--target must be pred, label or a class index 0–9")):
+                            ("best", "--target must be pred, label, a class index 0–9")):
         with pytest.raises(DumpError, match=message):
             capture(model, ds, tmp_path / "x.h5", ["grad:cls"], ckpt=ck, target=target)
     unlabeled = ds.subset(np.arange(6))

@@ -171,6 +171,8 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
     # layer and token ranges of --opt, before any folder is touched; plugins that cannot apply
     # to this model at all (a CLS token it lacks) come back
     unfit = check_options(working, values, shape) if shape is not None else {}
+    if target is None and dump_path is None and _feature_model(ckpt):
+        unfit.update(_needs_target(working, values, unfit))
     missing = missing_hooks(available, [e for e in working if e.name not in unfit],
                             model_hooks, values)
     if all_ and not names and dump_path is None:   # "every plugin": the unfit sit out, exit 0
@@ -383,7 +385,34 @@ def _check_target(target, ckpt, dump_path: Path | None):
     from vitscope.model.checkpoint import load_checkpoint
     ck = load_checkpoint(ckpt)
     count = int(getattr(ck.model_config, "num_classes", 0) or len(ck.classes or ()))
+    if target is None and count == 0:   # a feature model: gradient plugins sit out instead
+        return None
     return parse_target("pred" if target is None else target, count)
+
+
+def _feature_model(ckpt) -> bool:
+    """Whether the checkpoint's model has no class head (it outputs features)."""
+    from vitscope.model.checkpoint import load_checkpoint
+    ck = load_checkpoint(ckpt)
+    return not int(getattr(ck.model_config, "num_classes", 0) or len(ck.classes or ()))
+
+
+def _needs_target(working, values, unfit) -> dict:
+    """On a feature model without --target: the plugins that read gradients, which would
+    otherwise explain an arbitrary feature, as NotApplicable naming the targets that apply."""
+    from vitscope.capture.objective import OPTIONS
+    from vitscope.errors import NotApplicable
+    from vitscope.names import split_grads
+    out = {}
+    for e in working:
+        if e.name in unfit or not e.ok or not split_grads(list(e.requires_for(values.get(e.name))))[1]:
+            continue
+        out[e.name] = NotApplicable(
+            f"{e.name} explains a score's gradient, and this model has no class head (it "
+            f"outputs features); pass {OPTIONS}.",
+            reason="reads gradients, and this model has no class head to explain",
+            instead=f"give gradient plugins a target: {OPTIONS}")
+    return out
 
 
 def _model_hooks(ckpt):

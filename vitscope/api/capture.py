@@ -57,7 +57,7 @@ def run_maps(model, batch, methods: Sequence[MapMethod], options: dict[str, dict
     for start in range(0, n, size):
         stop = min(n, start + size)
         x = batch.model_inputs(model.mean, model.std, start, stop, model.device, model.dtype)
-        chosen = targets if isinstance(targets, str) else targets[start:stop]
+        chosen = targets if not isinstance(targets, np.ndarray) else targets[start:stop]
         logits, tgt, arrays = forward(hooked, x, names, grads, chosen)
         logits_parts.append(logits)
         target_parts.append(tgt)
@@ -131,9 +131,11 @@ def forward(hooked, x: torch.Tensor, names: list[str], grads: list[str],
     return _numpy(logits), tgt.cpu().numpy(), arrays
 
 
-def _targets(logits: torch.Tensor, targets: np.ndarray | str) -> torch.Tensor:
+def _targets(logits: torch.Tensor, targets) -> torch.Tensor:
     if isinstance(targets, str):        # "pred"
         return logits.detach().argmax(dim=1)
+    if not isinstance(targets, np.ndarray):   # an applied Objective: logits are its scores
+        return targets.choose(logits)
     return torch.as_tensor(np.asarray(targets), dtype=torch.long, device=logits.device)
 
 

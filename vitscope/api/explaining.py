@@ -36,7 +36,9 @@ def explain(model: Any, images: Any, methods: str | Sequence[str] | None = None,
                 tensor (vitscope.api.images)
     methods     map methods by plugin name (default: every one that needs no more than one
                 forward and backward pass: vitscope.methods.METHODS)
-    target      "pred", "label", a class index, a class name, or one of these per image
+    target      "pred", "label", a class index, a class name, or one of these per image;
+                for any model "similarity:IMAGE" (cosine similarity of each image's embedding
+                to IMAGE's), for CLIP/SigLIP "text:a photo of a cat" or "text-classes"
     options     per method, its plugin's options: {"rollout": {"discard_ratio": 0.9}}
     labels      one label per image (index or name), where the images carry none
     classes     class names, for a model that has none (or to rename them)
@@ -66,9 +68,38 @@ def explain(model: Any, images: Any, methods: str | Sequence[str] | None = None,
                                   f"tokens, such as gradcam.")
         batch = load_images(images, m, labels=labels, n=n, split=split,
                             preprocessed=preprocessed)
-        targets = resolve_targets(target, m, batch, chosen)
-        run = run_maps(m, batch, chosen, settings, targets, batch_size=batch_size)
-        return Explanation(source, m, batch, chosen, settings, given, run, target)
+        objective = _objective(target, m, batch)
+        if objective is not None:    # the model's output becomes the target's scores
+            with objective.applied(m.hooked):
+                run = run_maps(m, batch, chosen, settings, objective, batch_size=batch_size)
+        else:
+            targets = resolve_targets(target, m, batch, chosen)
+            run = run_maps(m, batch, chosen, settings, targets, batch_size=batch_size)
+        return Explanation(source, m, batch, chosen, settings, given, run,
+                           objective if objective is not None else target)
+
+
+def _objective(target: Any, m, batch):
+    """target="similarity:IMAGE", "text:PROMPT" or "text-classes" as an Objective prepared on
+    the model (vitscope.capture.objective), else None; one sentence (ConfigError) for what
+    cannot be prepared: a missing image, a model without a text tower."""
+    from vitscope.api.images import load_images
+    from vitscope.capture.objective import parse_objective
+    from vitscope.errors import DumpError
+    try:
+        objective = parse_objective(target) if isinstance(target, str) else None
+        if objective is None:
+            return None
+
+        def load(path: str):
+            one = load_images([path], m)
+            return one.model_inputs(m.mean, m.std, 0, 1, m.device, m.dtype)
+        classes = list(m.classes) or list(getattr(batch, "classes", None) or [])
+        objective.prepare(m.hooked, load, classes)
+        objective.load = load   # Explanation.score() prepares it again on randomised copies
+    except DumpError as e:
+        raise ConfigError(str(e).replace("--target ", "target=")) from None
+    return objective
 
 
 def choose_methods(methods: str | Sequence[str] | None) -> list[MapMethod]:
@@ -124,10 +155,12 @@ def resolve_targets(target: Any, model, batch, methods: list[MapMethod]) -> np.n
         if specific:
             raise ConfigError(f"This model has no class head (it outputs features), so "
                               f"{', '.join(specific)} has no class logit to explain; use "
-                              f"methods=['rollout'].")
+                              f"methods=['rollout'], or give a target that is no class: "
+                              f"target='similarity:IMAGE' (text targets: CLIP, SigLIP).")
         if not (isinstance(target, str) and target == "pred"):
             raise ConfigError(f"target={target!r} asks for a class, but this model has no class "
-                              f"head (it outputs features); leave target out.")
+                              f"head (it outputs features); leave target out, or use "
+                              f"target='similarity:IMAGE' (text targets: CLIP, SigLIP).")
         return np.full(n, -1, np.int64)
     if isinstance(target, str) and target in ("pred", "label"):
         if target == "pred":

@@ -28,11 +28,16 @@ from vitscope.data.images import Preprocess
 from vitscope.errors import ConfigError
 from vitscope.model.hooks import is_hooked
 
-FAMILIES = ("vitscope", "timm", "torchvision", "hf")
-_PACKAGES = {"timm": "timm", "torchvision": "torchvision", "transformers": "hf"}
+FAMILIES = ("vitscope", "timm", "torchvision", "hf", "hf-clip", "openclip")
+_PACKAGES = {"timm": "timm", "torchvision": "torchvision", "transformers": "hf",
+             "open_clip": "openclip"}
 _ADAPTERS = {"timm": ("vitscope.model.adapters.timm", "TimmViT"),
              "torchvision": ("vitscope.model.adapters.torchvision", "TorchvisionViT"),
-             "hf": ("vitscope.model.adapters.transformers", "HFViT")}
+             "hf": ("vitscope.model.adapters.transformers", "HFViT"),
+             "hf-clip": ("vitscope.model.adapters.clip", "ClipViT"),
+             "openclip": ("vitscope.model.adapters.openclip", "OpenClipViT")}
+# image–text classes of transformers: the CLIP/SigLIP adapter (vitscope.model.adapters.clip)
+_HF_CLIP = ("CLIPModel", "CLIPVisionModel", "SiglipModel", "SiglipVisionModel")
 
 
 @dataclass
@@ -140,13 +145,17 @@ def family_of(model: nn.Module) -> str:
     kind = type(model).__name__
     looks_like = {"timm": lambda: hasattr(model, "blocks") and hasattr(model, "patch_embed"),
                   "torchvision": lambda: kind == "VisionTransformer",
-                  "hf": lambda: kind.startswith(("ViT", "DeiT", "Dinov2"))}
+                  "hf": lambda: kind.startswith(("ViT", "DeiT", "Dinov2")),
+                  "openclip": lambda: kind in ("CLIP", "VisionTransformer")}
     family = _PACKAGES.get(top)
+    if family == "hf" and kind in _HF_CLIP:
+        return "hf-clip"
     if family is not None and looks_like[family]():
         return family
     what = f"a {kind} from {top}" + (", which is not a ViT" if family else "")
     raise ConfigError(f"vitscope cannot explain {what}: it takes a vitscope ViT or checkpoint "
-                      f"path, or a ViT from timm, torchvision or Hugging Face transformers "
+                      f"path, or a ViT from timm, torchvision, Hugging Face transformers "
+                      f"(CLIP and SigLIP too) or open_clip "
                       f"(families: {', '.join(FAMILIES)}).")
 
 
@@ -243,6 +252,17 @@ def _describe(hooked: nn.Module, family: str, model: nn.Module) -> Model:
         from vitscope.model.adapters.torchvision import preprocessing
         pp, mean, std, names = preprocessing(hooked)
         classes = names or []
+    elif family == "hf-clip":
+        from vitscope.model.adapters.clip import _default_processor
+        from vitscope.model.adapters.transformers import preprocessing
+        pp, mean, std = preprocessing(_default_processor(hooked.cfg.name), "vit", size)
+    elif family == "openclip":
+        visual = getattr(model, "visual", model)
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        mean = [float(v) for v in cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))]
+        std = [float(v) for v in cfg.get("std", (0.26862954, 0.26130258, 0.27577711))]
+        pp = Preprocess(size, size, "shorter" if size[0] == size[1] else "cover",
+                        cfg.get("interpolation", "bicubic"))
     else:
         from vitscope.model.adapters.transformers import preprocessing
         config = model.config

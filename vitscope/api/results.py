@@ -47,7 +47,15 @@ class Explanation:
         self.logits = run.logits
         self.targets = run.targets
         self.batch_size = run.batch_size
-        self.headless = model.num_classes == 0
+        # a target that is no class (vitscope.capture.objective): the logits are its scores,
+        # which name themselves; zero-shot ones over class names predict, others do not
+        from vitscope.capture.objective import Objective
+        self._objective = target if isinstance(target, Objective) else None
+        zero_shot = self._objective is not None and self._objective.kind == "text-classes"
+        self.target_names = list(self._objective.names) if self._objective is not None else None
+        if zero_shot:
+            self.classes = list(self._objective.names)
+        self.headless = (model.num_classes == 0 or self._objective is not None) and not zero_shot
         if self.headless:
             self.probs, self.preds = None, np.full(len(batch), -1, np.int64)
         else:
@@ -59,7 +67,7 @@ class Explanation:
         self.images = batch.pixels
         self.target_spec = target if isinstance(target, str) and target in ("pred", "label") \
             else str(target) if isinstance(target, (int, np.integer)) and not isinstance(target, bool) \
-            else "explicit"
+            else self._objective.spec if self._objective is not None else "explicit"
 
     # the names vitscope.render.figures.captions reads
     @property
@@ -81,7 +89,7 @@ class Explanation:
         """Each image's caption, as the plugins' figures write it (file, label, prediction,
         the class explained)."""
         k = len(self) if k is None else k
-        return F.captions(self, k, target=not self.headless)
+        return F.captions(self, k, target=not self.headless or self._objective is not None)
 
     # ------------------------------------------------------------------------- display
 
@@ -150,7 +158,7 @@ class Explanation:
         computes, on these maps and images (vitscope.score.run.evaluate_maps)."""
         from vitscope.api.capture import run_maps
         from vitscope.score.run import evaluate_maps
-        if self.headless:
+        if self.headless and self._objective is None:
             raise ConfigError("score() measures how the target class's probability falls as "
                               "patches are removed; this model has no class head.")
         if len(self) < 2:
@@ -164,15 +172,27 @@ class Explanation:
         with self._source.open() as m:
             x = b.model_inputs(m.mean, m.std, device=m.device, dtype=m.dtype)
 
+            objective = self._objective
+
             def recompute(random_model) -> dict[str, np.ndarray]:
                 randomised = dataclasses.replace(m, hooked=random_model)
-                return run_maps(randomised, b, self._methods, self.options, self.targets,
-                                batch_size=self.batch_size).maps
+                if objective is None:
+                    return run_maps(randomised, b, self._methods, self.options, self.targets,
+                                    batch_size=self.batch_size).maps
+                # the same target on the random model: its own reference or text embeddings
+                fresh = type(objective)(objective.kind, objective.argument)
+                fresh.prepare(random_model, objective.load, objective.names)
+                with fresh.applied(random_model):
+                    return run_maps(randomised, b, self._methods, self.options, fresh,
+                                    batch_size=self.batch_size).maps
 
+            if objective is not None:
+                info["score"] = objective.names[0] if objective.kind != "text-classes" else \
+                    "zero-shot logit of the explained class"
             report = evaluate_maps(m.hooked, x, self.images, self.targets, self.maps,
                                    m.layout, b.masks, recompute, info,
                                    perturbation=perturbation, batch_size=batch_size, seed=seed,
-                                   echo=echo or (lambda s: None))
+                                   echo=echo or (lambda s: None), objective=objective)
         return Evidence(report)
 
     # -------------------------------------------------------------------------- files
@@ -203,7 +223,8 @@ class Explanation:
         hooks = union_requires(entries, values)
         with tempfile.TemporaryDirectory(prefix="vitscope-explain-") as tmp, \
                 self._source.open() as m:
-            target = self.targets if self.target_spec == "explicit" else (
+            target = self._objective if self._objective is not None else \
+                self.targets if self.target_spec == "explicit" else (
                 int(self.target_spec) if self.target_spec.isdigit() else self.target_spec)
             dump = capture(m.hooked, self._batch.dataset(m.classes), Path(tmp) / "explain.h5",
                            hooks, normalize=(m.mean, m.std), classes=m.classes,

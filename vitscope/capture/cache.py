@@ -20,6 +20,7 @@ from vitscope._internal.files import file_sha256
 from vitscope._internal.folders import remove_empty
 from vitscope._internal.locks import hold
 from vitscope.capture.stream import DEFAULT_HOOKS, capture, check_limit
+from vitscope.capture.objective import is_class_target
 from vitscope.capture.target import parse_target
 from vitscope.dump import Dump
 from vitscope.errors import DataError, DumpError, VitscopeError
@@ -176,15 +177,16 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
     n = DEFAULT_N if n is None else n
     check_limit(n)
     ckpt = load_checkpoint(ckpt_path)
-    target = parse_target(target, int(getattr(ckpt.model_config, "num_classes", 0)
-                                      or len(ckpt.classes or ())))
+    classes = int(getattr(ckpt.model_config, "num_classes", 0) or len(ckpt.classes or ()))
+    patterns = [hooks] if isinstance(hooks, str) else list(hooks)
+    if classes or split_grads(patterns)[1] or not is_class_target(target):
+        target = parse_target(target, classes)   # a feature model without gradients: none
     if isinstance(target, np.ndarray):
         raise DumpError("ensure_dump takes a target of pred, label or a class index; call "
                         "capture() for an explicit target per image.")
     spec = data_spec(ckpt, data)
     split = split or default_split(ckpt, data)
     sha = file_sha256(ckpt.path)
-    patterns = [hooks] if isinstance(hooks, str) else list(hooks)
     # Loaded before the search: a dump is reused only for the very same pixels and labels,
     # not merely the same spec string (folder:PATH may have changed since).
     try:

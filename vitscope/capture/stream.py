@@ -30,6 +30,7 @@ Why it is shaped this way:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
@@ -47,6 +48,7 @@ from vitscope._internal.files import (file_sha256, is_write_failure, partial_pat
 from vitscope._internal.folders import make_output_dir, remove_empty
 from vitscope._internal.signals import terminate_as_exception as _terminate_as_exception
 from vitscope.capture.memory import QUEUE_BATCHES, auto_batch_size
+from vitscope.capture.objective import Objective, is_class_target, reference_loader
 from vitscope.capture.target import _check_target, num_classes, parse_target
 from vitscope.dump import DumpWriter
 from vitscope.errors import DumpError, WriteError
@@ -185,13 +187,27 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     attrs = _root_attrs(model, dataset, req, names, mean, std, len(order),
                         (index, count, start, stop) if req.shard else None)
     labels, remapped = _labels_for(dataset, attrs["classes"])
-    spec = parse_target(req.target, num_classes(model))
-    _check_target(spec, labels[positions] if not isinstance(spec, np.ndarray) else None,
-                  spec[positions] if isinstance(spec, np.ndarray) else None, dataset)
-    attrs["target"] = "explicit" if isinstance(spec, np.ndarray) else str(spec)
-    attrs["grad_hooks"] = grads
     dev = torch.device(req.device) if req.device is not None else \
         next(model.parameters()).device
+    if num_classes(model) == 0 and not grads and is_class_target(req.target):
+        spec = None     # a feature model's capture without gradients explains nothing
+    else:
+        spec = parse_target(req.target, num_classes(model))
+    if isinstance(spec, Objective):
+        model.to(dev).eval()
+        if not spec.prepared:   # the API hands one prepared with its own preprocessing
+            spec.prepare(model, reference_loader(model, req.ckpt, mean, std, dev),
+                         attrs["classes"] or attrs["dataset_classes"])
+        attrs.update(target=spec.spec, target_names=spec.names, outputs=spec.outputs)
+        if spec.kind == "text-classes":   # the zero-shot classes are the model's classes now
+            attrs["classes"] = spec.names
+            labels, remapped = _labels_for(dataset, spec.names)
+    else:
+        _check_target(spec, labels[positions] if not isinstance(spec, np.ndarray) else None,
+                      spec[positions] if isinstance(spec, np.ndarray) else None, dataset)
+        attrs["target"] = "explicit" if isinstance(spec, np.ndarray) else \
+            "none" if spec is None else str(spec)
+    attrs["grad_hooks"] = grads
     plan = _Stream(names, grads, positions, labels, remapped, mean, std, batch_size,
                    DTYPES[req.dtype], spec, _norm_outputs(model, names) if req.derive else {},
                    dev, req.progress, out.name)
@@ -204,7 +220,9 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
         writer = BackgroundWriter(DumpWriter(partial, len(positions), attrs,
                                              batch_size=batch_size,
                                              compression=req.compression))
-        with _terminate_as_exception():
+        applied = spec.applied(model) if isinstance(spec, Objective) else \
+            contextlib.nullcontext()
+        with _terminate_as_exception(), applied:
             _stream(model, dataset, plan, writer)
             writer.finish()
             publish(partial, out, force=req.force, error=DumpError,
@@ -276,7 +294,8 @@ def _root_attrs(model, dataset, req: CaptureRequest, names, mean, std, total,
         list(classes if classes is not None else dataset.classes)
     attrs = {
         "arch": getattr(ckpt, "arch", "vit"),
-        "model_config": cfg.to_dict(),
+        # an adapter's config may hold more than a dump should carry (a tokenizer's files)
+        "model_config": cfg.dump_dict() if hasattr(cfg, "dump_dict") else cfg.to_dict(),
         "checkpoint_path": str(ckpt.path) if ckpt is not None else "",
         "checkpoint_sha256": file_sha256(ckpt.path) if ckpt is not None else "",
         "classes": model_classes,
@@ -479,7 +498,12 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
 
 def _batch_target(target, logits: torch.Tensor, labels: np.ndarray,
                   pos: np.ndarray) -> torch.Tensor:
-    """The class explained for each image of a batch (B int64 on the logits' device)."""
+    """The class (or score of an Objective) explained for each image of a batch (B int64 on
+    the logits' device); -1 each for a feature model's capture without a target."""
+    if target is None:
+        return torch.full((len(pos),), -1, dtype=torch.long, device=logits.device)
+    if isinstance(target, Objective):
+        return target.choose(logits)
     if isinstance(target, np.ndarray):
         values = target[pos]
     elif target == "pred":

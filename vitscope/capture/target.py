@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vitscope.capture.objective import feature_model_sentence, parse_objective
 from vitscope.errors import DumpError
 
 TARGETS = ("pred", "label")         # besides a class index: what --target may name
@@ -13,9 +14,17 @@ def num_classes(model) -> int:
     return int(model.cfg.num_classes)
 
 
-def parse_target(target, classes: int) -> str | int | np.ndarray:
-    """`--target` text or value -> "pred", "label", a class index, or an int64 array; DumpError
-    in one sentence for anything else (e.g. `--target 99` for a 10-class model)."""
+def parse_target(target, classes: int):
+    """`--target` text or value -> "pred", "label", a class index, an int64 array, or an
+    Objective (similarity:IMAGE, text:PROMPT, text-classes: vitscope.capture.objective);
+    DumpError in one sentence for anything else (e.g. `--target 99` for a 10-class model, or
+    any class target for a model without a class head: `classes` 0)."""
+    objective = parse_objective(target)
+    if objective is not None:
+        return objective
+    if classes == 0:
+        shown = "explicit" if isinstance(target, np.ndarray) else target
+        raise DumpError(feature_model_sentence(shown))
     if isinstance(target, np.ndarray):
         arr = np.asarray(target)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
@@ -28,8 +37,9 @@ def parse_target(target, classes: int) -> str | int | np.ndarray:
     try:
         index = int(text)
     except ValueError:
-        raise DumpError(f"--target must be pred, label or a class index 0–{classes - 1}, got "
-                        f"{target!r}.") from None
+        raise DumpError(f"--target must be pred, label, a class index 0–{classes - 1}, "
+                        f"similarity:IMAGE, text:PROMPT or text-classes, got {target!r}.") \
+            from None
     if not 0 <= index < classes:
         raise DumpError(f"--target {index} is not a class of this model, which has {classes} "
                         f"classes (0–{classes - 1}); use pred, label or an index in that range.")

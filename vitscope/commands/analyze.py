@@ -49,9 +49,10 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.analyze.isolation.DEFAULT_TIMEOUT (not im
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward pass (default: as many as fit in 1 GiB of capture memory, "
                    "at most 64; a ViT-S/16 at 224 px with gradients gets a few).")
-@click.option("--target", default=None, metavar="pred|label|INDEX",
-              help="Class the gradient methods explain: the prediction (default), the label, "
-                   "or a class index.")
+@click.option("--target", default=None, metavar="TARGET",
+              help="What the gradient methods explain: pred (default), label or a class INDEX; "
+                   "similarity:IMAGE (cosine similarity to that image's embedding, any model); "
+                   "text:PROMPT or text-classes (CLIP, SigLIP).")
 @click.option("--plugin-timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT,
               show_default=True, metavar="SECONDS",
               help="Time limit of each plugin; one that takes longer is stopped and reported "

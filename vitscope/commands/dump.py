@@ -95,9 +95,10 @@ def dump() -> None:
 @click.option("--device", default="auto", show_default=True,
               help="auto (cuda, then mps, then cpu; cuda:LOCAL_RANK under torchrun), cpu, cuda, "
                    "cuda:1, mps.")
-@click.option("--target", default="pred", show_default=True, metavar="pred|label|INDEX",
-              help="Class whose logit the grad: hooks differentiate (stored per image in "
-                   "/target): the prediction, the label, or a class index.")
+@click.option("--target", default="pred", show_default=True, metavar="TARGET",
+              help="What the grad: hooks differentiate (stored per image in /target): pred, "
+                   "label or a class INDEX; for a model without a class head "
+                   "similarity:IMAGE, and for CLIP/SigLIP text:PROMPT or text-classes.")
 @click.option("--derive/--no-derive", default=True, show_default=True,
               help="Keep LayerNorm outputs whose input is stored as the norm's parameters and "
                    "compute them on read (--no-derive: store every hook point as captured).")
@@ -110,6 +111,7 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
     from vitscope.capture import (DEFAULT_DUMP_DIR, DEFAULT_HOOKS, CaptureRequest, capture,
                                   check_limit, dataset_for, num_classes, parse_shard,
                                   parse_target, resolve_request, run_name, shard_range)
+    from vitscope.capture.objective import is_class_target
     from vitscope.model.checkpoint import load_model
     from vitscope.errors import DumpError
     from vitscope.model.hooks import is_hooked
@@ -123,7 +125,8 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
         raise DumpError(f"'{ckpt}' holds a {ck.arch} model, which has no hook points; dumps are "
                         f"made from ViT checkpoints.")
     acts, grads = resolve_request(model, patterns)  # a bad pattern fails before loading data
-    target = parse_target(target, num_classes(model))
+    if num_classes(model) or grads or not is_class_target(target):
+        target = parse_target(target, num_classes(model))   # a feature model: none needed
     dataset = dataset_for(ck, data, split, data_dir)
     split = dataset.split
     n = min(limit or len(dataset), len(dataset))

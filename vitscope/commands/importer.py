@@ -12,14 +12,15 @@ from pathlib import Path
 
 import click
 
-SOURCES = "timm:NAME, torchvision:NAME or hf:DIR"
+SOURCES = "timm:NAME, torchvision:NAME, openclip:NAME or hf:DIR"
 
 
 def parse_source(source: str) -> tuple[str, str]:
     from vitscope.errors import ConfigError
     family, _, name = source.partition(":")
-    family = {"huggingface": "hf", "transformers": "hf", "tv": "torchvision"}.get(family, family)
-    if family not in ("timm", "torchvision", "hf") or not name:
+    family = {"huggingface": "hf", "transformers": "hf", "tv": "torchvision",
+              "open_clip": "openclip"}.get(family, family)
+    if family not in ("timm", "torchvision", "hf", "openclip") or not name:
         raise ConfigError(f"Unknown model source '{source}'; use {SOURCES}, e.g. "
                           f"timm:vit_small_patch16_224 or hf:./my-vit-folder.")
     return family, name
@@ -85,7 +86,9 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
     """Import a timm, torchvision or Hugging Face ViT as a vitscope checkpoint.
 
     SOURCE is timm:NAME (e.g. timm:vit_small_patch16_224), torchvision:NAME (e.g.
-    torchvision:vit_b_16) or hf:DIR (a folder written by save_pretrained). The checkpoint
+    torchvision:vit_b_16), openclip:NAME (e.g. openclip:ViT-B-32, with its text tower) or
+    hf:DIR (a folder written by save_pretrained; CLIP and SigLIP folders keep their text
+    tower and tokenizer). The checkpoint
     records the family and model name, the family's preprocessing (input size, resize, crop,
     mean, std), the class names and the weights. Nothing is downloaded.
     """
@@ -128,6 +131,17 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
                     f"records it (train_config.random_weights).", err=True, fg="red", bold=True)
 
 
+def _adapter_family(family: str, name: str) -> str:
+    """hf:DIR of a CLIP or SigLIP folder goes to the image–text adapter ("hf-clip")."""
+    if family != "hf":
+        return family
+    from vitscope.model.adapters.clip import MODEL_TYPES
+    from vitscope.model.adapters.hf_folder import read_json
+    config = Path(name) / "config.json"
+    raw = read_json(config, Path(name), "config.json") if config.is_file() else None
+    return "hf-clip" if isinstance(raw, dict) and raw.get("model_type") in MODEL_TYPES else family
+
+
 def _import(family, name, source, weights, size, classes, classes_file, out, force):
     """Build the model, check it, write the checkpoint whole (module docstring)."""
     import importlib
@@ -140,7 +154,7 @@ def _import(family, name, source, weights, size, classes, classes_file, out, for
     from vitscope.model.adapters.verify import verify
     from vitscope.model.checkpoint import load_checkpoint, save_checkpoint
 
-    module = importlib.import_module(FAMILIES[family][0])
+    module = importlib.import_module(FAMILIES[_adapter_family(family, name)][0])
     with offline():   # nothing is downloaded, whatever a folder or a library asks for
         imported = module.import_source(name, Path(weights) if weights else None, size)
     model = imported.model
@@ -174,7 +188,9 @@ def _import(family, name, source, weights, size, classes, classes_file, out, for
         train_config["image_size"] = int(pp.crop[0])
     partial = partial_path(out)
     try:
-        save_checkpoint(partial, model, model_config=cfg, arch=family, classes=classes,
+        # the adapter's own family: hf:DIR of a CLIP or SigLIP folder is "hf-clip"
+        save_checkpoint(partial, model, model_config=cfg, arch=getattr(model, "family", family),
+                        classes=classes,
                         train_config=train_config)
         try:     # what every other command does with the file, before it is published
             load_checkpoint(partial).build_model()

@@ -17,7 +17,9 @@ def info(ckpt: str, as_json: bool) -> None:
     model, ck = load_model(ckpt)
     data = {
         "path": str(ck.path), "arch": ck.arch, "vitscope_version": ck.vitscope_version,
-        "parameters": count_parameters(model), "model_config": ck.model_config.to_dict(),
+        "parameters": count_parameters(model), "model_config": (  # without data such as a tokenizer's files
+            ck.model_config.dump_dict() if hasattr(ck.model_config, "dump_dict")
+            else ck.model_config.to_dict()),
         "classes": ck.classes, "metrics": ck.metrics, "train_config": ck.train_config,
     }
     if as_json:

@@ -21,8 +21,10 @@ DEFAULT_IMAGES = 256
               help="Dataset (default: the checkpoint's training data); localisation needs masks "
                    "(shapes).")
 @click.option("--split", default="val", show_default=True, help="Split to score on.")
-@click.option("--target", default="pred", show_default=True, metavar="pred|label|INDEX",
-              help="Class explained and whose probability the curves follow.")
+@click.option("--target", default="pred", show_default=True, metavar="TARGET",
+              help="Class explained and whose probability the curves follow (pred, label, "
+                   "INDEX), or a score they follow: similarity:IMAGE, text:PROMPT, "
+                   "text-classes.")
 @click.option("--perturbation", type=click.Choice(["drop", "grey"]), default="drop",
               show_default=True,
               help="drop: removed patch tokens leave the sequence; grey: their pixels are set to "

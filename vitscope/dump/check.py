@@ -47,7 +47,7 @@ VERSION = 2
 # decodes them.
 JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
                         "model_hooks", "aliases", "normalize", "shard", "merged_from",
-                        "shard_ids", "grad_hooks", "derived"})
+                        "shard_ids", "grad_hooks", "derived", "target_names"})
 # Datasets every dump has besides the hook groups (masks and dataset_labels are optional).
 REQUIRED = ("images", "labels", "logits", "indices")
 # Groups of per-hook datasets (N first, a `dims` attribute naming each axis).
@@ -335,8 +335,9 @@ def _check_structure(objects: dict[str, Any], attrs: dict[str, Any],
         raise Invalid(f"its num_images attribute says {attrs['num_images']} but /labels holds {n}")
     classes = attrs.get("classes") or []
     # a feature model (no classifier head, e.g. an imported DINOv2) stores its pooled features
-    # under /logits; its classes are the dataset's, not one per output
-    per_class = classes and attrs.get("outputs") != "features"
+    # under /logits; its classes are the dataset's, not one per output (nor are they for the
+    # scores of a similarity or text target: vitscope.capture.objective)
+    per_class = classes and attrs.get("outputs") not in ("features", "scores")
     h, w = layout.image_size
     expected = {  # key -> (shape, dtype kinds, what)
         "images": ((n, h, w, 3), "u", f"N×{h}×{w}×3 uint8 (the layout's image size)"),
@@ -407,11 +408,15 @@ def _check_values(f: h5py.File, attrs: dict[str, Any], n: int,
     decompressed)."""
     classes = attrs.get("classes") or []
     # a feature model's target indexes its pooled features (the columns of /logits)
-    features = attrs.get("outputs") == "features" and "logits" in f
-    for key, lowest in (("labels", -1), ("target", 0)):
+    # (or, for a similarity or text target, the scores in /logits: vitscope.capture.objective);
+    # "none": a feature model's capture without gradients explains nothing (-1 each)
+    outputs = attrs.get("outputs")
+    features = outputs in ("features", "scores", "zero-shot") and "logits" in f
+    untargeted = attrs.get("target") == "none"
+    for key, lowest in (("labels", -1), ("target", -1 if untargeted else 0)):
         values = np.asarray(f[key][:]) if key in f else np.zeros(0, np.int64)
-        bound, what = (int(f["logits"].shape[1]), "features") if features and key == "target" \
-            else (len(classes), "classes")
+        bound, what = (int(f["logits"].shape[1]), "features" if outputs == "features" else
+                       "scores") if features and key == "target" else (len(classes), "classes")
         if bound and len(values) and (values.min() < lowest or values.max() >= bound):
             bad = values[(values < lowest) | (values >= bound)][0]
             raise Invalid(f"/{key} holds {int(bad)}, outside {lowest}..{bound - 1} (its "

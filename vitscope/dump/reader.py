@@ -72,6 +72,9 @@ class Dump:
         # hooks whose gradient of the target logit was captured (read as dump["grad:<hook>"])
         self.grad_hooks: list[str] = [h for h in self.attrs.get("grad_hooks") or [] if h in grads]
         self.classes: list[str] = list(self.attrs.get("classes") or [])
+        # what /target indexes when the target is no class of the model (similarity to an
+        # image, text prompts: vitscope.capture.objective); None: /target holds classes
+        self.target_names: list[str] | None = list(self.attrs.get("target_names") or []) or None
         self.model_config: dict[str, Any] = dict(self.attrs.get("model_config") or {})
         self.images: h5py.Dataset = f["images"]
         self.logits: h5py.Dataset = f["logits"]
@@ -238,8 +241,9 @@ class Dump:
 
     @cached_property
     def preds(self) -> np.ndarray:
-        """Predicted class per image; -1 for a feature model's dump (its /logits are features)."""
-        if self.attrs.get("outputs") == "features":
+        """Predicted class per image; -1 for a feature model's dump (its /logits are features,
+        or the scores of a similarity or text target); zero-shot logits give their classes."""
+        if self.attrs.get("outputs") in ("features", "scores"):   # no class head: none
             return np.full(len(self), -1, dtype=np.int64)
         step = 1 << 16
         return np.concatenate([self.logits[i:i + step].argmax(1) for i in range(0, len(self), step)]
@@ -259,9 +263,10 @@ class Dump:
         a = self.attrs
         patterns = [hooks] if isinstance(hooks, str) else list(hooks)
         act_patterns, grad_patterns = split_grads(patterns)
-        if grad_patterns and (self.target_spec == "explicit"
-                              or self.target_spec != str(target if target is not None
-                                                         else "pred").strip().lower()):
+        wanted = str(target if target is not None else "pred").strip()
+        if ":" not in wanted:   # pred, label, an index; a similarity path or prompt as given
+            wanted = wanted.lower()
+        if grad_patterns and (self.target_spec == "explicit" or self.target_spec != wanted):
             return False
         if seed is not None and (a.get("order"), a.get("seed")) != ("shuffle", seed) \
                 and n < int(a.get("split_size", n + 1)):

@@ -189,16 +189,41 @@ def captions(dump, k: int, prefix: str = "", target: bool = False) -> list[str]:
     file name where the dump has one ("cat_0001.jpg · cat ✓"); with `target`, a last line
     names the class the map explains ("(explains disk)")."""
     labels = label_names(dump.classes, dump.labels[:k])
-    if (dump.preds[:k] < 0).all():   # a feature model: no predictions to show
-        return [f"{prefix}{l}" for l in labels]
-    preds = label_names(dump.classes, dump.preds[:k])
     names = [f"{short_name(n)} · " for n in file_names(dump, k)] or [""] * len(labels)
+    if (dump.preds[:k] < 0).all():   # a feature model: no predictions; the file names the image
+        out = [f"{prefix}{f}{l}" if l != "?" else (f"{prefix}{f[:-3]}" if f else f"{prefix}#{i}")
+               for i, (f, l) in enumerate(zip(names, labels))]
+        return [f"{c}\n(explains {t})" for c, t in zip(out, explained_names(dump, k))] \
+            if target else out
+    preds = label_names(dump.classes, dump.preds[:k])
     out = [f"{prefix}{f}{l} ✓" if l == p else f"{prefix}{f}{l}\n→ {p}"
            for f, l, p in zip(names, labels, preds)]
     if target:
-        explained = label_names(dump.classes, dump.target[:k])
-        out = [f"{c}\n(explains {t})" for c, t in zip(out, explained)]
+        out = [f"{c}\n(explains {t})" for c, t in zip(out, explained_names(dump, k))]
     return out
+
+
+def explained_names(dump, k: int) -> list[str]:
+    """What each of the first k maps explains: a class name, or for a target that is no class
+    (similarity to an image, a text prompt) that target's own name (vitscope.capture.objective)."""
+    names = list(getattr(dump, "target_names", None) or dump.classes)
+    return list(label_names(names, dump.target[:k]))
+
+
+def grouping(dump, n: int) -> tuple[np.ndarray, str, list[str]]:
+    """How figures group the first n images: by label where the data has any, else by the
+    model's prediction, else (a feature model on an unlabelled folder) one group of them all.
+    Returns (group per image, -1 for none; "label", "prediction" or "all images"; names)."""
+    labels = np.asarray(dump.labels[:n], dtype=np.int64)
+    if (labels >= 0).any():
+        ids, by = labels, "label"
+    else:
+        ids, by = np.asarray(dump.preds[:n], dtype=np.int64), "prediction"
+        if not (ids >= 0).any():
+            return np.zeros(n, np.int64), "all images", ["all images"]
+    top = int(ids.max()) + 1 if n else 0
+    names = list(dump.classes) + [f"#{c}" for c in range(len(dump.classes), top)]
+    return ids, by, names
 
 
 def file_names(dump, k: int | None = None) -> list[str]:

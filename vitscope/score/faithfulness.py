@@ -81,9 +81,12 @@ class Perturber:
 
     keep: B×P bool (True = the patch stays), x: B×C×H×W normalised inputs."""
 
-    def __init__(self, model, layout, perturbation: str = "drop") -> None:
+    def __init__(self, model, layout, perturbation: str = "drop", objective=None) -> None:
         check_perturbation(model, perturbation)
         self.model, self.layout, self.perturbation = model, layout, perturbation
+        # a target that is no class (vitscope.capture.objective): its raw score is followed,
+        # since a softmax over one similarity is always 1
+        self.objective = objective
         self._keys: torch.Tensor | None = None   # B×1×1×T weights of the kept keys
 
     def _restrict(self, attn: torch.Tensor, name: str) -> torch.Tensor:
@@ -111,6 +114,8 @@ class Perturber:
             with attach(self.model, {ATTENTION: self._restrict}):
                 logits = self.model(x)
             self._keys = None
+        if self.objective is not None:
+            return self.objective.scores(self.model, logits).gather(1, target[:, None])[:, 0]
         return logits.float().softmax(dim=1).gather(1, target[:, None])[:, 0]
 
 

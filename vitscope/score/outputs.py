@@ -15,6 +15,12 @@ PERTURBATION_TEXT = {"drop": "removed patch tokens leave the sequence",
 assert set(PERTURBATION_TEXT) == set(PERTURBATIONS)
 
 
+
+def quantity(report: dict) -> str:
+    """What the faithfulness curves follow: the target class's probability, or the raw score
+    of a target that is no class ("similarity to cat.jpg": vitscope.capture.objective)."""
+    return report.get("score") or "target probability"
+
 def _ci(e, digits: int = 3) -> str:
     return e.text(digits)
 
@@ -27,7 +33,7 @@ def tables(report: dict) -> str:
     lines = [f"vitscope score · {report['checkpoint']} · {report['data']} ({report['split']}, "
              f"{report['images']} images) · target: {report['target']}", ""]
 
-    lines.append(f"Faithfulness: target probability as patches are removed in "
+    lines.append(f"Faithfulness: {quantity(report)} as patches are removed in "
                  f"{100 // report['steps']}% steps ({report['perturbation']}: "
                  f"{PERTURBATION_TEXT[report['perturbation']]}); area under the curve")
     w = max(len(n) for n in [*order, *faith_base]) + 2
@@ -166,7 +172,8 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
                         label=f"{name} (AUC {auc:.3f})")
                 ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
             ax.set(xlabel=f"fraction of patches {'removed' if curve == 'deletion' else 'kept'}",
-                   ylabel="target probability", ylim=(0, 1.02), title=title)
+                   ylabel=quantity(report), title=title,
+                   ylim=(0, 1.02) if "score" not in report else None)
             ax.legend(frameon=False, fontsize=7)
         fig.suptitle(f"Faithfulness ({report['perturbation']}: "
                      f"{PERTURBATION_TEXT[report['perturbation']]}), mean and 95% CI over "
@@ -281,8 +288,8 @@ def _interactive(report: dict, out_dir: Path) -> Path:
                                                            for n, _ in rows]}},
                              error_y=interval([e for _, e in rows])),
                       row=1, col=4)
-    axes = [("fraction of patches removed", "target probability"),
-            ("fraction of patches kept", "target probability"),
+    axes = [("fraction of patches removed", quantity(report)),
+            ("fraction of patches kept", quantity(report)),
             ("randomised (cumulative, from the head down)", "Spearman ρ with the trained map"),
             ("map (hatched: baselines)", "mass of the map in the mask")]
     for col, (xtitle, ytitle) in enumerate(axes[:cols], start=1):

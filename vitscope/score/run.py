@@ -64,6 +64,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     from vitscope.capture import (CAPTURE_SEED, DEFAULT_BATCH, capture, check_data,
                                   dataset_for, ensure_dump, file_sha256)
     from vitscope.analyze.run import union_requires
+    from vitscope.capture.objective import Objective, reference_loader
     from vitscope.model.checkpoint import load_checkpoint
     from vitscope.data import normalization, to_model_input
     from vitscope.dump import Dump
@@ -104,6 +105,12 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
         dataset = dataset_for(ckpt, data, split)
         explicit = np.full(len(dataset), -1, np.int64)
         explicit[indices] = tgt
+        objective = target if isinstance(target, Objective) else None
+        if objective is not None:   # what the curves follow: its score on this model
+            objective.prepare(model, reference_loader(model, ckpt, mean, std, dev),
+                              list(dump.classes) or list(dataset.classes))
+            info["score"] = objective.names[0] if objective.kind != "text-classes" else \
+                "zero-shot logit of the explained class"
         steps = iter(range(1 << 30))
 
         def recompute(random_model) -> dict[str, np.ndarray]:
@@ -112,7 +119,10 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
             path = capture(random_model, dataset, Path(tmp) / f"random-{k}.h5", patterns,
                            ckpt=None, normalize=(mean, std), classes=list(dump.classes),
                            limit=n, batch_size=capture_batch, device=dev,
-                           seed=CAPTURE_SEED, target=explicit, force=True)
+                           seed=CAPTURE_SEED, force=True,
+                           # the same target, its reference or texts from the random model
+                           target=explicit if objective is None else
+                           Objective(objective.kind, objective.argument))
             with Dump.open(path) as rdump:
                 if not np.array_equal(rdump.indices, indices):
                     raise PluginError("The randomised model's dump holds other images than the "
@@ -123,7 +133,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
 
         report = evaluate_maps(model, x, pixels, tgt, maps, layout, masks, recompute, info,
                                perturbation=perturbation, batch_size=batch_size, seed=seed,
-                               echo=echo, seconds=seconds)
+                               echo=echo, seconds=seconds, objective=objective)
     seconds["total"] = time.perf_counter() - t_all
     report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return report
@@ -134,12 +144,13 @@ def evaluate_maps(model, x, pixels: np.ndarray, target: np.ndarray,
                   recompute: Callable[[Any], dict[str, np.ndarray]], info: dict[str, Any], *,
                   perturbation: str = "drop", batch_size: int = 256, seed: int = 0,
                   echo: Callable[[str], None] = lambda s: None,
-                  seconds: dict[str, float] | None = None) -> dict[str, Any]:
+                  seconds: dict[str, float] | None = None, objective=None) -> dict[str, Any]:
     """Steps 2-4 of the module docstring for N×h×w `maps` (name -> array) of the images
     `x` (N×C×H×W model inputs on the model's device; `pixels` N×H×W×3 uint8) and the class
     each explains (`target`, N). `recompute(random_model)` returns the same maps for a
     randomised copy of `model` (same images, same targets). Returns the report; `seconds`,
-    when given, receives the time of each step."""
+    when given, receives the time of each step. `objective` (vitscope.capture.objective,
+    prepared on `model`): the curves follow its raw score instead of a class probability."""
     import torch
 
     seconds = {} if seconds is None else seconds
@@ -153,7 +164,7 @@ def evaluate_maps(model, x, pixels: np.ndarray, target: np.ndarray,
     orders[RANDOM] = FA.random_order(n, layout.num_patches, rng)
     for b in FAITHFULNESS_BASELINES:
         orders[b] = FA.relevance_order(baselines[b], rng)
-    perturber = FA.Perturber(model, layout, perturbation)
+    perturber = FA.Perturber(model, layout, perturbation, objective)
     curves = FA.curves(perturber, x, target_t, orders, batch_size)
     seconds["faithfulness"] = time.perf_counter() - t0
     echo(f"faithfulness: {len(orders)} orders × {2 * (FA.STEPS - 1) + 2} steps on {n} images "

@@ -20,6 +20,9 @@ FAMILIES: dict[str, tuple[str, str, str]] = {
     "timm": ("vitscope.model.adapters.timm", "TimmConfig", "TimmViT"),
     "torchvision": ("vitscope.model.adapters.torchvision", "TorchvisionConfig", "TorchvisionViT"),
     "hf": ("vitscope.model.adapters.transformers", "HFConfig", "HFViT"),
+    # CLIP and SigLIP (image–text models) from transformers
+    "hf-clip": ("vitscope.model.adapters.clip", "ClipConfig", "ClipViT"),
+    "openclip": ("vitscope.model.adapters.openclip", "OpenClipConfig", "OpenClipViT"),
 }
 
 
