@@ -142,14 +142,13 @@ class AttentionSinks:
                 if s < k:
                     maps["received"].append(to_grid(got[:k - s, P:], grid))
                     maps["norm"].append(to_grid(nratio[:k - s, P:], grid))
-            for key in keys:
-                per[key].append(np.stack(rows[key], axis=1))            # N×L
+            for key in keys:        # N×L, a few numbers per image (the intervals need them)
+                per[key].append(np.stack(rows[key], axis=1).astype(np.float32))
+                results.append(key, per[key][-1])
             if s < k:
                 for key in maps:
                     shown[key].append(np.stack(maps[key], axis=1))      # k×L×h×w
-        per = {key: np.concatenate(v).astype(np.float64) for key, v in per.items()}
-        for key, v in per.items():
-            results[key] = v
+        per = {key: np.concatenate(v) for key, v in per.items()}
         shown = {key: np.concatenate(v).astype(np.float32) for key, v in shown.items()}
         return per, shown, counts
 

@@ -69,6 +69,9 @@ def mean_interval(values: np.ndarray, level: float = 0.95, resamples: int = 1000
     if len(v) == 1:
         return float(v[0]), float(v[0]), float(v[0])
     rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), (resamples, len(v)))].mean(axis=1)
+    # resamples drawn in batches of about 2^16 indices: memory does not grow with N × resamples
+    batch = max(1, (1 << 16) // len(v))
+    means = np.concatenate([v[rng.integers(0, len(v), (min(batch, resamples - i), len(v)))]
+                            .mean(axis=1) for i in range(0, resamples, batch)])
     lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(v.mean()), float(lo), float(hi)

@@ -148,7 +148,12 @@ def save_gif(frames: Sequence[np.ndarray], path: Path, duration_ms: int = 450) -
     # One palette for every frame, drawn from all of them, and error diffusion: a palette of
     # each frame's own flickers between frames, and without dithering a colour map's smooth
     # ramp breaks into bands.
-    sample = np.concatenate([np.asarray(f)[::2] for f in frames[::max(1, len(frames) // 16)]])
+    picked = [np.asarray(f) for f in frames[::max(1, len(frames) // 16)]]
+    # median cut costs in proportion to the pixels it sorts: a sample of about 2^18 of them
+    # (every step-th row and column) draws the same palette in a fraction of the time (at 224 px
+    # token-attention's 85 frames took 11 s of quantising on all of every other row)
+    step = max(1, int(np.sqrt(sum(f.shape[0] * f.shape[1] for f in picked) / (1 << 18))))
+    sample = np.concatenate([f[::step, ::step] for f in picked])
     palette = Image.fromarray(np.ascontiguousarray(sample)).quantize(
         colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     pics = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG)
