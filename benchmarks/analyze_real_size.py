@@ -8,7 +8,7 @@ analyze process itself holds while the plugins render, and the dump's size.
 What analyze_224.py measures (one process's peak, per-plugin seconds), plus the tree: the
 model is timm's vit_small_patch16_224 with random weights (cost depends on shapes, not on what
 the weights learned), the images a folder of photo-sized JPEGs (analyze_224.make_images). The
-tree is sampled with psutil every 50 ms; "rendering" starts when analyze prints that it has
+tree is sampled with psutil every 100 ms (RSS, and PSS, which counts shared pages once); "rendering" starts when analyze prints that it has
 its dump. Numbers depend on the machine and its load: the load average is printed beside them.
 """
 from __future__ import annotations
@@ -28,21 +28,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analyze_224 import make_images, step  # noqa: E402  (the sibling benchmark's helpers)
 
 
-def tree_rss(proc) -> tuple[int, int]:
-    """(RSS of `proc`, RSS of it and all its descendants), in bytes; 0 for what has exited."""
+def tree_rss(proc) -> tuple[int, int, int]:
+    """(RSS of `proc`, RSS of it and all its descendants, PSS of them all), in bytes; 0 for
+    what has exited. RSS counts pages shared between processes (the fork server's children
+    share the libraries it loaded) once per process; PSS divides each shared page among its
+    sharers, so the tree's PSS is the memory it really takes."""
     import psutil
     try:
         own = proc.memory_info().rss
         kids = proc.children(recursive=True)
     except psutil.Error:
-        return 0, 0
-    total = own
-    for k in kids:
+        return 0, 0, 0
+    total = pss = 0
+    for p in [proc, *kids]:
         try:
-            total += k.memory_info().rss
+            info = p.memory_full_info()
+            total += info.rss
+            pss += getattr(info, "pss", info.rss)
         except psutil.Error:
             pass
-    return own, total
+    return own, total, pss
 
 
 def watched(args: list[str], env: dict) -> dict:
@@ -53,7 +58,7 @@ def watched(args: list[str], env: dict) -> dict:
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              cwd=env["VITSCOPE_BENCH_WORK"])
     proc = psutil.Process(popen.pid)
-    samples: list[tuple[float, int, int]] = []
+    samples: list[tuple[float, int, int, int]] = []
     lines: list[str] = []
     rendering = [None]
 
@@ -66,24 +71,25 @@ def watched(args: list[str], env: dict) -> dict:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     while popen.poll() is None:
-        own, total = tree_rss(proc)
-        samples.append((time.perf_counter() - t0, own, total))
-        time.sleep(0.05)
+        samples.append((time.perf_counter() - t0, *tree_rss(proc)))
+        time.sleep(0.1)
     reader.join(5)
     wall = time.perf_counter() - t0
     text = "".join(lines)
     if popen.returncode != 0:
         sys.exit(f"`vitscope {' '.join(args)}` failed:\n{text[-3000:]}")
     start = rendering[0] if rendering[0] is not None else wall
-    capture = [s for s in samples if s[0] < start] or [(0, 0, 0)]
-    render = [s for s in samples if s[0] >= start] or [(0, 0, 0)]
+    capture = [s for s in samples if s[0] < start] or [(0, 0, 0, 0)]
+    render = [s for s in samples if s[0] >= start] or [(0, 0, 0, 0)]
     mb = 1 / 2 ** 20
     return {"wall_s": round(wall, 1), "capture_s": round(start, 1),
             "render_s": round(wall - start, 1),
             "tree_peak_mb": round(max(s[2] for s in samples) * mb),
+            "tree_peak_pss_mb": round(max(s[3] for s in samples) * mb),
             "capture_process_peak_mb": round(max(s[1] for s in capture) * mb),
             "analyze_process_while_rendering_mb": round(max(s[1] for s in render) * mb),
             "tree_peak_while_rendering_mb": round(max(s[2] for s in render) * mb),
+            "tree_peak_pss_while_rendering_mb": round(max(s[3] for s in render) * mb),
             "output": text}
 
 

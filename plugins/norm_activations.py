@@ -333,7 +333,7 @@ class NormActivations:
                         ax.annotate(str(d), (d, ca[d]), fontsize=6, ha="center", va="bottom",
                                     color="C3")
                     ax.axhline(np.median(ca), color="k", lw=0.7, ls=":")
-                    ax.set_title(f"block {b} · {KIND_LABELS[kind]}: top dim {dims[0]} = "
+                    ax.set_title(f"block {b} · {kind}: top dim {dims[0]} = "
                                  f"{ca[dims[0]] / max(np.median(ca), 1e-12):.1f}× median")
                     ax.set_xlim(-1, len(ca))
                     if r == len(blocks) - 1:

@@ -63,6 +63,22 @@ def test_a_fine_tuned_ten_class_deit_imports_with_its_classes(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x), tuned(x), rtol=0, atol=1e-5)
+    # every built-in plugin renders on it (a folder of its own classes' images)
+    import numpy as np
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in ("class3", "class7"):
+        (folder / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(
+                folder / c / f"{i}.png")
+    r = run("analyze", "--all", ckpt, "--data", f"folder:{folder}", "-n", 4, "-o",
+            tmp_path / "out", "--opt", "cls-embedding.umap=false")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    from vitscope.plugins import BUILTINS
+    assert set(BUILTINS) <= set(manifest["plugins"]), r.output
+    assert all(p["ok"] for p in manifest["plugins"].values()), manifest["plugins"]
     # without --classes it still imports (no names), and a wrong count is one sentence
     run("import", "timm:deit_tiny_distilled_patch16_224", "--weights", weights,
         "--image-size", 32, "-o", tmp_path / "unnamed.pt")
