@@ -25,13 +25,15 @@ from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
 
 
+PREFIX_NAMES = {"cls": "CLS", "dist": "distillation", "register": "register"}
+
+
 def token_name(layout, j: int) -> str:
     """"CLS", "register 2" or "patch (3, 7)" (row, column on the grid) for token index j."""
-    from vitscope.layout import KIND_NAMES
     start = 0
     for kind, count in layout.prefix:
         if j < start + count:
-            name = "CLS" if kind == "cls" else KIND_NAMES.get(kind, kind)
+            name = PREFIX_NAMES.get(kind, kind)
             return name if count == 1 else f"{name} {j - start}"
         start += count
     p = j - layout.num_prefix_tokens
