@@ -275,3 +275,20 @@ def test_the_python_api_given_a_model_name_fetches_it_pretrained(tmp_path, offli
     assert np.isfinite(ex.maps["rollout"]).all()
     with pytest.raises(vitscope.errors.ConfigError, match="not in the hub cache"):
         vitscope.explain("hf:someorg/absent", pixels, methods=["rollout"])
+
+
+def test_an_unreachable_hub_reads_the_cache_at_once(tmp_path, offline_cache, monkeypatch):
+    """No HF_HUB_OFFLINE, but no network: vitscope asks once, then reads the cache only
+    (huggingface_hub would retry each file for about a minute)."""
+    from vitscope.model.adapters import hub
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
+    bad = run("import", "hf:someorg/not-cached", "--pretrained", "-o", tmp_path / "x.pt",
+              ok=False)
+    assert "the hub cannot be reached" in one_sentence(bad)
+    torch.manual_seed(3)
+    model = timm.create_model("test_vit", pretrained=False).eval()
+    hub_cache(offline_cache, "timm/test_vit.r160_in1k",
+              {"model.safetensors": state_bytes(model.state_dict())})
+    run("import", "timm:test_vit.r160_in1k", "--pretrained", "-o", tmp_path / "pre.pt")

@@ -37,13 +37,40 @@ def cache_dir() -> str:
 
 def unreachable(what: str, source: str, error: BaseException) -> ConfigError:
     """The one sentence for weights that can be neither downloaded nor found in the cache."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    why = "the hub is switched off (HF_HUB_OFFLINE)" if offline else \
+    why = "the hub is switched off (HF_HUB_OFFLINE)" if _offline_env() else \
         "the hub cannot be reached"
     return ConfigError(
         f"Cannot fetch the pretrained weights of {source}: {why} and {what} is not in the hub "
         f"cache '{cache_dir()}' ({type(error).__name__}); connect to the internet once, or "
         f"download the weights yourself and pass them with --weights FILE.")
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within `timeout` seconds. Without a
+    network huggingface_hub retries each file with back-off (about a minute for timm's two
+    candidate files) before it looks in the cache; vitscope asks once and then reads the cache
+    only."""
+    import socket
+    from urllib.parse import urlparse
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.create_connection((host or "huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_mode():
+    """The hub as it is when online; offline (the cache only) when switched off or when its
+    host cannot be reached."""
+    import contextlib
+
+    from vitscope.model.adapters.hf_folder import offline
+    return contextlib.nullcontext() if not _offline_env() and reachable() else offline()
 
 
 def _is_missing(error: BaseException) -> bool:
@@ -68,7 +95,7 @@ def timm_pretrained(name: str, kwargs: dict[str, Any]):
     timm = require("timm", "timm")
     cfg = timm.models.get_pretrained_cfg(name.split(".")[0]) if "." not in name else None
     try:
-        with building("timm", name, kwargs):
+        with _hub_mode(), building("timm", name, kwargs):
             return timm.create_model(name, pretrained=True, **kwargs)
     except ConfigError:
         raise
@@ -91,8 +118,9 @@ def hf_snapshot(repo_id: str) -> Path:
         raise ConfigError(f"'{repo_id}' is neither a model folder nor a Hugging Face model id "
                           f"such as facebook/dinov2-small.")
     try:
-        return Path(hub.snapshot_download(repo, revision=revision or None,
-                                          allow_patterns=HF_PATTERNS))
+        with _hub_mode():
+            return Path(hub.snapshot_download(repo, revision=revision or None,
+                                              allow_patterns=HF_PATTERNS))
     except Exception as e:
         if _is_missing(e) or type(e).__name__.endswith("ValidationError"):
             raise unreachable(f"'{repo}'", f"hf:{repo_id}", e) from None
