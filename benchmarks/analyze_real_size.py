@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from analyze_224 import make_images, step  # noqa: E402  (the sibling benchmark's helpers)
+from analyze_224 import make_images, report, step  # noqa: E402  (the sibling benchmark's helpers)
 
 
 def tree_rss(proc) -> tuple[int, int, int]:
@@ -132,11 +132,7 @@ def main() -> None:
         "dump_mb": round(dump.stat().st_size / 1e6, 1),
         "failed": failed,
     }
-    print(json.dumps(numbers, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
-    if failed:
-        sys.exit(f"plugins failed: {', '.join(failed)}\n{text[-2000:]}")
+    report(numbers, args.json, text)
 
 
 if __name__ == "__main__":
