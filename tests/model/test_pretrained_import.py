@@ -292,3 +292,12 @@ def test_an_unreachable_hub_reads_the_cache_at_once(tmp_path, offline_cache, mon
     hub_cache(offline_cache, "timm/test_vit.r160_in1k",
               {"model.safetensors": state_bytes(model.state_dict())})
     run("import", "timm:test_vit.r160_in1k", "--pretrained", "-o", tmp_path / "pre.pt")
+
+
+def test_num_classes_against_an_hf_folders_own_head_is_one_sentence(tmp_path):
+    base = tiny_hf("vit", "ViTForImageClassification", image_size=32, patch_size=8,
+                   num_labels=2)
+    base.save_pretrained(tmp_path / "base")
+    bad = run("import", f"hf:{tmp_path / 'base'}", "--num-classes", 5, "-o", tmp_path / "x.pt",
+              ok=False)
+    assert "with 5 classes" in one_sentence(bad) and not (tmp_path / "x.pt").exists()

@@ -278,9 +278,17 @@ def import_source(folder: str, weights=None, image_size=None, num_classes=None,
         if weights is None and files:
             for f in files:   # one sentence for a hostile file, before transformers reads it
                 read_weights(f)
-            model = model_cls.from_pretrained(str(root), config=config, local_files_only=True,
-                                              trust_remote_code=False,
-                                              attn_implementation="sdpa")
+            try:
+                model = model_cls.from_pretrained(str(root), config=config,
+                                                  local_files_only=True,
+                                                  trust_remote_code=False,
+                                                  attn_implementation="sdpa")
+            except RuntimeError as e:    # --num-classes against the folder's own classifier
+                if "mismatch" not in str(e).lower():
+                    raise
+                raise _misfit(files[0], f"the {model_cls.__name__} of {root} with "
+                                        f"{config.num_labels} classes",
+                              "the classifier's shape differs") from None
             weights = files[0]
         elif state is not None:
             model = _load_converted(model_cls, config, state, weights, root)
