@@ -104,11 +104,16 @@ def main() -> None:
         "dump_kb_per_image": round(size / args.images / 1e3, 1),
         "failed": failed,
     }
+    report(numbers, args.json, text)
+
+
+def report(numbers: dict, json_path: str | None, output: str) -> None:
+    """Print the numbers (and write them to `json_path`); exit 1 naming the failed plugins."""
     print(json.dumps(numbers, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
-    if failed:
-        sys.exit(f"plugins failed: {', '.join(failed)}\n{text[-2000:]}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(numbers, indent=2) + "\n")
+    if numbers["failed"]:
+        sys.exit(f"plugins failed: {', '.join(numbers['failed'])}\n{output[-2000:]}")
 
 
 if __name__ == "__main__":

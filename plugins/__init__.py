@@ -17,4 +17,5 @@ BUILTINS: dict[str, str] = {
     "grad-rollout": "vitscope.plugins.grad_rollout:GradRollout",
     "attn-grad": "vitscope.plugins.grad_rollout:AttnGrad",
     "gradcam": "vitscope.plugins.gradcam:GradCam",
+    "attention-sinks": "vitscope.plugins.attention_sinks:AttentionSinks",
 }

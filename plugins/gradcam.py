@@ -39,16 +39,35 @@ class GradCam:
         Option("block", int, -1, "the block whose norm1 output is explained (negative counts "
                "from the end)"),
         Option("show", int, 8, "images drawn in the per-image figure", min=1, max=64),
+        Option("slider", bool, False, "also Grad-CAM at every block, on a slider (captures "
+               f"{POINT} and its gradient in every block: the backward pass then runs to "
+               "block 0, about 2× the time and 6× the bytes of the one block the map uses)"),
         M.scale_option(),
     )
 
+    def requires_for(self, options) -> tuple[str, ...]:
+        """Only the explained block's activation and gradient, unless the slider asks for
+        every block (`blocks.-1` is the last block: vitscope.names)."""
+        if options.slider:
+            return self.requires
+        b = int(options.block)
+        return (f"blocks.{b}.{POINT}", f"grad:blocks.{b}.{POINT}")
+
     def render(self, dump, out_dir: Path, options) -> list[Path]:
-        acts = dump.match(f"blocks.*.{POINT}")
-        grads = dump.match(f"grad:blocks.*.{POINT}")
-        if len(acts) != len(grads):
-            raise PluginError(f"The dump holds {POINT} of {len(acts)} blocks but gradients of "
-                              f"{len(grads)}; capture both for every block.")
-        block = block_index(options.block, len(acts), len(acts) - 1, "gradcam.block")
+        depth = 1 + max((int(n.split(".")[1]) for n in dump.model_names
+                         if n.startswith("blocks.") and n.endswith(f".{POINT}")), default=-1)
+        block = block_index(options.block, depth, depth - 1, "gradcam.block")
+        held = [b for b in range(depth) if f"blocks.{b}.{POINT}" in dump.names
+                and f"grad:blocks.{b}.{POINT}" in dump.names]
+        if block not in held:
+            raise PluginError(f"The dump lacks blocks.{block}.{POINT} or its gradient, which "
+                              f"gradcam explains; analyze again without --dump (or capture "
+                              f"them with `vitscope dump --hooks ...`).")
+        # the slider shows every block the dump holds both for (all of them with slider=true)
+        slider = held if options.slider else [block]
+        acts = [f"blocks.{b}.{POINT}" for b in slider]
+        grads = [f"grad:blocks.{b}.{POINT}" for b in slider]
+        pos = slider.index(block)
         layout = dump.layout
         n = n_images(dump, options.limit)
         k = min(options.show, n)
@@ -64,9 +83,9 @@ class GradCam:
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
                 per_block = np.stack([map_method(self.name).compute(
-                    {a: dump[a][s:e], g: dump[g][s:e]}, layout, {"block": b}, len(acts)).maps
-                    for b, (a, g) in enumerate(zip(acts, grads))], axis=1)    # n×L×h×w
-                maps = per_block[:, block]
+                    {a: dump[a][s:e], g: dump[g][s:e]}, layout, {"block": b}, depth).maps
+                    for b, a, g in zip(slider, acts, grads)], axis=1)    # n×L×h×w
+                maps = per_block[:, pos]
                 append_maps(results, dump, maps, s)
                 results.append("per_block", per_block.astype(np.float32))
                 masks.add(maps, s)
@@ -74,6 +93,7 @@ class GradCam:
                 if s < k:
                     shown.append(per_block[:k - s])
             results["block"] = np.asarray(block)
+            results["blocks"] = np.asarray(slider)
             results["labels"] = dump.labels[:n]
             results["preds"] = dump.preds[:n]
             summary = {"images": n, "block": block, "point": POINT, "target": dump.target_spec,
@@ -82,18 +102,29 @@ class GradCam:
             files = results.save(summary)
         per_block = (np.concatenate(shown) if shown
                      else np.zeros((0, len(acts), *layout.grid), np.float32))
-        maps = per_block[:, block]
+        maps = per_block[:, pos]
         if options.static and k:
             files.append(M.map_triptych(
                 np.asarray(dump.images[:k]), maps[:k], F.captions(dump, k, target=True),
                 title=f"Grad-CAM at blocks.{block}.{POINT}, target: {dump.target_spec}",
                 map_label="Grad-CAM", stem=out_dir / "gradcam", options=options))
-        if options.interactive and k:
+        if options.interactive and k and len(slider) == 1:   # one block: the map, no slider
+            captions = F.captions(dump, min(k, 6), target=True)
+            fig = I.map_slider(np.asarray(dump.images[:len(captions)])[None],
+                               per_block[:len(captions)].transpose(1, 0, 2, 3)[:, None],
+                               step_labels=[str(block)], slider_label="block",
+                               col_titles=[c.replace("\n", " ") for c in captions],
+                               row_titles=[""],
+                               title=f"Grad-CAM at blocks.{block}.{POINT}, target: "
+                                     f"{dump.target_spec} (--opt gradcam.slider=true: every "
+                                     f"block)")
+            files.append(I.save_html(fig, out_dir / "gradcam.html", options))
+        elif options.interactive and k:
             m = min(k, 6)
             captions = F.captions(dump, m, target=True)
             fig = I.map_slider(np.asarray(dump.images[:m])[None],
                                per_block[:m].transpose(1, 0, 2, 3)[:, None],
-                               step_labels=[str(b) for b in range(len(acts))],
+                               step_labels=[str(b) for b in slider],
                                slider_label=f"Grad-CAM at blocks.<b>.{POINT}, b =",
                                col_titles=[c.replace("\n", " ") for c in captions],
                                row_titles=[""],

@@ -21,9 +21,19 @@ from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
 
 KINDS = ("norm1.in", "norm1.out", "attn.out", "norm2.in", "norm2.out")
-KIND_LABELS = {"norm1.in": "LN1 input (residual)", "norm1.out": "LN1 output",
-               "attn.out": "attention output", "norm2.in": "LN2 input (residual)",
-               "norm2.out": "LN2 output", "patch_embed.out": "patch projections"}
+# What each branch adds to the residual stream, after layer scale (and whatever else the
+# block applies to the branch): the difference of the residual after and before it. On a
+# layer-scale model (DINOv2, CaiT) attn.out is before the scale and can be 5× smaller than
+# what the block adds.
+ADDED = {"attn.added": ("norm2.in", "norm1.in"), "mlp.added": ("out", "norm2.in")}
+KIND_LABELS = {"norm1.in": "LN1 input = residual entering (norm1.in)",
+               "norm1.out": "LN1 output (norm1.out)",
+               "attn.out": "attention output, before layer scale (attn.out)",
+               "norm2.in": "LN2 input = residual after attention (norm2.in)",
+               "norm2.out": "LN2 output (norm2.out)",
+               "attn.added": "attention adds to the residual (norm2.in − norm1.in)",
+               "mlp.added": "MLP adds to the residual (out − norm2.in)",
+               "patch_embed.out": "patch projections (patch_embed.out)"}
 HIST_IMAGES = 64   # images whose values feed the histograms (a fixed, cheap sample)
 HIST_BINS = 120   # over the full range: the bulk keeps ~10 bins even with 10× outliers
 
@@ -108,7 +118,7 @@ class NormActivations:
 
     name = "norm-activations"
     requires = ("patch_embed.out", "blocks.*.norm1.in", "blocks.*.norm1.out", "blocks.*.attn.out",
-                "blocks.*.norm2.in", "blocks.*.norm2.out")
+                "blocks.*.norm2.in", "blocks.*.norm2.out", "blocks.*.out")
     options = (
         Option("blocks", layer_spec, "first,middle,last", "blocks analysed: all, first,middle,last, "
                "0,5,-1, 2-5", metavar="LAYERS"),
@@ -131,11 +141,16 @@ class NormActivations:
         others = other_prefix(layout)
         hooks = {(b, k): f"blocks.{b}.{k}" for b in blocks for k in KINDS}
         hooks["embed"] = "patch_embed.out"
+        has_out = bool(dump.match("blocks.*.out"))     # dumps made before it was required
+        added = [(b, k) for b in blocks for k in ADDED if has_out or k != "mlp.added"]
+        if has_out:
+            hooks.update({(b, "out"): f"blocks.{b}.out" for b in blocks})
         # histograms show the LayerNorms' inputs and outputs: only those keep a sample
-        acc = {key: ActivationStats(0 if key == "embed" or key[1] == "attn.out" else HIST_IMAGES,
+        acc = {key: ActivationStats(0 if key == "embed" or key[1] not in KINDS or
+                                    key[1] == "attn.out" else HIST_IMAGES,
                                     cls=0 if key == "embed" else cls,
                                     others=() if key == "embed" else others)
-               for key in hooks}
+               for key in [*hooks, *added]}
         out_dir = Path(out_dir)
         with F.Results(out_dir) as results:
             # one pass in chunks of images, every hook per chunk: the token norms of a chunk
@@ -143,14 +158,29 @@ class NormActivations:
             step = min(rows_per_read(dump[name]) for name in hooks.values())
             for start in range(0, n, step):
                 stop = min(n, start + step)
-                norms = {key: acc[key].add(np.asarray(dump[name][start:stop], np.float32), start)
-                         for key, name in hooks.items()}
+                arrays = {key: np.asarray(dump[name][start:stop], np.float32)
+                          for key, name in hooks.items()}
+                norms = {key: acc[key].add(x, start) for key, x in arrays.items()}
+                for b, kind in added:
+                    after, before = ADDED[kind]
+                    acc[b, kind].add(arrays[b, after] - arrays[b, before], start)
+                arrays = None
                 results.append("residual_token_norms",                      # N×B×T
                                np.stack([norms[b, "norm1.in"] for b in blocks], axis=1))
                 results.append("patch_embed_token_norms", norms["embed"])   # N×P
             stats = {key: a.result() for key, a in acc.items()}
             embed = stats["embed"]
+            branch_kinds = [k for k in ADDED if (blocks[0], k) in stats]
+            results["added_kinds"] = np.array(branch_kinds)
+            for key in ("mean", "std", "max_abs", "token_norm_mean"):
+                results[f"added_{key}"] = np.array([[stats[b, k][key] for k in branch_kinds]
+                                                    for b in blocks])
             results["blocks"], results["kinds"] = np.array(blocks), np.array(KINDS)
+            # the norm maps' panels: the chosen blocks' inputs, then what leaves the last block
+            cols = blocks + ([depth] if has_out else [])
+            labels = [f"blocks.{b}.norm1.in" for b in blocks] + \
+                     ([f"blocks.{depth - 1}.out"] if has_out else [])
+            results["norm_map_hooks"] = np.array(labels)
             for key in ("mean", "std", "max_abs"):
                 results[key] = np.array([[stats[b, k][key] for k in KINDS] for b in blocks])
             for key, what in (("token_norm_mean", "token_norm_mean"),
@@ -176,53 +206,72 @@ class NormActivations:
                     float(stats[b, "norm1.in"]["max_abs"]), 3)
                 summary[f"block {b} top residual dim"] = (
                     f"{d} ({ca[d] / max(np.median(ca), 1e-12):.1f}× the median channel)")
+                summary[f"block {b} attention output norm → added to the residual"] = (
+                    f"{stats[b, 'attn.out']['token_norm_mean']:.3g} → "
+                    f"{stats[b, 'attn.added']['token_norm_mean']:.3g}")
+                if (b, "mlp.added") in stats:
+                    summary[f"block {b} MLP adds to the residual (norm)"] = round(
+                        float(stats[b, "mlp.added"]["token_norm_mean"]), 3)
             files = results.save(summary)
-        plot = {key: np.array([[stats[b, k][key] for k in KINDS] for b in blocks])
+        plotted = (*KINDS, *branch_kinds)
+        plot = {key: np.array([[stats[b, k][key] for k in plotted] for b in blocks])
                 for key in ("mean", "std", "max_abs", "token_norm_mean")}
 
         k = min(options.show, n)
         images = np.asarray(dump.images[:k])
         # residual-stream norm per patch for the shown images at every block (GIF, maps)
-        all_norms = np.stack([np.linalg.norm(np.asarray(dump[f"blocks.{b}.norm1.in"][:k], np.float32),
-                                             axis=-1) for b in range(depth)], axis=1)   # k×depth×T
+        # (k×depth×T), then the residual leaving the last block, where the dump has it
+        stream = [f"blocks.{b}.norm1.in" for b in range(depth)]
+        if has_out:
+            stream.append(f"blocks.{depth - 1}.out")
+        all_norms = np.stack([np.linalg.norm(np.asarray(dump[name][:k], np.float32), axis=-1)
+                              for name in stream], axis=1)
         maps = to_grid(all_norms[..., prefix:], layout.grid)
         other_norms = all_norms[..., others].mean(-1) if others else None   # k×depth
         captions = [c.replace("\n", " ") for c in F.captions(dump, k)]
         if options.static:
-            files.append(self._stats_plot(plot, embed, blocks, out_dir, options))
+            files.append(self._stats_plot(plot, embed, blocks, out_dir, options, plotted))
             files.append(self._histograms(stats, blocks, out_dir, options))
             files.append(self._outliers(stats, blocks, top, out_dir, options))
-            files.append(self._norm_maps(images, maps[:, blocks], all_norms[:, blocks, cls], blocks,
+            # short column labels ("block 3 in", "block 11 out"); the title names the hooks
+            shown = [f"block {h.split('.')[1]} {'out' if h.endswith('.out') else 'in'}"
+                     for h in labels]
+            files.append(self._norm_maps(images, maps[:, cols], all_norms[:, cols, cls], shown,
                                          captions, out_dir, options,
-                                         None if other_norms is None else other_norms[:, blocks],
+                                         None if other_norms is None else other_norms[:, cols],
                                          other_prefix_names(layout)))
             if options.gif and depth > 1:
-                files.append(self._gif(images, maps, all_norms[..., cls], out_dir))
+                files.append(self._gif(images, maps, all_norms[..., cls], out_dir, has_out))
         if options.interactive:
             files.append(self._stats_html(plot, blocks, out_dir, options))
             m = min(k, 4)
             fig = I.map_slider(images[:m], maps[:m].transpose(1, 0, 2, 3)[:, :, None],
-                               step_labels=[str(b) for b in range(depth)], slider_label="block",
+                               step_labels=[f"{b} in" for b in range(depth)] +
+                               ([f"{depth - 1} out"] if has_out else []), slider_label="block",
                                col_titles=["‖residual‖ per token"], row_titles=captions[:m],
                                value_label="‖x‖",
-                               title="Residual-stream norm per patch entering each block")
+                               title="Residual-stream norm per patch entering each block "
+                                     "(blocks.i.norm1.in)" + (", and leaving the last "
+                                                              f"(blocks.{depth - 1}.out)"
+                                                              if has_out else ""))
             files.append(I.save_html(fig, out_dir / "token_norms.html", options))
         return files
 
     # ------------------------------------------------------------------------------ figures
 
     @staticmethod
-    def _stats_plot(plot, embed, blocks, out_dir, options) -> Path:
+    def _stats_plot(plot, embed, blocks, out_dir, options, kinds=KINDS) -> Path:
         panels = (("mean", "mean"), ("std", "std"), ("max_abs", "max |x|"),
                   ("token_norm_mean", "mean token L2 norm"))
         x = np.arange(len(blocks))
-        width = 0.8 / len(KINDS)
+        width = 0.8 / len(kinds)
         with F.style() as plt:
             fig, axes = plt.subplots(2, 2, figsize=(10, 6.2))
             for ax, (key, label) in zip(axes.flat, panels):
-                for i, kind in enumerate(KINDS):
-                    ax.bar(x + (i - (len(KINDS) - 1) / 2) * width, plot[key][:, i], width,
-                           label=KIND_LABELS[kind], color=f"C{i}")
+                for i, kind in enumerate(kinds):
+                    ax.bar(x + (i - (len(kinds) - 1) / 2) * width, plot[key][:, i], width,
+                           label=KIND_LABELS[kind], color=f"C{i}",
+                           hatch="//" if kind in ADDED else None)
                 ref = {"mean": embed["mean"], "std": embed["std"], "max_abs": embed["max_abs"],
                        "token_norm_mean": embed["token_norm_mean"]}[key]
                 ax.axhline(ref, color="k", ls=":", lw=1, label="patch projections")
@@ -233,9 +282,10 @@ class NormActivations:
                 if key == "mean":
                     ax.axhline(0, color="gray", lw=0.6)
             handles, labels = axes[0, 0].get_legend_handles_labels()
-            fig.legend(handles, labels, loc="lower center", ncol=6, frameon=False, fontsize=8)
-            fig.suptitle("Activation statistics around the LayerNorms")
-            fig.subplots_adjust(hspace=0.3, wspace=0.15, bottom=0.1)
+            fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=7)
+            fig.suptitle("Activation statistics around the LayerNorms (hatched: what each "
+                         "branch adds to the residual, after layer scale)")
+            fig.subplots_adjust(hspace=0.3, wspace=0.15, bottom=0.2)
             return F.save_static(fig, out_dir / "stats", options)
 
     @staticmethod
@@ -283,7 +333,7 @@ class NormActivations:
                         ax.annotate(str(d), (d, ca[d]), fontsize=6, ha="center", va="bottom",
                                     color="C3")
                     ax.axhline(np.median(ca), color="k", lw=0.7, ls=":")
-                    ax.set_title(f"block {b} · {KIND_LABELS[kind]}: top dim {dims[0]} = "
+                    ax.set_title(f"block {b} · {kind}: top dim {dims[0]} = "
                                  f"{ca[dims[0]] / max(np.median(ca), 1e-12):.1f}× median")
                     ax.set_xlim(-1, len(ca))
                     if r == len(blocks) - 1:
@@ -295,7 +345,7 @@ class NormActivations:
             return F.save_static(fig, out_dir / "outlier_dims", options)
 
     @staticmethod
-    def _norm_maps(images, maps, cls_norms, blocks, captions, out_dir, options,
+    def _norm_maps(images, maps, cls_norms, labels, captions, out_dir, options,
                    other_norms=None, others="") -> Path:
         tiles = np.concatenate([M.image_tiles(images)[:, None],
                                 M.heat_tiles(maps, tuple(M.image_tiles(images[:1]).shape[1:3]))],
@@ -303,31 +353,35 @@ class NormActivations:
         def caption(i, j):
             text = f"max {maps[i, j].max():.1f}\nCLS {cls_norms[i, j]:.1f}"
             return text + (f"\nprefix {other_norms[i, j]:.1f}" if other_norms is not None else "")
-        title = "Residual-stream norm per patch (÷ max of each map)"
+        title = "Residual-stream norm per patch (÷ max of each map): 'in' entering the block " \
+                "(blocks.i.norm1.in), 'out' leaving it (blocks.i.out)"
         if others:
             title += f"\nthe {others} are not on the grid: 'prefix' is their mean norm"
         with F.style():
             lines = 2 if other_norms is None else 3   # 7-pt caption lines at 150 dpi: ~19 px each
             gap = max(tiles.shape[2] // 4, 19 * lines)
             fig = M.Mosaic(tiles, col_breaks=[0], row_gap=gap).figure(
-                title=title, col_labels=["image"] + [f"block {b}" for b in blocks],
+                title=title, col_labels=["image"] + list(labels),
                 row_labels=captions, cbar="‖x‖ ÷ max",
                 captions={(i, j + 1): caption(i, j)
-                          for i in range(len(images)) for j in range(len(blocks))})
+                          for i in range(len(images)) for j in range(len(labels))})
             return F.save_static(fig, out_dir / "token_norms", options)
 
     @staticmethod
-    def _gif(images, maps, cls_norms, out_dir) -> Path:
-        k, depth = maps.shape[:2]
+    def _gif(images, maps, cls_norms, out_dir, last_out=False) -> Path:
+        k, frames = maps.shape[:2]
+        depth = frames - 1 if last_out else frames
         tiles = np.concatenate([M.image_tiles(images)[:, None], M.overlay_tiles(images[:, None], maps)],
                                axis=1)                                  # k×(1+depth)×S×S×3
         strips, headers = [], []
-        for b in range(depth):
+        for b in range(frames):
             strips.append(M.Mosaic(np.stack([tiles[:, 0], tiles[:, b + 1]], axis=1)).array)
             # the part that changes per frame (the block) on the first line, where it is read
-            headers.append(f"block {b} · max {maps[:, b].max():.1f} · CLS "
+            leaving = b == depth
+            headers.append(f"block {b - 1 if leaving else b} · max {maps[:, b].max():.1f} · CLS "
                            f"{cls_norms[:, b].mean():.1f}\n"
-                           f"residual-stream norm per token entering the block")
+                           f"residual-stream norm per token "
+                           f"{'leaving the last block (out)' if leaving else 'entering the block (norm1.in)'}")
         return F.save_gif(M.text_frames(strips, headers), out_dir / "token_norms.gif",
                           duration_ms=600)
 

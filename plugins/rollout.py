@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.methods import FUSIONS, LazyArrays, fuse_heads
+from vitscope.methods import sinks as S
 from vitscope.methods import get as map_method
 from vitscope.plugin import (NanMean, Option, append_maps, block_index, cls_index, mask_area,
                              mask_summary_from, mass_in_mask, n_images, other_prefix,
@@ -67,9 +68,11 @@ class Rollout:
         layers = list(range(start, end + 1))
         out_dir = Path(out_dir)
         with F.Results(out_dir) as results:
+            tops: dict[str, list] = {}
             maps, evo, numbers, share = self._compute(dump, names[start:end + 1], n, k, options,
                                                       layout, results, cls_index(layout, self.name),
-                                                      len(names))
+                                                      len(names), tops)
+            sink = _sink_warning(tops, names[start:end + 1], layers, results)
             for key, value in dict(layers=np.array(layers), labels=dump.labels[:n],
                                    preds=dump.preds[:n], fusion=options.fusion,
                                    discard_ratio=options.discard_ratio, **numbers).items():
@@ -81,15 +84,19 @@ class Rollout:
                 summary["rollout_to_other_prefix"] = round(share, 4)
             if numbers:
                 summary.update(_mask_numbers(numbers))
+            summary.update(sink["summary"])
             files = results.save(summary)
-        note = prefix_note(layout, share, "the maps")
+        note = "\n".join(x for x in (prefix_note(layout, share, "the maps"), sink["title"]) if x)
+        settings = f"{options.fusion} fusion, discard {options.discard_ratio:g}, " \
+                   f"blocks {start}–{end}"
         images = np.asarray(dump.images[:k])
         captions = F.captions(dump, k)
         if options.static:
-            files.append(self._per_image(images, maps[:k], captions, options, out_dir, note))
+            files.append(self._per_image(images, maps[:k], captions, options, out_dir, note,
+                                         settings))
             rows = min(k, 4)   # the evolution figure shows at most 4 of the `show` images
             files.append(self._evolution(images[:rows], evo[:rows], layers, captions, options,
-                                         out_dir, note))
+                                         out_dir, note, settings))
             if numbers:
                 files.append(self._mask_plot(numbers, layers, options, out_dir))
         if options.interactive:
@@ -98,16 +105,15 @@ class Rollout:
                                step_labels=[str(l) for l in layers], slider_label="rollout up to layer",
                                col_titles=captions[:m], row_titles=[""],
                                value_label="rollout",
-                               title=f"Attention rollout ({options.fusion} fusion, discard "
-                                     f"{options.discard_ratio:g}) up to each layer" +
-                                     (f" · {note}" if note else ""))
+                               title=f"Attention rollout ({settings}) up to each layer" +
+                                     (f" · {note}".replace("\n", " · ") if note else ""))
             files.append(I.save_html(fig, out_dir / "rollout.html", options))
         return files
 
     # ------------------------------------------------------------------------------ compute
 
     @staticmethod
-    def _compute(dump, names, n, k, options, layout, results, cls, depth):
+    def _compute(dump, names, n, k, options, layout, results, cls, depth, tops=None):
         """Batched over images in chunks (about maps.READ_BYTES of float32 attention per layer),
         one batched matmul per layer and chunk. The per-image maps go to `results` chunk by chunk;
         kept are the first k images' maps (figures) and a few numbers per image (mask).
@@ -124,7 +130,7 @@ class Rollout:
             e = min(n, s + chunk)
             raw: list[np.ndarray] = []
             layers = LazyArrays(names, lambda name, s=s, e=e: _read_layer(
-                dump, name, s, e, options.fusion, prefix, raw, cls))
+                dump, name, s, e, options.fusion, prefix, raw, cls, tops))
             out = map_method("rollout").compute(layers, layout, options, depth)
             maps, evo, row = out.maps, out.steps, out.extra["cls_row"]    # N×h×w, N×L×h×w, N×T
             if share is not None:   # N: the CLS row's rollout mass not drawn on the grid
@@ -155,21 +161,20 @@ class Rollout:
     # ------------------------------------------------------------------------------ figures
 
     @staticmethod
-    def _per_image(images, maps, captions, options, out_dir, note="") -> Path:
+    def _per_image(images, maps, captions, options, out_dir, note="", settings="") -> Path:
         """original | rollout | overlay for each image, in two side-by-side groups when many."""
         return M.map_triptych(images, maps, captions, map_label="rollout", stem=out_dir / "rollout",
-                              options=options, title=f"Attention rollout ({options.fusion} fusion, "
-                                                     f"discard {options.discard_ratio:g})"
+                              options=options, title=f"Attention rollout ({settings})"
                                                      + (f"\n{note}" if note else ""))
 
     @staticmethod
-    def _evolution(images, evo, layers, captions, options, out_dir, note="") -> Path:
+    def _evolution(images, evo, layers, captions, options, out_dir, note="", settings="") -> Path:
         """Rows = images; columns = the image, then the rollout up to each layer."""
         overlays, peaks, top = M.scaled_overlay_tiles(images[:, None], evo, options.scale)
         tiles = np.concatenate([M.image_tiles(images)[:, None], overlays], axis=1)
         with F.style():
             fig = M.Mosaic(tiles, row_gap=max(8, tiles.shape[2] // 8)).figure(
-                title="Rollout up to each layer (layer-wise evolution)" +
+                title=f"Rollout up to each layer ({settings})" +
                       (f"\n{note}" if note else ""),
                 col_labels=["image"] + [f"≤ {l}" for l in layers],
                 row_labels=[c.replace("\n", " ") for c in captions[:len(images)]],
@@ -204,14 +209,44 @@ class Rollout:
             return F.save_static(fig, out_dir / "rollout_mask", options)
 
 
-def _read_layer(dump, name, start, stop, fusion, prefix, raw_cls: list, cls: int = 0):
+def _read_layer(dump, name, start, stop, fusion, prefix, raw_cls: list, cls: int = 0,
+                tops: dict | None = None):
     """One layer's attention for images start..stop as stored (fp16: half the memory of
     float32; fuse_heads reduces it as it is), read when the rollout reaches it so one layer is
     in memory at a time; its fused CLS row (token `cls`) goes to raw_cls for the
-    raw-attention comparison."""
+    raw-attention comparison, and the share of its mass its top token receives to `tops`."""
     attn = dump[name][start:stop]
     raw_cls.append(fuse_heads(attn[:, :, cls:cls + 1, :], fusion)[:, 0, prefix:])
+    if tops is not None:
+        tops.setdefault(name, []).append(S.top_token_share(attn)[0])
     return attn
+
+
+def _sink_warning(tops: dict, names: list[str], layers: list[int], results) -> dict:
+    """Blocks where one token takes most of the attention mass (an attention sink, which
+    rollout multiplies in and which then becomes the map), for the summary and the titles,
+    with the start_layer that leaves them out."""
+    if not tops or any(name not in tops for name in names):
+        return {"summary": {}, "title": ""}
+    shares = np.stack([np.concatenate(tops[name]) for name in names], axis=1)    # N×L
+    results["top_token_share"] = shares.astype(np.float32)
+    mean = shares.mean(axis=0)
+    dominated = S.dominated_layers(shares)
+    summary = {"top_token_share_by_block": {str(l): round(float(m), 4)
+                                            for l, m in zip(layers, mean)}}
+    if not dominated:
+        return {"summary": summary, "title": ""}
+    blocks = [layers[i] for i in dominated]
+    worst = max(dominated, key=lambda i: mean[i])
+    start = S.start_layer_avoiding(layers, dominated)
+    fix = (f"--opt rollout.start_layer={start} leaves {'it' if len(blocks) == 1 else 'them'} out"
+           if start is not None else "no start_layer leaves them out (the last block has one)")
+    text = (f"attention sink: in block{'s' if len(blocks) > 1 else ''} "
+            f"{', '.join(map(str, blocks))} one token takes most of the attention "
+            f"(up to {mean[worst]:.0%}); {fix} (attention-sinks plugin)")
+    summary.update(attention_sink_blocks=blocks, suggested_start_layer=start,
+                   warning=text)
+    return {"summary": summary, "title": "⚠ " + text}
 
 
 def _mask_numbers(numbers: dict) -> dict:

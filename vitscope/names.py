@@ -17,6 +17,11 @@ them at 2/T of the full weights' size (1% at 197 tokens), and a dump of the full
 a slice suffix matches slices: `blocks.*.attn.weights.cls_row` and `...weights.cls_*` do,
 `**`, `blocks.*.attn.*` and `blocks.*.attn.weights.*` do not, so globs over everything never capture the same numbers twice.
 
+A block index may count from the end: `blocks.-1.norm1.out` is the last block's, resolved
+against the names it is matched with (a model's or a dump's full list of hook points: the
+largest block index there is the last block), so a plugin can ask for "the last block"
+without knowing the depth.
+
 Gradients are named like activations with a `grad:` prefix: `grad:blocks.*.attn.weights` in a
 plugin's `requires` asks for d logit[target] / d `blocks.i.attn.weights` of every block
 (`split_grads`, `with_grads`).
@@ -154,10 +159,23 @@ def _glob_regex(pattern: str) -> re.Pattern:
                         f"use `*`, `**`, `?` or a set such as [0-3].") from None
 
 
+_FROM_END = re.compile(r"^(grad:)?blocks\.-(\d+)\.")
+
+
 def match_names(pattern: str, names: Iterable[str]) -> list[str]:
     """The names matching one glob (see module docstring), in the order given. A CLS slice
     matches only a pattern whose last segment spells part of its suffix (`cls_row`,
-    `cls_*`), not one of wildcards alone (`*`, `**`)."""
+    `cls_*`), not one of wildcards alone (`*`, `**`). `blocks.-k.` counts from the last
+    block among `names`."""
+    names = list(names)
+    end = _FROM_END.match(pattern)
+    if end:
+        blocks = [b for b in (block_of(n.removeprefix(GRAD_PREFIX)) for n in names)
+                  if b is not None]
+        k, depth = int(end.group(2)), (max(blocks) + 1 if blocks else 0)
+        if not 1 <= k <= depth:
+            return []
+        pattern = f"{end.group(1) or ''}blocks.{depth - k}." + pattern[end.end():]
     rx = _glob_regex(pattern)
     named = pattern.rpartition(".")[2].strip("*?") != ""
     return [n for n in names if rx.match(n) and (named or slice_of(n) is None)]

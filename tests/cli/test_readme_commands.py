@@ -31,6 +31,9 @@ SKIPS = [
     (r"^vitscope import \S+ .*--weights|^vitscope import hf:",
      "needs a model's published weights, downloaded from the network (tests/model/"
      "test_import_command.py imports each family from random weights the test writes)"),
+    (r"^vitscope import \S+ .*--pretrained",
+     "downloads the model's pretrained weights from the hub (tests/model/"
+     "test_pretrained_import.py imports from a hub cache the test builds, offline)"),
     (r"(^|[ :=])[A-Z][A-Z_]{2,}(\.\w+)?( |$)",
      "a placeholder (IMAGES, FILE, ...) for the reader's own files"),
     (r"(--data|data=|--set data=)\s*cifar(10|100)\b", "downloads CIFAR from the network"),

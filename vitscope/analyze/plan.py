@@ -216,6 +216,8 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
                                    hooks=patterns, batch_size=batch_size, device=dev,
                                    progress=True, target=target)
         progress.dump = None if reused else path
+        from vitscope._internal.memory import give_back
+        give_back()   # the capture's memory, before the plugins render beside this process
     hooks, size, (grads, target_spec) = _dump_contents(path)
     held = summarize_names(hooks) + (f"; gradients of {summarize_names(grads)} for target "
                                      f"{target_spec}" if grads else "")

@@ -31,7 +31,9 @@ def explain(model: Any, images: Any, methods: str | Sequence[str] | None = None,
     """Explain `images` with each of `methods` on `model`; returns an Explanation.
 
     model       a vitscope ViT, a checkpoint path, or a timm / torchvision / Hugging Face ViT
-                object (wrapped in place while it runs, then handed back unchanged)
+                object (wrapped in place while it runs, then handed back unchanged), or a
+                model name, "timm:NAME" or "hf:ORG/NAME", fetched pretrained through the
+                family's hub cache (as `vitscope import --pretrained`)
     images      PIL images, file paths, a folder, a --data spec, or a uint8 / float array or
                 tensor (vitscope.api.images)
     methods     map methods by plugin name (default: every one that needs no more than one

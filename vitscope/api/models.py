@@ -29,6 +29,7 @@ from vitscope.errors import ConfigError
 from vitscope.model.hooks import is_hooked
 
 FAMILIES = ("vitscope", "timm", "torchvision", "hf", "hf-clip", "openclip")
+HUB_SOURCES = ("timm:", "hf:")       # a model name the API fetches pretrained (_from_hub)
 _PACKAGES = {"timm": "timm", "torchvision": "torchvision", "transformers": "hf",
              "open_clip": "openclip"}
 _ADAPTERS = {"timm": ("vitscope.model.adapters.timm", "TimmViT"),
@@ -93,7 +94,9 @@ class ModelSource:
         self.processor = processor
         self.device = device
         self._loaded: Model | None = None
-        if isinstance(model, (str, Path)):
+        if isinstance(model, str) and model.startswith(HUB_SOURCES) and not Path(model).exists():
+            self._loaded = self._override(_from_hub(model, device))
+        elif isinstance(model, (str, Path)):
             self._loaded = self._override(_from_checkpoint(Path(model), device))
         elif not isinstance(model, nn.Module):
             raise ConfigError(f"vitscope takes a model as a checkpoint path or a torch module "
@@ -183,6 +186,26 @@ def _from_checkpoint(path: Path, device) -> Model:
     family = ckpt.arch if ckpt.arch in FAMILIES else "vitscope"
     return Model(hooked, family, f"checkpoint {path}", list(ckpt.classes), preprocessing(ckpt),
                  mean, std, ckpt, hooked)
+
+
+def _from_hub(source: str, device) -> Model:
+    """"timm:NAME" or "hf:ORG/NAME": the pretrained model through the family's own hub code
+    (vitscope.model.adapters.hub), what `vitscope import --pretrained` writes, kept in memory."""
+    import importlib
+
+    from vitscope._internal.devices import resolve_device
+    from vitscope.model.adapters import FAMILIES as ADAPTED
+    family, _, name = source.partition(":")
+    if not name:
+        raise ConfigError(f"'{source}' names no model; e.g. timm:vit_small_patch16_224 or "
+                          f"hf:facebook/dinov2-small.")
+    imported = importlib.import_module(ADAPTED[family][0]).import_source(name, pretrained=True)
+    hooked = imported.model.to(resolve_device(device or "cpu")).eval()
+    classes = list(imported.classes or [])
+    if not classes and hooked.cfg.num_classes == 1000:
+        classes = imagenet_classes()
+    return Model(hooked, family, f"{family} {name} (pretrained)", classes, imported.preprocess,
+                 imported.mean, imported.std, owner=hooked)
 
 
 @contextlib.contextmanager

@@ -81,8 +81,16 @@ def imagenet_classes() -> list[str]:
 @click.option("--image-size", default=None, metavar="H[xW]",
               help="Input size other than the model's default, e.g. 224x320 (timm, hf; the "
                    "position embedding is resampled when loading --weights where timm can).")
+@click.option("--num-classes", type=click.IntRange(0, 1 << 20), default=None,
+              help="Outputs of the classifier head (timm, hf). Default: read from --weights' "
+                   "head when it differs from the model's default (a fine-tuned head).")
+@click.option("--pretrained", is_flag=True,
+              help="Fetch the family's pretrained weights through its own hub code into its "
+                   "normal cache (timm pretrained=True; hf:ORG/NAME from the Hugging Face hub). "
+                   "Offline (HF_HUB_OFFLINE=1) it reads that cache only.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def import_cmd(source, weights, output, classes_file, image_size, force) -> None:
+def import_cmd(source, weights, output, classes_file, image_size, num_classes, pretrained,
+               force) -> None:
     """Import a timm, torchvision or Hugging Face ViT as a vitscope checkpoint.
 
     SOURCE is timm:NAME (e.g. timm:vit_small_patch16_224), torchvision:NAME (e.g.
@@ -98,6 +106,12 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
     from vitscope.errors import ConfigError
 
     family, name = parse_source(source)
+    if pretrained and weights:
+        raise ConfigError("--pretrained fetches the weights and --weights gives them; pass one "
+                          "of the two.")
+    if (pretrained or num_classes is not None) and family == "torchvision":
+        raise ConfigError(f"--pretrained and --num-classes take timm: or hf: sources; for "
+                          f"{source} pass its weights file with --weights FILE.")
     out = Path(output)
     size = parse_size(image_size)
     classes = read_classes(classes_file) if classes_file else None
@@ -113,7 +127,8 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
                 raise ConfigError(f"'{out}' already exists; pass --force to overwrite it or "
                                   f"choose another path with -o.")
             model, imported, classes = _import(family, name, source, weights, size, classes,
-                                               classes_file, out, force)
+                                               classes_file, out, force, num_classes,
+                                               pretrained)
     except BaseException:
         remove_empty(created)
         raise
@@ -125,7 +140,7 @@ def import_cmd(source, weights, output, classes_file, image_size, force) -> None
                f"{[round(m, 3) for m in imported.mean]}, std {[round(s, 3) for s in imported.std]}; "
                f"{len(classes) or 'no'} class names" +
                ("" if cfg.num_classes else " (a feature model: no classifier head)") + ".")
-    if used is None:
+    if used is None and not pretrained:
         click.secho(f"WARNING: {cfg.name} has RANDOM weights (no --weights given): every figure "
                     f"and score of this checkpoint describes an untrained model. The checkpoint "
                     f"records it (train_config.random_weights).", err=True, fg="red", bold=True)
@@ -142,8 +157,10 @@ def _adapter_family(family: str, name: str) -> str:
     return "hf-clip" if isinstance(raw, dict) and raw.get("model_type") in MODEL_TYPES else family
 
 
-def _import(family, name, source, weights, size, classes, classes_file, out, force):
+def _import(family, name, source, weights, size, classes, classes_file, out, force,
+            num_classes=None, pretrained=False):
     """Build the model, check it, write the checkpoint whole (module docstring)."""
+    import contextlib
     import importlib
 
     from vitscope._internal.files import partial_path, publish
@@ -154,9 +171,14 @@ def _import(family, name, source, weights, size, classes, classes_file, out, for
     from vitscope.model.adapters.verify import verify
     from vitscope.model.checkpoint import load_checkpoint, save_checkpoint
 
-    module = importlib.import_module(FAMILIES[_adapter_family(family, name)][0])
-    with offline():   # nothing is downloaded, whatever a folder or a library asks for
-        imported = module.import_source(name, Path(weights) if weights else None, size)
+    adapter = _adapter_family(family, name)
+    module = importlib.import_module(FAMILIES[adapter][0])
+    # fine-tuned heads and the hub: the timm and transformers loaders take both
+    extra = ({"num_classes": num_classes, "pretrained": pretrained}
+             if adapter in ("timm", "hf") else {})
+    # nothing is downloaded, whatever a folder or a library asks for, unless --pretrained asks
+    with contextlib.nullcontext() if pretrained else offline():
+        imported = module.import_source(name, Path(weights) if weights else None, size, **extra)
     model = imported.model
     verify(imported, f"{family}:{name}")
     used = getattr(model, "source_weights", None) or (Path(weights) if weights else None)
@@ -180,7 +202,8 @@ def _import(family, name, source, weights, size, classes, classes_file, out, for
         "source": f"{family}:{name}",
         "weights": str(Path(used).resolve()) if used else None,
         "weights_sha256": file_sha256(used) if used else None,
-        "random_weights": used is None,
+        "random_weights": used is None and not pretrained,
+        "pretrained": getattr(model, "hub_id", None) or (name if pretrained else None),
         "preprocess": pp.to_dict(),
         "normalize": {"mean": imported.mean, "std": imported.std},
     }

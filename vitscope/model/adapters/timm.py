@@ -29,7 +29,8 @@ class TimmConfig(ForeignConfig):
     @classmethod
     def create(cls, name: str, **kwargs: Any) -> "TimmConfig":
         timm = require("timm", "timm")
-        if name not in timm.list_models():
+        # "name.tag" (e.g. vit_small_patch16_224.augreg_in1k) picks timm's pretrained weights
+        if not timm.models.is_model(name.split(".")[0]):
             import difflib
             close = difflib.get_close_matches(name, timm.list_models("vit_*") + timm.list_models(
                 "deit*"), 3)
@@ -159,15 +160,31 @@ def _unflat(new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return new.view(like.shape)
 
 
-def import_source(name: str, weights=None, image_size=None) -> Imported:
-    """timm:NAME -> the model (weights from a file, else random) and timm's data config."""
+def import_source(name: str, weights=None, image_size=None, num_classes=None,
+                  pretrained=False) -> Imported:
+    """timm:NAME -> the model (weights from a file, timm's hub with `pretrained`, else random)
+    and timm's data config. A file whose classifier has another number of outputs than the
+    model's default (a fine-tuned head) builds the model with that many (`head_classes`);
+    `num_classes` says it explicitly, and a file that disagrees with it is refused."""
     import sys
 
     from vitscope.model.adapters.weights import load_into, read_weights
     kwargs = {} if image_size is None else {"img_size": tuple(image_size)}
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    if pretrained:
+        from vitscope.model.adapters.hub import timm_pretrained
+        model = TimmViT(TimmConfig.create(name, **kwargs), timm_pretrained(name, kwargs))
+        model.source_weights = _cached_file(model.model)
+        model.hub_id = _hub_id(model.model, name)
+        pp, mean, std = preprocessing(model)
+        return Imported(model, pp, mean, std)
+    state = read_weights(weights) if weights is not None else None
     model = TimmViT(TimmConfig.create(name, **kwargs))
-    if weights is not None:
-        state = read_weights(weights)
+    found = head_classes(state) if state is not None and num_classes is None else None
+    if found is not None and found != model.cfg.num_classes:   # a fine-tuned head
+        model = TimmViT(TimmConfig.create(name, **kwargs, num_classes=found))
+    if state is not None:
         # timm's own converter: original DINOv2/DeiT/JAX layouts, position-embedding resampling
         convert = getattr(sys.modules.get(type(model.model).__module__), "checkpoint_filter_fn",
                           None)
@@ -176,9 +193,37 @@ def import_source(name: str, weights=None, image_size=None) -> Imported:
                 state = convert(state, model.model)
             except Exception:  # a file it cannot convert is judged by load_into below
                 pass
-        load_into(model.model, state, weights, f"timm's {name}")
+        load_into(model.model, state, weights, f"timm's {name} with {model.cfg.num_classes} "
+                                               f"classes")
     pp, mean, std = preprocessing(model)
     return Imported(model, pp, mean, std)
+
+
+def head_classes(state: dict) -> int | None:
+    """The number of outputs of the classifier in a timm state_dict (`head.weight`, N×D), or
+    None where it has no such head (a feature model's file, another layout)."""
+    head = state.get("head.weight")
+    if head is None or head.ndim != 2:
+        return None
+    return int(head.shape[0])
+
+
+def _cached_file(model):
+    """The weight file timm read from the hub cache (None where it came from a URL)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if not cfg.get("hf_hub_id"):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    for filename in (cfg.get("hf_hub_filename"), "model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(cfg["hf_hub_id"], filename) if filename else None
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _hub_id(model, name: str) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("hf_hub_id") or cfg.get("url") or name)
 
 
 def preprocessing(model: TimmViT):

@@ -229,27 +229,41 @@ DEFAULT_PROCESSORS = {
 }
 
 
-def import_source(folder: str, weights=None, image_size=None) -> Imported:
+def import_source(folder: str, weights=None, image_size=None, num_classes=None,
+                  pretrained=False) -> Imported:
     """hf:DIR (a folder saved by `save_pretrained`) -> the model with the folder's weights
     (or --weights, or random), its image processor's resize/crop/mean/std, id2label names.
     The folder is read as data and checked first (vitscope.model.adapters.hf_folder): no code
-    from it runs and nothing is downloaded."""
+    from it runs and nothing is downloaded. With `pretrained`, `folder` is a hub id whose
+    snapshot the hub fetches into its cache first (vitscope.model.adapters.hub).
+
+    --weights are loaded through transformers' own key conversion (older and newer key
+    names); a classifier with another number of outputs than config.json's labels (a
+    fine-tuned head), or `num_classes`, sets the labels. Another --image-size is the folder's
+    model at its own size with the position embedding resampled by the family's own
+    `interpolate_pos_encoding`."""
     from pathlib import Path
 
     from vitscope.model.adapters import hf_folder
-    from vitscope.model.adapters.weights import load_into, read_weights
+    from vitscope.model.adapters.weights import read_weights
     from vitscope.errors import CheckpointError
     transformers = require("transformers", "Hugging Face")
     root = Path(folder)
+    if pretrained and not root.is_dir():
+        from vitscope.model.adapters.hub import hf_snapshot
+        root = hf_snapshot(str(folder))
     if not (root / "config.json").exists():
         raise CheckpointError(f"'{root}' is not a saved Hugging Face model folder (no "
-                              f"config.json); save one with model.save_pretrained(DIR).")
+                              f"config.json); save one with model.save_pretrained(DIR)" +
+                              (", or add --pretrained to fetch a hub id such as "
+                               "facebook/dinov2-small." if "/" in str(folder) and
+                               not root.exists() else "."))
     settings = hf_folder.read_config(root)
     if image_size is not None:
-        settings["image_size"] = list(image_size) if image_size[0] != image_size[1] \
-            else image_size[0]
-        hf_folder.check_sizes(settings, f"'{root / 'config.json'}' at --image-size "
-                                        f"{image_size[0]}x{image_size[1]}")
+        resized = dict(settings, image_size=list(image_size) if image_size[0] != image_size[1]
+                       else image_size[0])
+        hf_folder.check_sizes(resized, f"'{root / 'config.json'}' at --image-size "
+                                       f"{image_size[0]}x{image_size[1]}")
     model_type = settings.pop("model_type")
     processor = hf_folder.read_processor(root)
     files = hf_folder.weight_files(root)
@@ -258,27 +272,125 @@ def import_source(folder: str, weights=None, image_size=None) -> Imported:
         config._attn_implementation = "sdpa"
         names = list(getattr(config, "architectures", None) or [])
         model_cls = _model_class(names[0] if names else "ViTModel", config)
+        state = read_weights(weights) if weights is not None else None
+        if num_classes is not None or state is not None:
+            _fit_labels(config, state, num_classes, model_cls)
         if weights is None and files:
             for f in files:   # one sentence for a hostile file, before transformers reads it
                 read_weights(f)
-            model = model_cls.from_pretrained(str(root), config=config, local_files_only=True,
-                                              trust_remote_code=False,
-                                              attn_implementation="sdpa")
+            try:
+                model = model_cls.from_pretrained(str(root), config=config,
+                                                  local_files_only=True,
+                                                  trust_remote_code=False,
+                                                  attn_implementation="sdpa")
+            except RuntimeError as e:    # --num-classes against the folder's own classifier
+                if "mismatch" not in str(e).lower():
+                    raise
+                raise _misfit(files[0], f"the {model_cls.__name__} of {root} with "
+                                        f"{config.num_labels} classes",
+                              "the classifier's shape differs") from None
             weights = files[0]
+        elif state is not None:
+            model = _load_converted(model_cls, config, state, weights, root)
         else:
             model = model_cls(config)
-            if weights is not None:
-                load_into(model, read_weights(weights), weights,
-                          f"the {model_cls.__name__} of {root}")
+        if image_size is not None:
+            model = _resized(model_cls, model.eval(), tuple(image_size), root)
     adapted = HFViT(HFConfig.from_model(model), model.eval())
     pp, mean, std = _processor(root, model_type, adapted.cfg.image_size, processor)
-    labels = getattr(config, "id2label", None) or {}
+    labels = getattr(model.config, "id2label", None) or {}
     classes = [str(labels[i]) for i in sorted(labels)] if labels else None
     if classes and (all(c == f"LABEL_{i}" for i, c in enumerate(classes))
                     or len(classes) != adapted.cfg.num_classes):
         classes = None
     adapted.source_weights = weights
     return Imported(adapted, pp, mean, std, classes)
+
+
+def _fit_labels(config, state, num_classes, model_cls) -> None:
+    """config's number of labels set to `num_classes`, else to the rows of the weights'
+    classifier where they differ from config.json's (their names then unknown)."""
+    rows = None
+    if state is not None:
+        head = next((v for k, v in state.items() if k.endswith("classifier.weight")
+                     and not k.endswith("distillation_classifier.weight")
+                     and getattr(v, "ndim", 0) == 2), None)
+        rows = int(head.shape[0]) if head is not None else None
+    wanted = num_classes if num_classes is not None else rows
+    if wanted is None or wanted == config.num_labels:
+        return
+    if not any(n in model_cls.__name__ for n in ("Classification",)):
+        return       # a model without a head: load_into refuses a file that has one
+    config.id2label = {i: f"LABEL_{i}" for i in range(int(wanted))}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+
+
+def _load_converted(model_cls, config, state, path, root):
+    """`model_cls` with `state` loaded through transformers' own key conversion (older
+    `attention.attention.query` and newer `attention.q_proj` names alike), strictly: a
+    missing, unexpected or mis-shaped tensor is one sentence."""
+    import contextlib
+    import io
+    what = f"the {model_cls.__name__} of {root}"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            model, info = model_cls.from_pretrained(None, config=config, state_dict=dict(state),
+                                                    output_loading_info=True,
+                                                    attn_implementation="sdpa")
+    except (RuntimeError, ValueError) as e:
+        reason = "a tensor's shape differs from the model's" if "mismatch" in str(e).lower() \
+            else (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise _misfit(path, what, reason) from None
+    for key, label in (("mismatched_keys", "mis-shaped"), ("missing_keys", "missing"),
+                       ("unexpected_keys", "unexpected")):
+        keys = sorted(map(str, info.get(key) or ()))
+        if keys:
+            shown = ", ".join(k if isinstance(k, str) else str(k[0]) for k in keys[:3])
+            raise _misfit(path, what, f"{len(keys)} {label} tensors, e.g. {shown}")
+    return model
+
+
+def _misfit(path, what: str, reason: str):
+    from vitscope.errors import CheckpointError
+    return CheckpointError(f"The weights in '{path}' do not fit {what} ({reason}); check that "
+                           f"the file is this model's (and its image size and classes).")
+
+
+def _resized(model_cls, model, size: tuple[int, int], root):
+    """`model` rebuilt for inputs of `size` = (h, w), its position embedding resampled by the
+    family's own `interpolate_pos_encoding` (what the model does at run time for another
+    size), every other tensor unchanged."""
+    config = model.config
+    native = config.image_size
+    native = (native, native) if isinstance(native, int) else tuple(native)
+    if tuple(size) == native:
+        return model
+    emb = model.base_model.embeddings
+    pe = getattr(emb, "position_embeddings", None)
+    if not isinstance(pe, torch.Tensor) or not hasattr(emb, "interpolate_pos_encoding"):
+        raise ConfigError(f"The {type(model).__name__} of '{root}' has no position embedding "
+                          f"transformers can resample, so --image-size cannot change it from "
+                          f"{native[0]}x{native[1]}; leave --image-size out.")
+    patch = config.patch_size
+    ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    prefix = pe.shape[1] - (native[0] // ph) * (native[1] // pw)
+    new_patches = (size[0] // ph) * (size[1] // pw)
+    with torch.no_grad():
+        like = pe.new_zeros(1, prefix + new_patches, pe.shape[-1])
+        new_pe = emb.interpolate_pos_encoding(like, size[0], size[1])
+    if tuple(new_pe.shape) != (1, prefix + new_patches, pe.shape[-1]):
+        raise ConfigError(f"transformers resampled the position embedding of '{root}' to "
+                          f"{tuple(new_pe.shape)} for {size[0]}x{size[1]}, not the "
+                          f"{prefix + new_patches} tokens that size has; leave --image-size out "
+                          f"or choose a size its patch size {ph}x{pw} divides.")
+    name = next(n for n, p in model.named_parameters() if p is pe)
+    state = model.state_dict()
+    state[name] = new_pe.detach().clone()
+    new_config = copy.deepcopy(config)
+    new_config.image_size = list(size) if size[0] != size[1] else size[0]
+    new = model_cls(new_config)
+    new.load_state_dict(state)
+    return new.eval()
 
 
 def _processor(root, model_type: str, size, checked: dict | None = None) -> tuple:
