@@ -143,7 +143,7 @@ class Explanation:
     # ---------------------------------------------------------------------- evidence
 
     def score(self, *, perturbation: str = "drop", seed: int = 0, batch_size: int = 256,
-              echo=None) -> "Evidence":
+              draws: int = 5, echo=None) -> "Evidence":
         """Faithfulness (deletion and insertion beside a random order and image-only
         baselines), the model-randomisation test, and localisation where the images have
         object masks, each with a bootstrap 95% CI over images: what `vitscope score`
@@ -164,15 +164,15 @@ class Explanation:
         with self._source.open() as m:
             x = b.model_inputs(m.mean, m.std, device=m.device, dtype=m.dtype)
 
-            def recompute(random_model) -> dict[str, np.ndarray]:
-                randomised = dataclasses.replace(m, hooked=random_model)
-                return run_maps(randomised, b, self._methods, self.options, self.targets,
+            def recompute(some_model, targets) -> dict[str, np.ndarray]:
+                other = dataclasses.replace(m, hooked=some_model)
+                return run_maps(other, b, self._methods, self.options, np.asarray(targets),
                                 batch_size=self.batch_size).maps
 
             report = evaluate_maps(m.hooked, x, self.images, self.targets, self.maps,
                                    m.layout, b.masks, recompute, info,
                                    perturbation=perturbation, batch_size=batch_size, seed=seed,
-                                   echo=echo or (lambda s: None))
+                                   draws=draws, echo=echo or (lambda s: None))
         return Evidence(report)
 
     # -------------------------------------------------------------------------- files
@@ -277,6 +277,7 @@ class Evidence:
         return write(self.report, Path(out_dir))
 
     def _repr_html_(self) -> str:
+        from vitscope.score.outputs import verdict_text
         r = self.report
         methods, base = r["methods"], r["baselines"]["faithfulness"]
         rows = []
@@ -289,8 +290,7 @@ class Evidence:
             rows.append([name if name in methods else f"{name} (baseline)",
                          f["deletion_auc"].text(), f["insertion_auc"].text(), beats,
                          "—" if rand is None else rand["steps"][-1]["rho"].text(2),
-                         "—" if rand is None else rand["verdict"] +
-                         (", class-agnostic" if rand["class_agnostic"] else "")])
+                         "—" if rand is None else verdict_text(methods[name])])
         header = ["map", "deletion AUC ↓ [95% CI]", "insertion AUC ↑ [95% CI]",
                   "beats the random order on", "ρ after randomising all", "randomisation"]
         body = D.table(header, rows)

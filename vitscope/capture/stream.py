@@ -77,7 +77,9 @@ class CaptureRequest:
     classes: list[str] | None = None  # the model's class names without a checkpoint
     limit: int | None = None        # the first `limit` images of the shuffled split
     batch_size: int | None = None   # None: the largest batch within BATCH_MEMORY (auto)
-    dtype: str = "float16"          # how activations and gradients are stored
+    dtype: str = "float16"          # how activations are stored
+    grad_dtype: str = "float32"     # how gradients are stored: small gradients flush to zero
+                                    # in float16 (a layer-scale ViT lost 96% of them)
     compression: str | None = "lzf"
     shard: tuple[int, int] | str | None = None   # (i, n) or "i/n": the i-th of n ranges
     force: bool = False             # replace an existing file
@@ -102,9 +104,10 @@ class CaptureRequest:
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
                                   or batch < 1):
             raise DumpError(f"--batch-size must be a positive integer, got {batch!r}.")
-        if self.dtype not in DTYPES:
-            raise DumpError(f"Unknown dump dtype '{self.dtype}'; use one of "
-                            f"{', '.join(DTYPES)}.")
+        for what, value in (("dump", self.dtype), ("gradient", self.grad_dtype)):
+            if value not in DTYPES:
+                raise DumpError(f"Unknown {what} dtype '{value}'; use one of "
+                                f"{', '.join(DTYPES)}.")
         if self.compression not in (*COMPRESSIONS, None):
             raise DumpError(f"Unknown compression '{self.compression}'; use one of "
                             f"{', '.join(COMPRESSIONS)}.")
@@ -137,6 +140,7 @@ class _Stream:
     std: list[float]
     batch_size: int
     dtype: torch.dtype
+    grad_dtype: torch.dtype
     target: str | int | np.ndarray
     norms: dict[str, tuple[str, torch.nn.LayerNorm]]
     device: torch.device
@@ -193,7 +197,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     dev = torch.device(req.device) if req.device is not None else \
         next(model.parameters()).device
     plan = _Stream(names, grads, positions, labels, remapped, mean, std, batch_size,
-                   DTYPES[req.dtype], spec, _norm_outputs(model, names) if req.derive else {},
+                   DTYPES[req.dtype], DTYPES[req.grad_dtype], spec, _norm_outputs(model, names) if req.derive else {},
                    dev, req.progress, out.name)
     created = make_output_dir(out.parent, DumpError, "choose another path with -o")
     partial = partial_path(out)      # unique: two captures to one OUT never collide
@@ -205,8 +209,8 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
                                              batch_size=batch_size,
                                              compression=req.compression))
         with _terminate_as_exception():
-            _stream(model, dataset, plan, writer)
-            writer.finish()
+            precision = _stream(model, dataset, plan, writer)
+            writer.finish(precision.attrs() if grads else {})
             publish(partial, out, force=req.force, error=DumpError,
                     hint="pass --force to overwrite it or choose another path with -o")
     except BaseException as e:
@@ -295,6 +299,7 @@ def _root_attrs(model, dataset, req: CaptureRequest, names, mean, std, total,
         "hooks": names,
         "model_hooks": list(hook_points(model)),
         "dtype": req.dtype,
+        "grad_dtype": req.grad_dtype,
         "compression": req.compression or "none",
     }
     if shard is not None:
@@ -362,10 +367,13 @@ class BackgroundWriter:
                             f"{self.error}); check free disk space and write permission.") \
                 from self.error
 
-    def finish(self) -> None:
+    def finish(self, attrs: dict[str, Any] | None = None) -> None:
+        """Write what is queued, then `attrs` (known only at the end) and finish the file."""
         self.put(None)
         self.thread.join()
         self._raise_if_failed()
+        for key, value in (attrs or {}).items():   # the thread is done: this one owns the file
+            self.writer.f.attrs[key] = value
         self.writer.finish()
 
     def abort(self) -> None:
@@ -383,7 +391,7 @@ class BackgroundWriter:
         self.writer.close()
 
 
-def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
+def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> "GradPrecision":
     from tqdm import tqdm
 
     from vitscope.data import to_model_input
@@ -408,7 +416,7 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
     aliases: dict[str, str] | None = None
     derived: dict[str, dict] = {}
     cuda = dev.type == "cuda"
-    checked_fp16 = torch_dtype != torch.float16
+    precision = GradPrecision(plan.grad_dtype)
 
     def grab(t: torch.Tensor, name: str) -> torch.Tensor | None:
         if name in act_set or name in probe_set:
@@ -443,10 +451,8 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
             tensors: dict[str, torch.Tensor] = {}
             if grads:
                 raw = _target_grads(logits, tgt, grad_in, grads)
-                if not checked_fp16:
-                    checked_fp16 = True
-                    _warn_fp16_loss(raw)
-                tensors.update({f"grads/{n}": g.to(torch_dtype) for n, g in zip(grads, raw)})
+                precision.count(raw)
+                tensors.update({f"grads/{n}": g.to(plan.grad_dtype) for n, g in zip(grads, raw)})
                 del raw
                 grad_in.clear()   # frees this batch's graph before the next forward
             logits = logits.detach()
@@ -475,6 +481,8 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
             bar.update(len(pos))
             if progress:
                 bar.set_postfix_str(f"{writer.writer.bytes_in / 1e6:,.1f} MB written", refresh=False)
+    precision.warn()
+    return precision
 
 
 def _batch_target(target, logits: torch.Tensor, labels: np.ndarray,
@@ -505,20 +513,43 @@ def _target_grads(logits: torch.Tensor, target: torch.Tensor, grad_in: dict[str,
             for n, g in zip(grads, out)]
 
 
-def _warn_fp16_loss(raw: list[torch.Tensor]) -> None:
-    """On the first batch: warn when fp16 storage loses gradients that float32 keeps
-    (overflow beyond 65504, or more than 1% of the non-zero values flushed to zero)."""
-    over = under = nonzero = 0
-    for g in raw:
-        g16 = g.to(torch.float16)
-        over += int((torch.isinf(g16) & torch.isfinite(g)).sum())
-        nz = g != 0
-        nonzero += int(nz.sum())
-        under += int((nz & (g16 == 0)).sum())
-    if over or (nonzero and under > FP16_UNDERFLOW_WARN * nonzero):
-        warnings.warn(f"float16 loses gradients of this model ({over} overflow, {under} of "
-                      f"{nonzero} non-zero values flush to zero in the first batch); capture "
-                      f"with --dtype float32 to keep them.", stacklevel=3)
+class GradPrecision:
+    """What storing the gradients in `dtype` lost, counted over every batch against the float32
+    gradients autograd computed: non-zero values, those that flush to zero (underflow) or become
+    infinite (overflow) in `dtype`, and those float16 would flush (whatever `dtype` is, so a
+    float32 dump says what float16 would have cost). Recorded in the dump's root attributes."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self.nonzero = self.underflow = self.overflow = self.fp16_underflow = 0
+
+    def count(self, raw: list[torch.Tensor]) -> None:
+        for g in raw:
+            nz = g != 0
+            g16 = g.to(torch.float16)
+            stored = g16 if self.dtype == torch.float16 else g.to(self.dtype)
+            self.nonzero += int(nz.sum())
+            self.fp16_underflow += int((nz & (g16 == 0)).sum())
+            self.underflow += int((nz & (stored == 0)).sum())
+            self.overflow += int((torch.isinf(stored) & torch.isfinite(g)).sum())
+
+    @property
+    def lost_fraction(self) -> float:
+        return (self.underflow + self.overflow) / self.nonzero if self.nonzero else 0.0
+
+    def attrs(self) -> dict[str, int]:
+        return {"grad_nonzero": self.nonzero, "grad_underflow": self.underflow,
+                "grad_overflow": self.overflow, "grad_fp16_underflow": self.fp16_underflow}
+
+    def warn(self) -> None:
+        """Warn when the stored gradients lost more than FP16_UNDERFLOW_WARN of the non-zero
+        values (or any to overflow)."""
+        if self.overflow or self.lost_fraction > FP16_UNDERFLOW_WARN:
+            warnings.warn(f"{str(self.dtype).removeprefix('torch.')} loses gradients of this "
+                          f"model: {self.underflow} of {self.nonzero} non-zero values flush to "
+                          f"zero ({self.underflow / max(self.nonzero, 1):.1%}), {self.overflow} "
+                          f"overflow; store gradients in float32 (the default) to keep them.",
+                          stacklevel=4)
 
 
 def _norm_outputs(model, names: list[str]) -> dict[str, tuple[str, torch.nn.LayerNorm]]:

@@ -209,9 +209,11 @@ def _shard(v: Any) -> bool:
 ATTR_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (lambda v: isinstance(v, str), "a string") for k in (
         "vitscope_version", "created", "arch", "checkpoint_path", "checkpoint_sha256",
-        "dataset", "data_sha256", "split", "order", "dtype", "compression", "target",
-        "capture_id")},
-    **{k: (_is_int, "an integer") for k in ("split_size", "seed", "num_images")},
+        "dataset", "data_sha256", "split", "order", "dtype", "grad_dtype", "compression",
+        "target", "capture_id")},
+    **{k: (_is_int, "an integer") for k in ("split_size", "seed", "num_images", "grad_nonzero",
+                                             "grad_underflow", "grad_overflow",
+                                             "grad_fp16_underflow")},
     **{k: (_strings, "a list of strings") for k in (
         "classes", "dataset_classes", "hooks", "model_hooks", "merged_from", "shard_ids",
         "grad_hooks")},

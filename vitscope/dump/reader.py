@@ -223,6 +223,24 @@ class Dump:
         return np.asarray(self._f["indices"][:], dtype=np.int64)
 
     @property
+    def grad_dtype(self) -> str:
+        """How the gradients are stored: "float32" (the default since gradients got their own
+        type), or the activations' type for dumps made before."""
+        return str(self.attrs.get("grad_dtype", self.attrs.get("dtype", "float16")))
+
+    def grad_precision(self) -> dict[str, Any] | None:
+        """What storing the gradients lost, as shares of their non-zero values: `underflow`
+        (flushed to zero in the stored type), `overflow`, `fp16_underflow` (what float16 would
+        flush), `nonzero` (how many); None where the capture did not count (older dumps)."""
+        a = self.attrs
+        if "grad_nonzero" not in a:
+            return None
+        nz = int(a["grad_nonzero"])
+        share = (lambda k: int(a.get(k, 0)) / nz if nz else 0.0)
+        return {"nonzero": nz, "underflow": share("grad_underflow"),
+                "overflow": share("grad_overflow"), "fp16_underflow": share("grad_fp16_underflow")}
+
+    @property
     def target_spec(self) -> str:
         """How /target was chosen: "pred", "label", a class index as text, or "explicit";
         "pred" for dumps made before targets were stored (their gradients: none)."""
@@ -248,17 +266,24 @@ class Dump:
     def covers(self, hooks: Iterable[str] | str, n: int, *, checkpoint_sha256: str | None = None,
                data: str | None = None, split: str | None = None,
                data_sha256: str | None = None, seed: int | None = None,
-               target: str | int | None = None) -> bool:
+               target: str | int | None = None, dtype: str | None = None,
+               grad_dtype: str | None = None) -> bool:
         """Whether this dump serves a request: every hook point the names/patterns select in
         the model is captured (`grad:` ones as gradients), it holds the first n images (or the
         whole split) of its order, and the checkpoint hash, dataset spec, split and data
         fingerprint (ImageDataset.fingerprint) agree where given. With `seed`, its first n
         images must be the first n of that seeded shuffle (an `--in-order` dump's first images
         may all be of one class), unless n takes every image of the split anyway. Gradients
-        serve only a request for the same `target` (default "pred"); an "explicit" one never."""
+        serve only a request for the same `target` (default "pred"); an "explicit" one never;
+        with `dtype` / `grad_dtype`, only when activations / gradients are stored in that type
+        (a score in float16 measures float16, not a float32 dump found in the cache)."""
         a = self.attrs
         patterns = [hooks] if isinstance(hooks, str) else list(hooks)
         act_patterns, grad_patterns = split_grads(patterns)
+        if dtype is not None and a.get("dtype", "float16") != dtype:
+            return False
+        if grad_patterns and grad_dtype is not None and self.grad_dtype != grad_dtype:
+            return False
         if grad_patterns and (self.target_spec == "explicit"
                               or self.target_spec != str(target if target is not None
                                                          else "pred").strip().lower()):
