@@ -33,6 +33,8 @@ class GradCam:
     """Grad-CAM on the patch tokens of one block's norm1 output (pytorch-grad-cam's ViT setup)."""
 
     name = "gradcam"
+    label = "Grad-CAM"           # the method's name in figures (the CAM family subclasses this)
+    stem = "gradcam"             # the figures' file name
     requires = (f"blocks.*.{POINT}", f"grad:blocks.*.{POINT}")
     produces = ("maps",)
     options = (
@@ -44,11 +46,12 @@ class GradCam:
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         acts = dump.match(f"blocks.*.{POINT}")
-        grads = dump.match(f"grad:blocks.*.{POINT}")
+        uses_grads = any(r.startswith("grad:") for r in self.requires)
+        grads = dump.match(f"grad:blocks.*.{POINT}") if uses_grads else [None] * len(acts)
         if len(acts) != len(grads):
             raise PluginError(f"The dump holds {POINT} of {len(acts)} blocks but gradients of "
                               f"{len(grads)}; capture both for every block.")
-        block = block_index(options.block, len(acts), len(acts) - 1, "gradcam.block")
+        block = block_index(options.block, len(acts), len(acts) - 1, f"{self.name}.block")
         layout = dump.layout
         n = n_images(dump, options.limit)
         k = min(options.show, n)
@@ -64,7 +67,8 @@ class GradCam:
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
                 per_block = np.stack([map_method(self.name).compute(
-                    {a: dump[a][s:e], g: dump[g][s:e]}, layout, {"block": b}, len(acts)).maps
+                    {a: dump[a][s:e], **({g: dump[g][s:e]} if g else {})}, layout,
+                    {"block": b}, len(acts)).maps
                     for b, (a, g) in enumerate(zip(acts, grads))], axis=1)    # n×L×h×w
                 maps = per_block[:, block]
                 append_maps(results, dump, maps, s)
@@ -86,17 +90,17 @@ class GradCam:
         if options.static and k:
             files.append(M.map_triptych(
                 np.asarray(dump.images[:k]), maps[:k], F.captions(dump, k, target=True),
-                title=f"Grad-CAM at blocks.{block}.{POINT}, target: {dump.target_spec}",
-                map_label="Grad-CAM", stem=out_dir / "gradcam", options=options))
+                title=f"{self.label} at blocks.{block}.{POINT}, target: {dump.target_spec}",
+                map_label=self.label, stem=out_dir / self.stem, options=options))
         if options.interactive and k:
             m = min(k, 6)
             captions = F.captions(dump, m, target=True)
             fig = I.map_slider(np.asarray(dump.images[:m])[None],
                                per_block[:m].transpose(1, 0, 2, 3)[:, None],
                                step_labels=[str(b) for b in range(len(acts))],
-                               slider_label=f"Grad-CAM at blocks.<b>.{POINT}, b =",
+                               slider_label=f"{self.label} at blocks.<b>.{POINT}, b =",
                                col_titles=[c.replace("\n", " ") for c in captions],
                                row_titles=[""],
-                               title=f"Grad-CAM per block, target: {dump.target_spec}")
-            files.append(I.save_html(fig, out_dir / "gradcam.html", options))
+                               title=f"{self.label} per block, target: {dump.target_spec}")
+            files.append(I.save_html(fig, out_dir / f"{self.stem}.html", options))
         return files
