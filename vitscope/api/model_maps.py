@@ -1,0 +1,81 @@
+"""Map methods that need the model itself, not one forward and backward pass: integrated
+gradients and patch occlusion, through Captum (extra `captum`). They register in the methods
+registry (`needs_model`, `run`) when the Python API is imported, so `vitscope.explain(model,
+images, methods=["integrated-gradients", "occlusion"])` computes them batch by batch on the
+model, and `Explanation.score()` scores them like every map (its randomisation and class
+sensitivity run them again on the randomised model and for other classes).
+
+- `integrated-gradients` (Sundararajan et al. 2017): Captum's IntegratedGradients of the
+  target logit with respect to the normalised input, from the all-zero input (the
+  normalisation mean: mid-grey) in `steps` steps (Gauss–Legendre, Captum's default); the map
+  is the attribution summed over channels and over each patch's pixels (signed: positive is
+  evidence for the target).
+- `occlusion`: Captum's Occlusion with one window per patch (the patch grid as windows and
+  strides, every channel at once) set to the normalisation mean; the map is the fall of the
+  target logit when that patch is greyed.
+
+They live here, beside the model, because vitscope.methods never imports torch.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from vitscope.errors import ConfigError
+from vitscope.methods import MapMethod, register
+
+CAPTUM = "pip install 'vitscope[captum]'"
+
+
+def _captum():
+    try:
+        import captum.attr as attr
+    except ImportError:
+        raise ConfigError(f"integrated-gradients and occlusion need Captum, which is not "
+                          f"installed; {CAPTUM}.") from None
+    return attr
+
+
+def _patch_sum(pixels: torch.Tensor, layout) -> np.ndarray:
+    """N×C×H×W attributions -> N×h×w: summed over channels and over each patch's pixels."""
+    (h, w), (ph, pw) = layout.grid, layout.patch_size
+    a = pixels.sum(dim=1)[:, :h * ph, :w * pw]
+    return a.reshape(len(a), h, ph, w, pw).sum(dim=(2, 4)).detach().cpu().numpy()
+
+
+def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, layout,
+                         options: Mapping[str, Any]) -> np.ndarray:
+    steps = int(options.get("steps", 32))
+    if steps < 2:
+        raise ConfigError(f"integrated-gradients.steps must be at least 2, got {steps}.")
+    ig = _captum().IntegratedGradients(model)
+    with torch.enable_grad():
+        x = x.detach().clone()
+        attributions = ig.attribute(x, baselines=torch.zeros_like(x), target=target,
+                                    n_steps=steps,
+                                    internal_batch_size=int(options.get("internal_batch", 64)))
+    return _patch_sum(attributions, layout)
+
+
+def occlusion(model, x: torch.Tensor, target: torch.Tensor, layout,
+              options: Mapping[str, Any]) -> np.ndarray:
+    ph, pw = layout.patch_size
+    occ = _captum().Occlusion(model)
+    with torch.no_grad():
+        attributions = occ.attribute(x.detach(), sliding_window_shapes=(x.shape[1], ph, pw),
+                                     strides=(x.shape[1], ph, pw), baselines=0.0, target=target,
+                                     perturbations_per_eval=int(options.get("per_eval", 16)))
+    # every pixel of a window carries that window's logit fall: read one pixel per patch
+    (h, w) = layout.grid
+    return attributions[:, 0, :h * ph:ph, :w * pw:pw].detach().cpu().numpy()
+
+
+register(MapMethod("integrated-gradients", "integrated gradients (Sundararajan et al. 2017) "
+                   "of the target logit from a mid-grey input, summed per patch (Captum)",
+                   {"steps": 32, "internal_batch": 64}, needs_model=True,
+                   run=integrated_gradients, class_specific=True))
+register(MapMethod("occlusion", "fall of the target logit when one patch is set to the "
+                   "normalisation mean (Captum's Occlusion, one window per patch)",
+                   {"per_eval": 16}, needs_model=True, run=occlusion, class_specific=True))
