@@ -51,7 +51,7 @@ from vitscope.capture.target import _check_target, num_classes, parse_target
 from vitscope.dump import DumpWriter
 from vitscope.errors import DumpError, WriteError
 from vitscope.model.hooks import attach, hook_points, is_hooked, offered_names, resolve
-from vitscope.names import SLICES, resolve_names, slice_of, split_grads
+from vitscope.names import SLICES, resolve_names, slice_of, split_grads, split_maps
 
 DEFAULT_HOOKS: tuple[str, ...] = (
     "patch_embed.out",
@@ -146,6 +146,7 @@ class _Stream:
     device: torch.device
     progress: bool
     desc: str
+    map_methods: list = dataclasses.field(default_factory=list)   # `map:` methods to run
 
 
 def capture(model: torch.nn.Module, dataset, out_path: str | Path,
@@ -177,6 +178,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     req = dataclasses.replace(request or CaptureRequest(), **options)
     out = Path(out_path)
     names, grads = req.check(model, dataset, out)
+    map_methods = _map_methods(req.hooks)
     batch_size = req.batch_size or auto_batch_size(model, names, grads, req.dtype)
     order = image_order(len(dataset), req.seed)[:req.limit]
     index, count = parse_shard(req.shard) if req.shard is not None else (0, 1)
@@ -194,11 +196,12 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
                   spec[positions] if isinstance(spec, np.ndarray) else None, dataset)
     attrs["target"] = "explicit" if isinstance(spec, np.ndarray) else str(spec)
     attrs["grad_hooks"] = grads
+    attrs["map_methods"] = [m.name for m in map_methods]
     dev = torch.device(req.device) if req.device is not None else \
         next(model.parameters()).device
     plan = _Stream(names, grads, positions, labels, remapped, mean, std, batch_size,
                    DTYPES[req.dtype], DTYPES[req.grad_dtype], spec, _norm_outputs(model, names) if req.derive else {},
-                   dev, req.progress, out.name)
+                   dev, req.progress, out.name, map_methods)
     created = make_output_dir(out.parent, DumpError, "choose another path with -o")
     partial = partial_path(out)      # unique: two captures to one OUT never collide
     was_training = model.training
@@ -229,10 +232,18 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     return out
 
 
+def _map_methods(hooks) -> list:
+    """The map methods a request's `map:<method>` entries name (vitscope.capture.model_maps)."""
+    from vitscope.capture.model_maps import check_model_maps
+    return check_model_maps(split_maps([hooks] if isinstance(hooks, str) else list(hooks))[1])
+
+
 def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[str]]:
     """Hook names/patterns, some `grad:`-prefixed -> (activation names, gradient names), each
-    in forward order; HookError for a pattern that matches nothing."""
-    acts, grads = split_grads([hooks] if isinstance(hooks, str) else list(hooks))
+    in forward order; HookError for a pattern that matches nothing. `map:` entries (maps of
+    methods that need the model) are not hook points and are left to `capture`."""
+    hooks = split_maps([hooks] if isinstance(hooks, str) else list(hooks))[0]
+    acts, grads = split_grads(hooks)
     names = resolve_names(offered_names(model, grads=False), acts)
     # a CLS slice of an attention that is stored whole is read from it (vitscope.dump)
     names = [n for n in names if slice_of(n) is None or slice_of(n)[0] not in names]
@@ -468,6 +479,9 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> "GradPre
             if cuda:
                 event = torch.cuda.Event()
                 event.record()
+            for method in plan.map_methods:   # methods that need the model, on this batch
+                tensors[f"maps/{method.name}"] = torch.from_numpy(
+                    _run_model_map(method, model, x, tgt, model.token_layout))
             arrays = {"images": images, "labels": labels[pos], "indices": pos,
                       "target": tgt.cpu().numpy()}
             if dataset.paths is not None:   # the file of each image, for captions and hovers
@@ -483,6 +497,11 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> "GradPre
                 bar.set_postfix_str(f"{writer.writer.bytes_in / 1e6:,.1f} MB written", refresh=False)
     precision.warn()
     return precision
+
+
+def _run_model_map(method, model, x, tgt, layout) -> np.ndarray:
+    from vitscope.capture.model_maps import run_model_map
+    return run_model_map(method, model, x, tgt, layout)
 
 
 def _batch_target(target, logits: torch.Tensor, labels: np.ndarray,

@@ -88,7 +88,8 @@ def score(ckpt, names, images, data, split, target, perturbation, dtype, draws, 
     if not is_hooked(model):
         raise PluginError(f"'{ckpt}' holds a {ck.arch} model without hook points; score needs a "
                           f"ViT checkpoint.")
-    gone = missing_hooks(offered_names(model), entries)
+    from vitscope.capture.model_maps import model_map_names
+    gone = missing_hooks(offered_names(model) + model_map_names(), entries)
     if gone:
         what = "; ".join(f"{n} needs {', '.join(p)}" for n, p in gone.items())
         raise PluginError(f"The model of '{ckpt}' lacks hook points the plugins read ({what}).")

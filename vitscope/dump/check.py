@@ -47,7 +47,7 @@ VERSION = 2
 # decodes them.
 JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
                         "model_hooks", "aliases", "normalize", "shard", "merged_from",
-                        "shard_ids", "grad_hooks", "derived"})
+                        "shard_ids", "grad_hooks", "derived", "map_methods"})
 # Datasets every dump has besides the hook groups (masks and dataset_labels are optional).
 REQUIRED = ("images", "labels", "logits", "indices")
 # Groups of per-hook datasets (N first, a `dims` attribute naming each axis).
@@ -216,7 +216,7 @@ ATTR_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                              "grad_fp16_underflow")},
     **{k: (_strings, "a list of strings") for k in (
         "classes", "dataset_classes", "hooks", "model_hooks", "merged_from", "shard_ids",
-        "grad_hooks")},
+        "grad_hooks", "map_methods")},
     "model_config": (lambda v: isinstance(v, dict), "a mapping"),
     "token_layout": (lambda v: isinstance(v, dict), "a mapping"),
     "aliases": (lambda v: isinstance(v, dict) and all(

@@ -35,8 +35,9 @@ import numpy as np
 
 from vitscope.errors import DumpError
 from vitscope.layout import TokenLayout  # noqa: F401  (re-exported: the dump's layout type)
-from vitscope.names import (ATTENTION, GRAD_PREFIX, SLICES, is_grad, layer_sort_key,
-                            match_names, slice_of, split_grads, summarize_names, with_slices)
+from vitscope.names import (ATTENTION, GRAD_PREFIX, MAP_PREFIX, SLICES, is_grad, is_map,
+                            layer_sort_key, match_names, slice_of, split_grads, split_maps,
+                            summarize_names, with_slices)
 
 # The format's names and the one validated reading of a file live in vitscope.dump.check.
 from vitscope.dump.check import (FORMAT, HOOK_GROUPS, JSON_ATTRS, REQUIRED, VERSION,  # noqa: F401
@@ -71,6 +72,10 @@ class Dump:
         grads = set(f["grads"]) if "grads" in f else set()
         # hooks whose gradient of the target logit was captured (read as dump["grad:<hook>"])
         self.grad_hooks: list[str] = [h for h in self.attrs.get("grad_hooks") or [] if h in grads]
+        stored_maps = set(f["maps"]) if "maps" in f else set()
+        # methods that need the model, whose N×h×w maps the capture stored (read "map:<name>")
+        self.model_maps: list[str] = [m for m in self.attrs.get("map_methods") or []
+                                      if m in stored_maps]
         self.classes: list[str] = list(self.attrs.get("classes") or [])
         self.model_config: dict[str, Any] = dict(self.attrs.get("model_config") or {})
         self.images: h5py.Dataset = f["images"]
@@ -108,6 +113,13 @@ class Dump:
     def __getitem__(self, hook: str) -> h5py.Dataset:
         """The dataset of a hook point (or `grad:<hook>`), read lazily; every read is checked
         for NaN and infinity (vitscope.dump.finite: DumpError naming the images)."""
+        if is_map(hook):
+            name = hook[len(MAP_PREFIX):]
+            if name not in self.model_maps:
+                raise DumpError(f"'{self.path}' holds no maps of '{name}'; it holds maps of: "
+                                f"{', '.join(self.model_maps) or 'none'} (capture them with "
+                                f"`vitscope dump --hooks 'map:{name}'`).")
+            return self._checked(self._f["maps"][name], hook)
         if is_grad(hook):
             name = hook[len(GRAD_PREFIX):]
             if name not in self.grad_hooks:
@@ -133,6 +145,8 @@ class Dump:
                               lambda rows: describe_images(self.paths, len(self))(rows))
 
     def __contains__(self, hook: str) -> bool:
+        if is_map(hook):
+            return hook[len(MAP_PREFIX):] in self.model_maps
         if is_grad(hook):
             return hook[len(GRAD_PREFIX):] in self.grad_hooks
         return hook in self._f["acts"] or hook in self.derived or hook in self.sliced
@@ -166,20 +180,25 @@ class Dump:
         if is_grad(pattern):
             found = match_names(pattern[len(GRAD_PREFIX):], self.grad_hooks)
             return [GRAD_PREFIX + n for n in sorted(found, key=self._order)]
+        if is_map(pattern):
+            return [MAP_PREFIX + n for n in match_names(pattern[len(MAP_PREFIX):],
+                                                        self.model_maps)]
         return sorted(match_names(pattern, self.readable), key=self._order)
 
     @property
     def names(self) -> list[str]:
         """Everything a plugin's `requires` can ask of this dump: the hooks, then `grad:<hook>`
         for each captured gradient."""
-        return self.readable + [GRAD_PREFIX + h for h in self.grad_hooks]
+        return (self.readable + [GRAD_PREFIX + h for h in self.grad_hooks]
+                + [MAP_PREFIX + m for m in self.model_maps])
 
     @property
     def model_names(self) -> list[str]:
         """Every name the model offers (hook points, and `grad:` of each): what `requires`
         patterns are resolved against."""
         model = list(self.attrs.get("model_hooks") or self.hooks)
-        return self._with_slices(model) + [GRAD_PREFIX + h for h in model]
+        return (self._with_slices(model) + [GRAD_PREFIX + h for h in model]
+                + [MAP_PREFIX + m for m in self.model_maps])
 
     def _with_slices(self, names: list[str]) -> list[str]:
         return with_slices(names, has_cls=self.layout.cls_index is not None)
@@ -278,8 +297,12 @@ class Dump:
         with `dtype` / `grad_dtype`, only when activations / gradients are stored in that type
         (a score in float16 measures float16, not a float32 dump found in the cache)."""
         a = self.attrs
-        patterns = [hooks] if isinstance(hooks, str) else list(hooks)
+        patterns, maps = split_maps([hooks] if isinstance(hooks, str) else list(hooks))
         act_patterns, grad_patterns = split_grads(patterns)
+        if maps and (not set(maps) <= set(self.model_maps) or self.target_spec == "explicit"
+                     or self.target_spec != str(target if target is not None
+                                                else "pred").strip().lower()):
+            return False     # maps explain the target, as gradients do
         if dtype is not None and a.get("dtype", "float16") != dtype:
             return False
         if grad_patterns and grad_dtype is not None and self.grad_dtype != grad_dtype:

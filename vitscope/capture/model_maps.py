@@ -14,7 +14,10 @@ sensitivity run them again on the randomised model and for other classes).
   strides, every channel at once) set to the normalisation mean; the map is the fall of the
   target logit when that patch is greyed.
 
-They live here, beside the model, because vitscope.methods never imports torch.
+They live here, beside the model, because vitscope.methods never imports torch. A capture
+asked for `map:<method>` (a plugin's `requires`) runs the method on every batch and stores the
+N×h×w maps in `/maps/<method>` (float32), with the batch's target: plugins then read them from
+the dump like any array (`dump["map:occlusion"]`), and `vitscope score` scores them.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 from vitscope.errors import ConfigError
-from vitscope.methods import MapMethod, register
+from vitscope.methods import METHODS, MapMethod, get, register
 
 CAPTUM = "pip install 'vitscope[captum]'"
 
@@ -79,3 +82,32 @@ register(MapMethod("integrated-gradients", "integrated gradients (Sundararajan e
 register(MapMethod("occlusion", "fall of the target logit when one patch is set to the "
                    "normalisation mean (Captum's Occlusion, one window per patch)",
                    {"per_eval": 16}, needs_model=True, run=occlusion, class_specific=True))
+
+
+def model_map_names() -> list[str]:
+    """`map:<method>` for every registered method that needs the model: what a capture can
+    store besides hook points."""
+    return [f"map:{name}" for name, m in METHODS.items() if m.needs_model]
+
+
+def check_model_maps(names: list[str]) -> list[MapMethod]:
+    """The methods of `map:` requests; ConfigError for one that is unknown or needs no model."""
+    out = []
+    for name in names:
+        method = get(name)
+        if not method.needs_model:
+            raise ConfigError(f"map:{name} asks to store {name}'s maps at capture time, but "
+                              f"{name} is computed from hook points; request its hook points "
+                              f"instead (its plugin's requires).")
+        out.append(method)
+    return out
+
+
+def run_model_map(method: MapMethod, model, x: torch.Tensor, target: torch.Tensor, layout,
+                  options: Mapping[str, Any] | None = None) -> np.ndarray:
+    """N×h×w float32 maps of `method` for a batch, with autograd on even when the capture runs
+    under inference_mode (the batch is cloned out of it)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        maps = method.run(model, x.clone(), target.clone(), layout,
+                          method.options(options))
+    return np.asarray(maps, np.float32)
