@@ -1,4 +1,4 @@
-"""`integrated-gradients` and `occlusion`: maps of methods that need the model (many forward
+"""`integrated-gradients`, `occlusion` and `scorecam`: maps of methods that need the model (many forward
 or backward passes per image), computed at capture time and stored in the dump as
 `/maps/<method>` (vitscope.capture.model_maps): the plugin asks for `map:<method>` in its
 `requires`, reads the N×h×w maps and draws them like any map. Maps are signed (integrated
@@ -73,3 +73,9 @@ class IntegratedGradients(ModelMap):
 class Occlusion(ModelMap):
     """The fall of the target logit when each patch is greyed, stored at capture (Captum)."""
     name, label = "occlusion", "Occlusion"
+
+
+class ScoreCam(ModelMap):
+    """Score-CAM (Wang et al. 2020) on gradcam's target, stored at capture (one forward pass per
+    channel and image)."""
+    name, label = "scorecam", "Score-CAM"

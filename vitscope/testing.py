@@ -25,13 +25,14 @@ __all__ = ["make_dump", "render_options", "BUILTIN_GRADS"]
 
 BUILTIN_GRADS = ("grad:blocks.*.attn.weights", "grad:blocks.*.norm1.out")
 # The maps the built-in plugins of methods that need the model read, stored at capture time
-# (vitscope.capture.model_maps; they need Captum, so only where it is installed).
-BUILTIN_MAPS = ("map:integrated-gradients", "map:occlusion")
+# (vitscope.capture.model_maps; the first two need Captum, so only where it is installed).
+BUILTIN_MAPS = ("map:integrated-gradients", "map:occlusion", "map:scorecam")
 
 
 def _builtin_maps() -> tuple[str, ...]:
     import importlib.util
-    return BUILTIN_MAPS if importlib.util.find_spec("captum") is not None else ()
+    captum = importlib.util.find_spec("captum") is not None
+    return BUILTIN_MAPS if captum else ("map:scorecam",)
 
 
 def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size: int = 4,

@@ -1,5 +1,5 @@
-"""The CAM family (gradcam-pp, hirescam, layercam, eigencam, and gradcam beside them) against
-pytorch-grad-cam itself, run on the same live model and images: a timm ViT with a CLS token and
+"""The CAM family (gradcam-pp, hirescam, layercam, eigencam, scorecam, and gradcam beside
+them) against pytorch-grad-cam itself, run on the same live model and images: a timm ViT with a CLS token and
 two registers (three prefix tokens), a batch of four images, target = the prediction. The
 plugins render from a real float32 dump; pytorch-grad-cam's outputs are min-max scaled and
 resized to the image, so ours go through its own `scale_cam_image` (twice, as it does) before
@@ -23,9 +23,12 @@ cams = pytest.importorskip("pytorch_grad_cam", reason="pip install 'vitscope[cam
 from vitscope.plugins.cams import EigenCam, GradCamPlusPlus, HiResCam, LayerCam  # noqa: E402
 from vitscope.plugins.gradcam import GradCam  # noqa: E402
 
+from vitscope.plugins.model_maps import ScoreCam  # noqa: E402
+
 PLUGINS = {"gradcam": (GradCam, "GradCAM"), "gradcam-pp": (GradCamPlusPlus, "GradCAMPlusPlus"),
            "hirescam": (HiResCam, "HiResCAM"), "layercam": (LayerCam, "LayerCAM"),
-           "eigencam": (EigenCam, "EigenCAM")}
+           "eigencam": (EigenCam, "EigenCAM"),
+           "scorecam": (ScoreCam, "ScoreCAM")}     # stored in the dump at capture time
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def registers_dump(tmp_path_factory):
             p.add_(torch.randn_like(p) * 0.05)
     assert model.token_layout.num_prefix_tokens == 3 and model.token_layout.grid == (4, 4)
     ds = load_dataset("shapes:val=4,train=4", "val", 32)
-    hooks = ["blocks.*.norm1.out", "grad:blocks.*.norm1.out"]
+    hooks = ["blocks.*.norm1.out", "grad:blocks.*.norm1.out", "map:scorecam"]
     path = capture(model, ds, root / "d.h5", hooks, classes=ds.classes, batch_size=4,
                    dtype="float32", derive=False)
     return path, model, ds

@@ -1,5 +1,6 @@
 """Map methods that need the model itself, not one forward and backward pass: integrated
-gradients and patch occlusion, through Captum (extra `captum`). They register in the methods
+gradients and patch occlusion through Captum (extra `captum`), and Score-CAM (native, as
+pytorch-grad-cam computes it; tested against it). They register in the methods
 registry (`needs_model`, `run`) when the Python API is imported, so `vitscope.explain(model,
 images, methods=["integrated-gradients", "occlusion"])` computes them batch by batch on the
 model, and `Explanation.score()` scores them like every map (its randomisation and class
@@ -75,6 +76,49 @@ def occlusion(model, x: torch.Tensor, target: torch.Tensor, layout,
     return attributions[:, 0, :h * ph:ph, :w * pw:pw].detach().cpu().numpy()
 
 
+def score_cam(model, x: torch.Tensor, target: torch.Tensor, layout,
+              options: Mapping[str, Any]) -> np.ndarray:
+    """Score-CAM (Wang et al. 2020) as pytorch-grad-cam computes it on a ViT, on gradcam's
+    target (blocks.{block}.norm1.out, prefix tokens dropped, patches on their grid): each
+    channel's map, upsampled bilinearly to the image (align_corners, as its
+    UpsamplingBilinear2d) and min-max scaled, masks the input; the target logits of the masked
+    inputs, softmaxed over channels, weigh the channels; map = relu(Σ_d w_d A_d). One forward
+    pass per channel and image."""
+    from vitscope.methods.registry import GRADCAM_POINT, block
+    from vitscope.model.hooks import attach
+    depth = len([n for n in _hook_names(model) if n.endswith(".norm1.out")])
+    point = GRADCAM_POINT.format(block(options.get("block"), depth, depth - 1, "scorecam.block"))
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(t, name):
+        seen["a"] = t.detach()
+    with torch.no_grad():
+        with attach(model, {point: keep}):
+            model(x)
+        (h, w), p = layout.grid, layout.num_prefix_tokens
+        a = seen["a"][:, p:].float()
+        acts = a.reshape(len(a), h, w, a.shape[-1]).permute(0, 3, 1, 2)          # B×D×h×w
+        up = torch.nn.functional.interpolate(acts, size=x.shape[-2:], mode="bilinear",
+                                             align_corners=True)
+        flat = up.flatten(2)
+        lo, hi = flat.min(-1)[0][..., None, None], flat.max(-1)[0][..., None, None]
+        up = (up - lo) / (hi - lo + 1e-8)
+        per = int(options.get("batch", 64))
+        weights = []
+        for i in range(len(x)):
+            masked = x[i][None] * up[i][:, None]                                    # D×C×H×W
+            scores = torch.cat([model(masked[s:s + per])[:, int(target[i])]
+                                for s in range(0, len(masked), per)])
+            weights.append(torch.softmax(scores.float(), dim=0))
+        cam = (torch.stack(weights)[:, :, None, None] * acts).sum(1)
+    return torch.relu(cam).cpu().numpy()
+
+
+def _hook_names(model) -> list[str]:
+    from vitscope.model.hooks import hook_points
+    return list(hook_points(model))
+
+
 register(MapMethod("integrated-gradients", "integrated gradients (Sundararajan et al. 2017) "
                    "of the target logit from a mid-grey input, summed per patch (Captum)",
                    {"steps": 32, "internal_batch": 64}, needs_model=True,
@@ -83,6 +127,9 @@ register(MapMethod("occlusion", "fall of the target logit when one patch is set 
                    "normalisation mean (Captum's Occlusion, one window per patch)",
                    {"per_eval": 16}, needs_model=True, run=occlusion, class_specific=True))
 
+register(MapMethod("scorecam", "Score-CAM (Wang et al. 2020) on the patch tokens of one block's "
+                   "norm1 output, as pytorch-grad-cam computes it", {"block": -1, "batch": 64},
+                   needs_model=True, run=score_cam, class_specific=True))
 
 def model_map_names() -> list[str]:
     """`map:<method>` for every registered method that needs the model: what a capture can
