@@ -250,7 +250,7 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
             est = [s["rho"] for s in report["methods"][name]["randomization"]["steps"]]
             mean = np.array([e.mean for e in est])
             err = np.array([[e.mean - e.lo for e in est], [e.hi - e.mean for e in est]])
-            ax.errorbar(range(len(steps)), mean, yerr=np.nan_to_num(err), fmt="o-", ms=3,
+            ax.errorbar(range(len(steps)), mean, yerr=bar_lengths(err), fmt="o-", ms=3,
                         capsize=2, color=palette[name], label=name)
             lowest = np.nanmin([lowest, *[e.lo for e in est], *mean])
         ax.plot(range(len(steps)), np.ones(len(steps)), ":", color=palette[control],
@@ -277,7 +277,7 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
                 mean = np.array([r[key].mean for r in rows])
                 err = np.array([[r[key].mean - r[key].lo for r in rows],
                                 [r[key].hi - r[key].mean for r in rows]])
-                bars = ax.bar(range(len(names)), mean, yerr=np.nan_to_num(err),
+                bars = ax.bar(range(len(names)), mean, yerr=bar_lengths(err),
                               color=[palette[n] for n in names], capsize=3)
                 for bar in bars[len(report["ranking"]["order"]):]:
                     bar.set_hatch("//")
@@ -287,6 +287,13 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
                        title=f"{title} (hatched: baselines)")
             files.append(F.save_static(fig, out_dir / "localization", _Png()))
     return files
+
+
+def bar_lengths(err) -> np.ndarray:
+    """Error-bar lengths from mean − lo and hi − mean: NaN as 0, and never negative (a BCa or
+    Wilson interval of a few images may lie on one side of the mean; the bar then stops at
+    the mean, the interval itself is in score.json and score.txt)."""
+    return np.maximum(np.nan_to_num(np.asarray(err, np.float64)), 0)
 
 
 def rho_floor(lowest: float) -> float:
@@ -313,8 +320,9 @@ def _interactive(report: dict, out_dir: Path) -> Path:
     fig = make_subplots(rows=1, cols=cols, subplot_titles=titles)
 
     def interval(est):
-        return {"type": "data", "symmetric": False, "array": [e.hi - e.mean for e in est],
-                "arrayminus": [e.mean - e.lo for e in est]}
+        return {"type": "data", "symmetric": False,
+                "array": bar_lengths([e.hi - e.mean for e in est]).tolist(),
+                "arrayminus": bar_lengths([e.mean - e.lo for e in est]).tolist()}
 
     # Every trace of one name has that name's colour and legend group: the legend (one entry a
     # name, from the deletion panel) says truly what each line in every panel is.
