@@ -17,4 +17,11 @@ BUILTINS: dict[str, str] = {
     "grad-rollout": "vitscope.plugins.grad_rollout:GradRollout",
     "attn-grad": "vitscope.plugins.grad_rollout:AttnGrad",
     "gradcam": "vitscope.plugins.gradcam:GradCam",
+    "gradcam-pp": "vitscope.plugins.cams:GradCamPlusPlus",
+    "hirescam": "vitscope.plugins.cams:HiResCam",
+    "layercam": "vitscope.plugins.cams:LayerCam",
+    "eigencam": "vitscope.plugins.cams:EigenCam",
+    "integrated-gradients": "vitscope.plugins.model_maps:IntegratedGradients",
+    "occlusion": "vitscope.plugins.model_maps:Occlusion",
+    "scorecam": "vitscope.plugins.model_maps:ScoreCam",
 }
