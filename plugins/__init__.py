@@ -18,4 +18,11 @@ BUILTINS: dict[str, str] = {
     "attn-grad": "vitscope.plugins.grad_rollout:AttnGrad",
     "gradcam": "vitscope.plugins.gradcam:GradCam",
     "attention-sinks": "vitscope.plugins.attention_sinks:AttentionSinks",
+    "gradcam-pp": "vitscope.plugins.cams:GradCamPlusPlus",
+    "hirescam": "vitscope.plugins.cams:HiResCam",
+    "layercam": "vitscope.plugins.cams:LayerCam",
+    "eigencam": "vitscope.plugins.cams:EigenCam",
+    "integrated-gradients": "vitscope.plugins.model_maps:IntegratedGradients",
+    "occlusion": "vitscope.plugins.model_maps:Occlusion",
+    "scorecam": "vitscope.plugins.model_maps:ScoreCam",
 }

@@ -33,13 +33,15 @@ class GradCam:
     """Grad-CAM on the patch tokens of one block's norm1 output (pytorch-grad-cam's ViT setup)."""
 
     name = "gradcam"
+    label = "Grad-CAM"           # the method's name in figures (the CAM family subclasses this)
+    stem = "gradcam"             # the figures' file name
     requires = (f"blocks.*.{POINT}", f"grad:blocks.*.{POINT}")
     produces = ("maps",)
     options = (
         Option("block", int, -1, "the block whose norm1 output is explained (negative counts "
                "from the end)"),
         Option("show", int, 8, "images drawn in the per-image figure", min=1, max=64),
-        Option("slider", bool, False, "also Grad-CAM at every block, on a slider (captures "
+        Option("slider", bool, False, "also the map at every block, on a slider (captures "
                f"{POINT} and its gradient in every block: the backward pass then runs to "
                "block 0, about 2× the time and 6× the bytes of the one block the map uses)"),
         M.scale_option(),
@@ -51,22 +53,24 @@ class GradCam:
         if options.slider:
             return self.requires
         b = int(options.block)
-        return (f"blocks.{b}.{POINT}", f"grad:blocks.{b}.{POINT}")
+        return tuple(r.replace("blocks.*.", f"blocks.{b}.") for r in self.requires)
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
+        uses_grads = any(r.startswith("grad:") for r in self.requires)
         depth = 1 + max((int(n.split(".")[1]) for n in dump.model_names
                          if n.startswith("blocks.") and n.endswith(f".{POINT}")), default=-1)
-        block = block_index(options.block, depth, depth - 1, "gradcam.block")
+        block = block_index(options.block, depth, depth - 1, f"{self.name}.block")
         held = [b for b in range(depth) if f"blocks.{b}.{POINT}" in dump.names
-                and f"grad:blocks.{b}.{POINT}" in dump.names]
+                and (not uses_grads or f"grad:blocks.{b}.{POINT}" in dump.names)]
         if block not in held:
-            raise PluginError(f"The dump lacks blocks.{block}.{POINT} or its gradient, which "
-                              f"gradcam explains; analyze again without --dump (or capture "
-                              f"them with `vitscope dump --hooks ...`).")
-        # the slider shows every block the dump holds both for (all of them with slider=true)
+            raise PluginError(f"The dump lacks blocks.{block}.{POINT}"
+                              f"{' or its gradient' if uses_grads else ''}, which {self.name} "
+                              f"explains; analyze again without --dump (or capture it with "
+                              f"`vitscope dump --hooks ...`).")
+        # the slider shows every block the dump holds (all of them with slider=true)
         slider = held if options.slider else [block]
         acts = [f"blocks.{b}.{POINT}" for b in slider]
-        grads = [f"grad:blocks.{b}.{POINT}" for b in slider]
+        grads = [f"grad:blocks.{b}.{POINT}" if uses_grads else None for b in slider]
         pos = slider.index(block)
         layout = dump.layout
         n = n_images(dump, options.limit)
@@ -83,7 +87,8 @@ class GradCam:
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
                 per_block = np.stack([map_method(self.name).compute(
-                    {a: dump[a][s:e], g: dump[g][s:e]}, layout, {"block": b}, depth).maps
+                    {a: dump[a][s:e], **({g: dump[g][s:e]} if g else {})}, layout,
+                    {"block": b}, depth).maps
                     for b, a, g in zip(slider, acts, grads)], axis=1)    # n×L×h×w
                 maps = per_block[:, pos]
                 append_maps(results, dump, maps, s)
@@ -106,8 +111,8 @@ class GradCam:
         if options.static and k:
             files.append(M.map_triptych(
                 np.asarray(dump.images[:k]), maps[:k], F.captions(dump, k, target=True),
-                title=f"Grad-CAM at blocks.{block}.{POINT}, target: {dump.target_spec}",
-                map_label="Grad-CAM", stem=out_dir / "gradcam", options=options))
+                title=f"{self.label} at blocks.{block}.{POINT}, target: {dump.target_spec}",
+                map_label=self.label, stem=out_dir / self.stem, options=options))
         if options.interactive and k and len(slider) == 1:   # one block: the map, no slider
             captions = F.captions(dump, min(k, 6), target=True)
             fig = I.map_slider(np.asarray(dump.images[:len(captions)])[None],
@@ -115,19 +120,19 @@ class GradCam:
                                step_labels=[str(block)], slider_label="block",
                                col_titles=[c.replace("\n", " ") for c in captions],
                                row_titles=[""],
-                               title=f"Grad-CAM at blocks.{block}.{POINT}, target: "
-                                     f"{dump.target_spec} (--opt gradcam.slider=true: every "
+                               title=f"{self.label} at blocks.{block}.{POINT}, target: "
+                                     f"{dump.target_spec} (--opt {self.name}.slider=true: every "
                                      f"block)")
-            files.append(I.save_html(fig, out_dir / "gradcam.html", options))
+            files.append(I.save_html(fig, out_dir / f"{self.stem}.html", options))
         elif options.interactive and k:
             m = min(k, 6)
             captions = F.captions(dump, m, target=True)
             fig = I.map_slider(np.asarray(dump.images[:m])[None],
                                per_block[:m].transpose(1, 0, 2, 3)[:, None],
                                step_labels=[str(b) for b in slider],
-                               slider_label=f"Grad-CAM at blocks.<b>.{POINT}, b =",
+                               slider_label=f"{self.label} at blocks.<b>.{POINT}, b =",
                                col_titles=[c.replace("\n", " ") for c in captions],
                                row_titles=[""],
-                               title=f"Grad-CAM per block, target: {dump.target_spec}")
-            files.append(I.save_html(fig, out_dir / "gradcam.html", options))
+                               title=f"{self.label} per block, target: {dump.target_spec}")
+            files.append(I.save_html(fig, out_dir / f"{self.stem}.html", options))
         return files

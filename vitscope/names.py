@@ -37,6 +37,8 @@ from vitscope.errors import HookError
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 GRAD_PREFIX = "grad:"   # `grad:<hook pattern>`: the gradient of the target logit at those points
+MAP_PREFIX = "map:"     # `map:<method>`: the N×h×w maps of a method that needs the model, stored
+                        # at capture time (integrated-gradients, occlusion)
 ATTENTION = "attn.weights"
 # slice suffix -> the axis of the N×H×T×T attention fixed at the CLS index
 SLICES = {"cls_row": 2, "cls_col": 3}
@@ -64,6 +66,18 @@ def with_slices(names: Iterable[str], has_cls: bool = True) -> list[str]:
 
 def is_grad(name: str) -> bool:
     return name.startswith(GRAD_PREFIX)
+
+
+def is_map(name: str) -> bool:
+    return name.startswith(MAP_PREFIX)
+
+
+def split_maps(patterns: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Names/patterns -> (everything else, map method names without the `map:` prefix)."""
+    rest, maps = [], []
+    for p in patterns:
+        (maps if is_map(p) else rest).append(p[len(MAP_PREFIX):] if is_map(p) else p)
+    return rest, maps
 
 
 def split_grads(patterns: Iterable[str]) -> tuple[list[str], list[str]]:

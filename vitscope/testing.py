@@ -24,6 +24,15 @@ from typing import Any
 __all__ = ["make_dump", "render_options", "BUILTIN_GRADS"]
 
 BUILTIN_GRADS = ("grad:blocks.*.attn.weights", "grad:blocks.*.norm1.out")
+# The maps the built-in plugins of methods that need the model read, stored at capture time
+# (vitscope.capture.model_maps; the first two need Captum, so only where it is installed).
+BUILTIN_MAPS = ("map:integrated-gradients", "map:occlusion", "map:scorecam")
+
+
+def _builtin_maps() -> tuple[str, ...]:
+    import importlib.util
+    captum = importlib.util.find_spec("captum") is not None
+    return BUILTIN_MAPS if captum else ("map:scorecam",)
 
 
 def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size: int = 4,
@@ -32,7 +41,8 @@ def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size:
               checkpoint: str | Path | None = None, dtype: str = "float16") -> Path:
     """Capture `n` shapes validation images through a tiny random ViT into the dump `path`
     (overwritten if it exists). `hooks` defaults to every hook the built-in plugins read,
-    gradients (of the predicted class) included."""
+    gradients (of the predicted class) and, with Captum installed, the stored maps of
+    integrated-gradients and occlusion included."""
     import torch
 
     from vitscope.capture import DEFAULT_HOOKS, capture
@@ -56,7 +66,7 @@ def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size:
                                       "normalize": {"mean": normalize[0], "std": normalize[1]}},
                         metrics={"epoch": 0})
         ckpt = load_checkpoint(checkpoint)
-    hooks = [*DEFAULT_HOOKS, *BUILTIN_GRADS] if hooks is None else hooks
+    hooks = [*DEFAULT_HOOKS, *BUILTIN_GRADS, *_builtin_maps()] if hooks is None else hooks
     return capture(model, dataset, path, hooks, ckpt=ckpt,
                    normalize=normalize, classes=dataset.classes, batch_size=max(1, n),
                    dtype=dtype, force=True, device="cpu", seed=seed)

@@ -17,7 +17,8 @@ from conftest import SHIPPED, timm_vit
 MAP_METHODS = [m for m, method in METHODS.items() if not method.needs_model]
 # a setting other than the defaults for each, so the options reach the arithmetic
 OPTIONS = {"rollout": {"discard_ratio": 0.5, "fusion": "max"}, "grad-rollout": {"start_layer": 1},
-           "attn-grad": {"layer": 1}, "gradcam": {"block": 2}}
+           "attn-grad": {"layer": 1}, "gradcam": {"block": 2},
+           **{cam: {"block": 2} for cam in ("gradcam-pp", "hirescam", "layercam", "eigencam")}}
 
 
 def saved_maps(run: Path, folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

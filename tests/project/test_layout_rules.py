@@ -33,8 +33,9 @@ MAY_IMPORT = {
     "vitscope.render": LOW + ("vitscope.render", "vitscope.plugin", "vitscope.plugins"),
     "vitscope.data": LOW + ("vitscope.data",),
     "vitscope.model": LOW + ("vitscope.model", "vitscope.data"),
+    # capture runs the map methods that need the model and stores their maps (DESIGN §2)
     "vitscope.capture": LOW + ("vitscope.capture", "vitscope.model", "vitscope.data",
-                               "vitscope.dump"),
+                               "vitscope.dump", "vitscope.methods"),
     # the notebook API: in-memory captures, the map methods, figures, and the host's
     # plugin rendering and scoring (one implementation of each), never the CLI or training
     "vitscope.api": LOW + ("vitscope.api", "vitscope.model", "vitscope.data", "vitscope.capture",

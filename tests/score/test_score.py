@@ -193,6 +193,50 @@ def test_statistics():
     e = bootstrap(values)
     assert e.lo < 2.0 < e.hi and e.lo < e.mean < e.hi and e.n == 400
     assert bootstrap(np.array([np.nan, 1.0, 1.0])).n == 2
+    # BCa from scipy, seeded: the same numbers as scipy.stats.bootstrap itself
+    from scipy.stats import bootstrap as scipy_bootstrap
+    ref = scipy_bootstrap((values,), np.mean, n_resamples=1000, method="BCa",
+                          random_state=np.random.default_rng(0)).confidence_interval
+    assert (e.lo, e.hi) == pytest.approx((ref.low, ref.high))
+    d = paired(values, values - 0.1)
+    assert (d.mean, d.lo, d.hi) == pytest.approx((0.1, 0.1, 0.1))
+
+
+def test_wilson_interval_of_proportions():
+    from scipy.stats import binomtest
+
+    from vitscope.score.stats import wilson
+    hits = np.r_[np.ones(13), np.zeros(7)]
+    ref = binomtest(13, 20).proportion_ci(method="wilson")
+    e = wilson(hits)
+    assert (e.mean, e.lo, e.hi) == pytest.approx((0.65, ref.low, ref.high))
+    every = wilson(np.ones(20))        # a percentile bootstrap says [1, 1]; Wilson does not
+    assert every.hi == 1.0 and every.lo == pytest.approx(0.8389, abs=1e-4)
+
+
+def test_two_level_interval_covers_the_spread_between_draws():
+    from vitscope.score.stats import two_level
+    rng = np.random.default_rng(0)
+    # five draws whose means differ far more than images within a draw do
+    grid = rng.normal(size=(5, 1))[:, :1] * 0.2 + 0.5 + rng.normal(size=(5, 200)) * 0.05
+    both = two_level(grid)
+    images_only = bootstrap(grid[0])
+    assert both.estimate.n == 1000 and len(both.draws) == 5
+    assert both.estimate.hi - both.estimate.lo > 4 * (images_only.hi - images_only.lo)
+    assert both.estimate.lo <= min(both.draws) + 0.1 and both.estimate.hi >= max(both.draws) - 0.1
+    grid[1, :3] = np.nan                        # constant maps: counted, not silently gone
+    assert two_level(grid).per_draw_n[1] == 197
+
+
+def test_ties_and_constant_maps_are_counted():
+    from vitscope.score.stats import constant, tie_fraction
+    maps = np.array([[[0, 0], [0, 1]], [[1, 2], [3, 4]], [[5, 5], [5, 5]]], float)
+    assert tie_fraction(maps).tolist() == [0.75, 0.0, 1.0]
+    assert constant(maps).tolist() == [False, False, True]
+    # the mean over tie orders is each order's curves averaged
+    a = FA.Curves(np.zeros((1, 3)), np.ones((1, 3)))
+    b = FA.Curves(np.ones((1, 3)), np.ones((1, 3)))
+    assert FA.Curves.average([a, b]).auc()[0].tolist() == [0.5]
 
 
 def test_randomization_flags_a_map_that_ignores_the_model(shapes_ckpt, map_plugins, tmp_path,
@@ -206,13 +250,32 @@ def test_randomization_flags_a_map_that_ignores_the_model(shapes_ckpt, map_plugi
     assert report["cascade"] == ["head", "blocks.1", "blocks.0", "embedding"]
     bright = methods["bright-map"]["randomization"]
     assert [s["rho"].mean for s in bright["steps"]] == pytest.approx([1.0] * 4)
-    assert bright["verdict"] == "failed" and bright["class_agnostic"]
+    assert bright["verdict"] == "failed"
+    # five independent weight draws, each image's ρ in each: n = 5 × 16
+    assert report["randomization_draws"] == 5 and bright["steps"][0]["rho"].n == 80
+    assert len(bright["steps"][-1]["draws"]) == 5
     gxi = methods["grad-x-input"]["randomization"]
-    assert gxi["verdict"] == "passed" and not gxi["class_agnostic"]
+    assert gxi["verdict"] == "passed"
     assert gxi["steps"][-1]["rho"].hi < 0.5
     roll = methods["rollout"]["randomization"]        # attention does not read the head
-    assert roll["class_agnostic"] and roll["steps"][0]["rho"].mean == pytest.approx(1.0)
+    assert roll["steps"][0]["rho"].mean == pytest.approx(1.0)
     assert roll["steps"][-1]["rho"].mean < 0.9
+    # class sensitivity, measured: rollout and the image-only map are the same for every class
+    for name in ("rollout", "bright-map"):
+        cls = methods[name]["class_sensitivity"]
+        assert cls["verdict"] == "class-agnostic", name
+        assert cls["runner-up"]["rho"].mean == pytest.approx(1.0), name
+    gxi_cls = methods["grad-x-input"]["class_sensitivity"]
+    assert gxi_cls["verdict"] == "class-sensitive"
+    assert gxi_cls["runner-up"]["rho"].hi < 0.9 and gxi_cls["random class"]["rho"].n == 16
+    # ties and constant maps are reported per method; the control is labelled, not measured
+    assert methods["grad-x-input"]["constant_maps"] == 0
+    assert methods["grad-x-input"]["faithfulness"]["tie_orders"] in (1, 4)
+    centre = report["baselines"]["faithfulness"]["centre"]
+    assert centre["tie_orders"] == 4 and centre["tie_fraction"].mean == 1.0   # symmetric
+    assert report["baselines"]["randomization_control"]["measured"] is False
+    # the per-image arrays hold each method's own ρ (draws × images), not the whole step's dict
+    assert report["_arrays"]["rho/grad-x-input/head"].shape == (5, 16)
     # the shapes data has masks: localisation with every baseline, "beats" from paired CIs
     loc = methods["bright-map"]["localization"]
     assert set(loc["vs"]) == {"uniform", "centre", "brightness", "edges"}
@@ -231,7 +294,9 @@ def test_score_cli_end_to_end(shapes_ckpt, tmp_path, monkeypatch):
               "--images", 12, "--batch-size", 64, "--device", "cpu")
     assert res.exit_code == 0, res.output
     for text in ("Faithfulness", "deletion AUC", "random order", "Randomisation", "+ blocks.0",
-                 "class-agnostic", "Localisation", "centre", "brightness", "Ranking", "1. ",
+                 "class-agnostic", "Localisation", "over 5 independent weight draws", "n=60",
+                 "1 by construction", "spread across draws", "Class sensitivity",
+                 "vs the runner-up", "0 of 12 constant", "tied patches", "centre", "brightness", "Ranking", "1. ",
                  "Maps against each other", "rollout, deletion AUC: "):
         assert text in res.output, text
     out = tmp_path / "outputs" / "run" / "score"

@@ -426,7 +426,9 @@ def _model_hooks(ckpt):
     model = ck.build_model()
     if not is_hooked(model):
         return [], None
-    return offered_names(model), _shape(hook_points(model), model.token_layout, ck.classes)
+    from vitscope.capture.model_maps import model_map_names   # map:<method>, stored at capture
+    return (offered_names(model) + model_map_names(),
+            _shape(hook_points(model), model.token_layout, ck.classes))
 
 
 def _shape(hooks, layout, classes):

@@ -19,6 +19,7 @@
 - `views`: `attention()`, `embed()`, `view()` and the plugins' figures, inline;
 - `display`: figures, PNG bytes and escaped, self-contained HTML for notebooks.
 """
+from vitscope.capture import model_maps  # noqa: F401  (registers integrated-gradients, occlusion)
 from vitscope.api.explaining import explain
 from vitscope.api.results import Evidence, Explanation
 from vitscope.api.views import Attention, Embedding, Figures, attention, embed, view

@@ -151,7 +151,7 @@ class Explanation:
     # ---------------------------------------------------------------------- evidence
 
     def score(self, *, perturbation: str = "drop", seed: int = 0, batch_size: int = 256,
-              echo=None) -> "Evidence":
+              draws: int = 5, echo=None) -> "Evidence":
         """Faithfulness (deletion and insertion beside a random order and image-only
         baselines), the model-randomisation test, and localisation where the images have
         object masks, each with a bootstrap 95% CI over images: what `vitscope score`
@@ -174,16 +174,16 @@ class Explanation:
 
             objective = self._objective
 
-            def recompute(random_model) -> dict[str, np.ndarray]:
-                randomised = dataclasses.replace(m, hooked=random_model)
+            def recompute(some_model, targets) -> dict[str, np.ndarray]:
+                other = dataclasses.replace(m, hooked=some_model)
                 if objective is None:
-                    return run_maps(randomised, b, self._methods, self.options, self.targets,
+                    return run_maps(other, b, self._methods, self.options, np.asarray(targets),
                                     batch_size=self.batch_size).maps
-                # the same target on the random model: its own reference or text embeddings
+                # the same target on this model: its own reference or text embeddings
                 fresh = type(objective)(objective.kind, objective.argument)
-                fresh.prepare(random_model, objective.load, objective.names)
-                with fresh.applied(random_model):
-                    return run_maps(randomised, b, self._methods, self.options, fresh,
+                fresh.prepare(some_model, objective.load, objective.names)
+                with fresh.applied(some_model):
+                    return run_maps(other, b, self._methods, self.options, fresh,
                                     batch_size=self.batch_size).maps
 
             if objective is not None:
@@ -192,7 +192,8 @@ class Explanation:
             report = evaluate_maps(m.hooked, x, self.images, self.targets, self.maps,
                                    m.layout, b.masks, recompute, info,
                                    perturbation=perturbation, batch_size=batch_size, seed=seed,
-                                   echo=echo or (lambda s: None), objective=objective)
+                                   draws=draws, echo=echo or (lambda s: None),
+                                   objective=objective)
         return Evidence(report)
 
     # -------------------------------------------------------------------------- files
@@ -298,6 +299,7 @@ class Evidence:
         return write(self.report, Path(out_dir))
 
     def _repr_html_(self) -> str:
+        from vitscope.score.outputs import verdict_text
         r = self.report
         methods, base = r["methods"], r["baselines"]["faithfulness"]
         rows = []
@@ -310,8 +312,7 @@ class Evidence:
             rows.append([name if name in methods else f"{name} (baseline)",
                          f["deletion_auc"].text(), f["insertion_auc"].text(), beats,
                          "—" if rand is None else rand["steps"][-1]["rho"].text(2),
-                         "—" if rand is None else rand["verdict"] +
-                         (", class-agnostic" if rand["class_agnostic"] else "")])
+                         "—" if rand is None else verdict_text(methods[name])])
         header = ["map", "deletion AUC ↓ [95% CI]", "insertion AUC ↑ [95% CI]",
                   "beats the random order on", "ρ after randomising all", "randomisation"]
         body = D.table(header, rows)

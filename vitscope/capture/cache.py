@@ -124,13 +124,14 @@ def run_name(ckpt_path: str | Path) -> str:
 
 
 def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha,
-                   target="pred") -> Path | None:
+                   target="pred", dtype=None, grad_dtype="float32") -> Path | None:
     """The first finished dump in the search folders that serves the request, else None."""
     for path in find_dumps(dump_dir):
         try:
             with Dump.open(path) as dump:
                 if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split,
-                               data_sha256=data_sha, seed=CAPTURE_SEED, target=target):
+                               data_sha256=data_sha, seed=CAPTURE_SEED, target=target,
+                               dtype=dtype, grad_dtype=grad_dtype):
                     return path
         except VitscopeError:
             continue  # a foreign or damaged file in the cache folder is not ours to judge
@@ -162,7 +163,8 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
                 n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
                 dump_dir: str | Path | None = None, batch_size: int | None = None,
                 device: str | torch.device | None = None,
-                progress: bool = False, target: str | int = "pred") -> tuple[Path, bool]:
+                progress: bool = False, target: str | int = "pred",
+                dtype: str | None = None, grad_dtype: str = "float32") -> tuple[Path, bool]:
     """A dump serving (checkpoint, data, split, first n images, hooks, target): `(path, reused)`.
 
     Reuses any finished dump in `dump_dir` (default: outputs/dumps, then the legacy
@@ -170,7 +172,9 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
     hook points cover the request, else captures one in `dump_dir` (default outputs/dumps).
     `data` None means the checkpoint's training data; `n` None means DEFAULT_N images;
     `split` None means `default_split` (all of a folder given as `data`, else val).
-    `target` ("pred", "label" or a class index) matters only for `grad:` hooks.
+    `target` ("pred", "label" or a class index) matters only for `grad:` hooks. `dtype` and
+    `grad_dtype` store activations and gradients, and a dump is reused only when stored in
+    them (`dtype` None: any activations; a capture stores float16).
     """
     from vitscope.model.checkpoint import load_checkpoint
 
@@ -194,20 +198,24 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
     except DataError:
         # The data is gone (moved, or outputs/ copied to another machine): a dump that matches
         # in everything else still serves, with a warning that its pixels went unchecked.
-        found = _covering_dump(dump_dir, patterns, n, sha, spec, split, None, target)
+        found = _covering_dump(dump_dir, patterns, n, sha, spec, split, None, target, dtype,
+                               grad_dtype)
         if found is None:
             raise
         warnings.warn(f"Reusing {found} without re-checking its images: the data {spec} cannot "
                       f"be loaded here.", stacklevel=2)
         return found, True
     data_sha = dataset.fingerprint()
-    found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target)
+    found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target, dtype,
+                           grad_dtype)
     if found is not None:
         return found, True
     folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
     request = (sha, data_sha, split, n, sorted(patterns))
     if split_grads(patterns)[1]:
-        request += (str(target),)   # another target is another dump
+        request += (str(target), grad_dtype)   # another target is another dump
+    if dtype not in (None, "float16"):
+        request += (dtype,)
     key = hashlib.sha256(repr(request).encode()).hexdigest()[:10]
     out = folder / f"{run_name(ckpt.path)}-{split}-{min(n, len(dataset))}-{key}.h5"
     created = [p for p in [folder, *folder.parents] if not p.exists()]
@@ -215,14 +223,16 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
         # Two analyses of one checkpoint share the cache: the second waits for the first
         # capture of the same request, then finds and reuses it.
         with hold(folder / f".{out.name}.lock", out, DumpError, wait=True):
-            found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target)
+            found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target,
+                                   dtype, grad_dtype)
             if found is not None:
                 return found, True
             model = ckpt.build_model()
             device = resolve_device(device) if not isinstance(device, torch.device) else device
             path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
                            batch_size=batch_size, device=device, progress=progress, force=True,
-                           seed=CAPTURE_SEED, target=target)
+                           seed=CAPTURE_SEED, target=target, dtype=dtype or "float16",
+                           grad_dtype=grad_dtype)
     except BaseException:
         remove_empty(created)
         raise

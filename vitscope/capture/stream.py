@@ -53,7 +53,7 @@ from vitscope.capture.target import _check_target, num_classes, parse_target
 from vitscope.dump import DumpWriter
 from vitscope.errors import DumpError, WriteError
 from vitscope.model.hooks import attach, hook_points, is_hooked, offered_names, resolve
-from vitscope.names import SLICES, resolve_names, slice_of, split_grads
+from vitscope.names import SLICES, resolve_names, slice_of, split_grads, split_maps
 
 DEFAULT_HOOKS: tuple[str, ...] = (
     "patch_embed.out",
@@ -79,7 +79,9 @@ class CaptureRequest:
     classes: list[str] | None = None  # the model's class names without a checkpoint
     limit: int | None = None        # the first `limit` images of the shuffled split
     batch_size: int | None = None   # None: the largest batch within BATCH_MEMORY (auto)
-    dtype: str = "float16"          # how activations and gradients are stored
+    dtype: str = "float16"          # how activations are stored
+    grad_dtype: str = "float32"     # how gradients are stored: small gradients flush to zero
+                                    # in float16 (a layer-scale ViT lost 96% of them)
     compression: str | None = "lzf"
     shard: tuple[int, int] | str | None = None   # (i, n) or "i/n": the i-th of n ranges
     force: bool = False             # replace an existing file
@@ -104,9 +106,10 @@ class CaptureRequest:
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int)
                                   or batch < 1):
             raise DumpError(f"--batch-size must be a positive integer, got {batch!r}.")
-        if self.dtype not in DTYPES:
-            raise DumpError(f"Unknown dump dtype '{self.dtype}'; use one of "
-                            f"{', '.join(DTYPES)}.")
+        for what, value in (("dump", self.dtype), ("gradient", self.grad_dtype)):
+            if value not in DTYPES:
+                raise DumpError(f"Unknown {what} dtype '{value}'; use one of "
+                                f"{', '.join(DTYPES)}.")
         if self.compression not in (*COMPRESSIONS, None):
             raise DumpError(f"Unknown compression '{self.compression}'; use one of "
                             f"{', '.join(COMPRESSIONS)}.")
@@ -139,11 +142,13 @@ class _Stream:
     std: list[float]
     batch_size: int
     dtype: torch.dtype
+    grad_dtype: torch.dtype
     target: str | int | np.ndarray
     norms: dict[str, tuple[str, torch.nn.LayerNorm]]
     device: torch.device
     progress: bool
     desc: str
+    map_methods: list = dataclasses.field(default_factory=list)   # `map:` methods to run
 
 
 def capture(model: torch.nn.Module, dataset, out_path: str | Path,
@@ -175,6 +180,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     req = dataclasses.replace(request or CaptureRequest(), **options)
     out = Path(out_path)
     names, grads = req.check(model, dataset, out)
+    map_methods = _map_methods(req.hooks)
     batch_size = req.batch_size or auto_batch_size(model, names, grads, req.dtype)
     order = image_order(len(dataset), req.seed)[:req.limit]
     index, count = parse_shard(req.shard) if req.shard is not None else (0, 1)
@@ -208,9 +214,10 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
         attrs["target"] = "explicit" if isinstance(spec, np.ndarray) else \
             "none" if spec is None else str(spec)
     attrs["grad_hooks"] = grads
+    attrs["map_methods"] = [m.name for m in map_methods]
     plan = _Stream(names, grads, positions, labels, remapped, mean, std, batch_size,
-                   DTYPES[req.dtype], spec, _norm_outputs(model, names) if req.derive else {},
-                   dev, req.progress, out.name)
+                   DTYPES[req.dtype], DTYPES[req.grad_dtype], spec, _norm_outputs(model, names) if req.derive else {},
+                   dev, req.progress, out.name, map_methods)
     created = make_output_dir(out.parent, DumpError, "choose another path with -o")
     partial = partial_path(out)      # unique: two captures to one OUT never collide
     was_training = model.training
@@ -223,8 +230,8 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
         applied = spec.applied(model) if isinstance(spec, Objective) else \
             contextlib.nullcontext()
         with _terminate_as_exception(), applied:
-            _stream(model, dataset, plan, writer)
-            writer.finish()
+            precision = _stream(model, dataset, plan, writer)
+            writer.finish(precision.attrs() if grads else {})
             publish(partial, out, force=req.force, error=DumpError,
                     hint="pass --force to overwrite it or choose another path with -o")
     except BaseException as e:
@@ -243,10 +250,18 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     return out
 
 
+def _map_methods(hooks) -> list:
+    """The map methods a request's `map:<method>` entries name (vitscope.capture.model_maps)."""
+    from vitscope.capture.model_maps import check_model_maps
+    return check_model_maps(split_maps([hooks] if isinstance(hooks, str) else list(hooks))[1])
+
+
 def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[str]]:
     """Hook names/patterns, some `grad:`-prefixed -> (activation names, gradient names), each
-    in forward order; HookError for a pattern that matches nothing."""
-    acts, grads = split_grads([hooks] if isinstance(hooks, str) else list(hooks))
+    in forward order; HookError for a pattern that matches nothing. `map:` entries (maps of
+    methods that need the model) are not hook points and are left to `capture`."""
+    hooks = split_maps([hooks] if isinstance(hooks, str) else list(hooks))[0]
+    acts, grads = split_grads(hooks)
     names = resolve_names(offered_names(model, grads=False), acts)
     # a CLS slice of an attention that is stored whole is read from it (vitscope.dump)
     names = [n for n in names if slice_of(n) is None or slice_of(n)[0] not in names]
@@ -314,6 +329,7 @@ def _root_attrs(model, dataset, req: CaptureRequest, names, mean, std, total,
         "hooks": names,
         "model_hooks": list(hook_points(model)),
         "dtype": req.dtype,
+        "grad_dtype": req.grad_dtype,
         "compression": req.compression or "none",
     }
     if shard is not None:
@@ -381,10 +397,13 @@ class BackgroundWriter:
                             f"{self.error}); check free disk space and write permission.") \
                 from self.error
 
-    def finish(self) -> None:
+    def finish(self, attrs: dict[str, Any] | None = None) -> None:
+        """Write what is queued, then `attrs` (known only at the end) and finish the file."""
         self.put(None)
         self.thread.join()
         self._raise_if_failed()
+        for key, value in (attrs or {}).items():   # the thread is done: this one owns the file
+            self.writer.f.attrs[key] = value
         self.writer.finish()
 
     def abort(self) -> None:
@@ -402,7 +421,7 @@ class BackgroundWriter:
         self.writer.close()
 
 
-def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
+def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> "GradPrecision":
     from tqdm import tqdm
 
     from vitscope.data import to_model_input
@@ -427,7 +446,7 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
     aliases: dict[str, str] | None = None
     derived: dict[str, dict] = {}
     cuda = dev.type == "cuda"
-    checked_fp16 = torch_dtype != torch.float16
+    precision = GradPrecision(plan.grad_dtype)
 
     def grab(t: torch.Tensor, name: str) -> torch.Tensor | None:
         if name in act_set or name in probe_set:
@@ -462,10 +481,8 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
             tensors: dict[str, torch.Tensor] = {}
             if grads:
                 raw = _target_grads(logits, tgt, grad_in, grads)
-                if not checked_fp16:
-                    checked_fp16 = True
-                    _warn_fp16_loss(raw)
-                tensors.update({f"grads/{n}": g.to(torch_dtype) for n, g in zip(grads, raw)})
+                precision.count(raw)
+                tensors.update({f"grads/{n}": g.to(plan.grad_dtype) for n, g in zip(grads, raw)})
                 del raw
                 grad_in.clear()   # frees this batch's graph before the next forward
             logits = logits.detach()
@@ -481,6 +498,9 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
             if cuda:
                 event = torch.cuda.Event()
                 event.record()
+            for method in plan.map_methods:   # methods that need the model, on this batch
+                tensors[f"maps/{method.name}"] = torch.from_numpy(
+                    _run_model_map(method, model, x, tgt, model.token_layout))
             arrays = {"images": images, "labels": labels[pos], "indices": pos,
                       "target": tgt.cpu().numpy()}
             if dataset.paths is not None:   # the file of each image, for captions and hovers
@@ -494,6 +514,13 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> None:
             bar.update(len(pos))
             if progress:
                 bar.set_postfix_str(f"{writer.writer.bytes_in / 1e6:,.1f} MB written", refresh=False)
+    precision.warn()
+    return precision
+
+
+def _run_model_map(method, model, x, tgt, layout) -> np.ndarray:
+    from vitscope.capture.model_maps import run_model_map
+    return run_model_map(method, model, x, tgt, layout)
 
 
 def _batch_target(target, logits: torch.Tensor, labels: np.ndarray,
@@ -529,20 +556,43 @@ def _target_grads(logits: torch.Tensor, target: torch.Tensor, grad_in: dict[str,
             for n, g in zip(grads, out)]
 
 
-def _warn_fp16_loss(raw: list[torch.Tensor]) -> None:
-    """On the first batch: warn when fp16 storage loses gradients that float32 keeps
-    (overflow beyond 65504, or more than 1% of the non-zero values flushed to zero)."""
-    over = under = nonzero = 0
-    for g in raw:
-        g16 = g.to(torch.float16)
-        over += int((torch.isinf(g16) & torch.isfinite(g)).sum())
-        nz = g != 0
-        nonzero += int(nz.sum())
-        under += int((nz & (g16 == 0)).sum())
-    if over or (nonzero and under > FP16_UNDERFLOW_WARN * nonzero):
-        warnings.warn(f"float16 loses gradients of this model ({over} overflow, {under} of "
-                      f"{nonzero} non-zero values flush to zero in the first batch); capture "
-                      f"with --dtype float32 to keep them.", stacklevel=3)
+class GradPrecision:
+    """What storing the gradients in `dtype` lost, counted over every batch against the float32
+    gradients autograd computed: non-zero values, those that flush to zero (underflow) or become
+    infinite (overflow) in `dtype`, and those float16 would flush (whatever `dtype` is, so a
+    float32 dump says what float16 would have cost). Recorded in the dump's root attributes."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self.nonzero = self.underflow = self.overflow = self.fp16_underflow = 0
+
+    def count(self, raw: list[torch.Tensor]) -> None:
+        for g in raw:
+            nz = g != 0
+            g16 = g.to(torch.float16)
+            stored = g16 if self.dtype == torch.float16 else g.to(self.dtype)
+            self.nonzero += int(nz.sum())
+            self.fp16_underflow += int((nz & (g16 == 0)).sum())
+            self.underflow += int((nz & (stored == 0)).sum())
+            self.overflow += int((torch.isinf(stored) & torch.isfinite(g)).sum())
+
+    @property
+    def lost_fraction(self) -> float:
+        return (self.underflow + self.overflow) / self.nonzero if self.nonzero else 0.0
+
+    def attrs(self) -> dict[str, int]:
+        return {"grad_nonzero": self.nonzero, "grad_underflow": self.underflow,
+                "grad_overflow": self.overflow, "grad_fp16_underflow": self.fp16_underflow}
+
+    def warn(self) -> None:
+        """Warn when the stored gradients lost more than FP16_UNDERFLOW_WARN of the non-zero
+        values (or any to overflow)."""
+        if self.overflow or self.lost_fraction > FP16_UNDERFLOW_WARN:
+            warnings.warn(f"{str(self.dtype).removeprefix('torch.')} loses gradients of this "
+                          f"model: {self.underflow} of {self.nonzero} non-zero values flush to "
+                          f"zero ({self.underflow / max(self.nonzero, 1):.1%}), {self.overflow} "
+                          f"overflow; store gradients in float32 (the default) to keep them.",
+                          stacklevel=4)
 
 
 def _norm_outputs(model, names: list[str]) -> dict[str, tuple[str, torch.nn.LayerNorm]]:

@@ -81,6 +81,9 @@ def dump() -> None:
                    "at most 64; a ViT-S/16 at 224 px with gradients gets a few).")
 @click.option("--dtype", default="float16", show_default=True,
               type=click.Choice(["float16", "float32"]), help="Storage type of activations.")
+@click.option("--grad-dtype", default="float32", show_default=True,
+              type=click.Choice(["float16", "float32"]),
+              help="Storage type of gradients (float16 flushes small gradients to zero).")
 @click.option("--compression", default="lzf", show_default=True,
               type=click.Choice(["lzf", "gzip", "none"]))
 @click.option("--shard", default=None, metavar="i/n",
@@ -104,7 +107,8 @@ def dump() -> None:
                    "compute them on read (--no-derive: store every hook point as captured).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @threads_option
-def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, compression, shard,
+def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, grad_dtype,
+                compression, shard,
                 seed, in_order, output, force, device, target, derive, quiet) -> None:
     """Capture activations of CKPT into an HDF5 dump (and gradients for `grad:` hooks)."""
     from vitscope._internal.devices import resolve_device
@@ -140,7 +144,7 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, co
             out = out.with_name(f"{out.stem}{suffix}{out.suffix}")
     t0 = time.perf_counter()
     request = CaptureRequest(patterns, ckpt=ck, limit=limit, batch_size=batch_size, dtype=dtype,
-                             compression=compression, shard=parsed, force=force, device=dev,
+                             grad_dtype=grad_dtype, compression=compression, shard=parsed, force=force, device=dev,
                              progress=not quiet, seed=None if in_order else seed,
                              target=target, derive=derive)
     path = capture(model, dataset, out, request=request)
@@ -201,6 +205,11 @@ def info_cmd(path) -> None:
         if d.grad_hooks:
             click.echo(f"target       {d.target_spec}: gradients of the target logit at "
                        f"{len(d.grad_hooks)} hook points (grad: names below)")
+            lost = d.grad_precision()
+            if lost is not None:
+                click.echo(f"gradients    stored in {d.grad_dtype}; {lost['underflow']:.2%} of "
+                           f"the non-zero values flushed to zero in storage (float16 would "
+                           f"flush {lost['fp16_underflow']:.2%})")
         filters = {h: _filter(d[h]) for h in d.names if h not in d.derived and h not in d.sliced}
         asked = a.get("compression")
         used = sum(f == asked for f in filters.values())

@@ -29,6 +29,12 @@ DEFAULT_IMAGES = 256
               show_default=True,
               help="drop: removed patch tokens leave the sequence; grey: their pixels are set to "
                    "the normalisation mean.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True,
+              help="Storage of activations and gradients in score's captures (float16 flushes "
+                   "small gradients to zero; the report says how many).")
+@click.option("--draws", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Independent weight draws of the randomisation cascade.")
 @opt_option
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False),
               help="Run folder (default: outputs/<run>); the score goes to OUT/score/.")
@@ -37,16 +43,18 @@ DEFAULT_IMAGES = 256
               help="Images per forward pass.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random order, tie breaks, weight randomisation and bootstrap.")
-def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir, device,
-          batch_size, seed) -> None:
+def score(ckpt, names, images, data, split, target, perturbation, dtype, draws, opts, out_dir,
+          device, batch_size, seed) -> None:
     """Score map plugins on CKPT: faithfulness, the randomisation test and localisation.
 
     Deletion and insertion curves (patch tokens removed in 10% steps, most relevant first,
     beside a random order and image-only baselines), the cascading model-randomisation test
     (Spearman ρ with the trained map as the head, then each block, then the embedding is
-    randomised) and, on data with object masks, mass in mask and the pointing game beside a
-    uniform map, a centred Gaussian, brightness and edges. Every figure has a bootstrap 95% CI
-    over images. Writes OUT/score/ (score.json, score.txt, PNG and HTML figures) and a Score
+    randomised; over --draws weight draws), class sensitivity (ρ with the maps of the
+    runner-up and a random other class) and, on data with object masks, mass in mask and the
+    pointing game beside a uniform map, a centred Gaussian, brightness and edges. Every figure
+    has a 95% interval (BCa bootstrap over images; Wilson for proportions; draws and images
+    for the randomisation). Writes OUT/score/ (score.json, score.txt, PNG and HTML figures) and a Score
     section in OUT/index.html.
     """
     import time
@@ -82,7 +90,8 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
     if not is_hooked(model):
         raise PluginError(f"'{ckpt}' holds a {ck.arch} model without hook points; score needs a "
                           f"ViT checkpoint.")
-    gone = missing_hooks(offered_names(model), entries)
+    from vitscope.capture.model_maps import model_map_names
+    gone = missing_hooks(offered_names(model) + model_map_names(), entries)
     if gone:
         what = "; ".join(f"{n} needs {', '.join(p)}" for n, p in gone.items())
         raise PluginError(f"The model of '{ckpt}' lacks hook points the plugins read ({what}).")
@@ -101,7 +110,7 @@ def score(ckpt, names, images, data, split, target, perturbation, opts, out_dir,
             report = score_checkpoint(ckpt, entries, values, images=images, data=data,
                                       split=split, target=target, perturbation=perturbation,
                                       batch_size=batch_size, device=dev, seed=seed,
-                                      echo=click.echo)
+                                      dtype=dtype, draws=draws, echo=click.echo)
             index, files = publish(run, report)
     except BaseException as e:
         discard_new(created, (PLOTLY_JS,))   # written into a new run folder for score.html

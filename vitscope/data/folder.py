@@ -42,6 +42,9 @@ MAX_LISTED = 20          # skipped files named in the warning; the rest are coun
 TRAIN_DIRS = ("train", "training")
 VAL_DIRS = ("val", "valid", "validation", "test")
 SPLIT_NAMES = frozenset((*TRAIN_DIRS, *VAL_DIRS, "testing"))
+# PATH/masks/<the image's path under PATH, as .png>: an object mask per image (non-zero = the
+# object), which `vitscope score` uses for localisation. Never a class or a split folder.
+MASKS_DIR = "masks"
 
 
 class DataWarning(UserWarning):
@@ -55,8 +58,37 @@ class CorruptImageWarning(DataWarning):
 def load(path: str, split: str, image_size, *, spec: str, val_split: float | None,
          seed: int, cache_dir: Path, workers: int | None = None, whole: bool = False):
     """One split of a folder dataset. `whole`: a folder with one split on disk is not carved
-    (every image, whichever split is asked: for a model that was not trained on it)."""
+    (every image, whichever split is asked: for a model that was not trained on it). With a
+    PATH/masks/ tree, every image gets its object mask (MASKS_DIR)."""
+    ds = _load_split(path, split, image_size, spec=spec, val_split=val_split, seed=seed,
+                     cache_dir=cache_dir, workers=workers, whole=whole)
+    root = Path(path).expanduser().absolute()
+    return _with_masks(ds, root, spec) if (root / MASKS_DIR).is_dir() else ds
 
+
+def _with_masks(ds, root: Path, spec: str):
+    """`ds` with the mask of each image from root/masks/<relative path>.png, resized to the
+    image size (nearest); DataError naming the first image without one."""
+    from PIL import Image
+    h, w = ds.images.shape[1:3]
+    masks = np.zeros((len(ds), h, w), bool)
+    for i, p in enumerate(ds.paths):
+        mask_path = (root / MASKS_DIR / Path(p).relative_to(root)).with_suffix(".png")
+        if not mask_path.is_file():
+            raise DataError(f"--data {spec} has a {MASKS_DIR}/ folder but no mask for "
+                            f"'{p}' (looked for '{mask_path}'); give every image a mask PNG "
+                            f"(non-zero = the object) or remove {root / MASKS_DIR}.")
+        with Image.open(mask_path) as im:
+            m = im.convert("L")
+            if m.size != (w, h):
+                m = m.resize((w, h), Image.NEAREST)
+            masks[i] = np.asarray(m) > 0
+    ds.masks = masks
+    return ds
+
+
+def _load_split(path: str, split: str, image_size, *, spec: str, val_split: float | None,
+                seed: int, cache_dir: Path, workers: int | None = None, whole: bool = False):
     root = Path(path).expanduser().absolute()  # absolute paths: in the cache key and ds.paths
     if not root.exists():
         raise DataError(f"The folder '{root}' of --data {spec} does not exist; check the path, "
@@ -123,7 +155,8 @@ def _check_split_names_as_classes(folder: Path, classes: list[str], spec: str) -
 
 
 def _class_dirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
+                  and e.name != MASKS_DIR)
 
 
 def _image_files(folder: Path | str, recursive: bool) -> list[os.DirEntry]:

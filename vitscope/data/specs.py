@@ -3,6 +3,7 @@
 Specs (see docs/data.md):
 
     shapes[:train=N,val=N,seed=S]   built-in procedural shapes with object masks (offline)
+    shapes:distractors[,train=N,...]  a class shape beside a distractor shape (vitscope.data.distractors)
     cifar10 | cifar100              torchvision's CIFAR files in data_dir (downloaded if absent)
     folder:PATH                     an ImageFolder tree, a single class tree, or a flat folder
     files:PATH[:PATH...]            image files (what `vitscope analyze --image FILE` reads)
@@ -30,7 +31,7 @@ from vitscope._internal.folders import resolve_cache_dir
 SPLITS = ("train", "val", "all")   # all: every image of the data, for analysis (never training)
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
-VALID_SPECS = "shapes[:train=N,val=N,seed=S], cifar10, cifar100, folder:PATH, files:PATH[:PATH...]"
+VALID_SPECS = "shapes[:train=N,val=N,seed=S], shapes:distractors, cifar10, cifar100, folder:PATH, files:PATH[:PATH...]"
 
 
 def load_dataset(spec: str, split: str = "val", image_size: int | Preprocess = 32, *,
@@ -61,18 +62,22 @@ def load_dataset(spec: str, split: str = "val", image_size: int | Preprocess = 3
     kind, arg = parse_spec(spec)
 
     if kind == "shapes":
-        from vitscope.data import shapes
+        from vitscope.data import distractors, shapes
+        source = shapes
+        first, _, rest = arg.partition(",")
+        if first.strip().lower() == "distractors":   # shapes:distractors[,train=N,...]
+            source, arg = distractors, rest          # the same generate() signature
         # The data seed is the spec's own `seed=` (default 0), not the `seed` argument: runs
         # with different training seeds must still see the same images.
         opts = shapes.parse_options(arg, spec)
         if split == "all":
-            ds = concat([shapes.generate(s, image_size, spec=spec, **opts)
+            ds = concat([source.generate(s, image_size, spec=spec, **opts)
                          for s in ("train", "val")], "all")
             return ds if pp is None else resize_dataset(ds, pp)
         if val_split is None:
-            ds = shapes.generate(split, image_size, spec=spec, **opts)
+            ds = source.generate(split, image_size, spec=spec, **opts)
         else:
-            ds = carve_split(shapes.generate("train", image_size, spec=spec, **opts), split,
+            ds = carve_split(source.generate("train", image_size, spec=spec, **opts), split,
                              val_split, seed)
         return ds if pp is None else resize_dataset(ds, pp)
 

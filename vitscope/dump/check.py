@@ -47,7 +47,8 @@ VERSION = 2
 # decodes them.
 JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
                         "model_hooks", "aliases", "normalize", "shard", "merged_from",
-                        "shard_ids", "grad_hooks", "derived", "target_names"})
+                        "shard_ids", "grad_hooks", "derived", "target_names",
+                        "map_methods"})
 # Datasets every dump has besides the hook groups (masks and dataset_labels are optional).
 REQUIRED = ("images", "labels", "logits", "indices")
 # Groups of per-hook datasets (N first, a `dims` attribute naming each axis).
@@ -209,12 +210,14 @@ def _shard(v: Any) -> bool:
 ATTR_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{k: (lambda v: isinstance(v, str), "a string") for k in (
         "vitscope_version", "created", "arch", "checkpoint_path", "checkpoint_sha256",
-        "dataset", "data_sha256", "split", "order", "dtype", "compression", "target",
-        "capture_id")},
-    **{k: (_is_int, "an integer") for k in ("split_size", "seed", "num_images")},
+        "dataset", "data_sha256", "split", "order", "dtype", "grad_dtype", "compression",
+        "target", "capture_id")},
+    **{k: (_is_int, "an integer") for k in ("split_size", "seed", "num_images", "grad_nonzero",
+                                             "grad_underflow", "grad_overflow",
+                                             "grad_fp16_underflow")},
     **{k: (_strings, "a list of strings") for k in (
         "classes", "dataset_classes", "hooks", "model_hooks", "merged_from", "shard_ids",
-        "grad_hooks")},
+        "grad_hooks", "map_methods")},
     "model_config": (lambda v: isinstance(v, dict), "a mapping"),
     "token_layout": (lambda v: isinstance(v, dict), "a mapping"),
     "aliases": (lambda v: isinstance(v, dict) and all(

@@ -20,8 +20,9 @@ from vitscope.errors import DumpError
 
 # Attributes every shard of one capture must share before merge joins them.
 SHARED_ATTRS = ("checkpoint_sha256", "model_config", "dataset", "data_sha256", "split",
-                "split_size", "seed", "order", "hooks", "aliases", "dtype", "normalize",
-                "classes", "token_layout", "target", "grad_hooks", "derived")
+                "split_size", "seed", "order", "hooks", "aliases", "dtype", "grad_dtype",
+                "normalize",
+                "classes", "token_layout", "target", "grad_hooks", "derived", "map_methods")
 
 
 def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False) -> Path:

@@ -35,8 +35,9 @@ import numpy as np
 
 from vitscope.errors import DumpError
 from vitscope.layout import TokenLayout  # noqa: F401  (re-exported: the dump's layout type)
-from vitscope.names import (ATTENTION, GRAD_PREFIX, SLICES, is_grad, layer_sort_key,
-                            match_names, slice_of, split_grads, summarize_names, with_slices)
+from vitscope.names import (ATTENTION, GRAD_PREFIX, MAP_PREFIX, SLICES, is_grad, is_map,
+                            layer_sort_key, match_names, slice_of, split_grads, split_maps,
+                            summarize_names, with_slices)
 
 # The format's names and the one validated reading of a file live in vitscope.dump.check.
 from vitscope.dump.check import (FORMAT, HOOK_GROUPS, JSON_ATTRS, REQUIRED, VERSION,  # noqa: F401
@@ -71,6 +72,10 @@ class Dump:
         grads = set(f["grads"]) if "grads" in f else set()
         # hooks whose gradient of the target logit was captured (read as dump["grad:<hook>"])
         self.grad_hooks: list[str] = [h for h in self.attrs.get("grad_hooks") or [] if h in grads]
+        stored_maps = set(f["maps"]) if "maps" in f else set()
+        # methods that need the model, whose N×h×w maps the capture stored (read "map:<name>")
+        self.model_maps: list[str] = [m for m in self.attrs.get("map_methods") or []
+                                      if m in stored_maps]
         self.classes: list[str] = list(self.attrs.get("classes") or [])
         # what /target indexes when the target is no class of the model (similarity to an
         # image, text prompts: vitscope.capture.objective); None: /target holds classes
@@ -111,6 +116,13 @@ class Dump:
     def __getitem__(self, hook: str) -> h5py.Dataset:
         """The dataset of a hook point (or `grad:<hook>`), read lazily; every read is checked
         for NaN and infinity (vitscope.dump.finite: DumpError naming the images)."""
+        if is_map(hook):
+            name = hook[len(MAP_PREFIX):]
+            if name not in self.model_maps:
+                raise DumpError(f"'{self.path}' holds no maps of '{name}'; it holds maps of: "
+                                f"{', '.join(self.model_maps) or 'none'} (capture them with "
+                                f"`vitscope dump --hooks 'map:{name}'`).")
+            return self._checked(self._f["maps"][name], hook)
         if is_grad(hook):
             name = hook[len(GRAD_PREFIX):]
             if name not in self.grad_hooks:
@@ -136,6 +148,8 @@ class Dump:
                               lambda rows: describe_images(self.paths, len(self))(rows))
 
     def __contains__(self, hook: str) -> bool:
+        if is_map(hook):
+            return hook[len(MAP_PREFIX):] in self.model_maps
         if is_grad(hook):
             return hook[len(GRAD_PREFIX):] in self.grad_hooks
         return hook in self._f["acts"] or hook in self.derived or hook in self.sliced
@@ -169,20 +183,25 @@ class Dump:
         if is_grad(pattern):
             found = match_names(pattern[len(GRAD_PREFIX):], self.grad_hooks)
             return [GRAD_PREFIX + n for n in sorted(found, key=self._order)]
+        if is_map(pattern):
+            return [MAP_PREFIX + n for n in match_names(pattern[len(MAP_PREFIX):],
+                                                        self.model_maps)]
         return sorted(match_names(pattern, self.readable), key=self._order)
 
     @property
     def names(self) -> list[str]:
         """Everything a plugin's `requires` can ask of this dump: the hooks, then `grad:<hook>`
         for each captured gradient."""
-        return self.readable + [GRAD_PREFIX + h for h in self.grad_hooks]
+        return (self.readable + [GRAD_PREFIX + h for h in self.grad_hooks]
+                + [MAP_PREFIX + m for m in self.model_maps])
 
     @property
     def model_names(self) -> list[str]:
         """Every name the model offers (hook points, and `grad:` of each): what `requires`
         patterns are resolved against."""
         model = list(self.attrs.get("model_hooks") or self.hooks)
-        return self._with_slices(model) + [GRAD_PREFIX + h for h in model]
+        return (self._with_slices(model) + [GRAD_PREFIX + h for h in model]
+                + [MAP_PREFIX + m for m in self.model_maps])
 
     def _with_slices(self, names: list[str]) -> list[str]:
         return with_slices(names, has_cls=self.layout.cls_index is not None)
@@ -226,6 +245,24 @@ class Dump:
         return np.asarray(self._f["indices"][:], dtype=np.int64)
 
     @property
+    def grad_dtype(self) -> str:
+        """How the gradients are stored: "float32" (the default since gradients got their own
+        type), or the activations' type for dumps made before."""
+        return str(self.attrs.get("grad_dtype", self.attrs.get("dtype", "float16")))
+
+    def grad_precision(self) -> dict[str, Any] | None:
+        """What storing the gradients lost, as shares of their non-zero values: `underflow`
+        (flushed to zero in the stored type), `overflow`, `fp16_underflow` (what float16 would
+        flush), `nonzero` (how many); None where the capture did not count (older dumps)."""
+        a = self.attrs
+        if "grad_nonzero" not in a:
+            return None
+        nz = int(a["grad_nonzero"])
+        share = (lambda k: int(a.get(k, 0)) / nz if nz else 0.0)
+        return {"nonzero": nz, "underflow": share("grad_underflow"),
+                "overflow": share("grad_overflow"), "fp16_underflow": share("grad_fp16_underflow")}
+
+    @property
     def target_spec(self) -> str:
         """How /target was chosen: "pred", "label", a class index as text, or "explicit";
         "pred" for dumps made before targets were stored (their gradients: none)."""
@@ -252,20 +289,30 @@ class Dump:
     def covers(self, hooks: Iterable[str] | str, n: int, *, checkpoint_sha256: str | None = None,
                data: str | None = None, split: str | None = None,
                data_sha256: str | None = None, seed: int | None = None,
-               target: str | int | None = None) -> bool:
+               target: str | int | None = None, dtype: str | None = None,
+               grad_dtype: str | None = None) -> bool:
         """Whether this dump serves a request: every hook point the names/patterns select in
         the model is captured (`grad:` ones as gradients), it holds the first n images (or the
         whole split) of its order, and the checkpoint hash, dataset spec, split and data
         fingerprint (ImageDataset.fingerprint) agree where given. With `seed`, its first n
         images must be the first n of that seeded shuffle (an `--in-order` dump's first images
         may all be of one class), unless n takes every image of the split anyway. Gradients
-        serve only a request for the same `target` (default "pred"); an "explicit" one never."""
+        serve only a request for the same `target` (default "pred"); an "explicit" one never;
+        with `dtype` / `grad_dtype`, only when activations / gradients are stored in that type
+        (a score in float16 measures float16, not a float32 dump found in the cache)."""
         a = self.attrs
-        patterns = [hooks] if isinstance(hooks, str) else list(hooks)
+        patterns, maps = split_maps([hooks] if isinstance(hooks, str) else list(hooks))
         act_patterns, grad_patterns = split_grads(patterns)
         wanted = str(target if target is not None else "pred").strip()
         if ":" not in wanted:   # pred, label, an index; a similarity path or prompt as given
             wanted = wanted.lower()
+        if maps and (not set(maps) <= set(self.model_maps) or self.target_spec == "explicit"
+                     or self.target_spec != wanted):
+            return False     # maps explain the target, as gradients do
+        if dtype is not None and a.get("dtype", "float16") != dtype:
+            return False
+        if grad_patterns and grad_dtype is not None and self.grad_dtype != grad_dtype:
+            return False
         if grad_patterns and (self.target_spec == "explicit" or self.target_spec != wanted):
             return False
         if seed is not None and (a.get("order"), a.get("seed")) != ("shuffle", seed) \

@@ -207,6 +207,8 @@ def dims_for(key: str, ndim: int) -> list[str]:
     name = key.removeprefix("acts/").removeprefix("grads/")
     if key in known:
         dims = known[key]
+    elif key.startswith("maps/"):          # a method's maps on the patch grid
+        dims = ["N", "h", "w"]
     elif name.endswith("attn.weights"):
         dims = ["N", "H", "T", "T"]
     elif slice_of(name) is not None:       # a CLS row or column of the attention

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from vitscope.errors import ConfigError
+from vitscope.methods.cams import cam
 from vitscope.methods.grad_rollout import grad_rollout
 from vitscope.methods.gradcam import gradcam
 from vitscope.methods.rollout import FUSIONS, attention_rollout
@@ -164,6 +165,24 @@ def _gradcam(arrays, layout, options, depth) -> MapOutput:
                              layout.grid))
 
 
+def _cam_reads(name: str, gradients: bool = True):
+    def reads(options, depth):
+        point = GRADCAM_POINT.format(block(options.get("block"), depth, depth - 1,
+                                           f"{name}.block"))
+        return (point, f"grad:{point}") if gradients else (point,)
+    return reads
+
+
+def _cam(name: str):
+    """A member of the CAM family (vitscope.methods.cams) on the gradcam target."""
+    def compute(arrays, layout, options, depth) -> MapOutput:
+        point, *grad = _cam_reads(name, name != "eigencam")(options, depth)
+        maps = cam(arrays[point], arrays[grad[0]] if grad else None, name,
+                   layout.num_prefix_tokens)
+        return MapOutput(to_grid(maps, layout.grid))
+    return compute
+
+
 METHODS: dict[str, MapMethod] = {}
 
 
@@ -198,3 +217,11 @@ register(MapMethod("attn-grad", "attention × gradient of one layer (default the
                    class_specific=True, needs_cls=True))
 register(MapMethod("gradcam", "Grad-CAM on the patch tokens of one block's norm1 output",
                    {"block": -1}, _gradcam_reads, _gradcam, class_specific=True))
+for _name, _what in (("gradcam-pp", "Grad-CAM++ (Chattopadhay et al. 2018)"),
+                     ("hirescam", "HiResCAM (Draelos & Carin 2020)"),
+                     ("layercam", "LayerCAM (Jiang et al. 2021)")):
+    register(MapMethod(_name, f"{_what} on the patch tokens of one block's norm1 output",
+                       {"block": -1}, _cam_reads(_name), _cam(_name), class_specific=True))
+register(MapMethod("eigencam", "Eigen-CAM (Muhammad & Yeasin 2020): first principal component "
+                   "of one block's norm1 output, class-agnostic", {"block": -1},
+                   _cam_reads("eigencam", gradients=False), _cam("eigencam")))

@@ -1,6 +1,9 @@
 """Faithfulness: deletion and insertion curves (Petsiuk et al. 2018, RISE) over patch tokens.
 
-Patches are ranked by the map, most relevant first (ties in random order). Deletion removes
+Patches are ranked by the map, most relevant first. Tied patches (a gradcam map has about
+half its patches at exactly 0) have no order: one random tie break moved per-image AUCs by up
+to 0.32, so a map with ties is scored by the mean curve over TIE_DRAWS random tie orders (the
+expected AUC over tie orders, sampled), and the share of tied patches is reported. Deletion removes
 the top 0%, 10%, ..., 100% of them; insertion keeps only the top 0%, 10%, ..., 100% (it starts
 from no patch and inserts the most relevant first, i.e. it removes the least relevant first).
 At each step the target class probability (softmax) is recorded; the area under each curve
@@ -29,6 +32,7 @@ from vitscope.names import match_names
 
 PERTURBATIONS = ("drop", "grey")
 STEPS = 10                  # 0%, 10%, ..., 100% of the patches
+TIE_DRAWS = 4               # random tie orders averaged for a map with tied patches
 ATTENTION = "blocks.*.attn.weights"
 
 
@@ -40,6 +44,13 @@ class Curves:
     @property
     def fractions(self) -> np.ndarray:
         return np.linspace(0, 1, self.deletion.shape[1])
+
+    @classmethod
+    def average(cls, draws: list["Curves"]) -> "Curves":
+        """The mean curves over several tie orders of one map: the expected curve (and AUC,
+        which is linear in the curve) over random tie breaks, estimated by sampling."""
+        return cls(np.mean([c.deletion for c in draws], axis=0),
+                   np.mean([c.insertion for c in draws], axis=0))
 
     def auc(self) -> tuple[np.ndarray, np.ndarray]:
         """Per image (deletion AUC, insertion AUC): trapezoids over fractions 0..1."""

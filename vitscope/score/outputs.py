@@ -51,20 +51,10 @@ def tables(report: dict) -> str:
         lines.append(f"  {name:<{w}}{_ci(f['deletion_auc']):<24}{_ci(f['insertion_auc']):<24}"
                      f"{vs}{tag}")
 
-    lines += ["", "Randomisation (cascading, Adebayo et al. 2018): mean Spearman ρ between the "
-                  "trained model's map and the map after randomising, cumulatively:"]
-    cw = max(25, max(len(n) for n in order) + 2)
-    lines.append(f"  {'randomised':<14}" + "".join(f"{n:<{cw}}" for n in order)
-                 + report["baselines"]["randomization_control"]["map"] + " (control)")
-    for k, label in enumerate(report["cascade"]):
-        row = "".join(f"{_ci(methods[n]['randomization']['steps'][k]['rho'], 2):<{cw}}" for n in order)
-        lines.append(f"  {('+ ' if k else '') + label:<14}{row}1.00")
-    verdicts = "".join(f"{_verdict(methods[n]):<{cw}}" for n in order)
-    lines.append(f"  {'verdict':<14}{verdicts}fails (ignores the model)")
-    th = report["thresholds"]
-    lines.append(f"  passed: ρ < {th['rho_changed']} once the whole model is random; failed: ρ ≥ "
-                 f"{th['rho_unchanged']}; class-agnostic: ρ ≥ {th['rho_unchanged']} after the "
-                 f"head alone is random")
+    lines += _precision_lines(report)
+    lines += _ties_lines(report, order, w)
+    lines += _randomisation_lines(report, order)
+    lines += _class_lines(report, order, w)
 
     loc = report["baselines"]["localization"]
     if not loc:
@@ -102,9 +92,89 @@ def tables(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _verdict(method: dict) -> str:
-    r = method["randomization"]
-    return r["verdict"] + (", class-agnostic" if r["class_agnostic"] else "")
+def verdict_text(method: dict) -> str:
+    """The randomisation verdict and the class-sensitivity verdict of one method."""
+    text = method["randomization"]["verdict"]
+    cls = method.get("class_sensitivity", {}).get("verdict")
+    return text + (f", {cls}" if cls and cls != "not measured" else "")
+
+
+def _precision_lines(report: dict) -> list[str]:
+    p = report.get("precision") or {}
+    if p.get("grad_underflow") is None:
+        return []
+    line = (f"Precision: activations {p['dtype']}, gradients {p['grad_dtype']}; "
+            f"{p['grad_underflow']:.2%} of the non-zero gradients flushed to zero in storage "
+            f"(float16 would flush {p['grad_fp16_underflow']:.2%})")
+    return ["", line] + ([f"  {p['warning']}"] if p.get("warning") else [])
+
+
+def _ties_lines(report: dict, order: list[str], w: int) -> list[str]:
+    lines = ["", "Constant maps and ties: constant maps (no order at all; ρ undefined, so left "
+                 "out of the ρ means: see n) and the share of tied patches per map (a map with "
+                 "ties is scored over several random tie orders)"]
+    base = report["baselines"]["faithfulness"]
+    for name in [*order, *[b for b in base if b != RANDOM]]:
+        m = report["methods"].get(name)
+        f = m["faithfulness"] if m else base[name]
+        if "tie_fraction" not in f:
+            continue
+        const = f"{m['constant_maps']} of {report['images']} constant" if m else "baseline"
+        lines.append(f"  {name:<{w}}{const:<22}tied patches {_ci(f['tie_fraction'], 2)}, "
+                     f"{f['tie_orders']} tie order{'s' if f['tie_orders'] > 1 else ''}")
+    return lines
+
+
+def _cell(e, digits: int = 2) -> str:
+    return f"{_ci(e, digits)} n={e.n}" if np.isfinite(e.mean) else f"— n={e.n}"
+
+
+def _randomisation_lines(report: dict, order: list[str]) -> list[str]:
+    methods = report["methods"]
+    draws = report.get("randomization_draws", 1)
+    lines = ["", f"Randomisation (cascading, Adebayo et al. 2018) over {draws} independent weight "
+                 f"draws: mean Spearman ρ between the trained model's map and the map after "
+                 f"randomising, cumulatively; interval over draws and images; n = images × draws "
+                 f"with a defined ρ (constant maps have none):"]
+    cw = max(31, max(len(n) for n in order) + 2)
+    control = report["baselines"]["randomization_control"]
+    lines.append(f"  {'randomised':<14}" + "".join(f"{n:<{cw}}" for n in order)
+                 + control["map"] + " (control)")
+    for k, label in enumerate(report["cascade"]):
+        row = "".join(f"{_cell(methods[n]['randomization']['steps'][k]['rho']):<{cw}}"
+                      for n in order)
+        lines.append(f"  {('+ ' if k else '') + label:<14}{row}1 by construction")
+    verdicts = "".join(f"{methods[n]['randomization']['verdict']:<{cw}}" for n in order)
+    lines.append(f"  {'verdict':<14}{verdicts}fails (ignores the model)")
+    spread = []
+    for n in order:
+        d = [x for x in methods[n]["randomization"]["steps"][-1].get("draws", []) if np.isfinite(x)]
+        if d:
+            spread.append(f"{n} {min(d):.2f}–{max(d):.2f}")
+    if spread:
+        lines.append(f"  spread across draws (mean ρ of each draw, whole model random): "
+                     + "; ".join(spread))
+    th = report["thresholds"]
+    lines.append(f"  passed: ρ < {th['rho_changed']} once the whole model is random; failed: ρ ≥ "
+                 f"{th['rho_unchanged']}. The control's ρ is not measured: an image-only map "
+                 f"reads no weight.")
+    return lines
+
+
+def _class_lines(report: dict, order: list[str], w: int) -> list[str]:
+    methods = report["methods"]
+    if not any("class_sensitivity" in methods[n] for n in order):
+        return []
+    th = report["thresholds"]["rho_unchanged"]
+    lines = ["", f"Class sensitivity: Spearman ρ between the map of the target class and the "
+                 f"map of another class on the same image; class-sensitive: the interval vs the "
+                 f"runner-up lies below {th}; class-agnostic: it lies at or above {th}"]
+    lines.append(f"  {'map':<{w}}{'vs the runner-up':<30}{'vs a random other class':<30}verdict")
+    for n in order:
+        c = methods[n].get("class_sensitivity", {})
+        cells = [(_cell(c[k]['rho']) if k in c else "—") for k in ("runner-up", "random class")]
+        lines.append(f"  {n:<{w}}{cells[0]:<30}{cells[1]:<30}{c.get('verdict', '—')}")
+    return lines
 
 
 # ------------------------------------------------------------------------------ the files
@@ -187,11 +257,11 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
             est = [s["rho"] for s in report["methods"][name]["randomization"]["steps"]]
             mean = np.array([e.mean for e in est])
             err = np.array([[e.mean - e.lo for e in est], [e.hi - e.mean for e in est]])
-            ax.errorbar(range(len(steps)), mean, yerr=np.nan_to_num(err), fmt="o-", ms=3,
+            ax.errorbar(range(len(steps)), mean, yerr=bar_lengths(err), fmt="o-", ms=3,
                         capsize=2, color=palette[name], label=name)
             lowest = np.nanmin([lowest, *[e.lo for e in est], *mean])
         ax.plot(range(len(steps)), np.ones(len(steps)), ":", color=palette[control],
-                label=f"{control} (image only: the control)")
+                label=f"{control} (image only: ρ = 1 by construction)")
         th = report["thresholds"]
         ax.axhspan(th["rho_unchanged"], 1.05, color="red", alpha=0.06, lw=0)
         ax.set_xticks(range(len(steps)), [("+ " if i else "") + s for i, s in enumerate(steps)],
@@ -214,7 +284,7 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
                 mean = np.array([r[key].mean for r in rows])
                 err = np.array([[r[key].mean - r[key].lo for r in rows],
                                 [r[key].hi - r[key].mean for r in rows]])
-                bars = ax.bar(range(len(names)), mean, yerr=np.nan_to_num(err),
+                bars = ax.bar(range(len(names)), mean, yerr=bar_lengths(err),
                               color=[palette[n] for n in names], capsize=3)
                 for bar in bars[len(report["ranking"]["order"]):]:
                     bar.set_hatch("//")
@@ -224,6 +294,13 @@ def _static(report: dict, out_dir: Path) -> list[Path]:
                        title=f"{title} (hatched: baselines)")
             files.append(F.save_static(fig, out_dir / "localization", _Png()))
     return files
+
+
+def bar_lengths(err) -> np.ndarray:
+    """Error-bar lengths from mean − lo and hi − mean: NaN as 0, and never negative (a BCa or
+    Wilson interval of a few images may lie on one side of the mean; the bar then stops at
+    the mean, the interval itself is in score.json and score.txt)."""
+    return np.maximum(np.nan_to_num(np.asarray(err, np.float64)), 0)
 
 
 def rho_floor(lowest: float) -> float:
@@ -250,8 +327,9 @@ def _interactive(report: dict, out_dir: Path) -> Path:
     fig = make_subplots(rows=1, cols=cols, subplot_titles=titles)
 
     def interval(est):
-        return {"type": "data", "symmetric": False, "array": [e.hi - e.mean for e in est],
-                "arrayminus": [e.mean - e.lo for e in est]}
+        return {"type": "data", "symmetric": False,
+                "array": bar_lengths([e.hi - e.mean for e in est]).tolist(),
+                "arrayminus": bar_lengths([e.mean - e.lo for e in est]).tolist()}
 
     # Every trace of one name has that name's colour and legend group: the legend (one entry a
     # name, from the deletion panel) says truly what each line in every panel is.
@@ -277,7 +355,7 @@ def _interactive(report: dict, out_dir: Path) -> Path:
     fig.add_trace(go.Scatter(x=steps, y=[1.0] * len(steps), name=control, legendgroup=control,
                              showlegend=control not in {n for n, _, _ in _series(report)},
                              mode="lines", line={"color": palette[control], "dash": "dot"},
-                             hovertemplate=f"{control} (image only: the control): ρ = 1"
+                             hovertemplate=f"{control} (image only): ρ = 1 by construction"
                                            f"<extra></extra>"), row=1, col=3)
     if loc:
         rows = [(n, report["methods"][n]["localization"]["mass_in_mask"])

@@ -11,6 +11,11 @@ nothing here needs to know the architecture. The groups come from the model's
 `randomization_groups()` when it has one (adapters may define it), else from parameter names:
 `head` + `norm` (the classifier and the final norm), `blocks.<i>` from the last block down,
 then everything else (patch embedding, position embedding, CLS token) as `embedding`.
+
+One draw of random weights is one sample: the ρ of a step varies between draws far beyond
+an interval over images (six draws on 32 images: grad-rollout's head-step ρ from 0.29 to
+0.62). So the cascade is repeated for DRAWS independent draws (`draw_seed`), and intervals
+cover draws and images together (stats.two_level).
 """
 from __future__ import annotations
 
@@ -18,11 +23,13 @@ import copy
 import re
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 RHO_SAME = 0.9      # a mean ρ at or above this: the map is (nearly) unchanged
 RHO_CHANGED = 0.5   # after the whole cascade, a mean ρ below this: the map depends on the model
+DRAWS = 5           # independent weight draws of the cascade
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -64,3 +71,8 @@ def cascade(model: nn.Module, seed: int = 0) -> Iterator[tuple[str, nn.Module]]:
     for label, names in cascade_groups(work):
         randomize_([params[n] for n in names], generator)
         yield label, work
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The generator seed of draw `draw` of a score seeded `seed`: independent streams."""
+    return int(np.random.SeedSequence([seed, draw]).generate_state(1)[0])

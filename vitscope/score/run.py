@@ -27,14 +27,20 @@ from typing import Any
 import numpy as np
 
 from vitscope.errors import PluginError
+from vitscope.score import classes as CL
 from vitscope.score import faithfulness as FA
 from vitscope.score import localization as LO
 from vitscope.score import randomization as RA
-from vitscope.score.stats import Estimate, better, bootstrap, paired, spearman
+from vitscope.score.stats import (BOOTSTRAP, Estimate, better, bootstrap, constant, paired, spearman,
+                                  tie_fraction, two_level, wilson)
 
 RANDOM = "random order"
 FAITHFULNESS_BASELINES = ("centre", "brightness", "edges")   # uniform's order is random
-CONTROL = "brightness"   # the image-only map shown in the randomisation table (ρ = 1 always)
+INTERVALS = ("95% intervals. Means over images: BCa bootstrap over images "
+             "(scipy.stats.bootstrap), paired for differences; proportions (pointing game): "
+             "Wilson score interval; randomisation: percentile bootstrap resampling the "
+             "weight draws and the images independently (two levels).")
+CONTROL = "brightness"   # the image-only map of the randomisation table: ρ = 1 by construction
 
 
 def check_map_plugins(entries) -> None:
@@ -55,9 +61,13 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
                      images: int = 256, data: str | None = None, split: str = "val",
                      target: str | int = "pred", perturbation: str = "drop",
                      batch_size: int = 256, device=None, seed: int = 0,
+                     dtype: str = "float32", draws: int = RA.DRAWS,
+                     tie_draws: int = FA.TIE_DRAWS,
                      echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Score the map plugins `entries` on `images` images of the checkpoint's data. Returns
-    the report (what score.json holds) plus `_arrays` with per-image numbers for figures."""
+    the report (what score.json holds) plus `_arrays` with per-image numbers for figures.
+    `dtype` stores activations and gradients of every capture (float32: nothing underflows;
+    float16: what the report's `precision` says was lost)."""
     import torch
 
     from vitscope._internal.devices import resolve_device
@@ -84,7 +94,8 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
 
     t0 = time.perf_counter()
     dump_path, reused = ensure_dump(ckpt.path, data=data, split=split, n=images, hooks=patterns,
-                                    batch_size=capture_batch, device=dev, target=target)
+                                    batch_size=capture_batch, device=dev, target=target,
+                                    dtype=dtype, grad_dtype=dtype)
     echo(f"{'Reusing' if reused else 'Captured'} dump {dump_path}")
     with tempfile.TemporaryDirectory(prefix="vitscope-score-") as tmp, Dump.open(dump_path) as dump:
         n = min(images, len(dump))
@@ -98,13 +109,14 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
         info = {"checkpoint": str(ckpt.path), "checkpoint_sha256": file_sha256(ckpt.path),
                 "data": dump.attrs.get("dataset"), "split": dump.attrs.get("split"),
                 "images": n, "target": dump.target_spec, "dump": str(Path(dump_path).resolve()),
-                "classes": dump.classes, "grid": list(layout.grid)}
+                "classes": dump.classes, "grid": list(layout.grid),
+                "precision": precision_of(dump, dtype)}
+        if info["precision"]["warning"]:
+            echo(info["precision"]["warning"])
         seconds["maps"] = time.perf_counter() - t0
         mean, std = normalization(ckpt)
         x = to_model_input(torch.from_numpy(pixels).to(dev), mean, std)
         dataset = dataset_for(ckpt, data, split)
-        explicit = np.full(len(dataset), -1, np.int64)
-        explicit[indices] = tgt
         objective = target if isinstance(target, Objective) else None
         if objective is not None:   # what the curves follow: its score on this model
             objective.prepare(model, reference_loader(model, ckpt, mean, std, dev),
@@ -113,27 +125,31 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
                 "zero-shot logit of the explained class"
         steps = iter(range(1 << 30))
 
-        def recompute(random_model) -> dict[str, np.ndarray]:
-            """The plugins' maps on a dump of the randomised model: same images, same targets."""
+        def recompute(some_model, targets) -> dict[str, np.ndarray]:
+            """The plugins' maps on a dump of `some_model` (randomised, or the trained one
+            explaining other classes): same images, the classes `targets`."""
             k = next(steps)
-            path = capture(random_model, dataset, Path(tmp) / f"random-{k}.h5", patterns,
+            explicit = np.full(len(dataset), -1, np.int64)
+            explicit[indices] = targets
+            path = capture(some_model, dataset, Path(tmp) / f"recompute-{k}.h5", patterns,
                            ckpt=None, normalize=(mean, std), classes=list(dump.classes),
                            limit=n, batch_size=capture_batch, device=dev,
-                           seed=CAPTURE_SEED, force=True,
-                           # the same target, its reference or texts from the random model
+                           seed=CAPTURE_SEED, force=True, dtype=dtype, grad_dtype=dtype,
+                           # the same target: its reference or texts from this model
                            target=explicit if objective is None else
                            Objective(objective.kind, objective.argument))
             with Dump.open(path) as rdump:
                 if not np.array_equal(rdump.indices, indices):
                     raise PluginError("The randomised model's dump holds other images than the "
                                       "trained one's; this is a bug in vitscope score.")
-                rmaps = _render_maps(rdump, entries, values, n, Path(tmp) / f"random-{k}")
+                rmaps = _render_maps(rdump, entries, values, n, Path(tmp) / f"recompute-{k}")
             path.unlink()
             return {name: m.maps for name, m in rmaps.items()}
 
         report = evaluate_maps(model, x, pixels, tgt, maps, layout, masks, recompute, info,
                                perturbation=perturbation, batch_size=batch_size, seed=seed,
-                               echo=echo, seconds=seconds, objective=objective)
+                               draws=draws, tie_draws=tie_draws, echo=echo, seconds=seconds,
+                               objective=objective)
     seconds["total"] = time.perf_counter() - t_all
     report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return report
@@ -141,50 +157,106 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
 
 def evaluate_maps(model, x, pixels: np.ndarray, target: np.ndarray,
                   maps: dict[str, np.ndarray], layout, masks: np.ndarray | None,
-                  recompute: Callable[[Any], dict[str, np.ndarray]], info: dict[str, Any], *,
-                  perturbation: str = "drop", batch_size: int = 256, seed: int = 0,
+                  recompute: Callable[[Any, np.ndarray], dict[str, np.ndarray]],
+                  info: dict[str, Any], *, perturbation: str = "drop", batch_size: int = 256,
+                  seed: int = 0, draws: int = RA.DRAWS, tie_draws: int = FA.TIE_DRAWS,
                   echo: Callable[[str], None] = lambda s: None,
                   seconds: dict[str, float] | None = None, objective=None) -> dict[str, Any]:
     """Steps 2-4 of the module docstring for N×h×w `maps` (name -> array) of the images
     `x` (N×C×H×W model inputs on the model's device; `pixels` N×H×W×3 uint8) and the class
-    each explains (`target`, N). `recompute(random_model)` returns the same maps for a
-    randomised copy of `model` (same images, same targets). Returns the report; `seconds`,
-    when given, receives the time of each step. `objective` (vitscope.capture.objective,
-    prepared on `model`): the curves follow its raw score instead of a class probability."""
+    each explains (`target`, N). `recompute(model, targets)` returns the same maps for a model
+    (the trained one or a randomised copy) explaining `targets` (N class indices) on the same
+    images. `draws` independent weight draws of the randomisation cascade; a map with tied
+    patches is scored over `tie_draws` random tie orders. Returns the report; `seconds`, when
+    given, receives the time of each step. `objective` (vitscope.capture.objective, prepared on
+    `model`): the curves follow its raw score instead of a class probability, and class
+    sensitivity is not measured (the objective's score has no other classes to compare)."""
     import torch
 
     seconds = {} if seconds is None else seconds
     n = len(pixels)
+    target = np.asarray(target, np.int64)
     # ---- faithfulness
     t0 = time.perf_counter()
-    target_t = torch.as_tensor(np.asarray(target), dtype=torch.long, device=x.device)
+    target_t = torch.as_tensor(target, dtype=torch.long, device=x.device)
     rng = np.random.default_rng(seed)
     baselines = LO.baseline_maps(pixels, layout.grid)
-    orders = {name: FA.relevance_order(m, rng) for name, m in maps.items()}
-    orders[RANDOM] = FA.random_order(n, layout.num_patches, rng)
-    for b in FAITHFULNESS_BASELINES:
-        orders[b] = FA.relevance_order(baselines[b], rng)
+    ranked = {**maps, **{b: baselines[b] for b in FAITHFULNESS_BASELINES}}
+    ties = {name: tie_fraction(m) for name, m in ranked.items()}
+    orders: dict[tuple[str, int], np.ndarray] = {}
+    for name, m in ranked.items():
+        # ties have no order: average over several random tie orders where there are any
+        for k in range(tie_draws if ties[name].any() else 1):
+            orders[(name, k)] = FA.relevance_order(m, rng)
+    orders[(RANDOM, 0)] = FA.random_order(n, layout.num_patches, rng)
     perturber = FA.Perturber(model, layout, perturbation, objective)
-    curves = FA.curves(perturber, x, target_t, orders, batch_size)
+    raw = FA.curves(perturber, x, target_t, orders, batch_size)
+    curves = {name: FA.Curves.average([c for (other, _), c in raw.items() if other == name])
+              for name in [*maps, RANDOM, *FAITHFULNESS_BASELINES]}
     seconds["faithfulness"] = time.perf_counter() - t0
     echo(f"faithfulness: {len(orders)} orders × {2 * (FA.STEPS - 1) + 2} steps on {n} images "
          f"({seconds['faithfulness']:.1f} s)")
 
-    # ---- randomisation
+    # ---- randomisation: the cascade over `draws` independent weight draws
     t0 = time.perf_counter()
-    rho_steps: list[tuple[str, dict[str, np.ndarray]]] = []
-    for label, random_model in RA.cascade(model, seed):
-        rmaps = recompute(random_model)
-        rho_steps.append((label, {name: spearman(maps[name], rmaps[name]) for name in maps}))
-        echo(f"randomised {label:<12} " + "  ".join(
-            f"{name} ρ={np.nanmean(r):.2f}" for name, r in rho_steps[-1][1].items()))
+    rho: dict[str, dict[str, list[np.ndarray]]] = {}     # step -> method -> one N per draw
+    for d in range(draws):
+        for label, random_model in RA.cascade(model, RA.draw_seed(seed, d)):
+            rmaps = recompute(random_model, target)
+            for name in maps:
+                rho.setdefault(label, {}).setdefault(name, []).append(
+                    spearman(maps[name], rmaps[name]))
+        echo(f"randomisation draw {d + 1}/{draws}, whole model random: " + "  ".join(
+            f"{name} ρ={np.nanmean(r[-1]):.2f}" for name, r in rho[label].items()))
+    rho_steps = [(label, {name: np.stack(v) for name, v in per.items()})
+                 for label, per in rho.items()]
     seconds["randomization"] = time.perf_counter() - t0
+
+    # ---- class sensitivity: the same model explaining other classes
+    t0 = time.perf_counter()
+    others = {} if objective is not None else \
+        CL.other_classes(CL.logits_of(model, x, batch_size), target, seed)
+    other_maps = {what: recompute(model, cls) for what, cls in others.items()}
+    seconds["class_sensitivity"] = time.perf_counter() - t0
+    echo(f"class sensitivity: maps of {', '.join(others) or 'no other class'} "
+         f"({seconds['class_sensitivity']:.1f} s)")
 
     # ---- localisation
     t0 = time.perf_counter()
     coverage = LO.patch_coverage(masks, layout.grid) if masks is not None else None
     seconds["localization"] = time.perf_counter() - t0
-    return _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed)
+    report = _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed)
+    report["randomization_draws"] = draws
+    for name, entry in [*report["methods"].items(), *report["baselines"]["faithfulness"].items()]:
+        if name in ties:
+            faith = entry["faithfulness"] if "faithfulness" in entry else entry
+            faith["tie_fraction"] = bootstrap(ties[name], seed)
+            faith["tie_orders"] = tie_draws if ties[name].any() else 1
+        if name in maps:
+            entry["constant_maps"] = int(constant(maps[name]).sum())
+            entry["class_sensitivity"] = CL.sensitivity(
+                maps[name], {w: om[name] for w, om in other_maps.items()}, seed)
+    return report
+
+
+UNDERFLOW_WARN = 0.01      # a share of lost non-zero gradients worth a warning
+
+
+def precision_of(dump, dtype: str) -> dict[str, Any]:
+    """How the scored dump stores activations and gradients and what storing the gradients
+    lost (shares of their non-zero values), with a warning sentence when it matters."""
+    lost = dump.grad_precision() if dump.grad_hooks else None
+    out: dict[str, Any] = {"dtype": dump.attrs.get("dtype", dtype),
+                           "grad_dtype": dump.grad_dtype if dump.grad_hooks else None,
+                           "grad_underflow": None if lost is None else lost["underflow"],
+                           "grad_overflow": None if lost is None else lost["overflow"],
+                           "grad_fp16_underflow": None if lost is None else lost["fp16_underflow"],
+                           "warning": None}
+    if lost is not None and (lost["underflow"] > UNDERFLOW_WARN or lost["overflow"] > 0):
+        out["warning"] = (f"Warning: {lost['underflow']:.1%} of the non-zero gradients flushed "
+                          f"to zero in {dump.grad_dtype} (and {lost['overflow']:.1%} overflowed); "
+                          f"the gradient maps rest on what is left. Score with --dtype float32.")
+    return out
 
 
 def _render_maps(dump, entries, values, n, folder: Path):
@@ -237,20 +309,20 @@ def _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, se
         for b, m in baselines.items():
             loc_vals[b] = (LO.mass_in_mask(m, coverage), LO.pointing(m, coverage))
             loc_base[b] = {"mass_in_mask": bootstrap(loc_vals[b][0], seed),
-                           "pointing": bootstrap(loc_vals[b][1], seed)}
+                           "pointing": wilson(loc_vals[b][1])}
         loc_base["uniform"]["mask_area"] = bootstrap(coverage.mean(axis=(1, 2)), seed)
 
     for name, m in maps.items():
         entry: dict[str, Any] = {"faithfulness": faith_rows[name]}
         steps = []
         for label, rhos in rho_steps:
-            steps.append({"randomized": label, "rho": bootstrap(rhos[name], seed)})
-        head = steps[0]["rho"].mean if steps else float("nan")
+            both = two_level(rhos[name], seed)     # draws × images
+            steps.append({"randomized": label, "rho": both.estimate, "draws": both.draws,
+                          "per_draw_n": both.per_draw_n})
         last = steps[-1]["rho"].mean if steps else float("nan")
         verdict = ("failed" if last >= RA.RHO_SAME else "passed" if last < RA.RHO_CHANGED
                    else "inconclusive")
-        entry["randomization"] = {"steps": steps, "class_agnostic": bool(head >= RA.RHO_SAME),
-                                  "verdict": verdict}
+        entry["randomization"] = {"steps": steps, "verdict": verdict}
         # baseline -> the metrics on which this map does not beat it
         not_beaten: dict[str, list[str]] = {}
         faith = faith_rows[name]
@@ -273,25 +345,27 @@ def _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, se
                     if not vs[b][key]:
                         not_beaten.setdefault(b, []).append(what)
             entry["localization"] = {"mass_in_mask": bootstrap(mass, seed),
-                                     "pointing": bootstrap(point, seed), "vs": vs}
+                                     "pointing": wilson(point), "vs": vs}
             arrays[f"mass_in_mask/{name}"], arrays[f"pointing/{name}"] = mass, point
         entry["not_beaten"] = not_beaten
         methods[name] = entry
         for label, rhos in rho_steps:
-            arrays[f"rho/{name}/{label}"] = rhos
+            arrays[f"rho/{name}/{label}"] = rhos[name]     # draws × images
 
     ranking = _rank(methods, coverage is not None)
     for k, name in enumerate(ranking["order"]):
         methods[name]["rank"] = k + 1
     pairs = _pairs(ranking["order"], curves, arrays, seed)
     return {"format": "vitscope-score", "version": 1, **info, "perturbation": perturbation,
-            "steps": FA.STEPS, "bootstrap_resamples": 1000, "seed": seed,
+            "steps": FA.STEPS, "bootstrap_resamples": BOOTSTRAP, "seed": seed,
+            "intervals": INTERVALS,
             "methods": methods,
             "baselines": {"faithfulness": {b: faith_rows[b] for b in (RANDOM, *FAITHFULNESS_BASELINES)},
                           "localization": loc_base,
                           "randomization_control": {
-                              "map": CONTROL, "rho": 1.0,
-                              "note": "an image-only map is identical under every randomisation"}},
+                              "map": CONTROL, "rho": 1.0, "measured": False,
+                              "note": "true by construction, not measured: an image-only map "
+                                      "reads no weight, so no randomisation changes it"}},
             "cascade": [label for label, _ in rho_steps],
             "thresholds": {"rho_unchanged": RA.RHO_SAME, "rho_changed": RA.RHO_CHANGED},
             "ranking": ranking, "pairs": pairs, "_arrays": arrays}
@@ -346,6 +420,8 @@ def _rank(methods: dict, localization: bool) -> dict:
 def jsonable(value: Any) -> Any:
     """The report without `_arrays`, Estimates as {mean, ci95, n}, NaN as null."""
     from vitscope.render.figures import json_safe
+    if isinstance(value, np.integer):
+        return int(value)
     if isinstance(value, Estimate):
         return json_safe(value.to_dict())
     if isinstance(value, dict):
