@@ -400,14 +400,18 @@ def _feature_model(ckpt) -> bool:
 
 
 def _needs_target(working, values, unfit) -> dict:
-    """On a feature model without --target: the plugins that read gradients, which would
+    """On a feature model without --target: the plugins that read gradients (or maps the
+    capture makes with the model, integrated gradients, occlusion, Score-CAM), which would
     otherwise explain an arbitrary feature, as NotApplicable naming the targets that apply."""
     from vitscope.capture.objective import OPTIONS
     from vitscope.errors import NotApplicable
-    from vitscope.names import split_grads
+    from vitscope.names import split_grads, split_maps
     out = {}
     for e in working:
-        if e.name in unfit or not e.ok or not split_grads(list(e.requires_for(values.get(e.name))))[1]:
+        if e.name in unfit or not e.ok:
+            continue
+        rest, maps = split_maps(list(e.requires_for(values.get(e.name))))
+        if not split_grads(rest)[1] and not maps:   # maps made with the model explain a target too
             continue
         out[e.name] = NotApplicable(
             f"{e.name} explains a score's gradient, and this model has no class head (it "
