@@ -7,8 +7,9 @@ import torch
 from vitscope.errors import HookError
 from vitscope.model.hooks import attach, hook_points, list_hook_points, resolve, run_with_cache
 
-BLOCK_HOOKS = ["norm1.in", "norm1.out", "attn.q", "attn.k", "attn.v", "attn.weights", "attn.out",
-               "norm2.in", "norm2.out", "mlp.out", "out"]
+BLOCK_HOOKS = ["norm1.in", "norm1.out", "attn.q", "attn.k", "attn.v", "attn.weights", "attn.head_out",
+               "attn.out",
+               "norm2.in", "norm2.out", "mlp.hidden", "mlp.out", "out"]
 
 
 def expected_names(depth):

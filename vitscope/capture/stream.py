@@ -50,6 +50,7 @@ from vitscope.capture.memory import QUEUE_BATCHES, auto_batch_size
 from vitscope.capture.target import _check_target, num_classes, parse_target
 from vitscope.dump import DumpWriter
 from vitscope.errors import DumpError, WriteError
+from vitscope.model.readout import readout_parameters
 from vitscope.model.hooks import attach, hook_points, is_hooked, offered_names, resolve
 from vitscope.names import SLICES, resolve_names, slice_of, split_grads
 
@@ -201,9 +202,10 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     writer = None
     try:
         model.to(dev).eval()
-        writer = BackgroundWriter(DumpWriter(partial, len(positions), attrs,
-                                             batch_size=batch_size,
-                                             compression=req.compression))
+        dump_writer = DumpWriter(partial, len(positions), attrs, batch_size=batch_size,
+                                 compression=req.compression)
+        dump_writer.set_readout(readout_parameters(model))   # before the writer thread starts
+        writer = BackgroundWriter(dump_writer)
         with _terminate_as_exception():
             _stream(model, dataset, plan, writer)
             writer.finish()

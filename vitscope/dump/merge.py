@@ -138,6 +138,8 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
                         raise DumpError(f"'{d.path}' does not belong with '{first.path}': the "
                                         f"parameters of the derived hook point '{name}' differ.")
             f.copy(first._f["derived"], "derived")
+        if "readout" in first._f:   # the model's read-out weights: the same in every shard
+            f.copy(first._f["readout"], "readout")
         for key in _dataset_keys(first._f, aliases):
             ref = first._f[key]
             for d in shards[1:]:

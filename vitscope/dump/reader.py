@@ -160,6 +160,17 @@ class Dump:
                             f"it with `vitscope dump` (--no-derive stores every hook point as "
                             f"captured).") from None
 
+    @property
+    def readout(self) -> dict[str, np.ndarray]:
+        """The model's read-out weights stored with the dump (vitscope.model.readout's keys:
+        `norm.weight`, `head.weight`, `blocks.{i}.attn.proj.weight`, `blocks.{i}.ls1`, ...),
+        float32; {} for a dump made without them."""
+        if "_readout" not in self.__dict__:
+            group = self._f.get("readout")
+            self._readout = {} if group is None else {
+                k: np.asarray(group[k], np.float32) for k in group}
+        return self._readout
+
     def match(self, pattern: str) -> list[str]:
         """Captured hook names matching a glob, in numeric layer order; [] if none. A
         `grad:` pattern matches the captured gradients and returns `grad:`-prefixed names."""

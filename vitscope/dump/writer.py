@@ -184,6 +184,16 @@ class DumpWriter:
                            "eps": float(spec["eps"])}
         self.f.attrs["derived"] = _encode("derived", index)
 
+    def set_readout(self, params: dict[str, np.ndarray]) -> None:
+        """Store the model's read-out weights (vitscope.model.readout: final norm, head,
+        output projections, layer scales) as /readout/<key>, float32, so that read-outs
+        (logit lens, direct logit attribution, per-head contributions) need no model."""
+        if not params:
+            return
+        group = self.f.require_group("readout")
+        for key, value in params.items():
+            group.create_dataset(key, data=np.asarray(value, np.float32))
+
     def finish(self) -> None:
         """Mark the file complete, flush it to disk and close it (the rename that follows must
         never expose lost data); WriteError if any write failed."""
@@ -211,8 +221,10 @@ def dims_for(key: str, ndim: int) -> list[str]:
         dims = ["N", "H", "T", "T"]
     elif slice_of(name) is not None:       # a CLS row or column of the attention
         dims = ["N", "H", "T"]
-    elif name.endswith(("attn.q", "attn.k", "attn.v")):
+    elif name.endswith(("attn.q", "attn.k", "attn.v", "attn.head_out")):
         dims = ["N", "H", "T", "Dh"]
+    elif name.endswith("mlp.hidden"):
+        dims = ["N", "T", "F"]
     elif name == "patch_embed.out":
         dims = ["N", "P", "D"]
     elif ndim == 2:
