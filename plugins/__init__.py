@@ -17,4 +17,9 @@ BUILTINS: dict[str, str] = {
     "grad-rollout": "vitscope.plugins.grad_rollout:GradRollout",
     "attn-grad": "vitscope.plugins.grad_rollout:AttnGrad",
     "gradcam": "vitscope.plugins.gradcam:GradCam",
+    "logit-lens": "vitscope.plugins.logit_lens:LogitLens",
+    "logit-attribution": "vitscope.plugins.logit_attribution:LogitAttribution",
+    "head-stats": "vitscope.plugins.head_stats:HeadStats",
+    "probe": "vitscope.plugins.probe:Probe",
+    "cka": "vitscope.plugins.cka:Cka",
 }
