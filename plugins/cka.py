@@ -11,8 +11,8 @@ Each image is one row: the CLS token or the mean of the patch tokens (`pool`) of
 and Yᵀ X = Σ_chunks Y_cᵀ X_c − n · ȳ x̄ᵀ, so the sums are accumulated chunk by chunk: memory
 is D × D per pair of layers, whatever the number of images (no N × N Gram matrix). Exactly 1
 for a layer with itself, unchanged by rotating or scaling either side (tests). Baseline: the
-same CKA with each image paired with another image (the rows of Y shifted by one within each
-chunk): the value two unrelated representations of this size reach at this N.
+same CKA with each image paired with the next image (the last with the first): the value two
+unrelated representations of this size reach at this N.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from vitscope.dump import Dump
 from vitscope.errors import PluginError
-from vitscope.plugin import Option, n_images, read_chunks
+from vitscope.plugin import Option, n_images, rows_per_read
 from vitscope.plugin.mech import pool_option
 from vitscope.plugin.tokens import cls_index
 from vitscope.render import figures as F
@@ -71,23 +71,27 @@ def cka(x: np.ndarray, y: np.ndarray) -> float:
     return s.value(0, 0)
 
 
-def cka_matrix(read_x, read_y, nx: int, ny: int, n: int, width: int, shift: bool = False
-               ) -> np.ndarray:
+def cka_matrix(read_x, read_y, nx: int, ny: int, n: int, width: int, step: int,
+               shift: bool = False) -> np.ndarray:
     """nx × ny CKA between the layers `read_x(i, start, stop)` and `read_y(j, start, stop)`
-    (each N×D), in passes of as many x-layers as PAIR_BYTES allows; with `shift`, the y rows
-    paired with the next image's (the baseline)."""
+    (each N×D), `step` images at a time, in passes of as many x-layers as PAIR_BYTES allows;
+    with `shift`, image i's x row paired with image i+1's y row (the last with the first:
+    the baseline, the same however the images are chunked)."""
     out = np.full((nx, ny), np.nan)
     per_row = max(1, PAIR_BYTES // max(1, 8 * width * width * ny))
-    step = 512
+
+    def y_rows(j, s, e):
+        if not shift:
+            return read_y(j, s, e)
+        rows = read_y(j, s + 1, min(e + 1, n))
+        return np.concatenate([rows, read_y(j, 0, 1)]) if e == n else rows
     for first in range(0, nx, per_row):
         rows = list(range(first, min(nx, first + per_row)))
         acc = StreamingCKA()
         for s in range(0, n, step):
             e = min(n, s + step)
             xs = {i: read_x(i, s, e) for i in rows}
-            ys = {j: read_y(j, s, e) for j in range(ny)}
-            if shift:
-                ys = {j: np.roll(v, 1, axis=0) for j, v in ys.items()}
+            ys = {j: y_rows(j, s, e) for j in range(ny)}
             acc.add(xs, ys, [(i, j) for i in rows for j in range(ny)])
         for i in rows:
             for j in range(ny):
@@ -110,6 +114,7 @@ class Cka:
 
     name = "cka"
     requires = ("blocks.*.out",)
+    min_images = 3        # centring over fewer says nothing (`analyze --all` skips it)
     options = (
         Option("pool", pool_option, "cls", "each image's row: the CLS token (cls) or the mean "
                "of the patch tokens (mean)"),
@@ -127,8 +132,11 @@ class Cka:
         read = reader(dump, names, pool, self.name)
         width = dump[names[0]].shape[-1]
         L = len(names)
-        within = cka_matrix(read, read, L, L, n, width)
-        base = cka_matrix(read, read, L, L, n, width, shift=True)
+        # chunks sized for the whole tokens when pooling patches, the CLS row otherwise
+        step = min(rows_per_read(dump[b], (cls_index(dump.layout, self.name),)
+                                 if pool == "cls" else ()) for b in names)
+        within = cka_matrix(read, read, L, L, n, width, step)
+        base = cka_matrix(read, read, L, L, n, width, step, shift=True)
         arrays = {"within": within, "within_mismatched_baseline": base, "blocks": np.arange(L)}
         summary = {"images": n, "pool": pool,
                    "adjacent blocks (mean CKA)": round(float(np.nanmean(np.diag(within, 1))), 4)
@@ -139,7 +147,7 @@ class Cka:
         between = None
         if options.other:
             between, other_names, other_label = self._between(dump, options.other, n, pool,
-                                                              read, names, width)
+                                                              read, names, width, step)
             arrays["between"] = between
             summary["other dump"] = other_label
             summary["between: diagonal mean"] = round(float(np.nanmean(np.diag(between))), 4)
@@ -174,7 +182,7 @@ class Cka:
             files.append(I.save_html(fig, out_dir / "cka.html", options))
         return files
 
-    def _between(self, dump, other_path: str, n: int, pool: str, read, names, width):
+    def _between(self, dump, other_path: str, n: int, pool: str, read, names, width, step):
         path = Path(other_path).expanduser()
         if not path.is_absolute() and not path.exists():
             path = Path(dump.path).parent / other_path
@@ -191,5 +199,5 @@ class Cka:
                                   f"--hooks 'blocks.*.out'.")
             opool = pool if other.layout.cls_index is not None else "mean"
             read_y = reader(other, other_names, opool, self.name)
-            between = cka_matrix(read, read_y, len(names), len(other_names), n, width)
+            between = cka_matrix(read, read_y, len(names), len(other_names), n, width, step)
             return between, other_names, str(path)

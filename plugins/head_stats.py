@@ -73,14 +73,11 @@ class HeadStats:
         L, H = len(names), dump[names[0]].shape[1]
         sums = {k: np.zeros((L, H)) for k, _ in STATS}
         sums["distance_patches"] = np.zeros((L, H))
-        per_image = np.zeros((n, L, H), np.float32)     # distance in pixels, for the scatter
         cls = layout.cls_index
         for i, name in enumerate(names):
             for s, a in read_chunks(dump[name], n):
-                e = s + len(a)
                 dp = mean_distance(a, prefix, d_patch)
                 dx = dp if patch == (1, 1) else mean_distance(a, prefix, d_px)
-                per_image[s:e, i] = dx
                 sums["distance_patches"][i] += dp.sum(0)
                 sums["distance_px"][i] += dx.sum(0)
                 sums["entropy"][i] += entropy(a).sum(0)
@@ -106,7 +103,7 @@ class HeadStats:
                 f"{means['distance_px'][i].min():.1f}–{means['distance_px'][i].max():.1f}"
         files = F.save_results(Path(out_dir), {
             **{k: v.astype(np.float32) for k, v in means.items()},
-            "distance_px_per_image": per_image, "uniform_distance_px": np.float64(uniform_px),
+            "uniform_distance_px": np.float64(uniform_px),
             "uniform_distance_patches": np.float64(uniform_patches),
             "uniform_entropy": np.float64(log_t)}, summary)
         out_dir = Path(out_dir)

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.dump.derive import head_contributions
-from vitscope.plugin import n_images, read_chunks
-from vitscope.plugin.mech import mean_ci, require_readout
+from vitscope.errors import NotApplicable
+from vitscope.plugin import n_images, rows_per_read
+from vitscope.plugin.mech import Moments, require_readout
 from vitscope.plugin.tokens import cls_index
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
@@ -65,6 +66,20 @@ class LogitAttribution:
     requires = ("embed.out", "blocks.*.attn.head_out", "blocks.*.mlp.out", "blocks.*.out")
     options = ()
 
+    def check(self, options, shape) -> None:
+        """Not for a feature model (no logits to attribute) or a distilled one (its logit is
+        the mean of two heads on two tokens), nor without a CLS token."""
+        cls_index(shape.layout, self.name)
+        if not shape.classes:
+            raise NotApplicable(f"{self.name} attributes a class logit, and this feature model "
+                                f"has no classifier head.", "needs a classifier head (this is "
+                                f"a feature model)", "logit-lens compares each block with the "
+                                f"final embedding instead")
+        if shape.layout.count("dist"):
+            raise NotApplicable(f"{self.name} reads one linear head on CLS, and this distilled "
+                                f"model averages two heads (CLS and distillation token).",
+                                "needs one linear head on CLS (this model averages two)")
+
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         readout = require_readout(dump, self.name, READOUT)
         heads = dump.match("blocks.*.attn.head_out")
@@ -76,60 +91,70 @@ class LogitAttribution:
         C = readout["head.weight"].shape[0]
         final_name = dump.match("blocks.*.out")[-1]
         H = dump[heads[0]].shape[1]
-        head_attr = np.zeros((n, L, H))
-        mlp_attr, bias_attr = np.zeros((n, L)), np.zeros((n, L))
-        direct, const, logit = np.zeros(n), np.zeros(n), np.zeros(n)
+        # chunks of images sized by the widest read (one block's CLS of every head)
+        step = min(rows_per_read(dump[h], (slice(None), cls)) for h in heads)
+        heads_m, mlp_m, direct_m = Moments(), Moments(), Moments()
         base_heads, base_mlp = np.zeros((L, H)), np.zeros(L)   # attribution to the mean class
-        step = 256
-        for s in range(0, n, step):
-            e = min(n, s + step)
-            final = np.asarray(dump[final_name][s:e, cls], np.float32)
-            parts = {"embed": np.asarray(dump["embed.out"][s:e, cls], np.float32)}
-            for i in range(L):
-                ls1 = readout.get(f"blocks.{i}.ls1")
-                ls2 = readout.get(f"blocks.{i}.ls2")
-                z = np.asarray(dump[heads[i]][s:e, :, cls], np.float32)           # n×H×dh
-                parts[f"heads{i}"] = head_contributions(z, readout[f"blocks.{i}.attn.proj.weight"], ls1)
-                bias = readout.get(f"blocks.{i}.attn.proj.bias", np.zeros(final.shape[1]))
-                parts[f"bias{i}"] = np.broadcast_to(bias * (ls1 if ls1 is not None else 1.0),
-                                                    final.shape)
-                m = np.asarray(dump[mlps[i]][s:e, cls], np.float32)
-                parts[f"mlp{i}"] = m * ls2 if ls2 is not None else m
-            attr, k, lg = attribute(parts, final, readout, target[s:e])
-            direct[s:e], const[s:e], logit[s:e] = attr["embed"], k, lg
-            for i in range(L):
-                head_attr[s:e, i] = attr[f"heads{i}"]
-                mlp_attr[s:e, i] = attr[f"mlp{i}"]
-                bias_attr[s:e, i] = attr[f"bias{i}"]
-            # baseline: the same parts' attribution to each class, averaged over the classes
-            every = [attribute(parts, final, readout, np.full(e - s, c))[0] for c in range(C)]
-            for i in range(L):
-                base_heads[i] += np.mean([a[f"heads{i}"] for a in every], axis=0).sum(0)
-                base_mlp[i] += np.mean([a[f"mlp{i}"] for a in every], axis=0).sum()
-        base_heads /= max(n, 1)
-        base_mlp /= max(n, 1)
-        total = direct + const + head_attr.sum((1, 2)) + mlp_attr.sum(1) + bias_attr.sum(1)
-        stored = np.asarray(dump.logits[:n], np.float32)[np.arange(n), target]
-        hm, hlo, hhi = mean_ci(head_attr) if n > 1 else (head_attr.mean(0),) * 3
-        mm, mlo, mhi = mean_ci(mlp_attr) if n > 1 else (mlp_attr.mean(0),) * 3
-        spread = head_attr.std(0)
-        ranked = sorted(((hm[i, h], f"L{i}H{h}") for i in range(L) for h in range(H)),
-                        key=lambda t: -abs(t[0]))
-        summary = {"images": n, "target": dump.target_spec,
-                   "sum of parts vs logit (max |error|)": round(float(np.abs(total - stored).max()
-                                                                      if n else 0.0), 5),
-                   "direct path (embedding), mean": round(float(direct.mean()), 4) if n else None,
-                   "top heads (mean DLA)": ", ".join(f"{nm} {v:+.3f}" for v, nm in ranked[:5]),
-                   "MLPs (mean DLA by block)": ", ".join(f"{v:+.3f}" for v in mm)}
-        files = F.save_results(Path(out_dir), {
-            "head_dla": head_attr.astype(np.float32), "mlp_dla": mlp_attr.astype(np.float32),
-            "bias_dla": bias_attr.astype(np.float32), "direct_dla": direct, "constant": const,
-            "sum_of_parts": total, "logit": stored, "head_mean_ci": np.stack([hm, hlo, hhi]),
-            "mlp_mean_ci": np.stack([mm, mlo, mhi]), "baseline_head_mean_class": base_heads,
-            "baseline_mlp_mean_class": base_mlp}, summary)
+        worst = 0.0
         out_dir = Path(out_dir)
+        with F.Results(out_dir) as results:
+            for s in range(0, n, step):
+                e = min(n, s + step)
+                final = np.asarray(dump[final_name][s:e, cls], np.float32)
+                parts = {"embed": np.asarray(dump["embed.out"][s:e, cls], np.float32)}
+                for i in range(L):
+                    ls1 = readout.get(f"blocks.{i}.ls1")
+                    ls2 = readout.get(f"blocks.{i}.ls2")
+                    z = np.asarray(dump[heads[i]][s:e, :, cls], np.float32)       # m×H×dh
+                    parts[f"heads{i}"] = head_contributions(
+                        z, readout[f"blocks.{i}.attn.proj.weight"], ls1)
+                    bias = readout.get(f"blocks.{i}.attn.proj.bias", np.zeros(final.shape[1]))
+                    parts[f"bias{i}"] = np.broadcast_to(
+                        bias * (ls1 if ls1 is not None else 1.0), final.shape)
+                    m = np.asarray(dump[mlps[i]][s:e, cls], np.float32)
+                    parts[f"mlp{i}"] = m * ls2 if ls2 is not None else m
+                attr, const, _ = attribute(parts, final, readout, target[s:e])
+                head_attr = np.stack([attr[f"heads{i}"] for i in range(L)], axis=1)   # m×L×H
+                mlp_attr = np.stack([attr[f"mlp{i}"] for i in range(L)], axis=1)      # m×L
+                bias_attr = np.stack([attr[f"bias{i}"] for i in range(L)], axis=1)
+                total = attr["embed"] + const + head_attr.sum((1, 2)) + mlp_attr.sum(1) \
+                    + bias_attr.sum(1)
+                stored = np.asarray(dump.logits[s:e], np.float32)[np.arange(e - s), target[s:e]]
+                worst = max(worst, float(np.abs(total - stored).max()))
+                heads_m.add(head_attr)
+                mlp_m.add(mlp_attr)
+                direct_m.add(attr["embed"])
+                # baseline: the same parts' attribution to each class, averaged over classes
+                every = [attribute(parts, final, readout, np.full(e - s, c))[0] for c in range(C)]
+                for i in range(L):
+                    base_heads[i] += np.mean([a[f"heads{i}"] for a in every], axis=0).sum(0)
+                    base_mlp[i] += np.mean([a[f"mlp{i}"] for a in every], axis=0).sum()
+                for key, value in (("head_dla", head_attr), ("mlp_dla", mlp_attr),
+                                   ("bias_dla", bias_attr), ("direct_dla", attr["embed"]),
+                                   ("constant", const), ("sum_of_parts", total),
+                                   ("logit", stored)):
+                    results.append(key, np.asarray(value, np.float32 if key.endswith("dla")
+                                                   else np.float64))
+            base_heads /= max(n, 1)
+            base_mlp /= max(n, 1)
+            hm, hlo, hhi = heads_m.ci()
+            mm, mlo, mhi = mlp_m.ci()
+            spread = heads_m.std
+            direct_mean = float(direct_m.mean) if n else float("nan")
+            ranked = sorted(((hm[i, h], f"L{i}H{h}") for i in range(L) for h in range(H)),
+                            key=lambda t: -abs(t[0]))
+            summary = {"images": n, "target": dump.target_spec,
+                       "sum of parts vs logit (max |error|)": round(worst, 5),
+                       "direct path (embedding), mean": round(direct_mean, 4),
+                       "top heads (mean DLA)": ", ".join(f"{nm} {v:+.3f}" for v, nm in ranked[:5]),
+                       "MLPs (mean DLA by block)": ", ".join(f"{v:+.3f}" for v in mm)}
+            results["head_mean_ci"] = np.stack([hm, hlo, hhi])
+            results["mlp_mean_ci"] = np.stack([mm, mlo, mhi])
+            results["baseline_head_mean_class"] = base_heads
+            results["baseline_mlp_mean_class"] = base_mlp
+            files = results.save(summary)
         if options.static:
-            files.append(self._figure(hm, spread, mm, mlo, mhi, base_heads, base_mlp, direct,
+            files.append(self._figure(hm, spread, mm, mlo, mhi, base_heads, base_mlp, direct_mean,
                                       n, dump.target_spec, out_dir, options))
         if options.interactive:
             import plotly.graph_objects as go
@@ -180,7 +205,7 @@ class LogitAttribution:
             ax.axvline(0, color="k", lw=0.6)
             ax.invert_yaxis()
             ax.set_yticks(y)
-            ax.set(xlabel="logit", title=f"MLPs; direct path {direct.mean():+.2f}")
+            ax.set(xlabel="logit", title=f"MLPs; direct path {direct:+.2f}")
             ax.legend(frameon=False, fontsize=7)
             fig.suptitle(f"Direct logit attribution to the target logit ({target}), {n} images, "
                          f"final norm linearised per image")

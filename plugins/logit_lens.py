@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from vitscope.dump.derive import layer_norm
-from vitscope.plugin import n_images
-from vitscope.plugin.mech import mean_ci, pooled, require_readout, wilson
+from vitscope.plugin import n_images, rows_per_read
+from vitscope.plugin.mech import Moments, require_readout, wilson
+from vitscope.plugin.tokens import cls_index
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 
@@ -66,48 +67,73 @@ class LogitLens:
         readout = require_readout(dump, self.name, NORM)
         blocks = dump.match("blocks.*.out")
         n = n_images(dump, options.limit)
-        resid = [pooled(dump, b, n, "cls", self.name) for b in blocks]        # L × N×D
+        cls = cls_index(dump.layout, self.name)
+        # chunks of images, every block's CLS per chunk: per-image arrays go to results.npz
+        # as they come, so memory is one chunk whatever N is
+        step = min(rows_per_read(dump[b], (cls,)) for b in blocks)
+        chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
         out_dir = Path(out_dir)
+
+        def read(s, e):
+            return [np.asarray(dump[b][s:e, cls], np.float32) for b in blocks]
         if "head.weight" in readout:
-            return self._classifier(dump, readout, resid, n, out_dir, options)
-        return self._features(dump, readout, resid, n, out_dir, options)
+            return self._classifier(dump, readout, read, chunks, len(blocks), n, out_dir,
+                                    options)
+        return self._features(dump, readout, read, chunks, len(blocks), n, out_dir, options)
 
     # -------------------------------------------------------------------- classifier models
 
-    def _classifier(self, dump, readout, resid, n, out_dir, options) -> list[Path]:
-        L = len(resid)
-        logits = np.stack([lens_logits(r, readout) for r in resid], axis=1)     # N×L×C
-        C = logits.shape[-1]
-        preds = logits.argmax(-1)
-        final = np.asarray(dump.logits[:n], np.float32).argmax(-1)
-        labels, target = dump.labels[:n], dump.target[:n]
-        known = (labels >= 0) & (labels < C)
-        correct = (preds == labels[:, None])[known]
-        acc = wilson(correct.sum(0), known.sum())
-        agree = wilson((preds == final[:, None]).sum(0), n)
-        probs = softmax(logits)
-        tprob = probs[np.arange(n), :, target] if n else np.zeros((0, L))
-        tp = mean_ci(tprob) if n > 1 else (tprob.mean(0), tprob.mean(0), tprob.mean(0))
-        chance = float(np.bincount(labels[known], minlength=C).max() / max(known.sum(), 1))
-        per_class = np.full((C, L), np.nan)
-        for c in range(C):
-            rows = labels == c
-            if rows.any():
-                per_class[c] = (preds[rows] == c).mean(0)
-        settle = settle_layer(preds, final)
-        readable = next((b for b in range(L) if acc[1][b] > chance), None)
-        majority = next((b for b in range(L) if agree[0][b] >= 0.9), None)
-        summary = {"images": n, "blocks": L, "chance (most frequent label)": round(chance, 4),
-                   "first block above chance (Wilson lower bound)": readable,
-                   "first block agreeing with the final prediction on ≥90% of images": majority}
-        for b in range(L):
-            summary[f"block {b} accuracy"] = f"{acc[0][b]:.3f} [{acc[1][b]:.3f}, {acc[2][b]:.3f}]"
-        files = F.save_results(out_dir, {
-            "lens_logits": logits.astype(np.float16), "preds_by_block": preds,
-            "target_prob": tprob.astype(np.float32), "settle_block": settle,
-            "accuracy": np.stack(acc, 1), "agreement": np.stack(agree, 1),
-            "target_prob_mean": np.stack(tp, 1), "per_class_accuracy": per_class,
-            "chance": np.float64(chance)}, summary)
+    def _classifier(self, dump, readout, read, chunks, L, n, out_dir, options) -> list[Path]:
+        C = readout["head.weight"].shape[0]
+        known_n, correct, agree = 0, np.zeros(L), np.zeros(L)
+        tp = Moments()
+        class_correct, class_count = np.zeros((C, L)), np.zeros(C)
+        label_count = np.zeros(C)
+        settle_hist = np.zeros(L + 1, np.int64)
+        with F.Results(out_dir) as results:
+            for s, e in chunks:
+                logits = np.stack([lens_logits(r, readout) for r in read(s, e)], axis=1)
+                preds = logits.argmax(-1)                                         # m×L
+                final = np.asarray(dump.logits[s:e], np.float32).argmax(-1)
+                labels, target = dump.labels[s:e], dump.target[s:e]
+                known = (labels >= 0) & (labels < C)
+                known_n += int(known.sum())
+                correct += (preds == labels[:, None])[known].sum(0)
+                agree += (preds == final[:, None]).sum(0)
+                tprob = softmax(logits)[np.arange(e - s), :, target]              # m×L
+                tp.add(tprob)
+                lab = labels[known]
+                np.add.at(class_correct, lab, preds[known] == lab[:, None])
+                class_count += np.bincount(lab, minlength=C)
+                label_count += np.bincount(lab, minlength=C)
+                settle = settle_layer(preds, final)
+                settle_hist += np.bincount(settle, minlength=L + 1)
+                results.append("lens_logits", logits.astype(np.float32))
+                results.append("preds_by_block", preds)
+                results.append("target_prob", tprob.astype(np.float32))
+                results.append("settle_block", settle)
+            acc = wilson(correct, known_n)
+            agree = wilson(agree, n)
+            tp = tp.ci()
+            chance = float(label_count.max() / max(known_n, 1))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_class = class_correct / class_count[:, None]
+            readable = next((b for b in range(L) if acc[1][b] > chance), None)
+            majority = next((b for b in range(L) if agree[0][b] >= 0.9), None)
+            summary = {"images": n, "blocks": L, "chance (most frequent label)": round(chance, 4),
+                       "first block above chance (Wilson lower bound)": readable,
+                       "first block agreeing with the final prediction on ≥90% of images":
+                           majority}
+            for b in range(L):
+                summary[f"block {b} accuracy"] = (f"{acc[0][b]:.3f} [{acc[1][b]:.3f}, "
+                                                  f"{acc[2][b]:.3f}]")
+            results["accuracy"] = np.stack(acc, 1)
+            results["agreement"] = np.stack(agree, 1)
+            results["target_prob_mean"] = np.stack(tp, 1)
+            results["per_class_accuracy"] = per_class
+            results["settle_histogram"] = settle_hist
+            results["chance"] = np.float64(chance)
+            files = results.save(summary)
         x = np.arange(L)
         if options.static:
             with F.style() as plt:
@@ -140,7 +166,7 @@ class LogitLens:
                              f"through the final norm and head")
                 files.append(F.save_static(fig, out_dir / "logit_lens", options))
                 fig, ax = plt.subplots(figsize=(5, 3.2))
-                ax.hist(settle, bins=np.arange(L + 2) - 0.5, color="C0")
+                ax.bar(np.arange(L + 1), settle_hist, color="C0")
                 ax.set(xlabel="block from which the prediction stays the final one "
                               f"({L}: never)", ylabel="images",
                        title="Where each image's prediction settles")
@@ -163,28 +189,41 @@ class LogitLens:
 
     # ----------------------------------------------------------------------- feature models
 
-    def _features(self, dump, readout, resid, n, out_dir, options) -> list[Path]:
-        L = len(resid)
-        normed = [final_norm(r, readout) for r in resid]
-        last = normed[-1] / np.maximum(np.linalg.norm(normed[-1], axis=1, keepdims=True), 1e-12)
-        cos = np.stack([(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-                         * last).sum(1) for v in normed], axis=1)                # N×L
-        ci = mean_ci(cos) if n > 1 else (cos.mean(0),) * 3
-        # baseline: the same similarity to another image's final embedding
-        other = np.stack([(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-                           * np.roll(last, 1, axis=0)).sum(1) for v in normed], axis=1)
-        summary = {"images": n, "blocks": L, "model": "feature model (no linear head on CLS)"}
-        for b in range(L):
-            summary[f"block {b} cosine to final embedding"] = round(float(ci[0][b]), 4)
-        files = F.save_results(out_dir, {"cosine_to_final": cos, "cosine_ci": np.stack(ci, 1),
-                                         "cosine_other_image": other}, summary)
+    def _features(self, dump, readout, read, chunks, L, n, out_dir, options) -> list[Path]:
+        def unit(v):
+            v = final_norm(v, readout)
+            return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        same, other = Moments(), Moments()
+        # baseline: each image against the previous image's final embedding (image 0 against
+        # the last one): a pairing that does not depend on how the images are chunked
+        prev = unit(read(n - 1, n)[-1]) if n else None
+        with F.Results(out_dir) as results:
+            for s, e in chunks:
+                normed = [unit(r) for r in read(s, e)]
+                last = normed[-1]
+                shifted = np.concatenate([prev, last[:-1]])
+                prev = last[-1:]
+                cos = np.stack([(v * last).sum(1) for v in normed], axis=1)          # m×L
+                cos_other = np.stack([(v * shifted).sum(1) for v in normed], axis=1)
+                same.add(cos)
+                other.add(cos_other)
+                results.append("cosine_to_final", cos.astype(np.float32))
+            ci = same.ci()
+            other_mean = other.mean
+            summary = {"images": n, "blocks": L,
+                       "model": "feature model (no linear head on CLS)"}
+            for b in range(L):
+                summary[f"block {b} cosine to final embedding"] = round(float(ci[0][b]), 4)
+            results["cosine_ci"] = np.stack(ci, 1)
+            results["cosine_other_image_mean"] = other_mean
+            files = results.save(summary)
         x = np.arange(L)
         if options.static:
             with F.style() as plt:
                 fig, ax = plt.subplots(figsize=(6, 3.8))
                 ax.plot(x, ci[0], marker="o", label="same image")
                 ax.fill_between(x, ci[1], ci[2], alpha=0.2)
-                ax.plot(x, other.mean(0), ls=":", color="k", label="another image (baseline)")
+                ax.plot(x, other_mean, ls=":", color="k", label="another image (baseline)")
                 ax.set(xlabel="block", ylabel="cosine similarity",
                        title="Logit lens (feature model): CLS vs the final embedding")
                 ax.legend(frameon=False)
@@ -192,7 +231,7 @@ class LogitLens:
         if options.interactive:
             import plotly.graph_objects as go
             fig = go.Figure([go.Scatter(x=x, y=ci[0], name="same image"),
-                             go.Scatter(x=x, y=other.mean(0), name="another image")])
+                             go.Scatter(x=x, y=other_mean, name="another image")])
             fig.update_layout(title="Cosine similarity to the final embedding by block")
             files.append(I.save_html(fig, out_dir / "logit_lens.html", options))
         return files

@@ -7,7 +7,8 @@ interval on the held-out accuracy. Baselines at every layer: chance (the most fr
 training label, scored on the held-out images) and the same probe trained on shuffled labels
 (what a linear probe reads from features alone, with no class in them). "Readable from" is
 the first block whose interval lies wholly above both baselines' accuracies. Labels are the
-dump's (images without a known label are left out).
+dump's (images without a known label are left out); a dump with no labels at all is probed
+for the model's own predictions (is the decision linearly readable before the head?).
 
 Cost: 2 (pools) × 2 (real, shuffled) × blocks fits of an L2 logistic regression on N/2 × D
 standardised features; the features of one layer (N×D) are what is held in memory.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope.errors import PluginError
+from vitscope.errors import NotApplicable, PluginError
 from vitscope.plugin import Option, n_images
 from vitscope.plugin.mech import POOLS, pooled, wilson
 from vitscope.render import figures as F
@@ -53,6 +54,7 @@ class Probe:
 
     name = "probe"
     requires = ("blocks.*.out",)
+    min_images = 10       # fewer leave nothing to hold out (`analyze --all` skips it)
     options = (
         Option("test_share", float, 0.5, "share of the images held out to score the probes",
                min=0.1, max=0.9),
@@ -61,17 +63,28 @@ class Probe:
         Option("seed", int, 0, "seed of the train/held-out split and the shuffled labels"),
     )
 
+    def check(self, options, shape) -> None:
+        if not shape.classes:
+            raise NotApplicable(f"{self.name} probes for the model's classes, and this feature "
+                                f"model has none.", "needs a classifier's classes (this is a "
+                                f"feature model)", "cka compares its layers instead")
+
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         blocks = dump.match("blocks.*.out")
         n = n_images(dump, options.limit)
         labels = dump.labels[:n]
+        # unlabelled images: probe for the model's own prediction (is the decision readable?)
+        by_label = bool((labels >= 0).any())
+        if not by_label:
+            labels = dump.preds[:n]
         keep = np.flatnonzero(labels >= 0)
         y = labels[keep]
         classes, counts = np.unique(y, return_counts=True)
+        what = "labels" if by_label else "the model's predictions (no labels)"
         if len(classes) < 2 or (counts >= 2).sum() < 2:
-            raise PluginError(f"probe needs at least two classes with two labelled images each "
-                              f"to fit and score a probe; '{dump.path}' has "
-                              f"{len(keep)} labelled images in {len(classes)} classes.")
+            raise PluginError(f"probe needs at least two classes with two images each to fit "
+                              f"and score a probe; '{dump.path}' has {len(keep)} images in "
+                              f"{len(classes)} classes of {what}; use more images (-n).")
         train, test = split(y, options.test_share, options.seed)
         shuffled = np.random.default_rng(options.seed + 1).permutation(y[train])
         y_shuf = y.copy()
@@ -93,7 +106,7 @@ class Probe:
         shuf = {p: wilson(correct_shuf[p], m) for p in pools}
         readable = {p: next((b for b in range(L) if acc[p][1][b] > max(chance, shuf[p][0][b])),
                             None) for p in pools}
-        summary = {"images": n, "train / held out": f"{len(train)} / {m}",
+        summary = {"images": n, "probed for": what, "train / held out": f"{len(train)} / {m}",
                    "chance (most frequent training label)": round(chance, 4)}
         for p in pools:
             summary[f"{p}: readable from block (interval above both baselines)"] = readable[p]
@@ -120,8 +133,8 @@ class Probe:
                             label=f"shuffled labels ({titles[p]})")
                 ax.axhline(chance, color="k", ls=":", label="chance (most frequent label)")
                 ax.set(xlabel="block", ylabel="held-out accuracy", ylim=(0, 1.02),
-                       title=f"Linear probes by block: {len(train)} images to fit, {m} held out "
-                             f"(95% Wilson)")
+                       title=f"Linear probes for {what} by block: {len(train)} images to fit, "
+                             f"{m} held out (95% Wilson)")
                 ax.set_xticks(x)
                 ax.legend(frameon=False, fontsize=7)
                 files.append(F.save_static(fig, out_dir / "probe", options))

@@ -125,3 +125,21 @@ def test_a_dump_keeps_the_readout_and_head_contributions_add_up(tmp_path):
             + r["blocks.1.attn.proj.bias"]
         np.testing.assert_allclose(total, dump["blocks.1.attn.out"][:], rtol=2e-2, atol=2e-2)
         assert dump["blocks.0.mlp.hidden"].shape[-1] == 64
+
+
+def test_a_merged_dump_links_the_readout_of_its_shards(tmp_path):
+    from vitscope.capture import capture
+    from vitscope.data import load_dataset
+    from vitscope.dump import Dump
+    from vitscope.dump.merge import merge
+    from vitscope.model.vit import ModelConfig, ViT
+    torch.manual_seed(0)
+    model = ViT(ModelConfig(image_size=16, depth=2, num_heads=2, embed_dim=32)).eval()
+    ds = load_dataset("shapes:val=8", "val", 16)
+    shards = [capture(model, ds, tmp_path / f"s{i}.h5", "blocks.*.out", shard=f"{i}/2",
+                      batch_size=4) for i in (0, 1)]
+    merged = merge(shards, tmp_path / "m.h5")
+    with Dump.open(merged) as m, Dump.open(shards[0]) as s:
+        assert m.readout.keys() == s.readout.keys() == set(readout_parameters(model))
+        for k, v in readout_parameters(model).items():
+            np.testing.assert_array_equal(m.readout[k], v)

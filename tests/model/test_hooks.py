@@ -87,7 +87,8 @@ def test_run_with_cache_shapes_and_attention_rows(tiny_vit):
 def test_run_with_cache_selects_only_what_is_asked(tiny_vit):
     _, cache = tiny_vit.run_with_cache(torch.randn(2, 3, 16, 16), names=["cls", "blocks.1.attn.*"])
     assert list(cache) == ["blocks.1.attn.q", "blocks.1.attn.k", "blocks.1.attn.v",
-                           "blocks.1.attn.weights", "blocks.1.attn.out", "cls"]
+                           "blocks.1.attn.weights", "blocks.1.attn.head_out", "blocks.1.attn.out",
+                           "cls"]
 
 
 def test_hook_can_edit_activations(tiny_vit):

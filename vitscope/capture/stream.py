@@ -202,10 +202,10 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     writer = None
     try:
         model.to(dev).eval()
-        dump_writer = DumpWriter(partial, len(positions), attrs, batch_size=batch_size,
-                                 compression=req.compression)
-        dump_writer.set_readout(readout_parameters(model))   # before the writer thread starts
-        writer = BackgroundWriter(dump_writer)
+        writer = BackgroundWriter(DumpWriter(partial, len(positions), attrs,
+                                             batch_size=batch_size,
+                                             compression=req.compression,
+                                             readout=readout_parameters(model)))
         with _terminate_as_exception():
             _stream(model, dataset, plan, writer)
             writer.finish()

@@ -79,3 +79,36 @@ def mean_ci(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray, 
     count = v.shape[axis]
     se = v.std(axis=axis, ddof=1) / np.sqrt(count) if count > 1 else np.full_like(m, np.nan)
     return m, m - Z95 * se, m + Z95 * se
+
+
+class Moments:
+    """Mean, spread and a normal 95% interval of per-image values of any shape, accumulated
+    chunk by chunk in float64: memory is the shape, whatever the number of images."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sum: np.ndarray | float = 0.0
+        self.sq: np.ndarray | float = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        v = np.asarray(values, np.float64)
+        self.n += len(v)
+        self.sum = self.sum + v.sum(axis=0)
+        self.sq = self.sq + np.square(v).sum(axis=0)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return np.asarray(self.sum, np.float64) / max(self.n, 1)
+
+    @property
+    def std(self) -> np.ndarray:
+        """The sample standard deviation over images (ddof 1; NaN for one image)."""
+        if self.n < 2:
+            return np.full_like(self.mean, np.nan)
+        var = (np.asarray(self.sq, np.float64) - self.n * np.square(self.mean)) / (self.n - 1)
+        return np.sqrt(np.clip(var, 0, None))
+
+    def ci(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean, lower, upper): mean ± 1.96 standard errors (NaN bounds for one image)."""
+        m, se = self.mean, self.std / np.sqrt(max(self.n, 1))
+        return m, m - Z95 * se, m + Z95 * se
