@@ -4,7 +4,9 @@
 
 Models (random weights: the cost does not depend on them), at 32×32 px, patch 4 (65 tokens):
   shipped   the shipped CIFAR-10 checkpoint's shape: 4 blocks × 4 heads, width 128, ConvStem;
-  12x12     12 blocks × 12 heads, width 384 (a ViT-S-sized model at CIFAR resolution).
+  12x12     12 blocks × 12 heads, width 192 (ViT-Tiny's width with 12 heads of 16);
+  12x12-wide  the same at width 384 (ViT-S's), four times the work per pass.
+The cost is linear in the images and in the passes: `--images 64` and ×4 estimates 256.
 Prints the seconds of one clean forward pass over the images, the number of edited passes
 (modes × components), the wall-clock time of the whole ablation, and the machine's load
 (`os.getloadavg`), since neighbours on a shared machine slow every number down.
@@ -25,7 +27,8 @@ from vitscope.model.vit import ModelConfig, ViT
 MODELS = {
     "shipped": dict(embed_dim=128, depth=4, num_heads=4, mlp_ratio=2.0, stem="conv",
                     stem_channels=[32]),
-    "12x12": dict(embed_dim=384, depth=12, num_heads=12, mlp_ratio=4.0),
+    "12x12": dict(embed_dim=192, depth=12, num_heads=12, mlp_ratio=4.0),
+    "12x12-wide": dict(embed_dim=384, depth=12, num_heads=12, mlp_ratio=4.0),
 }
 
 
@@ -34,7 +37,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=["zero", "mean"])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=["shipped", "12x12"], choices=list(MODELS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -61,7 +64,7 @@ def main() -> None:
         print(f"{name:8s} {cfg.depth}×{cfg.num_heads}: clean forward {forward:.2f} s; "
               f"{passes} edited passes; ablation {total:.1f} s "
               f"({total / max(passes, 1):.2f} s/pass); load now {os.getloadavg()[0]:.1f}; "
-              f"top heads {top}")
+              f"top heads {top}", flush=True)
 
 
 if __name__ == "__main__":
