@@ -14,7 +14,7 @@ from PIL import Image
 from vitscope.cli import main
 from vitscope.data import load_dataset, to_model_input
 from vitscope.errors import ConfigError
-from vitscope.evaluate.ablation import ablate
+from vitscope.evaluate.ablation import _resumable, ablate
 from vitscope.model.checkpoint import load_model
 
 MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
@@ -112,3 +112,15 @@ def test_ablate_on_unlabelled_files_uses_the_prediction(shapes_ckpt, tmp_path):
     bad = CliRunner().invoke(main, ["ablate", str(shapes_ckpt), "--data", f"folder:{folder}",
                                     "--target", "label", "-o", str(tmp_path / "o2")])
     assert bad.exit_code != 0 and "has no labels" in bad.output and "Traceback" not in bad.output
+
+
+def test_resuming_at_the_ablated_block_gives_the_whole_models_numbers(shapes_ckpt):
+    model, _ = load_model(shapes_ckpt)
+    ds = load_dataset("shapes:val=48", "val", 16)
+    assert _resumable(model)
+    fast = ablate(model, ds.images[:10], ds.labels[:10], MEAN, STD, batch_size=6)
+    whole = ablate(model, ds.images[:10], ds.labels[:10], MEAN, STD, batch_size=6,
+                   resume=False)
+    for mode in ("zero", "mean"):
+        np.testing.assert_allclose(fast.grid(mode), whole.grid(mode), atol=1e-6)
+        np.testing.assert_allclose(fast.grid(mode, 1), whole.grid(mode, 1), atol=1e-9)

@@ -16,8 +16,11 @@ prediction) and in correctness; per component: the mean change with a percentile
 wholly below 0 (the baseline: removing it changes nothing).
 
 Cost: one clean pass, then per mode one forward pass of every image for each of the L·(H+1)
-components (no gradients, in batches; every edited forward pass runs the whole model). The
-model is left as it was (hooks removed, train/eval mode and device restored), also on error.
+components (no gradients, in batches). On vitscope's own ViT an edited pass resumes from the
+residual entering the ablated block (cached once per batch), so ablating block i reruns
+only blocks i and after; an adapted model runs whole (its family's forward cannot resume).
+The model is left as it was (hooks removed, train/eval mode and device restored), also on
+error.
 """
 from __future__ import annotations
 
@@ -122,10 +125,31 @@ def _replace(comp: Component, value: torch.Tensor | None) -> Callable:
     return hook
 
 
+def _resumable(model) -> bool:
+    """Whether `model` is vitscope's own ViT, whose forward can resume at any block."""
+    from vitscope.model.vit import ViT
+    return type(model) is ViT
+
+
+def _block_inputs(model, x: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream entering each block of vitscope's ViT for inputs x."""
+    names = [f"blocks.{i}.norm1.in" for i in range(len(model.blocks))]
+    _, cache = run_with_cache(model, x, names)
+    return [cache[n] for n in names]
+
+
+def _run_from(model, block: int, x: torch.Tensor) -> torch.Tensor:
+    """vitscope's ViT from the residual entering `block` to the logits, as its forward does."""
+    for b in model.blocks[block:]:
+        x = b(x)
+    return model.head(model.cls(model.norm(x)[:, 0]))
+
+
 def ablate(model, images: np.ndarray | torch.Tensor, labels: np.ndarray | None, mean, std, *,
            modes: tuple[str, ...] = MODES, target: str = "label", batch_size: int = 256,
            device: str | torch.device | None = None,
-           progress: Callable[[int, int], None] | None = None, seed: int = 0) -> AblationResult:
+           progress: Callable[[int, int], None] | None = None, seed: int = 0,
+           resume: bool = True) -> AblationResult:
     """Ablate every head and MLP of `model` on N×H×W×3 uint8 `images` (module docstring).
     `target`: "label" (needs `labels`) or "pred" (the clean prediction). `progress(done,
     total)` is called after each batch of each component."""
@@ -176,24 +200,34 @@ def ablate(model, images: np.ndarray | torch.Tensor, labels: np.ndarray | None, 
         result = AblationResult(n, depth, heads, float(ok_clean.mean()), float(p_clean.mean()),
                                 target)
         total, done = len(modes) * len(comps) * len(batches), 0
-        for mode in modes:
-            result.effects[mode] = {}
-            for comp in comps:
-                value = None
-                if mode == "mean":
-                    m = means[comp.point]
-                    value = m if comp.head is None else m[comp.head]
-                p_abl, ok_abl = np.zeros(n), np.zeros(n)
-                with attach(model, {comp.point: _replace(comp, value)}), torch.inference_mode():
-                    for s, e in batches:
-                        logits = model(inputs(s, e)).float().cpu()
-                        p_abl[s:e] = logits.softmax(1).gather(1, tgt[s:e, None])[:, 0].numpy()
-                        ok_abl[s:e] = (logits.argmax(1) == truth[s:e]).numpy()
+        p_abl = {(m, c): np.zeros(n) for m in modes for c in comps}
+        ok_abl = {(m, c): np.zeros(n) for m in modes for c in comps}
+        fast = resume and _resumable(model)
+        with torch.inference_mode():
+            for s, e in batches:
+                x = inputs(s, e)
+                # vitscope's ViT: the residual entering each block, so that ablating block i
+                # reruns only blocks i.. (the same numbers as the whole model; test)
+                entering = _block_inputs(model, x) if fast else None
+                for mode in modes:
+                    for comp in comps:
+                        value = None
+                        if mode == "mean":
+                            m = means[comp.point]
+                            value = m if comp.head is None else m[comp.head]
+                        with attach(model, {comp.point: _replace(comp, value)}):
+                            logits = (_run_from(model, comp.block, entering[comp.block]) if fast
+                                      else model(x)).float().cpu()
+                        p_abl[mode, comp][s:e] = logits.softmax(1).gather(
+                            1, tgt[s:e, None])[:, 0].numpy()
+                        ok_abl[mode, comp][s:e] = (logits.argmax(1) == truth[s:e]).numpy()
                         done += 1
                         if progress is not None:
                             progress(done, total)
-                result.effects[mode][comp.name] = (bootstrap(p_abl - p_clean, seed),
-                                                   bootstrap(ok_abl - ok_clean, seed))
+        for mode in modes:
+            result.effects[mode] = {
+                comp.name: (bootstrap(p_abl[mode, comp] - p_clean, seed),
+                            bootstrap(ok_abl[mode, comp] - ok_clean, seed)) for comp in comps}
         return result
     finally:
         model.to(home)
