@@ -25,4 +25,9 @@ BUILTINS: dict[str, str] = {
     "integrated-gradients": "vitscope.plugins.model_maps:IntegratedGradients",
     "occlusion": "vitscope.plugins.model_maps:Occlusion",
     "scorecam": "vitscope.plugins.model_maps:ScoreCam",
+    "logit-lens": "vitscope.plugins.logit_lens:LogitLens",
+    "logit-attribution": "vitscope.plugins.logit_attribution:LogitAttribution",
+    "head-stats": "vitscope.plugins.head_stats:HeadStats",
+    "probe": "vitscope.plugins.probe:Probe",
+    "cka": "vitscope.plugins.cka:Cka",
 }

@@ -20,8 +20,8 @@ from vitscope._internal import compat as _compat  # noqa: E402
 _compat.install()
 
 # The notebook API, imported (with torch) when first used, so `import vitscope` stays light.
-_API = ("explain", "attention", "embed", "view", "Explanation", "Evidence", "Attention",
-        "Embedding", "Figures")
+_API = ("explain", "attention", "embed", "view", "patch", "Explanation", "Evidence", "Attention",
+        "Embedding", "Figures", "Patching")
 
 
 def __getattr__(name: str):

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "info": "vitscope.commands.info:info",
     "hooks": "vitscope.commands.info:hooks",
     "eval": "vitscope.commands.evaluate:eval_cmd",
+    "ablate": "vitscope.commands.ablate:ablate_cmd",
     "predict": "vitscope.commands.evaluate:predict",
     "train": "vitscope.commands.train:train",
     "dump": "vitscope.commands.dump:dump",

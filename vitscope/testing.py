@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 # The gradients the built-in gradient plugins read (grad-rollout, attn-grad, gradcam).
-__all__ = ["make_dump", "render_options", "BUILTIN_GRADS"]
+__all__ = ["make_dump", "render_options", "BUILTIN_GRADS", "BUILTIN_MECH"]
 
 BUILTIN_GRADS = ("grad:blocks.*.attn.weights", "grad:blocks.*.norm1.out")
 # The maps the built-in plugins of methods that need the model read, stored at capture time
@@ -33,6 +33,8 @@ def _builtin_maps() -> tuple[str, ...]:
     import importlib.util
     captum = importlib.util.find_spec("captum") is not None
     return BUILTIN_MAPS if captum else ("map:scorecam",)
+# What logit-attribution reads beyond the default hooks (the per-head and MLP outputs).
+BUILTIN_MECH = ("embed.out", "blocks.*.attn.head_out", "blocks.*.mlp.out")
 
 
 def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size: int = 4,
@@ -66,7 +68,8 @@ def make_dump(path: str | Path, *, n: int = 8, image_size: int = 16, patch_size:
                                       "normalize": {"mean": normalize[0], "std": normalize[1]}},
                         metrics={"epoch": 0})
         ckpt = load_checkpoint(checkpoint)
-    hooks = [*DEFAULT_HOOKS, *BUILTIN_GRADS, *_builtin_maps()] if hooks is None else hooks
+    hooks = [*DEFAULT_HOOKS, *BUILTIN_MECH, *BUILTIN_GRADS, *_builtin_maps()] if hooks is None \
+        else hooks
     return capture(model, dataset, path, hooks, ckpt=ckpt,
                    normalize=normalize, classes=dataset.classes, batch_size=max(1, n),
                    dtype=dtype, force=True, device="cpu", seed=seed)

@@ -34,7 +34,7 @@ def test_hooks_lists_every_point_with_shape(tiny_ckpt):
     res = run("hooks", tiny_ckpt)
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert len(lines) == 2 + 2 * (11 + 2) + 3          # + each attention's CLS row and column
+    assert len(lines) == 2 + 2 * (13 + 2) + 3          # + each attention's CLS row and column
     assert any(l.split() == ["blocks.1.attn.weights", "B×4×17×17"] for l in lines)
     assert any(l.split() == ["blocks.1.attn.weights.cls_col", "B×4×17"] for l in lines)
     res = run("hooks", tiny_ckpt, "--match", "blocks.1.attn.weights")

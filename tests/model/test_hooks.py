@@ -7,8 +7,9 @@ import torch
 from vitscope.errors import HookError
 from vitscope.model.hooks import attach, hook_points, list_hook_points, resolve, run_with_cache
 
-BLOCK_HOOKS = ["norm1.in", "norm1.out", "attn.q", "attn.k", "attn.v", "attn.weights", "attn.out",
-               "norm2.in", "norm2.out", "mlp.out", "out"]
+BLOCK_HOOKS = ["norm1.in", "norm1.out", "attn.q", "attn.k", "attn.v", "attn.weights", "attn.head_out",
+               "attn.out",
+               "norm2.in", "norm2.out", "mlp.hidden", "mlp.out", "out"]
 
 
 def expected_names(depth):
@@ -86,7 +87,8 @@ def test_run_with_cache_shapes_and_attention_rows(tiny_vit):
 def test_run_with_cache_selects_only_what_is_asked(tiny_vit):
     _, cache = tiny_vit.run_with_cache(torch.randn(2, 3, 16, 16), names=["cls", "blocks.1.attn.*"])
     assert list(cache) == ["blocks.1.attn.q", "blocks.1.attn.k", "blocks.1.attn.v",
-                           "blocks.1.attn.weights", "blocks.1.attn.out", "cls"]
+                           "blocks.1.attn.weights", "blocks.1.attn.head_out", "blocks.1.attn.out",
+                           "cls"]
 
 
 def test_hook_can_edit_activations(tiny_vit):

@@ -52,6 +52,7 @@ from vitscope.capture.objective import Objective, is_class_target, reference_loa
 from vitscope.capture.target import _check_target, num_classes, parse_target
 from vitscope.dump import DumpWriter
 from vitscope.errors import DumpError, WriteError
+from vitscope.model.readout import readout_parameters
 from vitscope.model.hooks import attach, hook_points, is_hooked, offered_names, resolve
 from vitscope.names import SLICES, resolve_names, slice_of, split_grads, split_maps
 
@@ -226,7 +227,8 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
         model.to(dev).eval()
         writer = BackgroundWriter(DumpWriter(partial, len(positions), attrs,
                                              batch_size=batch_size,
-                                             compression=req.compression))
+                                             compression=req.compression,
+                                             readout=readout_parameters(model)))
         applied = spec.applied(model) if isinstance(spec, Objective) else \
             contextlib.nullcontext()
         with _terminate_as_exception(), applied:

@@ -153,3 +153,20 @@ class SliceView(_ReadView):
         # N, H, then the free token axis, with the fixed one at its place in N×H×T×T.
         full = key[:2] + ((self.index, key[2]) if self.axis == 2 else (key[2], self.index))
         return np.asarray(self.source[full])
+
+
+# ------------------------------------------------------------------ per-head contributions
+# `blocks.{i}.attn.head_out` is stored before the output projection (N×H×T×dh, the size of
+# `attn.out`); each head's contribution to the residual stream (N×H×T×D, H times larger) is
+# computed on read from it and the projection the dump keeps in /readout
+# (vitscope.model.readout): sum over heads + the projection's bias = `attn.out`.
+
+def head_contributions(head_out: np.ndarray, proj_weight: np.ndarray,
+                       layer_scale: np.ndarray | None = None) -> np.ndarray:
+    """N×H×...×dh per-head values, D×(H·dh) projection -> N×H×...×D contributions (times the
+    layer scale, when given: what the head adds to the residual stream)."""
+    z = np.asarray(head_out, np.float32)
+    H, dh = z.shape[1], z.shape[-1]
+    w = np.asarray(proj_weight, np.float32).reshape(-1, H, dh)        # D×H×dh
+    out = np.einsum("nh...k,dhk->nh...d", z, w, optimize=True)
+    return out * np.asarray(layer_scale, np.float32) if layer_scale is not None else out

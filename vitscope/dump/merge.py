@@ -107,7 +107,7 @@ def _check_shards(dumps: list[Dump]) -> list[Dump]:
 
 
 def _dataset_keys(f: h5py.File, aliases: dict[str, str]) -> list[str]:
-    keys = [k for k in f if isinstance(f[k], h5py.Dataset)]
+    keys = [k for k in f if isinstance(f[k], h5py.Dataset) and k != "readout"]   # not per image
     grads = [f"grads/{h}" for h in f["grads"]] if "grads" in f else []
     return keys + [f"acts/{h}" for h in f["acts"] if h not in aliases] + grads
 
@@ -139,6 +139,12 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
                         raise DumpError(f"'{d.path}' does not belong with '{first.path}': the "
                                         f"parameters of the derived hook point '{name}' differ.")
             f.copy(first._f["derived"], "derived")
+        if "readout" in first._f:   # the model's read-out weights: the first shard's, linked
+            ref = first._f["readout"]
+            layout = h5py.VirtualLayout(shape=ref.shape, dtype=ref.dtype)
+            layout[...] = h5py.VirtualSource(rel[0], "readout", shape=ref.shape)
+            f.create_virtual_dataset("readout", layout, fillvalue=0).attrs["index"] = \
+                ref.attrs["index"]
         for key in _dataset_keys(first._f, aliases):
             ref = first._f[key]
             for d in shards[1:]:

@@ -25,6 +25,8 @@ left by a killed capture never opens as one.
 """
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -176,6 +178,29 @@ class Dump:
                             f"cannot be computed ({type(e).__name__}: {str(e)[:120]}); re-create "
                             f"it with `vitscope dump` (--no-derive stores every hook point as "
                             f"captured).") from None
+
+    @property
+    def readout(self) -> dict[str, np.ndarray]:
+        """The model's read-out weights stored with the dump (vitscope.model.readout's keys:
+        `norm.weight`, `head.weight`, `blocks.{i}.attn.proj.weight`, `blocks.{i}.ls1`, ...),
+        float32; {} for a dump made without them."""
+        if "_readout" not in self.__dict__:
+            ds = self._f.get("readout")
+            out: dict[str, np.ndarray] = {}
+            if isinstance(ds, h5py.Dataset):     # packed by DumpWriter.set_readout
+                try:
+                    flat = np.asarray(ds[()], np.float32).ravel()
+                    for key, (offset, shape) in json.loads(ds.attrs["index"]).items():
+                        size = int(np.prod(shape, dtype=np.int64))
+                        if offset < 0 or offset + size > flat.size:
+                            raise ValueError(f"{key} lies outside the packed weights")
+                        out[key] = flat[offset:offset + size].reshape(shape)
+                except (KeyError, ValueError, TypeError) as e:
+                    raise DumpError(f"'{self.path}' is a damaged dump: its read-out weights "
+                                    f"cannot be read ({type(e).__name__}: {str(e)[:120]}); "
+                                    f"re-create it with `vitscope dump`.") from None
+            self._readout = out
+        return self._readout
 
     def match(self, pattern: str) -> list[str]:
         """Captured hook names matching a glob, in numeric layer order; [] if none. A

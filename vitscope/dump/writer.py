@@ -109,8 +109,10 @@ class DumpWriter:
     """
 
     def __init__(self, path: str | Path, n: int, attrs: dict[str, Any], *, batch_size: int,
-                 compression: str | None = "lzf") -> None:
+                 compression: str | None = "lzf",
+                 readout: dict[str, np.ndarray] | None = None) -> None:
         self.path = Path(path)
+        self.readout = readout or {}   # the model's read-out weights, written by finish()
         self.n = n
         self.batch_size = batch_size
         self.compression = None if compression in (None, "none") else compression
@@ -184,9 +186,27 @@ class DumpWriter:
                            "eps": float(spec["eps"])}
         self.f.attrs["derived"] = _encode("derived", index)
 
+    def set_readout(self, params: dict[str, np.ndarray]) -> None:
+        """Store the model's read-out weights (vitscope.model.readout: final norm, head,
+        output projections, layer scales) as /readout/<key>, float32, so that read-outs
+        (logit lens, direct logit attribution, per-head contributions) need no model."""
+        if not params:
+            return
+        # one packed float32 dataset and an index {key: [offset, shape]}: a merged dump links
+        # it (one virtual dataset) instead of copying a dozen small ones
+        arrays = {k: np.asarray(v, np.float32) for k, v in sorted(params.items())}
+        index, offset = {}, 0
+        for key, value in arrays.items():
+            index[key] = [offset, list(value.shape)]
+            offset += value.size
+        flat = np.concatenate([v.ravel() for v in arrays.values()]) if arrays else np.zeros(0)
+        ds = self.f.create_dataset("readout", data=flat.astype(np.float32))
+        ds.attrs["index"] = json.dumps(index)
+
     def finish(self) -> None:
         """Mark the file complete, flush it to disk and close it (the rename that follows must
         never expose lost data); WriteError if any write failed."""
+        self.set_readout(self.readout)
         self.f.attrs["complete"] = True
         close_file(self.f, self.file)
 
@@ -213,8 +233,10 @@ def dims_for(key: str, ndim: int) -> list[str]:
         dims = ["N", "H", "T", "T"]
     elif slice_of(name) is not None:       # a CLS row or column of the attention
         dims = ["N", "H", "T"]
-    elif name.endswith(("attn.q", "attn.k", "attn.v")):
+    elif name.endswith(("attn.q", "attn.k", "attn.v", "attn.head_out")):
         dims = ["N", "H", "T", "Dh"]
+    elif name.endswith("mlp.hidden"):
+        dims = ["N", "T", "F"]
     elif name == "patch_embed.out":
         dims = ["N", "P", "D"]
     elif ndim == 2:

@@ -283,6 +283,9 @@ class Attention(nn.Module):
         self.k = HookPoint()        # B×H×T×dh
         self.v = HookPoint()        # B×H×T×dh
         self.weights = HookPoint()  # B×H×T×T, post-softmax; rows are queries and sum to 1
+        # B×H×T×dh, each head's output before the projection: head h adds
+        # head_out[:, h] @ proj.weight[:, h·dh:(h+1)·dh].T to the stream (vitscope.dump.derive)
+        self.head_out = HookPoint()
         self.attn_drop = nn.Dropout(cfg.attn_drop_rate)
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.proj_drop = nn.Dropout(cfg.drop_rate)
@@ -299,7 +302,7 @@ class Attention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn = self.weights(attn.softmax(dim=-1))
             x = self.attn_drop(attn) @ v
-        x = x.transpose(1, 2).reshape(B, T, D)
+        x = self.head_out(x).transpose(1, 2).reshape(B, T, D)
         return self.out(self.proj_drop(self.proj(x)))
 
 
@@ -308,12 +311,13 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_dim)
         self.act = nn.GELU()
+        self.hidden = HookPoint()  # B×T×(mlp_ratio·D), after the nonlinearity: the neurons
         self.fc2 = nn.Linear(cfg.mlp_dim, cfg.embed_dim)
         self.drop = nn.Dropout(cfg.drop_rate)
         self.out = HookPoint()  # B×T×D, MLP output before the residual add
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.drop(self.fc2(self.drop(self.act(self.fc1(x))))))
+        return self.out(self.drop(self.fc2(self.drop(self.hidden(self.act(self.fc1(x)))))))
 
 
 class DropPath(nn.Module):
@@ -407,6 +411,13 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.cls(self.forward_features(x)[:, 0]))
+
+    def readout_modules(self) -> dict:
+        """The final norm, the head, each block's output projection; no layer scale
+        (vitscope.model.readout stores them in a dump)."""
+        n = len(self.blocks)
+        return {"norm": self.norm, "head": self.head,
+                "proj": [b.attn.proj for b in self.blocks], "ls1": [None] * n, "ls2": [None] * n}
 
     def set_fused_attn(self, fused: bool) -> None:
         """Force the explicit attention branch everywhere (fused=False), e.g. for baselines."""

@@ -108,9 +108,11 @@ class BlockPoints(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.norm1 = _Group("in", "out")             # B×T×D before / after the first LayerNorm
-        self.attn = _Group("q", "k", "v", "weights", "out")  # B×H×T×dh ×3, B×H×T×T, B×T×D
+        # B×H×T×dh ×3, B×H×T×T, head_out B×H×T×dh (each head before the projection), B×T×D
+        self.attn = _Group("q", "k", "v", "weights", "head_out", "out")
         self.norm2 = _Group("in", "out")             # B×T×D before / after the second LayerNorm
-        self.mlp = _Group("out")                     # B×T×D, MLP output (before layer scale)
+        # hidden: B×T×F after the nonlinearity (fc2's input); out: B×T×D (before layer scale)
+        self.mlp = _Group("hidden", "out")
         self.out = HookPoint()                       # B×T×D, residual stream after the block
 
     @property
@@ -263,14 +265,18 @@ def route_output(module: nn.Module, point: HookPoint, to_point=None,
     return module.register_forward_hook(hook).remove
 
 
-def route_input(module: nn.Module, point: HookPoint) -> Callable[[], None]:
-    """Pass `module`'s first positional input through `point` (only while hooked). Returns
-    what removes the route."""
+def route_input(module: nn.Module, point: HookPoint, to_point=None,
+                from_point=None) -> Callable[[], None]:
+    """Pass `module`'s first positional input through `point` (only while hooked), converted
+    like `route_output`'s. Returns what removes the route."""
     def hook(mod, args):
         if not point.active or not args:
             return None
-        new = point(args[0])
-        return None if new is args[0] else (new, *args[1:])
+        shown = to_point(args[0]) if to_point else args[0]
+        new = point(shown)
+        if new is shown:
+            return None
+        return ((from_point(new, args[0]) if from_point else new), *args[1:])
     return module.register_forward_pre_hook(hook).remove
 
 
@@ -292,6 +298,12 @@ def heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """B×T×(H·dh) -> B×H×T×dh."""
     B, T, _ = x.shape
     return x.view(B, T, num_heads, -1).transpose(1, 2)
+
+
+def split_heads(num_heads: int):
+    """(to_point, from_point) showing a B×T×(H·dh) tensor as B×H×T×dh and back, for routing a
+    projection's input through `attn.head_out`."""
+    return (lambda x: heads(x, num_heads)), (lambda new, like: merge_heads(new).view(like.shape))
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:

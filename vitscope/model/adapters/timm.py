@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, building, require, \
-    route_input, route_output
+    route_input, route_output, split_heads
 from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
 
@@ -96,6 +96,19 @@ class TimmViT(AdaptedViT):
         self.check_input(x)
         return self.model(x)
 
+    def readout_modules(self) -> dict:
+        """What turns the residual stream into logits, and each block's projection and layer
+        scales (vitscope.model.readout). A head is given only where the logits are one linear
+        map of the final-norm CLS token (not for pooled, distilled or fc_norm models)."""
+        m = self.model
+        linear = isinstance(getattr(m, "head", None), torch.nn.Linear)
+        plain = self._token_pooled and linear and getattr(m, "head_dist", None) is None \
+            and isinstance(getattr(m, "fc_norm", torch.nn.Identity()), torch.nn.Identity)
+        return {"norm": m.norm, "head": m.head if plain else None,
+                "proj": [b.attn.proj for b in m.blocks],
+                "ls1": [getattr(b.ls1, "gamma", None) for b in m.blocks],
+                "ls2": [getattr(b.ls2, "gamma", None) for b in m.blocks]}
+
 
 def _check_supported(model, name: str) -> None:
     from vitscope.errors import CheckpointError
@@ -144,9 +157,12 @@ def _route_block(block, pts):
         return torch.cat([parts[:, :, :2], new.transpose(1, 2).unsqueeze(2)], dim=2).view(B, T, -1)
     yield attn.qkv.register_forward_hook(v_from_qkv).remove
     yield route_output(attn.attn_drop, a.weights)   # runs only in the explicit branch, post-softmax
+    yield route_input(attn.proj, a.head_out, *split_heads(num_heads))   # both branches
     yield route_output(attn, a.out)
     yield route_input(block.norm2, getattr(pts.norm2, "in"))
     yield route_output(block.norm2, pts.norm2.out)
+    if hasattr(block.mlp, "fc2"):
+        yield route_input(block.mlp.fc2, pts.mlp.hidden)
     yield route_output(block.mlp, pts.mlp.out)
     yield route_output(block, pts.out)
 

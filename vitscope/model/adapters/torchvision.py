@@ -79,7 +79,7 @@ class ExplicitMHA(nn.MultiheadAttention):
                 attn_mask=None, average_attn_weights=True, is_causal=False):
         pts = self._vitscope.pts
         plain = key_padding_mask is None and attn_mask is None and query is key is value
-        if not (plain and (pts.explicit or pts.qkv_active)):
+        if not (plain and (pts.explicit or pts.qkv_active or pts.attn.head_out.active)):
             out, weights = super().forward(query, key, value, key_padding_mask, need_weights,
                                            attn_mask, average_attn_weights, is_causal)
         else:
@@ -95,7 +95,7 @@ class ExplicitMHA(nn.MultiheadAttention):
         scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
         weights = a.weights(scores.softmax(dim=-1))                 # B×H×T×T
         drop = F.dropout(weights, p=self.dropout, training=self.training)
-        out = self.out_proj(merge_heads(drop @ v))
+        out = self.out_proj(merge_heads(a.head_out(drop @ v)))
         if not need_weights:
             return out, None
         return out, (weights.mean(dim=1) if average else weights)
@@ -131,6 +131,7 @@ class TorchvisionViT(AdaptedViT):
             yield set_attribute(attn, "_vitscope", _Points(pts))
             yield route_input(block.ln_2, getattr(pts.norm2, "in"))
             yield route_output(block.ln_2, pts.norm2.out)
+            yield route_input(block.mlp[3], pts.mlp.hidden)   # fc2: after GELU and dropout
             yield route_output(block.mlp, pts.mlp.out)
             yield route_output(block, pts.out)
         yield route_output(model.encoder.ln, self.norm.out)
@@ -145,6 +146,15 @@ class TorchvisionViT(AdaptedViT):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         return self.model(x)
+
+    def readout_modules(self) -> dict:
+        """The final norm, the head (only a single linear layer: not with a pre-logits
+        layer), each block's output projection; no layer scale (vitscope.model.readout)."""
+        m = self.model
+        layers = list(m.encoder.layers)
+        return {"norm": m.encoder.ln, "head": m.heads[0] if len(m.heads) == 1 else None,
+                "proj": [b.self_attention.out_proj for b in layers],
+                "ls1": [None] * len(layers), "ls2": [None] * len(layers)}
 
 
 def _swap_class(module: nn.Module, cls: type):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, require, route_input, \
-    route_output, scaled, set_attribute
+    route_output, scaled, set_attribute, split_heads
 from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
 from vitscope.model.adapters.hf_folder import ATTENTION_KEYS, MODEL_TYPES, check_sizes
@@ -141,8 +141,12 @@ class HFViT(AdaptedViT):
             yield route_input(norm1, getattr(pts.norm1, "in"))
             yield route_output(norm1, pts.norm1.out)
             yield from _route_attention(layer.attention, pts)
+            yield route_input(layer.attention.o_proj, pts.attn.head_out,
+                              *split_heads(_num_heads(layer.attention)))
             yield route_input(norm2, getattr(pts.norm2, "in"))
             yield route_output(norm2, pts.norm2.out)
+            if hasattr(layer.mlp, "fc2"):
+                yield route_input(layer.mlp.fc2, pts.mlp.hidden)
             yield route_output(layer.mlp, pts.mlp.out)
             yield route_output(layer, pts.out)
         yield route_output(base.layernorm, self.norm.out)
@@ -166,6 +170,26 @@ class HFViT(AdaptedViT):
         out = self.model(pixel_values=x)
         logits = getattr(out, "logits", None)
         return logits if logits is not None else out.pooler_output
+
+    def readout_modules(self) -> dict:
+        """The final layernorm, the classifier where it reads the CLS token alone (not
+        DINOv2's CLS + mean-patch head or DeiT's two heads), each layer's o_proj and layer
+        scales (vitscope.model.readout)."""
+        base, layers = self.base.pts, self._layers.pts
+        head = getattr(self.model, "classifier", None)
+        plain = isinstance(head, nn.Linear) and head.in_features == base.layernorm.normalized_shape[0] \
+            and getattr(self.model, "distillation_classifier", None) is None
+
+        def scale(layer, name):
+            return getattr(getattr(layer, name, None), "lambda1", None)
+        return {"norm": base.layernorm, "head": head if plain else None,
+                "proj": [layer.attention.o_proj for layer in layers],
+                "ls1": [scale(layer, "layer_scale1") for layer in layers],
+                "ls2": [scale(layer, "layer_scale2") for layer in layers]}
+
+
+def _num_heads(attn: nn.Module) -> int:
+    return attn.o_proj.in_features // attn.head_dim
 
 
 def _first(module: nn.Module, *names: str) -> nn.Module:
