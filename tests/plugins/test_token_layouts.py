@@ -59,8 +59,9 @@ def prefix_dump(tmp_path_factory):
                       labels=np.arange(10) % 3, classes=["a", "b", "c"], masks=None,
                       spec="test:prefix", split="val", paths=None)
     path = tmp_path_factory.mktemp("prefix") / "prefix.h5"
-    from vitscope.testing import BUILTIN_GRADS, BUILTIN_MECH   # what the built-ins read
-    return capture(model, ds, path, [*DEFAULT_HOOKS, *BUILTIN_MECH, *BUILTIN_GRADS],
+    from vitscope.testing import BUILTIN_GRADS, BUILTIN_MECH, _builtin_maps   # what the built-ins read
+    return capture(model, ds, path, [*DEFAULT_HOOKS, *BUILTIN_MECH, *BUILTIN_GRADS,
+                                     *_builtin_maps()],
                    classes=ds.classes,
                    batch_size=5,
                    device="cpu", dtype="float32")
