@@ -25,6 +25,9 @@ MODELS = [
     ("torchvision", "vit_b_16", dict(image_size=32, num_classes=4), True),
     ("hf", "ViTForImageClassification", dict(HF_SMALL, model_type="vit", num_labels=3), True),
     ("hf", "Dinov2Model", dict(HF_SMALL, model_type="dinov2"), False),
+    ("hf-clip", "CLIPVisionModel", None, False),
+    ("hf-clip", "SiglipModel", None, False),
+    ("openclip", "ViT-B-32", None, False),
 ]
 IDS = [f"{f}-{n}" for f, n, _, _ in MODELS]
 POINTS = ["blocks.*.norm1.in", "blocks.*.attn.head_out", "blocks.*.attn.out",
@@ -37,6 +40,16 @@ def build(family, name, kwargs):
         from vitscope.model.vit import ModelConfig, ViT
         model = ViT(ModelConfig(image_size=16, depth=2, num_heads=4, embed_dim=32,
                                 mlp_ratio=2.0, num_classes=5))
+    elif family == "hf-clip":
+        pytest.importorskip("transformers")
+        from clip_models import hf_model
+        from vitscope.model.adapters.clip import ClipViT
+        return ClipViT.around(hf_model(name)).eval()
+    elif family == "openclip":
+        pytest.importorskip("open_clip")
+        from clip_models import openclip_model
+        from vitscope.model.adapters.openclip import OpenClipViT
+        return OpenClipViT.around(openclip_model()).eval()
     else:
         if family != "torchvision":
             pytest.importorskip({"timm": "timm", "hf": "transformers"}[family])

@@ -37,7 +37,7 @@ from torch import nn
 from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
 from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, _Group, require, \
-    route_input, route_output
+    route_input, route_output, split_heads
 from vitscope.model.adapters.transformers import ATTENTION, _eager_attention, _flat, \
     _route_attention, _unflat
 from vitscope.model.hooks import name_hook_points
@@ -146,8 +146,11 @@ class ClipViT(AdaptedViT):
             yield route_input(layer.layer_norm1, getattr(pts.norm1, "in"))
             yield route_output(layer.layer_norm1, pts.norm1.out)
             yield from _route_attention(layer.self_attn, pts)
+            yield route_input(layer.self_attn.out_proj, pts.attn.head_out,
+                              *split_heads(layer.self_attn.num_heads))
             yield route_input(layer.layer_norm2, getattr(pts.norm2, "in"))
             yield route_output(layer.layer_norm2, pts.norm2.out)
+            yield route_input(layer.mlp.fc2, pts.mlp.hidden)
             yield route_output(layer.mlp, pts.mlp.out)
             yield route_output(layer, pts.out)
         if self.siglip:
@@ -157,6 +160,14 @@ class ClipViT(AdaptedViT):
         else:
             yield from _route_clip_norm(vision.post_layernorm, self._layers[-1], self.norm.out)
             yield route_output(vision.post_layernorm, self.cls)
+
+    def readout_modules(self) -> dict:
+        """The final layernorm and each layer's out_proj (vitscope.model.readout); no class
+        head (the output is an embedding) and no layer scale."""
+        vision = self._vision[0]
+        return {"norm": vision.post_layernorm, "head": None,
+                "proj": [layer.self_attn.out_proj for layer in self._layers],
+                "ls1": [None] * len(self._layers), "ls2": [None] * len(self._layers)}
 
     @property
     def token_layout(self) -> TokenLayout:

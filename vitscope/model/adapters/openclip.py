@@ -120,6 +120,7 @@ class OpenClipViT(AdaptedViT):
             yield set_attribute(block.attn, "_vitscope", _Points(pts))
             yield route_input(block.ln_2, getattr(pts.norm2, "in"))
             yield route_output(block.ln_2, pts.norm2.out)
+            yield route_input(block.mlp.c_proj, pts.mlp.hidden)   # after c_fc and the GELU
             yield route_output(block.mlp, pts.mlp.out)
             yield route_output(block, pts.out)
         if visual.final_ln_after_pool:    # ln_post sees the pooled CLS token only
@@ -130,6 +131,19 @@ class OpenClipViT(AdaptedViT):
         else:
             yield route_output(visual.ln_post, self.norm.out)
             yield route_output(visual.ln_post, self.cls, _cls_token, _put_cls)
+
+    def readout_modules(self) -> dict:
+        """ln_post, each block's out_proj and layer scales (vitscope.model.readout); no class
+        head (the output is an embedding)."""
+        visual = self._visual[0]
+        blocks = list(visual.transformer.resblocks)
+
+        def gamma(block, name):
+            return getattr(getattr(block, name, None), "gamma", None)
+        return {"norm": visual.ln_post, "head": None,
+                "proj": [b.attn.out_proj for b in blocks],
+                "ls1": [gamma(b, "ls_1") for b in blocks],
+                "ls2": [gamma(b, "ls_2") for b in blocks]}
 
     @property
     def token_layout(self) -> TokenLayout:
