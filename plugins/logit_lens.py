@@ -63,6 +63,10 @@ class LogitLens:
     requires = ("blocks.*.out",)
     options = ()
 
+    def check(self, options, shape) -> None:
+        """It reads the CLS residual: a model without a CLS token is told before capture."""
+        cls_index(shape.layout, self.name)
+
     def render(self, dump, out_dir: Path, options) -> list[Path]:
         readout = require_readout(dump, self.name, NORM)
         blocks = dump.match("blocks.*.out")
