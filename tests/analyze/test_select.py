@@ -157,3 +157,11 @@ def test_a_selection_keeps_the_hook_points_derived_on_read(tmp_path):
         assert full.derived and sorted(sel.derived) == sorted(full.derived)
         for hook in full.derived:
             np.testing.assert_array_equal(sel[hook][:], full[hook][:][[4, 1]])
+        # the model's read-out weights whole (logit-lens, logit-attribution read them), and
+        # the maps made with the model per image, like every hook point
+        assert full.readout and sorted(sel.readout) == sorted(full.readout)
+        for key, value in full.readout.items():
+            np.testing.assert_array_equal(sel.readout[key], value)
+        assert sel.model_maps == full.model_maps
+        for name in full.model_maps:
+            np.testing.assert_array_equal(sel[f"map:{name}"][:], full[f"map:{name}"][:][[4, 1]])

@@ -31,7 +31,7 @@ KINDS = ("misclassified", "correct", "class:NAME", "INDEX,INDEX", "name:FILE")
 BLOCK = 64  # images copied per read: memory stays bounded for any selection
 # In the name of every selection written: one written before its parameters of derived hook
 # points were copied (format 1) is never reused.
-SELECTION_FORMAT = 2
+SELECTION_FORMAT = 3   # 3: the read-out weights and maps made with the model are kept
 
 
 @dataclass(frozen=True)
@@ -157,11 +157,15 @@ def select_dump(path: str | Path, positions: np.ndarray, what: str) -> Path:
         attrs = {k: v for k, v in dump.attrs.items() if k not in skip}
         attrs.update(order="selection", num_images=len(positions), selection=what,
                      selected_from=str(path.resolve()))
-        keys = [k for k in f if isinstance(f[k], h5py.Dataset)]
+        # per-image datasets: everything but the model's read-out weights, which are copied
+        # whole (they belong to the model, not to an image)
+        keys = [k for k in f if isinstance(f[k], h5py.Dataset) and k != "readout"]
         keys += [f"acts/{h}" for h in f["acts"] if h not in aliases]
         keys += [f"grads/{h}" for h in f["grads"]] if "grads" in f else []
+        keys += [f"maps/{m}" for m in f["maps"]] if "maps" in f else []   # made with the model
         writer = DumpWriter(partial, len(positions), attrs, batch_size=BLOCK,
-                            compression=str(dump.attrs.get("compression") or "lzf"))
+                            compression=str(dump.attrs.get("compression") or "lzf"),
+                            readout=dump.readout)
         try:
             for s in range(0, len(positions), BLOCK):
                 pos = positions[s:s + BLOCK]
