@@ -77,7 +77,14 @@ def test_a_fine_tuned_ten_class_deit_imports_with_its_classes(tmp_path):
             tmp_path / "out", "--opt", "cls-embedding.umap=false")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     from vitscope.plugins import BUILTINS
-    assert set(BUILTINS) <= {key.split("@")[0] for key in manifest["plugins"]}, r.output
+    # all but two: logit-attribution reads one linear head on CLS (a distilled DeiT averages
+    # two) and probe needs 10 images; each is skipped before capture with its reason
+    skipped = {"logit-attribution": "needs one linear head on CLS", "probe": "needs at least 10"}
+    assert set(BUILTINS) - set(skipped) <= {key.split("@")[0] for key in manifest["plugins"]}, \
+        r.output
+    for name, reason in skipped.items():
+        assert any(line.startswith("skipped") and f" {name} " in line and reason in line
+                   for line in r.output.splitlines()), r.output
     assert all(p["ok"] for p in manifest["plugins"].values()), manifest["plugins"]
     # without --classes it still imports (no names), and a wrong count is one sentence
     run("import", "timm:deit_tiny_distilled_patch16_224", "--weights", weights,
