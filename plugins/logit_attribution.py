@@ -194,6 +194,8 @@ class LogitAttribution:
                 ax.set_xticks(range(H))
                 ax.set_yticks(range(L))
                 ax.set(xlabel="head", ylabel="block" if lo else "", title=title)
+                if not lo:   # the same rows as the first panel: its block labels serve both,
+                    ax.tick_params(labelleft=False)   # and they would meet its colour bar
                 for i in range(L):
                     for h in range(H):
                         ax.text(h, i, f"{values[i, h]:.2f}", ha="center", va="center", fontsize=6)
@@ -205,6 +207,8 @@ class LogitAttribution:
             ax.axvline(0, color="k", lw=0.6)
             ax.invert_yaxis()
             ax.set_yticks(y)
+            # block labels on the right: on the left they would meet the colour bar beside it
+            ax.yaxis.tick_right()
             ax.set(xlabel="logit", title=f"MLPs; direct path {direct:+.2f}")
             ax.legend(frameon=False, fontsize=7)
             fig.suptitle(f"Direct logit attribution to the target logit ({target}), {n} images, "
