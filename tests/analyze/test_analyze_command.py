@@ -355,3 +355,24 @@ def test_a_failing_epoch_analysis_does_not_stop_training(tmp_path, monkeypatch):
               "--device", "cpu", "--name", "r2", "--analyze-every", "1", "--plugin", "rollout")
     assert res.exit_code == 1 and "Error: Cannot write to the folder 'outputs/r2'" in res.output
     assert not (tmp_path / "elsewhere" / "runs").exists()
+
+
+def test_all_runs_the_model_per_patch_or_step_only_for_the_methods_named(tmp_path,
+                                                                         monkeypatch):
+    """`--all` leaves out the methods whose capture runs the model many times per image
+    (integrated gradients, occlusion, Score-CAM), each listed as skipped with how to run it;
+    one named with -p beside --all runs."""
+    from pathlib import Path
+    pytest.importorskip("captum")
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)                   # the dump cache: outputs/dumps/ here
+    res = run("analyze", "--all", root / "examples/checkpoints/vit-cifar10.pt", "--data",
+              f"folder:{root / 'examples/images'}", "-p", "occlusion", "--static",
+              "-o", tmp_path / "out", "--opt", "cls-embedding.umap=false")
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    for name in ("integrated-gradients", "scorecam"):
+        assert any(l.startswith("skipped") and f" {name} " in l and "name it with -p" in l
+                   for l in lines), res.output
+    assert any(l.startswith("ok") and " occlusion " in l for l in lines), res.output
+    assert not (tmp_path / "out" / "scorecam").exists()

@@ -173,11 +173,16 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
     unfit = check_options(working, values, shape) if shape is not None else {}
     if target is None and dump_path is None and _feature_model(ckpt):
         unfit.update(_needs_target(working, values, unfit))
+    if all_ and dump_path is None:   # methods that run the model per patch or step: by name
+        unfit.update(_by_name_only(working, values, unfit, set(names)))
     missing = missing_hooks(available, [e for e in working if e.name not in unfit],
                             model_hooks, values)
-    if all_ and not names and dump_path is None:   # "every plugin": the unfit sit out, exit 0
-        working = _sit_out(working, unfit, missing, where, echo)
-        unfit, missing = {}, {}
+    if all_ and dump_path is None:   # "every plugin": the unfit sit out, exit 0; one also
+        named = set(names)           # named with -p is refused as if asked for alone
+        working = _sit_out(working, {n: e for n, e in unfit.items() if n not in named},
+                           {n: p for n, p in missing.items() if n not in named}, where, echo)
+        unfit = {n: e for n, e in unfit.items() if n in named}
+        missing = {n: p for n, p in missing.items() if n in named}
     if missing and not unfit and len(missing) == len(working):
         what = "; ".join(f"{name} needs {', '.join(p)}" for name, p in missing.items())
         fix = ("capture them with `vitscope dump CKPT --hooks ...` or run analyze without --dump"
@@ -418,6 +423,25 @@ def _needs_target(working, values, unfit) -> dict:
             f"outputs features); pass {OPTIONS}.",
             reason="reads gradients, and this model has no class head to explain",
             instead=f"give gradient plugins a target: {OPTIONS}")
+    return out
+
+
+def _by_name_only(working, values, unfit, named: set[str]) -> dict:
+    """`analyze --all`: the plugins whose maps the capture makes by running the model many
+    times per image (integrated gradients, occlusion, Score-CAM: tens to hundreds of passes
+    per image, minutes on a 224-px ViT) sit out unless named with -p."""
+    from vitscope.errors import NotApplicable
+    from vitscope.names import split_maps
+    out = {}
+    for e in working:
+        if e.name in unfit or e.name in named or not e.ok:
+            continue
+        if split_maps(list(e.requires_for(values.get(e.name))))[1]:
+            out[e.name] = NotApplicable(
+                f"{e.name} runs the model many times per image; name it with -p {e.name}.",
+                reason="runs the model many times per image: name it with -p to run it",
+                instead="methods that run the model per patch or step (integrated-gradients, "
+                        "occlusion, scorecam) run when named with -p")
     return out
 
 

@@ -16,7 +16,7 @@ DEFAULT_TIMEOUT = 3600.0  # = vitscope.analyze.isolation.DEFAULT_TIMEOUT (not im
 @click.argument("ckpt", required=False, type=click.Path(dir_okay=False))
 @click.option("--plugin", "-p", "names", multiple=True, metavar="NAME",
               help="Plugin to run (repeatable); `vitscope plugins` lists them.")
-@click.option("--all", "all_", is_flag=True, help="Run every installed plugin.")
+@click.option("--all", "all_", is_flag=True, help="Run every installed plugin (those that run the model many times per image, integrated-gradients, occlusion, scorecam, only when also named with -p).")
 @click.option("--dump", "dump_path", type=click.Path(dir_okay=False),
               help="Render from this dump instead of capturing (CKPT is then optional).")
 @click.option("--data", default=None, metavar="SPEC",
