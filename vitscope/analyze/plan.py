@@ -278,6 +278,7 @@ def _sit_out(working, unfit, missing, where: str, echo) -> list:
         echo(f"        {instead[:1].upper() + instead[1:]}.")
     left = [e for e in working if e.name not in reasons]
     if not left:
+        from vitscope.errors import PluginError
         raise PluginError(f"No installed plugin applies to the {where} "
                           f"({'; '.join(f'{n} {r}' for n, r in reasons.items())}); choose "
                           f"plugins written for this model.")
