@@ -419,10 +419,11 @@ def _needs_target(working, values, unfit) -> dict:
         rest, maps = split_maps(list(e.requires_for(values.get(e.name))))
         if not split_grads(rest)[1] and not maps:   # maps made with the model explain a target too
             continue
+        what = "a score's gradient" if split_grads(rest)[1] else "a score"
         out[e.name] = NotApplicable(
-            f"{e.name} explains a score's gradient, and this model has no class head (it "
-            f"outputs features); pass {OPTIONS}.",
-            reason="reads gradients, and this model has no class head to explain",
+            f"{e.name} explains {what}, and this model has no class head (it outputs "
+            f"features); pass {OPTIONS}.",
+            reason=f"explains {what}, and this model has no class head to explain",
             instead=f"give gradient plugins a target: {OPTIONS}")
     return out
 
