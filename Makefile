@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml examples/vitscope-attention-entropy/setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch>=2.3" "torchvision>=0.18"
-	$(BIN)/python -m pip install -q -e ".[dev,timm,hf,clip,bench,cam,captum]"
+	$(BIN)/python -m pip install -q -e ".[dev,timm,hf,clip,bench,cam,captum,lrp]"
 	$(BIN)/python -m pip install -q -e examples/vitscope-attention-entropy
 	touch $(STAMP)
 

@@ -25,6 +25,8 @@ BUILTINS: dict[str, str] = {
     "integrated-gradients": "vitscope.plugins.model_maps:IntegratedGradients",
     "occlusion": "vitscope.plugins.model_maps:Occlusion",
     "scorecam": "vitscope.plugins.model_maps:ScoreCam",
+    "attnlrp": "vitscope.plugins.model_maps:AttnLrp",
+    "cp-lrp": "vitscope.plugins.model_maps:CpLrp",
     "logit-lens": "vitscope.plugins.logit_lens:LogitLens",
     "logit-attribution": "vitscope.plugins.logit_attribution:LogitAttribution",
     "head-stats": "vitscope.plugins.head_stats:HeadStats",

@@ -1,4 +1,4 @@
-"""`integrated-gradients`, `occlusion` and `scorecam`: maps of methods that need the model (many forward
+"""`integrated-gradients`, `occlusion`, `scorecam`, `attnlrp` and `cp-lrp`: maps of methods that need the model (many forward
 or backward passes per image), computed at capture time and stored in the dump as
 `/maps/<method>` (vitscope.capture.model_maps): the plugin asks for `map:<method>` in its
 `requires`, reads the N×h×w maps and draws them like any map. Maps are signed (integrated
@@ -79,3 +79,15 @@ class ScoreCam(ModelMap):
     """Score-CAM (Wang et al. 2020) on gradcam's target, stored at capture (one forward pass per
     channel and image)."""
     name, label = "scorecam", "Score-CAM"
+
+
+class AttnLrp(ModelMap):
+    """AttnLRP (Achtibat et al. 2024): LRP relevance per patch, stored at capture (one forward
+    and backward pass with LRP's rules, as lxt computes it)."""
+    name, label = "attnlrp", "AttnLRP"
+
+
+class CpLrp(ModelMap):
+    """CP-LRP (Ali et al. 2022): LRP with the attention weights held constant, stored at
+    capture (lxt's setting for ViTs)."""
+    name, label = "cp-lrp", "CP-LRP"

@@ -38,7 +38,7 @@ from vitscope.errors import HookError
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 GRAD_PREFIX = "grad:"   # `grad:<hook pattern>`: the gradient of the target logit at those points
 MAP_PREFIX = "map:"     # `map:<method>`: the N×h×w maps of a method that needs the model, stored
-                        # at capture time (integrated-gradients, occlusion)
+                        # at capture time (integrated-gradients, occlusion, attnlrp, ...)
 ATTENTION = "attn.weights"
 # slice suffix -> the axis of the N×H×T×T attention fixed at the CLS index
 SLICES = {"cls_row": 2, "cls_col": 3}

@@ -26,13 +26,14 @@ __all__ = ["make_dump", "render_options", "BUILTIN_GRADS", "BUILTIN_MECH"]
 BUILTIN_GRADS = ("grad:blocks.*.attn.weights", "grad:blocks.*.norm1.out")
 # The maps the built-in plugins of methods that need the model read, stored at capture time
 # (vitscope.capture.model_maps; the first two need Captum, so only where it is installed).
-BUILTIN_MAPS = ("map:integrated-gradients", "map:occlusion", "map:scorecam")
+BUILTIN_MAPS = ("map:integrated-gradients", "map:occlusion", "map:scorecam", "map:attnlrp",
+                "map:cp-lrp")
 
 
 def _builtin_maps() -> tuple[str, ...]:
     import importlib.util
     captum = importlib.util.find_spec("captum") is not None
-    return BUILTIN_MAPS if captum else ("map:scorecam",)
+    return BUILTIN_MAPS if captum else ("map:scorecam", "map:attnlrp", "map:cp-lrp")
 # What logit-attribution reads beyond the default hooks (the per-head and MLP outputs).
 BUILTIN_MECH = ("embed.out", "blocks.*.attn.head_out", "blocks.*.mlp.out")
 

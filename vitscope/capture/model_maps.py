@@ -131,6 +131,9 @@ register(MapMethod("scorecam", "Score-CAM (Wang et al. 2020) on the patch tokens
                    "norm1 output, as pytorch-grad-cam computes it", {"block": -1, "batch": 64},
                    needs_model=True, run=score_cam, class_specific=True))
 
+from vitscope.capture import lrp  # noqa: E402,F401  (registers attnlrp and cp-lrp)
+
+
 def model_map_names() -> list[str]:
     """`map:<method>` for every registered method that needs the model: what a capture can
     store besides hook points."""

@@ -52,6 +52,8 @@ class MapMethod:
     compute: Callable[..., MapOutput] | None = None
     needs_model: bool = False             # computed with the model: `run`, not `compute`
     run: Callable[..., np.ndarray] | None = None
+    one_pass: bool = False                # a run costs one forward and backward pass (LRP), not
+                                          # tens to hundreds (IG, occlusion, Score-CAM)
     class_specific: bool = False          # explains the target class (reads its gradients)
     needs_cls: bool = False               # reads the CLS token (a model without one cannot)
 
