@@ -24,7 +24,8 @@ from pathlib import Path
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 METHODS = ["grad-rollout", "attn-grad", "rollout", "gradcam", "gradcam-pp", "hirescam",
-           "layercam", "eigencam", "scorecam", "integrated-gradients", "occlusion"]
+           "layercam", "eigencam", "scorecam", "integrated-gradients", "occlusion", "attnlrp",
+           "cp-lrp"]
 NEEDS_CAPTUM = {"integrated-gradients", "occlusion"}
 
 
@@ -35,11 +36,22 @@ def ci(e: dict, digits: int = 3) -> str:
     return f"{e['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def faith(e: dict, row: dict, curve: str) -> str:
+    """An AUC with its interval, ✗ where it does not beat the random order (paired CI)."""
+    beats = row.get(f"beats_random_{curve}")
+    return ci(e) + (" ✗" if beats is False else "")
+
+
 def table(report: dict) -> str:
-    """The report (score.json) as one ranked Markdown table."""
+    """The report (score.json) as one ranked Markdown table: deletion and insertion under the
+    ranking perturbation, then under each other one measured (`also`)."""
     loc = bool(report["baselines"]["localization"])
-    head = ["rank", "method", "deletion AUC ↓", "insertion AUC ↑", "ρ all random",
-            "randomisation", "ρ vs runner-up", "class"]
+    main = report["perturbation"]
+    others = list(report["baselines"].get("faithfulness_by_perturbation", {}))
+    head = ["rank", "method", f"deletion AUC ↓ {main}", f"insertion AUC ↑ {main}"]
+    for p in others:
+        head += [f"deletion AUC ↓ {p}", f"insertion AUC ↑ {p}"]
+    head += ["ρ all random", "randomisation", "ρ vs runner-up", "class"]
     if loc:
         head += ["mass in mask ↑", "pointing ↑"]
     head.append("does not beat")
@@ -48,8 +60,13 @@ def table(report: dict) -> str:
         m = report["methods"][name]
         f, r = m["faithfulness"], m["randomization"]
         cls = m.get("class_sensitivity", {})
-        cells = [str(m["rank"]), name, ci(f["deletion_auc"]), ci(f["insertion_auc"]),
-                 ci(r["steps"][-1]["rho"], 2), r["verdict"],
+        cells = [str(m["rank"]), name, faith(f["deletion_auc"], f, "deletion"),
+                 faith(f["insertion_auc"], f, "insertion")]
+        for p in others:
+            g = m["faithfulness_by_perturbation"][p]
+            cells += [faith(g["deletion_auc"], g, "deletion"),
+                      faith(g["insertion_auc"], g, "insertion")]
+        cells += [ci(r["steps"][-1]["rho"], 2), r["verdict"],
                  ci(cls.get("runner-up", {}).get("rho"), 2), cls.get("verdict", "—")]
         if loc:
             cells += [ci(m["localization"]["mass_in_mask"]), ci(m["localization"]["pointing"])]
@@ -57,7 +74,13 @@ def table(report: dict) -> str:
                      or "—")
         rows.append("| " + " | ".join(cells) + " |")
     for b, f in report["baselines"]["faithfulness"].items():
-        cells = ["", f"*{b}*", ci(f["deletion_auc"]), ci(f["insertion_auc"]), "", "", "", ""]
+        cells = ["", f"*{b}*", faith(f["deletion_auc"], f, "deletion"),
+                 faith(f["insertion_auc"], f, "insertion")]
+        for p in others:
+            g = report["baselines"]["faithfulness_by_perturbation"][p][b]
+            cells += [faith(g["deletion_auc"], g, "deletion"),
+                      faith(g["insertion_auc"], g, "insertion")]
+        cells += ["", "", "", ""]
         if loc:
             lb = report["baselines"]["localization"].get(b)
             cells += [ci(lb["mass_in_mask"]), ci(lb["pointing"])] if lb else ["", ""]
@@ -72,7 +95,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--method", action="append", help=f"default: {', '.join(METHODS)}")
+    ap.add_argument("--perturbation", default="drop", help="the one that ranks (drop or grey)")
+    ap.add_argument("--also", default="grey",
+                    help="comma-separated further perturbations measured on the same orders")
     ap.add_argument("--from-json", help="print the table of an existing score.json")
+    ap.add_argument("--save-json", help="also write the report (score.json's content) there")
     args = ap.parse_args()
     if args.from_json:
         print(table(json.loads(Path(args.from_json).read_text())))
@@ -95,6 +122,8 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         report = score_checkpoint(ckpt, entries, images=args.images, data=args.data,
                                   device="cpu", draws=args.draws,
+                                  perturbation=args.perturbation,
+                                  also=[p for p in args.also.split(",") if p],
                                   echo=lambda s: print("  " + s, flush=True))
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         os.chdir(here)
@@ -102,6 +131,10 @@ def main() -> None:
     print(f"\n{ckpt.name}: {report['images']} images of {report['data']}, "
           f"{report['randomization_draws']} weight draws, {report['perturbation']}\n")
     print(table(jsonable(report)))
+    if args.save_json:
+        Path(args.save_json).write_text(json.dumps(
+            jsonable({k: v for k, v in report.items() if k != "_arrays"}), indent=1))
+    print("\nseconds per step: " + ", ".join(f"{k} {v:.0f}" for k, v in report["seconds"].items()))
     print(f"\n{wall:.0f} s wall, {cpu:.0f} CPU s; load average {load[0]:.2f} {load[1]:.2f} "
           f"{load[2]:.2f}; {os.cpu_count()} CPUs visible")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +62,14 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
                      target: str | int = "pred", perturbation: str = "drop",
                      batch_size: int = 256, device=None, seed: int = 0,
                      dtype: str = "float32", draws: int = RA.DRAWS,
-                     tie_draws: int = FA.TIE_DRAWS,
+                     tie_draws: int = FA.TIE_DRAWS, also: Sequence[str] = (),
                      echo: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Score the map plugins `entries` on `images` images of the checkpoint's data. Returns
     the report (what score.json holds) plus `_arrays` with per-image numbers for figures.
     `dtype` stores activations and gradients of every capture (float32: nothing underflows;
-    float16: what the report's `precision` says was lost)."""
+    float16: what the report's `precision` says was lost). `also`: further perturbations whose
+    deletion and insertion curves are measured on the same orders (the report's
+    `faithfulness_by_perturbation`); `perturbation` alone ranks."""
     import torch
 
     from vitscope._internal.devices import resolve_device
@@ -86,7 +88,8 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     check_data(ckpt, data)   # before any work: the randomisation reads the data again
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model = ckpt.build_model().to(dev).eval()
-    FA.check_perturbation(model, perturbation)
+    for p in (perturbation, *also):
+        FA.check_perturbation(model, p)
     values = values or {}
     patterns = union_requires(entries, values)
     # captures: memory-sized (capture.auto_batch_size, at most 64) unless asked for fewer
@@ -149,7 +152,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
         report = evaluate_maps(model, x, pixels, tgt, maps, layout, masks, recompute, info,
                                perturbation=perturbation, batch_size=batch_size, seed=seed,
                                draws=draws, tie_draws=tie_draws, echo=echo, seconds=seconds,
-                               objective=objective)
+                               objective=objective, also=also)
     seconds["total"] = time.perf_counter() - t_all
     report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return report
@@ -161,7 +164,8 @@ def evaluate_maps(model, x, pixels: np.ndarray, target: np.ndarray,
                   info: dict[str, Any], *, perturbation: str = "drop", batch_size: int = 256,
                   seed: int = 0, draws: int = RA.DRAWS, tie_draws: int = FA.TIE_DRAWS,
                   echo: Callable[[str], None] = lambda s: None,
-                  seconds: dict[str, float] | None = None, objective=None) -> dict[str, Any]:
+                  seconds: dict[str, float] | None = None, objective=None,
+                  also: Sequence[str] = ()) -> dict[str, Any]:
     """Steps 2-4 of the module docstring for N×h×w `maps` (name -> array) of the images
     `x` (N×C×H×W model inputs on the model's device; `pixels` N×H×W×3 uint8) and the class
     each explains (`target`, N). `recompute(model, targets)` returns the same maps for a model
@@ -196,6 +200,15 @@ def evaluate_maps(model, x, pixels: np.ndarray, target: np.ndarray,
     seconds["faithfulness"] = time.perf_counter() - t0
     echo(f"faithfulness: {len(orders)} orders × {2 * (FA.STEPS - 1) + 2} steps on {n} images "
          f"({seconds['faithfulness']:.1f} s)")
+    also_rows: dict[str, dict[str, dict]] = {}
+    for p in dict.fromkeys(a for a in also if a != perturbation):   # the same orders, other pixels
+        t0 = time.perf_counter()
+        raw = FA.curves(FA.Perturber(model, layout, p, objective), x, target_t, orders, batch_size)
+        also_rows[p] = faithfulness_rows(
+            {name: FA.Curves.average([c for (other, _), c in raw.items() if other == name])
+             for name in [*maps, RANDOM, *FAITHFULNESS_BASELINES]}, seed)
+        seconds[f"faithfulness_{p}"] = time.perf_counter() - t0
+        echo(f"faithfulness with {p}: {seconds[f'faithfulness_{p}']:.1f} s")
 
     # ---- randomisation: the cascade over `draws` independent weight draws
     t0 = time.perf_counter()
@@ -227,6 +240,13 @@ def evaluate_maps(model, x, pixels: np.ndarray, target: np.ndarray,
     seconds["localization"] = time.perf_counter() - t0
     report = _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed)
     report["randomization_draws"] = draws
+    if also_rows:   # the same orders under other perturbations; `perturbation` ranks
+        for name in maps:
+            report["methods"][name]["faithfulness_by_perturbation"] = {
+                p: rows[name] for p, rows in also_rows.items()}
+        report["baselines"]["faithfulness_by_perturbation"] = {
+            p: {b: rows[b] for b in (RANDOM, *FAITHFULNESS_BASELINES)}
+            for p, rows in also_rows.items()}
     for name, entry in [*report["methods"].items(), *report["baselines"]["faithfulness"].items()]:
         if name in ties:
             faith = entry["faithfulness"] if "faithfulness" in entry else entry
@@ -275,13 +295,10 @@ def _render_maps(dump, entries, values, n, folder: Path):
 
 # ------------------------------------------------------------------------------- the report
 
-def _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed) -> dict:
-    random = curves[RANDOM]
-    r_del, r_ins = random.auc()
-    methods: dict[str, dict] = {}
-    arrays: dict[str, np.ndarray] = {"fractions": random.fractions}
-    for name, c in curves.items():
-        arrays[f"deletion/{name}"], arrays[f"insertion/{name}"] = c.deletion, c.insertion
+def faithfulness_rows(curves: dict, seed: int) -> dict[str, dict]:
+    """Per order (maps, the random order, the image-only baselines): deletion and insertion
+    AUCs and curves with intervals, and each map against the random order and the baselines."""
+    r_del, r_ins = curves[RANDOM].auc()
     faith_rows = {}
     for name, c in curves.items():
         d, i = c.auc()
@@ -302,6 +319,16 @@ def _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, se
                                           "beats_deletion": better(dd, False),
                                           "beats_insertion": better(di, True)}
         faith_rows[name] = row
+    return faith_rows
+
+
+def _report(info, maps, curves, rho_steps, baselines, coverage, perturbation, seed) -> dict:
+    random = curves[RANDOM]
+    methods: dict[str, dict] = {}
+    arrays: dict[str, np.ndarray] = {"fractions": random.fractions}
+    for name, c in curves.items():
+        arrays[f"deletion/{name}"], arrays[f"insertion/{name}"] = c.deletion, c.insertion
+    faith_rows = faithfulness_rows(curves, seed)
 
     loc_base: dict[str, dict] = {}
     loc_vals: dict[str, tuple[np.ndarray, np.ndarray]] = {}
