@@ -114,3 +114,14 @@ def test_plugin_options_mirror_the_methods():
                 assert key in declared and declared[key].default == default, (name, key)
             seen.add(name)
     assert {"integrated-gradients", "occlusion", "scorecam"} <= seen
+
+
+def test_the_api_runs_the_method_with_its_options(shapes_ckpt):
+    import vitscope
+    images = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
+    maps = {steps: vitscope.explain(str(shapes_ckpt), images, methods=["integrated-gradients"],
+                                    options={"integrated-gradients": {"steps": steps}}
+                                    ).maps["integrated-gradients"] for steps in (2, 32)}
+    default = vitscope.explain(str(shapes_ckpt), images, methods=["integrated-gradients"])
+    assert np.allclose(default.maps["integrated-gradients"], maps[32])
+    assert not np.allclose(maps[2], maps[32], rtol=1e-3, atol=1e-5)
