@@ -39,6 +39,9 @@ def test_dump_opt_reaches_the_method_and_is_recorded(shapes_ckpt, tmp_path):
                                                              "internal_batch": 64}
         with h5py.File(tmp_path / f"s{steps}.h5") as f:   # beside the maps, too
             assert json.loads(f["maps/integrated-gradients"].attrs["options"])["steps"] == steps
+    info = CliRunner().invoke(main, ["dump", "info", str(tmp_path / "s2.h5")])
+    assert "integrated-gradients (internal_batch=64, steps=2), explaining target pred" \
+        in info.output, info.output
     assert dump_cli(shapes_ckpt, tmp_path / "default.h5").exit_code == 0
     with Dump.open(tmp_path / "default.h5") as d:
         assert np.array_equal(np.asarray(d[IG][:]), runs[32])      # the default is 32 steps

@@ -218,6 +218,11 @@ def info_cmd(path) -> None:
                 click.echo(f"gradients    stored in {d.grad_dtype}; {lost['underflow']:.2%} of "
                            f"the non-zero values flushed to zero in storage (float16 would "
                            f"flush {lost['fp16_underflow']:.2%})")
+        if d.model_maps:   # made by running the model: with which options, for which target
+            made = [(m, d.map_options(m)) for m in d.model_maps]
+            click.echo("maps         " + "; ".join(
+                f"{m} ({', '.join(f'{k}={v}' for k, v in o.items()) if o is not None else 'options not recorded'})"
+                for m, o in made) + f", explaining target {d.target_spec}")
         filters = {h: _filter(d[h]) for h in d.names if h not in d.derived and h not in d.sliced}
         asked = a.get("compression")
         used = sum(f == asked for f in filters.values())
