@@ -1,5 +1,5 @@
 """`imagenet-seg:PATH`: the ImageNet-segmentation benchmark's gtsegs_ijcv.mat (MATLAB v7.3 =
-HDF5 with object references, column-major arrays), written here in that layout with h5py:
+HDF5 with object references, column-major arrays), written in that layout with h5py:
 images and masks come back the right way round, through the model's preprocessing, read
 lazily, and feed `vitscope score`'s localisation."""
 from __future__ import annotations
@@ -32,9 +32,10 @@ def source_images(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_mat(path, images, masks) -> None:
-    """The layout of gtsegs_ijcv.mat: MATLAB's 512-byte header, /value/img and /value/gt as
-    N×1 references; an image is stored as 3×W×H (column-major H×W×3), a mask as W×H behind a
-    1×1 array of references."""
+    """The layout of gtsegs_ijcv.mat, written here and not by vitscope.data.imagenet_seg.write,
+    so a layout error in vitscope cannot hide behind its own writer: MATLAB's 512-byte header,
+    /value/img and /value/gt as N×1 references; an image stored as 3×W×H (column-major
+    H×W×3), a mask as W×H behind a 1×1 array of references."""
     with h5py.File(path, "w", userblock_size=512) as f:
         refs = f.create_group("#refs#")
         img = np.empty((len(images), 1), h5py.ref_dtype)
@@ -46,6 +47,17 @@ def write_mat(path, images, masks) -> None:
             gt[k, 0] = cell.ref
         f.create_dataset("value/img", data=img)
         f.create_dataset("value/gt", data=gt)
+
+
+def test_the_writer_writes_what_chefers_indexing_reads(tmp_path):
+    """vitscope's writer (for benchmarks) against the reference loader's indexing."""
+    images, masks = source_images(3)
+    imagenet_seg.write(tmp_path / "w.mat", images, masks)
+    with h5py.File(tmp_path / "w.mat", "r") as f:
+        for k in range(3):
+            img = np.array(f[f["/value/img"][k, 0]]).transpose((2, 1, 0))
+            gt = np.array(f[f[f["/value/gt"][k, 0]][0, 0]]).transpose((1, 0))
+            assert np.array_equal(img, images[k]) and np.array_equal(gt, masks[k])
 
 
 @pytest.fixture
@@ -71,7 +83,8 @@ def test_reading_is_lazy(mat, monkeypatch):
     path, _ = mat
     read = []
     real = imagenet_seg.read_pair
-    monkeypatch.setattr(imagenet_seg, "read_pair", lambda f, k: read.append(k) or real(f, k))
+    monkeypatch.setattr(imagenet_seg, "read_pair",
+                        lambda f, k, pixels=True: read.append(k) or real(f, k, pixels))
     ds = load_dataset(f"imagenet-seg:{path}", "all", 16)
     assert read == [0]                          # the layout check reads one image
     ds.images[np.array([5, 2])]

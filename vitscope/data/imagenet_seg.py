@@ -80,12 +80,35 @@ def check_file(file: Path, spec: str) -> int:
     return refs[0]
 
 
-def read_pair(f, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image k (H×W×3) and its mask (H×W), as MATLAB holds them (transposed back)."""
-    image = np.asarray(f[f[IMAGES][k, 0]]).transpose(2, 1, 0)
+def read_pair(f, k: int, pixels: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Image k (H×W×3) and its mask (H×W), as MATLAB holds them (transposed back). Without
+    `pixels`, the image is an empty array of its shape and type (the mask is checked
+    against it without decoding it)."""
+    stored = f[f[IMAGES][k, 0]]
+    image = np.asarray(stored).transpose(2, 1, 0) if pixels else \
+        np.empty(stored.shape[::-1], stored.dtype)
     cell = f[f[MASKS][k, 0]]
     mask = np.asarray(f[cell[0, 0]]).transpose(1, 0)
     return image, mask
+
+
+def write(path, images, masks) -> None:
+    """A file in the benchmark's layout, for tests and benchmarks: MATLAB's 512-byte header,
+    /value/img and /value/gt as N×1 references, each image stored 3×W×H (column-major
+    H×W×3), each mask W×H behind a 1×1 array of references. `images`: H×W×3 uint8 arrays (any
+    sizes); `masks`: H×W arrays (non-zero = the object)."""
+    import h5py
+    with h5py.File(path, "w", userblock_size=512) as f:
+        refs = f.create_group("#refs#")
+        img = np.empty((len(images), 1), h5py.ref_dtype)
+        gt = np.empty((len(images), 1), h5py.ref_dtype)
+        for k, (im, m) in enumerate(zip(images, masks)):
+            img[k, 0] = refs.create_dataset(f"i{k}", data=np.asarray(im).transpose(2, 1, 0)).ref
+            mask = refs.create_dataset(f"m{k}", data=np.asarray(m, np.uint8).transpose(1, 0))
+            gt[k, 0] = refs.create_dataset(f"c{k}", data=np.array([[mask.ref]],
+                                                                  h5py.ref_dtype)).ref
+        f.create_dataset(IMAGES, data=img)
+        f.create_dataset(MASKS, data=gt)
 
 
 def _check_pair(image: np.ndarray, mask: np.ndarray, k: int, file: Path, spec: str) -> None:
@@ -117,7 +140,7 @@ class _Reader:
         try:
             with h5py.File(self.file, "r") as f:
                 for i, k in enumerate(index):
-                    image, mask = read_pair(f, int(k))
+                    image, mask = read_pair(f, int(k), pixels=what == "image")
                     _check_pair(image, mask, int(k), self.file, self.spec)
                     if what == "image":
                         out[i] = prepare_image(Image.fromarray(image), self.pp)
