@@ -43,7 +43,8 @@ class ModelMap:
                 masks.add(maps, s)
             results["labels"] = dump.labels[:n]
             results["preds"] = dump.preds[:n]
-            summary = {"images": n, "target": dump.target_spec, "stored": f"/maps/{self.name}"}
+            summary = {"images": n, "target": dump.target_spec, "stored": f"/maps/{self.name}",
+                       "options": dump.map_options(self.name)}   # what the capture ran
             summary.update(masks.numbers())
             files = results.save(summary)
         if options.static and k:
@@ -65,20 +66,37 @@ class ModelMap:
         return files
 
 
+# The method's own options, declared here so `--opt integrated-gradients.steps=16` is checked
+# like any plugin option; the capture runs the method with them (the same names and defaults
+# as its registration in vitscope.capture.model_maps, which a test keeps in step).
+
 class IntegratedGradients(ModelMap):
     """Integrated gradients (Sundararajan et al. 2017) per patch, stored at capture (Captum)."""
     name, label = "integrated-gradients", "Integrated gradients"
+    options = ModelMap.options + (
+        Option("steps", int, 32, "integration steps from the mid-grey input (run at capture)",
+               min=2, max=1024),
+        Option("internal_batch", int, 64, "inputs per forward pass of the integration (memory "
+               "only; the maps do not change)", min=1))
 
 
 class Occlusion(ModelMap):
     """The fall of the target logit when each patch is greyed, stored at capture (Captum)."""
     name, label = "occlusion", "Occlusion"
+    options = ModelMap.options + (
+        Option("per_eval", int, 16, "occluded inputs per forward pass (memory only; the maps "
+               "do not change)", min=1),)
 
 
 class ScoreCam(ModelMap):
     """Score-CAM (Wang et al. 2020) on gradcam's target, stored at capture (one forward pass per
     channel and image)."""
     name, label = "scorecam", "Score-CAM"
+    options = ModelMap.options + (
+        Option("block", int, -1, "block whose norm1 output is the target (negative counts from "
+               "the end; run at capture)"),
+        Option("batch", int, 64, "masked inputs per forward pass (memory only; the maps do not "
+               "change)", min=1))
 
 
 class AttnLrp(ModelMap):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vitscope.analyze.isolation import DEFAULT_TIMEOUT
 from vitscope.analyze.run import (PluginResult, RenderRequest, missing_hooks, output_folder,
-                                  render_plugins, union_requires)
+                                  map_options, render_plugins, union_requires)
 
 DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds to capture
 
@@ -203,7 +203,8 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
     working = [e for e in working if e.name not in refused]
     patterns = union_requires(working, values)
     if dump_path is None:   # a data folder that is not here is found before any work
-        _check_data(ckpt, data, split, images or DEFAULT_IMAGES, patterns, target)
+        _check_data(ckpt, data, split, images or DEFAULT_IMAGES, patterns, target,
+                    map_options(working, values))
     # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
     created = make_output_dir(run, PluginError, "choose another output folder with -o")
     # the plugins write the run's plotly.min.js straight into it: a run that stops takes it too
@@ -219,11 +220,14 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
         from vitscope.capture import ensure_dump
         path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
                                    hooks=patterns, batch_size=batch_size, device=dev,
-                                   progress=True, target=target)
+                                   progress=True, target=target,
+                                   map_options=map_options(working, values))
         progress.dump = None if reused else path
         from vitscope._internal.memory import give_back
         give_back()   # the capture's memory, before the plugins render beside this process
     hooks, size, (grads, target_spec) = _dump_contents(path)
+    if dump_path is not None:
+        _check_map_options(path, working, values)
     held = summarize_names(hooks) + (f"; gradients of {summarize_names(grads)} for target "
                                      f"{target_spec}" if grads else "")
     echo(f"Using dump {path}" if dump_path is not None else
@@ -301,7 +305,29 @@ def _link_from_parent(parent: Path) -> None:
         pass
 
 
-def _check_data(ckpt, data, split, n, patterns, target) -> None:
+def _check_map_options(path: Path, working, values) -> None:
+    """With --dump: an `--opt` of a method run at capture (integrated-gradients.steps=16) must
+    be what the dump's maps were made with; PluginError otherwise (options that set only speed
+    are not compared)."""
+    given = {k: v for k, v in map_options(working, values).items() if v}
+    if not given:
+        return
+    from vitscope.dump import Dump
+    from vitscope.errors import PluginError
+    from vitscope.methods import get
+    with Dump.open(path) as dump:
+        for name, options in given.items():
+            wanted = get(name).map_deciding(options)
+            if name in dump.model_maps and not dump.map_options_agree(name, wanted):
+                made = dump.map_options(name)
+                made_text = ", ".join(f"{k}={made[k]}" for k in wanted if k in made) \
+                    if made is not None else "options it did not record"
+                raise PluginError(f"Dump '{path}' holds {name} maps made with {made_text}, not "
+                                  f"{', '.join(f'{k}={v}' for k, v in wanted.items())}; leave "
+                                  f"out --dump to capture them, or the --opt to use these.")
+
+
+def _check_data(ckpt, data, split, n, patterns, target, run_options=None) -> None:
     """DataError when the data to capture is a folder or files missing here, unless a finished
     dump serves the request anyway (ensure_dump then reuses it, with a warning)."""
     from vitscope.capture import check_data, covering_dump
@@ -311,7 +337,7 @@ def _check_data(ckpt, data, split, n, patterns, target) -> None:
         check_data(load_checkpoint(ckpt), data)
     except DataError:
         if covering_dump(ckpt, data=data, split=split, n=n, hooks=patterns,
-                         target=target) is None:
+                         target=target, map_options=run_options) is None:
             raise
 
 

@@ -78,6 +78,34 @@ def union_requires(entries: Iterable[PluginEntry],
                               for p in e.requires_for(values.get(e.name))))
 
 
+def map_options(entries: Iterable[PluginEntry],
+                values: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """{method: options} for the `map:<method>` hooks the chosen plugins read: each plugin's
+    `--opt` values that its method has (integrated-gradients.steps=16 -> {"integrated-gradients":
+    {"steps": 16}}), which the capture runs the method with. Two plugins asking one method for
+    different values is one sentence."""
+    from vitscope.capture.model_maps import check_model_maps
+    from vitscope.names import split_maps
+    out: dict[str, dict[str, Any]] = {}
+    owner: dict[tuple[str, str], str] = {}
+    for e in entries:
+        if not e.ok:
+            continue
+        given = (values or {}).get(e.name) or {}
+        for method in check_model_maps(split_maps(e.requires_for(given))[1]):
+            for key, value in given.items():
+                if key not in method.defaults:
+                    continue
+                if key in out.get(method.name, {}) and out[method.name][key] != value:
+                    raise PluginError(f"Plugins {owner[method.name, key]} and {e.name} ask for "
+                                      f"{method.name}'s maps with {key}={out[method.name][key]} "
+                                      f"and {key}={value}; one capture stores one of them, so "
+                                      f"give both the same value.")
+                out.setdefault(method.name, {})[key] = value
+                owner[method.name, key] = e.name
+    return out
+
+
 def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
                   model_hooks: Iterable[str] | None = None,
                   values: dict[str, dict[str, Any]] | None = None) -> dict[str, list[str]]:

@@ -24,7 +24,7 @@ from vitscope.capture.objective import is_class_target
 from vitscope.capture.target import parse_target
 from vitscope.dump import Dump
 from vitscope.errors import DataError, DumpError, VitscopeError
-from vitscope.names import split_grads
+from vitscope.names import split_grads, split_maps
 
 DEFAULT_N = 64                      # images ensure_dump captures when no n is given
 
@@ -124,14 +124,18 @@ def run_name(ckpt_path: str | Path) -> str:
 
 
 def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha,
-                   target="pred", dtype=None, grad_dtype="float32") -> Path | None:
-    """The first finished dump in the search folders that serves the request, else None."""
+                   target="pred", dtype=None, grad_dtype="float32",
+                   map_options=None) -> Path | None:
+    """The first finished dump in the search folders that serves the request, else None.
+    `map_options`: {method: given options} of the `map:` hooks (their defaults otherwise)."""
+    from vitscope.capture.model_maps import deciding_options
+    deciding = deciding_options(split_maps(patterns)[1], map_options)
     for path in find_dumps(dump_dir):
         try:
             with Dump.open(path) as dump:
                 if dump.covers(patterns, n, checkpoint_sha256=sha, data=spec, split=split,
                                data_sha256=data_sha, seed=CAPTURE_SEED, target=target,
-                               dtype=dtype, grad_dtype=grad_dtype):
+                               dtype=dtype, grad_dtype=grad_dtype, map_options=deciding):
                     return path
         except VitscopeError:
             continue  # a foreign or damaged file in the cache folder is not ours to judge
@@ -140,7 +144,8 @@ def _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha,
 
 def covering_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | None = "val",
                   n: int | None = None, hooks: str | Iterable[str] = DEFAULT_HOOKS,
-                  target: str | int = "pred", dump_dir: str | Path | None = None) -> Path | None:
+                  target: str | int = "pred", dump_dir: str | Path | None = None,
+                  map_options: dict[str, dict[str, Any]] | None = None) -> Path | None:
     """The finished dump `ensure_dump` falls back to when the data cannot be loaded here (one
     that matches in all but the unchecked pixels), else None."""
     from vitscope.model.checkpoint import load_checkpoint
@@ -148,7 +153,8 @@ def covering_dump(ckpt_path: str | Path, *, data: str | None = None, split: str 
     patterns = [hooks] if isinstance(hooks, str) else list(hooks)
     return _covering_dump(dump_dir, patterns, DEFAULT_N if n is None else n,
                           file_sha256(ckpt.path), data_spec(ckpt, data),
-                          split or default_split(ckpt, data), None, target)
+                          split or default_split(ckpt, data), None, target,
+                          map_options=map_options)
 
 
 def find_dumps(dump_dir: str | Path | None = None) -> list[Path]:
@@ -164,7 +170,8 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
                 dump_dir: str | Path | None = None, batch_size: int | None = None,
                 device: str | torch.device | None = None,
                 progress: bool = False, target: str | int = "pred",
-                dtype: str | None = None, grad_dtype: str = "float32") -> tuple[Path, bool]:
+                dtype: str | None = None, grad_dtype: str = "float32",
+                map_options: dict[str, dict[str, Any]] | None = None) -> tuple[Path, bool]:
     """A dump serving (checkpoint, data, split, first n images, hooks, target): `(path, reused)`.
 
     Reuses any finished dump in `dump_dir` (default: outputs/dumps, then the legacy
@@ -174,7 +181,10 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
     `split` None means `default_split` (all of a folder given as `data`, else val).
     `target` ("pred", "label" or a class index) matters only for `grad:` hooks. `dtype` and
     `grad_dtype` store activations and gradients, and a dump is reused only when stored in
-    them (`dtype` None: any activations; a capture stores float16).
+    them (`dtype` None: any activations; a capture stores float16). `map_options`
+    ({method: {key: value}}) are the options of the `map:<method>` hooks: a dump serves only
+    when its maps were made with the same values (those that decide the maps), else the
+    capture runs the methods with them.
     """
     from vitscope.model.checkpoint import load_checkpoint
 
@@ -199,7 +209,7 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
         # The data is gone (moved, or outputs/ copied to another machine): a dump that matches
         # in everything else still serves, with a warning that its pixels went unchecked.
         found = _covering_dump(dump_dir, patterns, n, sha, spec, split, None, target, dtype,
-                               grad_dtype)
+                               grad_dtype, map_options)
         if found is None:
             raise
         warnings.warn(f"Reusing {found} without re-checking its images: the data {spec} cannot "
@@ -207,7 +217,7 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
         return found, True
     data_sha = dataset.fingerprint()
     found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target, dtype,
-                           grad_dtype)
+                           grad_dtype, map_options)
     if found is not None:
         return found, True
     folder = Path(dump_dir) if dump_dir is not None else DEFAULT_DUMP_DIR
@@ -216,6 +226,11 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
         request += (str(target), grad_dtype)   # another target is another dump
     if dtype not in (None, "float16"):
         request += (dtype,)
+    if split_maps(patterns)[1]:   # maps explain the target, with their options
+        from vitscope.capture.model_maps import deciding_options
+        request += (str(target), sorted((m, sorted(o.items(), key=str)) for m, o in
+                                        deciding_options(split_maps(patterns)[1],
+                                                         map_options).items()))
     key = hashlib.sha256(repr(request).encode()).hexdigest()[:10]
     out = folder / f"{run_name(ckpt.path)}-{split}-{min(n, len(dataset))}-{key}.h5"
     created = [p for p in [folder, *folder.parents] if not p.exists()]
@@ -224,7 +239,7 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
         # capture of the same request, then finds and reuses it.
         with hold(folder / f".{out.name}.lock", out, DumpError, wait=True):
             found = _covering_dump(dump_dir, patterns, n, sha, spec, split, data_sha, target,
-                                   dtype, grad_dtype)
+                                   dtype, grad_dtype, map_options)
             if found is not None:
                 return found, True
             model = ckpt.build_model()
@@ -232,7 +247,7 @@ def ensure_dump(ckpt_path: str | Path, *, data: str | None = None, split: str | 
             path = capture(model, dataset, out, patterns, ckpt=ckpt, limit=min(n, len(dataset)),
                            batch_size=batch_size, device=device, progress=progress, force=True,
                            seed=CAPTURE_SEED, target=target, dtype=dtype or "float16",
-                           grad_dtype=grad_dtype)
+                           grad_dtype=grad_dtype, map_options=map_options)
     except BaseException:
         remove_empty(created)
         raise

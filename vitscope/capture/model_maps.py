@@ -122,14 +122,17 @@ def _hook_names(model) -> list[str]:
 register(MapMethod("integrated-gradients", "integrated gradients (Sundararajan et al. 2017) "
                    "of the target logit from a mid-grey input, summed per patch (Captum)",
                    {"steps": 32, "internal_batch": 64}, needs_model=True,
-                   run=integrated_gradients, class_specific=True))
+                   run=integrated_gradients, class_specific=True,
+                   speed_options=("internal_batch",)))
 register(MapMethod("occlusion", "fall of the target logit when one patch is set to the "
                    "normalisation mean (Captum's Occlusion, one window per patch)",
-                   {"per_eval": 16}, needs_model=True, run=occlusion, class_specific=True))
+                   {"per_eval": 16}, needs_model=True, run=occlusion, class_specific=True,
+                   speed_options=("per_eval",)))
 
 register(MapMethod("scorecam", "Score-CAM (Wang et al. 2020) on the patch tokens of one block's "
                    "norm1 output, as pytorch-grad-cam computes it", {"block": -1, "batch": 64},
-                   needs_model=True, run=score_cam, class_specific=True))
+                   needs_model=True, run=score_cam, class_specific=True,
+                   speed_options=("batch",)))
 
 from vitscope.capture import lrp  # noqa: E402,F401  (registers attnlrp and cp-lrp)
 
@@ -151,6 +154,68 @@ def check_model_maps(names: list[str]) -> list[MapMethod]:
                               f"instead (its plugin's requires).")
         out.append(method)
     return out
+
+
+def map_options(method: MapMethod, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options `method` runs with at capture: its defaults overridden by `given`
+    (`--opt METHOD.KEY=VALUE`); ConfigError for a key the method does not have."""
+    unknown = sorted(set(given or {}) - set(method.defaults))
+    if unknown:
+        raise ConfigError(f"{method.name} has no option '{unknown[0]}'; its options: "
+                          f"{', '.join(f'{k} (default {v})' for k, v in method.defaults.items()) or 'none'}"
+                          f" (--opt {method.name}.KEY=VALUE).")
+    return method.options(given)
+
+
+def deciding_options(names, given: Mapping[str, Mapping[str, Any]] | None = None
+                     ) -> dict[str, dict[str, Any]]:
+    """{method: the options that decide its maps} for the `map:` methods `names`, with
+    `given` ({method: {key: value}}) over the defaults: what a stored map must have been
+    made with to serve a request (Dump.covers)."""
+    return {m.name: m.map_deciding(map_options(m, (given or {}).get(m.name)))
+            for m in check_model_maps(list(names))}
+
+
+def parse_map_opts(specs, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """`vitscope dump --opt METHOD.KEY=VALUE` for the `map:` methods `methods`: values parsed
+    as the method's default is typed (int, float, bool, text; `none` for None); ConfigError
+    for anything else, in one sentence."""
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        lhs, eq, text = spec.partition("=")
+        name, dot, key = lhs.strip().partition(".")
+        if not eq or not dot or not name or not key:
+            raise ConfigError(f"--opt '{spec}' is not of the form METHOD.KEY=VALUE; write e.g. "
+                              f"--opt integrated-gradients.steps=16.")
+        if name not in methods:
+            raise ConfigError(f"--opt '{spec}' is for map:{name}, which --hooks does not ask "
+                              f"for; add --hooks map:{name}"
+                              + (f" (asked: {', '.join('map:' + m for m in methods)})."
+                                 if methods else "."))
+        method = get(name)
+        if key not in method.defaults:
+            map_options(method, {key: None})        # the sentence naming its options
+        out.setdefault(name, {})[key] = _typed(text.strip(), method.defaults[key], spec)
+    return out
+
+
+def _typed(text: str, default: Any, spec: str) -> Any:
+    if text.lower() == "none":
+        return None
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError("not true or false")
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(default, int) or default is None:
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        kind = "true or false" if isinstance(default, bool) else \
+            "an integer" if isinstance(default, int) or default is None else "a number"
+        raise ConfigError(f"--opt {spec} is invalid: '{text}' is not {kind}.") from None
+    return text
 
 
 def run_model_map(method: MapMethod, model, x: torch.Tensor, target: torch.Tensor, layout,

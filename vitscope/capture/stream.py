@@ -91,6 +91,9 @@ class CaptureRequest:
     seed: int | None = 0            # image order: a seeded shuffle; None keeps the split's
     target: str | int | np.ndarray = "pred"      # the class gradients differentiate
     derive: bool = True             # store LayerNorm outputs as their norm's parameters
+    # options of the `map:<method>` hooks, {method: {key: value}} over the method's defaults
+    # (`--opt integrated-gradients.steps=16`); recorded in the dump beside /maps/<method>
+    map_options: dict[str, dict[str, Any]] | None = None
 
     def check(self, model, dataset, out: Path) -> tuple[list[str], list[str]]:
         """One sentence (DumpError) for anything wrong before work starts; returns the
@@ -149,7 +152,7 @@ class _Stream:
     device: torch.device
     progress: bool
     desc: str
-    map_methods: list = dataclasses.field(default_factory=list)   # `map:` methods to run
+    map_methods: list = dataclasses.field(default_factory=list)   # `map:` (method, options)
 
 
 def capture(model: torch.nn.Module, dataset, out_path: str | Path,
@@ -181,7 +184,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     req = dataclasses.replace(request or CaptureRequest(), **options)
     out = Path(out_path)
     names, grads = req.check(model, dataset, out)
-    map_methods = _map_methods(req.hooks)
+    map_methods = _map_methods(req.hooks, req.map_options)
     batch_size = req.batch_size or auto_batch_size(model, names, grads, req.dtype)
     order = image_order(len(dataset), req.seed)[:req.limit]
     index, count = parse_shard(req.shard) if req.shard is not None else (0, 1)
@@ -215,7 +218,9 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
         attrs["target"] = "explicit" if isinstance(spec, np.ndarray) else \
             "none" if spec is None else str(spec)
     attrs["grad_hooks"] = grads
-    attrs["map_methods"] = [m.name for m in map_methods]
+    attrs["map_methods"] = [m.name for m, _ in map_methods]
+    if map_methods:   # every option each method ran with, its defaults included
+        attrs["map_options"] = {m.name: options for m, options in map_methods}
     plan = _Stream(names, grads, positions, labels, remapped, mean, std, batch_size,
                    DTYPES[req.dtype], DTYPES[req.grad_dtype], spec, _norm_outputs(model, names) if req.derive else {},
                    dev, req.progress, out.name, map_methods)
@@ -252,10 +257,16 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
     return out
 
 
-def _map_methods(hooks) -> list:
-    """The map methods a request's `map:<method>` entries name (vitscope.capture.model_maps)."""
-    from vitscope.capture.model_maps import check_model_maps
-    return check_model_maps(split_maps([hooks] if isinstance(hooks, str) else list(hooks))[1])
+def _map_methods(hooks, given: dict[str, dict[str, Any]] | None = None) -> list:
+    """(method, the options it runs with) for each `map:<method>` entry of a request
+    (vitscope.capture.model_maps); `given` options of a method not asked for are refused."""
+    from vitscope.capture.model_maps import check_model_maps, map_options
+    methods = check_model_maps(split_maps([hooks] if isinstance(hooks, str) else list(hooks))[1])
+    stray = sorted(set(given or {}) - {m.name for m in methods})
+    if stray:
+        raise DumpError(f"Options are given for map:{stray[0]}, which the capture does not ask "
+                        f"for; add map:{stray[0]} to the hooks or drop its options.")
+    return [(m, map_options(m, (given or {}).get(m.name))) for m in methods]
 
 
 def resolve_request(model, hooks: str | Iterable[str]) -> tuple[list[str], list[str]]:
@@ -500,9 +511,9 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> "GradPre
             if cuda:
                 event = torch.cuda.Event()
                 event.record()
-            for method in plan.map_methods:   # methods that need the model, on this batch
+            for method, options in plan.map_methods:   # methods that need the model
                 tensors[f"maps/{method.name}"] = torch.from_numpy(
-                    _run_model_map(method, model, x, tgt, model.token_layout))
+                    _run_model_map(method, model, x, tgt, model.token_layout, options))
             arrays = {"images": images, "labels": labels[pos], "indices": pos,
                       "target": tgt.cpu().numpy()}
             if dataset.paths is not None:   # the file of each image, for captions and hovers
@@ -520,9 +531,9 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> "GradPre
     return precision
 
 
-def _run_model_map(method, model, x, tgt, layout) -> np.ndarray:
+def _run_model_map(method, model, x, tgt, layout, options) -> np.ndarray:
     from vitscope.capture.model_maps import run_model_map
-    return run_model_map(method, model, x, tgt, layout)
+    return run_model_map(method, model, x, tgt, layout, options)
 
 
 def _batch_target(target, logits: torch.Tensor, labels: np.ndarray,

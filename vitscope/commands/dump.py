@@ -105,11 +105,14 @@ def dump() -> None:
 @click.option("--derive/--no-derive", default=True, show_default=True,
               help="Keep LayerNorm outputs whose input is stored as the norm's parameters and "
                    "compute them on read (--no-derive: store every hook point as captured).")
+@click.option("--opt", "opts", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="An option of a map:METHOD hook, run at capture (repeatable), e.g. "
+                   "integrated-gradients.steps=16; recorded in the dump beside its maps.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @threads_option
 def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, grad_dtype,
                 compression, shard,
-                seed, in_order, output, force, device, target, derive, quiet) -> None:
+                seed, in_order, output, force, device, target, derive, opts, quiet) -> None:
     """Capture activations of CKPT into an HDF5 dump (and gradients for `grad:` hooks)."""
     from vitscope._internal.devices import resolve_device
     from vitscope.capture import (DEFAULT_DUMP_DIR, DEFAULT_HOOKS, CaptureRequest, capture,
@@ -122,6 +125,11 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, gr
 
     check_limit(limit)
     patterns = [p.strip() for item in hooks for p in item.split(",") if p.strip()] or list(DEFAULT_HOOKS)
+    run_options = None
+    if opts:   # checked before the model loads
+        from vitscope.capture.model_maps import parse_map_opts
+        from vitscope.names import split_maps
+        run_options = parse_map_opts(opts, split_maps(patterns)[1])
     parsed = parse_shard(shard) if shard is not None else _torchrun_shard()
     dev = resolve_device(device)  # a bad --device fails before anything is loaded
     model, ck = load_model(ckpt)
@@ -146,7 +154,7 @@ def capture_cmd(ckpt, data, data_dir, split, limit, hooks, batch_size, dtype, gr
     request = CaptureRequest(patterns, ckpt=ck, limit=limit, batch_size=batch_size, dtype=dtype,
                              grad_dtype=grad_dtype, compression=compression, shard=parsed, force=force, device=dev,
                              progress=not quiet, seed=None if in_order else seed,
-                             target=target, derive=derive)
+                             target=target, derive=derive, map_options=run_options)
     path = capture(model, dataset, out, request=request)
     seconds = time.perf_counter() - t0
     start, stop = shard_range(n, *parsed) if parsed is not None else (0, n)
@@ -210,6 +218,11 @@ def info_cmd(path) -> None:
                 click.echo(f"gradients    stored in {d.grad_dtype}; {lost['underflow']:.2%} of "
                            f"the non-zero values flushed to zero in storage (float16 would "
                            f"flush {lost['fp16_underflow']:.2%})")
+        if d.model_maps:   # made by running the model: with which options, for which target
+            made = [(m, d.map_options(m)) for m in d.model_maps]
+            click.echo("maps         " + "; ".join(
+                f"{m} ({', '.join(f'{k}={v}' for k, v in o.items()) if o is not None else 'options not recorded'})"
+                for m, o in made) + f", explaining target {d.target_spec}")
         filters = {h: _filter(d[h]) for h in d.names if h not in d.derived and h not in d.sliced}
         asked = a.get("compression")
         used = sum(f == asked for f in filters.values())

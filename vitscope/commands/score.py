@@ -19,7 +19,8 @@ DEFAULT_IMAGES = 256
               show_default=True, help="Images scored (the first of the seed-0 shuffle, as analyze).")
 @click.option("--data", default=None, metavar="SPEC",
               help="Dataset (default: the checkpoint's training data); localisation needs masks "
-                   "(shapes).")
+                   "(shapes, shapes:distractors, folder:PATH with masks/, "
+                   "imagenet-seg:PATH/gtsegs_ijcv.mat).")
 @click.option("--split", default="val", show_default=True, help="Split to score on.")
 @click.option("--target", default="pred", show_default=True, metavar="TARGET",
               help="Class explained and whose probability the curves follow (pred, label, "

@@ -43,7 +43,11 @@ class ImageDataset:
         (a folder whose files changed under the same `folder:PATH` gets a new fingerprint).
         Hashing runs at memory speed (9 ms for 5,000 CIFAR-10 images on a 2-core CPU VM)."""
         h = hashlib.sha256(f"vitscope-data {self.images.shape} {self.classes}\n".encode())
-        h.update(np.ascontiguousarray(self.images).data)
+        lazy = getattr(self.images, "fingerprint", None)   # images decoded on demand (a 1.8 GB
+        if lazy is not None:                               # file): its identity, not its pixels
+            h.update(lazy().encode())
+        else:
+            h.update(np.ascontiguousarray(self.images).data)
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).data)
         return h.hexdigest()
 

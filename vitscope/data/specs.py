@@ -7,6 +7,8 @@ Specs (see docs/data.md):
     cifar10 | cifar100              torchvision's CIFAR files in data_dir (downloaded if absent)
     folder:PATH                     an ImageFolder tree, a single class tree, or a flat folder
     files:PATH[:PATH...]            image files (what `vitscope analyze --image FILE` reads)
+    imagenet-seg:PATH               Chefer et al.'s ImageNet-segmentation benchmark, from its
+                                    gtsegs_ijcv.mat (images with masks, read lazily)
 
 Everything is decoded once to an N×H×W×3 uint8 array at the requested size, so a trainer
 can put the whole set on the device and augment there; `to_model_input` is the one place
@@ -31,7 +33,7 @@ from vitscope._internal.folders import resolve_cache_dir
 SPLITS = ("train", "val", "all")   # all: every image of the data, for analysis (never training)
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
-VALID_SPECS = "shapes[:train=N,val=N,seed=S], shapes:distractors, cifar10, cifar100, folder:PATH, files:PATH[:PATH...]"
+VALID_SPECS = "shapes[:train=N,val=N,seed=S], shapes:distractors, cifar10, cifar100, folder:PATH, files:PATH[:PATH...], imagenet-seg:PATH/gtsegs_ijcv.mat"
 
 
 def load_dataset(spec: str, split: str = "val", image_size: int | Preprocess = 32, *,
@@ -94,6 +96,10 @@ def load_dataset(spec: str, split: str = "val", image_size: int | Preprocess = 3
                              split, val_split, seed)
         return resize_dataset(ds, pp or image_size)
 
+    if kind == "imagenet-seg":   # one set of images, whichever split is asked: nothing to carve
+        from vitscope.data import imagenet_seg
+        return imagenet_seg.load(arg, split, pp or image_size, spec=spec)
+
     from vitscope.data import folder
     if kind == "files":     # every file, whichever split is asked for: nothing to carve
         return folder.load_files(split_files(arg), pp or image_size, spec=spec)
@@ -111,6 +117,12 @@ def missing_data(spec: str) -> DataError | None:
         if not root.exists():
             return DataError(f"The folder '{root}' of --data {spec} does not exist; check the "
                              f"path, or use --data shapes for the built-in dataset.")
+    elif kind == "imagenet-seg":
+        file = Path(arg).expanduser().absolute()
+        if not file.is_file():
+            return DataError(f"The file '{file}' of --data {spec} does not exist; download the "
+                             f"benchmark's gtsegs_ijcv.mat (docs/score.md, 'ImageNet "
+                             f"segmentation') and pass its path.")
     elif kind == "files":
         for f in (Path(p).expanduser().absolute() for p in split_files(arg)):
             if not f.exists():
@@ -133,6 +145,8 @@ def absolute_spec(spec: str) -> str:
     kind, _, arg = spec.strip().partition(":")
     if kind.lower() == "folder" and arg:
         return f"folder:{Path(arg).expanduser().absolute()}"
+    if kind.lower() == "imagenet-seg" and arg:
+        return f"imagenet-seg:{Path(arg).expanduser().absolute()}"
     if kind.lower() == "files" and arg:
         return files_spec(split_files(arg))
     return spec
@@ -167,10 +181,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
         return kind, arg
     if kind in ("cifar10", "cifar100") and not arg:
         return kind, ""
+    if kind == "imagenet-seg":
+        if not arg:
+            raise DataError("The dataset spec 'imagenet-seg:' names no file; write "
+                            "imagenet-seg:PATH/gtsegs_ijcv.mat.")
+        return kind, arg
     hint = ""
     if Path(spec).expanduser().is_dir():
         hint = f" Did you mean 'folder:{spec}'?"
-    elif close := difflib.get_close_matches(kind, ["shapes", "cifar10", "cifar100", "folder"], 1):
+    elif close := difflib.get_close_matches(kind, ["shapes", "cifar10", "cifar100", "folder",
+                                                     "imagenet-seg"], 1):
         hint = f" Did you mean '{close[0]}'?"
     raise DataError(f"Unknown dataset '{spec}'.{hint} Valid: {VALID_SPECS}.")
 

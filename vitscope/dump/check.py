@@ -48,7 +48,7 @@ VERSION = 2
 JSON_ATTRS = frozenset({"model_config", "classes", "dataset_classes", "token_layout", "hooks",
                         "model_hooks", "aliases", "normalize", "shard", "merged_from",
                         "shard_ids", "grad_hooks", "derived", "target_names",
-                        "map_methods"})
+                        "map_methods", "map_options"})
 # Datasets every dump has besides the hook groups (masks and dataset_labels are optional).
 REQUIRED = ("images", "labels", "logits", "indices")
 # Groups of per-hook datasets (N first, a `dims` attribute naming each axis).
@@ -219,6 +219,10 @@ ATTR_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "classes", "dataset_classes", "hooks", "model_hooks", "merged_from", "shard_ids",
         "grad_hooks", "map_methods")},
     "model_config": (lambda v: isinstance(v, dict), "a mapping"),
+    # the options each map: method ran with (vitscope.capture.model_maps)
+    "map_options": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(o, dict) for k, o in v.items()),
+        "a mapping of method names to option mappings"),
     "token_layout": (lambda v: isinstance(v, dict), "a mapping"),
     "aliases": (lambda v: isinstance(v, dict) and all(
         isinstance(a, str) and isinstance(b, str) for a, b in v.items()),

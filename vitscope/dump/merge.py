@@ -1,5 +1,6 @@
 """`vitscope dump merge`: the shards of a `--shard i/n` capture joined into one file of HDF5
-virtual datasets (no data is copied)."""
+virtual datasets (no data is copied), the maps stored with the model (/maps/<method>, with
+their target and options) included."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ from vitscope.errors import DumpError
 SHARED_ATTRS = ("checkpoint_sha256", "model_config", "dataset", "data_sha256", "split",
                 "split_size", "seed", "order", "hooks", "aliases", "dtype", "grad_dtype",
                 "normalize",
-                "classes", "token_layout", "target", "grad_hooks", "derived", "map_methods")
+                "classes", "token_layout", "target", "grad_hooks", "derived", "map_methods",
+                "map_options")
 
 
 def merge(shards: Iterable[str | Path], out: str | Path, *, force: bool = False) -> Path:
@@ -77,6 +79,7 @@ def _check_shards(dumps: list[Dump]) -> list[Dump]:
                             f"made from instead.")
     first = dumps[0]
     for d in dumps[1:]:
+        _check_model_maps(first, d)
         for key in SHARED_ATTRS:
             if d.attrs.get(key) != first.attrs.get(key):
                 raise DumpError(f"'{d.path}' does not belong with '{first.path}': their {key} "
@@ -106,10 +109,39 @@ def _check_shards(dumps: list[Dump]) -> list[Dump]:
     return ordered
 
 
+def _check_model_maps(first: Dump, d: Dump) -> None:
+    """The stored maps of methods that need the model (/maps/<method>) join only when both
+    shards hold the same methods, explaining the same target, run with the same options."""
+    mine, theirs = set(first.model_maps), set(d.model_maps)
+    if mine != theirs:
+        only = sorted(mine - theirs) or sorted(theirs - mine)
+        holder = first if mine - theirs else d
+        raise DumpError(f"'{d.path}' does not belong with '{first.path}': only '{holder.path}' "
+                        f"holds the maps of {', '.join(only)} (/maps); merge the shards of one "
+                        f"capture, all made with the same map: hooks.")
+    if mine and first.target_spec != d.target_spec:
+        raise DumpError(f"'{d.path}' does not belong with '{first.path}': their maps explain "
+                        f"different targets ({first.target_spec} and {d.target_spec}); merge "
+                        f"the shards of one capture.")
+    for name in sorted(mine):
+        a, b = first.map_options(name), d.map_options(name)
+        if a != b:
+            raise DumpError(f"'{d.path}' does not belong with '{first.path}': their {name} maps "
+                            f"were made with different options ({_options_text(a)} and "
+                            f"{_options_text(b)}); merge the shards of one capture.")
+
+
+def _options_text(options: dict | None) -> str:
+    if options is None:
+        return "not recorded"
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "defaults"
+
+
 def _dataset_keys(f: h5py.File, aliases: dict[str, str]) -> list[str]:
     keys = [k for k in f if isinstance(f[k], h5py.Dataset) and k != "readout"]   # not per image
     grads = [f"grads/{h}" for h in f["grads"]] if "grads" in f else []
-    return keys + [f"acts/{h}" for h in f["acts"] if h not in aliases] + grads
+    maps = [f"maps/{m}" for m in f["maps"]] if "maps" in f else []   # made with the model
+    return keys + [f"acts/{h}" for h in f["acts"] if h not in aliases] + grads + maps
 
 
 def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
@@ -129,8 +161,9 @@ def _write_virtual(shards: list[Dump], out: Path, partial: Path) -> None:
         f.attrs["num_images"] = total
         f.attrs["merged_from"] = json.dumps(rel)
         f.create_group("acts")
-        if "grads" in first._f:
-            f.create_group("grads")
+        for group in ("grads", "maps"):
+            if group in first._f:
+                f.create_group(group)
         if "derived" in first._f:   # the norms' parameters: a few kB, copied (the same in all)
             for d in shards[1:]:
                 for name in first.derived:

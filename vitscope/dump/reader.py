@@ -287,6 +287,23 @@ class Dump:
         return {"nonzero": nz, "underflow": share("grad_underflow"),
                 "overflow": share("grad_overflow"), "fp16_underflow": share("grad_fp16_underflow")}
 
+    def map_options(self, name: str) -> dict[str, Any] | None:
+        """The options the stored maps of `name` were made with (every option its method
+        read); None for dumps made before they were recorded (defaults of that version)."""
+        recorded = self.attrs.get("map_options")
+        if not isinstance(recorded, dict) or not isinstance(recorded.get(name), dict):
+            return None
+        return dict(recorded[name])
+
+    def map_options_agree(self, name: str, wanted: dict[str, Any]) -> bool:
+        """Whether `name`'s stored maps were made with every option value in `wanted` (options
+        not named are not compared: the caller leaves out those that only set speed)."""
+        recorded = self.map_options(name)
+        if recorded is None:
+            return not wanted
+        missing = object()
+        return all(recorded.get(k, missing) == v for k, v in wanted.items())
+
     @property
     def target_spec(self) -> str:
         """How /target was chosen: "pred", "label", a class index as text, or "explicit";
@@ -315,7 +332,8 @@ class Dump:
                data: str | None = None, split: str | None = None,
                data_sha256: str | None = None, seed: int | None = None,
                target: str | int | None = None, dtype: str | None = None,
-               grad_dtype: str | None = None) -> bool:
+               grad_dtype: str | None = None,
+               map_options: dict[str, dict[str, Any]] | None = None) -> bool:
         """Whether this dump serves a request: every hook point the names/patterns select in
         the model is captured (`grad:` ones as gradients), it holds the first n images (or the
         whole split) of its order, and the checkpoint hash, dataset spec, split and data
@@ -324,7 +342,10 @@ class Dump:
         may all be of one class), unless n takes every image of the split anyway. Gradients
         serve only a request for the same `target` (default "pred"); an "explicit" one never;
         with `dtype` / `grad_dtype`, only when activations / gradients are stored in that type
-        (a score in float16 measures float16, not a float32 dump found in the cache)."""
+        (a score in float16 measures float16, not a float32 dump found in the cache).
+        Stored maps (`map:<method>`) serve only the same target, and, for each method in
+        `map_options` ({method: {option: value}}), only when they were made with those values
+        (`map_options_agree`)."""
         a = self.attrs
         patterns, maps = split_maps([hooks] if isinstance(hooks, str) else list(hooks))
         act_patterns, grad_patterns = split_grads(patterns)
@@ -334,6 +355,9 @@ class Dump:
         if maps and (not set(maps) <= set(self.model_maps) or self.target_spec == "explicit"
                      or self.target_spec != wanted):
             return False     # maps explain the target, as gradients do
+        if maps and not all(self.map_options_agree(m, (map_options or {}).get(m, {}))
+                            for m in maps):
+            return False     # another step count or window is another map
         if dtype is not None and a.get("dtype", "float16") != dtype:
             return False
         if grad_patterns and grad_dtype is not None and self.grad_dtype != grad_dtype:

@@ -161,6 +161,11 @@ class DumpWriter:
         ds = self.f.create_dataset(key, shape=(self.n, *rest), dtype=arr.dtype,
                                    chunks=(rows, *rest), **opts)
         ds.attrs["dims"] = dims_for(key, arr.ndim)
+        if key.startswith("maps/") and "map_options" in self.f.attrs:
+            # beside the maps, the options their method ran with (also a root attribute)
+            options = json.loads(self.f.attrs["map_options"]).get(key[len("maps/"):])
+            if options is not None:
+                ds.attrs["options"] = json.dumps(options, sort_keys=True)
         return ds
 
     def set_aliases(self, aliases: dict[str, str]) -> None:

@@ -56,10 +56,17 @@ class MapMethod:
                                           # tens to hundreds (IG, occlusion, Score-CAM)
     class_specific: bool = False          # explains the target class (reads its gradients)
     needs_cls: bool = False               # reads the CLS token (a model without one cannot)
+    # options that set only speed or memory (a batch size), never the maps: a stored map made
+    # with other values of these still serves (Dump.covers compares the rest)
+    speed_options: tuple[str, ...] = ()
 
     def options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The defaults, overridden by `given` (keys the method does not read are kept)."""
         return {**self.defaults, **(given or {})}
+
+    def map_deciding(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options among `options` that decide the maps (all but `speed_options`)."""
+        return {k: v for k, v in options.items() if k not in self.speed_options}
 
 
 class LazyArrays(Mapping):

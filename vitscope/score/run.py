@@ -75,7 +75,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
     from vitscope._internal.devices import resolve_device
     from vitscope.capture import (CAPTURE_SEED, DEFAULT_BATCH, capture, check_data,
                                   dataset_for, ensure_dump, file_sha256)
-    from vitscope.analyze.run import union_requires
+    from vitscope.analyze.run import map_options, union_requires
     from vitscope.capture.objective import Objective, reference_loader
     from vitscope.model.checkpoint import load_checkpoint
     from vitscope.data import normalization, to_model_input
@@ -92,13 +92,14 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
         FA.check_perturbation(model, p)
     values = values or {}
     patterns = union_requires(entries, values)
+    run_options = map_options(entries, values)   # --opt of the methods run at capture
     # captures: memory-sized (capture.auto_batch_size, at most 64) unless asked for fewer
     capture_batch = None if batch_size >= DEFAULT_BATCH else batch_size
 
     t0 = time.perf_counter()
     dump_path, reused = ensure_dump(ckpt.path, data=data, split=split, n=images, hooks=patterns,
                                     batch_size=capture_batch, device=dev, target=target,
-                                    dtype=dtype, grad_dtype=dtype)
+                                    dtype=dtype, grad_dtype=dtype, map_options=run_options)
     echo(f"{'Reusing' if reused else 'Captured'} dump {dump_path}")
     with tempfile.TemporaryDirectory(prefix="vitscope-score-") as tmp, Dump.open(dump_path) as dump:
         n = min(images, len(dump))
@@ -114,6 +115,8 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
                 "images": n, "target": dump.target_spec, "dump": str(Path(dump_path).resolve()),
                 "classes": dump.classes, "grid": list(layout.grid),
                 "precision": precision_of(dump, dtype)}
+        if dump.model_maps:   # the options the methods that run the model ran with
+            info["map_options"] = {m: dump.map_options(m) for m in dump.model_maps}
         if info["precision"]["warning"]:
             echo(info["precision"]["warning"])
         seconds["maps"] = time.perf_counter() - t0
@@ -138,6 +141,7 @@ def score_checkpoint(ckpt_path: str | Path, entries, values: dict | None = None,
                            ckpt=None, normalize=(mean, std), classes=list(dump.classes),
                            limit=n, batch_size=capture_batch, device=dev,
                            seed=CAPTURE_SEED, force=True, dtype=dtype, grad_dtype=dtype,
+                           map_options=run_options,
                            # the same target: its reference or texts from this model
                            target=explicit if objective is None else
                            Objective(objective.kind, objective.argument))
