@@ -199,6 +199,9 @@ def _from_hub(source: str, device) -> Model:
     if not name:
         raise ConfigError(f"'{source}' names no model; e.g. timm:vit_small_patch16_224 or "
                           f"hf:facebook/dinov2-small.")
+    if family == "hf":   # a CLIP or SigLIP repository goes to the image–text adapter
+        from vitscope.model.adapters.hub import hf_adapter
+        family = hf_adapter(name, pretrained=True)
     imported = importlib.import_module(ADAPTED[family][0]).import_source(name, pretrained=True)
     hooked = imported.model.to(resolve_device(device or "cpu")).eval()
     classes = list(imported.classes or [])

@@ -109,6 +109,9 @@ def import_cmd(source, weights, output, classes_file, image_size, num_classes, p
     if pretrained and weights:
         raise ConfigError("--pretrained fetches the weights and --weights gives them; pass one "
                           "of the two.")
+    if pretrained and family == "openclip":   # it would otherwise import random weights
+        raise ConfigError(f"--pretrained is not available for openclip: sources yet; download "
+                          f"the weights with open_clip and pass them with --weights FILE.")
     if (pretrained or num_classes is not None) and family == "torchvision":
         raise ConfigError(f"--pretrained and --num-classes take timm: or hf: sources; for "
                           f"{source} pass its weights file with --weights FILE.")
@@ -146,15 +149,13 @@ def import_cmd(source, weights, output, classes_file, image_size, num_classes, p
                     f"records it (train_config.random_weights).", err=True, fg="red", bold=True)
 
 
-def _adapter_family(family: str, name: str) -> str:
-    """hf:DIR of a CLIP or SigLIP folder goes to the image–text adapter ("hf-clip")."""
+def _adapter_family(family: str, name: str, pretrained: bool = False) -> str:
+    """hf:DIR of a CLIP or SigLIP folder, or with --pretrained hf:ORG/NAME of such a hub
+    repository (its config.json fetched first), goes to the image–text adapter ("hf-clip")."""
     if family != "hf":
         return family
-    from vitscope.model.adapters.clip import MODEL_TYPES
-    from vitscope.model.adapters.hf_folder import read_json
-    config = Path(name) / "config.json"
-    raw = read_json(config, Path(name), "config.json") if config.is_file() else None
-    return "hf-clip" if isinstance(raw, dict) and raw.get("model_type") in MODEL_TYPES else family
+    from vitscope.model.adapters.hub import hf_adapter
+    return hf_adapter(name, pretrained)
 
 
 def _import(family, name, source, weights, size, classes, classes_file, out, force,
@@ -171,11 +172,16 @@ def _import(family, name, source, weights, size, classes, classes_file, out, for
     from vitscope.model.adapters.verify import verify
     from vitscope.model.checkpoint import load_checkpoint, save_checkpoint
 
-    adapter = _adapter_family(family, name)
+    adapter = _adapter_family(family, name, pretrained)
     module = importlib.import_module(FAMILIES[adapter][0])
-    # fine-tuned heads and the hub: the timm and transformers loaders take both
+    # fine-tuned heads and the hub: the timm and transformers loaders take both, the CLIP and
+    # SigLIP one the hub (an image–text model has no class head to fit)
     extra = ({"num_classes": num_classes, "pretrained": pretrained}
-             if adapter in ("timm", "hf") else {})
+             if adapter in ("timm", "hf") else
+             {"pretrained": pretrained} if adapter == "hf-clip" else {})
+    if num_classes is not None and adapter == "hf-clip":
+        raise ConfigError(f"{source} is an image–text model (CLIP or SigLIP) with no classifier "
+                          f"head, so --num-classes does not apply; leave it out.")
     # nothing is downloaded, whatever a folder or a library asks for, unless --pretrained asks
     with contextlib.nullcontext() if pretrained else offline():
         imported = module.import_source(name, Path(weights) if weights else None, size, **extra)

@@ -1,0 +1,87 @@
+"""`vitscope import hf:ORG/NAME --pretrained` and `vitscope.explain("hf:ORG/NAME", ...)` for CLIP
+and SigLIP: the repository's config.json is fetched first and picks the image–text adapter,
+then the snapshot (weights, processor, tokenizer) is read like a folder. Offline, from a hub
+cache the test builds with random small models saved by save_pretrained; a text target then
+works on the imported checkpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from vitscope.cli import main
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+pytest.importorskip("huggingface_hub")
+from clip_models import save_folder  # noqa: E402
+from test_pretrained_import import hub_cache, offline_cache  # noqa: E402,F401  (fixture)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def cached(name: str, repo: str, tmp_path, cache):
+    """A CLIP or SigLIP saved with its tokenizer and processor, put into the hub cache as
+    `repo`; returns the transformers model."""
+    model = save_folder(name, tmp_path / name)
+    hub_cache(cache, repo, {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()})
+    return model
+
+
+@pytest.mark.parametrize("name,repo", [("SiglipModel", "someorg/tiny-siglip"),
+                                       ("CLIPModel", "someorg/tiny-clip")])
+def test_pretrained_clip_and_siglip_import_from_the_hub_cache(tmp_path, offline_cache,
+                                                              monkeypatch, name, repo):
+    monkeypatch.chdir(tmp_path)
+    hf = cached(name, repo, tmp_path, offline_cache)
+    ckpt = tmp_path / "pre.pt"
+    res = run("import", f"hf:{repo}", "--pretrained", "-o", ckpt)
+    assert res.exit_code == 0, res.output
+    assert "a feature model" in res.output and "RANDOM" not in res.output
+    from vitscope.model.checkpoint import load_checkpoint, load_model
+    wrapped, ck = load_model(ckpt)
+    assert ck.arch == "hf-clip" and wrapped.cfg.tokenizer            # text tower and tokenizer
+    assert ck.train_config["pretrained"] == repo and not ck.train_config["random_weights"]
+    assert str(offline_cache) in load_checkpoint(ckpt).train_config["weights"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = hf.get_image_features(pixel_values=x)
+        want = want if isinstance(want, torch.Tensor) else want.pooler_output
+        torch.testing.assert_close(wrapped(x), want, rtol=0, atol=1e-5)
+    if name != "SiglipModel":
+        return
+    # a text target on what was imported: the model's own text tower and tokenizer
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"img_{i}.png")
+    res = run("analyze", ckpt, "-p", "gradcam", "--data", f"folder:{tmp_path / 'imgs'}",
+              "--target", "text:a photo of a cat", "-o", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "out" / "gradcam" / "summary.json").read_text())
+    assert summary["target"] == "text:a photo of a cat"
+
+
+def test_the_python_api_given_a_siglip_hub_name(tmp_path, offline_cache):
+    import vitscope
+    hf = cached("SiglipModel", "someorg/tiny-siglip", tmp_path, offline_cache)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    ex = vitscope.explain("hf:someorg/tiny-siglip", pixels, methods=["gradcam"],
+                          target="text:a photo of a dog")
+    assert ex.maps["gradcam"].shape == (2, 4, 4) and np.isfinite(ex.maps["gradcam"]).all()
+    assert ex.family == "hf-clip"
+    # the score explained is the model's own image–text logit
+    from clip_models import tokenizer
+    tokens = tokenizer()(["a photo of a dog"], padding="max_length", max_length=16,
+                         return_tensors="pt")
+    x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        want = hf(pixel_values=x, input_ids=tokens["input_ids"]).logits_per_image.numpy()
+    np.testing.assert_allclose(ex.logits, want, rtol=1e-4, atol=1e-4)
