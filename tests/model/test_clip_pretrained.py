@@ -85,3 +85,53 @@ def test_the_python_api_given_a_siglip_hub_name(tmp_path, offline_cache):
     with torch.no_grad():
         want = hf(pixel_values=x, input_ids=tokens["input_ids"]).logits_per_image.numpy()
     np.testing.assert_allclose(ex.logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_pretrained_openclip_through_its_own_hub_files(tmp_path, offline_cache, monkeypatch):
+    """openclip:hf-hub:ORG/NAME --pretrained: the two files open_clip reads for such a name
+    (open_clip_config.json and its weights), fetched by open_clip into the hub cache."""
+    pytest.importorskip("open_clip")
+    from safetensors.torch import save
+    from clip_models import OPENCLIP_CONFIG, openclip_model
+    monkeypatch.chdir(tmp_path)
+    oc = openclip_model()
+    config = {"model_cfg": OPENCLIP_CONFIG,
+              "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    hub_cache(offline_cache, "someorg/tiny-openclip", {
+        "open_clip_config.json": json.dumps(config).encode(),
+        "open_clip_model.safetensors": save({k: v.contiguous()
+                                             for k, v in oc.state_dict().items()})})
+    ckpt = tmp_path / "oc.pt"
+    res = run("import", "openclip:hf-hub:someorg/tiny-openclip", "--pretrained", "-o", ckpt)
+    assert res.exit_code == 0, res.output
+    assert "RANDOM" not in res.output and "std [0.25, 0.25, 0.25]" in res.output
+    from vitscope.model.checkpoint import load_checkpoint, load_model
+    wrapped, ck = load_model(ckpt)           # rebuilt from the checkpoint's config alone
+    assert ck.arch == "openclip" and ck.train_config["pretrained"] == "someorg/tiny-openclip"
+    assert str(offline_cache) in load_checkpoint(ckpt).train_config["weights"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), oc.encode_image(x), rtol=0, atol=1e-5)
+    # not cached, or a registry name without pretrained tags: one sentence each
+    bad = run("import", "openclip:hf-hub:someorg/absent", "--pretrained", "-o", tmp_path / "x.pt")
+    assert bad.exit_code != 0 and "not in the hub cache" in bad.output, bad.output
+    from clip_models import register_openclip
+    name = register_openclip(tmp_path)
+    bad = run("import", f"openclip:{name}", "--pretrained", "-o", tmp_path / "y.pt")
+    assert bad.exit_code != 0 and "open_clip lists no pretrained weights" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "y.pt").exists()
+
+    # NAME@TAG: a pretrained tag in open_clip's own registry (added here as open_clip's
+    # pretrained.py lists its tags), its weights hub-hosted like most of open_clip's
+    import open_clip
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, name, {"tiny": {
+        "hf_hub": "someorg/tiny-openclip/", "quick_gelu": False, "mean": (0.5,) * 3,
+        "std": (0.5,) * 3}})
+    res = run("import", f"openclip:{name}@tiny", "--pretrained", "-o", tmp_path / "tag.pt")
+    assert res.exit_code == 0 and "std [0.5, 0.5, 0.5]" in res.output, res.output
+    wrapped, ck = load_model(tmp_path / "tag.pt")
+    assert ck.train_config["pretrained"] == f"{name}@tiny"
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), oc.encode_image(x), rtol=0, atol=1e-5)
+    bad = run("import", f"openclip:{name}@nope", "--pretrained", "-o", tmp_path / "z.pt")
+    assert bad.exit_code != 0 and f"its tags are tiny (openclip:{name}@TAG)" in bad.output

@@ -29,7 +29,7 @@ from vitscope.errors import ConfigError
 from vitscope.model.hooks import is_hooked
 
 FAMILIES = ("vitscope", "timm", "torchvision", "hf", "hf-clip", "openclip")
-HUB_SOURCES = ("timm:", "hf:")       # a model name the API fetches pretrained (_from_hub)
+HUB_SOURCES = ("timm:", "hf:", "openclip:")   # a model name the API fetches pretrained (_from_hub)
 _PACKAGES = {"timm": "timm", "torchvision": "torchvision", "transformers": "hf",
              "open_clip": "openclip"}
 _ADAPTERS = {"timm": ("vitscope.model.adapters.timm", "TimmViT"),
@@ -189,7 +189,8 @@ def _from_checkpoint(path: Path, device) -> Model:
 
 
 def _from_hub(source: str, device) -> Model:
-    """"timm:NAME" or "hf:ORG/NAME": the pretrained model through the family's own hub code
+    """"timm:NAME", "hf:ORG/NAME" or "openclip:NAME[@TAG]" / "openclip:hf-hub:ORG/NAME": the
+    pretrained model through the family's own hub code
     (vitscope.model.adapters.hub), what `vitscope import --pretrained` writes, kept in memory."""
     import importlib
 

@@ -86,7 +86,8 @@ def imagenet_classes() -> list[str]:
                    "head when it differs from the model's default (a fine-tuned head).")
 @click.option("--pretrained", is_flag=True,
               help="Fetch the family's pretrained weights through its own hub code into its "
-                   "normal cache (timm pretrained=True; hf:ORG/NAME from the Hugging Face hub). "
+                   "normal cache (timm pretrained=True; hf:ORG/NAME from the Hugging Face hub; "
+                   "openclip:NAME[@TAG] or openclip:hf-hub:ORG/NAME through open_clip). "
                    "Offline (HF_HUB_OFFLINE=1) it reads that cache only.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def import_cmd(source, weights, output, classes_file, image_size, num_classes, pretrained,
@@ -109,9 +110,6 @@ def import_cmd(source, weights, output, classes_file, image_size, num_classes, p
     if pretrained and weights:
         raise ConfigError("--pretrained fetches the weights and --weights gives them; pass one "
                           "of the two.")
-    if pretrained and family == "openclip":   # it would otherwise import random weights
-        raise ConfigError(f"--pretrained is not available for openclip: sources yet; download "
-                          f"the weights with open_clip and pass them with --weights FILE.")
     if (pretrained or num_classes is not None) and family == "torchvision":
         raise ConfigError(f"--pretrained and --num-classes take timm: or hf: sources; for "
                           f"{source} pass its weights file with --weights FILE.")
@@ -175,11 +173,11 @@ def _import(family, name, source, weights, size, classes, classes_file, out, for
     adapter = _adapter_family(family, name, pretrained)
     module = importlib.import_module(FAMILIES[adapter][0])
     # fine-tuned heads and the hub: the timm and transformers loaders take both, the CLIP and
-    # SigLIP one the hub (an image–text model has no class head to fit)
+    # SigLIP ones (transformers, open_clip) the hub (an image–text model has no head to fit)
     extra = ({"num_classes": num_classes, "pretrained": pretrained}
              if adapter in ("timm", "hf") else
-             {"pretrained": pretrained} if adapter == "hf-clip" else {})
-    if num_classes is not None and adapter == "hf-clip":
+             {"pretrained": pretrained} if adapter in ("hf-clip", "openclip") else {})
+    if num_classes is not None and adapter in ("hf-clip", "openclip"):
         raise ConfigError(f"{source} is an image–text model (CLIP or SigLIP) with no classifier "
                           f"head, so --num-classes does not apply; leave it out.")
     # nothing is downloaded, whatever a folder or a library asks for, unless --pretrained asks
