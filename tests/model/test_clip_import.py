@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from vitscope.cli import main
 from vitscope.dump import Dump
 
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
-from clip_models import save_folder, tokenizer  # noqa: E402
+from clip_models import pet_folder, save_folder, tokenizer  # noqa: E402
 
 
 def run(*args):
@@ -27,13 +26,7 @@ def run(*args):
 @pytest.fixture
 def pets(tmp_path):
     """A folder with cat/ and dog/ sub-folders, three 40×40 images each."""
-    rng = np.random.default_rng(0)
-    for c in ("cat", "dog"):
-        (tmp_path / "pets" / c).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
-                tmp_path / "pets" / c / f"{c}_{i}.png")
-    return tmp_path / "pets"
+    return pet_folder(tmp_path / "pets")
 
 
 def imported(name, tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from vitscope.cli import main
 
@@ -19,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 pytest.importorskip("huggingface_hub")
 from clip_models import save_folder  # noqa: E402
-from test_pretrained_import import hub_cache, offline_cache  # noqa: E402,F401  (fixture)
+from test_pretrained_import import hub_cache, offline_cache  # noqa: E402,F401,F811  (fixture)
 
 
 def run(*args):
@@ -57,12 +56,9 @@ def test_pretrained_clip_and_siglip_import_from_the_hub_cache(tmp_path, offline_
     if name != "SiglipModel":
         return
     # a text target on what was imported: the model's own text tower and tokenizer
-    rng = np.random.default_rng(0)
-    (tmp_path / "imgs").mkdir()
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
-            tmp_path / "imgs" / f"img_{i}.png")
-    res = run("analyze", ckpt, "-p", "gradcam", "--data", f"folder:{tmp_path / 'imgs'}",
+    from clip_models import pet_folder
+    res = run("analyze", ckpt, "-p", "gradcam", "--data",
+              f"folder:{pet_folder(tmp_path / 'imgs', per_class=1)}",
               "--target", "text:a photo of a cat", "-o", tmp_path / "out")
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "out" / "gradcam" / "summary.json").read_text())

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from vitscope.cli import main
 from vitscope.dump import Dump
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
-from clip_models import VISION, save_folder  # noqa: E402
+from clip_models import VISION, pet_folder, save_folder  # noqa: E402
 
 READOUT = "pooling-head query attention, not a CLS row"
 
@@ -30,13 +29,7 @@ def run(*args):
 @pytest.fixture
 def photos(tmp_path):
     """Four 40×40 images in cat/ and dog/ (labels, so the class means have groups)."""
-    rng = np.random.default_rng(0)
-    for c in ("cat", "dog"):
-        (tmp_path / "photos" / c).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
-                tmp_path / "photos" / c / f"{c}_{i}.png")
-    return tmp_path / "photos"
+    return pet_folder(tmp_path / "photos", per_class=2)
 
 
 def own_pooling_and_rollout(folder, pixels: torch.Tensor):
@@ -141,3 +134,17 @@ def test_a_cls_model_still_reads_its_cls_rows(tmp_path, monkeypatch, photos):
     dump_path = next((tmp_path / "outputs" / "dumps").glob("*clip*.h5"))
     with Dump.open(dump_path) as d:
         assert "pool.weights" not in d.names and d.match("blocks.*.attn.weights.cls_row")
+
+
+def test_a_siglip_without_its_pooling_head_is_one_sentence(tmp_path):
+    """transformers' SigLIP with vision_use_head=False returns no pooled output: nothing to
+    explain, said in one sentence (it used to fail with a TypeError)."""
+    from clip_models import perturbed
+    headless = perturbed(transformers.SiglipVisionModel(
+        transformers.SiglipVisionConfig(**VISION, vision_use_head=False))).eval()
+    headless.save_pretrained(tmp_path / "headless")
+    res = run("import", f"hf:{tmp_path / 'headless'}", "-o", tmp_path / "h.pt")
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith("Error: This SiglipVisionModel has no "
+                                                          "attention-pooling head"), res.output
+    assert not (tmp_path / "h.pt").exists()

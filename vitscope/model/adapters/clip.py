@@ -126,6 +126,11 @@ class ClipViT(AdaptedViT):
         vision = getattr(model, "vision_model", model)
         if not hasattr(vision, "embeddings"):       # older transformers nest it once more
             vision = vision.vision_model
+        if self.siglip and getattr(vision, "head", None) is None:
+            # transformers' SigLIP without its head returns no pooled output at all
+            raise ConfigError(f"This {cfg.name} has no attention-pooling head "
+                              f"(vision_use_head=False), so it outputs no image embedding to "
+                              f"explain; vitscope adapts SigLIP with its pooling head.")
         self._vision = [vision]                     # a list: not registered twice
         layers = list(vision.encoder.layers)
         self._layers = layers
