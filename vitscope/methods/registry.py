@@ -52,12 +52,13 @@ class MapMethod:
     defaults: Mapping[str, Any]           # the options the arithmetic reads, as the plugin's
     reads: Callable[[Mapping[str, Any], int], tuple[str, ...]] = lambda options, depth: ()
     compute: Callable[..., MapOutput] | None = None
+    # with needs_cls: reads, on a model without a CLS token, its pooling head's query instead
+    # (POOL_POINT), where the model has one
+    pooling_head: bool = False
     needs_model: bool = False             # computed with the model: `run`, not `compute`
     run: Callable[..., np.ndarray] | None = None
     class_specific: bool = False          # explains the target class (reads its gradients)
     needs_cls: bool = False               # reads the CLS token (a model without one cannot)
-    pooling_head: bool = False            # ... or, without one, the pooling head's query
-                                          # (POOL_POINT), where the model has that
 
     def options(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The defaults, overridden by `given` (keys the method does not read are kept)."""
