@@ -97,9 +97,9 @@ def import_cmd(source, weights, output, classes_file, image_size, num_classes, p
     SOURCE is timm:NAME (e.g. timm:vit_small_patch16_224), torchvision:NAME (e.g.
     torchvision:vit_b_16), openclip:NAME (e.g. openclip:ViT-B-32, with its text tower) or
     hf:DIR (a folder written by save_pretrained; CLIP and SigLIP folders keep their text
-    tower and tokenizer). The checkpoint
+    tower and tokenizer), or with --pretrained hf:ORG/NAME (a hub id). The checkpoint
     records the family and model name, the family's preprocessing (input size, resize, crop,
-    mean, std), the class names and the weights. Nothing is downloaded.
+    mean, std), the class names and the weights. Nothing is downloaded without --pretrained.
     """
     from vitscope._internal.folders import make_output_dir, remove_empty
     from vitscope._internal.locks import hold
