@@ -5,6 +5,12 @@ For every image of the dump and every layer and head: the CLS row restricted to 
 from CLS). Figures show head-means and per-head maps over images, class-averaged maps over the
 whole dump, and, where the dump has ground-truth masks, how much CLS attention falls on the
 object compared with the object's area.
+
+A model without a CLS token that pools with an attention head (SigLIP) gets the pooling head's
+query attention over the patches instead (`pool.weights`): it is what the CLS row is on a
+model with one, the final read-out's view of the tokens, per head and head mean, once (the
+query attends after the last block, not in every layer). "Patches → CLS" has no counterpart
+there (no patch reads from the head's query) and is left out; every title says what was used.
 """
 from __future__ import annotations
 
@@ -12,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope.plugin import (ClassMeans, NanMean, Option, cls_index, layer_spec, mask_area,
-                             mass_in_mask, n_images, other_prefix, patch_coverage, prefix_note,
-                             rows_for, select_layers, to_grid)
+from vitscope.methods.sinks import mean_interval
+from vitscope.plugin import (POOL_POINT, POOL_READOUT, ClassMeans, NanMean, Option, cls_index,
+                             layer_spec, mask_area, mass_in_mask, n_images, other_prefix,
+                             patch_coverage, prefix_note, readout_query, rows_for, select_layers,
+                             to_grid)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
@@ -44,8 +52,11 @@ class ClsHeatmap:
 
     name = "cls-heatmap"
     # Only the CLS row and column of each attention: a dump of just these is 2/T of the full
-    # weights (1% at 197 tokens), and a dump of the full weights serves them too.
-    requires = ("blocks.*.attn.weights.cls_row", "blocks.*.attn.weights.cls_col")
+    # weights (1% at 197 tokens), and a dump of the full weights serves them too. A model
+    # without a CLS token has no such slices: its pooling head's query is read instead
+    # (module docstring); `check` refuses a model with neither.
+    requires = ("optional:blocks.*.attn.weights.cls_row", "optional:blocks.*.attn.weights.cls_col",
+                f"optional:{POOL_POINT}")
     options = (
         Option("layers", layer_spec, "all", "blocks to show: all, first,middle,last, 0,5,-1, 2-5",
                metavar="LAYERS"),
@@ -55,10 +66,12 @@ class ClsHeatmap:
     )
 
     def check(self, options, shape) -> None:
-        cls_index(shape.layout, self.name)
-        select_layers(options.layers, shape.depth, "cls-heatmap.layers")
+        if readout_query(shape.layout, shape.hooks, self.name) is not None:
+            select_layers(options.layers, shape.depth, "cls-heatmap.layers")
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
+        if readout_query(dump.layout, dump.names, self.name) is None:
+            return _render_pooling_head(dump, Path(out_dir), options, self.name)
         names = [n.rpartition(".")[0] for n in dump.match("blocks.*.attn.weights.cls_row")]
         layers = select_layers(options.layers, len(names), "cls-heatmap.layers")
         layout = dump.layout
@@ -250,3 +263,76 @@ class ClsHeatmap:
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
             ax.legend(frameon=False, fontsize=7, loc="upper left")
             return F.save_static(fig, out_dir / "mask_mass", options)
+
+
+# ------------------------------------------------------------------ a model with a pooling head
+
+POOL_TITLE = f"Pooling head's query → patches\n{POOL_READOUT} (this model has no CLS token)"
+
+
+def _render_pooling_head(dump, out_dir: Path, options, name: str) -> list[Path]:
+    """The pooling head's query attention over the patches (module docstring): per head and
+    head mean for each image, class means, the mask numbers; `layers` does not apply (the
+    query attends once, after the last block)."""
+    layout, grid = dump.layout, dump.layout.grid
+    n = n_images(dump, options.limit)
+    k = min(options.show, n)
+    by_class, grouped_by, group_names = F.grouping(dump, n)
+    H = dump[POOL_POINT].shape[1]
+    sums = [ClassMeans(max(len(group_names), 1), grid)]
+    peak, in_mask, area, shown = [], [], [], []
+    with F.Results(out_dir) as results:
+        step = rows_for(H * layout.num_patches * 4)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            heads = to_grid(np.asarray(dump[POOL_POINT][start:stop], np.float32)[:, :, 0], grid)
+            mean = heads.mean(axis=1)                                       # N×h×w
+            results.append("pool_to_patches", heads)                         # N×H×h×w
+            results.append("pool_to_patches_head_mean", mean)
+            sums[0].add(mean, by_class[start:stop])
+            peak.append(mean.reshape(len(mean), -1).max(axis=1))
+            if start < k:
+                shown.append(heads[:k - start])
+            if dump.masks is not None:
+                cov = patch_coverage(np.asarray(dump.masks[start:stop]), grid)
+                in_mask.append(mass_in_mask(mean, cov))
+                area.append(mask_area(cov))
+        class_means, counts = sums[0].result()
+        for key, value in dict(class_pool_to_patches=class_means, class_counts=counts,
+                               labels=dump.labels[:n], preds=dump.preds[:n]).items():
+            results[key] = value
+        top, lo, hi = mean_interval(np.concatenate(peak)) if peak else (np.nan,) * 3
+        # the baseline a peak must beat: a query attending evenly gives each patch 1/P
+        summary = {"images": n, "readout": POOL_READOUT, "heads": H,
+                   "token_layout": layout.describe(), "class_average_by": grouped_by,
+                   "peak_patch_share": round(top, 4),
+                   "peak_patch_share_95ci": [round(lo, 4), round(hi, 4)],
+                   "uniform_patch_share": round(1 / layout.num_patches, 4)}
+        if in_mask:
+            mass, mlo, mhi = mean_interval(np.concatenate(in_mask))
+            summary.update(mask_area=round(float(np.concatenate(area).mean()), 4),
+                           pool_mass_in_mask=round(mass, 4),
+                           pool_mass_in_mask_95ci=[round(mlo, 4), round(mhi, 4)])
+        files = results.save(summary)
+    heads = np.concatenate(shown) if shown else np.zeros((0, H, *grid), np.float32)
+    images = np.asarray(dump.images[:k])
+    captions = [c.replace("\n", " ") for c in F.captions(dump, k)]
+    # columns: the head mean, then each head; rows: images
+    panels = np.concatenate([heads.mean(axis=1, keepdims=True), heads], axis=1)   # k×(1+H)×h×w
+    cols = ["head mean"] + [f"head {h}" for h in range(H)]
+    if options.static and k:
+        tiles, peaks, scale_top = M.scaled_overlay_tiles(images[:, None], panels, options.scale)
+        tiles = np.concatenate([M.image_tiles(images)[:, None], tiles], axis=1)
+        with F.style():
+            fig = M.Mosaic(tiles, col_breaks=[0], row_gap=max(8, tiles.shape[2] // 8)).figure(
+                title=POOL_TITLE, col_labels=["image"] + cols, row_labels=captions,
+                **M.scale_legend(peaks, scale_top, "attention", col_offset=1))
+            files.append(F.save_static(fig, out_dir / "pool_to_patches", options))
+    if options.interactive and k:
+        m = min(k, 4)
+        fig = I.map_slider(images[:m], panels[:m].transpose(1, 0, 2, 3)[:, :, None],
+                           step_labels=cols, slider_label="head", col_titles=["pooling head"],
+                           row_titles=captions[:m], value_label="attention",
+                           title=POOL_TITLE.replace("\n", " · ") + " (slider: head)")
+        files.append(I.save_html(fig, out_dir / "cls_heatmap.html", options))
+    return files

@@ -10,6 +10,13 @@ Distillation and register tokens (dump.layout) stay in every product, as tokens 
 flows through, and only their column is left out of the final map; the share of the CLS
 row they hold is reported (summary.json, figure titles), so a map that lost most of its
 mass to registers says so.
+
+A model without a CLS token that pools with an attention head (SigLIP) is read out at that
+head instead: its one query's head-fused attention over the final tokens, q, times the
+rollout, q · R, is the map. That is the natural analogue of the CLS row: the CLS row of R is
+what the class head reads, and q is what the pooling head reads. The titles and summary say
+so ("pooling-head query attention, not a CLS row"); per-layer raw CLS attention has no
+analogue there (the query attends only after the last block) and is left out.
 """
 from __future__ import annotations
 
@@ -20,9 +27,10 @@ import numpy as np
 from vitscope.methods import FUSIONS, LazyArrays, fuse_heads
 from vitscope.methods import sinks as S
 from vitscope.methods import get as map_method
-from vitscope.plugin import (NanMean, Option, append_maps, block_index, cls_index, mask_area,
-                             mask_summary_from, mass_in_mask, n_images, other_prefix,
-                             patch_coverage, pointing, prefix_note, rows_for, to_grid)
+from vitscope.plugin import (POOL_POINT, POOL_READOUT, NanMean, Option, append_maps,
+                             block_index, mask_area, mask_summary_from, mass_in_mask, n_images,
+                             other_prefix, patch_coverage, pointing, pooled_query, prefix_note,
+                             readout_query, rows_for, to_grid)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I
 from vitscope.render import mosaic as M
@@ -32,7 +40,8 @@ class Rollout:
     """Attention rollout: where the CLS token's information comes from, across all layers."""
 
     name = "rollout"
-    requires = ("blocks.*.attn.weights",)
+    # the pooling head's query where the model has one (SigLIP: no CLS token; module docstring)
+    requires = ("blocks.*.attn.weights", f"optional:{POOL_POINT}")
     produces = ("maps",)    # `maps` in results.npz: what `vitscope score` evaluates
     options = (
         Option("fusion", str, "mean", "how heads are fused per layer", choices=FUSIONS),
@@ -56,7 +65,7 @@ class Rollout:
         return start, end
 
     def check(self, options, shape) -> None:
-        cls_index(shape.layout, self.name)
+        readout_query(shape.layout, shape.hooks, self.name)
         self._span(options, shape.depth)
 
     def render(self, dump, out_dir: Path, options) -> list[Path]:
@@ -67,11 +76,11 @@ class Rollout:
         k = min(options.show, n)
         layers = list(range(start, end + 1))
         out_dir = Path(out_dir)
+        cls = readout_query(layout, dump.names, self.name)   # None: the pooling head's query
         with F.Results(out_dir) as results:
             tops: dict[str, list] = {}
             maps, evo, numbers, share = self._compute(dump, names[start:end + 1], n, k, options,
-                                                      layout, results, cls_index(layout, self.name),
-                                                      len(names), tops)
+                                                      layout, results, cls, len(names), tops)
             sink = _sink_warning(tops, names[start:end + 1], layers, results)
             for key, value in dict(layers=np.array(layers), labels=dump.labels[:n],
                                    preds=dump.preds[:n], fusion=options.fusion,
@@ -79,14 +88,17 @@ class Rollout:
                 results[key] = value
             summary = {"images": n, "fusion": options.fusion,
                        "discard_ratio": options.discard_ratio, "layers": f"{start}–{end}",
-                       "token_layout": layout.describe()}
+                       "token_layout": layout.describe(),
+                       "readout": "CLS row" if cls is not None else POOL_READOUT}
             if share is not None:
                 summary["rollout_to_other_prefix"] = round(share, 4)
             if numbers:
                 summary.update(_mask_numbers(numbers))
             summary.update(sink["summary"])
             files = results.save(summary)
-        note = "\n".join(x for x in (prefix_note(layout, share, "the maps"), sink["title"]) if x)
+        pooled = None if cls is not None else f"read out by the {POOL_READOUT}"
+        note = "\n".join(x for x in (pooled, prefix_note(layout, share, "the maps"),
+                                     sink["title"]) if x)
         settings = f"{options.fusion} fusion, discard {options.discard_ratio:g}, " \
                    f"blocks {start}–{end}"
         images = np.asarray(dump.images[:k])
@@ -129,8 +141,10 @@ class Rollout:
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             raw: list[np.ndarray] = []
-            layers = LazyArrays(names, lambda name, s=s, e=e: _read_layer(
-                dump, name, s, e, options.fusion, prefix, raw, cls, tops))
+            reads = names if cls is not None else [*names, POOL_POINT]
+            layers = LazyArrays(reads, lambda name, s=s, e=e: dump[name][s:e]
+                                if name == POOL_POINT else _read_layer(
+                                    dump, name, s, e, options.fusion, prefix, raw, cls, tops))
             out = map_method("rollout").compute(layers, layout, options, depth)
             maps, evo, row = out.maps, out.steps, out.extra["cls_row"]    # N×h×w, N×L×h×w, N×T
             if share is not None:   # N: the CLS row's rollout mass not drawn on the grid
@@ -138,11 +152,17 @@ class Rollout:
                 results.append("rollout_to_other_prefix", held.astype(np.float32))
                 share.add(held)
             row = None
-            raw = to_grid(np.stack(raw, axis=1), grid)                  # fused CLS attention
+            # fused CLS attention per layer; the pooling head's query attends after the last
+            # block only, so there it is stored once, with no per-layer counterpart
+            raw = to_grid(np.stack(raw, axis=1), grid) if raw else None
             results.append("rollout", maps.astype(np.float32))
             append_maps(results, dump, maps, s)      # the map contract, chunk by chunk
             results.append("evolution", evo.astype(np.float32))
-            results.append("raw_cls_attention", raw.astype(np.float32))
+            if raw is not None:
+                results.append("raw_cls_attention", raw.astype(np.float32))
+            else:
+                results.append("pool_query_attention", to_grid(pooled_query(
+                    dump[POOL_POINT][s:e], options.fusion), grid).astype(np.float32))
             if s < k:
                 shown[0].append(maps[:k - s])
                 shown[1].append(evo[:k - s])
@@ -150,10 +170,12 @@ class Rollout:
                 cov = patch_coverage(np.asarray(dump.masks[s:e]), grid)
                 results.append("coverage", cov)
                 for key, value in (("mass_in_mask", mass_in_mask(evo, cov)),
-                                   ("raw_mass_in_mask", mass_in_mask(raw, cov)),
+                                   ("raw_mass_in_mask", None if raw is None else
+                                    mass_in_mask(raw, cov)),
                                    ("mask_area", mask_area(cov)),
                                    ("pointing", pointing(maps, cov))):
-                    numbers.setdefault(key, []).append(value)
+                    if value is not None:
+                        numbers.setdefault(key, []).append(value)
         maps, evo = (np.concatenate(x) if x else np.zeros((0, *grid)) for x in shown)
         return (maps, evo, {key: np.concatenate(v) for key, v in numbers.items()},
                 None if share is None else float(share.result()))
@@ -185,12 +207,14 @@ class Rollout:
     def _mask_plot(results, layers, options, out_dir) -> Path:
         area = results["mask_area"]
         roll = results["mass_in_mask"]          # N×L
-        raw = results["raw_mass_in_mask"]       # N×L
+        raw = results.get("raw_mass_in_mask")   # N×L (None for a pooling head)
         with F.style() as plt:
             fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.3), gridspec_kw={"wspace": 0.3})
             x = np.array(layers)
             for vals, label, color in ((roll, "rollout up to layer", "C0"),
                                        (raw, "CLS attention of the layer", "C1")):
+                if vals is None:    # a pooling head: no CLS attention per layer
+                    continue
                 mean = np.nanmean(vals, axis=0)
                 q1, q3 = np.nanpercentile(vals, [25, 75], axis=0)
                 ax.plot(x, mean, "o-", color=color, label=label, ms=3)
@@ -209,14 +233,16 @@ class Rollout:
             return F.save_static(fig, out_dir / "rollout_mask", options)
 
 
-def _read_layer(dump, name, start, stop, fusion, prefix, raw_cls: list, cls: int = 0,
+def _read_layer(dump, name, start, stop, fusion, prefix, raw_cls: list, cls: int | None = 0,
                 tops: dict | None = None):
     """One layer's attention for images start..stop as stored (fp16: half the memory of
     float32; fuse_heads reduces it as it is), read when the rollout reaches it so one layer is
-    in memory at a time; its fused CLS row (token `cls`) goes to raw_cls for the
-    raw-attention comparison, and the share of its mass its top token receives to `tops`."""
+    in memory at a time; its fused CLS row (token `cls`; None: a model without one) goes to
+    raw_cls for the raw-attention comparison, and the share of its mass its top token
+    receives to `tops`."""
     attn = dump[name][start:stop]
-    raw_cls.append(fuse_heads(attn[:, :, cls:cls + 1, :], fusion)[:, 0, prefix:])
+    if cls is not None:
+        raw_cls.append(fuse_heads(attn[:, :, cls:cls + 1, :], fusion)[:, 0, prefix:])
     if tops is not None:
         tops.setdefault(name, []).append(S.top_token_share(attn)[0])
     return attn
@@ -253,6 +279,7 @@ def _mask_numbers(numbers: dict) -> dict:
     """The summary's mask figures from the per-image numbers (the final rollout is the last
     layer of the evolution)."""
     out = mask_summary_from(numbers["mass_in_mask"][:, -1], numbers["mask_area"], numbers["pointing"])
-    out["last_layer_cls_attention_mass_in_mask"] = float(
-        np.nanmean(numbers["raw_mass_in_mask"][:, -1]))
+    if "raw_mass_in_mask" in numbers:    # a model with a CLS token
+        out["last_layer_cls_attention_mass_in_mask"] = float(
+            np.nanmean(numbers["raw_mass_in_mask"][:, -1]))
     return {k: round(v, 4) for k, v in out.items()}

@@ -25,6 +25,12 @@ without knowing the depth.
 Gradients are named like activations with a `grad:` prefix: `grad:blocks.*.attn.weights` in a
 plugin's `requires` asks for d logit[target] / d `blocks.i.attn.weights` of every block
 (`split_grads`, `with_grads`).
+
+A pattern with the `optional:` prefix asks for its hook points where the model has them and for
+nothing where it has none: `optional:pool.weights` in a plugin's `requires` captures SigLIP's
+pooling-head attention, and on a model without a pooling head the plugin still runs (it then
+reads the CLS rows, say). Where the model has matches, they are required like any others: a
+dump lacking them does not serve the plugin (`resolve_names`, `missing_hooks`, `Dump.covers`).
 """
 from __future__ import annotations
 
@@ -36,10 +42,14 @@ from collections.abc import Iterable
 from vitscope.errors import HookError
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+OPTIONAL_PREFIX = "optional:"   # `optional:<pattern>`: its hook points where the model has any
 GRAD_PREFIX = "grad:"   # `grad:<hook pattern>`: the gradient of the target logit at those points
 MAP_PREFIX = "map:"     # `map:<method>`: the N×h×w maps of a method that needs the model, stored
                         # at capture time (integrated-gradients, occlusion, attnlrp, ...)
 ATTENTION = "attn.weights"
+# N×H×1×P: the query of an attention-pooling head over the final tokens (SigLIP's "MAP" head),
+# what CLS-based maps read on a model without a CLS token
+POOL_WEIGHTS = "pool.weights"
 # slice suffix -> the axis of the N×H×T×T attention fixed at the CLS index
 SLICES = {"cls_row": 2, "cls_col": 3}
 
@@ -62,6 +72,11 @@ def with_slices(names: Iterable[str], has_cls: bool = True) -> list[str]:
         if has_cls and n.endswith(ATTENTION) and not is_grad(n):
             out += [f"{n}.{s}" for s in SLICES]
     return list(dict.fromkeys(out))
+
+
+def optional_of(pattern: str) -> str | None:
+    """The pattern inside `optional:<pattern>`, else None."""
+    return pattern[len(OPTIONAL_PREFIX):] if pattern.startswith(OPTIONAL_PREFIX) else None
 
 
 def is_grad(name: str) -> bool:
@@ -198,15 +213,17 @@ def match_names(pattern: str, names: Iterable[str]) -> list[str]:
 def resolve_names(available: Iterable[str], patterns: str | Iterable[str]) -> list[str]:
     """Expand names and glob patterns into names of `available`, in the order of `available`.
 
-    Raises HookError naming each pattern that matches nothing, with what exists.
+    Raises HookError naming each pattern that matches nothing, with what exists (an
+    `optional:` pattern may match nothing).
     """
     available = list(available)
     if isinstance(patterns, str):
         patterns = [patterns]
     chosen: set[str] = set()
     for pattern in patterns:
-        matched = match_names(pattern, available)
-        if not matched:
+        inner = optional_of(pattern)
+        matched = match_names(pattern if inner is None else inner, available)
+        if not matched and inner is None:   # `optional:` asks only for what the model has
             raise HookError(unknown_hook_message(pattern, available))
         chosen.update(matched)
     return [n for n in available if n in chosen]

@@ -60,6 +60,19 @@ def save_folder(name: str, folder: Path):
     return model
 
 
+def pet_folder(root: Path, per_class: int = 3) -> Path:
+    """cat/ and dog/ sub-folders of `root`, `per_class` random 40×40 images each."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                root / c / f"{c}_{i}.png")
+    return root
+
+
 # open_clip: a tiny CLIP config (its text vocabulary is open_clip's BPE tokenizer's 49,408)
 OPENCLIP_NAME = "vitscope-test-tiny-clip"
 OPENCLIP_CONFIG = {"embed_dim": 24,

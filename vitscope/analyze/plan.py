@@ -492,8 +492,9 @@ def _model_hooks(ckpt):
 def _shape(hooks, layout, classes):
     from vitscope.names import match_names
     from vitscope.plugin import ModelShape
-    return ModelShape(depth=len(match_names("blocks.*.attn.weights", list(hooks))),
-                      layout=layout, classes=tuple(classes or ()))
+    hooks = list(hooks)
+    return ModelShape(depth=len(match_names("blocks.*.attn.weights", hooks)),
+                      layout=layout, classes=tuple(classes or ()), hooks=tuple(hooks))
 
 
 def _dump_hooks(path: Path, ckpt) -> tuple[list[str], list[str]]:

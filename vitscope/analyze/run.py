@@ -118,7 +118,8 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
     `blocks.*.attn.weights` does not serve a plugin that reads every block, which would
     otherwise run on part of the model and number its layers wrongly. `values`: the plugins'
     options, for plugins whose reads depend on them (PluginEntry.requires_for)."""
-    from vitscope.names import ATTENTION, SLICES, match_names, slice_of, summarize_names
+    from vitscope.names import (ATTENTION, SLICES, match_names, optional_of, slice_of,
+                                summarize_names)
     names = list(available)
     have = set(names)
     universe = list(model_hooks) if model_hooks else names
@@ -128,6 +129,11 @@ def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
             continue
         gone = []
         for pattern in e.requires_for((values or {}).get(e.name)):
+            inner = optional_of(pattern)
+            if inner is not None:   # required only where the model has it
+                pattern = inner
+                if not match_names(inner, universe):
+                    continue
             wanted = match_names(pattern, universe) or [pattern]
             lacking = [w for w in wanted if w not in have]
             if len(lacking) == len(wanted):

@@ -64,7 +64,8 @@ def explain(model: Any, images: Any, methods: str | Sequence[str] | None = None,
         settings = {k.name: k.options(given[k.name]) for k in chosen}
         for k in chosen:                    # a layer or block option outside the model: now
             k.reads(settings[k.name], m.depth)
-            if k.needs_cls and m.layout.cls_index is None:
+            if k.needs_cls and m.layout.cls_index is None and not (
+                    k.pooling_head and _has_pooling_head(m.hooked)):
                 raise ConfigError(f"{k.name} reads the CLS token, and this model has none "
                                   f"({m.layout.describe()}); use a method that reads the patch "
                                   f"tokens, such as gradcam.")
@@ -79,6 +80,14 @@ def explain(model: Any, images: Any, methods: str | Sequence[str] | None = None,
             run = run_maps(m, batch, chosen, settings, targets, batch_size=batch_size)
         return Explanation(source, m, batch, chosen, settings, given, run,
                            objective if objective is not None else target)
+
+
+def _has_pooling_head(hooked) -> bool:
+    """Whether the model exposes an attention-pooling head's query (SigLIP), which methods
+    with `pooling_head` read where there is no CLS token."""
+    from vitscope.model.hooks import hook_points
+    from vitscope.names import POOL_WEIGHTS
+    return POOL_WEIGHTS in hook_points(hooked)
 
 
 def _objective(target: Any, m, batch):

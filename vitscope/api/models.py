@@ -29,7 +29,7 @@ from vitscope.errors import ConfigError
 from vitscope.model.hooks import is_hooked
 
 FAMILIES = ("vitscope", "timm", "torchvision", "hf", "hf-clip", "openclip")
-HUB_SOURCES = ("timm:", "hf:")       # a model name the API fetches pretrained (_from_hub)
+HUB_SOURCES = ("timm:", "hf:", "openclip:")   # a model name the API fetches pretrained (_from_hub)
 _PACKAGES = {"timm": "timm", "torchvision": "torchvision", "transformers": "hf",
              "open_clip": "openclip"}
 _ADAPTERS = {"timm": ("vitscope.model.adapters.timm", "TimmViT"),
@@ -189,7 +189,8 @@ def _from_checkpoint(path: Path, device) -> Model:
 
 
 def _from_hub(source: str, device) -> Model:
-    """"timm:NAME" or "hf:ORG/NAME": the pretrained model through the family's own hub code
+    """"timm:NAME", "hf:ORG/NAME" or "openclip:NAME[@TAG]" / "openclip:hf-hub:ORG/NAME": the
+    pretrained model through the family's own hub code
     (vitscope.model.adapters.hub), what `vitscope import --pretrained` writes, kept in memory."""
     import importlib
 
@@ -199,6 +200,9 @@ def _from_hub(source: str, device) -> Model:
     if not name:
         raise ConfigError(f"'{source}' names no model; e.g. timm:vit_small_patch16_224 or "
                           f"hf:facebook/dinov2-small.")
+    if family == "hf":   # a CLIP or SigLIP repository goes to the image–text adapter
+        from vitscope.model.adapters.hub import hf_adapter
+        family = hf_adapter(name, pretrained=True)
     imported = importlib.import_module(ADAPTED[family][0]).import_source(name, pretrained=True)
     hooked = imported.model.to(resolve_device(device or "cpu")).eval()
     classes = list(imported.classes or [])

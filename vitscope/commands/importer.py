@@ -86,7 +86,8 @@ def imagenet_classes() -> list[str]:
                    "head when it differs from the model's default (a fine-tuned head).")
 @click.option("--pretrained", is_flag=True,
               help="Fetch the family's pretrained weights through its own hub code into its "
-                   "normal cache (timm pretrained=True; hf:ORG/NAME from the Hugging Face hub). "
+                   "normal cache (timm pretrained=True; hf:ORG/NAME from the Hugging Face hub; "
+                   "openclip:NAME[@TAG] or openclip:hf-hub:ORG/NAME through open_clip). "
                    "Offline (HF_HUB_OFFLINE=1) it reads that cache only.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 def import_cmd(source, weights, output, classes_file, image_size, num_classes, pretrained,
@@ -96,9 +97,9 @@ def import_cmd(source, weights, output, classes_file, image_size, num_classes, p
     SOURCE is timm:NAME (e.g. timm:vit_small_patch16_224), torchvision:NAME (e.g.
     torchvision:vit_b_16), openclip:NAME (e.g. openclip:ViT-B-32, with its text tower) or
     hf:DIR (a folder written by save_pretrained; CLIP and SigLIP folders keep their text
-    tower and tokenizer). The checkpoint
+    tower and tokenizer), or with --pretrained hf:ORG/NAME (a hub id). The checkpoint
     records the family and model name, the family's preprocessing (input size, resize, crop,
-    mean, std), the class names and the weights. Nothing is downloaded.
+    mean, std), the class names and the weights. Nothing is downloaded without --pretrained.
     """
     from vitscope._internal.folders import make_output_dir, remove_empty
     from vitscope._internal.locks import hold
@@ -146,15 +147,13 @@ def import_cmd(source, weights, output, classes_file, image_size, num_classes, p
                     f"records it (train_config.random_weights).", err=True, fg="red", bold=True)
 
 
-def _adapter_family(family: str, name: str) -> str:
-    """hf:DIR of a CLIP or SigLIP folder goes to the image–text adapter ("hf-clip")."""
+def _adapter_family(family: str, name: str, pretrained: bool = False) -> str:
+    """hf:DIR of a CLIP or SigLIP folder, or with --pretrained hf:ORG/NAME of such a hub
+    repository (its config.json fetched first), goes to the image–text adapter ("hf-clip")."""
     if family != "hf":
         return family
-    from vitscope.model.adapters.clip import MODEL_TYPES
-    from vitscope.model.adapters.hf_folder import read_json
-    config = Path(name) / "config.json"
-    raw = read_json(config, Path(name), "config.json") if config.is_file() else None
-    return "hf-clip" if isinstance(raw, dict) and raw.get("model_type") in MODEL_TYPES else family
+    from vitscope.model.adapters.hub import hf_adapter
+    return hf_adapter(name, pretrained)
 
 
 def _import(family, name, source, weights, size, classes, classes_file, out, force,
@@ -171,11 +170,16 @@ def _import(family, name, source, weights, size, classes, classes_file, out, for
     from vitscope.model.adapters.verify import verify
     from vitscope.model.checkpoint import load_checkpoint, save_checkpoint
 
-    adapter = _adapter_family(family, name)
+    adapter = _adapter_family(family, name, pretrained)
     module = importlib.import_module(FAMILIES[adapter][0])
-    # fine-tuned heads and the hub: the timm and transformers loaders take both
+    # fine-tuned heads and the hub: the timm and transformers loaders take both, the CLIP and
+    # SigLIP ones (transformers, open_clip) the hub (an image–text model has no head to fit)
     extra = ({"num_classes": num_classes, "pretrained": pretrained}
-             if adapter in ("timm", "hf") else {})
+             if adapter in ("timm", "hf") else
+             {"pretrained": pretrained} if adapter in ("hf-clip", "openclip") else {})
+    if num_classes is not None and adapter in ("hf-clip", "openclip"):
+        raise ConfigError(f"{source} is an image–text model (CLIP or SigLIP) with no classifier "
+                          f"head, so --num-classes does not apply; leave it out.")
     # nothing is downloaded, whatever a folder or a library asks for, unless --pretrained asks
     with contextlib.nullcontext() if pretrained else offline():
         imported = module.import_source(name, Path(weights) if weights else None, size, **extra)

@@ -38,8 +38,8 @@ import numpy as np
 from vitscope.errors import DumpError
 from vitscope.layout import TokenLayout  # noqa: F401  (re-exported: the dump's layout type)
 from vitscope.names import (ATTENTION, GRAD_PREFIX, MAP_PREFIX, SLICES, is_grad, is_map,
-                            layer_sort_key, match_names, slice_of, split_grads, split_maps,
-                            summarize_names, with_slices)
+                            layer_sort_key, match_names, optional_of, slice_of, split_grads,
+                            split_maps, summarize_names, with_slices)
 
 # The format's names and the one validated reading of a file live in vitscope.dump.check.
 from vitscope.dump.check import (FORMAT, HOOK_GROUPS, JSON_ATTRS, REQUIRED, VERSION,  # noqa: F401
@@ -385,8 +385,9 @@ class Dump:
         for have, wanted_patterns in ((set(self.readable), act_patterns),
                                       (set(self.grad_hooks), grad_patterns)):
             for pattern in wanted_patterns:
-                wanted = match_names(pattern, model_hooks)
-                if not wanted or not have.issuperset(wanted):
+                inner = optional_of(pattern)     # optional: only what the model has
+                wanted = match_names(pattern if inner is None else inner, model_hooks)
+                if (not wanted and inner is None) or not have.issuperset(wanted):
                     return False
         return True
 

@@ -28,7 +28,9 @@ from vitscope.errors import ConfigError
 from vitscope.methods.cams import cam
 from vitscope.methods.grad_rollout import grad_rollout
 from vitscope.methods.gradcam import gradcam
-from vitscope.methods.rollout import FUSIONS, attention_rollout
+from vitscope.methods.rollout import FUSIONS, attention_rollout, fuse_heads
+from vitscope.names import OPTIONAL_PREFIX
+from vitscope.names import POOL_WEIGHTS as POOL_POINT   # an attention-pooling head's query
 
 ATTENTION = "blocks.{}.attn.weights"
 GRADCAM_POINT = "blocks.{}.norm1.out"   # pytorch-grad-cam's ViT target: blocks[-1].norm1's output
@@ -50,6 +52,9 @@ class MapMethod:
     defaults: Mapping[str, Any]           # the options the arithmetic reads, as the plugin's
     reads: Callable[[Mapping[str, Any], int], tuple[str, ...]] = lambda options, depth: ()
     compute: Callable[..., MapOutput] | None = None
+    # with needs_cls: reads, on a model without a CLS token, its pooling head's query instead
+    # (POOL_POINT), where the model has one
+    pooling_head: bool = False
     needs_model: bool = False             # computed with the model: `run`, not `compute`
     run: Callable[..., np.ndarray] | None = None
     one_pass: bool = False                # a run costs one forward and backward pass (LRP), not
@@ -81,6 +86,9 @@ class LazyArrays(Mapping):
         if name not in self._names:
             raise KeyError(name)
         return self._read(name)
+
+    def __contains__(self, name: object) -> bool:   # without reading it
+        return name in self._names
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -124,18 +132,30 @@ def _cls(layout, name: str) -> int:
 # ------------------------------------------------------------------------------ the methods
 
 def _rollout_reads(options, depth):
-    return tuple(ATTENTION.format(l) for l in span(options, depth, "rollout"))
+    # the pooling head's attention where the model has one (SigLIP: no CLS row to read)
+    return (*(ATTENTION.format(l) for l in span(options, depth, "rollout")),
+            f"{OPTIONAL_PREFIX}{POOL_POINT}")
 
 
 def _rollout(arrays, layout, options, depth) -> MapOutput:
+    """Rollout read out at the CLS row, or, for a model without a CLS token that pools with
+    an attention head, at that head's query (its head-fused attention over the final tokens,
+    carried back through the rollout: the natural analogue of the CLS row, which is also the
+    final read-out's view of the tokens); `extra["readout"]` says which."""
     fusion = options["fusion"]
     if fusion not in FUSIONS:
         raise ConfigError(f"rollout.fusion '{fusion}' is not one of {', '.join(FUSIONS)}.")
-    layers = (arrays[n] for n in _rollout_reads(options, depth))   # one layer at a time
+    cls, query = layout.cls_index, None
+    if cls is None and POOL_POINT in arrays:
+        query = fuse_heads(np.asarray(arrays[POOL_POINT]), fusion)[:, 0].astype(np.float64)
+    else:
+        cls = _cls(layout, "rollout")
+    layers = (arrays[ATTENTION.format(l)] for l in span(options, depth, "rollout"))  # one at a time
     final, steps, row = attention_rollout(layers, fusion, float(options["discard_ratio"]),
-                                          layout.num_prefix_tokens, _cls(layout, "rollout"),
-                                          full_row=True)
-    return MapOutput(to_grid(final, layout.grid), to_grid(steps, layout.grid), {"cls_row": row})
+                                          layout.num_prefix_tokens, cls, full_row=True,
+                                          query=query)
+    return MapOutput(to_grid(final, layout.grid), to_grid(steps, layout.grid),
+                     {"cls_row": row, "readout": np.array("cls" if query is None else "pool")})
 
 
 def _grad_reads(layers: Callable[[Mapping, int], list[int]]):
@@ -217,7 +237,7 @@ def get(name: str) -> MapMethod:
 
 register(MapMethod("rollout", "attention rollout (Abnar & Zuidema 2020), class-agnostic",
                    {"fusion": "mean", "discard_ratio": 0.0, "start_layer": 0, "end_layer": None},
-                   _rollout_reads, _rollout, needs_cls=True))
+                   _rollout_reads, _rollout, needs_cls=True, pooling_head=True))
 register(MapMethod("grad-rollout", "gradient-weighted attention rollout (Chefer et al. 2021)",
                    {"start_layer": 0, "end_layer": None}, _grad_reads(_grad_layers),
                    _weighted(_grad_layers, "grad-rollout"), class_specific=True, needs_cls=True))

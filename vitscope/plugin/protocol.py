@@ -44,7 +44,8 @@ class Plugin(Protocol):
 
     requires: tuple[str, ...]
     """Hook-point globs it reads, e.g. ("blocks.*.attn.weights",); "grad:<glob>" reads the
-    gradient of the target logit there. `vitscope analyze` captures the union of these."""
+    gradient of the target logit there; "optional:<glob>" reads those points where the model
+    has them (and nothing where it has none). `vitscope analyze` captures the union."""
 
     options: tuple["Option", ...]
     """Optional. What `--opt NAME.key=value` may set; each arrives converted and checked."""
@@ -198,10 +199,12 @@ class RenderOptions(dict):
 @dataclass(frozen=True)
 class ModelShape:
     """What option checks may rely on before any capture: the model's depth (blocks), token
-    layout (prefix tokens, patch grid) and classes, from the checkpoint or the dump."""
+    layout (prefix tokens, patch grid), classes and hook points, from the checkpoint or the
+    dump."""
     depth: int
     layout: Any                 # vitscope.layout.TokenLayout
     classes: tuple[str, ...] = ()
+    hooks: tuple[str, ...] = ()   # the model's hook points ("pool.weights": a pooling head)
 
 
 # Plugin names become folder names (outputs/<run>/<name>/): a lowercase slug, so `.`, `..`,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vitscope.errors import NotApplicable
+from vitscope.names import POOL_WEIGHTS
 
 # What the built-ins still draw for a model without a CLS token (mean-pooled, MAP-pooled).
 NO_CLS_INSTEAD = ("what still applies: token-attention with --opt token-attention.query=top "
@@ -21,6 +22,29 @@ def cls_index(layout, plugin: str) -> int:
         reason = f"reads the CLS token, and this model has none ({layout.describe()})"
         raise NotApplicable(f"{plugin} {reason}; {NO_CLS_INSTEAD}.", reason, NO_CLS_INSTEAD)
     return index
+
+
+# A model that pools with an attention head instead of a CLS token (SigLIP's "MAP" head: one
+# learned query over the final patch tokens) exposes that query's attention as this hook point,
+# N×H×1×P.
+POOL_POINT = POOL_WEIGHTS
+POOL_READOUT = "pooling-head query attention, not a CLS row"
+
+
+def readout_query(layout, names, plugin: str) -> int | None:
+    """Which query a CLS-based map reads: the CLS token's index, or None for the pooling
+    head's query when the model has no CLS token but has `pool.weights` among `names` (its
+    hook points, or what a dump holds); NotApplicable (cls_index) for a model with neither."""
+    if layout.cls_index is None and POOL_POINT in set(names):
+        return None
+    return cls_index(layout, plugin)
+
+
+def pooled_query(pool: np.ndarray, fusion: str = "mean") -> np.ndarray:
+    """N×H×1×P pooling-head attention -> N×P: its one query's row with the heads fused as
+    rollout fuses them (vitscope.methods.fuse_heads), in float32."""
+    from vitscope.methods import fuse_heads
+    return fuse_heads(np.asarray(pool), fusion)[:, 0]
 
 
 def other_prefix(layout) -> list[int]:

@@ -41,6 +41,7 @@ from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, _G
 from vitscope.model.adapters.transformers import ATTENTION, _eager_attention, _flat, \
     _route_attention, _unflat
 from vitscope.model.hooks import name_hook_points
+from vitscope.names import POOL_WEIGHTS as POOL_POINT  # noqa: F401  (B×H×1×P)
 
 CLASSES = ("CLIPModel", "CLIPVisionModel", "SiglipModel", "SiglipVisionModel")
 MODEL_TYPES = {"clip": "CLIPModel", "clip_vision_model": "CLIPVisionModel",
@@ -48,7 +49,6 @@ MODEL_TYPES = {"clip": "CLIPModel", "clip_vision_model": "CLIPVisionModel",
 # the tokenizer files a folder may hold (what AutoTokenizer reads), stored in the checkpoint
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "spiece.model", "added_tokens.json")
-POOL_POINT = "pool.weights"
 
 
 @dataclass
@@ -126,6 +126,11 @@ class ClipViT(AdaptedViT):
         vision = getattr(model, "vision_model", model)
         if not hasattr(vision, "embeddings"):       # older transformers nest it once more
             vision = vision.vision_model
+        if self.siglip and getattr(vision, "head", None) is None:
+            # transformers' SigLIP without its head returns no pooled output at all
+            raise ConfigError(f"This {cfg.name} has no attention-pooling head "
+                              f"(vision_use_head=False), so it outputs no image embedding to "
+                              f"explain; vitscope adapts SigLIP with its pooling head.")
         self._vision = [vision]                     # a list: not registered twice
         layers = list(vision.encoder.layers)
         self._layers = layers
@@ -275,17 +280,28 @@ def _route_pool(head, point):
     return [undo]
 
 
-def import_source(folder: str, weights=None, image_size=None) -> Imported:
+def import_source(folder: str, weights=None, image_size=None, pretrained=False) -> Imported:
     """hf:DIR of a CLIP or SigLIP model (save_pretrained, with its processor's files) -> the
     model with the folder's weights, its image processor's preprocessing, and its tokenizer's
-    files. Read as data (vitscope.model.adapters.hf_folder): nothing downloaded, no code run."""
+    files. Read as data (vitscope.model.adapters.hf_folder): nothing downloaded, no code run.
+    With `pretrained`, `folder` is a hub id ("google/siglip-base-patch16-224") whose snapshot
+    (weights, processor and tokenizer files) the hub fetches into its cache first
+    (vitscope.model.adapters.hub), then read as that folder."""
     from vitscope.errors import CheckpointError
     from vitscope.model.adapters import hf_folder
     from vitscope.model.adapters.transformers import preprocessing
     from vitscope.model.adapters.weights import load_into, read_weights
     root = Path(folder)
+    if pretrained and not root.is_dir():
+        from vitscope.model.adapters.hub import hf_snapshot
+        root = hf_snapshot(str(folder), TOKENIZER_FILES)
     raw = hf_folder.read_json(root / "config.json", root, "config.json")
-    name = MODEL_TYPES.get(raw.get("model_type"))
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"config.json of '{root}' holds a JSON {type(raw).__name__}, not "
+                              f"an object of model settings.")
+    names = raw.get("architectures") if isinstance(raw.get("architectures"), list) else []
+    name = MODEL_TYPES.get(raw.get("model_type")) or next(
+        (n for n in names if n in CLASSES), None)
     if name is None:
         raise CheckpointError(f"'{root}' holds a '{raw.get('model_type')}' model, not CLIP or "
                               f"SigLIP.")

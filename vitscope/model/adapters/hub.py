@@ -4,7 +4,10 @@
     folder = hf_snapshot("facebook/dinov2-small")              # the hub cache's snapshot folder
 
 `vitscope import --pretrained` and the Python API given a model name ("timm:NAME",
-"hf:ORG/NAME") come here. Nothing is fetched by vitscope itself: timm downloads through
+"hf:ORG/NAME") come here. For a Hugging Face name the repository's config.json is fetched
+alone first (`hf_adapter`), so that a CLIP or SigLIP repository goes to the image–text adapter
+(vitscope.model.adapters.clip, which then fetches its tokenizer's files too) and any other to
+the ViT adapter, as a folder on disk is dispatched by its config.json. Nothing is fetched by vitscope itself: timm downloads through
 huggingface_hub as `timm.create_model(name, pretrained=True)` always does, and a Hugging Face
 repository is fetched with `huggingface_hub.snapshot_download` (what transformers'
 `from_pretrained` uses) into the same cache, then read as a folder by hf_folder with every check
@@ -108,22 +111,72 @@ def timm_pretrained(name: str, kwargs: dict[str, Any]):
                           f"; pass the weights with --weights FILE instead.") from None
 
 
-def hf_snapshot(repo_id: str) -> Path:
-    """The local snapshot folder of the Hugging Face repository `repo_id` ("org/name" or
-    "org/name@revision"), downloaded into the hub cache when online and not there yet."""
-    from vitscope.model.adapters.base import require
-    hub = require("huggingface_hub", "Hugging Face")
+def _repo(repo_id: str) -> tuple[str, str | None]:
+    """("org/name", revision or None) of "org/name" or "org/name@revision"; ConfigError for
+    anything that is not a hub model id."""
     repo, _, revision = repo_id.partition("@")
     if repo.count("/") > 1 or not repo.strip("/") or repo.startswith((".", "/")):
         raise ConfigError(f"'{repo_id}' is neither a model folder nor a Hugging Face model id "
                           f"such as facebook/dinov2-small.")
+    return repo, revision or None
+
+
+def _fetching(repo_id: str, fetch):
+    """`fetch()` in the hub's mode (_hub_mode), its failures as one sentence."""
     try:
         with _hub_mode():
-            return Path(hub.snapshot_download(repo, revision=revision or None,
-                                              allow_patterns=HF_PATTERNS))
+            return fetch()
+    except ConfigError:
+        raise
     except Exception as e:
         if _is_missing(e) or type(e).__name__.endswith("ValidationError"):
-            raise unreachable(f"'{repo}'", f"hf:{repo_id}", e) from None
+            raise unreachable(f"'{_repo(repo_id)[0]}'", f"hf:{repo_id}", e) from None
         raise ConfigError(f"The Hugging Face hub could not provide '{repo_id}' "
                           f"({type(e).__name__}); pass a saved folder as hf:DIR or the weights "
                           f"with --weights FILE instead.") from None
+
+
+def hf_snapshot(repo_id: str, extra_patterns: tuple[str, ...] = ()) -> Path:
+    """The local snapshot folder of the Hugging Face repository `repo_id` ("org/name" or
+    "org/name@revision"), downloaded into the hub cache when online and not there yet: the
+    files a ViT folder needs (HF_PATTERNS) and `extra_patterns` (a tokenizer's files)."""
+    from vitscope.model.adapters.base import require
+    hub = require("huggingface_hub", "Hugging Face")
+    repo, revision = _repo(repo_id)
+    return _fetching(repo_id, lambda: Path(hub.snapshot_download(
+        repo, revision=revision, allow_patterns=HF_PATTERNS + list(extra_patterns))))
+
+
+def hf_config(repo_id: str) -> Any:
+    """The repository's config.json alone, fetched into the hub cache (or read from it
+    offline) and parsed as data with vitscope's capped JSON reader (hf_folder.read_json)."""
+    from vitscope.model.adapters import hf_folder
+    from vitscope.model.adapters.base import require
+    hub = require("huggingface_hub", "Hugging Face")
+    repo, revision = _repo(repo_id)
+    path = Path(_fetching(repo_id, lambda: hub.hf_hub_download(repo, "config.json",
+                                                                revision=revision)))
+    return hf_folder.read_json(path, path.parent, "config.json")
+
+
+def hf_adapter(name: str, pretrained: bool = False) -> str:
+    """Which adapter reads the hf: source `name`: "hf-clip" for a CLIP or SigLIP model
+    (config.json's model_type, else a class in its architectures), "hf" otherwise. A folder's
+    config.json is read where it is; with `pretrained`, a hub id's is fetched first (hf_config),
+    before any weights, so the adapter is chosen as for a folder."""
+    from vitscope.model.adapters.clip import CLASSES, MODEL_TYPES
+    from vitscope.model.adapters.hf_folder import read_json
+    folder = Path(name)
+    if (folder / "config.json").is_file():
+        raw = read_json(folder / "config.json", folder, "config.json")
+    elif pretrained and not folder.exists():
+        raw = hf_config(name)
+    else:
+        return "hf"                 # the ViT adapter says what is missing
+    if not isinstance(raw, dict):
+        return "hf"
+    names = raw.get("architectures")
+    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    clip = raw.get("model_type") in MODEL_TYPES or (
+        "model_type" not in raw and any(n in CLASSES for n in names))
+    return "hf-clip" if clip else "hf"

@@ -18,6 +18,7 @@ with `open_clip.add_model_config` too).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +68,16 @@ def model_config(name: str) -> dict:
         known = [n for n in open_clip.list_models() if n.startswith("ViT")][:8]
         raise ConfigError(f"open_clip has no model '{name}'; use one of its names, e.g. "
                           f"{', '.join(known)} (open_clip.list_models()).")
+    return _checked(name, config)
+
+
+def _checked(name: str, config: dict) -> dict:
+    """A copy of an open_clip model config that vitscope adapts (its own text tower, a ViT
+    image tower); ConfigError otherwise."""
+    if not isinstance(config.get("vision_cfg"), dict) or not isinstance(
+            config.get("text_cfg", {}), dict):
+        raise ConfigError(f"open_clip's config of '{name}' has no vision_cfg and text_cfg "
+                          f"objects, so it is not a CLIP model's config.")
     if "hf_model_name" in config.get("text_cfg", {}) or config.get("custom_text"):
         raise ConfigError(f"open_clip's '{name}' has a Hugging Face text tower, which vitscope "
                           f"does not adapt yet; choose a model with open_clip's own text tower.")
@@ -176,24 +187,116 @@ class OpenClipViT(AdaptedViT):
         return scaled_cosine(self.model, image, text)
 
 
-def import_source(name: str, weights=None, image_size=None) -> Imported:
-    """openclip:NAME -> the model (weights from --weights, an open_clip state_dict, else random)
-    and open_clip's preprocessing for it (shorter side resized, centre crop, its mean/std)."""
+HF_HUB = "hf-hub:"      # open_clip's own prefix for a model whose config and weights are a hub repo
+
+
+def pretrained_weights(name: str) -> tuple[dict, str, dict, str]:
+    """(open_clip config, weight file, preprocessing, what was fetched) through open_clip's
+    own download code and cache (huggingface_hub's cache for hub-hosted weights):
+
+    - `hf-hub:ORG/NAME`: the repository's open_clip_config.json (`model_cfg`, `preprocess_cfg`)
+      and its weights, the two files `open_clip.create_model("hf-hub:ORG/NAME")` reads;
+    - `NAME` or `NAME@TAG`: the registry's config and the weights of open_clip's pretrained tag
+      (without one, the first tag open_clip lists for NAME), with the tag's preprocessing and
+      its `quick_gelu` (what the weights were trained with; open_clip itself only warns).
+
+    The weights are then read by vitscope (safetensors, or torch.load with weights_only), so
+    nothing in a downloaded file runs."""
+    from open_clip import pretrained as oc_pretrained
+
+    from vitscope.model.adapters import hub
+    from vitscope.model.adapters.hf_folder import read_json
+    open_clip = _open_clip()
+    try:
+        with hub._hub_mode():
+            if name.startswith(HF_HUB):
+                repo = name[len(HF_HUB):]
+                path = Path(oc_pretrained.download_pretrained_from_hf(
+                    repo, filename="open_clip_config.json"))
+                raw = read_json(path, path.parent, "open_clip_config.json")
+                if not isinstance(raw, dict) or not isinstance(raw.get("model_cfg"), dict):
+                    raise ConfigError(f"The open_clip_config.json of '{repo}' has no model_cfg "
+                                      f"object, so it is not an open_clip model repository.")
+                config = _checked(name, raw["model_cfg"])
+                _check_sizes(config, f"The open_clip_config.json of '{repo}'")
+                preprocess = raw.get("preprocess_cfg") if isinstance(
+                    raw.get("preprocess_cfg"), dict) else {}
+                return config, oc_pretrained.download_pretrained_from_hf(repo), preprocess, repo
+            arch, _, tag = name.partition("@")
+            config = model_config(arch)
+            tags = open_clip.list_pretrained_tags_by_model(arch)
+            tag = tag or (tags[0] if tags else "")
+            if tag not in tags:
+                raise ConfigError(
+                    f"open_clip lists no pretrained weights '{tag}' for '{arch}'" +
+                    (f"; its tags are {', '.join(tags)} (openclip:{arch}@TAG)." if tags else
+                     "; pass the weights with --weights FILE instead."))
+            cfg = open_clip.get_pretrained_cfg(arch, tag)
+            if "quick_gelu" in cfg:
+                config["quick_gelu"] = bool(cfg["quick_gelu"])
+            preprocess = {k: cfg[k] for k in ("mean", "std", "interpolation") if k in cfg}
+            return config, oc_pretrained.download_pretrained(cfg), preprocess, f"{arch}@{tag}"
+    except ConfigError:
+        raise
+    except Exception as e:
+        if hub._is_missing(e):
+            raise hub.unreachable(f"'{name}'", f"openclip:{name}", e) from None
+        raise ConfigError(f"open_clip could not fetch the pretrained weights of '{name}' "
+                          f"({type(e).__name__}); pass them with --weights FILE "
+                          f"instead.") from None
+
+
+def _check_sizes(config: dict, where: str) -> None:
+    """A downloaded config is data written by someone else: its image tower's sizes within
+    the bounds a Hugging Face folder gets (hf_folder.check_sizes), and the text tower's width
+    and depth within the same, before anything is allocated."""
+    from vitscope.model.adapters.hf_folder import MAX_LAYERS, MAX_WIDTH, _count, check_sizes
+    vision, text = config["vision_cfg"], config.get("text_cfg", {})
+    width = _count(vision, "width", where, 1, MAX_WIDTH, 768)
+    head = _count(vision, "head_width", where, 1, width, 64)
+    check_sizes({"hidden_size": width, "num_hidden_layers": vision.get("layers", 12),
+                 "num_attention_heads": max(width // head, 1),
+                 "intermediate_size": int(width * float(vision.get("mlp_ratio", 4.0))),
+                 "image_size": vision.get("image_size", 224),
+                 "patch_size": vision.get("patch_size", 16), "num_labels": 0}, where)
+    _count(text, "width", where, 1, MAX_WIDTH, 512)
+    _count(text, "layers", where, 1, MAX_LAYERS, 12)
+    _count(text, "vocab_size", where, 1, 1 << 22, 49408)
+    _count(text, "context_length", where, 1, 1 << 16, 77)
+
+
+def import_source(name: str, weights=None, image_size=None, pretrained=False) -> Imported:
+    """openclip:NAME -> the model (weights from --weights, an open_clip state_dict, else random;
+    with `pretrained`, open_clip's own download: `pretrained()`) and open_clip's preprocessing
+    for it (shorter side resized, centre crop, its mean/std)."""
     from vitscope.data.images import Preprocess
     from vitscope.model.adapters.weights import load_into, read_weights
-    kwargs = {}
-    if image_size is not None:
-        config = model_config(name)
-        kwargs["vision_cfg"] = dict(config["vision_cfg"], image_size=list(image_size))
-    model = OpenClipViT(OpenClipConfig.create(name, **kwargs))
+    kwargs, pp_cfg, hub_id = {}, {}, None
+    if pretrained:
+        if image_size is not None:
+            raise ConfigError("--image-size is not supported with --pretrained for openclip: "
+                              "sources; import the model at its own size.")
+        config, weights, pp_cfg, hub_id = pretrained_weights(name)
+        size = config["vision_cfg"].get("image_size", 224)
+        h, w = (size, size) if isinstance(size, int) else size
+        model = OpenClipViT(OpenClipConfig(name=name, kwargs=config, image_size=[int(h), int(w)],
+                                           num_classes=0))
+    else:
+        if image_size is not None:
+            config = model_config(name)
+            kwargs["vision_cfg"] = dict(config["vision_cfg"], image_size=list(image_size))
+        model = OpenClipViT(OpenClipConfig.create(name, **kwargs))
     if weights is not None:
         state = read_weights(weights)
         state = state.get("state_dict", state) if isinstance(state.get("state_dict"), dict) \
             else state
         state = {k.removeprefix("module."): v for k, v in state.items()}
         load_into(model.model, state, weights, f"open_clip's {name}")
+        model.source_weights = Path(weights)
+    if hub_id is not None:
+        model.hub_id = hub_id
     visual = model.model.visual
-    pp_cfg = getattr(visual, "preprocess_cfg", {}) or {}
+    pp_cfg = pp_cfg or getattr(visual, "preprocess_cfg", {}) or {}
     mean = [float(v) for v in pp_cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))]
     std = [float(v) for v in pp_cfg.get("std", (0.26862954, 0.26130258, 0.27577711))]
     h, w = visual.image_size
