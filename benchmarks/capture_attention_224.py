@@ -28,8 +28,8 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
@@ -43,6 +43,9 @@ from vitscope.capture.memory import auto_batch_size
 from vitscope.data import ImageDataset, to_model_input
 from vitscope.model.adapters import build
 from vitscope.model.hooks import attach, resolve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capture_throughput import Timer  # noqa: E402  (the sibling benchmark's wall + CPU timer)
 
 HOOKS = ("blocks.*.attn.weights",)
 MEAN = STD = [0.5, 0.5, 0.5]
@@ -58,18 +61,6 @@ def images_like_photos(n: int, size: int) -> np.ndarray:
 def batches(images: np.ndarray, batch: int):
     for i in range(0, len(images), batch):
         yield torch.from_numpy(images[i:i + batch])
-
-
-class Timer:
-    """Wall-clock and CPU seconds (all threads of this process) of a block."""
-
-    def __enter__(self) -> "Timer":
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
 
 
 def plain(model, images, batch) -> Timer:
@@ -174,7 +165,7 @@ def main() -> None:
     print(f"load average after: {load()}")
     base = [r["plain"].wall for r in rounds]
     print(f"\nplain forward: {args.images / statistics.median(base):.1f} images/s (median)")
-    print(f"{'step':<14}{'images/s':>10}{'× plain: median':>17}{'best':>7}{'CPU-time ×':>12}"
+    print(f"{'step':<18}{'images/s':>10}{'× plain: median':>17}{'best':>7}{'CPU-time ×':>12}"
           f"{'MB on disk':>12}  stored as")
     for key in ["hooked", "hooked+fp16", "plain+reuse", "hooked+fp16+reuse", "before", *kinds]:
         ratios = [r["plain"].wall / r[key].wall for r in rounds]
@@ -183,7 +174,7 @@ def main() -> None:
         mb = f"{sizes[key] / 1e6:,.0f}" if key in sizes else ""
         how = layout.get(key, {})
         text = f"{how.get('filter', '')} chunks {how.get('chunks')}" if how else ""
-        print(f"{key:<14}{ips:>10.1f}{statistics.median(ratios):>16.2f}×{max(ratios):>6.2f}×"
+        print(f"{key:<18}{ips:>10.1f}{statistics.median(ratios):>16.2f}×{max(ratios):>6.2f}×"
               f"{statistics.median(cpu):>11.2f}×{mb:>12}  {text}")
 
 
