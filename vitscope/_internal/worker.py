@@ -32,10 +32,11 @@ import traceback
 import warnings
 from typing import Any
 
-from vitscope._internal.signals import terminate_as_exception
+from vitscope._internal.signals import Terminated, terminate_as_exception
 
 STOP_GRACE_S = 60.0      # how long a stopping child may clean up (delete a partial dump)
 INTERRUPT_WAIT_S = 2.0   # after Ctrl-C: how long the child may take to notice its own SIGINT
+RETERMINATE_S = 5.0      # a terminated child still running after this got a lost SIGTERM
 
 
 class WorkerDied(RuntimeError):
@@ -106,6 +107,9 @@ class Worker:
                     os.kill(proc.pid, signal.SIGINT)
             elif stop and proc.is_alive():
                 proc.terminate()
+                proc.join(RETERMINATE_S)
+                if proc.is_alive():     # a SIGTERM that landed in a finalizer is swallowed
+                    proc.terminate()    # ("Exception ignored in ..."): say it once more
             elif conn is not None:
                 try:
                     conn.send(None)
@@ -127,6 +131,7 @@ class Worker:
 def _serve(conn) -> None:
     """The child's loop: one call per message until None (or the pipe closes)."""
     _die_with_parent()
+    sys.unraisablehook = _signal_again
     while True:
         try:
             request = conn.recv()
@@ -154,6 +159,18 @@ def _serve(conn) -> None:
                                                     f"{e}")), notes))
         if reply[0] == "error" and reply[1][3] in ("KeyboardInterrupt", "Terminated"):
             return      # stopped: the caller is on its way out
+
+
+def _signal_again(info, default=sys.unraisablehook) -> None:
+    """Ctrl-C or SIGTERM whose exception was raised inside a finalizer (a weakref callback,
+    `__del__`), where Python prints "Exception ignored" and drops it: the capture would run
+    on. The signal is sent again, so its exception arrives where the call can stop on it."""
+    if isinstance(info.exc_value, Terminated):
+        os.kill(os.getpid(), signal.SIGTERM)
+    elif isinstance(info.exc_value, KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    else:
+        default(info)
 
 
 def _portable(e: BaseException) -> tuple:
