@@ -1,6 +1,7 @@
 """`vitscope analyze --all` on 16 images of a 12-layer ViT-S/16 at 224 px: wall time, the peak
-resident memory of the whole process tree (analyze and its plugin processes together), what the
-analyze process itself holds while the plugins render, and the dump's size.
+resident memory of the whole process tree (analyze, its capture process and its plugin
+processes together) while it captures and while the plugins render, what the analyze process
+itself holds, the largest single child, and the dump's size.
 
     python benchmarks/analyze_real_size.py                  # timm vit_small_patch16_224, 16 images
     python benchmarks/analyze_real_size.py --images 8 --json out.json
@@ -28,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analyze_224 import make_images, report, step  # noqa: E402  (the sibling benchmark's helpers)
 
 
-def tree_rss(proc) -> tuple[int, int, int]:
-    """(RSS of `proc`, RSS of it and all its descendants, PSS of them all), in bytes; 0 for
-    what has exited. RSS counts pages shared between processes (the fork server's children
+def tree_rss(proc) -> tuple[int, int, int, int]:
+    """(RSS of `proc`, RSS of it and all its descendants, PSS of them all, RSS of the largest
+    descendant), in bytes; 0 for what has exited. RSS counts pages shared between processes (the fork server's children
     share the libraries it loaded) once per process; PSS divides each shared page among its
     sharers, so the tree's PSS is the memory it really takes."""
     import psutil
@@ -38,16 +39,18 @@ def tree_rss(proc) -> tuple[int, int, int]:
         own = proc.memory_info().rss
         kids = proc.children(recursive=True)
     except psutil.Error:
-        return 0, 0, 0
-    total = pss = 0
+        return 0, 0, 0, 0
+    total = pss = biggest = 0
     for p in [proc, *kids]:
         try:
             info = p.memory_full_info()
             total += info.rss
             pss += getattr(info, "pss", info.rss)
+            if p is not proc:
+                biggest = max(biggest, info.rss)
         except psutil.Error:
             pass
-    return own, total, pss
+    return own, total, pss, biggest
 
 
 def watched(args: list[str], env: dict) -> dict:
@@ -58,7 +61,7 @@ def watched(args: list[str], env: dict) -> dict:
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              cwd=env["VITSCOPE_BENCH_WORK"])
     proc = psutil.Process(popen.pid)
-    samples: list[tuple[float, int, int, int]] = []
+    samples: list[tuple[float, int, int, int, int]] = []
     lines: list[str] = []
     rendering = [None]
 
@@ -79,15 +82,20 @@ def watched(args: list[str], env: dict) -> dict:
     if popen.returncode != 0:
         sys.exit(f"`vitscope {' '.join(args)}` failed:\n{text[-3000:]}")
     start = rendering[0] if rendering[0] is not None else wall
-    capture = [s for s in samples if s[0] < start] or [(0, 0, 0, 0)]
-    render = [s for s in samples if s[0] >= start] or [(0, 0, 0, 0)]
+    capture = [s for s in samples if s[0] < start] or [(0, 0, 0, 0, 0)]
+    render = [s for s in samples if s[0] >= start] or [(0, 0, 0, 0, 0)]
     mb = 1 / 2 ** 20
     return {"wall_s": round(wall, 1), "capture_s": round(start, 1),
             "render_s": round(wall - start, 1),
             "tree_peak_mb": round(max(s[2] for s in samples) * mb),
             "tree_peak_pss_mb": round(max(s[3] for s in samples) * mb),
-            "capture_process_peak_mb": round(max(s[1] for s in capture) * mb),
+            # analyze captures in a child process of its own (the largest child then)
+            "analyze_process_while_capturing_mb": round(max(s[1] for s in capture) * mb),
+            "largest_child_while_capturing_mb": round(max(s[4] for s in capture) * mb),
+            "tree_peak_while_capturing_mb": round(max(s[2] for s in capture) * mb),
+            "tree_peak_pss_while_capturing_mb": round(max(s[3] for s in capture) * mb),
             "analyze_process_while_rendering_mb": round(max(s[1] for s in render) * mb),
+            "largest_child_while_rendering_mb": round(max(s[4] for s in render) * mb),
             "tree_peak_while_rendering_mb": round(max(s[2] for s in render) * mb),
             "tree_peak_pss_while_rendering_mb": round(max(s[3] for s in render) * mb),
             "output": text}

@@ -41,12 +41,15 @@ def test_analyze_all_then_reuse_the_dump_without_running_the_model(shapes_ckpt, 
     assert str(shapes_ckpt) in index and "shapes:val=48" in index and "12" in index
     assert (run_dir / "plotly.min.js").is_file()
 
-    def forbidden(*a, **k):
-        raise AssertionError("the model ran although a covering dump exists")
-    monkeypatch.setattr("vitscope.model.vit.ViT.forward", forbidden)
+    # the capture runs in a process of its own (no monkeypatch reaches it): a reused dump is
+    # the same file, untouched, and no other is written
+    (captured,) = (in_tmp / "outputs" / "dumps").glob("*.h5")
+    stamp = captured.stat().st_mtime_ns
     res = run("analyze", shapes_ckpt, "--plugin", "rollout", "--images", 8, "--static")
     assert res.exit_code == 0, res.output
     assert "Reusing dump outputs/dumps/run-val-12-" in res.output
+    assert list((in_tmp / "outputs" / "dumps").glob("*.h5")) == [captured]
+    assert captured.stat().st_mtime_ns == stamp
     assert not (run_dir / "rollout" / "rollout.html").exists()   # --static: re-rendered alone
     assert (run_dir / "rollout" / "rollout.png").is_file()
     assert "token-attention" in (run_dir / "index.html").read_text()  # earlier plugins stay

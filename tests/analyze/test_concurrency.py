@@ -107,13 +107,21 @@ def test_two_analyses_share_the_dump_cache(tmp_path, shapes_ckpt, frozen):
     a = start("analyze", shapes_ckpt, "-p", "rollout", "--static", "-o", "one", "--device",
               "cpu", cwd=tmp_path)
     cache = tmp_path / "outputs" / "dumps"
-    wait_for(lambda: any(locked_by(p, a.pid) for p in cache.glob(".*.lock")),
-             "A's lock on the dump it captures", a)
+
+    def capturing():   # A captures in a child process of its own, which holds the lock
+        family = [a.pid] + [c.pid for c in psutil.Process(a.pid).children(recursive=True)]
+        return next((pid for pid in family for p in cache.glob(".*.lock")
+                     if locked_by(p, pid)), None)
+    holder = wait_for(capturing, "A's lock on the dump it captures", a)
+    os.kill(holder, signal.SIGSTOP)   # the capture, frozen (A waits for it)
     frozen(a)
-    b = start("analyze", shapes_ckpt, "-p", "rollout", "--static", "-o", "two", "--device",
-              "cpu", cwd=tmp_path)
-    time.sleep(3)
-    assert b.poll() is None, b.communicate()     # waiting for A's capture, not failing
+    try:
+        b = start("analyze", shapes_ckpt, "-p", "rollout", "--static", "-o", "two",
+                  "--device", "cpu", cwd=tmp_path)
+        time.sleep(3)
+        assert b.poll() is None, b.communicate()     # waiting for A's capture, not failing
+    finally:
+        os.kill(holder, signal.SIGCONT)
     thaw(a)
     (code_a, text_a), (code_b, text_b) = finish(a), finish(b)
     assert code_a == 0 and "Captured dump" in text_a, text_a

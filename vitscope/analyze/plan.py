@@ -8,6 +8,11 @@ In order, so that nothing is captured or written before every input is known goo
 plugins are discovered and their `--opt` values parsed; `--target`, `--device`, `--select` and
 the hook points each plugin reads are checked against the model (or the given dump); the
 output folder is created and locked; the dump is captured or reused; the plugins render.
+
+Everything that reads the checkpoint or runs the model happens in a child process of its own
+(`_ModelSide`, vitscope._internal.worker), which ends once the dump is there: the analyze
+process, which waits while every plugin renders in a process of its own, never imports torch
+and never holds the model (issue 23, item 5: 0.6 GB of PSS it held through the rendering).
 """
 from __future__ import annotations
 
@@ -86,6 +91,33 @@ class _Progress:
         return f"nothing was written{kept}."
 
 
+class _ModelSide:
+    """Where `_analyse` reads the checkpoint, checks the model and captures: a spawned child
+    (vitscope._internal.worker) when analyze may capture, this process with --dump (which
+    runs no model). `side("_function", ...)` calls that function of this module there;
+    errors, warnings and Ctrl-C come back as if it ran here."""
+
+    def __init__(self, child: bool) -> None:
+        from vitscope._internal.worker import Worker
+        self.worker = Worker() if child else None
+
+    def __call__(self, function: str, *args, **kwargs):
+        if self.worker is None:
+            return globals()[function](*args, **kwargs)
+        return self.worker.call(__name__, function, *args, **kwargs)
+
+    def close(self, stop: bool = False) -> None:
+        """End the child (its torch, model and capture memory go with it)."""
+        if self.worker is not None:
+            self.worker.close(stop=stop)
+
+    def __enter__(self) -> "_ModelSide":
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        self.close(stop=kind is not None)
+
+
 def run_analysis(request: AnalyzeRequest, cleanup: contextlib.ExitStack,
                  echo: Callable[..., None] = _print) -> AnalysisOutcome:
     """Everything `vitscope analyze` does after parsing its flags: check every input before
@@ -120,6 +152,8 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
     from vitscope.analyze.staging import LOCK
     from vitscope._internal.files import guard
 
+    # the model's side runs in a child when analyze may capture: see _ModelSide
+    side = cleanup.enter_context(_ModelSide(child=dump_path is None and ckpt is not None))
     by_default = bool(image_files) and not names and not all_   # --image: every plugin that fits
     if image_files:
         if data is not None or dump_path is not None:
@@ -138,7 +172,7 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
         from vitscope.model.checkpoint import read_raw
         read_raw(ckpt)  # a CKPT named beside --dump must exist: it is checked against the dump
     from vitscope.analyze.selection import parse_select
-    criteria = parse_select(selects, _classes(ckpt, dump_path))   # before any work
+    criteria = parse_select(selects, side("_classes", ckpt, dump_path) if selects else None)
     registry = discover()
     for problem in registry.unreadable:
         echo(f"Warning: {problem}", err=True)
@@ -150,13 +184,15 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
     values = parse_opts(opts, chosen, registry)   # before any capture: bad options fail fast
     if not working:
         return AnalysisOutcome(None, [])
-    if target is not None or dump_path is None:   # a bad --target fails before any work
-        target = _check_target(target, ckpt, Path(dump_path) if dump_path else None)
-    if dump_path is None:
-        from vitscope._internal.devices import resolve_device
-        dev = resolve_device(device)               # a bad --device fails before any work
+    if dump_path is not None:   # a bad --target fails before any work
+        if target is not None:
+            target = _check_target(target, ckpt, Path(dump_path))
+        no_target = False
+    else:   # `target` stays as given: the model's side parses it where it is used
+        no_target = not side("_target_applies", target, ckpt)
+        dev = side("_device", device)              # a bad --device fails before any work
     run = Path(out_dir) if out_dir else \
-        Path("outputs") / _run_name(ckpt, Path(dump_path) if dump_path else None)
+        Path("outputs") / side("_run_name", ckpt, Path(dump_path) if dump_path else None)
     if image_files and not out_dir:   # outputs/<run>/<image>/: beside the run's own figures
         stem = Path(image_files[0]).stem
         run = run / (stem if len(image_files) == 1 else f"{stem}+{len(image_files) - 1}")
@@ -166,13 +202,13 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
         path = Path(dump_path)
         (available, model_hooks, shape), where = _dump_hooks(path, ckpt), f"dump '{path}'"
     else:
-        (available, shape), where = _model_hooks(ckpt), f"model of '{ckpt}'"
+        (available, shape), where = side("_model_hooks", ckpt), f"model of '{ckpt}'"
         model_hooks = available
     # layer and token ranges of --opt, before any folder is touched; plugins that cannot apply
     # to this model at all (a CLS token it lacks) come back
     unfit = check_options(working, values, shape) if shape is not None else {}
-    if target is None and dump_path is None and _feature_model(ckpt):
-        unfit.update(_needs_target(working, values, unfit))
+    if no_target:    # a feature model without --target (no_target implies no --dump)
+        unfit.update(_needs_target(working, values, unfit, side("_target_options")))
     if all_ and dump_path is None:   # methods that run the model per patch or step: by name
         unfit.update(_by_name_only(working, values, unfit, set(names)))
     missing = missing_hooks(available, [e for e in working if e.name not in unfit],
@@ -203,8 +239,8 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
     working = [e for e in working if e.name not in refused]
     patterns = union_requires(working, values)
     if dump_path is None:   # a data folder that is not here is found before any work
-        _check_data(ckpt, data, split, images or DEFAULT_IMAGES, patterns, target,
-                    map_options(working, values))
+        side("_check_data_for", ckpt, data, split, images or DEFAULT_IMAGES, patterns, target,
+             map_options(working, values))
     # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
     created = make_output_dir(run, PluginError, "choose another output folder with -o")
     # the plugins write the run's plotly.min.js straight into it: a run that stops takes it too
@@ -217,14 +253,21 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
     warm_up()   # the plugins' fork server starts while the dump is captured
 
     if dump_path is None:
-        from vitscope.capture import ensure_dump
-        path, reused = ensure_dump(ckpt, data=data, split=split, n=images or DEFAULT_IMAGES,
-                                   hooks=patterns, batch_size=batch_size, device=dev,
-                                   progress=True, target=target,
-                                   map_options=map_options(working, values))
-        progress.dump = None if reused else path
+        try:
+            path, reused = side("_capture", ckpt, target, data=data, split=split,
+                                n=images or DEFAULT_IMAGES, hooks=patterns,
+                                batch_size=batch_size, device=dev, progress=True,
+                                map_options=map_options(working, values))
+            progress.dump = None if reused else path
+            info = side("_ckpt_info", ckpt)
+        except BaseException:
+            side.close(stop=True)    # a stopped capture deletes its partial file first
+            raise
+        side.close()   # torch, the model and the capture's memory end with that process
         from vitscope._internal.memory import give_back
-        give_back()   # the capture's memory, before the plugins render beside this process
+        give_back()   # what this process freed meanwhile, before plugins render beside it
+    else:
+        info = _ckpt_info(ckpt)
     hooks, size, (grads, target_spec) = _dump_contents(path)
     if dump_path is not None:
         _check_map_options(path, working, values)
@@ -258,7 +301,6 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
                     "again"):
         figures = RenderRequest(static=static, interactive=interactive, fmt=fmt, limit=limit,
                                 smooth=smooth, timeout=r.plugin_timeout)
-        info = _ckpt_info(ckpt)
         progress.rendering = time.time()
         results = render_plugins(path, working, run, values, figures, echo=echo,
                                  failed=upfront, announce=True, info=info)
@@ -325,6 +367,38 @@ def _check_map_options(path: Path, working, values) -> None:
                 raise PluginError(f"Dump '{path}' holds {name} maps made with {made_text}, not "
                                   f"{', '.join(f'{k}={v}' for k, v in wanted.items())}; leave "
                                   f"out --dump to capture them, or the --opt to use these.")
+
+
+# ------------------------------------------- run on the model's side (_ModelSide, in a child)
+
+
+def _target_applies(target, ckpt) -> bool:
+    """--target checked against the checkpoint's model (one sentence if wrong); False for a
+    feature model without one (its gradient plugins sit out)."""
+    return _check_target(target, ckpt, None) is not None
+
+
+def _device(device) -> str:
+    """--device resolved (ConfigError in one sentence if unavailable), as text."""
+    from vitscope._internal.devices import resolve_device
+    return str(resolve_device(device))
+
+
+def _target_options() -> str:
+    """The targets a feature model takes, as the sentence names them."""
+    from vitscope.capture.objective import OPTIONS
+    return OPTIONS
+
+
+def _check_data_for(ckpt, data, split, n, patterns, target, run_options=None) -> None:
+    """_check_data with --target as given (parsed here, on the model's side)."""
+    _check_data(ckpt, data, split, n, patterns, _check_target(target, ckpt, None), run_options)
+
+
+def _capture(ckpt, target, **request) -> tuple[Path, bool]:
+    """ensure_dump for --target as given: (path, reused)."""
+    from vitscope.capture import ensure_dump
+    return ensure_dump(ckpt, target=_check_target(target, ckpt, None), **request)
 
 
 def _check_data(ckpt, data, split, n, patterns, target, run_options=None) -> None:
@@ -424,18 +498,10 @@ def _check_target(target, ckpt, dump_path: Path | None):
     return parse_target("pred" if target is None else target, count)
 
 
-def _feature_model(ckpt) -> bool:
-    """Whether the checkpoint's model has no class head (it outputs features)."""
-    from vitscope.model.checkpoint import load_checkpoint
-    ck = load_checkpoint(ckpt)
-    return not int(getattr(ck.model_config, "num_classes", 0) or len(ck.classes or ()))
-
-
-def _needs_target(working, values, unfit) -> dict:
+def _needs_target(working, values, unfit, options: str) -> dict:
     """On a feature model without --target: the plugins that read gradients (or maps the
     capture makes with the model, integrated gradients, occlusion, Score-CAM), which would
     otherwise explain an arbitrary feature, as NotApplicable naming the targets that apply."""
-    from vitscope.capture.objective import OPTIONS
     from vitscope.errors import NotApplicable
     from vitscope.names import split_grads, split_maps
     out = {}
@@ -448,9 +514,9 @@ def _needs_target(working, values, unfit) -> dict:
         what = "a score's gradient" if split_grads(rest)[1] else "a score"
         out[e.name] = NotApplicable(
             f"{e.name} explains {what}, and this model has no class head (it outputs "
-            f"features); pass {OPTIONS}.",
+            f"features); pass {options}.",
             reason=f"explains {what}, and this model has no class head to explain",
-            instead=f"give gradient plugins a target: {OPTIONS}")
+            instead=f"give gradient plugins a target: {options}")
     return out
 
 

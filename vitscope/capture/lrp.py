@@ -146,7 +146,7 @@ def cp_lrp(model, x, target, layout, options) -> np.ndarray:
 register(MapMethod("attnlrp", "AttnLRP (Achtibat et al. 2024): LRP's relevance of the target "
                    "logit per patch, identity rule on LayerNorm and the MLP nonlinearity, "
                    "uniform rule in attention (as lxt computes it)", {}, needs_model=True,
-                   run=attnlrp, class_specific=True, one_pass=True))
+                   run=attnlrp, class_specific=True))
 register(MapMethod("cp-lrp", "CP-LRP (Ali et al. 2022): LRP with the attention weights held "
                    "constant, identity rule on LayerNorm and the MLP nonlinearity (lxt's ViT "
                    "setting)", {}, needs_model=True, run=cp_lrp, class_specific=True,

@@ -9,6 +9,12 @@ Why it is shaped this way:
 - Activations are cast to the dump dtype on the device (half the transfer for fp16) and
   handed to a background writer thread through a bounded queue: the model never waits on
   HDF5 compression or the disk, and memory holds at most a few batches whatever N is.
+- Compression "auto" (the default) is chosen by measured throughput: the first batch's pass
+  through the model is timed, and the writer (vitscope.dump.DumpWriter) compresses with lzf
+  only the datasets whose measured lzf cost fits in a share of it (AUTO_SHARE: on a CPU the
+  writer thread takes its cycles from the model; on an accelerator it runs beside it). On
+  the 2-core VM lzf on every attention map of a 224-px ViT-S cost more than the forward
+  could spare (benchmarks/capture_attention_224.py); `cls` and logits still compress.
 - Two hook points that receive the very same tensor (`blocks.i.out` is `blocks.{i+1}.norm1.in`)
   are stored once and hard-linked, which saves a sixth of the default set.
 - The file is written as OUT.h5.<host>-<pid>-<random>.partial (unique, so two captures to
@@ -34,6 +40,7 @@ import contextlib
 import dataclasses
 import queue
 import threading
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,6 +54,7 @@ from vitscope._internal.files import (file_sha256, is_write_failure, partial_pat
                                       write_failure)
 from vitscope._internal.folders import make_output_dir, remove_empty
 from vitscope._internal.signals import terminate_as_exception as _terminate_as_exception
+from vitscope._internal.memory import reuse_large_blocks
 from vitscope.capture.memory import QUEUE_BATCHES, auto_batch_size
 from vitscope.capture.objective import Objective, is_class_target, reference_loader
 from vitscope.capture.target import _check_target, num_classes, parse_target
@@ -66,7 +74,11 @@ DEFAULT_HOOKS: tuple[str, ...] = (
     "cls",
 )
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
-COMPRESSIONS = ("lzf", "gzip", "none")
+COMPRESSIONS = ("auto", "lzf", "gzip", "none")
+# "auto": the share of the first batch's model time that compressing a batch may cost: where
+# the writer thread shares the CPU with the model, every second it compresses is one the
+# model loses; beside an accelerator it overlaps the model, so most of the time is free.
+AUTO_SHARE = {"cpu": 0.05, "accelerator": 0.5}
 FP16_UNDERFLOW_WARN = 0.01          # warn when this share of non-zero gradients flush to 0 in fp16
 
 
@@ -83,7 +95,7 @@ class CaptureRequest:
     dtype: str = "float16"          # how activations are stored
     grad_dtype: str = "float32"     # how gradients are stored: small gradients flush to zero
                                     # in float16 (a layer-scale ViT lost 96% of them)
-    compression: str | None = "lzf"
+    compression: str | None = "auto"   # auto: lzf where it pays and the pace allows (above)
     shard: tuple[int, int] | str | None = None   # (i, n) or "i/n": the i-th of n ranges
     force: bool = False             # replace an existing file
     device: str | torch.device | None = None     # None: where the model is
@@ -236,7 +248,7 @@ def capture(model: torch.nn.Module, dataset, out_path: str | Path,
                                              readout=readout_parameters(model)))
         applied = spec.applied(model) if isinstance(spec, Objective) else \
             contextlib.nullcontext()
-        with _terminate_as_exception(), applied:
+        with _terminate_as_exception(), applied, reuse_large_blocks():
             precision = _stream(model, dataset, plan, writer)
             writer.finish(precision.attrs() if grads else {})
             publish(partial, out, force=req.force, error=DumpError,
@@ -471,6 +483,11 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> "GradPre
             return view
         return None
 
+    auto = writer.writer.compression == "auto"
+    # "auto" weighs the writer's CPU seconds against the model's: on a CPU the model's own CPU
+    # time (the writer is idle during the first batch; a busy neighbour does not inflate it),
+    # beside an accelerator the wall clock of the pass
+    clock = time.process_time if dev.type == "cpu" else time.perf_counter
     bar = tqdm(total=len(positions), unit="img", desc=desc, dynamic_ncols=True,
                disable=None if progress else True)  # None: only on a terminal
     # Autograd only when gradients are asked for: plain captures keep inference_mode's speed.
@@ -479,6 +496,7 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> "GradPre
     with attach(model, {n: grab for n in [*points, *grads, *sorted(probe_set)]}), mode, bar:
         for b0 in range(0, len(positions), batch_size):
             pos = positions[b0:b0 + batch_size]
+            started = clock()
             images = np.ascontiguousarray(dataset.images[pos])
             u8 = torch.from_numpy(images)
             if cuda:
@@ -523,6 +541,11 @@ def _stream(model, dataset, plan: _Stream, writer: BackgroundWriter) -> "GradPre
             if dataset.masks is not None:
                 arrays["masks"] = np.asarray(dataset.masks[pos], dtype=np.uint8)
             links = (aliases, derived) if first else None
+            if first and auto:   # the pace "auto" compression must keep up with
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                share = AUTO_SHARE["cpu" if dev.type == "cpu" else "accelerator"]
+                writer.writer.compress_budget = share * (clock() - started)
             writer.put((b0, arrays, tensors, event, links))
             bar.update(len(pos))
             if progress:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from vitscope.errors import DumpError, WriteError
 from vitscope.names import slice_of
 
 CHUNK_BYTES = 1 << 20        # target chunk size: large enough to compress well, small to read one image
+LZF_MIN_SAVING = 0.10        # lzf is used only where it shrinks a chunk by this much
 
 
 def chunk_rows(n: int, batch: int, row_bytes: int) -> int:
@@ -42,11 +44,22 @@ def lzf_pays(sample: np.ndarray) -> bool:
     (ratio ~1.0) while compressing costs ~10x in write speed; attention weights and images
     usually do compress. So "lzf" means lzf where it pays, raw storage elsewhere.
     """
-    with h5py.File(f"probe-{id(sample)}", "w", driver="core", backing_store=False) as f:
-        ds = f.create_dataset("x", data=sample, chunks=sample.shape, compression="lzf",
-                              shuffle=sample.dtype.itemsize > 1)
-        f.flush()
-        return ds.id.get_storage_size() <= 0.9 * sample.nbytes
+    return lzf_probe(sample)[0] <= 1 - LZF_MIN_SAVING
+
+
+def lzf_probe(sample: np.ndarray) -> tuple[float, float]:
+    """(stored fraction, CPU seconds lzf costs beyond a raw write) of `sample`, one chunk,
+    written both ways to memory: what "auto" compression weighs against the capture's own
+    pace. CPU time of this thread, so a busy neighbour does not make lzf look dearer."""
+    seconds = []
+    for opts in ({}, {"compression": "lzf", "shuffle": sample.dtype.itemsize > 1}):
+        with h5py.File(f"probe-{id(sample)}", "w", driver="core", backing_store=False) as f:
+            t0 = time.thread_time()
+            ds = f.create_dataset("x", data=sample, chunks=sample.shape, **opts)
+            f.flush()
+            seconds.append(time.thread_time() - t0)
+            stored = ds.id.get_storage_size() / max(sample.nbytes, 1)
+    return stored, max(0.0, seconds[1] - seconds[0])
 
 
 def _encode(key: str, value: Any) -> Any:
@@ -105,17 +118,27 @@ class DumpWriter:
     """Create a dump at `path` and fill it batch by batch (from one thread).
 
     Datasets are created on their first batch (shapes come from the data, so no dry run of
-    the model is needed) at their final length `n`, chunked along N and compressed.
+    the model is needed) at their final length `n`, chunked along N and compressed:
+    `compression` "lzf" (byte-shuffle and lzf where it shrinks a chunk by LZF_MIN_SAVING),
+    "gzip", "none", or "auto": lzf where it pays *and* the capture can afford it. With
+    `compress_budget` (seconds per batch; the capture sets it from its first forward pass,
+    vitscope.capture.stream) "auto" measures lzf on the first chunk of each dataset, and
+    compresses the datasets that save the most bytes per second of compressing while their
+    summed cost per batch stays within the budget; the rest are stored raw. Without a budget
+    "auto" is "lzf". Either way every dataset reads the same (h5py decompresses on read).
     """
 
     def __init__(self, path: str | Path, n: int, attrs: dict[str, Any], *, batch_size: int,
                  compression: str | None = "lzf",
-                 readout: dict[str, np.ndarray] | None = None) -> None:
+                 readout: dict[str, np.ndarray] | None = None,
+                 compress_budget: float | None = None) -> None:
         self.path = Path(path)
         self.readout = readout or {}   # the model's read-out weights, written by finish()
         self.n = n
         self.batch_size = batch_size
         self.compression = None if compression in (None, "none") else compression
+        self.compress_budget = compress_budget   # seconds a batch for "auto" (None: as "lzf")
+        self.chosen: dict[str, str] = {}         # "auto": dataset -> "lzf" or "none", and why
         self.bytes_in = 0  # uncompressed bytes handed to HDF5
         # v110: attributes beyond 64 kB (e.g. 1000 class names) and the format VDS needs anyway.
         self.f, self.file = create_file(self.path, libver="v110", rdcc_nbytes=2 * CHUNK_BYTES)
@@ -134,17 +157,47 @@ class DumpWriter:
 
     def write(self, start: int, arrays: dict[str, np.ndarray]) -> None:
         """Store `arrays[key]` at rows start..start+len of dataset `key` (e.g. "acts/cls")."""
+        new = [k for k in arrays if k not in self._datasets]
+        lzf = self._auto(arrays, new) if new and self.compression == "auto" else None
         for key, arr in arrays.items():
             ds = self._datasets.get(key)
             if ds is None:
-                ds = self._datasets[key] = self._create(key, arr)
+                ds = self._datasets[key] = self._create(key, arr, lzf)
             if arr.dtype == object:   # file names are bytes on Linux: stored as those bytes
                 arr = np.array([_name_bytes(v) for v in arr], dtype=object)
             ds[start:start + len(arr)] = arr
             self.bytes_in += arr.nbytes
         self.file.check()  # a full disk stops the capture at the batch it happened in
 
-    def _create(self, key: str, arr: np.ndarray) -> h5py.Dataset:
+    def _auto(self, arrays: dict[str, np.ndarray], keys: list[str]) -> set[str]:
+        """Which of the new datasets `keys` "auto" compresses with lzf (see the class)."""
+        candidates = []
+        for key in keys:
+            arr = arrays[key]
+            if arr.dtype == object or arr.nbytes == 0:
+                continue
+            rows = chunk_rows(self.n, self.batch_size, arr[:1].nbytes)
+            stored, cost = lzf_probe(np.ascontiguousarray(arr[:rows]))
+            scale = arr.nbytes / max(arr[:rows].nbytes, 1)     # the probe's chunk -> this batch
+            if stored > 1 - LZF_MIN_SAVING:
+                self.chosen[key] = "none: lzf would save under 10%"
+                continue
+            candidates.append(((1 - stored) * arr.nbytes / max(cost * scale, 1e-9), key,
+                               cost * scale))
+        if self.compress_budget is None:
+            chosen = {key for _, key, _ in candidates}
+        else:
+            chosen, spent = set(), 0.0
+            for _, key, cost in sorted(candidates, reverse=True):   # most bytes saved a second
+                if spent + cost <= self.compress_budget and self.compress_budget > 0:
+                    chosen.add(key)
+                    spent += cost
+        for _, key, cost in candidates:
+            self.chosen[key] = "lzf" if key in chosen else \
+                f"none: lzf would cost {cost:.2f} s a batch, over the budget"
+        return chosen
+
+    def _create(self, key: str, arr: np.ndarray, lzf: set[str] | None = None) -> h5py.Dataset:
         if arr.dtype == object:   # text (file paths): variable-length UTF-8
             ds = self.f.create_dataset(key, shape=(self.n,), dtype=h5py.string_dtype(),
                                        chunks=(min(self.n, 4096),))
@@ -153,7 +206,10 @@ class DumpWriter:
         rest = arr.shape[1:]
         rows = chunk_rows(self.n, self.batch_size, arr.itemsize * int(np.prod(rest, dtype=np.int64)))
         opts: dict[str, Any] = {}
-        if self.compression and (self.compression != "lzf" or lzf_pays(arr[:rows])):
+        if lzf is not None:      # "auto", decided for the whole first batch by _auto
+            if key in lzf:
+                opts.update(compression="lzf", shuffle=arr.dtype.itemsize > 1)
+        elif self.compression and (self.compression != "lzf" or lzf_pays(arr[:rows])):
             opts["compression"] = self.compression
             if self.compression == "gzip":
                 opts["compression_opts"] = 4
@@ -212,6 +268,8 @@ class DumpWriter:
         """Mark the file complete, flush it to disk and close it (the rename that follows must
         never expose lost data); WriteError if any write failed."""
         self.set_readout(self.readout)
+        if self.chosen:   # "auto": what each dataset got, and why (read by nothing, for people)
+            self.f.attrs["compression_choice"] = json.dumps(self.chosen, sort_keys=True)
         self.f.attrs["complete"] = True
         close_file(self.f, self.file)
 

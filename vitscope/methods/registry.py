@@ -36,6 +36,12 @@ ATTENTION = "blocks.{}.attn.weights"
 GRADCAM_POINT = "blocks.{}.norm1.out"   # pytorch-grad-cam's ViT target: blocks[-1].norm1's output
 
 
+# Methods that need the model but cost one forward and one backward pass per batch (LRP), not
+# tens to hundreds (IG, occlusion, Score-CAM): `analyze --all` runs them. Named here, without
+# torch, because analyze plans in a process that never imports it.
+ONE_PASS = frozenset({"attnlrp", "cp-lrp"})
+
+
 @dataclass(frozen=True)
 class MapOutput:
     """What a method computes for N images."""
@@ -57,8 +63,6 @@ class MapMethod:
     pooling_head: bool = False
     needs_model: bool = False             # computed with the model: `run`, not `compute`
     run: Callable[..., np.ndarray] | None = None
-    one_pass: bool = False                # a run costs one forward and backward pass (LRP), not
-                                          # tens to hundreds (IG, occlusion, Score-CAM)
     class_specific: bool = False          # explains the target class (reads its gradients)
     needs_cls: bool = False               # reads the CLS token (a model without one cannot)
     # options that set only speed or memory (a batch size), never the maps: a stored map made
