@@ -524,15 +524,14 @@ def _by_name_only(working, values, unfit, named: set[str]) -> dict:
     """`analyze --all`: the plugins whose maps the capture makes by running the model many
     times per image (integrated gradients, occlusion, Score-CAM: tens to hundreds of passes
     per image, minutes on a 224-px ViT) sit out unless named with -p."""
-    from vitscope.capture import model_maps  # noqa: F401  (registers the methods that need the model)
     from vitscope.errors import NotApplicable
-    from vitscope.methods import get
+    from vitscope.methods.registry import ONE_PASS
     from vitscope.names import split_maps
     out = {}
     for e in working:
         if e.name in unfit or e.name in named or not e.ok:
             continue
-        if any(not get(m).one_pass for m in split_maps(list(e.requires_for(values.get(e.name))))[1]):
+        if set(split_maps(list(e.requires_for(values.get(e.name))))[1]) - ONE_PASS:
             out[e.name] = NotApplicable(
                 f"{e.name} runs the model many times per image; name it with -p {e.name}.",
                 reason="runs the model many times per image: name it with -p to run it",

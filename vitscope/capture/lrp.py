@@ -149,5 +149,4 @@ register(MapMethod("attnlrp", "AttnLRP (Achtibat et al. 2024): LRP's relevance o
                    run=attnlrp, class_specific=True))
 register(MapMethod("cp-lrp", "CP-LRP (Ali et al. 2022): LRP with the attention weights held "
                    "constant, identity rule on LayerNorm and the MLP nonlinearity (lxt's ViT "
-                   "setting)", {}, needs_model=True, run=cp_lrp, class_specific=True,
-                   one_pass=True))
+                   "setting)", {}, needs_model=True, run=cp_lrp, class_specific=True))
