@@ -78,7 +78,7 @@ COMPRESSIONS = ("auto", "lzf", "gzip", "none")
 # "auto": the share of the first batch's model time that compressing a batch may cost: where
 # the writer thread shares the CPU with the model, every second it compresses is one the
 # model loses; beside an accelerator it overlaps the model, so most of the time is free.
-AUTO_SHARE = {"cpu": 0.05, "accelerator": 0.5}
+AUTO_SHARE = {"cpu": 0.02, "accelerator": 0.5}
 FP16_UNDERFLOW_WARN = 0.01          # warn when this share of non-zero gradients flush to 0 in fp16
 
 

@@ -87,7 +87,7 @@ def dump() -> None:
 @click.option("--compression", default="auto", show_default=True,
               type=click.Choice(["auto", "lzf", "gzip", "none"]),
               help="auto: lzf where it shrinks a hook point by 10% and costs the capture under "
-                   "5% of its pace on a CPU (measured on the first batch), raw elsewhere; lzf: "
+                   "2% of its pace on a CPU (measured on the first batch), raw elsewhere; lzf: "
                    "lzf wherever it shrinks by 10%; gzip; none.")
 @click.option("--shard", default=None, metavar="i/n",
               help="Write shard i of n (contiguous ranges of the order); under torchrun the "
