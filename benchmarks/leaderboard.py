@@ -36,6 +36,14 @@ def ci(e: dict, digits: int = 3) -> str:
     return f"{e['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def rho(e: dict | None, full: int) -> str:
+    """A ρ with its interval, and n where fewer pairs than `full` had a defined ρ (constant
+    maps)."""
+    if e is None or e.get("mean") is None:
+        return "—"
+    return ci(e, 2) + (f" (n={e['n']})" if e.get("n", full) < full else "")
+
+
 def faith(e: dict, row: dict, curve: str) -> str:
     """An AUC with its interval, ✗ where it does not beat the random order (paired CI)."""
     beats = row.get(f"beats_random_{curve}")
@@ -66,8 +74,9 @@ def table(report: dict) -> str:
             g = m["faithfulness_by_perturbation"][p]
             cells += [faith(g["deletion_auc"], g, "deletion"),
                       faith(g["insertion_auc"], g, "insertion")]
-        cells += [ci(r["steps"][-1]["rho"], 2), r["verdict"],
-                 ci(cls.get("runner-up", {}).get("rho"), 2), cls.get("verdict", "—")]
+        cells += [rho(r["steps"][-1]["rho"], report["images"] * report["randomization_draws"]),
+                  r["verdict"], rho(cls.get("runner-up", {}).get("rho"), report["images"]),
+                  cls.get("verdict", "—")]
         if loc:
             cells += [ci(m["localization"]["mass_in_mask"]), ci(m["localization"]["pointing"])]
         cells.append("; ".join(f"{b} ({', '.join(w)})" for b, w in m["not_beaten"].items())
