@@ -84,9 +84,13 @@ def map_options(entries: Iterable[PluginEntry],
     `--opt` values that its method has (integrated-gradients.steps=16 -> {"integrated-gradients":
     {"steps": 16}}), which the capture runs the method with. Two plugins asking one method for
     different values is one sentence."""
-    from vitscope.capture.model_maps import check_model_maps
     from vitscope.names import split_maps
+    entries = list(entries)
     out: dict[str, dict[str, Any]] = {}
+    if not any(split_maps(e.requires_for((values or {}).get(e.name)))[1]
+               for e in entries if e.ok):
+        return out   # no map made with the model: torch stays out of this process
+    from vitscope.capture.model_maps import check_model_maps
     owner: dict[tuple[str, str], str] = {}
     for e in entries:
         if not e.ok:
