@@ -59,7 +59,9 @@ def test_the_worker_returns_warns_and_raises_as_if_in_process():
 
 
 def test_analyze_never_imports_torch_and_its_capture_process_is_gone(shapes_ckpt, tmp_path):
-    args = ["analyze", str(shapes_ckpt), "-p", "rollout", "-p", "token-attention", "--static",
+    # attnlrp: a map made with the model at capture, whose options are read on the model's side
+    args = ["analyze", str(shapes_ckpt), "-p", "rollout", "-p", "token-attention", "-p", "attnlrp",
+            "--static",
             "-n", "8", "-o", "out", "--device", "cpu"]
     res = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=tmp_path, env=ENV,
                          text=True, capture_output=True, timeout=300)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vitscope.analyze.isolation import DEFAULT_TIMEOUT
 from vitscope.analyze.run import (PluginResult, RenderRequest, missing_hooks, output_folder,
-                                  map_options, render_plugins, union_requires)
+                                  map_options, map_requests, render_plugins, union_requires)
 
 DEFAULT_IMAGES = 256  # enough for class averages and embeddings, a few seconds to capture
 
@@ -240,7 +240,7 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
     patterns = union_requires(working, values)
     if dump_path is None:   # a data folder that is not here is found before any work
         side("_check_data_for", ckpt, data, split, images or DEFAULT_IMAGES, patterns, target,
-             map_options(working, values))
+             map_requests(working, values))
     # Before a capture whose figures could not be saved; a failed capture leaves no empty folder.
     created = make_output_dir(run, PluginError, "choose another output folder with -o")
     # the plugins write the run's plotly.min.js straight into it: a run that stops takes it too
@@ -257,7 +257,7 @@ def _analyse(request: AnalyzeRequest, cleanup: contextlib.ExitStack, echo: Calla
             path, reused = side("_capture", ckpt, target, data=data, split=split,
                                 n=images or DEFAULT_IMAGES, hooks=patterns,
                                 batch_size=batch_size, device=dev, progress=True,
-                                map_options=map_options(working, values))
+                                map_requests=map_requests(working, values))
             progress.dump = None if reused else path
             info = side("_ckpt_info", ckpt)
         except BaseException:
@@ -390,15 +390,21 @@ def _target_options() -> str:
     return OPTIONS
 
 
-def _check_data_for(ckpt, data, split, n, patterns, target, run_options=None) -> None:
-    """_check_data with --target as given (parsed here, on the model's side)."""
-    _check_data(ckpt, data, split, n, patterns, _check_target(target, ckpt, None), run_options)
+def _check_data_for(ckpt, data, split, n, patterns, target, requests=()) -> None:
+    """_check_data with --target as given and the options of the maps made with the model
+    (analyze.run.map_requests), both turned into objects here, on the model's side."""
+    from vitscope.analyze.run import map_options_from
+    _check_data(ckpt, data, split, n, patterns, _check_target(target, ckpt, None),
+                map_options_from(list(requests)))
 
 
-def _capture(ckpt, target, **request) -> tuple[Path, bool]:
-    """ensure_dump for --target as given: (path, reused)."""
+def _capture(ckpt, target, map_requests=(), **request) -> tuple[Path, bool]:
+    """ensure_dump for --target as given and the options of the maps made with the model
+    (analyze.run.map_requests): (path, reused)."""
+    from vitscope.analyze.run import map_options_from
     from vitscope.capture import ensure_dump
-    return ensure_dump(ckpt, target=_check_target(target, ckpt, None), **request)
+    return ensure_dump(ckpt, target=_check_target(target, ckpt, None),
+                       map_options=map_options_from(list(map_requests)), **request)
 
 
 def _check_data(ckpt, data, split, n, patterns, target, run_options=None) -> None:

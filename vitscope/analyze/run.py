@@ -78,36 +78,54 @@ def union_requires(entries: Iterable[PluginEntry],
                               for p in e.requires_for(values.get(e.name))))
 
 
-def map_options(entries: Iterable[PluginEntry],
-                values: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """{method: options} for the `map:<method>` hooks the chosen plugins read: each plugin's
-    `--opt` values that its method has (integrated-gradients.steps=16 -> {"integrated-gradients":
-    {"steps": 16}}), which the capture runs the method with. Two plugins asking one method for
-    different values is one sentence."""
+def map_requests(entries: Iterable[PluginEntry], values: dict[str, dict[str, Any]] | None = None
+                 ) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """(plugin, the methods of its `map:<method>` hooks, its `--opt` values) for each chosen
+    plugin that reads maps made with the model: plain data, read without torch, which
+    `map_options_from` turns into options where the model is (analyze's capture process)."""
     from vitscope.names import split_maps
-    entries = list(entries)
-    out: dict[str, dict[str, Any]] = {}
-    if not any(split_maps(e.requires_for((values or {}).get(e.name)))[1]
-               for e in entries if e.ok):
-        return out   # no map made with the model: torch stays out of this process
-    from vitscope.capture.model_maps import check_model_maps
-    owner: dict[tuple[str, str], str] = {}
+    out = []
     for e in entries:
         if not e.ok:
             continue
-        given = (values or {}).get(e.name) or {}
-        for method in check_model_maps(split_maps(e.requires_for(given))[1]):
+        given = dict((values or {}).get(e.name) or {})
+        methods = split_maps(e.requires_for(given))[1]
+        if methods:
+            out.append((e.name, methods, given))
+    return out
+
+
+def map_options_from(requests: list[tuple[str, list[str], dict[str, Any]]]
+                     ) -> dict[str, dict[str, Any]]:
+    """{method: options} for `map_requests`: each plugin's `--opt` values that its method has
+    (integrated-gradients.steps=16 -> {"integrated-gradients": {"steps": 16}}), which the
+    capture runs the method with. Two plugins asking one method for different values is one
+    sentence. Imports the methods that need the model (torch) only when there are any."""
+    out: dict[str, dict[str, Any]] = {}
+    if not requests:
+        return out
+    from vitscope.capture.model_maps import check_model_maps
+    owner: dict[tuple[str, str], str] = {}
+    for plugin, methods, given in requests:
+        for method in check_model_maps(methods):
             for key, value in given.items():
                 if key not in method.defaults:
                     continue
                 if key in out.get(method.name, {}) and out[method.name][key] != value:
-                    raise PluginError(f"Plugins {owner[method.name, key]} and {e.name} ask for "
+                    raise PluginError(f"Plugins {owner[method.name, key]} and {plugin} ask for "
                                       f"{method.name}'s maps with {key}={out[method.name][key]} "
                                       f"and {key}={value}; one capture stores one of them, so "
                                       f"give both the same value.")
                 out.setdefault(method.name, {})[key] = value
-                owner[method.name, key] = e.name
+                owner[method.name, key] = plugin
     return out
+
+
+def map_options(entries: Iterable[PluginEntry],
+                values: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """{method: options} for the `map:<method>` hooks the chosen plugins read
+    (map_options_from of map_requests)."""
+    return map_options_from(map_requests(entries, values))
 
 
 def missing_hooks(available: Iterable[str], entries: Iterable[PluginEntry],
