@@ -44,7 +44,7 @@ EPS = 1e-10   # lxt's: keeps output / input finite where the input is exactly ze
 # Images per forward and backward pass: the graph of the whole pass is held for the backward
 # pass (about 85 MB an image for a ViT-S at 224 px), so a capture batch of 16-64 would add
 # gigabytes to the capture's peak; the maps do not depend on it.
-CHUNK = 4
+CHUNK = 2
 
 
 def _is_activation(m: nn.Module) -> bool:
