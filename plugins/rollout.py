@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vitscope.methods import FUSIONS, LazyArrays, fuse_heads
+from vitscope.methods import FUSIONS, LazyArrays, fuse_heads, pooled_query
 from vitscope.methods import sinks as S
 from vitscope.methods import get as map_method
 from vitscope.plugin import (POOL_POINT, POOL_READOUT, NanMean, Option, append_maps,
                              block_index, mask_area, mask_summary_from, mass_in_mask, n_images,
-                             other_prefix, patch_coverage, pointing, pooled_query, prefix_note,
+                             other_prefix, patch_coverage, pointing, prefix_note,
                              readout_query, rows_for, to_grid)
 from vitscope.render import figures as F
 from vitscope.render import interactive as I

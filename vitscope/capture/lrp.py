@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitscope.capture.patch_sum import patch_sum
 from vitscope.errors import ConfigError
 from vitscope.methods import MapMethod, register
 
@@ -130,7 +131,6 @@ def lrp_rules(model: nn.Module, attention: str) -> Iterator[None]:
 def relevance(model, x: torch.Tensor, target: torch.Tensor, layout,
               options: Mapping[str, Any], attention: str) -> np.ndarray:
     """N×h×w LRP relevance of the target logit per patch (module docstring)."""
-    from vitscope.capture.model_maps import _patch_sum
     maps = []
     with lrp_rules(model, attention), torch.enable_grad():
         for s in range(0, len(x), CHUNK):
@@ -138,7 +138,7 @@ def relevance(model, x: torch.Tensor, target: torch.Tensor, layout,
             out = model(xs)
             picked = out.gather(1, target[s:s + CHUNK].to(out.device).long()[:, None]).sum()
             (grad,) = torch.autograd.grad(picked, xs)
-            maps.append(_patch_sum(xs.detach() * grad, layout))
+            maps.append(patch_sum(xs.detach() * grad, layout))
     return np.concatenate(maps)
 
 

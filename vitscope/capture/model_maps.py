@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from vitscope.capture.patch_sum import patch_sum
 from vitscope.errors import ConfigError
 from vitscope.methods import METHODS, MapMethod, get, register
 
@@ -42,13 +43,6 @@ def _captum():
     return attr
 
 
-def _patch_sum(pixels: torch.Tensor, layout) -> np.ndarray:
-    """N×C×H×W attributions -> N×h×w: summed over channels and over each patch's pixels."""
-    (h, w), (ph, pw) = layout.grid, layout.patch_size
-    a = pixels.sum(dim=1)[:, :h * ph, :w * pw]
-    return a.reshape(len(a), h, ph, w, pw).sum(dim=(2, 4)).detach().cpu().numpy()
-
-
 def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, layout,
                          options: Mapping[str, Any]) -> np.ndarray:
     steps = int(options.get("steps", 32))
@@ -60,7 +54,7 @@ def integrated_gradients(model, x: torch.Tensor, target: torch.Tensor, layout,
         attributions = ig.attribute(x, baselines=torch.zeros_like(x), target=target,
                                     n_steps=steps,
                                     internal_batch_size=int(options.get("internal_batch", 64)))
-    return _patch_sum(attributions, layout)
+    return patch_sum(attributions, layout)
 
 
 def occlusion(model, x: torch.Tensor, target: torch.Tensor, layout,

@@ -14,8 +14,8 @@ from vitscope.methods.grad_rollout import attention_gradient, grad_rollout
 from vitscope.methods.gradcam import gradcam
 from vitscope.methods.registry import METHODS, LazyArrays, MapMethod, MapOutput, get, register
 from vitscope.methods.rollout import (FUSIONS, attention_rollout, discard_lowest, fuse_heads,
-                                      rollout_step)
+                                      pooled_query, rollout_step)
 
-__all__ = ["attention_rollout", "rollout_step", "fuse_heads", "discard_lowest", "FUSIONS",
+__all__ = ["attention_rollout", "rollout_step", "fuse_heads", "discard_lowest", "FUSIONS", "pooled_query",
            "grad_rollout", "attention_gradient", "gradcam", "cls_maps", "query_row",
            "METHODS", "MapMethod", "MapOutput", "LazyArrays", "get", "register"]

@@ -22,6 +22,12 @@ def fuse_heads(attn: np.ndarray, fusion: str) -> np.ndarray:
     raise ValueError(f"unknown head fusion '{fusion}' (use {', '.join(FUSIONS)})")
 
 
+def pooled_query(pool: np.ndarray, fusion: str = "mean") -> np.ndarray:
+    """N×H×1×P pooling-head attention (SigLIP's `pool.weights`) -> N×P: its one query's row
+    with the heads fused as rollout fuses them, in float32."""
+    return fuse_heads(np.asarray(pool), fusion)[:, 0]
+
+
 def discard_lowest(a: np.ndarray, ratio: float, cls: int | None = 0) -> np.ndarray:
     """Zero, per image, the floor(ratio·T·(T−1)) smallest entries of N×T×T `a` outside the
     CLS column (column `cls` is never dropped, so every token keeps its path to CLS; with

@@ -23,7 +23,7 @@ from vitscope.plugin.reading import (READ_BYTES, READ_ROWS, ClassMeans, NanMean,
                                      layer_spec, n_images, read_chunks, rows_for, rows_per_read,
                                      select_layers)
 from vitscope.plugin.tokens import (POOL_POINT, POOL_READOUT, cls_index, other_prefix,
-                                    other_prefix_names, pooled_query, prefix_note, readout_query,
+                                    other_prefix_names, prefix_note, readout_query,
                                     to_grid)
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "read_chunks", "ClassMeans", "NanMean", "READ_BYTES", "READ_ROWS",
     # tokens
     "cls_index", "other_prefix", "other_prefix_names", "prefix_note", "to_grid",
-    "readout_query", "pooled_query", "POOL_POINT", "POOL_READOUT",
+    "readout_query", "POOL_POINT", "POOL_READOUT",
     # masks
     "patch_coverage", "mass_in_mask", "mask_area", "pointing", "mask_summary",
     "mask_summary_from", "HIT_COVERAGE",

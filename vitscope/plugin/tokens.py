@@ -40,13 +40,6 @@ def readout_query(layout, names, plugin: str) -> int | None:
     return cls_index(layout, plugin)
 
 
-def pooled_query(pool: np.ndarray, fusion: str = "mean") -> np.ndarray:
-    """N×H×1×P pooling-head attention -> N×P: its one query's row with the heads fused as
-    rollout fuses them (vitscope.methods.fuse_heads), in float32."""
-    from vitscope.methods import fuse_heads
-    return fuse_heads(np.asarray(pool), fusion)[:, 0]
-
-
 def other_prefix(layout) -> list[int]:
     """Token indices of the prefix tokens other than CLS (distillation, registers), in order."""
     skip = layout.cls_index

@@ -38,14 +38,12 @@ from vitscope.errors import ConfigError
 from vitscope.layout import TokenLayout
 from vitscope.model.adapters.base import AdaptedViT, ForeignConfig, Imported, _Group, require, \
     route_input, route_output, split_heads
+from vitscope.model.adapters.clip_names import CLASSES, MODEL_TYPES  # noqa: F401
 from vitscope.model.adapters.transformers import ATTENTION, _eager_attention, _flat, \
     _route_attention, _unflat
 from vitscope.model.hooks import name_hook_points
 from vitscope.names import POOL_WEIGHTS as POOL_POINT  # noqa: F401  (B×H×1×P)
 
-CLASSES = ("CLIPModel", "CLIPVisionModel", "SiglipModel", "SiglipVisionModel")
-MODEL_TYPES = {"clip": "CLIPModel", "clip_vision_model": "CLIPVisionModel",
-               "siglip": "SiglipModel", "siglip_vision_model": "SiglipVisionModel"}
 # the tokenizer files a folder may hold (what AutoTokenizer reads), stored in the checkpoint
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "spiece.model", "added_tokens.json")

@@ -164,7 +164,7 @@ def hf_adapter(name: str, pretrained: bool = False) -> str:
     (config.json's model_type, else a class in its architectures), "hf" otherwise. A folder's
     config.json is read where it is; with `pretrained`, a hub id's is fetched first (hf_config),
     before any weights, so the adapter is chosen as for a folder."""
-    from vitscope.model.adapters.clip import CLASSES, MODEL_TYPES
+    from vitscope.model.adapters.clip_names import CLASSES, MODEL_TYPES
     from vitscope.model.adapters.hf_folder import read_json
     folder = Path(name)
     if (folder / "config.json").is_file():
